@@ -1,0 +1,1 @@
+"""Generated from proto/aitbc/coordinator/v1: do not edit."""
