@@ -1,0 +1,55 @@
+"""RFC 3339 UTC timestamps as receipts write them: ``2026-11-26T22:46:59.123456Z``.
+
+One fixed width (always six fraction digits, always ``Z``) so a timestamp has exactly one text form inside
+signed bytes. Naive datetimes are refused everywhere: a naive value is a local-time bug waiting to happen.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+__all__ = ["format_time", "parse_receipt_time", "parse_time"]
+
+_RECEIPT_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
+_RFC3339 = re.compile(
+    r"(\d{4}-\d{2}-\d{2})[Tt](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})"
+)
+
+
+def _require_aware(dt: datetime) -> datetime:
+    if not isinstance(dt, datetime):
+        raise TypeError("expected a datetime")
+    if dt.tzinfo is None or dt.utcoffset() is None:
+        raise ValueError("naive datetime: pass a timezone-aware (UTC) datetime")
+    return dt.astimezone(UTC)
+
+
+def format_time(dt: datetime) -> str:
+    """``YYYY-MM-DDTHH:MM:SS.ffffffZ`` of an aware datetime (converted to UTC)."""
+    utc = _require_aware(dt)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond:06d}Z"
+
+
+def parse_receipt_time(text: str) -> datetime:
+    """Parse the exact receipt form (six fraction digits, ``Z``); anything else raises ValueError."""
+    if not isinstance(text, str) or not _RECEIPT_TIME.fullmatch(text):
+        raise ValueError(f"not a receipt timestamp: {text!r}")
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+def parse_time(text: str) -> datetime:
+    """Parse any RFC 3339 timestamp with an explicit offset (``Z`` or ``+hh:mm``) to an aware UTC datetime.
+
+    Key sets may come from other tools (Go, protobuf JSON) that write nanoseconds; digits beyond
+    microseconds are truncated.
+    """
+    if not isinstance(text, str):
+        raise ValueError("timestamp is not a string")
+    m = _RFC3339.fullmatch(text)
+    if not m:
+        raise ValueError(f"not an RFC 3339 timestamp with offset: {text!r}")
+    date, clock, frac, offset = m.groups()
+    frac = (frac or "")[:6].ljust(6, "0")
+    offset = "+00:00" if offset in ("Z", "z") else offset
+    return datetime.fromisoformat(f"{date}T{clock}.{frac}{offset}").astimezone(UTC)
