@@ -1,0 +1,144 @@
+"""``aitbc receipts verify``: offline verification of a bundle, a bare envelope or a legacy v1 receipt.
+
+Prints one line, ``OK <receipt_id> ...`` (exit 0) or ``FAIL: <reason>`` (exit 1; exit 2 when an input
+cannot be read or is not a receipt at all), both on stdout, so scripts can match the reason.
+The ``aitbc`` CLI wires :func:`add_parser` in; ``python -m aitbc.receipts.cli verify ...`` runs it alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from .keys import KeySet, KeySetError
+from .verify import (
+    POLICY_ROLES,
+    Policy,
+    VerificationError,
+    VerifiedReceipt,
+    parse_consistency_proof,
+    verify_any,
+)
+
+__all__ = ["add_parser", "main", "run"]
+
+EXIT_OK, EXIT_FAIL, EXIT_UNREADABLE = 0, 1, 2
+_UNREADABLE_REASONS = frozenset({"not JSON", "unrecognised receipt format"})
+
+
+class _Unreadable(Exception):
+    pass
+
+
+def _add_commands(commands: Any) -> None:
+    verify = commands.add_parser(
+        "verify",
+        help="verify a receipt bundle, envelope or legacy receipt offline",
+        description="Verify FILE (a bundle, a raw DSSE envelope, or a legacy AITBC v1 receipt) offline.",
+    )
+    verify.add_argument("file", metavar="FILE")
+    verify.add_argument("--keys", required=True, metavar="KEYS.json", help="the key set to trust")
+    verify.add_argument(
+        "--require",
+        action="append",
+        default=[],
+        choices=sorted(POLICY_ROLES),
+        metavar="ROLE",
+        help="also require a valid signature of ROLE (coordinator is always required); repeatable",
+    )
+    verify.add_argument(
+        "--older-checkpoint", metavar="FILE", help="a checkpoint note the bundle's must extend"
+    )
+    verify.add_argument(
+        "--consistency-proof",
+        metavar="FILE",
+        help='JSON {"first_size": M, "second_size": N, "hashes": ["<hex>", ...]}',
+    )
+    verify.set_defaults(func=run, receipts_command="verify")
+
+
+def add_parser(subparsers: Any) -> Any:
+    """Register ``receipts`` (with ``verify``) on an argparse subparsers object.
+
+    Returns the ``receipts`` command's own subparsers so other commands (``get``) can join it; ``verify``
+    sets ``func=run``.
+    """
+    receipts = subparsers.add_parser("receipts", help="signed receipts", description="Signed receipts.")
+    commands = receipts.add_subparsers(dest="receipts_command", metavar="COMMAND")
+    commands.required = True
+    _add_commands(commands)
+    return commands
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise _Unreadable(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+
+
+def _describe(receipt: VerifiedReceipt) -> str:
+    parts = [
+        f"OK {receipt.receipt_id}",
+        f"job={receipt.payload.get('job_id', '')}",
+        f"format={receipt.format}",
+    ]
+    parts.append("roles=" + ",".join(sorted(receipt.roles)))
+    if receipt.checkpoint is not None:
+        parts.append(f"leaf={receipt.leaf_index}")
+        parts.append(f"tree_size={receipt.checkpoint.size}")
+        parts.append(f"origin={receipt.checkpoint.origin}")
+    if receipt.consistent_with is not None:
+        parts.append(f"extends={receipt.consistent_with.size}")
+    return " ".join(parts)
+
+
+def _verify(args: argparse.Namespace) -> VerifiedReceipt:
+    data = _read(args.file, "file")
+    try:
+        keyset = KeySet.load(_read(args.keys, "key set"))
+    except KeySetError as exc:
+        raise _Unreadable(f"bad key set: {exc}") from exc
+    older = None
+    if args.older_checkpoint:
+        try:
+            older = _read(args.older_checkpoint, "checkpoint").decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _Unreadable("older checkpoint is not UTF-8") from exc
+    proof = None
+    if args.consistency_proof:
+        proof = parse_consistency_proof(_read(args.consistency_proof, "consistency proof"))
+    policy = Policy(frozenset({"coordinator", *args.require}))
+    return verify_any(data, keyset, policy, older_checkpoint=older, consistency_proof=proof)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed ``receipts`` command; returns the exit code after printing its one line."""
+    if getattr(args, "receipts_command", None) != "verify":
+        print("FAIL: unknown receipts command")
+        return EXIT_UNREADABLE
+    try:
+        receipt = _verify(args)
+    except _Unreadable as exc:
+        print(f"FAIL: {exc}")
+        return EXIT_UNREADABLE
+    except VerificationError as exc:
+        print(f"FAIL: {exc.reason}")
+        return EXIT_UNREADABLE if exc.reason in _UNREADABLE_REASONS else EXIT_FAIL
+    print(_describe(receipt))
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry point: ``python -m aitbc.receipts.cli verify FILE --keys KEYS.json``."""
+    parser = argparse.ArgumentParser(prog="aitbc receipts")
+    commands = parser.add_subparsers(dest="receipts_command", metavar="COMMAND")
+    commands.required = True
+    _add_commands(commands)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
