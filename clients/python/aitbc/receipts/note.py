@@ -86,7 +86,8 @@ class NoteVerifier:
 
 def parse_verifier_key(vkey: str) -> NoteVerifier:
     """Parse a verifier key string; its key id must be the one computed from name and key."""
-    parts = vkey.split("+") if isinstance(vkey, str) else []
+    # Split at the first two "+" only: the base64 key may itself contain "+" (names and hashes cannot).
+    parts = vkey.split("+", 2) if isinstance(vkey, str) else []
     if len(parts) != 3:
         raise NoteError("verifier key is not name+hash+key")
     name, hash_hex, key_b64 = parts
