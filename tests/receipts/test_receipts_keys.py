@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from aitbc.receipts import KeyEntry, KeySet, KeySetError, Signer, jwk_thumbprint
@@ -95,5 +95,7 @@ def test_key_entry_refuses_naive_datetimes_and_checks_validity() -> None:
     assert not e.valid_at(datetime(2025, 12, 31, tzinfo=UTC))
     assert not e.valid_at(datetime(2026, 2, 1, 0, 0, 1, tzinfo=UTC))
     assert e.key_id_matches
+    shifted = KeyEntry.for_signer(COORD, "coordinator", T0.astimezone(timezone(timedelta(hours=-5))))
+    assert shifted.valid_from.tzinfo is UTC and shifted.valid_from == T0
     wrong = KeyEntry(COORD.key_id, "coordinator", "active", MINER.public_key, T0)
     assert not wrong.key_id_matches

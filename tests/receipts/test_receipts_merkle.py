@@ -151,6 +151,11 @@ def test_consistency_rejects_tampering(tree: MerkleTree) -> None:
                 assert not verify_consistency(m, n + 1, old, tree.root(n + 1), proof)
             if n + 1 <= N:
                 assert not verify_consistency(m, n + 1, old, tree.root(n + 1), proof[:-1])
+            # The same roots claimed under another new size fail whenever the proof's shape differs
+            # (a log presenting an old root as a bigger tree).
+            for other in range(m + 1, N + 1):
+                if other != n and len(naive_subproof(m, LEAVES[:other], True)) != len(proof):
+                    assert not verify_consistency(m, other, old, new, proof), (m, n, other)
 
 
 def test_consistency_edge_sizes() -> None:

@@ -11,9 +11,11 @@ from aitbc.receipts import (
     NoteError,
     Signer,
     leaf_hash,
+    note_key_id,
     open_note,
     pae,
     parse_verifier_key,
+    verifier_key_string,
     verify_strict,
 )
 from aitbc.receipts.canonical import legacy_canonical_json
@@ -88,6 +90,8 @@ def test_c2sp_note_example_verifies_and_a_changed_byte_rejects() -> None:
     assert open_note(data["note"], [data["verifier_key"]]) == data["signed_text"]
     verifier = parse_verifier_key(data["verifier_key"])
     assert verifier.name == "example.com/foo"
+    assert verifier_key_string(verifier.name, verifier.public_key) == data["verifier_key"]
+    assert note_key_id(verifier.name, verifier.public_key).hex() == "530d903a"
     text_len = len(data["signed_text"])
     for i in range(text_len - 1):  # every byte of the text but the final newline, which frames it
         ch = data["note"][i]

@@ -10,7 +10,7 @@ import base64
 import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import nacl.exceptions
@@ -132,6 +132,7 @@ class KeyEntry:
                 continue
             if not isinstance(value, datetime) or value.utcoffset() is None:
                 raise KeySetError(f"{name} is not a timezone-aware datetime")
+            object.__setattr__(self, name, value.astimezone(UTC))  # one zone everywhere: UTC
 
     @classmethod
     def for_signer(
