@@ -1,0 +1,367 @@
+"""The Python miner runtime: holds one Connect stream, runs jobs up to its slots, survives reconnects.
+
+Jobs keep running across a lost stream; the next Hello lists them, so the coordinator lets the miner keep
+them if it is back within the grace period. Reconnects use jittered exponential backoff so a fleet does not
+stampede a restarted coordinator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import random
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.protobuf import struct_pb2
+from google.protobuf.json_format import MessageToDict
+
+from .channel import auth_metadata, open_channel
+from .coordinator.v1 import job_pb2, miner_service_pb2, miner_service_pb2_grpc
+from .receipts import Signer, build_miner_report, canonical_struct, sign_miner_report
+
+log = logging.getLogger("aitbc.miner")
+
+Output = dict[str, Any] | bytes
+
+
+@dataclass
+class Outcome:
+    """What a runner returns: the output and the units of work it took."""
+
+    output: Output
+    units: str = "0"
+    unit_type: str = "gpu_seconds"
+
+
+Runner = Callable[[job_pb2.Job], Awaitable[Outcome | Output]]
+
+
+class JobFailed(Exception):
+    """Raised by a runner for a failure; retryable=False fails the job for good."""
+
+    def __init__(self, code: str, message: str, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.code, self.retryable = code, retryable
+
+
+def job_input(job: job_pb2.Job) -> Output:
+    return job.payload_bytes if job.WhichOneof("input") == "payload_bytes" else MessageToDict(job.payload)
+
+
+async def echo_runner(job: job_pb2.Job) -> Outcome:
+    """Returns the job's input as its result (demos and tests)."""
+    return Outcome(job_input(job), units="1", unit_type="jobs")
+
+
+def python_runner(fn: Callable[[Output], Any]) -> Runner:
+    """A runner calling fn(input) in a thread; fn returns a dict, bytes or an Outcome."""
+
+    async def run(job: job_pb2.Job) -> Outcome:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        out = await asyncio.to_thread(fn, job_input(job))
+        if isinstance(out, Outcome):
+            return out
+        return Outcome(out, units=f"{loop.time() - started:.6f}", unit_type="cpu_seconds")
+
+    return run
+
+
+def subprocess_runner(command: list[str], timeout_s: float = 3600.0) -> Runner:
+    """Runs command in a fresh workspace per job: the input on stdin (JSON or bytes), the result from stdout."""
+
+    async def run(job: job_pb2.Job) -> Outcome:
+        workspace = tempfile.mkdtemp(prefix=f"aitbc-job-{job.job_id[:8]}-")
+        data = (
+            job.payload_bytes
+            if job.WhichOneof("input") == "payload_bytes"
+            else canonical_struct(job_input(job))
+        )
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        proc = await asyncio.create_subprocess_exec(
+            *command, cwd=workspace, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env={**os.environ, "AITBC_JOB_ID": job.job_id, "AITBC_WORKSPACE": workspace},
+        )  # fmt: skip
+        try:
+            stdout, stderr = await asyncio.wait_for(proc.communicate(data), timeout_s)
+        except (TimeoutError, asyncio.CancelledError):
+            proc.kill()
+            await proc.wait()
+            raise
+        finally:
+            shutil.rmtree(workspace, ignore_errors=True)
+        if proc.returncode != 0:
+            raise JobFailed(
+                "EXIT_STATUS", f"exit {proc.returncode}: {stderr.decode(errors='replace')[-500:]}"
+            )
+        return Outcome(stdout, units=f"{loop.time() - started:.6f}", unit_type="cpu_seconds")
+
+    return run
+
+
+def probe_capabilities(slots: int = 1, **overrides: Any) -> miner_service_pb2.MinerCapabilities:
+    """GPUs from nvidia-smi when present; CPU cores and memory otherwise."""
+    caps = miner_service_pb2.MinerCapabilities(slots=slots, cpu_cores=os.cpu_count() or 1)
+    try:
+        caps.memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1 << 30)
+    except (ValueError, OSError):
+        pass
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
+                capture_output=True, text=True, timeout=10, check=True,
+            ).stdout  # fmt: skip
+            for line in out.strip().splitlines():
+                name, mem = (part.strip() for part in line.rsplit(",", 1))
+                caps.gpus.add(model=name, memory_gb=int(float(mem)) // 1024)
+        except (subprocess.SubprocessError, ValueError):
+            log.warning("nvidia-smi present but unreadable; reporting no GPUs")
+    for key, value in overrides.items():
+        if key == "gpus":
+            del caps.gpus[:]
+            for model, memory in value:
+                caps.gpus.add(model=model, memory_gb=memory)
+        elif key in ("models",):
+            caps.models[:] = value
+        elif key == "labels":
+            caps.labels.update(value)
+        else:
+            setattr(caps, key, value)
+    return caps
+
+
+@dataclass
+class _Running:
+    attempt: int
+    task: asyncio.Task
+
+
+@dataclass
+class Miner:
+    address: str
+    api_key: str
+    runner: Runner = echo_runner
+    capabilities: miner_service_pb2.MinerCapabilities = field(default_factory=probe_capabilities)
+    signer: Signer | None = None
+    backoff_base_s: float = 0.2
+    backoff_max_s: float = 15.0
+    own_connection: bool = False
+
+    def __post_init__(self) -> None:
+        self.running: dict[str, _Running] = {}
+        self.draining = False
+        self.stopped = asyncio.Event()
+        self.session_id = ""
+        self.completed = 0
+        self.connects = 0
+        self._outbox: asyncio.Queue[miner_service_pb2.ConnectRequest] | None = None
+        self._session_task: asyncio.Task | None = None
+        self._finished: asyncio.Queue[tuple[str, int, Any]] = asyncio.Queue()
+
+    @property
+    def slots(self) -> int:
+        return self.capabilities.slots or 1
+
+    def hello(self) -> miner_service_pb2.ConnectRequest:
+        return miner_service_pb2.ConnectRequest(hello=miner_service_pb2.Hello(
+            capabilities=self.capabilities, agent_version="aitbc-python-miner/0.1",
+            receipt_public_key=self.signer.public_key if self.signer else b"",
+            running_jobs=[miner_service_pb2.RunningJob(job_id=j, attempt=r.attempt) for j, r in self.running.items()],
+        ))  # fmt: skip
+
+    async def run(self) -> None:
+        """Connect, work, and reconnect with jittered backoff until stop() or a completed drain."""
+        failures = 0
+        channel = open_channel(self.address, own_connection=self.own_connection)
+        try:
+            while not self.stopped.is_set():
+                self._session_task = asyncio.create_task(self._session(channel))
+                try:
+                    reason, delay = await self._session_task
+                    failures = 0
+                except asyncio.CancelledError:
+                    if not self.stopped.is_set():
+                        raise
+                    break
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
+                                      grpc.StatusCode.INVALID_ARGUMENT):  # fmt: skip
+                        raise
+                    failures += 1
+                    reason = exc.code().name
+                    delay = min(self.backoff_max_s, self.backoff_base_s * 2 ** min(failures, 10))
+                if reason == "DRAINED" or (self.draining and not self.running):
+                    break
+                if self.stopped.is_set():
+                    break
+                wait = random.uniform(0.5, 1.0) * delay  # jitter: a fleet does not reconnect in lockstep
+                log.info("miner session ended (%s); reconnecting in %.2f s", reason, wait)
+                try:
+                    await asyncio.wait_for(self.stopped.wait(), wait)
+                except TimeoutError:
+                    pass
+        finally:
+            for r in self.running.values():
+                r.task.cancel()
+            await channel.close()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        if self._session_task is not None:
+            self._session_task.cancel()
+
+    def drain(self) -> None:
+        """Finish running jobs, take no new ones, then end (also on SIGTERM in `aitbc miner run`)."""
+        self.draining = True
+        if self._outbox is not None:
+            self._outbox.put_nowait(
+                miner_service_pb2.ConnectRequest(drain=miner_service_pb2.MinerDrain(reason="SIGTERM"))
+            )
+        if not self.running:
+            self.stop()
+
+    async def _session(self, channel: grpc.aio.Channel) -> tuple[str, float]:
+        stub = miner_service_pb2_grpc.MinerServiceStub(channel)
+        call = stub.Connect(metadata=auth_metadata(self.api_key))
+        outbox: asyncio.Queue[miner_service_pb2.ConnectRequest] = asyncio.Queue()
+        self._outbox = outbox
+        await call.write(self.hello())
+        first = await call.read()
+        if first is grpc.aio.EOF or first.WhichOneof("message") != "welcome":
+            await call.done_writing()
+            return "NO_WELCOME", self.backoff_base_s
+        welcome = first.welcome
+        self.session_id = welcome.session_id
+        self.connects += 1
+        kept = {j.job_id for j in welcome.resumed_jobs}
+        for job_id in [j for j in self.running if j not in kept]:
+            self.running.pop(job_id).task.cancel()
+        if self.draining:
+            outbox.put_nowait(
+                miner_service_pb2.ConnectRequest(drain=miner_service_pb2.MinerDrain(reason="draining"))
+            )
+        interval = max(0.05, welcome.heartbeat_interval.ToMilliseconds() / 1000)
+        tasks = [
+            asyncio.create_task(self._send(call, outbox)),
+            asyncio.create_task(self._heartbeat(outbox, interval)),
+            asyncio.create_task(self._report(outbox)),
+        ]
+        try:
+            while True:
+                message = await call.read()
+                if message is grpc.aio.EOF:
+                    return "EOF", self.backoff_base_s
+                kind = message.WhichOneof("message")
+                if kind == "assignments":
+                    for a in message.assignments.assignments:
+                        self._start(a)
+                elif kind == "cancel":
+                    running = self.running.get(message.cancel.job_id)
+                    if running is not None and running.attempt == message.cancel.attempt:
+                        self.running.pop(message.cancel.job_id).task.cancel()
+                elif kind == "drain":
+                    self.draining = True
+                elif kind == "go_away":
+                    return message.go_away.reason, message.go_away.reconnect_after.ToMilliseconds() / 1000
+                elif kind == "result_ack" and not message.result_ack.accepted:
+                    log.warning(
+                        "result refused: %s %s", message.result_ack.reason, message.result_ack.message
+                    )
+        finally:
+            self._outbox = None
+            for task in tasks:
+                task.cancel()
+            call.cancel()
+
+    def _start(self, assignment: miner_service_pb2.Assignment) -> None:
+        job = assignment.job
+        task = asyncio.create_task(self._execute(job, assignment.attempt))
+        self.running[job.job_id] = _Running(assignment.attempt, task)
+
+    async def _execute(self, job: job_pb2.Job, attempt: int) -> None:
+        try:
+            outcome = await self.runner(job)
+            if not isinstance(outcome, Outcome):
+                outcome = Outcome(outcome)
+            await self._finished.put((job.job_id, attempt, outcome))
+        except asyncio.CancelledError:
+            raise
+        except JobFailed as exc:
+            await self._finished.put((job.job_id, attempt, exc))
+        except Exception as exc:  # a runner bug is the job's failure, not the miner's crash
+            log.exception("job %s failed", job.job_id)
+            await self._finished.put((job.job_id, attempt, JobFailed("RUNNER_ERROR", repr(exc)[:4000])))
+
+    async def _report(self, outbox: asyncio.Queue) -> None:
+        """Turn finished jobs into Results messages, batching whatever finished together."""
+        while True:
+            items = [await self._finished.get()]
+            while not self._finished.empty():
+                items.append(self._finished.get_nowait())
+            results = []
+            for job_id, attempt, outcome in items:
+                running = self.running.get(job_id)
+                if running is None or running.attempt != attempt:
+                    continue
+                del self.running[job_id]
+                if isinstance(outcome, JobFailed):
+                    outbox.put_nowait(miner_service_pb2.ConnectRequest(failure=miner_service_pb2.Failure(
+                        job_id=job_id, attempt=attempt, retryable=outcome.retryable, code=outcome.code,
+                        message=str(outcome))))  # fmt: skip
+                else:
+                    results.append(self._result(job_id, attempt, outcome))
+                self.completed += 1
+            if results:
+                outbox.put_nowait(
+                    miner_service_pb2.ConnectRequest(results=miner_service_pb2.Results(results=results))
+                )
+            if self.draining and not self.running:
+                outbox.put_nowait(
+                    miner_service_pb2.ConnectRequest(drain=miner_service_pb2.MinerDrain(reason="drained"))
+                )
+
+    def _result(self, job_id: str, attempt: int, outcome: Outcome) -> miner_service_pb2.Result:
+        r = miner_service_pb2.Result(
+            job_id=job_id, attempt=attempt, units=outcome.units, unit_type=outcome.unit_type
+        )
+        if isinstance(outcome.output, bytes):
+            r.result_bytes = outcome.output
+            digest = hashlib.sha256(outcome.output).hexdigest()
+        else:
+            s = struct_pb2.Struct()
+            s.update(outcome.output)
+            r.result.CopyFrom(s)
+            digest = hashlib.sha256(canonical_struct(MessageToDict(s))).hexdigest()
+        if self.signer is not None:
+            report = build_miner_report(job_id, attempt, digest, r.units, r.unit_type)
+            r.miner_report = report
+            r.miner_signature = sign_miner_report(self.signer, report)
+        return r
+
+    async def _heartbeat(self, outbox: asyncio.Queue, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            outbox.put_nowait(miner_service_pb2.ConnectRequest(heartbeat=miner_service_pb2.MinerHeartbeat(
+                running_jobs=[miner_service_pb2.RunningJob(job_id=j, attempt=r.attempt) for j, r in self.running.items()])))  # fmt: skip
+
+    @staticmethod
+    async def _send(call: Any, outbox: asyncio.Queue) -> None:
+        while True:
+            await call.write(await outbox.get())
+
+
+def install_signal_handlers(miner: Miner) -> None:
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, miner.drain)
+    loop.add_signal_handler(signal.SIGINT, miner.stop)

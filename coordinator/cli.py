@@ -1,0 +1,99 @@
+"""`aitbc-coordinator`: serve, demo, and key management."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import secrets
+import sys
+
+from .config import SettingsError, load_settings
+from .logs import configure_logging
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="aitbc-coordinator", description="AITBC job coordinator over gRPC")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the coordinator until SIGTERM/SIGINT")
+    serve.add_argument("--host", help="listen address (APP_HOST)")
+    serve.add_argument("--port", type=int, help="listen port (APP_PORT)")
+    serve.add_argument("--database", help="DATABASE_URL, e.g. sqlite:///coordinator.db")
+    serve.add_argument("--env-file", default=".env", help="settings file (default .env)")
+    commands.add_parser(
+        "demo", help="a coordinator, a local miner and a few jobs, end to end; exits 0 on success"
+    )
+    keys = commands.add_parser("keys", help="API keys and receipt signing keys")
+    key_commands = keys.add_subparsers(dest="key_command", required=True)
+    create = key_commands.add_parser("create", help="print a new API key once, and the settings line to add")
+    create.add_argument("--role", required=True, choices=("client", "miner", "admin"))
+    create.add_argument("--name", required=True)
+    generate = key_commands.add_parser("generate", help="print a new Ed25519 receipt signing key (hex seed)")
+    generate.add_argument("--role", default="signing", choices=("signing", "attestation"))
+    rotate = key_commands.add_parser(
+        "rotate", help="retire the active receipt key in the store; make a new one"
+    )
+    rotate.add_argument("--database", required=True)
+    rotate.add_argument("--role", default="coordinator", choices=("coordinator", "log"))
+    args = parser.parse_args(argv)
+
+    if args.command == "keys":
+        return keys_command(args)
+    try:
+        settings = load_settings(env_file=getattr(args, "env_file", ".env"))
+    except SettingsError as exc:
+        print(f"aitbc-coordinator: bad setting: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    if args.command == "demo":
+        from .demo import run_demo
+
+        return asyncio.run(run_demo())
+    overrides = {
+        k: v
+        for k, v in (("app_host", args.host), ("app_port", args.port), ("database_url", args.database))
+        if v is not None
+    }
+    settings = settings.replace(**overrides)
+    from .server import serve as run_server
+
+    try:
+        asyncio.run(run_server(settings))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def keys_command(args: argparse.Namespace) -> int:
+    if args.key_command == "create":
+        key = f"aitbc_{args.role}_{secrets.token_urlsafe(24)}"
+        print(key)
+        print(f"# add to {args.role.upper()}_API_KEYS (comma-separated): {args.name}:{key}", file=sys.stderr)
+        return 0
+    if args.key_command == "generate":
+        from aitbc.receipts import Signer
+
+        signer = Signer.generate()
+        env = "RECEIPT_SIGNING_KEY_HEX" if args.role == "signing" else "RECEIPT_ATTESTATION_KEY_HEX"
+        print(f"{env}={signer.seed.hex()}")
+        print(f"# key id {signer.key_id}; public key {signer.public_key.hex()}", file=sys.stderr)
+        return 0
+    from .receipts.keyring import rotate
+    from .store import open_store
+
+    async def run() -> None:
+        store = open_store(args.database)
+        await store.open()
+        try:
+            row = await rotate(store, args.role)
+            print(f"new active {args.role} key {row.key_id}; the previous one is retired but still published")
+        finally:
+            await store.close()
+
+    asyncio.run(run())
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig()
+    raise SystemExit(main())

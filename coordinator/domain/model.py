@@ -1,0 +1,140 @@
+"""The domain's records: jobs, their constraints, miner capabilities and state-change events."""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import asdict, dataclass, field
+
+
+class JobState(enum.IntEnum):
+    """Values equal the contract's JobState numbers, so conversion is free."""
+
+    QUEUED = 1
+    ASSIGNED = 2
+    RUNNING = 3
+    COMPLETED = 4
+    FAILED = 5
+    CANCELED = 6
+    EXPIRED = 7
+
+    @property
+    def terminal(self) -> bool:
+        return self >= JobState.COMPLETED
+
+
+class PayloadKind(enum.IntEnum):
+    STRUCT = 1  # serialized google.protobuf.Struct (opaque bytes here)
+    BYTES = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Constraints:
+    gpu: str = ""
+    cuda: str = ""
+    min_vram_gb: int = 0
+    models: tuple[str, ...] = ()
+    region: str = ""
+    max_price: str = ""
+    labels: tuple[tuple[str, str], ...] = ()
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Constraints:
+        raw = json.loads(text)
+        return cls(
+            gpu=raw["gpu"],
+            cuda=raw["cuda"],
+            min_vram_gb=raw["min_vram_gb"],
+            models=tuple(raw["models"]),
+            region=raw["region"],
+            max_price=raw["max_price"],
+            labels=tuple((k, v) for k, v in raw["labels"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Gpu:
+    model: str
+    memory_gb: int
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    gpus: tuple[Gpu, ...] = ()
+    cuda_version: str = ""
+    models: frozenset[str] = frozenset()
+    price: str = "0"
+    region: str = ""
+    labels: tuple[tuple[str, str], ...] = ()
+    slots: int = 1
+    cpu_cores: int = 0
+    memory_gb: int = 0
+
+
+@dataclass(slots=True)
+class Job:
+    """A job. Mutable only through `domain.states.transition` (state) and the scheduler (lease fields)."""
+
+    job_id: str
+    client_id: str
+    state: JobState
+    payload: bytes
+    payload_kind: PayloadKind
+    input_sha256: bytes
+    constraints: Constraints
+    priority: int
+    ttl_us: int
+    max_attempts: int
+    execution_timeout_us: int
+    idempotency_key: str
+    request_fingerprint: bytes
+    created_us: int
+    updated_us: int
+    attempt: int = 0
+    miner_id: str = ""
+    started_us: int = 0
+    finished_us: int = 0
+    terminal_reason: str = ""
+    terminal_message: str = ""
+    metadata: tuple[tuple[str, str], ...] = ()
+    reassignments: int = 0  # times a lease was lost; capped by settings
+    event_seq: int = 0  # last event sequence number
+    not_before_us: int = 0  # retry backoff: not dispatched before this time
+    queued_us: int = 0  # when it last entered the queue (for queue-wait figures)
+
+    @property
+    def expires_us(self) -> int:
+        return self.created_us + self.ttl_us
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One state change, appended to the job's event log in the same transaction as the change."""
+
+    job_id: str
+    sequence: int
+    from_state: JobState | None
+    to_state: JobState
+    attempt: int
+    miner_id: str
+    reason: str
+    message: str
+    occurred_us: int
+
+
+@dataclass(slots=True)
+class JobResult:
+    job_id: str
+    attempt: int
+    output: bytes
+    output_kind: PayloadKind
+    result_sha256: bytes
+    units: str
+    unit_type: str
+    miner_id: str
+    completed_us: int
+    receipt_id: str = ""
+    extras: dict[str, str] = field(default_factory=dict)

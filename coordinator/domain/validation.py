@@ -1,0 +1,134 @@
+"""Bounds on what callers send. Every breach is a field violation; nothing is stored."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+
+from .clock import MICROS
+from .errors import invalid
+from .model import Constraints
+
+Violations = list[tuple[str, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_payload_bytes: int = 1 << 20
+    max_result_bytes: int = 1 << 20
+    max_struct_depth: int = 32
+    max_list_items: int = 32
+    max_labels: int = 32
+    max_short_string: int = 128
+    max_long_string: int = 512
+    max_batch: int = 1000
+    max_attempts: int = 100
+    max_ttl_s: int = 7 * 24 * 3600
+    max_execution_timeout_s: int = 7 * 24 * 3600
+    default_ttl_s: int = 900
+    default_max_attempts: int = 3
+    default_execution_timeout_s: int = 3600
+
+
+def check_text(v: Violations, field: str, value: str, limit: int) -> None:
+    if len(value) > limit:
+        v.append((field, f"at most {limit} characters (got {len(value)})"))
+
+
+def check_decimal(v: Violations, field: str, value: str) -> None:
+    if not value:
+        return
+    try:
+        number = Decimal(value)
+    except InvalidOperation:
+        v.append((field, f"must be a decimal number such as '2.5' (got {value[:40]!r})"))
+        return
+    if not number.is_finite() or number < 0:
+        v.append((field, "must be a finite, non-negative decimal"))
+
+
+def check_labels(v: Violations, field: str, labels: tuple[tuple[str, str], ...], limits: Limits) -> None:
+    if len(labels) > limits.max_labels:
+        v.append((field, f"at most {limits.max_labels} entries (got {len(labels)})"))
+    for key, value in labels:
+        if not key or len(key) > limits.max_short_string or len(value) > limits.max_short_string:
+            v.append(
+                (
+                    f"{field}[{key[:40]}]",
+                    f"keys 1 to {limits.max_short_string} characters, values at most as long",
+                )
+            )
+            break
+
+
+def check_constraints(v: Violations, prefix: str, c: Constraints, limits: Limits) -> None:
+    check_text(v, f"{prefix}.gpu", c.gpu, limits.max_short_string)
+    check_text(v, f"{prefix}.region", c.region, 64)
+    check_text(v, f"{prefix}.cuda", c.cuda, 16)
+    if c.cuda and not all(part.isdigit() for part in c.cuda.split(".")):
+        v.append((f"{prefix}.cuda", "must look like '12.1'"))
+    if len(c.models) > limits.max_list_items:
+        v.append((f"{prefix}.models", f"at most {limits.max_list_items} entries"))
+    if any(not m or len(m) > 256 for m in c.models):
+        v.append((f"{prefix}.models", "each entry 1 to 256 characters"))
+    check_decimal(v, f"{prefix}.max_price", c.max_price)
+    check_labels(v, f"{prefix}.labels", c.labels, limits)
+    if c.min_vram_gb > 4096:
+        v.append((f"{prefix}.min_vram_gb", "at most 4096"))
+
+
+@dataclass(frozen=True, slots=True)
+class SubmissionFields:
+    """A submission as the servicer extracted it, before validation."""
+
+    payload_size: int
+    payload_depth: int
+    has_payload: bool
+    constraints: Constraints
+    priority: int
+    ttl_s: float | None
+    max_attempts: int
+    execution_timeout_s: float | None
+    idempotency_key: str
+    metadata: tuple[tuple[str, str], ...]
+
+
+def validate_submission(
+    f: SubmissionFields, limits: Limits, prefix: str = ""
+) -> tuple[Violations, int, int, int]:
+    """Violations, and the effective ttl_us, max_attempts and execution_timeout_us."""
+    v: Violations = []
+    if not f.has_payload:
+        v.append((f"{prefix}payload", "a payload (or payload_bytes) is required"))
+    elif f.payload_size > limits.max_payload_bytes:
+        v.append((f"{prefix}payload", f"at most {limits.max_payload_bytes} bytes (got {f.payload_size})"))
+    if f.payload_depth > limits.max_struct_depth:
+        v.append((f"{prefix}payload", f"nested at most {limits.max_struct_depth} levels deep"))
+    if f.priority > 9:
+        v.append((f"{prefix}priority", "0 to 9"))
+    ttl_s = limits.default_ttl_s if f.ttl_s is None else f.ttl_s
+    if not 1 <= ttl_s <= limits.max_ttl_s:
+        v.append((f"{prefix}ttl", f"1 s to {limits.max_ttl_s} s"))
+    attempts = f.max_attempts or limits.default_max_attempts
+    if attempts > limits.max_attempts:
+        v.append((f"{prefix}max_attempts", f"at most {limits.max_attempts}"))
+    exec_s = limits.default_execution_timeout_s if f.execution_timeout_s is None else f.execution_timeout_s
+    if not 1 <= exec_s <= limits.max_execution_timeout_s:
+        v.append((f"{prefix}execution_timeout", f"1 s to {limits.max_execution_timeout_s} s"))
+    check_text(v, f"{prefix}idempotency_key", f.idempotency_key, limits.max_short_string)
+    check_constraints(v, f"{prefix}constraints", f.constraints, limits)
+    check_labels(v, f"{prefix}metadata", f.metadata, limits)
+    return v, int(ttl_s * MICROS), attempts, int(exec_s * MICROS)
+
+
+def raise_if(violations: Violations, what: str = "the request") -> None:
+    if violations:
+        raise invalid(f"{what} is invalid: " + "; ".join(f"{f}: {d}" for f, d in violations[:5]), violations)
+
+
+def check_id(field: str, value: str) -> None:
+    """Ids are at most 64 characters; an empty one is a bad request."""
+    if not value:
+        raise invalid(f"{field} is required", [(field, "required")])
+    if len(value) > 64:
+        raise invalid(f"{field} is too long", [(field, "at most 64 characters")])

@@ -1,0 +1,185 @@
+"""Issues one signed receipt per completed attempt, appends it to the Merkle log and books the ledger.
+
+Everything lands in the unit of work of the COMPLETED transition, so a receipt exists if and only if the
+completion does. Leaves are appended in memory in the order their units reach the single writer, and a
+checkpoint is only ever signed over leaves already committed: after a crash the rebuilt tree can never
+contradict a checkpoint the coordinator published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+
+from aitbc.receipts import (
+    MerkleTree,
+    MinerSignature,
+    build_envelope,
+    build_miner_report,
+    build_receipt_payload,
+    leaf_hash,
+    new_nonce,
+    sign_checkpoint,
+    verify_strict,
+)
+from aitbc.receipts.payload import RECEIPT_PAYLOAD_TYPE, miner_report_message
+
+from ..domain.clock import now_us, to_datetime
+from ..domain.errors import CoordinatorError, Kind
+from ..domain.ids import uuid7
+from ..domain.model import Job, JobResult
+from ..scheduler.engine import ReceiptHook
+from ..scheduler.sessions import Session
+from ..store.base import CheckpointRow, KeyRow, LedgerEntry, ReceiptRow, Store, UnitOfWork
+from .keyring import ActiveKeys, miner_key_row
+
+log = logging.getLogger("coordinator.receipts")
+
+NANO = Decimal("0.000000001")
+
+
+def to_nano(value: str) -> int:
+    return int((Decimal(value) / NANO).to_integral_value(ROUND_HALF_EVEN))
+
+
+def from_nano(value: int) -> str:
+    text = format((Decimal(value) * NANO).normalize(), "f")
+    return "0" if text in ("-0", "0E-9") else text
+
+
+def bad_report(message: str) -> CoordinatorError:
+    return CoordinatorError(Kind.INVALID_ARGUMENT, "BAD_MINER_SIGNATURE", message)
+
+
+class ReceiptIssuer(ReceiptHook):
+    def __init__(self, store: Store, keys: ActiveKeys, coordinator_id: str, chain_id: str) -> None:
+        self.store = store
+        self.keys = keys
+        self.coordinator_id = coordinator_id
+        self.chain_id = chain_id
+        self.origin = f"aitbc.coordinator/{coordinator_id}"
+        self.tree = MerkleTree()
+        self.committed_size = 0
+        self.checkpoint: CheckpointRow | None = None
+        self._checkpoint_lock = asyncio.Lock()
+        self.accounts: dict[tuple[str, str], dict] = {}
+        self.issued = 0
+
+    async def load(self) -> None:
+        leaves, checkpoint = await self.store.load_log()
+        self.tree = MerkleTree(leaves)
+        self.committed_size = self.tree.size
+        self.checkpoint = checkpoint
+        if checkpoint is not None and (
+            checkpoint.tree_size > self.tree.size
+            or self.tree.root(checkpoint.tree_size) != checkpoint.root_hash
+        ):
+            raise RuntimeError("the receipt log does not match its last checkpoint: the store was altered")
+        for row in await self.store.load_accounts():
+            self.accounts[(row["account_id"], row["kind"])] = row
+
+    # ------------------------------------------------------------------ issuing
+    def issue(self, job: Job, result: JobResult, session: Session, unit: UnitOfWork) -> str:
+        price = session.caps.price or "0"
+        try:
+            cost = Decimal(result.units) * Decimal(price)
+        except InvalidOperation:
+            raise CoordinatorError(
+                Kind.INVALID_ARGUMENT, "INVALID_RESULT", "units is not a decimal"
+            ) from None
+        report = signature = None
+        if session.receipt_public_key:
+            report, signature = self._check_miner_report(job, result, session)
+        receipt_id = uuid7()
+        now = now_us()
+        payload = build_receipt_payload(
+            receipt_id=receipt_id, job_id=job.job_id, attempt=job.attempt, provider=session.miner_id,
+            client=job.client_id, units=result.units, unit_type=result.unit_type, price=price,
+            cost=from_nano(to_nano(str(cost))), started_at=to_datetime(job.started_us or now),
+            completed_at=to_datetime(result.completed_us), issued_at=to_datetime(now),
+            result_sha256=result.result_sha256.hex(), input_sha256=job.input_sha256.hex(),
+            coordinator_id=self.coordinator_id, nonce=new_nonce(), chain_id=self.chain_id,
+            miner_report=report, miner_signature=signature,
+        )  # fmt: skip
+        signers = [self.keys.coordinator] + ([self.keys.attestation] if self.keys.attestation else [])
+        envelope = build_envelope(payload, RECEIPT_PAYLOAD_TYPE, signers)
+        leaf = leaf_hash(envelope)
+        index = self.tree.append(leaf)
+        unit.receipts.append(ReceiptRow(receipt_id, job.job_id, job.attempt, envelope, index, leaf, now))
+        amount = to_nano(str(cost))
+        units = to_nano(result.units)
+        unit.ledger.append(LedgerEntry(job.client_id, "client", receipt_id, -amount, units, now))
+        unit.ledger.append(LedgerEntry(session.miner_id, "miner", receipt_id, amount, units, now))
+        self.issued += 1
+        return receipt_id
+
+    def _check_miner_report(
+        self, job: Job, result: JobResult, session: Session
+    ) -> tuple[bytes, MinerSignature]:
+        report = bytes(result.extras.get("miner_report") or b"")
+        sig = bytes(result.extras.get("miner_signature") or b"")
+        if not report or not sig:
+            raise bad_report(
+                "this miner registered a receipt key: results need miner_report and miner_signature"
+            )
+        expected = build_miner_report(job.job_id, job.attempt, result.result_sha256.hex(), result.units,
+                                      result.unit_type)  # fmt: skip
+        if report != expected:
+            raise bad_report(
+                "miner_report does not match the result (job, attempt, digest, units, unit type)"
+            )
+        if not verify_strict(session.receipt_public_key, miner_report_message(report), sig):
+            raise bad_report("miner_signature does not verify with the miner's registered key")
+        return report, MinerSignature(miner_key_row(session.miner_id, session.receipt_public_key).key_id, sig)
+
+    def committed(self, unit: UnitOfWork) -> None:
+        """After a commit holding receipts: its leaves are durable and its ledger entries booked."""
+        self.committed_size = max(self.committed_size, max(r.leaf_index for r in unit.receipts) + 1)
+        for e in unit.ledger:
+            acct = self.accounts.setdefault(
+                (e.account_id, e.kind),
+                {"account_id": e.account_id, "kind": e.kind, "balance_nano": 0, "receipts": 0, "units_nano": 0,
+                 "updated_us": 0},
+            )  # fmt: skip
+            acct["balance_nano"] += e.amount_nano
+            acct["receipts"] += 1
+            acct["units_nano"] += e.units_nano
+            acct["updated_us"] = e.booked_us
+
+    # ------------------------------------------------------------------ the log
+    async def ensure_checkpoint(self, min_size: int = 0) -> CheckpointRow:
+        """The latest checkpoint covering at least min_size leaves, signing a new one if needed."""
+        async with self._checkpoint_lock:
+            current = self.checkpoint
+            # A leaf read back from the store is committed, and so is every leaf before it (the writer
+            # commits in order): signing up to min_size is therefore safe even before committed() ran.
+            size = max(self.committed_size, min_size)
+            if current is not None and (current.tree_size == size or 0 < min_size <= current.tree_size):
+                return current
+            root = self.tree.root(size)
+            note = sign_checkpoint(self.origin, size, root, self.keys.log)
+            row = CheckpointRow(size, root, note, now_us())
+            unit = UnitOfWork()
+            unit.checkpoints.append(row)
+            await self.store.commit(unit)
+            self.checkpoint = row
+            return row
+
+    def register_miner_key(self, miner_id: str, public_key: bytes) -> UnitOfWork:
+        """A miner's receipt key, published (and the miner's previous key retired)."""
+        unit = UnitOfWork()
+        row = miner_key_row(miner_id, public_key)
+        known = self.keys.rows
+        if any(r.key_id == row.key_id and r.owner == miner_id for r in known):
+            return unit
+        for r in known:
+            if r.role == "miner" and r.owner == miner_id and r.status == "active":
+                r.status, r.valid_until_us = "retired", row.valid_from_us
+                unit.keys.append(r)
+        known.append(row)
+        unit.keys.append(row)
+        return unit
+
+    def published_keys(self) -> list[KeyRow]:
+        return list(self.keys.rows)

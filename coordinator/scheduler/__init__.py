@@ -1,0 +1,1 @@
+"""The asyncio scheduler: ready queues, miner sessions, leases and timers."""

@@ -1,0 +1,840 @@
+"""The scheduler: the live state of every non-terminal job, the miner sessions, and every rule that moves them.
+
+One asyncio loop owns all of it, so a decision (pick a miner, fence a result) is atomic without locks: no
+job can be handed out twice. Each decision changes memory at once, then commits a unit of work; messages to
+miners and watchers leave only after that commit, so nothing a miner or client sees can be lost by a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from ..domain import states
+from ..domain.clock import MICROS, now_us
+from ..domain.errors import CoordinatorError, Kind, job_not_found
+from ..domain.ids import uuid7
+from ..domain.matching import eligible
+from ..domain.model import Capabilities, Event, Job, JobResult, JobState, PayloadKind
+from ..store.base import JobFilter, Store, UnitOfWork
+from .queues import ReadyQueues, Shape
+from .sessions import AckOut, AssignmentOut, CancelOut, DrainOut, GoAwayOut, Held, Session
+from .timers import TimerHeap
+
+log = logging.getLogger("coordinator.scheduler")
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerSettings:
+    heartbeat_interval_s: float = 10.0
+    heartbeat_timeout_s: float = 30.0
+    lease_s: float = 30.0
+    grace_s: float = 30.0
+    max_reassignments: int = 5
+    retry_backoff_base_s: float = 1.0
+    retry_backoff_max_s: float = 60.0
+    outbox_limit: int = 10_000
+
+
+@dataclass(slots=True)
+class JobSpec:
+    """A validated submission, in domain terms."""
+
+    payload: bytes
+    payload_kind: PayloadKind
+    input_sha256: bytes
+    constraints: object
+    priority: int
+    ttl_us: int
+    max_attempts: int
+    execution_timeout_us: int
+    idempotency_key: str
+    fingerprint: bytes
+    metadata: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(slots=True)
+class ResultIn:
+    job_id: str
+    attempt: int
+    output: bytes
+    output_kind: PayloadKind
+    result_sha256: bytes
+    units: str
+    unit_type: str
+    miner_report: bytes = b""
+    miner_signature: bytes = b""
+
+
+@dataclass(slots=True)
+class FailureIn:
+    job_id: str
+    attempt: int
+    retryable: bool
+    code: str
+    message: str
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A decision's writes and the messages that may leave only after they are durable."""
+
+    unit: UnitOfWork = field(default_factory=UnitOfWork)
+    sends: list[tuple[Session, object]] = field(default_factory=list)
+    notes: list[tuple[Job, Event]] = field(default_factory=list)
+    after: list[Callable[[], None]] = field(default_factory=list)
+
+    def record(self, job: Job, event: Event) -> None:
+        self.unit.add_update(job)
+        self.unit.add_event(event)
+        self.notes.append((job, event))
+
+
+class ReceiptHook:
+    """What the scheduler needs from the receipt issuer (see coordinator.receipts)."""
+
+    def issue(
+        self, job: Job, result: JobResult, session: Session, unit: UnitOfWork
+    ) -> str:  # pragma: no cover
+        raise NotImplementedError
+
+    def committed(self, unit: UnitOfWork) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+
+class Scheduler:
+    def __init__(
+        self, store: Store, settings: SchedulerSettings, receipts: ReceiptHook | None = None
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.receipts = receipts
+        self.jobs: dict[str, Job] = {}  # every non-terminal job
+        self.queues = ReadyQueues()
+        self.sessions: dict[str, Session] = {}  # by session id
+        self.by_miner: dict[str, Session] = {}  # live session per miner identity
+        self.orphans: dict[str, dict[str, Held]] = {}  # miner -> jobs held before a restart or disconnect
+        self.idempotency: dict[tuple[str, str], str] = {}
+        self._inflight_keys: dict[tuple[str, str], asyncio.Future] = {}
+        self.watchers: dict[str, set[asyncio.Queue]] = {}
+        self.timers = TimerHeap(self._on_timer)
+        self.observers: list[Callable[[str, Job, Event], None]] = []
+        self.samples_wait: deque[tuple[int, int]] = deque(maxlen=50_000)  # (at, queue wait us)
+        self.samples_run: deque[tuple[int, int]] = deque(maxlen=50_000)
+        self.stopping = False
+
+    # ------------------------------------------------------------------ life cycle
+    async def start(self) -> None:
+        """Rebuild live state from the store: queues, leases of held jobs (their miners get a grace period)."""
+        now = now_us()
+        grace_us = int(self.settings.grace_s * MICROS)
+        for job in await self.store.load_active_jobs():
+            self.jobs[job.job_id] = job
+            if job.idempotency_key:
+                self.idempotency[(job.client_id, job.idempotency_key)] = job.job_id
+            if job.state is JobState.QUEUED:
+                self._enqueue_or_wait(job, now)
+            else:
+                held = Held(job, job.attempt, now + grace_us, job.started_us + job.execution_timeout_us)
+                self.orphans.setdefault(job.miner_id, {})[job.job_id] = held
+        for miner_id in self.orphans:
+            self.timers.schedule(now + grace_us, "orphans", miner_id)
+        self.timers.start()
+        log.info("scheduler started: %d active jobs, %d queued", len(self.jobs), self.queues.depth)
+
+    async def stop(self) -> None:
+        """Tell every miner to go away (its jobs stay its own if it returns within the grace period)."""
+        self.stopping = True
+        for session in list(self.sessions.values()):
+            session.send(GoAwayOut("SHUTTING_DOWN", 1.0))
+        await self.timers.stop()
+
+    # ------------------------------------------------------------------ commits
+    async def _commit(self, pending: _Pending) -> None:
+        if pending.unit:
+            await self.store.commit(pending.unit)
+        if self.receipts is not None and pending.unit.receipts:
+            self.receipts.committed(pending.unit)
+        for session, message in pending.sends:
+            session.send(message)  # type: ignore[arg-type]
+        for job, event in pending.notes:
+            self._notify(job, event)
+        for action in pending.after:
+            action()
+
+    def _notify(self, job: Job, event: Event) -> None:
+        for observer in self.observers:
+            observer("transition", job, event)
+        queues = self.watchers.get(job.job_id)
+        if queues:
+            snapshot = dataclasses.replace(job)
+            for q in queues:
+                q.put_nowait((snapshot, event))
+
+    # ------------------------------------------------------------------ clients
+    async def submit(self, client_id: str, specs: list[JobSpec]) -> list[tuple[Job, bool]]:
+        """Store new jobs (idempotently) and hand each to an idle eligible miner if there is one."""
+        if self.stopping:
+            raise CoordinatorError(Kind.UNAVAILABLE, "SHUTTING_DOWN", "the coordinator is shutting down")
+        out: list[tuple[Job, bool] | None] = [None] * len(specs)
+        pending = _Pending()
+        now = now_us()
+        claimed: list[tuple[tuple[str, str], asyncio.Future]] = []
+        try:
+            for i, spec in enumerate(specs):
+                if spec.idempotency_key:
+                    existing = await self._idempotent_hit(client_id, spec)
+                    if existing is not None:
+                        out[i] = (existing, False)
+                        continue
+                    key = (client_id, spec.idempotency_key)
+                    if any(k == key for k, _ in claimed):
+                        raise CoordinatorError(
+                            Kind.ALREADY_EXISTS, "IDEMPOTENCY_KEY_REUSED",
+                            "the same idempotency key appears twice in one batch",
+                        )  # fmt: skip
+                    future = asyncio.get_running_loop().create_future()
+                    self._inflight_keys[key] = future
+                    claimed.append((key, future))
+                job = Job(
+                    job_id=uuid7(), client_id=client_id, state=JobState.QUEUED, payload=spec.payload,
+                    payload_kind=spec.payload_kind, input_sha256=spec.input_sha256,
+                    constraints=spec.constraints, priority=spec.priority, ttl_us=spec.ttl_us,
+                    max_attempts=spec.max_attempts, execution_timeout_us=spec.execution_timeout_us,
+                    idempotency_key=spec.idempotency_key, request_fingerprint=spec.fingerprint,
+                    created_us=now, updated_us=now, metadata=spec.metadata, queued_us=now,
+                )  # type: ignore[arg-type]  # fmt: skip
+                event = states.submitted_event(job)
+                self.jobs[job.job_id] = job
+                pending.unit.add_new_job(job)
+                pending.unit.add_event(event)
+                pending.notes.append((job, event))
+                self.timers.schedule(job.expires_us, "ttl", job.job_id)
+                # The assignment rides in the same commit as the insert: the miner hears of the job the
+                # moment the client's call returns.
+                session = self._pick_session(job)
+                if session is not None:
+                    self._assign(job, session, pending, now)
+                else:
+                    self.queues.push(job)
+                out[i] = (job, True)
+            await self._commit(pending)
+        except BaseException:
+            for _, job_event in enumerate(pending.unit.new_jobs):
+                self._forget_failed_insert(job_event[0])
+            raise
+        finally:
+            for key, future in claimed:
+                self._inflight_keys.pop(key, None)
+                if not future.done():
+                    future.set_result(None)
+        for job, created in (o for o in out if o is not None):
+            if created and job.idempotency_key:
+                self.idempotency[(client_id, job.idempotency_key)] = job.job_id
+        return [o for o in out if o is not None]
+
+    def _forget_failed_insert(self, job_id: str) -> None:
+        job = self.jobs.pop(job_id, None)
+        if job is None:
+            return
+        for session in self.sessions.values():
+            session.held.pop(job_id, None)
+        if job.state is JobState.QUEUED:
+            job.state = JobState.CANCELED  # lazily dropped from the queues
+            self.queues.discard()
+
+    async def _idempotent_hit(self, client_id: str, spec: JobSpec) -> Job | None:
+        key = (client_id, spec.idempotency_key)
+        inflight = self._inflight_keys.get(key)
+        if inflight is not None:
+            await asyncio.shield(inflight)
+        job_id = self.idempotency.get(key)
+        job = self.jobs.get(job_id) if job_id else None
+        if job is None:
+            job = await self.store.find_by_idempotency_key(client_id, spec.idempotency_key)
+        if job is None:
+            return None
+        if job.request_fingerprint != spec.fingerprint:
+            raise CoordinatorError(
+                Kind.ALREADY_EXISTS,
+                "IDEMPOTENCY_KEY_REUSED",
+                f"idempotency key {spec.idempotency_key!r} was used for a different request (job {job.job_id})",
+                metadata={"job_id": job.job_id},
+            )
+        return job
+
+    async def get_job(self, job_id: str, client_id: str | None) -> Job:
+        """The job; NOT_FOUND for unknown ids and for another client's jobs (client_id None: admin)."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            job = await self.store.get_job(job_id)
+        if job is None or (client_id is not None and job.client_id != client_id):
+            raise job_not_found(job_id)
+        return job
+
+    async def get_result(self, job_id: str, client_id: str, wait: bool) -> tuple[Job, JobResult]:
+        job = await self.get_job(job_id, client_id)
+        if wait and not job.state.terminal:
+            async for snapshot, _ in self.watch(job_id, client_id):
+                job = snapshot
+        if job.state is not JobState.COMPLETED:
+            raise CoordinatorError(
+                Kind.FAILED_PRECONDITION,
+                "JOB_NOT_COMPLETED",
+                f"job {job_id} has no result: it is {job.state.name}",
+                metadata={"job_id": job_id, "state": job.state.name},
+            )
+        result = await self.store.get_result(job_id)
+        if result is None:  # pragma: no cover - COMPLETED and its result commit together
+            raise CoordinatorError(Kind.NOT_FOUND, "RESULT_NOT_FOUND", f"job {job_id} has no stored result")
+        return job, result
+
+    async def watch(self, job_id: str, client_id: str | None) -> AsyncIterator[tuple[Job, Event | None]]:
+        """The job now, then after each change, ending after the terminal state."""
+        q: asyncio.Queue = asyncio.Queue()
+        self.watchers.setdefault(job_id, set()).add(q)
+        try:
+            job = await self.get_job(job_id, client_id)
+            yield dataclasses.replace(job), None
+            if job.state.terminal:
+                return
+            while True:
+                snapshot, event = await q.get()
+                yield snapshot, event
+                if event.to_state.terminal:
+                    return
+        finally:
+            queues = self.watchers.get(job_id)
+            if queues is not None:
+                queues.discard(q)
+                if not queues:
+                    del self.watchers[job_id]
+
+    async def cancel(self, job_id: str, client_id: str | None, reason: str) -> Job:
+        job = self.jobs.get(job_id)
+        if job is None or (client_id is not None and job.client_id != client_id):
+            stored = await self.get_job(job_id, client_id)  # NOT_FOUND, or a terminal job
+            states.check(stored, JobState.CANCELED)  # raises JOB_TERMINAL
+            job = self.jobs[job_id]  # pragma: no cover - non-terminal jobs are all in memory
+        now = now_us()
+        pending = _Pending()
+        was = job.state
+        holder = self._holder(job)
+        pending.record(
+            job, states.transition(job, JobState.CANCELED, "CANCELED_BY_CLIENT", now, message=reason)
+        )
+        if was is JobState.QUEUED:
+            self.queues.discard()
+        if holder is not None:
+            holder.held.pop(job.job_id, None)
+            pending.sends.append((holder, CancelOut(job.job_id, job.attempt, "CANCELED_BY_CLIENT")))
+            self._fill(holder, pending, now)
+        self._finish(job)
+        await self._commit(pending)
+        return job
+
+    async def list_jobs(self, flt: JobFilter, limit: int, before: str | None) -> list[Job]:
+        jobs = await self.store.list_jobs(flt, limit, before)
+        # the store may lag memory by one group commit at most: prefer the live copy
+        return [self.jobs.get(j.job_id, j) for j in jobs]
+
+    # ------------------------------------------------------------------ miners: sessions
+    def open_session(
+        self,
+        miner_id: str,
+        caps: Capabilities,
+        transport: str,
+        running: list[tuple[str, int]],
+        receipt_public_key: bytes = b"",
+    ) -> tuple[Session, list[tuple[str, int]], _Pending]:
+        """A new session for miner_id. Returns it, the running jobs it keeps, and writes to commit.
+
+        A live session of the same identity is replaced (told to go away); the jobs it or a previous
+        session held move to the new session if the miner lists them as running, and are requeued if not.
+        """
+        if self.stopping:
+            raise CoordinatorError(Kind.UNAVAILABLE, "SHUTTING_DOWN", "the coordinator is shutting down")
+        now = now_us()
+        pending = _Pending()
+        inherited: dict[str, Held] = dict(self.orphans.pop(miner_id, {}))
+        previous = self.by_miner.get(miner_id)
+        if previous is not None:
+            inherited.update(previous.held)
+            previous.held.clear()
+            self._close(previous, pending, "SESSION_REPLACED", requeue=False)
+        session = Session(
+            session_id=uuid7(), miner_id=miner_id, caps=caps, transport=transport, connected_us=now,
+            receipt_public_key=receipt_public_key, last_seen_us=now,
+        )  # fmt: skip
+        self.sessions[session.session_id] = session
+        self.by_miner[miner_id] = session
+        listed = dict(running)
+        kept: list[tuple[str, int]] = []
+        lease_us = now + int(self.settings.lease_s * MICROS)
+        for job_id, held in inherited.items():
+            job = self.jobs.get(job_id)
+            if job is None or job.state.terminal or job.attempt != held.attempt:
+                continue
+            if listed.get(job_id) == held.attempt:
+                held.lease_us = lease_us
+                session.held[job_id] = held
+                self.timers.schedule(lease_us, "lease", job_id, held.attempt)
+                kept.append((job_id, held.attempt))
+            else:
+                self._lose_lease(job, "MINER_LOST_JOB", now, pending)
+        for job_id, attempt in running:
+            if job_id not in session.held:
+                pending.sends.append((session, CancelOut(job_id, attempt, "NOT_HELD")))
+        self.timers.schedule(
+            now + int(self.settings.heartbeat_timeout_s * MICROS), "liveness", session.session_id
+        )
+        for observer in self.observers:
+            observer("session_open", session, None)  # type: ignore[arg-type]
+        log.info("miner connected miner=%s session=%s transport=%s slots=%d kept=%d", miner_id,
+                 session.session_id, transport, caps.slots, len(kept))  # fmt: skip
+        self._fill(session, pending, now)
+        return session, kept, pending
+
+    async def commit_pending(self, pending: _Pending) -> None:
+        await self._commit(pending)
+
+    def session(self, session_id: str, miner_id: str) -> Session:
+        session = self.sessions.get(session_id)
+        if session is None or session.closed or session.miner_id != miner_id:
+            raise CoordinatorError(
+                Kind.NOT_FOUND,
+                "SESSION_NOT_FOUND",
+                f"session {session_id!r} not found or expired: register again",
+            )
+        session.last_seen_us = now_us()
+        return session
+
+    async def disconnected(self, session: Session, reason: str) -> None:
+        """The stream of session ended: its jobs wait out the grace period for the miner to come back."""
+        if session.closed:
+            return
+        now = now_us()
+        pending = _Pending()
+        if session.held and not self.stopping:
+            grace_end = now + int(self.settings.grace_s * MICROS)
+            for held in session.held.values():
+                held.lease_us = grace_end
+            self.orphans.setdefault(session.miner_id, {}).update(session.held)
+            self.timers.schedule(grace_end, "orphans", session.miner_id)
+            session.held = {}
+        self._close(session, pending, reason, requeue=False)
+        await self._commit(pending)
+
+    def _close(self, session: Session, pending: _Pending, reason: str, *, requeue: bool) -> None:
+        if session.closed:
+            return
+        now = now_us()
+        session.closed = True
+        if requeue:
+            for job_id in list(session.held):
+                job = self.jobs.get(job_id)
+                if job is not None:
+                    self._lose_lease(job, reason, now, pending)
+        session.held.clear()
+        self.sessions.pop(session.session_id, None)
+        if self.by_miner.get(session.miner_id) is session:
+            del self.by_miner[session.miner_id]
+        session.send(GoAwayOut(reason, 1.0))
+        session.wakeup.set()
+        for observer in self.observers:
+            observer("session_close", session, None)  # type: ignore[arg-type]
+        log.info(
+            "miner disconnected miner=%s session=%s reason=%s", session.miner_id, session.session_id, reason
+        )
+
+    def drain(self, session: Session, reason: str) -> None:
+        session.draining = True
+        session.send(DrainOut(reason))
+        if not session.held:
+            pending = _Pending()
+            self._close(session, pending, "DRAINED", requeue=False)
+
+    def drain_miner(self, miner_id: str) -> Session:
+        session = self.by_miner.get(miner_id)
+        if session is None:
+            raise CoordinatorError(
+                Kind.NOT_FOUND,
+                "MINER_NOT_FOUND",
+                f"miner {miner_id!r} has no session",
+                metadata={"miner_id": miner_id},
+            )
+        self.drain(session, "ADMIN")
+        return session
+
+    def seen(self, session: Session) -> None:
+        session.last_seen_us = now_us()
+
+    # ------------------------------------------------------------------ miners: work
+    def heartbeat(self, session: Session, running: list[tuple[str, int]]) -> None:
+        now = now_us()
+        session.last_seen_us = now
+        lease_us = now + int(self.settings.lease_s * MICROS)
+        for job_id, attempt in running:
+            held = session.held.get(job_id)
+            if held is not None and held.attempt == attempt:
+                held.lease_us = lease_us
+
+    def progress(self, session: Session, job_id: str, attempt: int) -> None:
+        self.heartbeat(session, [(job_id, attempt)])
+
+    async def accept(self, session: Session, job_id: str, attempt: int) -> None:
+        held = self._fenced(session, job_id, attempt)
+        job = held.job
+        if job.state is not JobState.ASSIGNED:
+            return  # a repeated accept changes nothing
+        pending = _Pending()
+        now = now_us()
+        pending.record(job, states.transition(job, JobState.RUNNING, "ACCEPTED", now))
+        await self._commit(pending)
+
+    async def reject(self, session: Session, job_id: str, attempt: int, reason: str) -> None:
+        held = self._fenced(session, job_id, attempt)
+        job = held.job
+        now = now_us()
+        pending = _Pending()
+        session.held.pop(job_id, None)
+        event = states.transition(job, JobState.QUEUED, "REJECTED", now, message=reason)
+        job.attempt -= 1  # a refusal spends no attempt; fencing still holds (the holder is checked too)
+        pending.record(job, dataclasses.replace(event, attempt=job.attempt))
+        pending.after.append(lambda: self._dispatch_or_queue(job, exclude=session))
+        self._fill(session, pending, now, exclude_job=job_id)
+        await self._commit(pending)
+
+    async def complete(self, session: Session, results: list[ResultIn]) -> list[AckOut]:
+        """Accept results (fenced), issue one receipt each, refill the freed slots; all in one commit."""
+        now = now_us()
+        session.last_seen_us = now
+        pending = _Pending()
+        acks: list[AckOut] = []
+        unmatched: list[ResultIn] = []
+        # No await until the commit is queued: receipts' log leaves must reach the writer in issue order.
+        for r in results:
+            held = session.held.get(r.job_id)
+            if (
+                held is None
+                or held.attempt != r.attempt
+                or held.job.state not in (JobState.ASSIGNED, JobState.RUNNING)
+            ):
+                unmatched.append(r)
+                continue
+            job = held.job
+            if job.state is JobState.ASSIGNED:  # a result implies the accept
+                pending.record(job, states.transition(job, JobState.RUNNING, "ACCEPTED", now))
+            result = JobResult(
+                job.job_id, job.attempt, r.output, r.output_kind, r.result_sha256, r.units, r.unit_type,
+                session.miner_id, now,
+            )  # fmt: skip
+            result.extras["miner_report"] = r.miner_report  # type: ignore[assignment]
+            result.extras["miner_signature"] = r.miner_signature  # type: ignore[assignment]
+            try:
+                receipt_id = self.receipts.issue(job, result, session, pending.unit) if self.receipts else ""
+            except CoordinatorError as exc:
+                acks.append(AckOut(r.job_id, r.attempt, False, reason=exc.reason, message=exc.message))
+                continue
+            result.receipt_id = receipt_id
+            pending.unit.add_result(result)
+            pending.record(job, states.transition(job, JobState.COMPLETED, "COMPLETED", now))
+            del session.held[job.job_id]
+            session.completed += 1
+            self.samples_run.append((now, now - job.started_us))
+            self._finish(job)
+            acks.append(AckOut(job.job_id, job.attempt, True, receipt_id=receipt_id))
+        self._fill(session, pending, now)
+        await self._commit(pending)
+        for r in unmatched:
+            acks.append(await self._refusal_or_repeat(session, r.job_id, r.attempt))
+        return acks
+
+    async def _refusal_or_repeat(self, session: Session, job_id: str, attempt: int) -> AckOut:
+        """A result not matching a held attempt: the same ack again if it repeats an accepted one."""
+        if job_id not in self.jobs:
+            stored = await self.store.get_result(job_id)
+            if stored is not None and stored.attempt == attempt and stored.miner_id == session.miner_id:
+                return AckOut(job_id, attempt, True, receipt_id=stored.receipt_id)
+        job = self.jobs.get(job_id)
+        if job is not None and job.miner_id == session.miner_id and job.attempt != attempt:
+            return AckOut(job_id, attempt, False, reason="STALE_ATTEMPT",
+                          message=f"attempt {attempt} is stale; the job is at attempt {job.attempt}")  # fmt: skip
+        return AckOut(job_id, attempt, False, reason="JOB_NOT_HELD",
+                      message=f"this miner does not hold job {job_id} attempt {attempt}")  # fmt: skip
+
+    async def fail(self, session: Session, failure: FailureIn) -> AckOut:
+        now = now_us()
+        session.last_seen_us = now
+        held = session.held.get(failure.job_id)
+        if held is None or held.attempt != failure.attempt:
+            return await self._refusal_or_repeat(session, failure.job_id, failure.attempt)
+        job = held.job
+        pending = _Pending()
+        del session.held[job.job_id]
+        session.failed += 1
+        self._retry_or_fail(
+            job, failure.retryable, failure.code or "MINER_FAILURE", failure.message, now, pending
+        )
+        self._fill(session, pending, now)
+        await self._commit(pending)
+        return AckOut(job.job_id, failure.attempt, True)
+
+    def _fenced(self, session: Session, job_id: str, attempt: int) -> Held:
+        held = session.held.get(job_id)
+        if held is None:
+            raise CoordinatorError(Kind.FAILED_PRECONDITION, "JOB_NOT_HELD",
+                                   f"this miner does not hold job {job_id}", metadata={"job_id": job_id})  # fmt: skip
+        if held.attempt != attempt:
+            raise CoordinatorError(Kind.FAILED_PRECONDITION, "STALE_ATTEMPT",
+                                   f"attempt {attempt} is stale; the job is at attempt {held.attempt}",
+                                   metadata={"job_id": job_id})  # fmt: skip
+        return held
+
+    async def poll(
+        self, session: Session, max_jobs: int, timeout_s: float
+    ) -> tuple[list[AssignmentOut], list[CancelOut]]:
+        """Long-poll for the unary path: wait until work is assigned to session or timeout_s passes."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        session.poll_waiting += 1
+        try:
+            while True:
+                if not session.pending_assignments and not session.pending_cancels and not session.closed:
+                    pending = _Pending()
+                    self._fill(session, pending, now_us(), limit=max_jobs)
+                    if pending.unit:
+                        await self._commit(pending)
+                if session.pending_assignments or session.pending_cancels or session.closed:
+                    break
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    break
+                session.wakeup.clear()
+                try:
+                    await asyncio.wait_for(session.wakeup.wait(), remaining)
+                except TimeoutError:
+                    break
+        finally:
+            session.poll_waiting -= 1
+        session.last_seen_us = now_us()
+        assignments, session.pending_assignments = session.pending_assignments, []
+        cancels, session.pending_cancels = session.pending_cancels, []
+        return assignments, cancels
+
+    def take_cancels(self, session: Session) -> list[CancelOut]:
+        cancels, session.pending_cancels = session.pending_cancels, []
+        return cancels
+
+    # ------------------------------------------------------------------ matching and dispatch
+    def _eligible(self, session: Session, shape_constraints) -> bool:  # type: ignore[no-untyped-def]
+        cached = session.eligibility.get(shape_constraints)
+        if cached is None:
+            cached = session.eligibility[shape_constraints] = eligible(shape_constraints, session.caps)
+        return cached
+
+    def _pick_session(self, job: Job, exclude: Session | None = None) -> Session | None:
+        """The idle eligible miner for job: least loaded, then best record."""
+        best: Session | None = None
+        best_key: tuple[float, float] | None = None
+        for session in self.by_miner.values():
+            if session is exclude or not session.takes_work or not self._eligible(session, job.constraints):
+                continue
+            key = (len(session.held) / session.slots, -session.record_score())
+            if best_key is None or key < best_key:
+                best, best_key = session, key
+                if key[0] == 0.0 and key[1] == -1.0:
+                    break  # an idle miner with a clean record: nothing beats it
+        return best
+
+    def _assign(self, job: Job, session: Session, pending: _Pending, now: int) -> AssignmentOut:
+        pending.record(
+            job, states.transition(job, JobState.ASSIGNED, "ASSIGNED", now, miner_id=session.miner_id)
+        )
+        lease_us = now + int(self.settings.lease_s * MICROS)
+        exec_us = now + job.execution_timeout_us
+        session.held[job.job_id] = Held(job, job.attempt, lease_us, exec_us)
+        self.timers.schedule(lease_us, "lease", job.job_id, job.attempt)
+        self.timers.schedule(exec_us, "exec", job.job_id, job.attempt)
+        self.samples_wait.append((now, now - job.queued_us))
+        out = AssignmentOut(job, job.attempt, lease_us, exec_us)
+        pending.sends.append((session, [out]))
+        return out
+
+    def _fill(self, session: Session, pending: _Pending, now: int, *, limit: int | None = None,
+              exclude_job: str | None = None) -> None:  # fmt: skip
+        """Give session queued work up to its free slots (one batched message); close a drained session."""
+        if session.draining and not session.held:
+            self._close(session, pending, "DRAINED", requeue=False)
+        if session.closed or session.draining or session.disconnected_us:
+            return
+        want = session.free if limit is None else min(limit, session.free)
+        batch: list[AssignmentOut] = []
+
+        def fits(shape: Shape) -> bool:
+            return self._eligible(session, shape.constraints)
+
+        while len(batch) < want:
+            job = self.queues.pop_for(fits)
+            if job is None:
+                break
+            if job.job_id == exclude_job:
+                self.queues.push(job)
+                break
+            out = self._assign(job, session, pending, now)
+            pending.sends.pop()  # merged into one message below
+            batch.append(out)
+        if batch:
+            pending.sends.append((session, batch))
+
+    def _dispatch_or_queue(self, job: Job, exclude: Session | None = None) -> None:
+        """A job became ready outside a client call (requeue, backoff over): push it or queue it."""
+        if job.state is not JobState.QUEUED:
+            return
+        session = self._pick_session(job, exclude)
+        if session is None:
+            self.queues.push(job)
+            return
+        pending = _Pending()
+        self._assign(job, session, pending, now_us())
+        self._spawn_commit(pending)
+
+    def _spawn_commit(self, pending: _Pending) -> None:
+        task = asyncio.get_running_loop().create_task(self._commit(pending))
+        task.add_done_callback(_log_failure)
+
+    # ------------------------------------------------------------------ leases, retries, timers
+    def _holder(self, job: Job) -> Session | None:
+        session = self.by_miner.get(job.miner_id)
+        if session is not None and job.job_id in session.held:
+            return session
+        return None
+
+    def _lose_lease(self, job: Job, reason: str, now: int, pending: _Pending) -> None:
+        """The miner lost the job (lease expired, stream gone past grace): requeue with attempt+1, or fail."""
+        job.reassignments += 1
+        if job.reassignments > self.settings.max_reassignments:
+            pending.record(job, states.transition(job, JobState.FAILED, "REASSIGNMENTS_EXHAUSTED", now,
+                                                  message=f"lost by miners {job.reassignments} times ({reason})"))  # fmt: skip
+            self._finish(job)
+            return
+        self._retry_or_fail(job, True, reason, "", now, pending, backoff=False)
+
+    def _retry_or_fail(self, job: Job, retryable: bool, code: str, message: str, now: int, pending: _Pending,
+                       *, backoff: bool = True) -> None:  # fmt: skip
+        if not retryable or job.attempt >= job.max_attempts:
+            reason = code if not retryable else "ATTEMPTS_EXHAUSTED"
+            detail = (
+                message if not retryable else f"{job.attempt} attempts spent; last: {code} {message}".strip()
+            )
+            pending.record(job, states.transition(job, JobState.FAILED, reason, now, message=detail))
+            self._finish(job)
+            return
+        pending.record(job, states.transition(job, JobState.QUEUED, code, now, message=message))
+        if backoff:
+            delay = min(
+                self.settings.retry_backoff_base_s * 2 ** (job.attempt - 1), self.settings.retry_backoff_max_s
+            )
+            job.not_before_us = now + int(delay * MICROS)
+            self.timers.schedule(job.not_before_us, "ready", job.job_id)
+        else:
+            pending.after.append(lambda: self._dispatch_or_queue(job))
+
+    def _enqueue_or_wait(self, job: Job, now: int) -> None:
+        if job.not_before_us > now:
+            self.timers.schedule(job.not_before_us, "ready", job.job_id)
+        else:
+            self.queues.push(job)
+        self.timers.schedule(job.expires_us, "ttl", job.job_id)
+
+    def _finish(self, job: Job) -> None:
+        self.jobs.pop(job.job_id, None)
+
+    def _on_timer(self, kind: str, args: tuple) -> None:
+        now = now_us()
+        if kind == "ttl":
+            job = self.jobs.get(args[0])
+            if job is not None and job.state is JobState.QUEUED and job.expires_us <= now:
+                pending = _Pending()
+                pending.record(job, states.transition(job, JobState.EXPIRED, "TTL_EXPIRED", now,
+                                                      message="no miner took the job before its time to live ran out"))  # fmt: skip
+                self.queues.discard()
+                self._finish(job)
+                self._spawn_commit(pending)
+        elif kind == "ready":
+            job = self.jobs.get(args[0])
+            if job is not None and job.state is JobState.QUEUED and job.not_before_us <= now:
+                job.not_before_us = 0
+                if job.expires_us <= now:
+                    self._on_timer("ttl", (job.job_id,))
+                else:
+                    self._dispatch_or_queue(job)
+        elif kind in ("lease", "exec"):
+            self._on_job_deadline(kind, args[0], args[1], now)
+        elif kind == "liveness":
+            session = self.sessions.get(args[0])
+            if session is None or session.closed:
+                return
+            deadline = session.last_seen_us + int(self.settings.heartbeat_timeout_s * MICROS)
+            if deadline > now:
+                self.timers.schedule(deadline, "liveness", session.session_id)
+                return
+            pending = _Pending()
+            self._close(session, pending, "HEARTBEAT_TIMEOUT", requeue=True)
+            self._spawn_commit(pending)
+        elif kind == "orphans":
+            self._expire_orphans(args[0], now)
+
+    def _expire_orphans(self, miner_id: str, now: int) -> None:
+        """Jobs of a miner that did not come back within the grace period go back to the queue."""
+        orphans = self.orphans.get(miner_id)
+        if not orphans:
+            return
+        pending = _Pending()
+        for job_id, held in list(orphans.items()):
+            if held.lease_us > now:
+                continue
+            del orphans[job_id]
+            job = self.jobs.get(job_id)
+            if job is not None and job.attempt == held.attempt and not job.state.terminal:
+                self._lose_lease(job, "MINER_GONE", now, pending)
+        if orphans:
+            self.timers.schedule(min(h.lease_us for h in orphans.values()), "orphans", miner_id)
+        else:
+            del self.orphans[miner_id]
+        self._spawn_commit(pending)
+
+    def _on_job_deadline(self, kind: str, job_id: str, attempt: int, now: int) -> None:
+        job = self.jobs.get(job_id)
+        if job is None or job.attempt != attempt or job.state not in (JobState.ASSIGNED, JobState.RUNNING):
+            return
+        session = self._holder(job)
+        if session is None:
+            return  # orphaned: the grace timer decides
+        held = session.held[job_id]
+        pending = _Pending()
+        if kind == "lease":
+            if held.lease_us > now:
+                self.timers.schedule(held.lease_us, "lease", job_id, attempt)
+                return
+            del session.held[job_id]
+            pending.sends.append((session, CancelOut(job_id, attempt, "LEASE_EXPIRED")))
+            self._lose_lease(job, "LEASE_EXPIRED", now, pending)
+        else:
+            if held.exec_deadline_us > now:
+                return
+            del session.held[job_id]
+            session.failed += 1
+            pending.sends.append((session, CancelOut(job_id, attempt, "EXECUTION_TIMEOUT")))
+            self._retry_or_fail(job, True, "EXECUTION_TIMEOUT",
+                                f"attempt {attempt} ran longer than {job.execution_timeout_us / MICROS:g} s", now, pending)  # fmt: skip
+        self._fill(session, pending, now)
+        self._spawn_commit(pending)
+
+
+def _log_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background commit failed", exc_info=task.exception())

@@ -1,0 +1,114 @@
+"""Miner sessions: what the scheduler knows of a connected miner, and how it talks to it."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from ..domain.model import Capabilities, Constraints, Job
+
+
+@dataclass(slots=True)
+class Held:
+    """A job out to a miner: the attempt it holds, its lease and its execution deadline."""
+
+    job: Job
+    attempt: int
+    lease_us: int
+    exec_deadline_us: int
+
+
+@dataclass(slots=True)
+class AssignmentOut:
+    job: Job
+    attempt: int
+    lease_us: int
+    exec_deadline_us: int
+
+
+@dataclass(slots=True)
+class CancelOut:
+    job_id: str
+    attempt: int
+    reason: str
+
+
+@dataclass(slots=True)
+class AckOut:
+    job_id: str
+    attempt: int
+    accepted: bool
+    receipt_id: str = ""
+    reason: str = ""
+    message: str = ""
+
+
+@dataclass(slots=True)
+class DrainOut:
+    reason: str
+
+
+@dataclass(slots=True)
+class GoAwayOut:
+    reason: str
+    reconnect_after_s: float
+
+
+Outbound = list[AssignmentOut] | CancelOut | AckOut | DrainOut | GoAwayOut
+
+
+@dataclass(eq=False, slots=True)
+class Session:
+    session_id: str
+    miner_id: str
+    caps: Capabilities
+    transport: str  # "stream" | "unary"
+    connected_us: int
+    receipt_public_key: bytes = b""
+    held: dict[str, Held] = field(default_factory=dict)
+    draining: bool = False
+    closed: bool = False
+    disconnected_us: int = 0  # stream gone, within the grace period
+    last_seen_us: int = 0
+    completed: int = 0
+    failed: int = 0
+    eligibility: dict[Constraints, bool] = field(default_factory=dict)
+    outbox: asyncio.Queue = field(default_factory=asyncio.Queue)
+    # unary path: what the next poll or heartbeat returns
+    pending_assignments: list[AssignmentOut] = field(default_factory=list)
+    pending_cancels: list[CancelOut] = field(default_factory=list)
+    poll_waiting: int = 0
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def slots(self) -> int:
+        return self.caps.slots
+
+    @property
+    def free(self) -> int:
+        return self.caps.slots - len(self.held)
+
+    @property
+    def online(self) -> bool:
+        return not self.closed and not self.disconnected_us
+
+    @property
+    def takes_work(self) -> bool:
+        if self.closed or self.draining or self.disconnected_us or self.free <= 0:
+            return False
+        return self.transport == "stream" or self.poll_waiting > 0
+
+    def send(self, message: Outbound) -> None:
+        if self.transport == "stream":
+            self.outbox.put_nowait(message)
+            return
+        if isinstance(message, list):
+            self.pending_assignments.extend(message)
+        elif isinstance(message, CancelOut):
+            self.pending_cancels.append(message)
+        self.wakeup.set()
+
+    def record_score(self) -> float:
+        """Recent record: share of jobs completed (1.0 with no history)."""
+        total = self.completed + self.failed
+        return 1.0 if total == 0 else self.completed / total

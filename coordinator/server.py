@@ -1,0 +1,151 @@
+"""Assembles and runs the coordinator: store, keys, scheduler, servicers, health and reflection."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+from aitbc.coordinator.v1 import (
+    admin_service_pb2,
+    admin_service_pb2_grpc,
+    job_service_pb2,
+    job_service_pb2_grpc,
+    miner_service_pb2,
+    miner_service_pb2_grpc,
+    receipt_service_pb2,
+    receipt_service_pb2_grpc,
+)
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from .config import Settings
+from .domain.validation import Limits
+from .receipts.issuer import ReceiptIssuer
+from .receipts.keyring import load_keys
+from .scheduler.engine import Scheduler, SchedulerSettings
+from .security.interceptor import AuthInterceptor
+from .security.keys import KeyRing
+from .services.admin import AdminServicer
+from .services.jobs import JobServicer
+from .services.miners import MinerServicer
+from .services.receipts import ReceiptServicer
+from .store import open_store
+
+log = logging.getLogger("coordinator")
+
+SERVICE_NAMES = (
+    job_service_pb2.DESCRIPTOR.services_by_name["JobService"].full_name,
+    miner_service_pb2.DESCRIPTOR.services_by_name["MinerService"].full_name,
+    receipt_service_pb2.DESCRIPTOR.services_by_name["ReceiptService"].full_name,
+    admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+)
+
+MAX_MESSAGE_BYTES = 8 << 20
+
+# Keepalive: the server pings idle connections to find half-open ones, and accepts client pings every 5 s
+# or more (the miner runtime pings every 20 s), strictly below the clients' interval: no too_many_pings.
+SERVER_OPTIONS = [
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_concurrent_streams", 10_000),
+    ("grpc.so_reuseport", 0),
+]
+
+
+@dataclass
+class Coordinator:
+    settings: Settings
+    server: grpc.aio.Server
+    scheduler: Scheduler
+    issuer: ReceiptIssuer
+    health: health.aio.HealthServicer
+    port: int
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Health NOT_SERVING, go-away to every miner, then stop; jobs stay safe in the store."""
+        grace = self.settings.shutdown_grace_seconds if grace is None else grace
+        await self.health.enter_graceful_shutdown()
+        await self.scheduler.stop()
+        await asyncio.sleep(0.05)  # let the go-away messages reach the streams
+        await self.server.stop(grace)
+        await self.scheduler.store.close()
+
+
+async def start(settings: Settings) -> Coordinator:
+    """Open the store, rebuild the queues, and serve; health turns SERVING only when all of it is ready."""
+    store = open_store(settings.database_url, settings.sqlite_synchronous)
+    await store.open()
+    keys = await load_keys(store, settings.receipt_signing_key_hex, settings.receipt_attestation_key_hex,
+                           f"aitbc.coordinator/{settings.coordinator_id}")  # fmt: skip
+    issuer = ReceiptIssuer(store, keys, settings.coordinator_id, settings.chain_id)
+    await issuer.load()
+    scheduler = Scheduler(
+        store,
+        SchedulerSettings(
+            heartbeat_interval_s=settings.heartbeat_interval_seconds,
+            heartbeat_timeout_s=settings.heartbeat_timeout_seconds,
+            lease_s=settings.lease_seconds, grace_s=settings.reconnect_grace_seconds,
+            max_reassignments=settings.max_reassignments,
+            retry_backoff_base_s=settings.retry_backoff_base_seconds,
+            retry_backoff_max_s=settings.retry_backoff_max_seconds,
+        ),
+        receipts=issuer,
+    )  # fmt: skip
+    limits = Limits(max_payload_bytes=settings.max_payload_bytes, max_result_bytes=settings.max_payload_bytes,
+                    default_ttl_s=int(settings.job_ttl_seconds), default_max_attempts=settings.job_max_attempts,
+                    default_execution_timeout_s=int(settings.job_execution_timeout_seconds))  # fmt: skip
+    keyring = KeyRing(settings.api_keys)
+    if not settings.api_keys:
+        log.warning("no API keys configured: every authenticated call will be refused")
+    server = grpc.aio.server(interceptors=[AuthInterceptor(keyring)], options=SERVER_OPTIONS,
+                             maximum_concurrent_rpcs=None)  # fmt: skip
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", *SERVICE_NAMES):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    job_service_pb2_grpc.add_JobServiceServicer_to_server(
+        JobServicer(scheduler, limits, issuer.accounts), server
+    )
+    miner_service_pb2_grpc.add_MinerServiceServicer_to_server(
+        MinerServicer(scheduler, limits, issuer), server
+    )
+    receipt_service_pb2_grpc.add_ReceiptServiceServicer_to_server(ReceiptServicer(scheduler, issuer), server)
+    admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
+        AdminServicer(scheduler, issuer, keyring), server
+    )
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    address = f"{settings.app_host}:{settings.app_port}"
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise RuntimeError(f"cannot listen on {address}")
+    if settings.app_host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("listening in plaintext on %s: use TLS for anything but loopback", settings.app_host)
+    await scheduler.start()
+    await server.start()
+    for name in ("", *SERVICE_NAMES):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("coordinator %s serving on %s:%d (store %s)", settings.coordinator_id, settings.app_host, port,
+             settings.database_url)  # fmt: skip
+    return Coordinator(settings, server, scheduler, issuer, health_servicer, port)
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    coordinator = await start(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: health NOT_SERVING, go-away to miners")
+    await coordinator.stop()

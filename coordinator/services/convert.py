@@ -1,0 +1,209 @@
+"""Proto <-> domain conversion. No rules here: validation lives in domain.validation."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from aitbc.coordinator.v1 import job_pb2, job_service_pb2, miner_service_pb2
+from aitbc.receipts.canonical import CanonicalError, canonical_struct
+from google.protobuf import struct_pb2, timestamp_pb2
+
+from ..domain.errors import invalid
+from ..domain.model import Capabilities, Constraints, Event, Gpu, Job, JobResult, PayloadKind
+from ..domain.validation import Limits, SubmissionFields, raise_if, validate_submission
+from ..scheduler.engine import JobSpec, ResultIn
+
+
+def timestamp(us: int) -> timestamp_pb2.Timestamp | None:
+    if not us:
+        return None
+    return timestamp_pb2.Timestamp(seconds=us // 1_000_000, nanos=(us % 1_000_000) * 1000)
+
+
+def duration_us(d) -> int:  # type: ignore[no-untyped-def]
+    return d.seconds * 1_000_000 + d.nanos // 1000
+
+
+def struct_to_python(value: struct_pb2.Value | struct_pb2.Struct, depth: int = 1) -> tuple[Any, int]:
+    """A Struct as plain Python, and its nesting depth (for the depth limit)."""
+    if isinstance(value, struct_pb2.Struct):
+        out, deepest = {}, depth
+        for key, item in value.fields.items():
+            out[key], d = struct_to_python(item, depth + 1)
+            deepest = max(deepest, d)
+        return out, deepest
+    kind = value.WhichOneof("kind")
+    if kind == "struct_value":
+        return struct_to_python(value.struct_value, depth)
+    if kind == "list_value":
+        items, deepest = [], depth
+        for item in value.list_value.values:
+            converted, d = struct_to_python(item, depth + 1)
+            items.append(converted)
+            deepest = max(deepest, d)
+        return items, deepest
+    if kind == "number_value":
+        return value.number_value, depth
+    if kind == "string_value":
+        return value.string_value, depth
+    if kind == "bool_value":
+        return value.bool_value, depth
+    return None, depth
+
+
+def struct_digest(struct: struct_pb2.Struct, limits: Limits, field: str) -> tuple[bytes, int]:
+    """SHA-256 of the canonical JSON of struct (receipts spec section 1), and its depth."""
+    value, depth = struct_to_python(struct)
+    if depth > limits.max_struct_depth:
+        return b"", depth
+    try:
+        return hashlib.sha256(canonical_struct(value)).digest(), depth
+    except CanonicalError as exc:
+        raise invalid(f"{field} is not valid JSON: {exc}", [(field, str(exc))]) from None
+
+
+def constraints_from(c: job_pb2.Constraints) -> Constraints:
+    return Constraints(
+        gpu=c.gpu, cuda=c.cuda, min_vram_gb=c.min_vram_gb, models=tuple(c.models), region=c.region,
+        max_price=c.max_price, labels=tuple(sorted(c.labels.items())),
+    )  # fmt: skip
+
+
+def job_spec(req: job_service_pb2.SubmitJobRequest, limits: Limits, prefix: str = "") -> JobSpec:
+    kind = req.WhichOneof("input")
+    if kind == "payload":
+        payload = req.payload.SerializeToString()
+        digest, depth = (
+            struct_digest(req.payload, limits, f"{prefix}payload")
+            if len(payload) <= limits.max_payload_bytes
+            else (b"", 0)
+        )
+        payload_kind = PayloadKind.STRUCT
+    else:
+        payload, depth, payload_kind = req.payload_bytes, 0, PayloadKind.BYTES
+        digest = hashlib.sha256(payload).digest()
+    constraints = constraints_from(req.constraints)
+    fields = SubmissionFields(
+        payload_size=len(payload), payload_depth=depth, has_payload=kind is not None,
+        constraints=constraints, priority=req.priority,
+        ttl_s=duration_us(req.ttl) / 1e6 if req.HasField("ttl") else None,
+        max_attempts=req.max_attempts,
+        execution_timeout_s=duration_us(req.execution_timeout) / 1e6 if req.HasField("execution_timeout") else None,
+        idempotency_key=req.idempotency_key, metadata=tuple(sorted(req.metadata.items())),
+    )  # fmt: skip
+    violations, ttl_us, attempts, exec_us = validate_submission(fields, limits, prefix)
+    raise_if(violations, "the job")
+    return JobSpec(
+        payload=payload, payload_kind=payload_kind, input_sha256=digest, constraints=constraints,
+        priority=req.priority, ttl_us=ttl_us, max_attempts=attempts, execution_timeout_us=exec_us,
+        idempotency_key=req.idempotency_key,
+        fingerprint=hashlib.sha256(req.SerializeToString(deterministic=True)).digest(),
+        metadata=fields.metadata,
+    )  # fmt: skip
+
+
+def job_message(job: Job, with_payload: bool = True) -> job_pb2.Job:
+    c = job.constraints
+    msg = job_pb2.Job(
+        job_id=job.job_id, state=int(job.state), client_id=job.client_id,
+        constraints=job_pb2.Constraints(gpu=c.gpu, cuda=c.cuda, min_vram_gb=c.min_vram_gb, models=c.models,
+                                        region=c.region, max_price=c.max_price, labels=dict(c.labels)),
+        priority=job.priority, max_attempts=job.max_attempts, idempotency_key=job.idempotency_key,
+        attempt=job.attempt, miner_id=job.miner_id, terminal_reason=job.terminal_reason,
+        terminal_message=job.terminal_message, metadata=dict(job.metadata),
+        created_at=timestamp(job.created_us), updated_at=timestamp(job.updated_us),
+        expires_at=timestamp(job.expires_us), started_at=timestamp(job.started_us),
+        finished_at=timestamp(job.finished_us),
+    )  # fmt: skip
+    msg.ttl.FromMicroseconds(job.ttl_us)
+    msg.execution_timeout.FromMicroseconds(job.execution_timeout_us)
+    if with_payload:
+        if job.payload_kind is PayloadKind.STRUCT:
+            msg.payload.MergeFromString(job.payload)
+        else:
+            msg.payload_bytes = job.payload
+    return msg
+
+
+def event_message(e: Event) -> job_pb2.JobEvent:
+    return job_pb2.JobEvent(
+        job_id=e.job_id, sequence=e.sequence, from_state=0 if e.from_state is None else int(e.from_state),
+        to_state=int(e.to_state), attempt=e.attempt, miner_id=e.miner_id, reason=e.reason, message=e.message,
+        occurred_at=timestamp(e.occurred_us),
+    )  # fmt: skip
+
+
+def result_message(r: JobResult) -> job_pb2.JobResult:
+    msg = job_pb2.JobResult(
+        job_id=r.job_id, attempt=r.attempt, result_sha256=r.result_sha256, units=r.units, unit_type=r.unit_type,
+        receipt_id=r.receipt_id, miner_id=r.miner_id, completed_at=timestamp(r.completed_us),
+    )  # fmt: skip
+    if r.output_kind is PayloadKind.STRUCT:
+        msg.result.MergeFromString(r.output)
+    else:
+        msg.result_bytes = r.output
+    return msg
+
+
+def capabilities_from(c: miner_service_pb2.MinerCapabilities, limits: Limits) -> Capabilities:
+    v: list[tuple[str, str]] = []
+    if len(c.gpus) > 64:
+        v.append(("capabilities.gpus", "at most 64"))
+    if len(c.models) > 256 or any(len(m) > 256 for m in c.models):
+        v.append(("capabilities.models", "at most 256 entries of at most 256 characters"))
+    if c.slots > 1024:
+        v.append(("capabilities.slots", "at most 1024"))
+    if len(c.labels) > limits.max_labels:
+        v.append(("capabilities.labels", f"at most {limits.max_labels} entries"))
+    if len(c.region) > 64:
+        v.append(("capabilities.region", "at most 64 characters"))
+    from ..domain.validation import check_decimal
+
+    check_decimal(v, "capabilities.price", c.price)
+    raise_if(v, "hello")
+    return Capabilities(
+        gpus=tuple(Gpu(g.model[:256], g.memory_gb) for g in c.gpus), cuda_version=c.cuda_version[:16],
+        models=frozenset(c.models), price=c.price or "0", region=c.region, labels=tuple(sorted(c.labels.items())),
+        slots=c.slots or 1, cpu_cores=c.cpu_cores, memory_gb=c.memory_gb,
+    )  # fmt: skip
+
+
+def capabilities_message(c: Capabilities) -> miner_service_pb2.MinerCapabilities:
+    return miner_service_pb2.MinerCapabilities(
+        gpus=[miner_service_pb2.Gpu(model=g.model, memory_gb=g.memory_gb) for g in c.gpus],
+        cuda_version=c.cuda_version, models=sorted(c.models), price=c.price, region=c.region,
+        labels=dict(c.labels), slots=c.slots, cpu_cores=c.cpu_cores, memory_gb=c.memory_gb,
+    )  # fmt: skip
+
+
+def result_in(r: miner_service_pb2.Result, limits: Limits) -> ResultIn:
+    kind = r.WhichOneof("output")
+    if kind == "result":
+        output = r.result.SerializeToString()
+        value, depth = struct_to_python(r.result)
+        if depth > limits.max_struct_depth:
+            raise invalid("result nested too deep", [("result", f"at most {limits.max_struct_depth} levels")])
+        try:
+            digest = hashlib.sha256(canonical_struct(value)).digest()
+        except CanonicalError as exc:
+            raise invalid(f"result is not valid JSON: {exc}", [("result", str(exc))]) from None
+        output_kind = PayloadKind.STRUCT
+    elif kind == "result_bytes":
+        output, output_kind = r.result_bytes, PayloadKind.BYTES
+        digest = hashlib.sha256(output).digest()
+    else:
+        raise invalid("a result needs result or result_bytes", [("result", "required")])
+    v: list[tuple[str, str]] = []
+    if len(output) > limits.max_result_bytes:
+        v.append(("result", f"at most {limits.max_result_bytes} bytes"))
+    from ..domain.validation import check_decimal, check_text
+
+    check_decimal(v, "units", r.units)
+    check_text(v, "unit_type", r.unit_type, 64)
+    raise_if(v, "the result")
+    return ResultIn(
+        job_id=r.job_id, attempt=r.attempt, output=output, output_kind=output_kind, result_sha256=digest,
+        units=r.units or "0", unit_type=r.unit_type or "gpu_seconds", miner_report=r.miner_report,
+        miner_signature=r.miner_signature,
+    )  # fmt: skip

@@ -1,0 +1,163 @@
+"""JobService: clients submit and follow their jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+from decimal import Decimal
+
+import grpc
+from aitbc.coordinator.v1 import job_service_pb2 as pb
+from aitbc.coordinator.v1 import job_service_pb2_grpc
+
+from ..domain.errors import CoordinatorError, Kind, invalid
+from ..domain.model import JobState
+from ..domain.pricing import quote_cost
+from ..domain.validation import Limits, check_constraints, check_decimal, check_id, raise_if
+from ..scheduler.engine import Scheduler
+from ..security.interceptor import identity
+from ..store.base import JobFilter
+from .convert import constraints_from, event_message, job_message, job_spec, result_message
+
+MAX_RESULT_WAIT_S = 900.0
+
+
+def page_size(requested: int) -> int:
+    if requested > 1000:
+        raise invalid("page_size is too large", [("page_size", "1 to 1000")])
+    return requested or 100
+
+
+def encode_page_token(last_job_id: str, flt: JobFilter) -> str:
+    body = json.dumps({"after": last_job_id, "f": filter_digest(flt)}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(body).decode().rstrip("=")
+
+
+def decode_page_token(token: str, flt: JobFilter) -> str | None:
+    """The last job id of the previous page; INVALID_ARGUMENT for tokens not made with these filters."""
+    if not token:
+        return None
+    try:
+        body = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        if body["f"] != filter_digest(flt) or not isinstance(body["after"], str):
+            raise ValueError
+        return body["after"]
+    except (ValueError, KeyError, TypeError):
+        raise invalid("page_token was not issued for this query", [("page_token", "not from a previous call with these filters")],
+                      reason="INVALID_PAGE_TOKEN") from None  # fmt: skip
+
+
+def filter_digest(flt: JobFilter) -> str:
+    text = f"{flt.client_id}|{flt.miner_id}|{sorted(int(s) for s in flt.states)}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def states_filter(values) -> frozenset[JobState]:  # type: ignore[no-untyped-def]
+    try:
+        return frozenset(JobState(v) for v in values if v)
+    except ValueError:
+        raise invalid("unknown job state in the filter", [("states", "values 1 to 7")]) from None
+
+
+class JobServicer(job_service_pb2_grpc.JobServiceServicer):
+    def __init__(self, scheduler: Scheduler, limits: Limits, accounts: dict) -> None:
+        self.scheduler = scheduler
+        self.limits = limits
+        self.accounts = accounts  # the issuer's live ledger balances
+
+    async def SubmitJob(
+        self, request: pb.SubmitJobRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SubmitJobResponse:
+        spec = job_spec(request, self.limits)
+        [(job, created)] = await self.scheduler.submit(identity().name, [spec])
+        return pb.SubmitJobResponse(job=job_message(job), created=created)
+
+    async def SubmitJobs(
+        self, request: pb.SubmitJobsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SubmitJobsResponse:
+        if not 1 <= len(request.requests) <= self.limits.max_batch:
+            raise invalid(
+                "requests: 1 to 1000 per call", [("requests", f"1 to {self.limits.max_batch} entries")]
+            )
+        specs = [job_spec(r, self.limits, prefix=f"requests[{i}].") for i, r in enumerate(request.requests)]
+        done = await self.scheduler.submit(identity().name, specs)
+        return pb.SubmitJobsResponse(
+            responses=[
+                pb.SubmitJobResponse(job=job_message(job, with_payload=False), created=c) for job, c in done
+            ]
+        )
+
+    async def GetJob(self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext) -> pb.GetJobResponse:
+        check_id("job_id", request.job_id)
+        job = await self.scheduler.get_job(request.job_id, identity().name)
+        return pb.GetJobResponse(job=job_message(job))
+
+    async def GetJobResult(
+        self, request: pb.GetJobResultRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetJobResultResponse:
+        check_id("job_id", request.job_id)
+        remaining = context.time_remaining()
+        timeout = MAX_RESULT_WAIT_S if remaining is None else min(remaining, MAX_RESULT_WAIT_S)
+        try:
+            job, result = await asyncio.wait_for(
+                self.scheduler.get_result(request.job_id, identity().name, request.wait), timeout
+            )
+        except TimeoutError:
+            raise CoordinatorError(Kind.DEADLINE_EXCEEDED, "WAIT_TIMEOUT",
+                                   f"job {request.job_id} did not finish in time", metadata={"job_id": request.job_id}) from None  # fmt: skip
+        return pb.GetJobResultResponse(job=job_message(job), result=result_message(result))
+
+    async def CancelJob(
+        self, request: pb.CancelJobRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CancelJobResponse:
+        check_id("job_id", request.job_id)
+        if len(request.reason) > self.limits.max_long_string:
+            raise invalid(
+                "reason is too long", [("reason", f"at most {self.limits.max_long_string} characters")]
+            )
+        job = await self.scheduler.cancel(request.job_id, identity().name, request.reason)
+        return pb.CancelJobResponse(job=job_message(job))
+
+    async def ListJobs(
+        self, request: pb.ListJobsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListJobsResponse:
+        flt = JobFilter(client_id=identity().name, states=states_filter(request.states))
+        size = page_size(request.page_size)
+        after = decode_page_token(request.page_token, flt)
+        jobs = await self.scheduler.list_jobs(flt, size + 1, after)
+        token = encode_page_token(jobs[size - 1].job_id, flt) if len(jobs) > size else ""
+        return pb.ListJobsResponse(jobs=[job_message(j) for j in jobs[:size]], next_page_token=token)
+
+    async def WatchJob(self, request: pb.WatchJobRequest, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+        check_id("job_id", request.job_id)
+        async for job, event in self.scheduler.watch(request.job_id, identity().name):
+            yield pb.WatchJobResponse(job=job_message(job), event=event_message(event) if event else None)
+
+    async def QuoteCost(
+        self, request: pb.QuoteCostRequest, context: grpc.aio.ServicerContext
+    ) -> pb.QuoteCostResponse:
+        violations: list[tuple[str, str]] = []
+        constraints = constraints_from(request.constraints)
+        check_constraints(violations, "constraints", constraints, self.limits)
+        check_decimal(violations, "units", request.units)
+        raise_if(violations)
+        sessions = self.scheduler.by_miner.values()
+        q = quote_cost(
+            constraints, (s.caps for s in sessions if not s.draining), Decimal(request.units or "1")
+        )
+        text = lambda d: "" if d is None else format(d.normalize(), "f")  # noqa: E731
+        return pb.QuoteCostResponse(eligible_miners=q.eligible_miners, min_unit_price=text(q.min_unit_price),
+                                    max_unit_price=text(q.max_unit_price), min_cost=text(q.min_cost),
+                                    max_cost=text(q.max_cost))  # fmt: skip
+
+    async def GetUsage(
+        self, request: pb.GetUsageRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetUsageResponse:
+        from .admin import account_message
+
+        name = identity().name
+        row = self.accounts.get((name, "client")) or {"account_id": name, "kind": "client", "balance_nano": 0,
+                                                      "receipts": 0, "units_nano": 0, "updated_us": 0}  # fmt: skip
+        return pb.GetUsageResponse(account=account_message(row))

@@ -1,0 +1,264 @@
+"""MinerService: the bidirectional Connect stream and the unary fallback, over one scheduler."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+from aitbc.coordinator.v1 import miner_service_pb2 as pb
+from aitbc.coordinator.v1 import miner_service_pb2_grpc
+
+from ..domain.errors import CoordinatorError, Kind, invalid
+from ..domain.validation import Limits, check_id
+from ..receipts.issuer import ReceiptIssuer
+from ..scheduler.engine import FailureIn, Scheduler
+from ..scheduler.sessions import AckOut, AssignmentOut, CancelOut, DrainOut, GoAwayOut, Session
+from ..security.interceptor import identity
+from .convert import capabilities_from, job_message, result_in, timestamp
+
+log = logging.getLogger("coordinator.miners")
+
+HELLO_TIMEOUT_S = 30.0
+MAX_POLL_S = 60.0
+
+
+def welcome(session: Session, kept: list[tuple[str, int]], heartbeat_s: float, lease_s: float) -> pb.Welcome:
+    msg = pb.Welcome(session_id=session.session_id, miner_id=session.miner_id,
+                     resumed_jobs=[pb.RunningJob(job_id=j, attempt=a) for j, a in kept])  # fmt: skip
+    msg.heartbeat_interval.FromMilliseconds(int(heartbeat_s * 1000))
+    msg.lease_duration.FromMilliseconds(int(lease_s * 1000))
+    return msg
+
+
+def assignment(a: AssignmentOut) -> pb.Assignment:
+    return pb.Assignment(job=job_message(a.job), attempt=a.attempt, lease_deadline=timestamp(a.lease_us),
+                         execution_deadline=timestamp(a.exec_deadline_us))  # fmt: skip
+
+
+def cancel(c: CancelOut) -> pb.Cancel:
+    return pb.Cancel(job_id=c.job_id, attempt=c.attempt, reason=c.reason)
+
+
+def ack(a: AckOut) -> pb.ResultAck:
+    return pb.ResultAck(job_id=a.job_id, attempt=a.attempt, accepted=a.accepted, receipt_id=a.receipt_id,
+                        reason=a.reason, message=a.message)  # fmt: skip
+
+
+def outbound(message: object) -> pb.ConnectResponse:
+    if isinstance(message, list):
+        return pb.ConnectResponse(assignments=pb.Assignments(assignments=[assignment(a) for a in message]))
+    if isinstance(message, CancelOut):
+        return pb.ConnectResponse(cancel=cancel(message))
+    if isinstance(message, AckOut):
+        return pb.ConnectResponse(result_ack=ack(message))
+    if isinstance(message, DrainOut):
+        return pb.ConnectResponse(drain=pb.Drain(reason=message.reason))
+    if isinstance(message, GoAwayOut):
+        go = pb.GoAway(reason=message.reason)
+        go.reconnect_after.FromMilliseconds(int(message.reconnect_after_s * 1000))
+        return pb.ConnectResponse(go_away=go)
+    raise TypeError(f"unknown outbound message {message!r}")
+
+
+def running(jobs) -> list[tuple[str, int]]:  # type: ignore[no-untyped-def]
+    return [(j.job_id, j.attempt) for j in jobs[:4096]]
+
+
+class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
+    def __init__(self, scheduler: Scheduler, limits: Limits, issuer: ReceiptIssuer) -> None:
+        self.scheduler = scheduler
+        self.limits = limits
+        self.issuer = issuer
+        s = scheduler.settings
+        self.heartbeat_s, self.lease_s = s.heartbeat_interval_s, s.lease_s
+
+    # ------------------------------------------------------------------ the stream
+    async def Connect(
+        self, request_iterator: AsyncIterator[pb.ConnectRequest], context: grpc.aio.ServicerContext
+    ) -> None:
+        try:
+            first = await asyncio.wait_for(anext(request_iterator), HELLO_TIMEOUT_S)
+        except (StopAsyncIteration, TimeoutError):
+            raise CoordinatorError(
+                Kind.INVALID_ARGUMENT, "HELLO_REQUIRED", "send hello first, within 30 s"
+            ) from None
+        if first.WhichOneof("message") != "hello":
+            raise CoordinatorError(Kind.INVALID_ARGUMENT, "HELLO_REQUIRED", "the first message must be hello")
+        hello = first.hello
+        caps = capabilities_from(hello.capabilities, self.limits)
+        key = self._receipt_key(hello.receipt_public_key)
+        session, kept, pending = self._open(hello, caps, "stream", key)
+        reason = "STREAM_CLOSED"
+        reader = asyncio.create_task(
+            self._read(session, request_iterator), name=f"miner-read-{session.miner_id}"
+        )
+        try:
+            await context.write(
+                pb.ConnectResponse(welcome=welcome(session, kept, self.heartbeat_s, self.lease_s))
+            )
+            await self.scheduler.commit_pending(pending)
+            reason = await self._write(session, context, reader)
+        except asyncio.CancelledError:
+            reason = "STREAM_CANCELLED"
+            raise  # never swallow: grpcio leaks native memory otherwise
+        finally:
+            reader.cancel()
+            await asyncio.shield(self.scheduler.disconnected(session, reason))
+
+    async def _write(self, session: Session, context: grpc.aio.ServicerContext, reader: asyncio.Task) -> str:
+        """Send what the scheduler queued for session until go-away or the miner closes its side."""
+        outbox = session.outbox
+        while True:
+            get = asyncio.ensure_future(outbox.get())
+            done, _ = await asyncio.wait({get, reader}, return_when=asyncio.FIRST_COMPLETED)
+            if get not in done:
+                get.cancel()
+                if reader.exception() is not None:
+                    error = reader.exception()
+                    if isinstance(error, CoordinatorError):
+                        raise error
+                    log.warning("miner stream reader failed: %r", error)
+                return "STREAM_CLOSED"
+            message = get.result()
+            await context.write(outbound(message))
+            if isinstance(message, GoAwayOut):
+                return message.reason
+            if outbox.qsize() > self.scheduler.settings.outbox_limit:
+                return "OUTBOX_OVERFLOW"  # the miner stopped reading: treat the stream as stalled
+
+    async def _read(self, session: Session, requests: AsyncIterator[pb.ConnectRequest]) -> None:
+        s = self.scheduler
+        async for req in requests:
+            kind = req.WhichOneof("message")
+            s.seen(session)
+            if kind == "results":
+                if not 1 <= len(req.results.results) <= self.limits.max_batch:
+                    raise invalid("results: 1 to 1000 per message", [("results", "1 to 1000 entries")])
+                valid, acks = [], []
+                for r in req.results.results:
+                    try:
+                        valid.append(result_in(r, self.limits))
+                    except CoordinatorError as exc:
+                        acks.append(
+                            AckOut(r.job_id, r.attempt, False, reason=exc.reason, message=exc.message)
+                        )
+                acks.extend(await s.complete(session, valid))
+                for a in acks:
+                    session.send(a)
+            elif kind == "heartbeat":
+                s.heartbeat(session, running(req.heartbeat.running_jobs))
+            elif kind == "accept":
+                await self._fenced(session, s.accept(session, req.accept.job_id, req.accept.attempt),
+                                   req.accept.job_id, req.accept.attempt)  # fmt: skip
+            elif kind == "reject":
+                await self._fenced(session, s.reject(session, req.reject.job_id, req.reject.attempt,
+                                                     req.reject.reason[: self.limits.max_long_string]),
+                                   req.reject.job_id, req.reject.attempt)  # fmt: skip
+            elif kind == "failure":
+                session.send(await s.fail(session, self._failure(req.failure)))
+            elif kind == "progress":
+                s.progress(session, req.progress.job_id, req.progress.attempt)
+            elif kind == "drain":
+                s.drain(session, "MINER_REQUESTED")
+            elif kind == "hello":
+                raise CoordinatorError(
+                    Kind.FAILED_PRECONDITION, "HELLO_REPEATED", "hello is sent once per stream"
+                )
+            else:
+                raise invalid("empty message", [("message", "exactly one field must be set")])
+
+    @staticmethod
+    async def _fenced(session: Session, action, job_id: str, attempt: int) -> None:  # type: ignore[no-untyped-def]
+        """Fencing refusals on the stream are answered with a refused ack; the stream stays up."""
+        try:
+            await action
+        except CoordinatorError as exc:
+            if exc.kind is not Kind.FAILED_PRECONDITION:
+                raise
+            session.send(AckOut(job_id, attempt, False, reason=exc.reason, message=exc.message))
+
+    def _failure(self, f: pb.Failure) -> FailureIn:
+        return FailureIn(f.job_id, f.attempt, f.retryable, f.code[:64], f.message[:4096])
+
+    def _open(self, hello: pb.Hello, caps, transport: str, key: bytes):  # type: ignore[no-untyped-def]
+        miner_id = identity().name
+        session, kept, pending = self.scheduler.open_session(
+            miner_id, caps, transport, running(hello.running_jobs), key
+        )
+        if key:
+            pending.unit.keys.extend(self.issuer.register_miner_key(miner_id, key).keys)
+        return session, kept, pending
+
+    @staticmethod
+    def _receipt_key(key: bytes) -> bytes:
+        if key and len(key) != 32:
+            raise invalid(
+                "receipt_public_key must be 32 bytes (Ed25519)", [("hello.receipt_public_key", "32 bytes")]
+            )
+        return key
+
+    # ------------------------------------------------------------------ the unary path
+    async def RegisterMiner(
+        self, request: pb.RegisterMinerRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RegisterMinerResponse:
+        caps = capabilities_from(request.hello.capabilities, self.limits)
+        key = self._receipt_key(request.hello.receipt_public_key)
+        session, kept, pending = self._open(request.hello, caps, "unary", key)
+        await self.scheduler.commit_pending(pending)
+        return pb.RegisterMinerResponse(welcome=welcome(session, kept, self.heartbeat_s, self.lease_s))
+
+    def _session(self, session_id: str) -> Session:
+        check_id("session_id", session_id)
+        return self.scheduler.session(session_id, identity().name)
+
+    async def Heartbeat(
+        self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext
+    ) -> pb.HeartbeatResponse:
+        session = self._session(request.session_id)
+        self.scheduler.heartbeat(session, running(request.running_jobs))
+        cancels = self.scheduler.take_cancels(session)
+        return pb.HeartbeatResponse(cancels=[cancel(c) for c in cancels], draining=session.draining)
+
+    async def PollJob(
+        self, request: pb.PollJobRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PollJobResponse:
+        session = self._session(request.session_id)
+        remaining = context.time_remaining()
+        wait_s = MAX_POLL_S if remaining is None else max(0.0, min(MAX_POLL_S, remaining - 0.05))
+        assignments, cancels = await self.scheduler.poll(session, max(1, request.max_jobs), wait_s)
+        return pb.PollJobResponse(assignments=[assignment(a) for a in assignments],
+                                  cancels=[cancel(c) for c in cancels])  # fmt: skip
+
+    async def SubmitResult(
+        self, request: pb.SubmitResultRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SubmitResultResponse:
+        session = self._session(request.session_id)
+        [result] = await self.scheduler.complete(session, [result_in(request.result, self.limits)])
+        return pb.SubmitResultResponse(ack=ack(self._accepted(result)))
+
+    async def ReportFailure(
+        self, request: pb.ReportFailureRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReportFailureResponse:
+        session = self._session(request.session_id)
+        result = await self.scheduler.fail(session, self._failure(request.failure))
+        return pb.ReportFailureResponse(ack=ack(self._accepted(result)))
+
+    async def Drain(self, request: pb.DrainRequest, context: grpc.aio.ServicerContext) -> pb.DrainResponse:
+        session = self._session(request.session_id)
+        self.scheduler.drain(session, "MINER_REQUESTED")
+        return pb.DrainResponse(running_jobs=len(session.held))
+
+    @staticmethod
+    def _accepted(a: AckOut) -> AckOut:
+        if not a.accepted:
+            kind = (
+                Kind.INVALID_ARGUMENT
+                if a.reason in ("BAD_MINER_SIGNATURE", "INVALID_RESULT")
+                else Kind.FAILED_PRECONDITION
+            )
+            raise CoordinatorError(
+                kind, a.reason, a.message, metadata={"job_id": a.job_id, "attempt": str(a.attempt)}
+            )
+        return a

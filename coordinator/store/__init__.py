@@ -1,0 +1,6 @@
+"""Persistence: one `Store` interface; SQLite (embedded default) implements it."""
+
+from .base import Store, UnitOfWork
+from .factory import open_store
+
+__all__ = ["Store", "UnitOfWork", "open_store"]

@@ -1,0 +1,218 @@
+"""The store interface. The scheduler decides; the store makes decisions durable and answers reads.
+
+Writes arrive as units of work (everything one decision changed). A unit's rows are snapshots taken when
+it is built, so later in-memory changes cannot leak into an earlier commit. `commit` returns only after
+the transaction holding the unit is durable; implementations group many units into one transaction.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..domain.model import Event, Job, JobResult, JobState
+
+
+@dataclass(slots=True)
+class ReceiptRow:
+    receipt_id: str
+    job_id: str
+    attempt: int
+    envelope: bytes
+    leaf_index: int
+    leaf_hash: bytes
+    issued_us: int
+
+
+@dataclass(slots=True)
+class LedgerEntry:
+    account_id: str
+    kind: str  # "client" | "miner"
+    receipt_id: str
+    amount_nano: int  # 10^-9 currency units; negative for a client's debit
+    units_nano: int
+    booked_us: int
+
+
+@dataclass(slots=True)
+class CheckpointRow:
+    tree_size: int
+    root_hash: bytes
+    note: str
+    signed_us: int
+
+
+@dataclass(slots=True)
+class KeyRow:
+    key_id: str
+    role: str
+    status: str
+    public_key: bytes
+    private_seed: bytes | None
+    valid_from_us: int
+    valid_until_us: int | None
+    owner: str = ""
+
+
+@dataclass(slots=True)
+class UnitOfWork:
+    """Every row one decision writes, committed atomically (and grouped with others)."""
+
+    new_jobs: list[tuple] = field(default_factory=list)
+    job_updates: list[tuple] = field(default_factory=list)
+    events: list[tuple] = field(default_factory=list)
+    results: list[tuple] = field(default_factory=list)
+    receipts: list[ReceiptRow] = field(default_factory=list)
+    ledger: list[LedgerEntry] = field(default_factory=list)
+    checkpoints: list[CheckpointRow] = field(default_factory=list)
+    keys: list[KeyRow] = field(default_factory=list)
+
+    def add_new_job(self, job: Job) -> None:
+        self.new_jobs.append(job_row(job))
+
+    def add_update(self, job: Job) -> None:
+        self.job_updates.append(job_update_row(job))
+
+    def add_event(self, event: Event) -> None:
+        self.events.append(
+            (
+                event.job_id,
+                event.sequence,
+                None if event.from_state is None else int(event.from_state),
+                int(event.to_state),
+                event.attempt,
+                event.miner_id,
+                event.reason,
+                event.message,
+                event.occurred_us,
+            )
+        )
+
+    def add_result(self, r: JobResult) -> None:
+        self.results.append(
+            (
+                r.job_id,
+                r.attempt,
+                r.output,
+                int(r.output_kind),
+                r.result_sha256,
+                r.units,
+                r.unit_type,
+                r.miner_id,
+                r.completed_us,
+                r.receipt_id,
+            )
+        )
+
+    def __bool__(self) -> bool:
+        return any(
+            (
+                self.new_jobs,
+                self.job_updates,
+                self.events,
+                self.results,
+                self.receipts,
+                self.ledger,
+                self.checkpoints,
+                self.keys,
+            )
+        )
+
+
+JOB_COLUMNS = (
+    "job_id, client_id, state, priority, payload, payload_kind, input_sha256, constraints, ttl_us, "
+    "max_attempts, execution_timeout_us, idempotency_key, request_fingerprint, created_us, updated_us, "
+    "attempt, miner_id, started_us, finished_us, terminal_reason, terminal_message, metadata, "
+    "reassignments, event_seq, not_before_us, queued_us"
+)
+
+
+def job_row(job: Job) -> tuple:
+    import json
+
+    return (
+        job.job_id, job.client_id, int(job.state), job.priority, job.payload, int(job.payload_kind),
+        job.input_sha256, job.constraints.to_json(), job.ttl_us, job.max_attempts, job.execution_timeout_us,
+        job.idempotency_key or None, job.request_fingerprint, job.created_us, job.updated_us, job.attempt,
+        job.miner_id, job.started_us, job.finished_us, job.terminal_reason, job.terminal_message,
+        json.dumps(job.metadata), job.reassignments, job.event_seq, job.not_before_us, job.queued_us,
+    )  # fmt: skip
+
+
+def job_update_row(job: Job) -> tuple:
+    return (
+        int(job.state), job.updated_us, job.attempt, job.miner_id, job.started_us, job.finished_us,
+        job.terminal_reason, job.terminal_message, job.reassignments, job.event_seq, job.not_before_us,
+        job.queued_us, job.job_id,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class JobFilter:
+    client_id: str | None = None
+    miner_id: str | None = None
+    states: frozenset[JobState] = frozenset()
+
+
+class Store(ABC):
+    """Durable state of the coordinator. Implementations: `SqliteStore`."""
+
+    @abstractmethod
+    async def open(self) -> None: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def commit(self, unit: UnitOfWork) -> None:
+        """Make unit durable; returns after its transaction committed."""
+
+    @abstractmethod
+    async def get_job(self, job_id: str) -> Job | None: ...
+
+    @abstractmethod
+    async def find_by_idempotency_key(self, client_id: str, key: str) -> Job | None: ...
+
+    @abstractmethod
+    async def list_jobs(self, flt: JobFilter, limit: int, before_job_id: str | None) -> list[Job]:
+        """Jobs matching flt, newest first, with job_id < before_job_id when given."""
+
+    @abstractmethod
+    async def load_active_jobs(self) -> list[Job]:
+        """Every non-terminal job (to rebuild the queues at start-up)."""
+
+    @abstractmethod
+    async def get_result(self, job_id: str) -> JobResult | None: ...
+
+    @abstractmethod
+    async def get_events(self, job_id: str) -> list[Event]: ...
+
+    @abstractmethod
+    async def count_by_state(self) -> dict[JobState, int]: ...
+
+    @abstractmethod
+    async def count_transitions_since(self, since_us: int) -> dict[str, int]:
+        """Events since since_us by kind: submitted, completed, failed, canceled, expired."""
+
+    @abstractmethod
+    async def get_receipts(self, job_id: str) -> list[ReceiptRow]: ...
+
+    @abstractmethod
+    async def load_log(self) -> tuple[list[bytes], CheckpointRow | None]:
+        """Every leaf hash of the receipt log in order, and the latest checkpoint."""
+
+    @abstractmethod
+    async def load_keys(self) -> list[KeyRow]: ...
+
+    @abstractmethod
+    async def load_accounts(self) -> list[dict[str, Any]]:
+        """Per account: account_id, kind, balance_nano, receipts, units_nano, updated_us."""
+
+    @abstractmethod
+    async def receipt_booked(self, receipt_id: str) -> bool: ...
+
+
+def flatten(rows: Sequence[Sequence[tuple]]) -> list[tuple]:
+    return [r for group in rows for r in group]

@@ -1,0 +1,124 @@
+"""SQLite schema, as forward migrations applied in order at start-up (PRAGMA user_version tracks them)."""
+
+from __future__ import annotations
+
+APPEND_ONLY = ("job_events", "receipts", "log_leaves", "checkpoints", "ledger_entries")
+
+
+def _append_only(table: str) -> str:
+    return f"""
+CREATE TRIGGER {table}_no_update BEFORE UPDATE ON {table}
+BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END;
+CREATE TRIGGER {table}_no_delete BEFORE DELETE ON {table}
+BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END;
+"""
+
+
+MIGRATIONS: list[str] = [
+    # 1: jobs, their event log and results
+    """
+CREATE TABLE jobs (
+  job_id TEXT PRIMARY KEY,
+  client_id TEXT NOT NULL,
+  state INTEGER NOT NULL,
+  priority INTEGER NOT NULL,
+  payload BLOB NOT NULL,
+  payload_kind INTEGER NOT NULL,
+  input_sha256 BLOB NOT NULL,
+  constraints TEXT NOT NULL,
+  ttl_us INTEGER NOT NULL,
+  max_attempts INTEGER NOT NULL,
+  execution_timeout_us INTEGER NOT NULL,
+  idempotency_key TEXT,
+  request_fingerprint BLOB NOT NULL,
+  created_us INTEGER NOT NULL,
+  updated_us INTEGER NOT NULL,
+  attempt INTEGER NOT NULL,
+  miner_id TEXT NOT NULL,
+  started_us INTEGER NOT NULL,
+  finished_us INTEGER NOT NULL,
+  terminal_reason TEXT NOT NULL,
+  terminal_message TEXT NOT NULL,
+  metadata TEXT NOT NULL,
+  reassignments INTEGER NOT NULL,
+  event_seq INTEGER NOT NULL,
+  not_before_us INTEGER NOT NULL,
+  queued_us INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX jobs_idempotency ON jobs(client_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX jobs_client ON jobs(client_id, job_id);
+CREATE INDEX jobs_miner ON jobs(miner_id, job_id);
+CREATE INDEX jobs_state ON jobs(state);
+CREATE TABLE job_events (
+  job_id TEXT NOT NULL,
+  sequence INTEGER NOT NULL,
+  from_state INTEGER,
+  to_state INTEGER NOT NULL,
+  attempt INTEGER NOT NULL,
+  miner_id TEXT NOT NULL,
+  reason TEXT NOT NULL,
+  message TEXT NOT NULL,
+  occurred_us INTEGER NOT NULL,
+  PRIMARY KEY (job_id, sequence)
+) WITHOUT ROWID;
+CREATE INDEX job_events_time ON job_events(occurred_us);
+CREATE TABLE job_results (
+  job_id TEXT NOT NULL,
+  attempt INTEGER NOT NULL,
+  output BLOB NOT NULL,
+  output_kind INTEGER NOT NULL,
+  result_sha256 BLOB NOT NULL,
+  units TEXT NOT NULL,
+  unit_type TEXT NOT NULL,
+  miner_id TEXT NOT NULL,
+  completed_us INTEGER NOT NULL,
+  receipt_id TEXT NOT NULL,
+  PRIMARY KEY (job_id, attempt)
+) WITHOUT ROWID;
+"""
+    + _append_only("job_events"),
+    # 2: receipts, the Merkle log, checkpoints, signing keys, the usage ledger
+    """
+CREATE TABLE receipts (
+  receipt_id TEXT PRIMARY KEY,
+  job_id TEXT NOT NULL,
+  attempt INTEGER NOT NULL,
+  envelope BLOB NOT NULL,
+  leaf_index INTEGER NOT NULL UNIQUE,
+  issued_us INTEGER NOT NULL,
+  UNIQUE (job_id, attempt)
+);
+CREATE TABLE log_leaves (
+  leaf_index INTEGER PRIMARY KEY,
+  leaf_hash BLOB NOT NULL
+);
+CREATE TABLE checkpoints (
+  tree_size INTEGER PRIMARY KEY,
+  root_hash BLOB NOT NULL,
+  note TEXT NOT NULL,
+  signed_us INTEGER NOT NULL
+);
+CREATE TABLE signing_keys (
+  key_id TEXT PRIMARY KEY,
+  role TEXT NOT NULL,
+  status TEXT NOT NULL,
+  public_key BLOB NOT NULL,
+  private_seed BLOB,
+  valid_from_us INTEGER NOT NULL,
+  valid_until_us INTEGER,
+  owner TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE ledger_entries (
+  entry_id INTEGER PRIMARY KEY,
+  account_id TEXT NOT NULL,
+  kind TEXT NOT NULL,
+  receipt_id TEXT NOT NULL,
+  amount_nano INTEGER NOT NULL,
+  units_nano INTEGER NOT NULL,
+  booked_us INTEGER NOT NULL,
+  UNIQUE (receipt_id, kind)
+);
+CREATE INDEX ledger_account ON ledger_entries(account_id, kind);
+"""
+    + "".join(_append_only(t) for t in APPEND_ONLY[1:]),
+]
