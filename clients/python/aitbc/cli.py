@@ -1,0 +1,195 @@
+"""`aitbc`: the command line of the SDK: jobs, a miner, and receipts.
+
+Every command takes --address and --api-key, or AITBC_ADDRESS and AITBC_API_KEY.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+
+from .client import Client
+from .receipts.cli import add_parser as add_receipts_parser
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", default=os.environ.get("AITBC_ADDRESS", DEFAULT_ADDRESS),
+                        help="coordinator HOST:PORT (AITBC_ADDRESS)")  # fmt: skip
+    parser.add_argument(
+        "--api-key", default=os.environ.get("AITBC_API_KEY", ""), help="API key (AITBC_API_KEY)"
+    )
+
+
+def _print(message: Any) -> None:
+    print(json.dumps(MessageToDict(message, preserving_proto_field_name=True), indent=1))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aitbc", description="AITBC coordinator client, miner and receipt tools"
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    submit = commands.add_parser("submit", help="submit a job; prints it (with --wait, waits for its result)")
+    submit.add_argument("payload", help="the job input as JSON, or @FILE")
+    submit.add_argument("--priority", type=int, default=0)
+    submit.add_argument("--ttl", type=float, help="seconds in the queue before it expires")
+    submit.add_argument("--max-attempts", type=int, default=0)
+    submit.add_argument("--idempotency-key", default="")
+    submit.add_argument(
+        "--constraints", default="{}", help='JSON, e.g. {"region": "eu-west", "min_vram_gb": 24}'
+    )
+    submit.add_argument("--wait", action="store_true")
+    for name in ("get", "result", "cancel", "watch", "wait"):
+        p = commands.add_parser(name, help=f"{name} a job")
+        p.add_argument("job_id")
+    jobs = commands.add_parser("list", help="list your jobs")
+    jobs.add_argument("--state", action="append", default=[], help="JOB_STATE_... name; repeatable")
+    jobs.add_argument("--page-size", type=int, default=20)
+    jobs.add_argument("--page-token", default="")
+
+    miner = commands.add_parser("miner", help="run a miner")
+    miner_commands = miner.add_subparsers(dest="miner_command", required=True)
+    run = miner_commands.add_parser("run", help="connect and run jobs until SIGTERM (drains) or SIGINT")
+    run.add_argument(
+        "--runner", default="echo", help="'echo', 'python:MODULE:FUNCTION', or 'cmd:COMMAND ...'"
+    )
+    run.add_argument("--slots", type=int, default=1)
+    run.add_argument("--price", default="0")
+    run.add_argument("--region", default="")
+    run.add_argument("--model", action="append", default=[], help="a model served; repeatable")
+    run.add_argument(
+        "--gpu", action="append", default=[], help="MODEL:MEMORY_GB, overriding the probe; repeatable"
+    )
+    run.add_argument("--cuda", default="")
+    run.add_argument("--label", action="append", default=[], help="KEY=VALUE; repeatable")
+    run.add_argument("--timeout", type=float, default=3600.0, help="subprocess runner timeout, seconds")
+    run.add_argument("--signing-key-hex", default=os.environ.get("AITBC_MINER_SIGNING_KEY_HEX", ""),
+                     help="Ed25519 seed to sign results with (AITBC_MINER_SIGNING_KEY_HEX)")  # fmt: skip
+
+    receipts = add_receipts_parser(commands)
+    get = receipts.add_parser("get", help="fetch a job's receipt bundle (for `aitbc receipts verify`)")
+    get.add_argument("job_id")
+    get.add_argument("--out", help="write the bundle here (default: stdout)")
+    keys = receipts.add_parser("keys", help="fetch the coordinator's key set (to pin for verification)")
+    keys.add_argument("--out", help="write the key set here (default: stdout)")
+    for sub in (
+        submit,
+        jobs,
+        run,
+        get,
+        keys,
+        *(commands.choices[n] for n in ("get", "result", "cancel", "watch", "wait")),
+    ):
+        _common(sub)
+    return parser
+
+
+async def _jobs(args: argparse.Namespace) -> int:
+    async with Client(args.address, args.api_key) as client:
+        if args.command == "submit":
+            text = Path(args.payload[1:]).read_text() if args.payload.startswith("@") else args.payload
+            job = await client.submit(json.loads(text), priority=args.priority, ttl_s=args.ttl,
+                                      max_attempts=args.max_attempts, idempotency_key=args.idempotency_key,
+                                      constraints=json.loads(args.constraints))  # fmt: skip
+            if not args.wait:
+                _print(job)
+                return 0
+            job = await client.wait(job.job_id)
+            _print(await client.result(job.job_id) if job.state == 4 else job)
+            return 0 if job.state == 4 else 1
+        if args.command == "get":
+            _print(await client.get(args.job_id))
+        elif args.command == "result":
+            _print(await client.result(args.job_id))
+        elif args.command == "cancel":
+            _print(await client.cancel(args.job_id))
+        elif args.command == "wait":
+            _print(await client.wait(args.job_id))
+        elif args.command == "watch":
+            async for update in client.watch(args.job_id):
+                _print(update)
+        elif args.command == "list":
+            from .coordinator.v1 import job_pb2
+
+            states = [
+                job_pb2.JobState.Value(s if s.startswith("JOB_STATE_") else f"JOB_STATE_{s.upper()}")
+                for s in args.state
+            ]
+            _print(await client.list(states, args.page_size, args.page_token))
+        elif args.command == "receipts" and args.receipts_command == "get":
+            _write(await client.bundle(args.job_id), args.out)
+        elif args.command == "receipts" and args.receipts_command == "keys":
+            _write(await client.signing_keys(), args.out)
+    return 0
+
+
+def _write(data: bytes, path: str | None) -> None:
+    if path:
+        Path(path).write_bytes(data)
+    else:
+        sys.stdout.write(data.decode() + "\n")
+
+
+def _runner(spec: str, timeout: float):  # type: ignore[no-untyped-def]
+    from . import miner
+
+    if spec == "echo":
+        return miner.echo_runner
+    if spec.startswith("python:"):
+        import importlib
+
+        module, _, function = spec[len("python:") :].rpartition(":")
+        return miner.python_runner(getattr(importlib.import_module(module), function))
+    if spec.startswith("cmd:"):
+        import shlex
+
+        return miner.subprocess_runner(shlex.split(spec[len("cmd:") :]), timeout)
+    raise SystemExit(f"aitbc: unknown runner {spec!r}")
+
+
+async def _miner(args: argparse.Namespace) -> int:
+    from .miner import Miner, install_signal_handlers, probe_capabilities
+    from .receipts import Signer
+
+    overrides: dict[str, Any] = {"price": args.price, "region": args.region, "models": args.model,
+                                 "cuda_version": args.cuda, "labels": dict(kv.split("=", 1) for kv in args.label)}  # fmt: skip
+    if args.gpu:
+        overrides["gpus"] = [(g.rsplit(":", 1)[0], int(g.rsplit(":", 1)[1])) for g in args.gpu]
+    miner = Miner(args.address, args.api_key, _runner(args.runner, args.timeout),
+                  probe_capabilities(args.slots, **overrides),
+                  signer=Signer(args.signing_key_hex) if args.signing_key_hex else None)  # fmt: skip
+    install_signal_handlers(miner)
+    await miner.run()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="ts=%(asctime)s level=%(levelname)s %(name)s %(message)s")
+    if args.command == "receipts" and args.receipts_command == "verify":
+        return args.func(args)
+    try:
+        if args.command == "miner":
+            return asyncio.run(_miner(args))
+        return asyncio.run(_jobs(args))
+    except grpc.aio.AioRpcError as exc:
+        print(f"aitbc: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
