@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint proto serve bench-smoke
+.PHONY: setup node-setup demo test test-python test-node lint proto serve bench-smoke
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,24 @@ demo: setup
 serve: setup
 	$(BIN)/aitbc-coordinator serve
 
-test: setup
-	$(BIN)/python -m pytest
+tools/buf/node_modules/.installed: tools/buf/package-lock.json
+	cd tools/buf && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+clients/node/node_modules/.installed: clients/node/package-lock.json
+	cd clients/node && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+node-setup: tools/buf/node_modules/.installed clients/node/node_modules/.installed
+
+# The README's test command: the contract (buf lint + breaking), the Python suite, the Node client's suite.
+test: setup node-setup
+	./scripts/buf_check.sh
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+	cd clients/node && AITBC_VENV_BIN=$(CURDIR)/$(BIN) npm test
+
+test-python: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: setup
 	$(BIN)/ruff check .
