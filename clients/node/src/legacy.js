@@ -1,0 +1,102 @@
+'use strict';
+/**
+ * Legacy AITBC v1 receipts (spec section 8): `{payload, signature: {alg: "Ed25519", key_id, sig}}`, the
+ * signature (base64url, unpadded) over the canonical JSON of the payload; key_id is the base64url of the
+ * raw public key.
+ *
+ * The v1 signer was Python (`json.dumps(..., sort_keys=True, separators=(",", ":"))` with nulls dropped),
+ * so numbers are written the way Python writes them: integers exactly, floats in repr() form (`4.2`,
+ * `2.0`, `1e+16`). Give the receipt as JSON text to keep `2.0` apart from `2`; a parsed object cannot.
+ */
+const ed25519 = require('./ed25519');
+const { VerificationError, decodeBase64Url } = require('./encoding');
+const { parseStrict, compareKeys, JsonNumber } = require('./json');
+const { hasExactly } = require('./dsse');
+
+/**
+ * Python's repr() of a float: the shortest round-trip digits, fixed notation for exponents -4..15,
+ * scientific with a signed two-digit exponent otherwise.
+ * @param {number} x
+ * @returns {string}
+ */
+function pythonFloatRepr(x) {
+  if (!Number.isFinite(x)) throw new VerificationError('NOT_CANONICAL', 'NaN and infinities are not JSON');
+  if (x === 0) return Object.is(x, -0) ? '-0.0' : '0.0';
+  const sign = x < 0 ? '-' : '';
+  const [mantissa, exponent] = Math.abs(x).toExponential().split('e');
+  const digits = mantissa.replace('.', '');
+  const e = Number(exponent);
+  if (e >= -4 && e < 16) {
+    if (e < 0) return `${sign}0.${'0'.repeat(-e - 1)}${digits}`;
+    const whole = digits.padEnd(e + 1, '0').slice(0, e + 1);
+    return `${sign}${whole}.${digits.slice(e + 1) || '0'}`;
+  }
+  const m = digits.length > 1 ? `${digits[0]}.${digits.slice(1)}` : digits;
+  return `${sign}${m}e${e < 0 ? '-' : '+'}${String(Math.abs(e)).padStart(2, '0')}`;
+}
+
+/** Python's json.dumps of a number: an integer (lexeme or JS integer) exactly, a float as repr(). */
+function pythonNumber(n) {
+  if (n instanceof JsonNumber) {
+    if (n.isInteger) return n.text === '-0' ? '0' : n.text;
+    return pythonFloatRepr(Number(n.text));
+  }
+  return Number.isInteger(n) ? String(n) : pythonFloatRepr(n);
+}
+
+/**
+ * The v1 canonical JSON of a payload: sorted keys, no whitespace, object members that are null dropped.
+ * @param {*} value
+ * @returns {string}
+ */
+function legacyCanonical(value) {
+  if (value === null) return 'null'; // only reachable inside arrays
+  if (typeof value === 'number' || value instanceof JsonNumber) return pythonNumber(value);
+  if (typeof value === 'string' || typeof value === 'boolean') return JSON.stringify(value);
+  if (Array.isArray(value)) return `[${value.map(legacyCanonical).join(',')}]`;
+  if (typeof value === 'object') {
+    const keys = Object.keys(value).filter((k) => value[k] !== null && value[k] !== undefined).sort(compareKeys);
+    return `{${keys.map((k) => `${JSON.stringify(k)}:${legacyCanonical(value[k])}`).join(',')}}`;
+  }
+  throw new VerificationError('NOT_CANONICAL', `a ${typeof value} has no JSON form`);
+}
+
+/**
+ * The public keys a verifier trusts for v1 receipts: raw keys, or the coordinator keys of a key set
+ * (v1 carried one signature, the coordinator's).
+ * @param {Uint8Array|Uint8Array[]|import('./keys').KeySet} trusted
+ * @returns {Buffer[]}
+ */
+function trustedLegacyKeys(trusted) {
+  if (trusted instanceof Uint8Array) return [Buffer.from(trusted)];
+  if (Array.isArray(trusted)) return trusted.map((k) => Buffer.from(k));
+  return trusted.withRole('coordinator').filter((k) => k.keyIdMatches).map((k) => k.publicKey);
+}
+
+/**
+ * Verifies a legacy v1 receipt against trusted public keys; throws VerificationError unless it holds.
+ * Non-ASCII text is signed as UTF-8 (as the Python verifier computes it), never as \u escapes.
+ * @param {string|Uint8Array|object} source the receipt as JSON text/bytes (parsed strictly) or an object
+ * @param {Uint8Array|Uint8Array[]|import('./keys').KeySet} trustedKeys raw 32-byte public keys or a key set
+ * @returns {{payload: object, keyId: string}}
+ */
+function verifyLegacyReceipt(source, trustedKeys) {
+  const receipt = typeof source === 'string' || source instanceof Uint8Array ? parseStrict(source, { lossless: true }) : source;
+  if (!receipt || typeof receipt !== 'object' || !receipt.payload || typeof receipt.payload !== 'object' || Array.isArray(receipt.payload)) {
+    throw new VerificationError('BAD_RECEIPT', 'a v1 receipt is {"payload":{...},"signature":{...}}');
+  }
+  const sig = receipt.signature;
+  if (!hasExactly(sig, ['alg', 'key_id', 'sig']) || typeof sig.key_id !== 'string') {
+    throw new VerificationError('BAD_RECEIPT', 'signature must be {"alg":"Ed25519","key_id":...,"sig":...}');
+  }
+  if (sig.alg !== 'Ed25519') throw new VerificationError('UNSUPPORTED_ALG', `algorithm ${JSON.stringify(sig.alg)}`);
+  const signature = decodeBase64Url(sig.sig, 'signature.sig');
+  const key = trustedLegacyKeys(trustedKeys).find((k) => k.toString('base64url') === sig.key_id);
+  if (!key) throw new VerificationError('UNKNOWN_KEY', `key_id ${sig.key_id} is not a trusted key`);
+  if (!ed25519.verify(key, Buffer.from(legacyCanonical(receipt.payload), 'utf8'), signature)) {
+    throw new VerificationError('BAD_SIGNATURE', 'the v1 receipt signature does not verify');
+  }
+  return { payload: receipt.payload, keyId: sig.key_id };
+}
+
+module.exports = { verifyLegacyReceipt, legacyCanonical, pythonFloatRepr };

@@ -1,0 +1,57 @@
+'use strict';
+/**
+ * google.protobuf.Struct <-> plain JSON values. proto-loader hands Struct over in its wire shape
+ * ({fields: {k: {stringValue: ...}}}); integrators think in JSON, so the client converts at its edge.
+ */
+
+/** A JSON value as a google.protobuf.Value message object. */
+function toValue(v) {
+  if (v === null) return { nullValue: 'NULL_VALUE' };
+  if (typeof v === 'number') {
+    if (!Number.isFinite(v)) throw new TypeError('Struct numbers must be finite');
+    return { numberValue: v };
+  }
+  if (typeof v === 'string') return { stringValue: v };
+  if (typeof v === 'boolean') return { boolValue: v };
+  if (Array.isArray(v)) return { listValue: { values: v.map(toValue) } };
+  if (typeof v === 'object') return { structValue: toStruct(v) };
+  throw new TypeError(`a ${typeof v} is not a JSON value`);
+}
+
+/** A plain JSON object as a google.protobuf.Struct message object. */
+function toStruct(obj) {
+  if (obj === null || typeof obj !== 'object' || Array.isArray(obj)) throw new TypeError('a Struct is a JSON object');
+  const fields = {};
+  for (const [k, v] of Object.entries(obj)) fields[k] = toValue(v);
+  return { fields };
+}
+
+/** A google.protobuf.Value message object (decoded with oneofs: true) as a JSON value. */
+function fromValue(value) {
+  if (!value) return null;
+  switch (value.kind) {
+    case 'nullValue':
+      return null;
+    case 'numberValue':
+      return value.numberValue;
+    case 'stringValue':
+      return value.stringValue;
+    case 'boolValue':
+      return value.boolValue;
+    case 'listValue':
+      return (value.listValue?.values ?? []).map(fromValue);
+    case 'structValue':
+      return fromStruct(value.structValue);
+    default:
+      return null;
+  }
+}
+
+/** A google.protobuf.Struct message object as a plain JSON object. */
+function fromStruct(struct) {
+  const out = {};
+  for (const [k, v] of Object.entries(struct?.fields ?? {})) out[k] = fromValue(v);
+  return out;
+}
+
+module.exports = { toStruct, fromStruct, toValue, fromValue };

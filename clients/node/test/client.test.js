@@ -1,0 +1,80 @@
+'use strict';
+/**
+ * The client's own conversions, which need no server: the contract loads from proto/, Struct payloads
+ * round-trip, and the key set the client builds from GetSigningKeys is one the verifier accepts.
+ * (The calls themselves are exercised against the real coordinator in integration.test.js.)
+ */
+const test = require('node:test');
+const assert = require('node:assert/strict');
+const crypto = require('node:crypto');
+const { loadContract, loadHealth, keyToJson, receiptToBundle } = require('../src/client');
+const { toStruct, fromStruct } = require('../src/struct');
+const v = require('../src/verify');
+
+test('the contract loads from the repository proto/ directory, well-known types included', () => {
+  const v1 = loadContract();
+  for (const [service, method] of [['JobService', 'SubmitJob'], ['JobService', 'WatchJob'], ['ReceiptService', 'GetReceipt'], ['ReceiptService', 'GetSigningKeys'], ['MinerService', 'Connect']]) {
+    assert.equal(typeof v1[service].service[method], 'object', `${service}.${method}`);
+  }
+  assert.equal(v1.JobService.service.WatchJob.responseStream, true);
+  assert.equal(typeof loadHealth().service.Check, 'object');
+});
+
+test('JSON payloads round-trip through google.protobuf.Struct, and encode on the wire', () => {
+  const value = { prompt: 'hello', n: 2, f: 0.5, ok: true, none: null, list: [1, 'a', { b: [] }], nested: { x: {} } };
+  const struct = toStruct(value);
+  assert.deepEqual(struct.fields.prompt, { stringValue: 'hello' });
+  // Through the real message type: encode, decode with the client's loader options.
+  const SubmitJobRequest = loadContract().SubmitJobRequest;
+  assert.ok(SubmitJobRequest, 'message constructor');
+  const bytes = SubmitJobRequest.serialize({ payload: struct });
+  const back = SubmitJobRequest.deserialize(bytes);
+  assert.deepEqual(fromStruct(back.payload), value);
+  assert.throws(() => toStruct([1, 2]), TypeError);
+  assert.throws(() => toStruct({ x: NaN }), TypeError);
+});
+
+test('a SigningKey message becomes a key set entry of the spec, which the verifier loads', () => {
+  const raw = v.rawFromPublicKey(crypto.generateKeyPairSync('ed25519').publicKey);
+  const message = {
+    key_id: v.keyId(raw),
+    role: 'KEY_ROLE_LOG',
+    status: 'KEY_STATUS_RETIRED',
+    public_key: raw,
+    valid_from: { seconds: '1795733219', nanos: 123456000 },
+    valid_until: { seconds: '1795733220', nanos: 5 },
+    note_verifier_key: v.formatVerifierKey('aitbc.coordinator/x', raw),
+    owner: '',
+  };
+  const entry = keyToJson(message);
+  assert.deepEqual(entry, {
+    key_id: message.key_id,
+    role: 'log',
+    status: 'retired',
+    public_key: raw.toString('hex'),
+    valid_from: '2026-11-26T22:46:59.123456Z',
+    valid_until: '2026-11-26T22:47:00.000000005Z',
+    note_verifier_key: message.note_verifier_key,
+  });
+  const [key] = v.loadKeySet({ keys: [entry] }).keys;
+  // The verifier keeps microseconds, as receipts do (the 5 ns are dropped).
+  assert.equal(key.validUntil - key.validFrom, 1000000000n - 123456000n);
+  assert.equal(keyToJson({ ...message, valid_until: null }).valid_until, undefined);
+});
+
+test('a GetReceipt response becomes the bundle of spec section 7', () => {
+  const envelope = Buffer.from('{"payload":"e30=","payloadType":"t","signatures":[]}');
+  const bundle = receiptToBundle({
+    envelope,
+    leafIndex: '3',
+    inclusionProof: { leaf_index: '3', tree_size: '9', hashes: [Buffer.alloc(32, 1)] },
+    checkpoint: { note: 'origin\n9\nroot\n\n\u2014 origin sig\n' },
+  });
+  assert.deepEqual(bundle, {
+    envelope: envelope.toString('base64'),
+    leaf_index: 3,
+    inclusion_proof: { tree_size: 9, hashes: ['01'.repeat(32)] },
+    checkpoint: 'origin\n9\nroot\n\n\u2014 origin sig\n',
+  });
+  assert.throws(() => receiptToBundle({ envelope, leafIndex: '9007199254740993', inclusionProof: { tree_size: '1', hashes: [] }, checkpoint: { note: '' } }), { code: 'BAD_BUNDLE' });
+});
