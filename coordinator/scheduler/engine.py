@@ -443,7 +443,9 @@ class Scheduler:
         self.sessions.pop(session.session_id, None)
         if self.by_miner.get(session.miner_id) is session:
             del self.by_miner[session.miner_id]
-        session.send(GoAwayOut(reason, 1.0))
+        # After the commit, like every message: sent now, the stream would end (and its reader be canceled)
+        # while this decision's commit is still in flight, losing its acks and watcher notifications.
+        pending.sends.append((session, GoAwayOut(reason, 1.0)))
         session.wakeup.set()
         for observer in self.observers:
             observer("session_close", session, None)  # type: ignore[arg-type]
@@ -457,6 +459,7 @@ class Scheduler:
         if not session.held:
             pending = _Pending()
             self._close(session, pending, "DRAINED", requeue=False)
+            self._spawn_commit(pending)
 
     def drain_miner(self, miner_id: str) -> Session:
         session = self.by_miner.get(miner_id)
@@ -606,7 +609,7 @@ class Scheduler:
                 if not session.pending_assignments and not session.pending_cancels and not session.closed:
                     pending = _Pending()
                     self._fill(session, pending, now_us(), limit=max_jobs)
-                    if pending.unit:
+                    if pending.unit or pending.sends:
                         await self._commit(pending)
                 if session.pending_assignments or session.pending_cancels or session.closed:
                     break

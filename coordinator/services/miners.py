@@ -122,9 +122,15 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
                     log.warning("miner stream reader failed: %r", error)
                 return "STREAM_CLOSED"
             message = get.result()
-            await context.write(outbound(message))
             if isinstance(message, GoAwayOut):
+                # the session's last message: what was queued behind it (acks of its last results) goes first
+                while not outbox.empty():
+                    queued = outbox.get_nowait()
+                    if not isinstance(queued, GoAwayOut):
+                        await context.write(outbound(queued))
+                await context.write(outbound(message))
                 return message.reason
+            await context.write(outbound(message))
             if outbox.qsize() > self.scheduler.settings.outbox_limit:
                 return "OUTBOX_OVERFLOW"  # the miner stopped reading: treat the stream as stalled
 
