@@ -4,8 +4,7 @@
  * envelope, its inclusion proof and the signed checkpoint the proof is for.
  */
 const { VerificationError, decodeBase64 } = require('./encoding');
-const { hasExactly } = require('./dsse');
-const { parseStrict } = require('./json');
+const { parseStrict, hasExactly } = require('./json');
 const { leafHash, verifyInclusion, verifyConsistency } = require('./merkle');
 const { verifyCheckpoint } = require('./note');
 const { verifyReceiptEnvelope } = require('./receipt');

@@ -119,6 +119,8 @@ class CoordinatorClient {
     this.receipts = new v1.ReceiptService(address, credentials, { channelOverride });
     this.admin = new v1.AdminService(address, credentials, { channelOverride });
     this.health = new Health(address, credentials, { channelOverride });
+    /** Open watch streams, canceled by close(). */
+    this.streams = new Set();
   }
 
   /** Per-call metadata: the API key. */
@@ -176,7 +178,10 @@ class CoordinatorClient {
   }
 
   /**
-   * Follows a job until it is terminal.
+   * Follows a job until it is terminal. Should the stream end before a terminal state (the contract says
+   * it ends after one, but a server may race), the job is polled with GetJob until it is terminal or the
+   * watch's deadline passes; the terminal job is then passed to onUpdate with a null event and
+   * `watch_ended_early` set.
    * @param {string} jobId
    * @param {(job: object, event: object|null) => void} [onUpdate] called for every message
    * @param {{timeoutMs?: number}} [options] deadline of the whole watch (default 10 minutes)
@@ -186,30 +191,50 @@ class CoordinatorClient {
     return new Promise((resolve, reject) => {
       const deadline = Date.now() + (options.timeoutMs ?? 600000);
       const call = this.jobs.WatchJob({ job_id: jobId }, this.metadata(), { deadline });
+      this.streams.add(call);
       let done = false;
       let last = null;
+      /** Settles once; the stream is no longer ours to cancel from then on. */
+      const settle = () => {
+        if (done) return false;
+        done = true;
+        this.streams.delete(call);
+        return true;
+      };
       call.on('data', (msg) => {
         last = decodeJob(msg.job);
         if (onUpdate) onUpdate(last, msg.event ?? null);
-        if (!done && TERMINAL_STATES.has(last.state)) {
-          done = true;
+        if (TERMINAL_STATES.has(last.state) && settle()) {
           resolve(last);
           call.cancel(); // the server ends the stream too; do not wait for it
         }
       });
       call.on('error', (err) => {
-        if (!done) {
-          done = true;
-          reject(err);
-        }
+        if (settle()) reject(err);
       });
       call.on('end', () => {
-        if (!done) {
-          done = true;
-          reject(new Error(`watch of ${jobId} ended before a terminal state (last: ${last?.state})`));
-        }
+        if (!settle()) return;
+        this.pollUntilTerminal(jobId, deadline).then((job) => {
+          const final = { ...job, watch_ended_early: true };
+          if (onUpdate) onUpdate(final, null);
+          return final;
+        }).then(resolve, reject);
       });
     });
+  }
+
+  /**
+   * Reads a job with GetJob until it is terminal, backing off from 50 ms to 1 s between reads.
+   * @param {string} jobId
+   * @param {number} deadline epoch milliseconds
+   */
+  async pollUntilTerminal(jobId, deadline) {
+    for (let pause = 50; ; pause = Math.min(pause * 2, 1000)) {
+      const job = await this.getJob(jobId);
+      if (TERMINAL_STATES.has(job.state)) return job;
+      if (Date.now() + pause > deadline) throw new Error(`job ${jobId} not terminal by the deadline (${job.state})`);
+      await new Promise((r) => setTimeout(r, pause));
+    }
   }
 
   /** The job's result (GetJobResult), waiting for the job to finish when `wait` is true. */
@@ -272,8 +297,9 @@ class CoordinatorClient {
     return { receipt, bundle: receiptToBundle(receipt), verification: verifyReceiptResponse(receipt, keySet, options) };
   }
 
-  /** Closes the channel. */
+  /** Cancels open watches and closes the channel. */
   close() {
+    for (const call of this.streams) call.cancel();
     this.jobs.close();
   }
 }

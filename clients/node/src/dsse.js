@@ -6,7 +6,7 @@
  * payload and no JSON re-serialisation is ever involved.
  */
 const { VerificationError, decodeBase64 } = require('./encoding');
-const { parseStrict } = require('./json');
+const { parseStrict, hasExactly } = require('./json');
 
 /**
  * Pre-authentication encoding: "DSSEv1" SP LEN(type) SP type SP LEN(body) SP body, lengths in ASCII
@@ -27,16 +27,6 @@ function pae(payloadType, payload) {
 }
 
 /**
- * True when `obj` is a JSON object with exactly these fields. Unknown fields are refused rather than
- * ignored: the log hashes the envelope bytes, so one receipt should have one envelope text.
- */
-function hasExactly(obj, fields) {
-  if (obj === null || typeof obj !== 'object' || Array.isArray(obj)) return false;
-  const keys = Object.keys(obj);
-  return keys.length === fields.length && fields.every((f) => Object.hasOwn(obj, f));
-}
-
-/**
  * @typedef {object} Envelope
  * @property {string} payloadType
  * @property {Buffer} payload the decoded payload bytes
@@ -53,6 +43,7 @@ function parseEnvelope(bytes) {
   if (env === null || typeof env !== 'object' || Array.isArray(env)) {
     throw new VerificationError('BAD_ENVELOPE', 'an envelope is a JSON object');
   }
+  // Unknown fields are refused, not ignored: the log hashes envelope bytes, so one receipt, one text.
   if (!hasExactly(env, ['payload', 'payloadType', 'signatures'])) {
     throw new VerificationError('BAD_ENVELOPE', 'the envelope fields are payload, payloadType, signatures');
   }
@@ -69,4 +60,4 @@ function parseEnvelope(bytes) {
   return { payloadType: env.payloadType, payload: decodeBase64(env.payload, 'payload'), signatures };
 }
 
-module.exports = { pae, parseEnvelope, hasExactly };
+module.exports = { pae, parseEnvelope };

@@ -23,9 +23,6 @@ class JsonNumber {
   get isInteger() {
     return !/[.eE]/.test(this.text);
   }
-  valueOf() {
-    return Number(this.text);
-  }
 }
 
 function fail(message) {
@@ -267,6 +264,18 @@ function canonicalStruct(value) {
 }
 
 /**
+ * True when `obj` is a JSON object with exactly these fields: the formats (envelope, bundle, miner
+ * signature, legacy signature) are closed, so an unknown field is an error rather than something ignored.
+ * @param {*} obj
+ * @param {string[]} fields
+ */
+function hasExactly(obj, fields) {
+  if (obj === null || typeof obj !== 'object' || Array.isArray(obj)) return false;
+  const keys = Object.keys(obj);
+  return keys.length === fields.length && fields.every((f) => Object.hasOwn(obj, f));
+}
+
+/**
  * Parses bytes that must be canonical JSON: strict parse, then the bytes must equal their re-serialisation.
  * @param {Uint8Array} bytes
  * @returns {*} the parsed value
@@ -278,4 +287,4 @@ function parseCanonical(bytes) {
   return value;
 }
 
-module.exports = { parseStrict, parseCanonical, canonicalize, canonicalStruct, compareKeys, JsonNumber };
+module.exports = { parseStrict, parseCanonical, canonicalize, canonicalStruct, compareKeys, hasExactly, JsonNumber };

@@ -10,8 +10,7 @@
  */
 const ed25519 = require('./ed25519');
 const { VerificationError, decodeBase64Url } = require('./encoding');
-const { parseStrict, compareKeys, JsonNumber } = require('./json');
-const { hasExactly } = require('./dsse');
+const { parseStrict, compareKeys, hasExactly, JsonNumber } = require('./json');
 
 /**
  * Python's repr() of a float: the shortest round-trip digits, fixed notation for exponents -4..15,
@@ -61,6 +60,14 @@ function legacyCanonical(value) {
   throw new VerificationError('NOT_CANONICAL', `a ${typeof value} has no JSON form`);
 }
 
+/** A parsed value with its JsonNumbers turned into plain numbers, for the caller. */
+function plainNumbers(value) {
+  if (value instanceof JsonNumber) return Number(value.text);
+  if (Array.isArray(value)) return value.map(plainNumbers);
+  if (value && typeof value === 'object') return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, plainNumbers(v)]));
+  return value;
+}
+
 /**
  * The public keys a verifier trusts for v1 receipts: raw keys, or the coordinator keys of a key set
  * (v1 carried one signature, the coordinator's).
@@ -96,7 +103,7 @@ function verifyLegacyReceipt(source, trustedKeys) {
   if (!ed25519.verify(key, Buffer.from(legacyCanonical(receipt.payload), 'utf8'), signature)) {
     throw new VerificationError('BAD_SIGNATURE', 'the v1 receipt signature does not verify');
   }
-  return { payload: receipt.payload, keyId: sig.key_id };
+  return { payload: plainNumbers(receipt.payload), keyId: sig.key_id };
 }
 
 module.exports = { verifyLegacyReceipt, legacyCanonical, pythonFloatRepr };

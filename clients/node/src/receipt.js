@@ -14,9 +14,9 @@
  *   - each required role needs its own distinct key: the same key twice counts once.
  */
 const ed25519 = require('./ed25519');
-const { pae, parseEnvelope, hasExactly } = require('./dsse');
+const { pae, parseEnvelope } = require('./dsse');
 const { VerificationError, decodeBase64 } = require('./encoding');
-const { parseCanonical } = require('./json');
+const { parseCanonical, hasExactly } = require('./json');
 const { checkKeyUsable } = require('./keys');
 const { parseRfc3339 } = require('./time');
 

@@ -37,11 +37,24 @@ function unavailable() {
 const reason = unavailable();
 const skip = reason && process.env.AITBC_REQUIRE_INTEGRATION !== '1' ? reason : false;
 
-/** Polls grpc.health.v1 Check until the server answers SERVING. */
-async function waitServing(client, deadlineMs) {
+/**
+ * Watches a job to its end, noting (not failing) when the server ended the stream before sending the
+ * terminal state and the client had to read the job with GetJob.
+ */
+async function watchToEnd(t, client, jobId, seen = []) {
+  const done = await client.watchJob(jobId, (j) => seen.push(j.state), { timeoutMs: 90000 });
+  if (done.watch_ended_early) t.diagnostic(`WatchJob of ${jobId} ended before the terminal state (server race); GetJob used`);
+  return done;
+}
+
+/** Polls grpc.health.v1 Check until the server answers SERVING; gives up if the process exits. */
+async function waitServing(client, proc, deadlineMs) {
   const end = Date.now() + deadlineMs;
   let last;
   while (Date.now() < end) {
+    if (proc.child.exitCode !== null || proc.child.signalCode !== null) {
+      throw new Error(`${proc.name} exited (code ${proc.child.exitCode}):\n${proc.output()}`);
+    }
     try {
       last = await client.checkHealth('', 1000);
       if (last === 'SERVING') return;
@@ -75,7 +88,7 @@ test('real coordinator and miner: a job completes and its receipt verifies in Ja
   t.after(() => client.close());
   const alive = (promise, ...ps) => Promise.race([promise, ...ps.map(failOnExit)]);
 
-  await alive(waitServing(client, 60000), coordinator);
+  await waitServing(client, coordinator, 60000);
   const miner = start('miner', AITBC, ['miner', 'run', '--address', address, '--api-key', 'miner-key-1', '--runner', 'echo'], { cwd: tmp, env: process.env });
   procs.push(miner);
 
@@ -86,7 +99,7 @@ test('real coordinator and miner: a job completes and its receipt verifies in Ja
     assert.equal(job.client_id, 'alice');
     assert.deepEqual(job.payload_json, { prompt: 'hello' });
     const seen = [];
-    const done = await alive(client.watchJob(job.job_id, (j) => seen.push(j.state), { timeoutMs: 90000 }), coordinator, miner);
+    const done = await alive(watchToEnd(t, client, job.job_id, seen), coordinator, miner);
     assert.equal(done.state, 'JOB_STATE_COMPLETED', `states seen: ${seen.join(' ')}`);
     assert.equal(done.miner_id, 'm1');
     const { result } = await client.getJobResult(job.job_id);
@@ -137,7 +150,7 @@ test('real coordinator and miner: a job completes and its receipt verifies in Ja
 
     // A second job grows the log; the newer checkpoint must extend the one we verified against.
     const second = await client.submitJob({ prompt: 'again' });
-    const done2 = await alive(client.watchJob(second.job_id, null, { timeoutMs: 90000 }), coordinator, miner);
+    const done2 = await alive(watchToEnd(t, client, second.job_id), coordinator, miner);
     assert.equal(done2.state, 'JOB_STATE_COMPLETED');
     const receipt2 = await client.getReceipt(second.job_id);
     const older = receipt.checkpoint;
@@ -158,8 +171,9 @@ test('real coordinator and miner: a job completes and its receipt verifies in Ja
     const signing = start('miner (signing)', AITBC, ['miner', 'run', '--address', address, '--api-key', 'miner-key-1', '--runner', 'echo', '--signing-key-hex', seed.toString('hex')], { cwd: tmp, env: process.env });
     procs.push(signing);
     const third = await client.submitJob({ prompt: 'signed' });
-    const done3 = await alive(client.watchJob(third.job_id, null, { timeoutMs: 90000 }), coordinator, signing);
+    const done3 = await alive(watchToEnd(t, client, third.job_id), coordinator, signing);
     assert.equal(done3.state, 'JOB_STATE_COMPLETED');
+    assert.equal(client.streams.size, 0, 'finished watches are closed');
     const keys3 = v.loadKeySet(JSON.stringify(await client.getSigningKeys()));
     assert.deepEqual(keys3.entries(minerKeyId).map((k) => [k.role, k.owner]), [['miner', 'm1']]);
     const receipt3 = await client.getReceipt(third.job_id);

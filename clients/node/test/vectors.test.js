@@ -125,7 +125,9 @@ test('AITBC v1 sample: canonical form, signature accepted, every changed field r
   const key = hex(t.verify_key_hex);
   assert.equal(v.legacyCanonical(t.payload), t.canonical);
   const text = fs.readFileSync(path.join(VECTORS_DIR, 'aitbc_v1_receipt_sample.json'));
-  assert.equal(v.verifyLegacyReceipt(text, key).keyId, t.signature.key_id);
+  const fromText = v.verifyLegacyReceipt(text, key);
+  assert.equal(fromText.keyId, t.signature.key_id);
+  assert.deepEqual(fromText.payload, t.payload);
   assert.deepEqual(v.verifyLegacyReceipt({ payload: t.payload, signature: t.signature }, [key]).payload, t.payload);
   // Nulls are dropped from the canonical form, so an added null field changes nothing.
   v.verifyLegacyReceipt({ payload: { ...t.payload, extra: null }, signature: t.signature }, key);
