@@ -53,6 +53,8 @@ class Settings:
     hmac_secret: str = field(default="", repr=False)
     log_level: str = "INFO"
     log_format: str = "text"
+    metrics_port: int = 0  # Prometheus /metrics on this port; 0: off (docs/operations.md)
+    metrics_host: str = "127.0.0.1"
 
     @property
     def api_keys(self) -> tuple[ApiKeyEntry, ...]:
@@ -146,6 +148,12 @@ def validate(s: Settings) -> None:
         raise SettingsError("SQLITE_SYNCHRONOUS: one of OFF, NORMAL, FULL, EXTRA")
     if s.log_format not in ("text", "json"):
         raise SettingsError("LOG_FORMAT: 'text' or 'json'")
+    if not 0 <= s.metrics_port < 65536:
+        raise SettingsError("METRICS_PORT: a TCP port (1-65535), or 0 for no metrics endpoint")
+    if s.metrics_port and s.metrics_port == s.app_port:
+        raise SettingsError("METRICS_PORT: must differ from APP_PORT")
+    if s.metrics_port and not s.metrics_host:
+        raise SettingsError("METRICS_HOST: an address to listen on, e.g. 127.0.0.1 or 0.0.0.0")
     for name, value in (("RECEIPT_SIGNING_KEY_HEX", s.receipt_signing_key_hex),
                         ("RECEIPT_ATTESTATION_KEY_HEX", s.receipt_attestation_key_hex)):  # fmt: skip
         if value:

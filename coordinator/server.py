@@ -23,6 +23,9 @@ from grpc_reflection.v1alpha import reflection
 
 from .config import Settings
 from .domain.validation import Limits
+from .logs import redact_url
+from .observability import Observability, RequestContextInterceptor
+from .observability import setup as setup_observability
 from .receipts.issuer import ReceiptIssuer
 from .receipts.keyring import load_keys
 from .scheduler.engine import Scheduler, SchedulerSettings
@@ -69,6 +72,8 @@ class Coordinator:
     health: health.aio.HealthServicer
     port: int
 
+    observability: Observability | None = None  # metrics, tracing, job log lines
+
     async def stop(self, grace: float | None = None) -> None:
         """Health NOT_SERVING, go-away to every miner, then stop; jobs stay safe in the store."""
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
@@ -77,6 +82,8 @@ class Coordinator:
         await asyncio.sleep(0.05)  # let the go-away messages reach the streams
         await self.server.stop(grace)
         await self.scheduler.store.close()
+        if self.observability is not None:
+            await self.observability.stop()
 
 
 async def start(settings: Settings) -> Coordinator:
@@ -105,8 +112,9 @@ async def start(settings: Settings) -> Coordinator:
     keyring = KeyRing(settings.api_keys)
     if not settings.api_keys:
         log.warning("no API keys configured: every authenticated call will be refused")
-    server = grpc.aio.server(interceptors=[AuthInterceptor(keyring)], options=SERVER_OPTIONS,
+    server = grpc.aio.server(interceptors=[RequestContextInterceptor(), AuthInterceptor(keyring)], options=SERVER_OPTIONS,
                              maximum_concurrent_rpcs=None)  # fmt: skip
+    observability = setup_observability(settings, scheduler, issuer)  # observers: before any transition
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", *SERVICE_NAMES):
@@ -130,13 +138,14 @@ async def start(settings: Settings) -> Coordinator:
         raise RuntimeError(f"cannot listen on {address}")
     if settings.app_host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening in plaintext on %s: use TLS for anything but loopback", settings.app_host)
+    await observability.start()  # /metrics (METRICS_PORT) answers from here on
     await scheduler.start()
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("coordinator %s serving on %s:%d (store %s)", settings.coordinator_id, settings.app_host, port,
-             settings.database_url)  # fmt: skip
-    return Coordinator(settings, server, scheduler, issuer, health_servicer, port)
+             redact_url(settings.database_url))  # fmt: skip
+    return Coordinator(settings, server, scheduler, issuer, health_servicer, port, observability=observability)
 
 
 async def serve(settings: Settings) -> None:

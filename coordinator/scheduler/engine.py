@@ -159,6 +159,8 @@ class Scheduler:
             await self.store.commit(pending.unit)
         if self.receipts is not None and pending.unit.receipts:
             self.receipts.committed(pending.unit)
+            for observer in self.observers:
+                observer("receipts", pending.unit.receipts, None)  # type: ignore[arg-type]
         for session, message in pending.sends:
             session.send(message)  # type: ignore[arg-type]
         for job, event in pending.notes:
@@ -299,9 +301,10 @@ class Scheduler:
         self.watchers.setdefault(job_id, set()).add(q)
         try:
             job = await self.get_job(job_id, client_id)
-            yield dataclasses.replace(job), None
-            if job.state.terminal:
-                return
+            snapshot = dataclasses.replace(job)
+            yield snapshot, None
+            if snapshot.state.terminal:  # not the live job: it may have finished while the snapshot was sent,
+                return  # and then its terminal event waits in q
             while True:
                 snapshot, event = await q.get()
                 yield snapshot, event
@@ -394,8 +397,8 @@ class Scheduler:
         )
         for observer in self.observers:
             observer("session_open", session, None)  # type: ignore[arg-type]
-        log.info("miner connected miner=%s session=%s transport=%s slots=%d kept=%d", miner_id,
-                 session.session_id, transport, caps.slots, len(kept))  # fmt: skip
+        log.info("miner connected", extra={"event": "miner.connect", "miner_id": miner_id,
+                 "session_id": session.session_id, "transport": transport, "slots": caps.slots, "kept": len(kept)})  # fmt: skip
         self._fill(session, pending, now)
         return session, kept, pending
 
@@ -448,10 +451,9 @@ class Scheduler:
         pending.sends.append((session, GoAwayOut(reason, 1.0)))
         session.wakeup.set()
         for observer in self.observers:
-            observer("session_close", session, None)  # type: ignore[arg-type]
-        log.info(
-            "miner disconnected miner=%s session=%s reason=%s", session.miner_id, session.session_id, reason
-        )
+            observer("session_close", session, reason)  # type: ignore[arg-type]
+        log.info("miner disconnected", extra={"event": "miner.disconnect", "miner_id": session.miner_id,
+                 "session_id": session.session_id, "reason": reason})  # fmt: skip
 
     def drain(self, session: Session, reason: str) -> None:
         session.draining = True

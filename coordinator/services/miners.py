@@ -12,6 +12,8 @@ from aitbc.coordinator.v1 import miner_service_pb2_grpc
 
 from ..domain.errors import CoordinatorError, Kind, invalid
 from ..domain.validation import Limits, check_id
+from ..observability import metrics as obs
+from ..observability import tracing
 from ..receipts.issuer import ReceiptIssuer
 from ..scheduler.engine import FailureIn, Scheduler
 from ..scheduler.sessions import AckOut, AssignmentOut, CancelOut, DrainOut, GoAwayOut, Session
@@ -33,8 +35,11 @@ def welcome(session: Session, kept: list[tuple[str, int]], heartbeat_s: float, l
 
 
 def assignment(a: AssignmentOut) -> pb.Assignment:
-    return pb.Assignment(job=job_message(a.job), attempt=a.attempt, lease_deadline=timestamp(a.lease_us),
-                         execution_deadline=timestamp(a.exec_deadline_us))  # fmt: skip
+    msg = pb.Assignment(job=job_message(a.job), attempt=a.attempt, lease_deadline=timestamp(a.lease_us),
+                        execution_deadline=timestamp(a.exec_deadline_us))  # fmt: skip
+    if tracing.ENABLED:
+        tracing.decorate_assignment(msg)  # the job's trace context, for the miner's spans
+    return msg
 
 
 def cancel(c: CancelOut) -> pb.Cancel:
@@ -47,6 +52,7 @@ def ack(a: AckOut) -> pb.ResultAck:
 
 
 def outbound(message: object) -> pb.ConnectResponse:
+    obs.stream_sent(message)  # counted by type (and assignments' dispatch latency) as it leaves
     if isinstance(message, list):
         return pb.ConnectResponse(assignments=pb.Assignments(assignments=[assignment(a) for a in message]))
     if isinstance(message, CancelOut):
@@ -84,6 +90,7 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
             raise CoordinatorError(
                 Kind.INVALID_ARGUMENT, "HELLO_REQUIRED", "send hello first, within 30 s"
             ) from None
+        obs.stream_received(first.WhichOneof("message"))
         if first.WhichOneof("message") != "hello":
             raise CoordinatorError(Kind.INVALID_ARGUMENT, "HELLO_REQUIRED", "the first message must be hello")
         hello = first.hello
@@ -98,6 +105,7 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
             await context.write(
                 pb.ConnectResponse(welcome=welcome(session, kept, self.heartbeat_s, self.lease_s))
             )
+            obs.stream_sent("welcome")
             await self.scheduler.commit_pending(pending)
             reason = await self._write(session, context, reader)
         except asyncio.CancelledError:
@@ -138,6 +146,7 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
         s = self.scheduler
         async for req in requests:
             kind = req.WhichOneof("message")
+            obs.stream_received(kind)
             s.seen(session)
             if kind == "results":
                 if not 1 <= len(req.results.results) <= self.limits.max_batch:
@@ -234,6 +243,7 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
         remaining = context.time_remaining()
         wait_s = MAX_POLL_S if remaining is None else max(0.0, min(MAX_POLL_S, remaining - 0.05))
         assignments, cancels = await self.scheduler.poll(session, max(1, request.max_jobs), wait_s)
+        obs.dispatched(assignments)
         return pb.PollJobResponse(assignments=[assignment(a) for a in assignments],
                                   cancels=[cancel(c) for c in cancels])  # fmt: skip
 

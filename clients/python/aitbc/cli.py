@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 from google.protobuf.json_format import MessageToDict
 
+from .admin_cli import add_parser as add_admin_parser
 from .client import Client
 from .receipts.cli import add_parser as add_receipts_parser
 
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--signing-key-hex", default=os.environ.get("AITBC_MINER_SIGNING_KEY_HEX", ""),
                      help="Ed25519 seed to sign results with (AITBC_MINER_SIGNING_KEY_HEX)")  # fmt: skip
 
+    add_admin_parser(commands, _common)  # aitbc admin stats|jobs|miners|drain|top
     receipts = add_receipts_parser(commands)
     get = receipts.add_parser("get", help="fetch a job's receipt bundle (for `aitbc receipts verify`)")
     get.add_argument("job_id")
@@ -178,6 +180,8 @@ async def _miner(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="ts=%(asctime)s level=%(levelname)s %(name)s %(message)s")
+    if args.command == "admin":
+        return args.func(args)
     if args.command == "receipts" and args.receipts_command == "verify":
         return args.func(args)
     try:

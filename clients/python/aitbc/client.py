@@ -18,6 +18,7 @@ from .coordinator.v1 import (
     receipt_service_pb2,
     receipt_service_pb2_grpc,
 )
+from .tracing import with_trace_context
 
 TERMINAL = {
     job_pb2.JOB_STATE_COMPLETED,
@@ -40,9 +41,18 @@ class Client:
 
     def __init__(self, address: str, api_key: str, *, channel: grpc.aio.Channel | None = None) -> None:
         self.channel = channel or open_channel(address)
-        self.metadata = auth_metadata(api_key)
+        self._auth = auth_metadata(api_key)
         self.jobs = job_service_pb2_grpc.JobServiceStub(self.channel)
         self.receipts = receipt_service_pb2_grpc.ReceiptServiceStub(self.channel)
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """The API key, plus the current span's W3C trace context when the application traces."""
+        return with_trace_context(self._auth)
+
+    @metadata.setter
+    def metadata(self, value: tuple[tuple[str, str], ...]) -> None:
+        self._auth = value
 
     async def __aenter__(self) -> Client:
         return self

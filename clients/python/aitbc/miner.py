@@ -27,6 +27,7 @@ from google.protobuf.json_format import MessageToDict
 from .channel import auth_metadata, open_channel
 from .coordinator.v1 import job_pb2, miner_service_pb2, miner_service_pb2_grpc
 from .receipts import Signer, build_miner_report, canonical_struct, sign_miner_report
+from .tracing import job_span, with_trace_context
 
 log = logging.getLogger("aitbc.miner")
 
@@ -233,7 +234,7 @@ class Miner:
 
     async def _session(self, channel: grpc.aio.Channel) -> tuple[str, float]:
         stub = miner_service_pb2_grpc.MinerServiceStub(channel)
-        call = stub.Connect(metadata=auth_metadata(self.api_key))
+        call = stub.Connect(metadata=with_trace_context(auth_metadata(self.api_key)))
         outbox: asyncio.Queue[miner_service_pb2.ConnectRequest] = asyncio.Queue()
         self._outbox = outbox
         await call.write(self.hello())
@@ -291,7 +292,8 @@ class Miner:
 
     async def _execute(self, job: job_pb2.Job, attempt: int) -> None:
         try:
-            outcome = await self.runner(job)
+            with job_span(job, attempt):  # joins the job's trace when the assignment carries one
+                outcome = await self.runner(job)
             if not isinstance(outcome, Outcome):
                 outcome = Outcome(outcome)
             await self._finished.put((job.job_id, attempt, outcome))

@@ -1,0 +1,325 @@
+"""`aitbc admin`: the operator's commands (stats, jobs, miners, drain, top). Needs an admin API key.
+
+Tables for people; `--json` for scripts (plain numbers, seconds as floats, times as RFC 3339 UTC).
+`aitbc admin top` redraws a live view in the terminal every --interval seconds until Ctrl-C (or
+--iterations refreshes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+import grpc
+
+from .channel import auth_metadata, open_channel
+from .coordinator.v1 import admin_service_pb2 as pb
+from .coordinator.v1 import admin_service_pb2_grpc, job_pb2
+from .tracing import with_trace_context
+
+STATES = {
+    job_pb2.JOB_STATE_QUEUED: "queued",
+    job_pb2.JOB_STATE_ASSIGNED: "assigned",
+    job_pb2.JOB_STATE_RUNNING: "running",
+    job_pb2.JOB_STATE_COMPLETED: "completed",
+    job_pb2.JOB_STATE_FAILED: "failed",
+    job_pb2.JOB_STATE_CANCELED: "canceled",
+    job_pb2.JOB_STATE_EXPIRED: "expired",
+}
+MINER_STATUS = {
+    pb.MINER_STATUS_ONLINE: "online",
+    pb.MINER_STATUS_DRAINING: "draining",
+    pb.MINER_STATUS_DISCONNECTED: "disconnected",
+}
+MAX_PAGE = 1000
+CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear screen
+
+
+class AdminClient:
+    """AdminService over one channel. Use as `async with AdminClient(address, key) as admin:`."""
+
+    def __init__(self, address: str, api_key: str, *, channel: grpc.aio.Channel | None = None) -> None:
+        self.channel = channel or open_channel(address)
+        self._auth = auth_metadata(api_key)
+        self.stub = admin_service_pb2_grpc.AdminServiceStub(self.channel)
+
+    async def __aenter__(self) -> AdminClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.channel.close()
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return with_trace_context(self._auth)
+
+    async def stats(self) -> pb.GetStatsResponse:
+        return await self.stub.GetStats(pb.GetStatsRequest(), metadata=self.metadata)
+
+    async def jobs(self, states: Sequence[int] = (), client_id: str = "", miner_id: str = "",
+                   limit: int = 20) -> list[job_pb2.Job]:  # fmt: skip
+        """Newest first, up to limit, following pages as needed."""
+        jobs: list[job_pb2.Job] = []
+        token = ""
+        while len(jobs) < limit:
+            request = pb.AdminServiceListJobsRequest(states=list(states), client_id=client_id, miner_id=miner_id,
+                                                     page_size=min(MAX_PAGE, limit - len(jobs)), page_token=token)  # fmt: skip
+            page = await self.stub.ListJobs(request, metadata=self.metadata)
+            jobs.extend(page.jobs)
+            token = page.next_page_token
+            if not token:
+                break
+        return jobs[:limit]
+
+    async def miners(self) -> list[pb.MinerInfo]:
+        return list((await self.stub.ListMiners(pb.ListMinersRequest(), metadata=self.metadata)).miners)
+
+    async def drain(self, miner_id: str) -> pb.MinerInfo:
+        response = await self.stub.DrainMiner(pb.DrainMinerRequest(miner_id=miner_id), metadata=self.metadata)
+        return response.miner
+
+
+# ---------------------------------------------------------------------- plain data for --json
+def _time(ts: Any) -> str | None:
+    if not ts.seconds and not ts.nanos:
+        return None
+    return datetime.fromtimestamp(ts.seconds + ts.nanos / 1e9, tz=UTC).isoformat(timespec="milliseconds")
+
+
+def _seconds(d: Any) -> float:
+    return round(d.seconds + d.nanos / 1e9, 6)
+
+
+def stats_dict(s: pb.GetStatsResponse) -> dict[str, Any]:
+    windows = []
+    for w in s.windows:
+        length = _seconds(w.window)
+        windows.append({"window_s": length, "submitted": w.submitted, "completed": w.completed, "failed": w.failed,
+                        "canceled": w.canceled, "expired": w.expired,
+                        "completed_per_s": round(w.completed / length, 3) if length else 0.0})  # fmt: skip
+    return {
+        "as_of": _time(s.as_of),
+        "jobs_by_state": {STATES.get(c.state, str(c.state)): c.count for c in s.jobs_by_state},
+        "queue_depth": s.queue_depth, "miners_online": s.miners_online, "miners_draining": s.miners_draining,
+        "slots_free": s.slots_free, "slots_busy": s.slots_busy, "windows": windows,
+        "queue_wait": {"p50_s": _seconds(s.queue_wait.p50), "p95_s": _seconds(s.queue_wait.p95),
+                       "samples": s.queue_wait.samples},
+        "run_time": {"p50_s": _seconds(s.run_time.p50), "p95_s": _seconds(s.run_time.p95),
+                     "samples": s.run_time.samples},
+    }  # fmt: skip
+
+
+def job_dict(j: job_pb2.Job) -> dict[str, Any]:
+    return {"job_id": j.job_id, "state": STATES.get(j.state, str(j.state)), "client_id": j.client_id,
+            "miner_id": j.miner_id or None, "priority": j.priority, "attempt": j.attempt,
+            "created_at": _time(j.created_at), "updated_at": _time(j.updated_at),
+            "finished_at": _time(j.finished_at), "terminal_reason": j.terminal_reason or None}  # fmt: skip
+
+
+def miner_dict(m: pb.MinerInfo) -> dict[str, Any]:
+    caps = m.capabilities
+    return {"miner_id": m.miner_id, "status": MINER_STATUS.get(m.status, "unknown"), "transport": m.transport or None,
+            "session_id": m.session_id or None, "running_jobs": m.running_jobs, "slots": caps.slots,
+            "completed": m.completed, "failed": m.failed, "region": caps.region or None, "price": caps.price or None,
+            "models": list(caps.models), "gpus": [f"{g.model}:{g.memory_gb}" for g in caps.gpus],
+            "connected_at": _time(m.connected_at), "last_seen_at": _time(m.last_seen_at)}  # fmt: skip
+
+
+# ---------------------------------------------------------------------- tables for people
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[("-" if v is None or v == "" else str(v)) for v in row] for row in rows]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(widths[i]) for i, h in enumerate(headers)).rstrip()]
+    lines += ["  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip() for r in cells]
+    return "\n".join(lines)
+
+
+def _age(iso: str | None, now: float) -> str:
+    if iso is None:
+        return "-"
+    seconds = max(0.0, now - datetime.fromisoformat(iso).timestamp())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def _ms(seconds: float) -> str:
+    if seconds < 0.01:
+        return f"{seconds * 1000:.2g}ms"
+    return f"{seconds * 1000:.0f}ms" if seconds < 10 else f"{seconds:.1f}s"
+
+
+def stats_text(d: dict[str, Any]) -> str:
+    by_state = "  ".join(f"{k} {v}" for k, v in d["jobs_by_state"].items())
+    lines = [
+        f"jobs         {by_state}",
+        f"queue depth  {d['queue_depth']}",
+        f"miners       {d['miners_online']} online ({d['miners_draining']} draining)   "
+        f"slots {d['slots_busy']} busy / {d['slots_free']} free",
+        f"queue wait   p50 {_ms(d['queue_wait']['p50_s'])}  p95 {_ms(d['queue_wait']['p95_s'])}  "
+        f"({d['queue_wait']['samples']} in the last hour)",
+        f"run time     p50 {_ms(d['run_time']['p50_s'])}  p95 {_ms(d['run_time']['p95_s'])}  "
+        f"({d['run_time']['samples']} in the last hour)",
+        "",
+        table(["WINDOW", "SUBMITTED", "COMPLETED", "FAILED", "CANCELED", "EXPIRED", "COMPLETED/S"],
+              [[f"{w['window_s']:g}s", w["submitted"], w["completed"], w["failed"], w["canceled"], w["expired"],
+                f"{w['completed_per_s']:.2f}"] for w in d["windows"]]),
+    ]  # fmt: skip
+    return "\n".join(lines)
+
+
+def jobs_text(jobs: list[dict[str, Any]], now: float) -> str:
+    return table(["JOB", "STATE", "CLIENT", "MINER", "PRI", "ATTEMPT", "AGE", "UPDATED", "REASON"],
+                 [[j["job_id"], j["state"], j["client_id"], j["miner_id"], j["priority"], j["attempt"],
+                   _age(j["created_at"], now), _age(j["updated_at"], now), j["terminal_reason"]] for j in jobs])  # fmt: skip
+
+
+def miners_text(miners: list[dict[str, Any]], now: float) -> str:
+    return table(["MINER", "STATUS", "TRANSPORT", "RUNNING", "SLOTS", "DONE", "FAILED", "REGION", "PRICE", "SEEN"],
+                 [[m["miner_id"], m["status"], m["transport"], m["running_jobs"], m["slots"], m["completed"],
+                   m["failed"], m["region"], m["price"], _age(m["last_seen_at"], now)] for m in miners])  # fmt: skip
+
+
+def top_frame(stats: dict[str, Any], miners: list[dict[str, Any]], address: str, rate: float | None,
+              now: float, rows: int = 20) -> str:  # fmt: skip
+    """One screen of `aitbc admin top`."""
+    minute = next((w for w in stats["windows"] if w["window_s"] == 60), None)
+    per_minute = minute["completed_per_s"] if minute else 0.0
+    submitted = minute["submitted"] / 60 if minute else 0.0
+    live = f"{rate:.2f}" if rate is not None else "-"
+    states = stats["jobs_by_state"]
+    clock = datetime.fromtimestamp(now, tz=UTC).strftime("%H:%M:%S")
+    lines = [
+        f"aitbc admin top  {address}  {clock} UTC",
+        f"jobs/s       {live} finished (since the last refresh)   "
+        f"{per_minute:.2f} completed, {submitted:.2f} submitted (1m average)",
+        f"queue depth  {stats['queue_depth']}   queued {states.get('queued', 0)}  assigned "
+        f"{states.get('assigned', 0)}  running {states.get('running', 0)}",
+        f"miners       {stats['miners_online']} online  {stats['miners_draining']} draining   "
+        f"slots {stats['slots_busy']} busy / {stats['slots_free']} free",
+        f"queue wait   p50 {_ms(stats['queue_wait']['p50_s'])}  p95 {_ms(stats['queue_wait']['p95_s'])}   "
+        f"run time p50 {_ms(stats['run_time']['p50_s'])}  p95 {_ms(stats['run_time']['p95_s'])}",
+        "",
+    ]
+    busiest = sorted(miners, key=lambda m: (-m["running_jobs"], m["miner_id"]))
+    lines.append(miners_text(busiest[:rows], now))
+    if len(busiest) > rows:
+        lines.append(f"... and {len(busiest) - rows} more miners")
+    return "\n".join(lines)
+
+
+async def top(admin: AdminClient, address: str, interval: float, iterations: int, as_json: bool,
+              out: TextIO, clock: Callable[[], float] = time.time) -> None:  # fmt: skip
+    """Redraw every interval seconds; iterations 0 means until interrupted."""
+    previous: tuple[float, int] | None = None
+    frame = 0
+    tty = out.isatty()
+    while True:
+        stats_msg, miners_msg = await asyncio.gather(admin.stats(), admin.miners())
+        now = clock()
+        stats = stats_dict(stats_msg)
+        miners = [miner_dict(m) for m in miners_msg]
+        done = stats["jobs_by_state"].get("completed", 0) + stats["jobs_by_state"].get("failed", 0)
+        rate = None
+        if previous is not None and now > previous[0]:
+            rate = max(0, done - previous[1]) / (now - previous[0])
+        previous = (now, done)
+        if as_json:
+            out.write(
+                json.dumps({"time": now, "finished_per_s": rate, "stats": stats, "miners": miners}) + "\n"
+            )
+        else:
+            rows = max(5, shutil.get_terminal_size((100, 40)).lines - 10)
+            text = top_frame(stats, miners, address, rate, now, rows)
+            out.write((CLEAR if tty else ("\n" if frame else "")) + text + "\n")
+        out.flush()
+        frame += 1
+        if iterations and frame >= iterations:
+            return
+        await asyncio.sleep(interval)
+
+
+# ---------------------------------------------------------------------- the command
+def add_parser(commands: Any, common: Callable[[argparse.ArgumentParser], None]) -> argparse.ArgumentParser:
+    """Register `admin` on the CLI's subparsers; common adds --address/--api-key to each command."""
+    admin = commands.add_parser("admin", help="operators: stats, jobs, miners, drain, top (admin API key)")
+    sub = admin.add_subparsers(dest="admin_command", required=True)
+    stats = sub.add_parser("stats", help="counts, queue depth, miners, recent rates and latencies")
+    jobs = sub.add_parser("jobs", help="jobs across all clients, newest first")
+    jobs.add_argument("--state", action="append", default=[],
+                      help="queued, assigned, running, completed, failed, canceled, expired; repeatable")  # fmt: skip
+    jobs.add_argument("--client", default="", help="only this client's jobs")
+    jobs.add_argument("--miner", default="", help="only jobs held (or last held) by this miner")
+    jobs.add_argument("--limit", type=int, default=20, help="most jobs to show (default 20)")
+    miners = sub.add_parser("miners", help="connected, draining and recently disconnected miners")
+    drain = sub.add_parser(
+        "drain", help="drain a miner: no new jobs; its running jobs finish; then it leaves"
+    )
+    drain.add_argument("miner_id", metavar="MINER")
+    live = sub.add_parser("top", help="a live view (jobs/s, queue depth, miners), redrawn until Ctrl-C")
+    live.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (default 2)")
+    live.add_argument("--iterations", type=int, default=0, help="stop after N refreshes (default: never)")
+    for p in (stats, jobs, miners, drain, live):
+        common(p)
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+    admin.set_defaults(func=main)
+    return admin
+
+
+def parse_state(name: str) -> int:
+    key = name.strip().upper()
+    key = key if key.startswith("JOB_STATE_") else f"JOB_STATE_{key}"
+    try:
+        return job_pb2.JobState.Value(key)
+    except ValueError:
+        raise SystemExit(
+            f"aitbc admin: unknown state {name!r} (one of {', '.join(STATES.values())})"
+        ) from None
+
+
+async def run(args: argparse.Namespace, out: TextIO) -> int:
+    now = time.time()
+    async with AdminClient(args.address, args.api_key) as admin:
+        command = args.admin_command
+        if command == "stats":
+            d = stats_dict(await admin.stats())
+            out.write((json.dumps(d, indent=1) if args.json else stats_text(d)) + "\n")
+        elif command == "jobs":
+            if args.limit < 1:
+                raise SystemExit("aitbc admin: --limit must be at least 1")
+            states = [parse_state(s) for s in args.state]
+            jobs = [job_dict(j) for j in await admin.jobs(states, args.client, args.miner, args.limit)]
+            out.write((json.dumps(jobs, indent=1) if args.json else jobs_text(jobs, now)) + "\n")
+        elif command == "miners":
+            miners = [miner_dict(m) for m in await admin.miners()]
+            out.write((json.dumps(miners, indent=1) if args.json else miners_text(miners, now)) + "\n")
+        elif command == "drain":
+            m = miner_dict(await admin.drain(args.miner_id))
+            if args.json:
+                out.write(json.dumps(m, indent=1) + "\n")
+            else:
+                out.write(f"draining {m['miner_id']}: {m['running_jobs']} running jobs will finish, "
+                          "then its session closes\n")  # fmt: skip
+        elif command == "top":
+            if args.interval <= 0:
+                raise SystemExit("aitbc admin: --interval must be positive")
+            await top(admin, args.address, args.interval, args.iterations, args.json, out)
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        return asyncio.run(run(args, sys.stdout))
+    except grpc.aio.AioRpcError as exc:
+        print(f"aitbc admin: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
