@@ -37,7 +37,7 @@ class RequestIdFilter(logging.Filter):
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
-            "ts": datetime.fromtimestamp(record.created, tz=UTC).isoformat(timespec="milliseconds"),
+            "ts": _iso(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -56,13 +56,20 @@ class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s")
 
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return _iso(record.created)
+
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
+        line = super().format(record)  # ts: ISO 8601 UTC, one token
         extra = " ".join(f"{k}={_text(v)}" for k, v in fields(record).items() if v is not None)
         if not extra:
             return line
         head, sep, tail = line.partition("\n")  # keep a traceback below the fields
         return f"{head} {extra}{sep}{tail}"
+
+
+def _iso(created: float) -> str:
+    return datetime.fromtimestamp(created, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _text(value: object) -> str:

@@ -3,6 +3,11 @@ result and receipt, captured with the SDK's in-memory span exporter."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import re
+import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -136,3 +141,28 @@ def test_otel_variables_decide() -> None:
         {"OTEL_SDK_DISABLED": "TRUE", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://x:4317"}
     )
     assert not tracing.ENABLED
+
+
+async def _demo(env: dict[str, str]) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "coordinator", "demo", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={k: v for k, v in {**os.environ, **env}.items() if v is not None}, cwd=tempfile.gettempdir(),
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def test_otel_variables_turn_tracing_on_in_a_fresh_process() -> None:
+    clean = {k: "" for k in os.environ if k.startswith("OTEL_")}
+    code, out, err = await _demo(
+        {**clean, "OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "ops-test"}
+    )
+    assert code == 0, err[-2000:]
+    names = set(re.findall(r'"name": "(aitbc[^"]*)"', out))
+    assert {"aitbc.job.submit", "aitbc.job.assign", "aitbc.job.result", "aitbc.job.receipt", "aitbc.miner.run",
+            "aitbc.coordinator.v1.JobService/SubmitJob"} <= names, names  # fmt: skip
+    assert '"service.name": "ops-test"' in out
+    assert "trace_id=" in err  # the job lines carry the trace id
+    code, out, err = await _demo({**clean, "OTEL_TRACES_EXPORTER": "console", "OTEL_SDK_DISABLED": "true"})
+    assert code == 0, err[-2000:]
+    assert '"name": "aitbc' not in out and "trace_id=" not in err
