@@ -336,7 +336,7 @@ class Scheduler:
             holder.held.pop(job.job_id, None)
             pending.sends.append((holder, CancelOut(job.job_id, job.attempt, "CANCELED_BY_CLIENT")))
             self._fill(holder, pending, now)
-        self._finish(job)
+        self._finish(job, pending)
         await self._commit(pending)
         return job
 
@@ -551,7 +551,7 @@ class Scheduler:
             del session.held[job.job_id]
             session.completed += 1
             self.samples_run.append((now, now - job.started_us))
-            self._finish(job)
+            self._finish(job, pending)
             acks.append(AckOut(job.job_id, job.attempt, True, receipt_id=receipt_id))
         self._fill(session, pending, now)
         await self._commit(pending)
@@ -724,7 +724,7 @@ class Scheduler:
         if job.reassignments > self.settings.max_reassignments:
             pending.record(job, states.transition(job, JobState.FAILED, "REASSIGNMENTS_EXHAUSTED", now,
                                                   message=f"lost by miners {job.reassignments} times ({reason})"))  # fmt: skip
-            self._finish(job)
+            self._finish(job, pending)
             return
         self._retry_or_fail(job, True, reason, "", now, pending, backoff=False)
 
@@ -736,7 +736,7 @@ class Scheduler:
                 message if not retryable else f"{job.attempt} attempts spent; last: {code} {message}".strip()
             )
             pending.record(job, states.transition(job, JobState.FAILED, reason, now, message=detail))
-            self._finish(job)
+            self._finish(job, pending)
             return
         pending.record(job, states.transition(job, JobState.QUEUED, code, now, message=message))
         if backoff:
@@ -755,8 +755,10 @@ class Scheduler:
             self.queues.push(job)
         self.timers.schedule(job.expires_us, "ttl", job.job_id)
 
-    def _finish(self, job: Job) -> None:
-        self.jobs.pop(job.job_id, None)
+    def _finish(self, job: Job, pending: _Pending) -> None:
+        """Forget a terminal job once its terminal state is durable: until then reads must see it here,
+        since the store may still hold the previous state."""
+        pending.after.append(lambda: self.jobs.pop(job.job_id, None))
 
     def _on_timer(self, kind: str, args: tuple) -> None:
         now = now_us()
@@ -767,7 +769,7 @@ class Scheduler:
                 pending.record(job, states.transition(job, JobState.EXPIRED, "TTL_EXPIRED", now,
                                                       message="no miner took the job before its time to live ran out"))  # fmt: skip
                 self.queues.discard()
-                self._finish(job)
+                self._finish(job, pending)
                 self._spawn_commit(pending)
         elif kind == "ready":
             job = self.jobs.get(args[0])

@@ -26,8 +26,7 @@ def test_generated_code_is_current(tmp_path: Path) -> None:
         if not committed.exists() or committed.read_bytes() != path.read_bytes():
             stale.append(str(relative))
     extra = {
-        str(p.relative_to(COMMITTED))
-        for p in (COMMITTED / "aitbc" / "coordinator" / "v1").glob("*_pb2*.py*")
+        str(p.relative_to(COMMITTED)) for p in (COMMITTED / "aitbc" / "coordinator" / "v1").glob("*_pb2*.py*")
     } - {str(p.relative_to(tmp_path)) for p in generated}
     assert not stale and not extra, (
         f"generated code is stale: {stale or ''} {sorted(extra) or ''}; run `python scripts/gen_proto.py`"

@@ -55,4 +55,9 @@ def test_assignment_counts_attempts_and_terminal_records_reason() -> None:
     states.transition(job, JobState.ASSIGNED, "ASSIGNED", 3, miner_id="m2")
     assert job.attempt == 2
     states.transition(job, JobState.FAILED, "ATTEMPTS_EXHAUSTED", 4, message="spent")
-    assert (job.terminal_reason, job.terminal_message, job.finished_us, job.event_seq) == ("ATTEMPTS_EXHAUSTED", "spent", 4, 4)
+    assert (job.terminal_reason, job.terminal_message, job.finished_us, job.event_seq) == (
+        "ATTEMPTS_EXHAUSTED",
+        "spent",
+        4,
+        4,
+    )
