@@ -31,10 +31,10 @@ from aitbc.receipts import (
     VerificationError,
     build_miner_report,
     canonical_struct,
-    sign_miner_report,
-    verify_bundle,
     leaf_hash,
     parse_checkpoint,
+    sign_miner_report,
+    verify_bundle,
     verify_consistency,
     verify_inclusion,
 )

@@ -8,7 +8,10 @@ from coordinator.scheduler.queues import ReadyQueues
 from tests.unit.test_states import make_job
 
 
-def job(job_id: str, client: str = "a", priority: int = 0, constraints: Constraints = Constraints()):
+ANY = Constraints()
+
+
+def job(job_id: str, client: str = "a", priority: int = 0, constraints: Constraints = ANY):
     j = make_job(JobState.QUEUED)
     j.job_id, j.client_id, j.priority, j.constraints = job_id, client, priority, constraints
     return j
