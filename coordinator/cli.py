@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     from .server import serve as run_server
 
     try:
-        asyncio.run(run_server(settings))
+        asyncio.run(run_server(settings, env_file=getattr(args, "env_file", ".env")))
     except KeyboardInterrupt:
         pass
     return 0
@@ -66,9 +66,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def keys_command(args: argparse.Namespace) -> int:
     if args.key_command == "create":
+        import hashlib
+
         key = f"aitbc_{args.role}_{secrets.token_urlsafe(24)}"
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        env = f"{args.role.upper()}_API_KEYS"
         print(key)
-        print(f"# add to {args.role.upper()}_API_KEYS (comma-separated): {args.name}:{key}", file=sys.stderr)
+        print(f"# the key above is shown once; the coordinator keeps only its hash. Add to {env} (comma-separated)"
+              f" or one per line to {env}_FILE, then restart or send SIGHUP:", file=sys.stderr)  # fmt: skip
+        print(f"{args.name}:sha256:{digest}", file=sys.stderr)
         return 0
     if args.key_command == "generate":
         from aitbc.receipts import Signer

@@ -5,6 +5,8 @@ A bad setting stops start-up with a message naming it. Flags of `aitbc-coordinat
 
 from __future__ import annotations
 
+import hashlib
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -19,9 +21,21 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class ApiKeyEntry:
+    """One API key: its identity name, role, the SHA-256 of the key, and an optional HMAC signing secret.
+
+    A plain key given as `secret` is hashed here and dropped: the settings never hold it.
+    """
+
     name: str
     role: str  # client | miner | admin
-    secret: str
+    secret: str = field(default="", repr=False)  # a plain key: hashed at construction, then blanked
+    key_hash: bytes = field(default=b"", repr=False)
+    hmac_secret: str = field(default="", repr=False)  # per-key request signing secret (overrides HMAC_SECRET)
+
+    def __post_init__(self) -> None:
+        if self.secret:
+            object.__setattr__(self, "key_hash", hashlib.sha256(self.secret.encode()).digest())
+            object.__setattr__(self, "secret", "")
 
 
 @dataclass(frozen=True)
@@ -55,6 +69,21 @@ class Settings:
     log_format: str = "text"
     metrics_port: int = 0  # Prometheus /metrics on this port; 0: off (docs/operations.md)
     metrics_host: str = "127.0.0.1"
+    # security (docs/security.md)
+    client_api_keys_file: str = ""
+    miner_api_keys_file: str = ""
+    admin_api_keys_file: str = ""
+    hmac_replay_window_seconds: float = 300.0
+    hmac_nonce_cache_size: int = 100_000
+    rate_limits: str = ""  # e.g. "submit=200/s:burst=400,read=500/s,miner=1000/s,admin=50/s,stream=500/s"
+    stream_throttle_cutoff_seconds: float = 10.0
+    max_message_bytes: int = 8 << 20
+    max_concurrent_calls_per_key: int = 512
+    max_streams_per_identity: int = 256
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
+    tls_miner_address: str = ""
 
     @property
     def api_keys(self) -> tuple[ApiKeyEntry, ...]:
@@ -67,27 +96,108 @@ class Settings:
 
 
 _KEY_LISTS = {"client_api_keys": "client", "miner_api_keys": "miner", "admin_api_keys": "admin"}
+_KEY_FILES = {"client_api_keys_file": "client_api_keys", "miner_api_keys_file": "miner_api_keys",
+              "admin_api_keys_file": "admin_api_keys"}  # fmt: skip
+MIN_HMAC_SECRET = 16
+
+
+def parse_key_entry(env_name: str, role: str, item: str) -> ApiKeyEntry:
+    """`NAME:KEY` or `NAME:sha256:HEX` (the key's SHA-256), optionally followed by `;hmac=SECRET`."""
+    main, _, options = item.partition(";")
+    hmac_secret = ""
+    if options:
+        option, sep, value = options.strip().partition("=")
+        if option != "hmac" or not sep:
+            raise SettingsError(f"{env_name}: unknown option {option!r} (only ';hmac=SECRET')")
+        if len(value) < MIN_HMAC_SECRET:
+            raise SettingsError(f"{env_name}: an HMAC secret must be at least {MIN_HMAC_SECRET} characters")
+        hmac_secret = value
+    name, sep, key = main.strip().partition(":")
+    if not sep or not name or not key:
+        raise SettingsError(
+            f"{env_name}: each entry must be NAME:KEY or NAME:sha256:HEX (got an entry without a name or key)"
+        )
+    if len(name) > 128 or any(c.isspace() for c in name):
+        raise SettingsError(f"{env_name}: names are 1 to 128 characters without spaces")
+    if key.startswith("sha256:"):
+        try:
+            digest = bytes.fromhex(key[7:])
+        except ValueError:
+            digest = b""
+        if len(digest) != 32:
+            raise SettingsError(f"{env_name}: the hash of {name!r} must be 64 hex characters after 'sha256:'")
+        return ApiKeyEntry(name, role, key_hash=digest, hmac_secret=hmac_secret)
+    if len(key) < 8:
+        raise SettingsError(f"{env_name}: the key of {name!r} is shorter than 8 characters")
+    return ApiKeyEntry(name, role, key, hmac_secret=hmac_secret)
 
 
 def parse_key_list(env_name: str, role: str, raw: str) -> tuple[ApiKeyEntry, ...]:
-    """`name:key,name2:key2` -> entries. The name is the identity; the key is never an identity."""
-    entries = []
+    """`name:key,name2:sha256:HEX` -> entries. The name is the identity; the key is never an identity."""
+    return _unique(env_name, [parse_key_entry(env_name, role, item) for item in _items(raw.split(","))])
+
+
+def parse_key_file(env_name: str, role: str, path: str) -> tuple[ApiKeyEntry, ...]:
+    """A key file: one entry per line (the grammar of parse_key_entry); blank lines and # comments skipped."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise SettingsError(f"{env_name}: cannot read {path}: {exc.strerror}") from None
+    lines = (line.split("#", 1)[0] if line.lstrip().startswith("#") else line for line in text.splitlines())
+    return _unique(env_name, [parse_key_entry(env_name, role, item) for item in _items(lines)])
+
+
+def _items(parts) -> list[str]:  # type: ignore[no-untyped-def]
+    return [p.strip() for p in parts if p.strip()]
+
+
+def _unique(env_name: str, entries: list[ApiKeyEntry]) -> tuple[ApiKeyEntry, ...]:
     seen: set[str] = set()
-    for item in (part.strip() for part in raw.split(",")):
-        if not item:
-            continue
-        name, sep, secret = item.partition(":")
-        if not sep or not name or not secret:
-            raise SettingsError(
-                f"{env_name}: each entry must be NAME:KEY (got an entry without a name or key)"
-            )
-        if name in seen:
-            raise SettingsError(f"{env_name}: the name {name!r} appears twice")
-        if len(secret) < 8:
-            raise SettingsError(f"{env_name}: the key of {name!r} is shorter than 8 characters")
-        seen.add(name)
-        entries.append(ApiKeyEntry(name, role, secret))
+    for entry in entries:
+        if entry.name in seen:
+            raise SettingsError(f"{env_name}: the name {entry.name!r} appears twice")
+        seen.add(entry.name)
     return tuple(entries)
+
+
+RATE_GROUPS = ("submit", "read", "miner", "admin", "stream")
+DEFAULT_RATE_LIMITS: dict[str, tuple[float, float] | None] = {
+    "submit": (200.0, 400.0), "read": (500.0, 1000.0), "miner": (1000.0, 2000.0), "admin": (50.0, 100.0),
+    "stream": (500.0, 1000.0),
+}  # fmt: skip
+_PER = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_rate_limits(raw: str) -> dict[str, tuple[float, float] | None]:
+    """RATE_LIMITS: `GROUP=N/s[:burst=B]` entries (also /m, /h), or `GROUP=off`; the rest keep defaults.
+
+    Returns group -> (tokens per second, burst), None for unlimited. The burst defaults to one second's
+    worth (at least 1).
+    """
+    limits = dict(DEFAULT_RATE_LIMITS)
+    for item in _items(raw.split(",")):
+        group, sep, spec = item.partition("=")
+        group = group.strip()
+        if not sep or group not in RATE_GROUPS:
+            raise SettingsError(f"RATE_LIMITS: unknown group {group!r} (groups: {', '.join(RATE_GROUPS)})")
+        if spec.strip() == "off":
+            limits[group] = None
+            continue
+        rate_part, _, burst_part = spec.partition(":")
+        amount, slash, unit = rate_part.strip().partition("/")
+        try:
+            rate = float(amount) / _PER[unit.strip()] if slash else float("nan")
+            burst = float(burst_part.strip().removeprefix("burst=")) if burst_part else max(1.0, rate)
+            if burst_part and not burst_part.strip().startswith("burst="):
+                raise ValueError
+        except (ValueError, KeyError):
+            raise SettingsError(
+                f"RATE_LIMITS: {item!r} is not GROUP=N/s[:burst=B] (units s, m, h) or GROUP=off"
+            ) from None
+        if not (math.isfinite(rate) and rate > 0 and math.isfinite(burst) and burst >= 1):
+            raise SettingsError(f"RATE_LIMITS: {item!r}: the rate must be positive and the burst at least 1")
+        limits[group] = (rate, burst)
+    return limits
 
 
 def load_settings(env: Mapping[str, str] | None = None, env_file: str | Path | None = ".env") -> Settings:
@@ -104,6 +214,11 @@ def load_settings(env: Mapping[str, str] | None = None, env_file: str | Path | N
         raw = merged[name].strip()
         if f.name in _KEY_LISTS:
             values[f.name] = parse_key_list(name, _KEY_LISTS[f.name], raw)
+        elif f.name in _KEY_FILES and raw:
+            values[f.name] = raw
+            target = _KEY_FILES[f.name]
+            listed = values.get(target, ())  # the *_API_KEYS field comes first: already parsed
+            values[target] = _unique(name, [*listed, *parse_key_file(name, _KEY_LISTS[target], raw)])  # type: ignore[misc]
         elif f.type in ("int", int):
             values[f.name] = _number(name, raw, int)
         elif f.type in ("float", float):
@@ -166,10 +281,43 @@ def validate(s: Settings) -> None:
         s.database_url.startswith("sqlite:///") or s.database_url.startswith(("postgres://", "postgresql://"))
     ):
         raise SettingsError("DATABASE_URL: expected sqlite:///PATH")
-    names: dict[str, str] = {}
+    names: dict[bytes, str] = {}
     for entry in s.api_keys:
-        if entry.secret in names:
+        if entry.key_hash in names:
             raise SettingsError(
-                f"{entry.role.upper()}_API_KEYS: the key of {entry.name!r} is also {names[entry.secret]!r}'s"
+                f"{entry.role.upper()}_API_KEYS: the key of {entry.name!r} is also {names[entry.key_hash]!r}'s"
             )
-        names[entry.secret] = entry.name
+        names[entry.key_hash] = entry.name
+    validate_security(s)
+
+
+def validate_security(s: Settings) -> None:
+    for entry in s.api_keys:
+        if len(entry.key_hash) != 32:
+            raise SettingsError(f"{entry.role.upper()}_API_KEYS: {entry.name!r} has no key or key hash")
+    if s.hmac_secret and len(s.hmac_secret) < MIN_HMAC_SECRET:
+        raise SettingsError(f"HMAC_SECRET: at least {MIN_HMAC_SECRET} characters")
+    ranges = {
+        "HMAC_REPLAY_WINDOW_SECONDS": 1 <= s.hmac_replay_window_seconds <= 86_400,
+        "HMAC_NONCE_CACHE_SIZE": 1_000 <= s.hmac_nonce_cache_size <= 10_000_000,
+        "STREAM_THROTTLE_CUTOFF_SECONDS": s.stream_throttle_cutoff_seconds > 0,
+        "MAX_MESSAGE_BYTES": 4096 <= s.max_message_bytes <= 256 << 20,
+        "MAX_CONCURRENT_CALLS_PER_KEY": s.max_concurrent_calls_per_key >= 1,
+        "MAX_STREAMS_PER_IDENTITY": s.max_streams_per_identity >= 1,
+    }
+    for name, ok in ranges.items():
+        if not ok:
+            raise SettingsError(f"{name}: value out of range")
+    if s.max_message_bytes < s.max_payload_bytes:
+        raise SettingsError("MAX_MESSAGE_BYTES: must be at least MAX_PAYLOAD_BYTES")
+    parse_rate_limits(s.rate_limits)
+    if bool(s.tls_cert_file) != bool(s.tls_key_file):
+        raise SettingsError("TLS_CERT_FILE and TLS_KEY_FILE: set both or neither")
+    if s.tls_client_ca_file and not s.tls_cert_file:
+        raise SettingsError("TLS_CLIENT_CA_FILE: needs TLS_CERT_FILE and TLS_KEY_FILE (mutual TLS is TLS)")
+    if s.tls_miner_address and not s.tls_client_ca_file:
+        raise SettingsError("TLS_MINER_ADDRESS: needs TLS_CLIENT_CA_FILE (it is the mutual-TLS listener)")
+    for name, path in (("TLS_CERT_FILE", s.tls_cert_file), ("TLS_KEY_FILE", s.tls_key_file),
+                       ("TLS_CLIENT_CA_FILE", s.tls_client_ca_file)):  # fmt: skip
+        if path and not Path(path).is_file():
+            raise SettingsError(f"{name}: no such file {path}")

@@ -21,7 +21,7 @@ from aitbc.coordinator.v1 import (
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from .config import Settings
+from .config import Settings, SettingsError, load_settings, parse_rate_limits
 from .domain.validation import Limits
 from .logs import redact_url
 from .observability import Observability, RequestContextInterceptor
@@ -29,8 +29,9 @@ from .observability import setup as setup_observability
 from .receipts.issuer import ReceiptIssuer
 from .receipts.keyring import load_keys
 from .scheduler.engine import Scheduler, SchedulerSettings
-from .security.interceptor import AuthInterceptor
+from .security.interceptor import AuthInterceptor, Policy
 from .security.keys import KeyRing
+from .security.tls import server_credentials
 from .services.admin import AdminServicer
 from .services.jobs import JobServicer
 from .services.miners import MinerServicer
@@ -63,6 +64,17 @@ SERVER_OPTIONS = [
 ]
 
 
+def server_options(settings: Settings) -> list[tuple[str, int]]:
+    """SERVER_OPTIONS with the message size bounds of settings.
+
+    gRPC itself refuses messages over twice MAX_MESSAGE_BYTES; between the two, the interceptor answers
+    RESOURCE_EXHAUSTED with details (reason MESSAGE_TOO_LARGE), having read the size of the bytes.
+    """
+    hard = min(2 * settings.max_message_bytes, (1 << 31) - 1)
+    sizes = {"grpc.max_receive_message_length": hard, "grpc.max_send_message_length": hard}
+    return [(k, sizes.get(k, v)) for k, v in SERVER_OPTIONS]
+
+
 @dataclass
 class Coordinator:
     settings: Settings
@@ -71,6 +83,18 @@ class Coordinator:
     issuer: ReceiptIssuer
     health: health.aio.HealthServicer
     port: int
+    keyring: KeyRing | None = None
+    miner_port: int = 0  # the mutual-TLS miner listener (TLS_MINER_ADDRESS), 0 when there is none
+
+    def reload_keys(self, settings: Settings) -> int:
+        """Replace the API keys (and HMAC_SECRET) with those of settings; returns how many keys there are.
+
+        Keys disabled by AdminService.SetApiKeyEnabled stay disabled; removed keys stop working at once.
+        """
+        assert self.keyring is not None
+        self.keyring.load(settings.api_keys, settings.hmac_secret)
+        log.info("API keys reloaded: %d keys", len(self.keyring))
+        return len(self.keyring)
 
     observability: Observability | None = None  # metrics, tracing, job log lines
 
@@ -109,11 +133,11 @@ async def start(settings: Settings) -> Coordinator:
     limits = Limits(max_payload_bytes=settings.max_payload_bytes, max_result_bytes=settings.max_payload_bytes,
                     default_ttl_s=int(settings.job_ttl_seconds), default_max_attempts=settings.job_max_attempts,
                     default_execution_timeout_s=int(settings.job_execution_timeout_seconds))  # fmt: skip
-    keyring = KeyRing(settings.api_keys)
+    keyring = KeyRing(settings.api_keys, settings.hmac_secret, parse_rate_limits(settings.rate_limits))
     if not settings.api_keys:
         log.warning("no API keys configured: every authenticated call will be refused")
-    server = grpc.aio.server(interceptors=[RequestContextInterceptor(), AuthInterceptor(keyring)], options=SERVER_OPTIONS,
-                             maximum_concurrent_rpcs=None)  # fmt: skip
+    server = grpc.aio.server(interceptors=[RequestContextInterceptor(), AuthInterceptor(keyring, Policy.from_settings(settings))],
+                             options=server_options(settings), maximum_concurrent_rpcs=None)  # fmt: skip
     observability = setup_observability(settings, scheduler, issuer)  # observers: before any transition
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -133,11 +157,21 @@ async def start(settings: Settings) -> Coordinator:
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     address = f"{settings.app_host}:{settings.app_port}"
-    port = server.add_insecure_port(address)
+    if settings.tls_cert_file:  # mutual TLS here too unless miners have their own listener
+        mutual = bool(settings.tls_client_ca_file) and not settings.tls_miner_address
+        port = server.add_secure_port(address, server_credentials(settings, require_client_cert=mutual))
+    else:
+        port = server.add_insecure_port(address)
     if port == 0:
         raise RuntimeError(f"cannot listen on {address}")
-    if settings.app_host not in ("127.0.0.1", "localhost", "::1"):
+    if not settings.tls_cert_file and settings.app_host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening in plaintext on %s: use TLS for anything but loopback", settings.app_host)
+    miner_port = 0
+    if settings.tls_miner_address:
+        creds = server_credentials(settings, require_client_cert=True)
+        miner_port = server.add_secure_port(settings.tls_miner_address, creds)
+        if miner_port == 0:
+            raise RuntimeError(f"cannot listen on {settings.tls_miner_address}")
     await observability.start()  # /metrics (METRICS_PORT) answers from here on
     await scheduler.start()
     await server.start()
@@ -145,16 +179,29 @@ async def start(settings: Settings) -> Coordinator:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("coordinator %s serving on %s:%d (store %s)", settings.coordinator_id, settings.app_host, port,
              redact_url(settings.database_url))  # fmt: skip
-    return Coordinator(settings, server, scheduler, issuer, health_servicer, port, observability=observability)
+    return Coordinator(settings, server, scheduler, issuer, health_servicer, port, keyring, miner_port,
+                       observability=observability)
 
 
-async def serve(settings: Settings) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+async def serve(settings: Settings, env_file: str | None = ".env") -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully. SIGHUP reloads the API keys."""
     coordinator = await start(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_keys, coordinator, env_file)
     await stop.wait()
     log.info("shutting down: health NOT_SERVING, go-away to miners")
     await coordinator.stop()
+
+
+def reload_keys(coordinator: Coordinator, env_file: str | None) -> None:
+    """SIGHUP: re-read the key settings (the .env file, *_API_KEYS_FILE files, HMAC_SECRET).
+
+    A bad setting is logged and the keys in force stay as they were.
+    """
+    try:
+        coordinator.reload_keys(load_settings(env_file=env_file))
+    except (SettingsError, OSError) as exc:
+        log.error("key reload refused, the keys in force are unchanged: %s", exc)

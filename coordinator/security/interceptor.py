@@ -1,23 +1,46 @@
-"""The server interceptor: authenticates the API key, enforces roles per service, maps errors to statuses.
+"""The server interceptor: who calls (API key, optional request signature, optional client certificate),
+whether it may (role per service), and how much (message size, rate per key and RPC group, calls and streams
+in flight per key, messages per stream). Maps errors to statuses with google.rpc details.
 
 Built on grpc-interceptor's AsyncServerInterceptor, which passes both async-generator and read/write style
 streaming handlers through. Cancellation is never swallowed: asyncio.CancelledError propagates untouched.
+
+Request signing is checked against the request bytes as received. For every RPC of our package with a unary
+request, intercept_service hands gRPC a handler without a request deserializer, so intercept() receives the
+raw message bytes: it authenticates, checks the size and the signature over exactly those bytes, and only
+then parses them (an unparseable body is INVALID_ARGUMENT, not an exception inside gRPC). Re-serializing a
+parsed message instead would make signatures depend on two protobuf implementations (the caller's and ours)
+producing the same bytes, which protobuf does not promise (map order, unknown fields, field order).
+Streamed requests keep gRPC's deserializer (so read/write style handlers still work) and are signed per call.
+Interceptors placed before this one see the unary request as bytes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
+import hmac
 import inspect
 import logging
+import math
+import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from aitbc.signing import NONCE, SIGNATURE, TIMESTAMP, body_digest, signature
+from google.protobuf.message import DecodeError
+from google.protobuf.message_factory import GetMessageClass
 from grpc_interceptor.server import AsyncServerInterceptor
 
-from ..domain.errors import CoordinatorError, Kind
+from ..config import Settings, parse_rate_limits
+from ..domain.errors import CoordinatorError, Kind, invalid
+from ..observability.metrics import rate_limited
 from ..services.status import abort
-from .keys import Identity, KeyRing
+from .keys import REQUEST_GROUPS, Identity, KeyRing, KeyState
+from .limits import ReplayGuard, StreamThrottle
+from .tls import certificate_names
 
 log = logging.getLogger("coordinator.rpc")
 
@@ -28,6 +51,13 @@ ROLES_BY_SERVICE = {
     "AdminService": frozenset({"admin"}),
     "ReceiptService": frozenset({"client", "miner", "admin"}),
 }
+GROUP_BY_SERVICE = {
+    "JobService": "read",
+    "MinerService": "miner",
+    "AdminService": "admin",
+    "ReceiptService": "read",
+}
+SUBMIT_METHODS = frozenset({"SubmitJob", "SubmitJobs", "CancelJob"})
 
 current_identity: contextvars.ContextVar[Identity] = contextvars.ContextVar("identity")
 
@@ -48,26 +78,114 @@ def presented_key(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str:
     return ""
 
 
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The limits the interceptor enforces (from settings; the defaults are the settings' defaults)."""
+
+    max_message_bytes: int = 8 << 20
+    max_concurrent_calls: int = 512
+    max_streams: int = 256
+    replay_window_s: float = 300.0
+    nonce_cache_size: int = 100_000
+    stream_rate: tuple[float, float] | None = (500.0, 1000.0)
+    stream_cutoff_s: float = 10.0
+    client_cert_roles: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> Policy:
+        return cls(
+            max_message_bytes=s.max_message_bytes, max_concurrent_calls=s.max_concurrent_calls_per_key,
+            max_streams=s.max_streams_per_identity, replay_window_s=s.hmac_replay_window_seconds,
+            nonce_cache_size=s.hmac_nonce_cache_size, stream_rate=parse_rate_limits(s.rate_limits)["stream"],
+            stream_cutoff_s=s.stream_throttle_cutoff_seconds,
+            client_cert_roles=frozenset({"miner"}) if s.tls_client_ca_file else frozenset(),
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class MethodSpec:
+    service: str
+    roles: frozenset[str]
+    group: int  # index into REQUEST_GROUPS
+    request_streaming: bool
+    response_streaming: bool
+    parse: Callable[[bytes], Any]
+    request_type: str
+
+
+def method_table() -> dict[str, MethodSpec]:
+    """Every RPC of the four services, from their descriptors."""
+    from aitbc.coordinator.v1 import (
+        admin_service_pb2,
+        job_service_pb2,
+        miner_service_pb2,
+        receipt_service_pb2,
+    )
+
+    table = {}
+    for module in (job_service_pb2, miner_service_pb2, receipt_service_pb2, admin_service_pb2):
+        for service in module.DESCRIPTOR.services_by_name.values():
+            for m in service.methods:
+                group = "submit" if service.name == "JobService" and m.name in SUBMIT_METHODS else None
+                table[f"/{service.full_name}/{m.name}"] = MethodSpec(
+                    service.name, ROLES_BY_SERVICE[service.name],
+                    REQUEST_GROUPS.index(group or GROUP_BY_SERVICE[service.name]),
+                    m.client_streaming, m.server_streaming, GetMessageClass(m.input_type).FromString,
+                    m.input_type.name,
+                )  # fmt: skip
+    return table
+
+
+def _unauthenticated(reason: str, message: str) -> CoordinatorError:
+    return CoordinatorError(Kind.UNAUTHENTICATED, reason, message)
+
+
+def _exhausted(reason: str, message: str, retry_after_s: float, **metadata: str) -> CoordinatorError:
+    return CoordinatorError(Kind.RESOURCE_EXHAUSTED, reason, message, metadata=metadata,
+                            retry_after_s=retry_after_s)  # fmt: skip
+
+
 class AuthInterceptor(AsyncServerInterceptor):
-    def __init__(self, keyring: KeyRing) -> None:
+    def __init__(self, keyring: KeyRing, policy: Policy | None = None) -> None:
         self.keyring = keyring
+        self.policy = policy or Policy()
+        self.methods = method_table()
+        self.replay = ReplayGuard(self.policy.replay_window_s, self.policy.nonce_cache_size)
+
+    async def intercept_service(
+        self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails
+    ) -> Any:
+        handler = await super().intercept_service(continuation, handler_call_details)
+        if handler is None or handler.request_streaming or handler_call_details.method not in self.methods:
+            return handler
+        return handler._replace(request_deserializer=None)  # intercept() gets the request bytes
 
     async def intercept(
         self, method: Callable, request_or_iterator: Any, context: grpc.aio.ServicerContext, method_name: str
     ) -> Any:
-        if not method_name.startswith(PACKAGE):
+        spec = self.methods.get(method_name)
+        if spec is None:
             return await _call(method, request_or_iterator, context)  # health, reflection: open
-        service = method_name[len(PACKAGE) :].split("/", 1)[0]
         try:
-            who = self._authenticate(context, service)
+            state = self._admit(spec, request_or_iterator, context, method_name)
+            if spec.request_streaming:
+                request = self._messages(request_or_iterator, spec)
+            else:
+                request = _parse(spec, request_or_iterator)
         except CoordinatorError as error:
             await abort(context, error)
             return None
-        current_identity.set(who)
-        result = method(request_or_iterator, context)
-        if inspect.isasyncgen(result):
-            return _guard_stream(result, context)
+        streaming = spec.request_streaming or spec.response_streaming
+        state.inflight += 1
+        if streaming:
+            state.streams += 1
+        current_identity.set(state.identity)
+        released = False
         try:
+            result = method(request, context)
+            if inspect.isasyncgen(result):
+                released = True  # the generator releases the call when it ends
+                return _guard_stream(result, context, state, streaming)
             return await result
         except CoordinatorError as error:
             await abort(context, error)
@@ -75,21 +193,148 @@ class AuthInterceptor(AsyncServerInterceptor):
             raise
         except Exception as exc:
             await _internal(context, method_name, exc)
+        finally:
+            if not released:
+                _release(state, streaming)
 
-    def _authenticate(self, context: grpc.aio.ServicerContext, service: str) -> Identity:
-        key = presented_key(context.invocation_metadata())
+    # ------------------------------------------------------------------ admission
+    def _admit(
+        self, spec: MethodSpec, request: Any, context: grpc.aio.ServicerContext, method_name: str
+    ) -> KeyState:
+        key = timestamp = nonce = sig = ""
+        for name, value in context.invocation_metadata() or ():
+            if name == "x-api-key":
+                key = value
+            elif name == "authorization" and not key:
+                if value[:7].lower() == "bearer ":
+                    key = value[7:].strip()
+            elif name == TIMESTAMP:
+                timestamp = value
+            elif name == NONCE:
+                nonce = value
+            elif name == SIGNATURE:
+                sig = value
         if not key:
-            raise CoordinatorError(Kind.UNAUTHENTICATED, "UNAUTHENTICATED",
+            raise _unauthenticated("UNAUTHENTICATED",
                                    "missing API key: send it as x-api-key metadata or authorization: Bearer KEY")  # fmt: skip
-        who = self.keyring.identify(key)
-        if who is None:
-            raise CoordinatorError(Kind.UNAUTHENTICATED, "UNAUTHENTICATED", "unknown or disabled API key")
-        allowed = ROLES_BY_SERVICE.get(service)
-        if allowed is None or who.role not in allowed:
-            raise CoordinatorError(Kind.PERMISSION_DENIED, "WRONG_ROLE",
-                                   f"a {who.role} key cannot call {service}",
-                                   metadata={"role": who.role, "service": service})  # fmt: skip
-        return who
+        state = self.keyring.lookup(key)
+        if state is None:
+            raise _unauthenticated("UNAUTHENTICATED", "unknown or disabled API key")
+        who = state.identity
+        if who.role not in spec.roles:
+            raise CoordinatorError(Kind.PERMISSION_DENIED, "WRONG_ROLE", f"a {who.role} key cannot call {spec.service}",
+                                   metadata={"role": who.role, "service": spec.service})  # fmt: skip
+        if who.role in self.policy.client_cert_roles:
+            self._check_certificate(who, context)
+        limit = self.policy.max_message_bytes
+        if not spec.request_streaming and len(request) > limit:
+            raise _exhausted("MESSAGE_TOO_LARGE", f"the request is {len(request)} bytes; at most {limit} are accepted",
+                             0.0, size=str(len(request)), limit=str(limit))  # fmt: skip
+        if state.hmac_secret:
+            body = None if spec.request_streaming else request
+            self._check_signature(state.hmac_secret, method_name, body, timestamp, nonce, sig)
+        bucket = state.buckets[spec.group]
+        if bucket is not None:
+            wait = bucket.take(time.monotonic())
+            if wait:
+                group = REQUEST_GROUPS[spec.group]
+                rate_limited(who.name, group)  # aitbc_rate_limited_requests_total{key, group}
+                raise _exhausted("RATE_LIMITED", f"rate limit of the {group} group reached for this key; retry in {wait:.3f} s",
+                                 wait, group=group)  # fmt: skip
+        if state.inflight >= self.policy.max_concurrent_calls:
+            raise _exhausted("TOO_MANY_CONCURRENT_CALLS",
+                             f"at most {self.policy.max_concurrent_calls} calls in flight per key", 1.0,
+                             limit=str(self.policy.max_concurrent_calls))  # fmt: skip
+        if (spec.request_streaming or spec.response_streaming) and state.streams >= self.policy.max_streams:
+            raise _exhausted("TOO_MANY_STREAMS", f"at most {self.policy.max_streams} open streams per identity", 1.0,
+                             limit=str(self.policy.max_streams))  # fmt: skip
+        return state
+
+    @staticmethod
+    def _check_certificate(who: Identity, context: grpc.aio.ServicerContext) -> None:
+        names = certificate_names(context)
+        if not names:
+            raise _unauthenticated("CLIENT_CERTIFICATE_REQUIRED",
+                                   f"{who.role} calls need a client certificate (mutual TLS)")  # fmt: skip
+        if who.name.encode() not in names:
+            raise CoordinatorError(Kind.PERMISSION_DENIED, "CERTIFICATE_MISMATCH",
+                                   "the client certificate's identity is not the API key's identity",
+                                   metadata={"identity": who.name})  # fmt: skip
+
+    def _check_signature(
+        self, secret: bytes, method_name: str, body: bytes | None, timestamp: str, nonce: str, sig: str
+    ) -> None:
+        if not (timestamp and nonce and sig):
+            raise _unauthenticated("SIGNATURE_REQUIRED",
+                                   f"this key signs its calls: send {TIMESTAMP}, {NONCE} and {SIGNATURE}")  # fmt: skip
+        try:
+            ts = float(timestamp)
+        except ValueError:
+            ts = math.nan
+        if not math.isfinite(ts) or not 8 <= len(nonce) <= 128 or len(timestamp) > 32:
+            raise _unauthenticated(
+                "BAD_SIGNATURE", f"{TIMESTAMP} must be unix seconds; {NONCE} 8 to 128 characters"
+            )
+        expected = signature(secret, method_name, timestamp, nonce, "" if body is None else body_digest(body))
+        if not hmac.compare_digest(expected.encode(), sig.encode()):
+            raise _unauthenticated("BAD_SIGNATURE", "the request signature does not match")
+        refused = self.replay.check(nonce, ts, time.time())
+        if refused == "STALE_TIMESTAMP":
+            raise _unauthenticated(
+                refused, f"the request timestamp is outside the {self.policy.replay_window_s:g} s window"
+            )
+        if refused:
+            raise _unauthenticated(refused, "this nonce was used already")
+
+    # ------------------------------------------------------------------ streamed requests
+    async def _messages(self, requests: AsyncIterator, spec: MethodSpec) -> AsyncIterator:
+        """The request stream, with malformed messages refused and the message rate held to the budget."""
+        policy = self.policy
+        rate = policy.stream_rate
+        throttle = (
+            None
+            if rate is None
+            else StreamThrottle(rate[0], rate[1], policy.stream_cutoff_s, time.monotonic())
+        )
+        it = requests.__aiter__()
+        while True:
+            try:
+                message = await it.__anext__()
+            except StopAsyncIteration:
+                return
+            except DecodeError:
+                raise invalid(f"a streamed message is not a valid {spec.request_type}",
+                              [("message", "not a valid protobuf message of this type")],
+                              reason="MALFORMED_REQUEST") from None  # fmt: skip
+            if throttle is not None:
+                wait = throttle.on_message(time.monotonic())
+                if wait < 0:
+                    who = current_identity.get(None)
+                    rate_limited(who.name if who else "", "stream")
+                    raise _exhausted("STREAM_RATE_EXCEEDED",
+                                     f"more than {rate[0]:g} messages per second for over {policy.stream_cutoff_s:g} s",  # type: ignore[index]
+                                     policy.stream_cutoff_s)  # fmt: skip
+                if wait:
+                    await asyncio.sleep(wait)
+            if message.ByteSize() > policy.max_message_bytes:
+                raise _exhausted("MESSAGE_TOO_LARGE", f"a streamed message exceeds {policy.max_message_bytes} bytes",
+                                 0.0, limit=str(policy.max_message_bytes))  # fmt: skip
+            yield message
+
+
+def _parse(spec: MethodSpec, raw: bytes) -> Any:
+    try:
+        return spec.parse(raw)
+    except DecodeError:
+        raise invalid(f"the request is not a valid {spec.request_type}",
+                      [("request", "not a valid protobuf message of this type")],
+                      reason="MALFORMED_REQUEST") from None  # fmt: skip
+
+
+def _release(state: KeyState, streaming: bool) -> None:
+    state.inflight -= 1
+    if streaming:
+        state.streams -= 1
 
 
 async def _call(method: Callable, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -99,7 +344,9 @@ async def _call(method: Callable, request: Any, context: grpc.aio.ServicerContex
     return await result
 
 
-async def _guard_stream(stream: AsyncIterator, context: grpc.aio.ServicerContext) -> AsyncIterator:
+async def _guard_stream(
+    stream: AsyncIterator, context: grpc.aio.ServicerContext, state: KeyState, streaming: bool
+) -> AsyncIterator:
     try:
         async for item in stream:
             yield item
@@ -109,6 +356,8 @@ async def _guard_stream(stream: AsyncIterator, context: grpc.aio.ServicerContext
         raise
     except Exception as exc:
         await _internal(context, "stream", exc)
+    finally:
+        _release(state, streaming)
 
 
 async def _internal(context: grpc.aio.ServicerContext, method_name: str, exc: Exception) -> None:

@@ -1,15 +1,25 @@
 """API keys by role. Keys are held only as SHA-256 hashes; a presented key is hashed and looked up.
 
 Lookup is by the hash of the presented key, so timing depends on a hash the caller cannot steer toward a
-stored key, never on how many leading characters of a real key it guessed.
+stored key, never on how many leading characters of a real key it guessed; the final comparison of the
+digests is constant-time as well.
+
+Each identity (role, name) has a KeyState: its signing secret, its rate-limit buckets (one per RPC group)
+and its counts of calls and streams in flight. Reloading the keys (SIGHUP) keeps the state of identities
+that stay, so a reload neither resets a caller's budget nor forgets its calls in flight.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
+import time
 from dataclasses import dataclass
 
-from ..config import ApiKeyEntry
+from ..config import RATE_GROUPS, ApiKeyEntry
+from .limits import TokenBucket
+
+REQUEST_GROUPS = RATE_GROUPS[:4]  # submit, read, miner, admin: per key; "stream" is per stream
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,26 +32,83 @@ def key_hash(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
 
+class KeyState:
+    __slots__ = ("buckets", "disabled", "hmac_secret", "identity", "inflight", "key_hash", "streams")
+
+    def __init__(self, identity: Identity, digest: bytes, hmac_secret: bytes, buckets: list) -> None:
+        self.identity = identity
+        self.key_hash = digest
+        self.hmac_secret = hmac_secret  # b"" when calls need no signature
+        self.buckets: list[TokenBucket | None] = buckets  # indexed like REQUEST_GROUPS
+        self.inflight = 0
+        self.streams = 0
+        self.disabled = False
+
+
 class KeyRing:
-    def __init__(self, entries: tuple[ApiKeyEntry, ...]) -> None:
-        self._by_hash: dict[bytes, Identity] = {key_hash(e.secret): Identity(e.name, e.role) for e in entries}
-        self.disabled: set[tuple[str, str]] = set()
+    def __init__(
+        self,
+        entries: tuple[ApiKeyEntry, ...],
+        hmac_secret: str = "",
+        rates: dict[str, tuple[float, float] | None] | None = None,
+    ) -> None:
+        self.rates = rates or {}
+        self.disabled: set[tuple[str, str]] = set()  # by the admin RPC; survives reloads
+        self._by_hash: dict[bytes, KeyState] = {}
+        self._by_identity: dict[tuple[str, str], KeyState] = {}
+        self.load(entries, hmac_secret)
+
+    def load(self, entries: tuple[ApiKeyEntry, ...], hmac_secret: str = "") -> None:
+        """Replace the keys (start-up and reload). Removed keys stop working at once."""
+        now = time.monotonic()
+        by_hash: dict[bytes, KeyState] = {}
+        by_identity: dict[tuple[str, str], KeyState] = {}
+        for e in entries:
+            ident = (e.role, e.name)
+            secret = (e.hmac_secret or hmac_secret).encode()
+            state = self._by_identity.get(ident)
+            if state is None:
+                state = KeyState(Identity(e.name, e.role), e.key_hash, secret, self._buckets(now))
+            else:
+                state.key_hash, state.hmac_secret = e.key_hash, secret
+            state.disabled = ident in self.disabled
+            by_hash[e.key_hash] = state
+            by_identity[ident] = state
+        self._by_hash, self._by_identity = by_hash, by_identity
+
+    def _buckets(self, now: float) -> list[TokenBucket | None]:
+        out: list[TokenBucket | None] = []
+        for group in REQUEST_GROUPS:
+            limit = self.rates.get(group)
+            out.append(None if limit is None else TokenBucket(limit[0], limit[1], now))
+        return out
+
+    def lookup(self, secret: str) -> KeyState | None:
+        """The enabled key presented, or None."""
+        digest = hashlib.sha256(secret.encode()).digest()
+        state = self._by_hash.get(digest)
+        if state is None or state.disabled or not hmac.compare_digest(state.key_hash, digest):
+            return None
+        return state
 
     def identify(self, secret: str) -> Identity | None:
-        digest = key_hash(secret)
-        identity = self._by_hash.get(digest)
-        if identity is None:
-            return None
-        if (identity.role, identity.name) in self.disabled:
-            return None
-        return identity
+        state = self.lookup(secret)
+        return None if state is None else state.identity
+
+    def state(self, role: str, name: str) -> KeyState | None:
+        return self._by_identity.get((role, name))
 
     def set_enabled(self, role: str, name: str, enabled: bool) -> bool:
         """Returns False when no key of that role and name exists."""
-        if not any(i.role == role and i.name == name for i in self._by_hash.values()):
+        state = self._by_identity.get((role, name))
+        if state is None:
             return False
         if enabled:
             self.disabled.discard((role, name))
         else:
             self.disabled.add((role, name))
+        state.disabled = not enabled
         return True
+
+    def __len__(self) -> int:
+        return len(self._by_hash)

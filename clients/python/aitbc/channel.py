@@ -15,12 +15,41 @@ KEEPALIVE_OPTIONS = [
 ]
 
 
-def open_channel(address: str, *, own_connection: bool = False) -> grpc.aio.Channel:
-    """An insecure channel to address. own_connection: do not share a TCP connection with other channels."""
+def open_channel(
+    address: str,
+    *,
+    own_connection: bool = False,
+    tls: bool = False,
+    tls_ca: bytes | str | None = None,
+    tls_cert: bytes | str | None = None,
+    tls_key: bytes | str | None = None,
+    tls_server_name: str | None = None,
+) -> grpc.aio.Channel:
+    """A channel to address. own_connection: do not share a TCP connection with other channels.
+
+    Plaintext unless tls is set or a CA or client certificate is given: then TLS, trusting tls_ca (PEM bytes
+    or a file path; the system roots when omitted), presenting tls_cert/tls_key for mutual TLS.
+    tls_server_name overrides the name the server certificate is checked against.
+    """
     options = list(KEEPALIVE_OPTIONS)
     if own_connection:
         options.append(("grpc.use_local_subchannel_pool", 1))
-    return grpc.aio.insecure_channel(address, options=options)
+    if not (tls or tls_ca or tls_cert):
+        return grpc.aio.insecure_channel(address, options=options)
+    if bool(tls_cert) != bool(tls_key):
+        raise ValueError("tls_cert and tls_key go together")
+    if tls_server_name:
+        options.append(("grpc.ssl_target_name_override", tls_server_name))
+    credentials = grpc.ssl_channel_credentials(_pem(tls_ca), _pem(tls_key), _pem(tls_cert))
+    return grpc.aio.secure_channel(address, credentials, options=options)
+
+
+def _pem(value: bytes | str | None) -> bytes | None:
+    """PEM bytes as given, or read from a file path."""
+    if value is None or value == "" or isinstance(value, bytes):
+        return value or None
+    with open(value, "rb") as f:
+        return f.read()
 
 
 def auth_metadata(api_key: str) -> tuple[tuple[str, str], ...]:
