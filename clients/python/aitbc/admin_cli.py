@@ -19,9 +19,10 @@ from typing import Any, TextIO
 
 import grpc
 
-from .channel import auth_metadata, open_channel
+from .channel import auth_metadata, connection_options, open_channel
 from .coordinator.v1 import admin_service_pb2 as pb
 from .coordinator.v1 import admin_service_pb2_grpc, job_pb2
+from .signing import SigningChannel
 from .tracing import with_trace_context
 
 STATES = {
@@ -45,10 +46,13 @@ CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear screen
 class AdminClient:
     """AdminService over one channel. Use as `async with AdminClient(address, key) as admin:`."""
 
-    def __init__(self, address: str, api_key: str, *, channel: grpc.aio.Channel | None = None) -> None:
-        self.channel = channel or open_channel(address)
+    def __init__(self, address: str, api_key: str, *, channel: grpc.aio.Channel | None = None,
+                 hmac_secret: str | bytes | None = None, tls_ca: bytes | str | None = None,
+                 tls_cert: bytes | str | None = None, tls_key: bytes | str | None = None) -> None:  # fmt: skip
+        self.channel = channel or open_channel(address, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key)
         self._auth = auth_metadata(api_key)
-        self.stub = admin_service_pb2_grpc.AdminServiceStub(self.channel)
+        calls = SigningChannel(self.channel, hmac_secret) if hmac_secret else self.channel
+        self.stub = admin_service_pb2_grpc.AdminServiceStub(calls)
 
     async def __aenter__(self) -> AdminClient:
         return self
@@ -287,7 +291,7 @@ def parse_state(name: str) -> int:
 
 async def run(args: argparse.Namespace, out: TextIO) -> int:
     now = time.time()
-    async with AdminClient(args.address, args.api_key) as admin:
+    async with AdminClient(args.address, args.api_key, **connection_options(args)) as admin:
         command = args.admin_command
         if command == "stats":
             d = stats_dict(await admin.stats())

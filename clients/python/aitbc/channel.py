@@ -52,5 +52,12 @@ def _pem(value: bytes | str | None) -> bytes | None:
         return f.read()
 
 
+def connection_options(args: object) -> dict[str, str | None]:
+    """Client/Miner keyword arguments from parsed CLI flags (--hmac-secret, --tls-ca, --tls-cert, --tls-key)."""
+    return {
+        name: getattr(args, name, None) or None for name in ("hmac_secret", "tls_ca", "tls_cert", "tls_key")
+    }
+
+
 def auth_metadata(api_key: str) -> tuple[tuple[str, str], ...]:
     return (("x-api-key", api_key),)

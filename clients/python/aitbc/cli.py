@@ -1,6 +1,8 @@
 """`aitbc`: the command line of the SDK: jobs, a miner, and receipts.
 
-Every command takes --address and --api-key, or AITBC_ADDRESS and AITBC_API_KEY.
+Every command takes --address and --api-key, or AITBC_ADDRESS and AITBC_API_KEY; and for signed calls and
+TLS, --hmac-secret, --tls-ca, --tls-cert and --tls-key (AITBC_HMAC_SECRET, AITBC_TLS_CA, AITBC_TLS_CERT,
+AITBC_TLS_KEY).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 
 from .admin_cli import add_parser as add_admin_parser
+from .channel import connection_options
 from .client import Client
 from .receipts.cli import add_parser as add_receipts_parser
 
@@ -30,6 +33,15 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--api-key", default=os.environ.get("AITBC_API_KEY", ""), help="API key (AITBC_API_KEY)"
     )
+    env = os.environ.get
+    parser.add_argument("--hmac-secret", default=env("AITBC_HMAC_SECRET", ""),
+                        help="sign every call with this secret (AITBC_HMAC_SECRET)")  # fmt: skip
+    parser.add_argument("--tls-ca", default=env("AITBC_TLS_CA", ""),
+                        help="TLS: CA certificate file to trust (AITBC_TLS_CA)")  # fmt: skip
+    parser.add_argument("--tls-cert", default=env("AITBC_TLS_CERT", ""),
+                        help="mutual TLS: client certificate file (AITBC_TLS_CERT)")  # fmt: skip
+    parser.add_argument("--tls-key", default=env("AITBC_TLS_KEY", ""),
+                        help="mutual TLS: client private key file (AITBC_TLS_KEY)")  # fmt: skip
 
 
 def _print(message: Any) -> None:
@@ -99,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _jobs(args: argparse.Namespace) -> int:
-    async with Client(args.address, args.api_key) as client:
+    async with Client(args.address, args.api_key, **connection_options(args)) as client:
         if args.command == "submit":
             text = Path(args.payload[1:]).read_text() if args.payload.startswith("@") else args.payload
             job = await client.submit(json.loads(text), priority=args.priority, ttl_s=args.ttl,
@@ -171,7 +183,8 @@ async def _miner(args: argparse.Namespace) -> int:
         overrides["gpus"] = [(g.rsplit(":", 1)[0], int(g.rsplit(":", 1)[1])) for g in args.gpu]
     miner = Miner(args.address, args.api_key, _runner(args.runner, args.timeout),
                   probe_capabilities(args.slots, **overrides),
-                  signer=Signer(args.signing_key_hex) if args.signing_key_hex else None)  # fmt: skip
+                  signer=Signer(args.signing_key_hex) if args.signing_key_hex else None,
+                  **connection_options(args))  # fmt: skip
     install_signal_handlers(miner)
     await miner.run()
     return 0

@@ -18,6 +18,7 @@ from .coordinator.v1 import (
     receipt_service_pb2,
     receipt_service_pb2_grpc,
 )
+from .signing import SigningChannel
 from .tracing import with_trace_context
 
 TERMINAL = {
@@ -39,11 +40,23 @@ def _rfc3339(ts) -> str | None:  # type: ignore[no-untyped-def]
 class Client:
     """An asyncio client of JobService and ReceiptService. Use as `async with Client(address, key) as c:`."""
 
-    def __init__(self, address: str, api_key: str, *, channel: grpc.aio.Channel | None = None) -> None:
-        self.channel = channel or open_channel(address)
+    def __init__(
+        self,
+        address: str,
+        api_key: str,
+        *,
+        channel: grpc.aio.Channel | None = None,
+        hmac_secret: str | bytes | None = None,
+        tls_ca: bytes | str | None = None,
+        tls_cert: bytes | str | None = None,
+        tls_key: bytes | str | None = None,
+    ) -> None:
+        """hmac_secret: sign every call with the key's signing secret; tls_*: TLS (see open_channel)."""
+        self.channel = channel or open_channel(address, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key)
         self._auth = auth_metadata(api_key)
-        self.jobs = job_service_pb2_grpc.JobServiceStub(self.channel)
-        self.receipts = receipt_service_pb2_grpc.ReceiptServiceStub(self.channel)
+        calls = SigningChannel(self.channel, hmac_secret) if hmac_secret else self.channel
+        self.jobs = job_service_pb2_grpc.JobServiceStub(calls)
+        self.receipts = receipt_service_pb2_grpc.ReceiptServiceStub(calls)
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:

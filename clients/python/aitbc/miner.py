@@ -27,6 +27,7 @@ from google.protobuf.json_format import MessageToDict
 from .channel import auth_metadata, open_channel
 from .coordinator.v1 import job_pb2, miner_service_pb2, miner_service_pb2_grpc
 from .receipts import Signer, build_miner_report, canonical_struct, sign_miner_report
+from .signing import SigningChannel
 from .tracing import job_span, with_trace_context
 
 log = logging.getLogger("aitbc.miner")
@@ -158,6 +159,10 @@ class Miner:
     backoff_base_s: float = 0.2
     backoff_max_s: float = 15.0
     own_connection: bool = False
+    hmac_secret: str | bytes | None = None  # sign every call with the key's signing secret
+    tls_ca: bytes | str | None = None  # TLS: the CA to trust (PEM or path); tls_cert/tls_key: mutual TLS
+    tls_cert: bytes | str | None = None
+    tls_key: bytes | str | None = None
 
     def __post_init__(self) -> None:
         self.running: dict[str, _Running] = {}
@@ -184,7 +189,8 @@ class Miner:
     async def run(self) -> None:
         """Connect, work, and reconnect with jittered backoff until stop() or a completed drain."""
         failures = 0
-        channel = open_channel(self.address, own_connection=self.own_connection)
+        channel = open_channel(self.address, own_connection=self.own_connection, tls_ca=self.tls_ca,
+                                              tls_cert=self.tls_cert, tls_key=self.tls_key)  # fmt: skip
         try:
             while not self.stopped.is_set():
                 self._session_task = asyncio.create_task(self._session(channel))
@@ -233,7 +239,9 @@ class Miner:
             self.stop()
 
     async def _session(self, channel: grpc.aio.Channel) -> tuple[str, float]:
-        stub = miner_service_pb2_grpc.MinerServiceStub(channel)
+        stub = miner_service_pb2_grpc.MinerServiceStub(
+            SigningChannel(channel, self.hmac_secret) if self.hmac_secret else channel
+        )
         call = stub.Connect(metadata=with_trace_context(auth_metadata(self.api_key)))
         outbox: asyncio.Queue[miner_service_pb2.ConnectRequest] = asyncio.Queue()
         self._outbox = outbox
