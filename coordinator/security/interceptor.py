@@ -38,6 +38,7 @@ from ..config import Settings, parse_rate_limits
 from ..domain.errors import CoordinatorError, Kind, invalid
 from ..observability.metrics import rate_limited
 from ..services.status import abort
+from .bounds import check_bounds
 from .keys import REQUEST_GROUPS, Identity, KeyRing, KeyState
 from .limits import ReplayGuard, StreamThrottle
 from .tls import certificate_names
@@ -319,16 +320,19 @@ class AuthInterceptor(AsyncServerInterceptor):
             if message.ByteSize() > policy.max_message_bytes:
                 raise _exhausted("MESSAGE_TOO_LARGE", f"a streamed message exceeds {policy.max_message_bytes} bytes",
                                  0.0, limit=str(policy.max_message_bytes))  # fmt: skip
+            check_bounds(message)
             yield message
 
 
 def _parse(spec: MethodSpec, raw: bytes) -> Any:
     try:
-        return spec.parse(raw)
+        message = spec.parse(raw)
     except DecodeError:
         raise invalid(f"the request is not a valid {spec.request_type}",
                       [("request", "not a valid protobuf message of this type")],
                       reason="MALFORMED_REQUEST") from None  # fmt: skip
+    check_bounds(message)
+    return message
 
 
 def _release(state: KeyState, streaming: bool) -> None:

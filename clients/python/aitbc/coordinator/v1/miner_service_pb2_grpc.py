@@ -107,7 +107,12 @@ class MinerServiceServicer:
     def Connect(self, request_iterator, context):
         """The miner's session: a bidirectional stream of envelopes. The first message must be `hello`; the
         coordinator answers `welcome`. A second stream for the same miner identity replaces the first, which is
-        closed with a GoAway (reason `SESSION_REPLACED`); the jobs it held stay with the miner.
+        closed with a GoAway (reason `SESSION_REPLACED`) and then ends with OK. No job is lost: the jobs the
+        first stream held stay with the miner when the new hello lists them in `running_jobs` (same attempt;
+        `welcome.resumed_jobs` names them) and go back to the queue with the next attempt when it does not.
+        The same applies to a unary session replaced by RegisterMiner. Every message counts against the
+        stream's message budget (RATE_LIMITS group `stream`): a miner over it is slowed, and cut off with
+        RESOURCE_EXHAUSTED (`STREAM_RATE_EXCEEDED`, RetryInfo) when it stays over for long.
         Errors: INVALID_ARGUMENT (`HELLO_REQUIRED`) when the first message is not hello; UNAVAILABLE
         (`SHUTTING_DOWN`) while the coordinator stops.
         """

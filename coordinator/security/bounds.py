@@ -1,0 +1,102 @@
+"""Bounds on every string and list a caller sends, checked on each parsed request (streamed ones included)
+before any servicer sees it. A breach is INVALID_ARGUMENT with one field violation per field, and nothing
+runs. Finer rules (payload size and depth, labels, decimals, ids) stay with the servicers' validation; these
+bounds are the floor under all of it: no field of any message is unbounded.
+
+Struct payloads are not walked here (their size and depth are the servicers' limits); bytes fields are
+bounded only where named below (payload and result bytes are bounded by MAX_PAYLOAD_BYTES).
+"""
+
+from __future__ import annotations
+
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import Message
+
+from ..domain.validation import raise_if
+
+DEFAULT_STRING = 1024  # characters
+DEFAULT_LIST = 1024  # entries
+
+_P = "aitbc.coordinator.v1."
+LIMITS: dict[str, int] = {
+    # ids
+    _P + "RunningJob.job_id": 64, _P + "Accept.job_id": 64, _P + "Reject.job_id": 64, _P + "Progress.job_id": 64,
+    _P + "Result.job_id": 64, _P + "Failure.job_id": 64, _P + "GetJobRequest.job_id": 64,
+    _P + "GetJobResultRequest.job_id": 64, _P + "CancelJobRequest.job_id": 64, _P + "WatchJobRequest.job_id": 64,
+    _P + "GetReceiptRequest.job_id": 64, _P + "ListReceiptsRequest.job_id": 64,
+    _P + "HeartbeatRequest.session_id": 64, _P + "PollJobRequest.session_id": 64,
+    _P + "SubmitResultRequest.session_id": 64, _P + "ReportFailureRequest.session_id": 64,
+    _P + "DrainRequest.session_id": 64,
+    # names and short texts
+    _P + "AdminServiceListJobsRequest.client_id": 128, _P + "AdminServiceListJobsRequest.miner_id": 128,
+    _P + "DrainMinerRequest.miner_id": 128, _P + "SetApiKeyEnabledRequest.name": 128,
+    _P + "SetApiKeyEnabledRequest.role": 16, _P + "Hello.agent_version": 128,
+    _P + "Gpu.model": 256, _P + "MinerCapabilities.cuda_version": 16, _P + "MinerCapabilities.price": 64,
+    _P + "MinerCapabilities.region": 64, _P + "Constraints.max_price": 64, _P + "QuoteCostRequest.units": 64,
+    _P + "Result.units": 64, _P + "Result.unit_type": 64, _P + "Failure.code": 64,
+    _P + "ListJobsRequest.page_token": 512, _P + "AdminServiceListJobsRequest.page_token": 512,
+    # free texts
+    _P + "Reject.reason": 512, _P + "Progress.message": 512, _P + "MinerDrain.reason": 512,
+    _P + "DrainRequest.reason": 512, _P + "CancelJobRequest.reason": 512, _P + "Failure.message": 4096,
+    # bytes
+    _P + "Result.miner_report": 16 << 10, _P + "Result.miner_signature": 256, _P + "Hello.receipt_public_key": 64,
+    # lists
+    _P + "Hello.running_jobs": 4096, _P + "MinerHeartbeat.running_jobs": 4096,
+    _P + "HeartbeatRequest.running_jobs": 4096, _P + "ListJobsRequest.states": 16,
+    _P + "AdminServiceListJobsRequest.states": 16, _P + "MinerCapabilities.gpus": 64,
+    _P + "MinerCapabilities.models": 256, _P + "Constraints.models": 32,
+}  # fmt: skip
+NOT_WALKED = frozenset({"google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"})
+
+_STRING, _BYTES, _MESSAGE = (
+    FieldDescriptor.TYPE_STRING,
+    FieldDescriptor.TYPE_BYTES,
+    FieldDescriptor.TYPE_MESSAGE,
+)
+
+
+def check_bounds(message: Message) -> None:
+    violations: list[tuple[str, str]] = []
+    _walk(message, "", violations)
+    raise_if(violations, "the request")
+
+
+def _walk(message: Message, prefix: str, v: list[tuple[str, str]]) -> None:
+    for field, value in message.ListFields():
+        name = prefix + field.name
+        if field.is_repeated:
+            limit = LIMITS.get(field.full_name, DEFAULT_LIST)
+            if len(value) > limit:
+                v.append((name, f"at most {limit} entries (got {len(value)})"))
+                continue
+            if field.type == _MESSAGE:
+                entry: Descriptor = field.message_type
+                if entry.GetOptions().map_entry:
+                    _map(entry, value, name, v)
+                elif entry.full_name not in NOT_WALKED:
+                    for i, item in enumerate(value):
+                        _walk(item, f"{name}[{i}].", v)
+            elif field.type == _STRING:
+                limit = LIMITS.get(field.full_name + "[]", DEFAULT_STRING)
+                if any(len(item) > limit for item in value):
+                    v.append((name, f"each entry at most {limit} characters"))
+        elif field.type == _STRING:
+            limit = LIMITS.get(field.full_name, DEFAULT_STRING)
+            if len(value) > limit:
+                v.append((name, f"at most {limit} characters (got {len(value)})"))
+        elif field.type == _BYTES:
+            limit = LIMITS.get(field.full_name, 0)
+            if limit and len(value) > limit:
+                v.append((name, f"at most {limit} bytes (got {len(value)})"))
+        elif field.type == _MESSAGE and field.message_type.full_name not in NOT_WALKED:
+            _walk(value, name + ".", v)
+
+
+def _map(entry: Descriptor, value, name: str, v: list[tuple[str, str]]) -> None:  # type: ignore[no-untyped-def]
+    """map<string, string> (labels, metadata): keys and values bounded like strings."""
+    if entry.fields_by_name["key"].type != _STRING or entry.fields_by_name["value"].type != _STRING:
+        return
+    for key, item in value.items():
+        if len(key) > DEFAULT_STRING or len(item) > DEFAULT_STRING:
+            v.append((f"{name}[{key[:40]}]", f"keys and values at most {DEFAULT_STRING} characters"))
+            return
