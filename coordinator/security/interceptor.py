@@ -170,7 +170,7 @@ class AuthInterceptor(AsyncServerInterceptor):
         try:
             state = self._admit(spec, request_or_iterator, context, method_name)
             if spec.request_streaming:
-                request = self._messages(request_or_iterator, spec)
+                request = self._messages(request_or_iterator, spec, state)
             else:
                 request = _parse(spec, request_or_iterator)
         except CoordinatorError as error:
@@ -288,8 +288,11 @@ class AuthInterceptor(AsyncServerInterceptor):
             raise _unauthenticated(refused, "this nonce was used already")
 
     # ------------------------------------------------------------------ streamed requests
-    async def _messages(self, requests: AsyncIterator, spec: MethodSpec) -> AsyncIterator:
-        """The request stream, with malformed messages refused and the message rate held to the budget."""
+    async def _messages(self, requests: AsyncIterator, spec: MethodSpec, state: KeyState) -> AsyncIterator:
+        """The request stream, with malformed messages refused and the message rate held to the budget.
+
+        A key disabled (or removed by a reload) while its stream is open ends the stream at its next message.
+        """
         policy = self.policy
         rate = policy.stream_rate
         throttle = (
@@ -307,6 +310,8 @@ class AuthInterceptor(AsyncServerInterceptor):
                 raise invalid(f"a streamed message is not a valid {spec.request_type}",
                               [("message", "not a valid protobuf message of this type")],
                               reason="MALFORMED_REQUEST") from None  # fmt: skip
+            if state.disabled:
+                raise _unauthenticated("KEY_DISABLED", "this API key was disabled")
             if throttle is not None:
                 wait = throttle.on_message(time.monotonic())
                 if wait < 0:
@@ -353,6 +358,8 @@ async def _guard_stream(
 ) -> AsyncIterator:
     try:
         async for item in stream:
+            if state.disabled:
+                raise _unauthenticated("KEY_DISABLED", "this API key was disabled")
             yield item
     except CoordinatorError as error:
         await abort(context, error)

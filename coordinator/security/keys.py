@@ -74,6 +74,9 @@ class KeyRing:
             state.disabled = ident in self.disabled
             by_hash[e.key_hash] = state
             by_identity[ident] = state
+        for ident, state in self._by_identity.items():
+            if ident not in by_identity:
+                state.disabled = True  # removed: its open streams end at their next message
         self._by_hash, self._by_identity = by_hash, by_identity
 
     def _buckets(self, now: float) -> list[TokenBucket | None]:
