@@ -11,7 +11,14 @@ from google.protobuf import struct_pb2, timestamp_pb2
 
 from ..domain.errors import invalid
 from ..domain.model import Capabilities, Constraints, Event, Gpu, Job, JobResult, PayloadKind
-from ..domain.validation import Limits, SubmissionFields, raise_if, validate_submission
+from ..domain.validation import (
+    Limits,
+    SubmissionFields,
+    check_decimal,
+    check_text,
+    raise_if,
+    validate_submission,
+)
 from ..scheduler.engine import JobSpec, ResultIn
 
 
@@ -158,8 +165,6 @@ def capabilities_from(c: miner_service_pb2.MinerCapabilities, limits: Limits) ->
         v.append(("capabilities.labels", f"at most {limits.max_labels} entries"))
     if len(c.region) > 64:
         v.append(("capabilities.region", "at most 64 characters"))
-    from ..domain.validation import check_decimal
-
     check_decimal(v, "capabilities.price", c.price)
     raise_if(v, "hello")
     return Capabilities(
@@ -197,8 +202,6 @@ def result_in(r: miner_service_pb2.Result, limits: Limits) -> ResultIn:
     v: list[tuple[str, str]] = []
     if len(output) > limits.max_result_bytes:
         v.append(("result", f"at most {limits.max_result_bytes} bytes"))
-    from ..domain.validation import check_decimal, check_text
-
     check_decimal(v, "units", r.units)
     check_text(v, "unit_type", r.unit_type, 64)
     raise_if(v, "the result")
