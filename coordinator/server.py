@@ -36,7 +36,7 @@ from .services.admin import AdminServicer
 from .services.jobs import JobServicer
 from .services.miners import MinerServicer
 from .services.receipts import ReceiptServicer
-from .store import open_store
+from .store import Store, open_store
 
 log = logging.getLogger("coordinator")
 
@@ -114,6 +114,14 @@ async def start(settings: Settings) -> Coordinator:
     """Open the store, rebuild the queues, and serve; health turns SERVING only when all of it is ready."""
     store = open_store(settings.database_url, settings.sqlite_synchronous)
     await store.open()
+    try:
+        return await _start_on(settings, store)
+    except BaseException:
+        await store.close()  # a failed start must not leave the store's threads holding the process open
+        raise
+
+
+async def _start_on(settings: Settings, store: Store) -> Coordinator:
     keys = await load_keys(store, settings.receipt_signing_key_hex, settings.receipt_attestation_key_hex,
                            f"aitbc.coordinator/{settings.coordinator_id}")  # fmt: skip
     issuer = ReceiptIssuer(store, keys, settings.coordinator_id, settings.chain_id)
