@@ -70,9 +70,10 @@ def key_entries(hmac: dict[str, str] | None = None) -> dict[str, tuple[ApiKeyEnt
 
 
 def make_settings(tmp_path: Path, *, hmac: dict[str, str] | None = None, **overrides: Any) -> Settings:
-    values = {**FAST, **key_entries(hmac), **overrides}
-    settings = Settings(app_host="127.0.0.1", app_port=0, database_url=f"sqlite:///{tmp_path / 'coord.db'}",
-                        **values)  # fmt: skip
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    values = {"app_host": "127.0.0.1", "app_port": 0, "database_url": f"sqlite:///{tmp_path / 'coord.db'}",
+              **FAST, **key_entries(hmac), **overrides}  # fmt: skip
+    settings = Settings(**values)
     validate(settings)
     return settings
 
