@@ -221,3 +221,11 @@ async def test_sighup_reloads_the_key_file_of_a_running_server(tmp_path: Path) -
             _, err = await proc.communicate()
     stderr = err.decode()
     assert re.search(r"key reload refused", stderr), stderr[-2000:]
+
+
+def test_the_example_settings_load_and_require_no_signature() -> None:
+    """A copy of .env.example starts: no comment is read as a value (python-dotenv reads `KEY=  # text`
+    as the value `# text`, which would turn HMAC_SECRET on with a comment for a secret)."""
+    s = load_settings(env={}, env_file=ROOT / ".env.example")
+    assert s.hmac_secret == "" and not any(e.hmac_secret for e in s.api_keys)
+    assert len(s.api_keys) == 3
