@@ -188,7 +188,7 @@ async def _start_on(settings: Settings, store: Store) -> Coordinator:
     log.info("coordinator %s serving on %s:%d (store %s)", settings.coordinator_id, settings.app_host, port,
              redact_url(settings.database_url))  # fmt: skip
     return Coordinator(settings, server, scheduler, issuer, health_servicer, port, keyring, miner_port,
-                       observability=observability)
+                       observability=observability)  # fmt: skip
 
 
 async def serve(settings: Settings, env_file: str | None = ".env") -> None:
