@@ -1,4 +1,4 @@
-"""Persistence: one `Store` interface; SQLite (embedded default) implements it."""
+"""Persistence: one `Store` interface; SQLite (embedded default) and PostgreSQL implement it."""
 
 from .base import Store, UnitOfWork
 from .factory import open_store

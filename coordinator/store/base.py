@@ -7,12 +7,13 @@ the transaction holding the unit is durable; implementations group many units in
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..domain.model import Event, Job, JobResult, JobState
+from ..domain.model import Constraints, Event, Job, JobResult, JobState, PayloadKind
 
 
 @dataclass(slots=True)
@@ -149,6 +150,18 @@ def job_update_row(job: Job) -> tuple:
     )  # fmt: skip
 
 
+def job_from_row(r: Sequence[Any]) -> Job:
+    """A Job from the JOB_COLUMNS of a row (either store)."""
+    return Job(
+        job_id=r[0], client_id=r[1], state=JobState(r[2]), priority=r[3], payload=r[4],
+        payload_kind=PayloadKind(r[5]), input_sha256=r[6], constraints=Constraints.from_json(r[7]), ttl_us=r[8],
+        max_attempts=r[9], execution_timeout_us=r[10], idempotency_key=r[11] or "", request_fingerprint=r[12],
+        created_us=r[13], updated_us=r[14], attempt=r[15], miner_id=r[16], started_us=r[17], finished_us=r[18],
+        terminal_reason=r[19], terminal_message=r[20], metadata=tuple(tuple(p) for p in json.loads(r[21])),
+        reassignments=r[22], event_seq=r[23], not_before_us=r[24], queued_us=r[25],
+    )  # fmt: skip
+
+
 @dataclass(frozen=True, slots=True)
 class JobFilter:
     client_id: str | None = None
@@ -157,7 +170,7 @@ class JobFilter:
 
 
 class Store(ABC):
-    """Durable state of the coordinator. Implementations: `SqliteStore`."""
+    """Durable state of the coordinator. Implementations: `SqliteStore`, `PostgresStore`."""
 
     @abstractmethod
     async def open(self) -> None: ...

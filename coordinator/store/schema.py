@@ -1,4 +1,5 @@
-"""SQLite schema, as forward migrations applied in order at start-up (PRAGMA user_version tracks them)."""
+"""The schema, as forward migrations applied in order at start-up: SQLite (PRAGMA user_version tracks them)
+and PostgreSQL (the table schema_version does)."""
 
 from __future__ import annotations
 
@@ -122,3 +123,137 @@ CREATE INDEX ledger_account ON ledger_entries(account_id, kind);
 """
     + "".join(_append_only(t) for t in APPEND_ONLY[1:]),
 ]
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------------------
+# The same tables, migration for migration (POSTGRES_MIGRATIONS[i] is the twin of MIGRATIONS[i]): INTEGER
+# becomes BIGINT, BLOB becomes BYTEA. The table schema_version records the migrations applied.
+
+PG_APPEND_ONLY_FUNCTION = """
+CREATE FUNCTION aitbc_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  RAISE EXCEPTION '% is append-only', TG_TABLE_NAME USING ERRCODE = 'restrict_violation';
+END $$;
+"""
+
+
+def _pg_append_only(table: str) -> str:
+    return f"""
+CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table}
+  FOR EACH ROW EXECUTE FUNCTION aitbc_append_only();
+CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table}
+  FOR EACH STATEMENT EXECUTE FUNCTION aitbc_append_only();
+"""
+
+
+POSTGRES_MIGRATIONS: list[str] = [
+    # 1: jobs, their event log and results
+    """
+CREATE TABLE jobs (
+  job_id TEXT COLLATE "C" PRIMARY KEY,  -- byte order, as SQLite: paging by job_id
+  client_id TEXT NOT NULL,
+  state BIGINT NOT NULL,
+  priority BIGINT NOT NULL,
+  payload BYTEA NOT NULL,
+  payload_kind BIGINT NOT NULL,
+  input_sha256 BYTEA NOT NULL,
+  constraints TEXT NOT NULL,
+  ttl_us BIGINT NOT NULL,
+  max_attempts BIGINT NOT NULL,
+  execution_timeout_us BIGINT NOT NULL,
+  idempotency_key TEXT,
+  request_fingerprint BYTEA NOT NULL,
+  created_us BIGINT NOT NULL,
+  updated_us BIGINT NOT NULL,
+  attempt BIGINT NOT NULL,
+  miner_id TEXT NOT NULL,
+  started_us BIGINT NOT NULL,
+  finished_us BIGINT NOT NULL,
+  terminal_reason TEXT NOT NULL,
+  terminal_message TEXT NOT NULL,
+  metadata TEXT NOT NULL,
+  reassignments BIGINT NOT NULL,
+  event_seq BIGINT NOT NULL,
+  not_before_us BIGINT NOT NULL,
+  queued_us BIGINT NOT NULL
+);
+CREATE UNIQUE INDEX jobs_idempotency ON jobs(client_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX jobs_client ON jobs(client_id, job_id);
+CREATE INDEX jobs_miner ON jobs(miner_id, job_id);
+CREATE INDEX jobs_state ON jobs(state);
+CREATE TABLE job_events (
+  job_id TEXT NOT NULL,
+  sequence BIGINT NOT NULL,
+  from_state BIGINT,
+  to_state BIGINT NOT NULL,
+  attempt BIGINT NOT NULL,
+  miner_id TEXT NOT NULL,
+  reason TEXT NOT NULL,
+  message TEXT NOT NULL,
+  occurred_us BIGINT NOT NULL,
+  PRIMARY KEY (job_id, sequence)
+);
+CREATE INDEX job_events_time ON job_events(occurred_us);
+CREATE TABLE job_results (
+  job_id TEXT NOT NULL,
+  attempt BIGINT NOT NULL,
+  output BYTEA NOT NULL,
+  output_kind BIGINT NOT NULL,
+  result_sha256 BYTEA NOT NULL,
+  units TEXT NOT NULL,
+  unit_type TEXT NOT NULL,
+  miner_id TEXT NOT NULL,
+  completed_us BIGINT NOT NULL,
+  receipt_id TEXT NOT NULL,
+  PRIMARY KEY (job_id, attempt)
+);
+"""
+    + PG_APPEND_ONLY_FUNCTION
+    + _pg_append_only("job_events"),
+    # 2: receipts, the Merkle log, checkpoints, signing keys, the usage ledger
+    """
+CREATE TABLE receipts (
+  receipt_id TEXT PRIMARY KEY,
+  job_id TEXT NOT NULL,
+  attempt BIGINT NOT NULL,
+  envelope BYTEA NOT NULL,
+  leaf_index BIGINT NOT NULL UNIQUE,
+  issued_us BIGINT NOT NULL,
+  UNIQUE (job_id, attempt)
+);
+CREATE TABLE log_leaves (
+  leaf_index BIGINT PRIMARY KEY,
+  leaf_hash BYTEA NOT NULL
+);
+CREATE TABLE checkpoints (
+  tree_size BIGINT PRIMARY KEY,
+  root_hash BYTEA NOT NULL,
+  note TEXT NOT NULL,
+  signed_us BIGINT NOT NULL
+);
+CREATE TABLE signing_keys (
+  key_id TEXT PRIMARY KEY,
+  role TEXT NOT NULL,
+  status TEXT NOT NULL,
+  public_key BYTEA NOT NULL,
+  private_seed BYTEA,
+  valid_from_us BIGINT NOT NULL,
+  valid_until_us BIGINT,
+  owner TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE ledger_entries (
+  entry_id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  account_id TEXT NOT NULL,
+  kind TEXT NOT NULL,
+  receipt_id TEXT NOT NULL,
+  amount_nano BIGINT NOT NULL,
+  units_nano BIGINT NOT NULL,
+  booked_us BIGINT NOT NULL,
+  UNIQUE (receipt_id, kind)
+);
+CREATE INDEX ledger_account ON ledger_entries(account_id, kind);
+"""
+    + "".join(_pg_append_only(t) for t in APPEND_ONLY[1:]),
+]
+
+assert len(POSTGRES_MIGRATIONS) == len(MIGRATIONS), "every migration needs its PostgreSQL twin"

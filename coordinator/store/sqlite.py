@@ -9,7 +9,6 @@ commit, writes each table with one executemany, commits once, then wakes all wai
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import queue
 import sqlite3
@@ -19,7 +18,7 @@ from typing import Any
 
 import aiosqlite
 
-from ..domain.model import Constraints, Event, Job, JobResult, JobState, PayloadKind
+from ..domain.model import Event, Job, JobResult, JobState, PayloadKind
 from .base import (
     JOB_COLUMNS,
     CheckpointRow,
@@ -29,6 +28,7 @@ from .base import (
     Store,
     UnitOfWork,
 )
+from .base import job_from_row as _job_from_row
 from .schema import MIGRATIONS
 
 log = logging.getLogger(__name__)
@@ -342,14 +342,3 @@ def _write_units(conn: sqlite3.Connection, units: list[UnitOfWork]) -> None:
                 for k in keys
             ],
         )
-
-
-def _job_from_row(r: tuple) -> Job:
-    return Job(
-        job_id=r[0], client_id=r[1], state=JobState(r[2]), priority=r[3], payload=r[4],
-        payload_kind=PayloadKind(r[5]), input_sha256=r[6], constraints=Constraints.from_json(r[7]), ttl_us=r[8],
-        max_attempts=r[9], execution_timeout_us=r[10], idempotency_key=r[11] or "", request_fingerprint=r[12],
-        created_us=r[13], updated_us=r[14], attempt=r[15], miner_id=r[16], started_us=r[17], finished_us=r[18],
-        terminal_reason=r[19], terminal_message=r[20], metadata=tuple(tuple(p) for p in json.loads(r[21])),
-        reassignments=r[22], event_seq=r[23], not_before_us=r[24], queued_us=r[25],
-    )  # fmt: skip

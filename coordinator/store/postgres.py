@@ -1,0 +1,443 @@
+"""PostgreSQL store (asyncpg): one writer task committing in groups, a connection pool for reads.
+
+The same design as the SQLite store. One writer task owns one connection; it takes every unit of work
+queued since its last commit, writes each table with one executemany inside one transaction, commits once,
+then wakes all waiters, so the round trips and the WAL flush of a commit are shared by the whole group. If
+the group fails, each unit is retried alone in its own transaction: only the culprit fails.
+
+DATABASE_URL is a libpq-style URL, `postgresql://user:password@host:5432/dbname`, with one option of ours:
+`?schema=NAME` puts every table in that schema (created if missing; the connections' search_path is set to
+it), so several coordinators or test runs can share a database without seeing each other. Other query
+parameters (sslmode, ...) go to asyncpg as they are.
+
+Durability: `commit` returns after PostgreSQL acknowledged the COMMIT; with the server's default
+`synchronous_commit = on` that means the WAL is flushed (SQLITE_SYNCHRONOUS does not apply here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+
+from ..domain.model import Event, Job, JobResult, JobState, PayloadKind
+from .base import (
+    JOB_COLUMNS,
+    CheckpointRow,
+    JobFilter,
+    KeyRow,
+    ReceiptRow,
+    Store,
+    UnitOfWork,
+    job_from_row,
+)
+from .schema import POSTGRES_MIGRATIONS
+
+log = logging.getLogger(__name__)
+
+MAX_GROUP = 2000  # units per transaction: bounds a group's latency
+_STOP = object()
+_SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+def parse_url(url: str) -> tuple[str, str | None]:
+    """(the DSN for asyncpg, the schema named by `?schema=`, if any)."""
+    parts = urlsplit(url)
+    schema = None
+    rest = []
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key == "schema":
+            schema = value
+        else:
+            rest.append((key, value))
+    if schema is not None and not _SCHEMA_NAME.fullmatch(schema):
+        raise ValueError(
+            f"DATABASE_URL: schema {schema!r} must be a plain identifier (letters, digits, _; 63 at most)"
+        )
+    return urlunsplit(parts._replace(query=urlencode(rest))), schema
+
+
+class PostgresStore(Store):
+    def __init__(self, url: str, *, schema: str | None = None, pool_size: int = 10) -> None:
+        self.dsn, url_schema = parse_url(url)
+        self.schema = schema or url_schema
+        if self.schema is not None and not _SCHEMA_NAME.fullmatch(self.schema):
+            raise ValueError(f"schema {self.schema!r} must be a plain identifier")
+        self.pool_size = pool_size
+        self._queue: asyncio.Queue[Any] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._conn: asyncpg.Connection | None = None
+        self._pool: asyncpg.Pool | None = None
+        self._closing = False
+        self.commit_observer: Callable[[int, float], None] | None = None  # (group size, seconds)
+
+    # --- life cycle -------------------------------------------------------------------------------
+    def _settings(self, read_only: bool = False) -> dict[str, str]:
+        settings = {"application_name": "aitbc-coordinator"}
+        if self.schema is not None:
+            settings["search_path"] = f'"{self.schema}"'
+        if read_only:
+            settings["default_transaction_read_only"] = "on"
+        return settings
+
+    async def _connect(self) -> asyncpg.Connection:
+        return await asyncpg.connect(self.dsn, server_settings=self._settings())
+
+    async def open(self) -> None:
+        self._closing = False
+        self._conn = await self._connect()
+        try:
+            await self._migrate(self._conn)
+            self._pool = await asyncpg.create_pool(
+                self.dsn, min_size=1, max_size=self.pool_size, server_settings=self._settings(read_only=True)
+            )
+        except BaseException:
+            await self._conn.close()
+            self._conn = None
+            raise
+        self._queue = asyncio.Queue()
+        self._writer = asyncio.create_task(self._write_loop(), name="postgres-writer")
+        self._writer.add_done_callback(self._writer_exited)
+
+    async def _migrate(self, conn: asyncpg.Connection) -> None:
+        if self.schema is not None:
+            with contextlib.suppress(asyncpg.UniqueViolationError):  # another process created it just now
+                await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+        for number, script in enumerate(POSTGRES_MIGRATIONS, start=1):
+            async with conn.transaction():
+                # one migrating process per schema at a time; the others wait, then find it done
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext('aitbc-migrate:' || coalesce(current_schema(), '')))"
+                )
+                await conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_version (version BIGINT PRIMARY KEY, applied_us BIGINT NOT NULL)"
+                )
+                version = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version")
+                if version > len(POSTGRES_MIGRATIONS):
+                    raise RuntimeError(
+                        f"store schema version {version} is newer than this coordinator's "
+                        f"({len(POSTGRES_MIGRATIONS)}): run the newer version"
+                    )
+                if version >= number:
+                    continue
+                await conn.execute(script)
+                await conn.execute(
+                    "INSERT INTO schema_version (version, applied_us) VALUES ($1, $2)",
+                    number,
+                    time.time_ns() // 1000,
+                )
+            log.info("store migrated to schema version %d", number)
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._writer is not None:
+            assert self._queue is not None
+            self._queue.put_nowait(_STOP)
+            with contextlib.suppress(Exception):
+                await self._writer
+            self._writer = None
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.close(timeout=5)
+            self._conn = None
+        if self._pool is not None:
+            try:
+                await asyncio.wait_for(self._pool.close(), 10)
+            except (TimeoutError, asyncpg.InterfaceError):
+                self._pool.terminate()
+            self._pool = None
+
+    # --- writes -----------------------------------------------------------------------------------
+    async def commit(self, unit: UnitOfWork) -> None:
+        if self._writer is None or self._writer.done() or self._queue is None or self._closing:
+            raise RuntimeError("store not open")
+        future = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((unit, future))
+        await future
+
+    async def _write_loop(self) -> None:
+        assert self._queue is not None
+        stopping = False
+        while not stopping:
+            item = await self._queue.get()
+            group = []
+            while True:
+                if item is _STOP:
+                    stopping = True
+                else:
+                    group.append(item)
+                if len(group) >= MAX_GROUP:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    break
+            if group:
+                try:
+                    await self._commit_group(group)
+                except Exception as exc:  # never leave a waiter hanging
+                    log.exception("store writer: group commit failed unexpectedly")
+                    _resolve(group, [exc] * len(group))
+
+    def _writer_exited(self, task: asyncio.Task[None]) -> None:
+        """Fails every unit still queued (the writer stopped, or died), so that no commit waits forever."""
+        assert self._queue is not None
+        if not task.cancelled() and task.exception() is not None:
+            log.error("store writer stopped", exc_info=task.exception())
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            if item is not _STOP and not item[1].done():
+                item[1].set_exception(RuntimeError("store closed"))
+
+    async def _writer_connection(self) -> asyncpg.Connection:
+        if self._conn is None or self._conn.is_closed():
+            log.warning("store writer: reconnecting to PostgreSQL")
+            self._conn = await self._connect()
+        return self._conn
+
+    async def _commit_group(self, group: list[tuple[UnitOfWork, asyncio.Future[None]]]) -> None:
+        started = time.perf_counter()
+        outcomes: list[BaseException | None]
+        try:
+            conn = await self._writer_connection()
+            async with conn.transaction():
+                await _write_units(conn, [unit for unit, _ in group])
+            outcomes = [None] * len(group)
+        except Exception:
+            # isolate the culprit. A connection lost during COMMIT leaves its outcome unknown: the retry
+            # then fails on the rows that did land (duplicate keys), and the unit is reported failed.
+            outcomes = [await self._commit_alone(unit) for unit, _ in group]
+        elapsed = time.perf_counter() - started
+        _resolve(group, outcomes)
+        if self.commit_observer is not None:
+            self.commit_observer(len(group), elapsed)
+
+    async def _commit_alone(self, unit: UnitOfWork) -> BaseException | None:
+        try:
+            conn = await self._writer_connection()
+            async with conn.transaction():
+                await _write_units(conn, [unit])
+            return None
+        except Exception as exc:
+            return exc
+
+    # --- reads ------------------------------------------------------------------------------------
+    async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        assert self._pool is not None, "store not open"
+        return await self._pool.fetch(sql, *args)
+
+    async def get_job(self, job_id: str) -> Job | None:
+        rows = await self._fetch(f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = $1", job_id)
+        return job_from_row(rows[0]) if rows else None
+
+    async def find_by_idempotency_key(self, client_id: str, key: str) -> Job | None:
+        rows = await self._fetch(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE client_id = $1 AND idempotency_key = $2", client_id, key
+        )
+        return job_from_row(rows[0]) if rows else None
+
+    async def list_jobs(self, flt: JobFilter, limit: int, before_job_id: str | None) -> list[Job]:
+        where: list[str] = []
+        params: list[Any] = []
+
+        def param(value: Any) -> str:
+            params.append(value)
+            return f"${len(params)}"
+
+        if flt.client_id is not None:
+            where.append(f"client_id = {param(flt.client_id)}")
+        if flt.miner_id is not None:
+            where.append(f"miner_id = {param(flt.miner_id)}")
+        if flt.states:
+            where.append(f"state = ANY({param(sorted(int(s) for s in flt.states))}::bigint[])")
+        if before_job_id:
+            where.append(f"job_id < {param(before_job_id)}")
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = await self._fetch(
+            f"SELECT {JOB_COLUMNS} FROM jobs {clause} ORDER BY job_id DESC LIMIT {param(limit)}", *params
+        )
+        return [job_from_row(r) for r in rows]
+
+    async def load_active_jobs(self) -> list[Job]:
+        rows = await self._fetch(f"SELECT {JOB_COLUMNS} FROM jobs WHERE state IN (1, 2, 3) ORDER BY job_id")
+        return [job_from_row(r) for r in rows]
+
+    async def get_result(self, job_id: str) -> JobResult | None:
+        rows = await self._fetch(
+            "SELECT job_id, attempt, output, output_kind, result_sha256, units, unit_type, miner_id, "
+            "completed_us, receipt_id FROM job_results WHERE job_id = $1 ORDER BY attempt DESC LIMIT 1",
+            job_id,
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        return JobResult(r[0], r[1], r[2], PayloadKind(r[3]), r[4], r[5], r[6], r[7], r[8], r[9])
+
+    async def get_events(self, job_id: str) -> list[Event]:
+        rows = await self._fetch(
+            "SELECT job_id, sequence, from_state, to_state, attempt, miner_id, reason, message, occurred_us "
+            "FROM job_events WHERE job_id = $1 ORDER BY sequence",
+            job_id,
+        )
+        return [
+            Event(
+                r[0],
+                r[1],
+                None if r[2] is None else JobState(r[2]),
+                JobState(r[3]),
+                r[4],
+                r[5],
+                r[6],
+                r[7],
+                r[8],
+            )
+            for r in rows
+        ]
+
+    async def count_by_state(self) -> dict[JobState, int]:
+        rows = await self._fetch("SELECT state, count(*) FROM jobs GROUP BY state")
+        return {JobState(state): count for state, count in rows}
+
+    async def count_transitions_since(self, since_us: int) -> dict[str, int]:
+        rows = await self._fetch(
+            "SELECT to_state, from_state IS NULL, count(*) FROM job_events WHERE occurred_us >= $1 "
+            "AND (from_state IS NULL OR to_state >= 4) GROUP BY to_state, from_state IS NULL",
+            since_us,
+        )
+        names = {4: "completed", 5: "failed", 6: "canceled", 7: "expired"}
+        out = dict.fromkeys(("submitted", *names.values()), 0)
+        for to_state, is_submit, count in rows:
+            out["submitted" if is_submit else names[to_state]] += count
+        return out
+
+    async def get_receipts(self, job_id: str) -> list[ReceiptRow]:
+        rows = await self._fetch(
+            "SELECT r.receipt_id, r.job_id, r.attempt, r.envelope, r.leaf_index, l.leaf_hash, r.issued_us "
+            "FROM receipts r JOIN log_leaves l USING (leaf_index) WHERE r.job_id = $1 ORDER BY r.leaf_index",
+            job_id,
+        )
+        return [ReceiptRow(*r) for r in rows]
+
+    async def load_log(self) -> tuple[list[bytes], CheckpointRow | None]:
+        leaves = await self._fetch("SELECT leaf_hash FROM log_leaves ORDER BY leaf_index")
+        cps = await self._fetch(
+            "SELECT tree_size, root_hash, note, signed_us FROM checkpoints ORDER BY tree_size DESC LIMIT 1"
+        )
+        return [row[0] for row in leaves], (CheckpointRow(*cps[0]) if cps else None)
+
+    async def load_keys(self) -> list[KeyRow]:
+        rows = await self._fetch(
+            "SELECT key_id, role, status, public_key, private_seed, valid_from_us, valid_until_us, owner "
+            "FROM signing_keys ORDER BY valid_from_us"
+        )
+        return [KeyRow(*r) for r in rows]
+
+    async def load_accounts(self) -> list[dict[str, Any]]:
+        rows = await self._fetch(
+            "SELECT account_id, kind, sum(amount_nano), count(*), sum(units_nano), max(booked_us) "
+            "FROM ledger_entries GROUP BY account_id, kind"
+        )
+        # sum() of BIGINT is NUMERIC (a Decimal here): back to int, as SQLite gives
+        return [
+            {
+                "account_id": r[0],
+                "kind": r[1],
+                "balance_nano": int(r[2]),
+                "receipts": int(r[3]),
+                "units_nano": int(r[4]),
+                "updated_us": int(r[5]),
+            }
+            for r in rows
+        ]
+
+    async def receipt_booked(self, receipt_id: str) -> bool:
+        rows = await self._fetch("SELECT 1 FROM ledger_entries WHERE receipt_id = $1 LIMIT 1", receipt_id)
+        return bool(rows)
+
+
+def _resolve(
+    group: list[tuple[UnitOfWork, asyncio.Future[None]]], outcomes: list[BaseException | None]
+) -> None:
+    for (_, future), error in zip(group, outcomes, strict=True):
+        if future.done():  # the waiter was cancelled; the write stands regardless
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
+
+
+_INSERT_JOB = f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({','.join(f'${i}' for i in range(1, 27))})"
+_UPDATE_JOB = (
+    "UPDATE jobs SET state=$1, updated_us=$2, attempt=$3, miner_id=$4, started_us=$5, finished_us=$6, "
+    "terminal_reason=$7, terminal_message=$8, reassignments=$9, event_seq=$10, not_before_us=$11, "
+    "queued_us=$12 WHERE job_id=$13"
+)
+
+
+async def _write_units(conn: asyncpg.Connection, units: list[UnitOfWork]) -> None:
+    new_jobs = [r for u in units for r in u.new_jobs]
+    if new_jobs:
+        await conn.executemany(_INSERT_JOB, new_jobs)
+    updates = [r for u in units for r in u.job_updates]
+    if updates:
+        await conn.executemany(_UPDATE_JOB, updates)
+    events = [r for u in units for r in u.events]
+    if events:
+        await conn.executemany("INSERT INTO job_events VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)", events)
+    results = [r for u in units for r in u.results]
+    if results:
+        await conn.executemany("INSERT INTO job_results VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)", results)
+    receipts = [r for u in units for r in u.receipts]
+    if receipts:
+        await conn.executemany(
+            "INSERT INTO log_leaves (leaf_index, leaf_hash) VALUES ($1, $2)",
+            [(r.leaf_index, r.leaf_hash) for r in receipts],
+        )
+        await conn.executemany(
+            "INSERT INTO receipts (receipt_id, job_id, attempt, envelope, leaf_index, issued_us) "
+            "VALUES ($1,$2,$3,$4,$5,$6)",
+            [(r.receipt_id, r.job_id, r.attempt, r.envelope, r.leaf_index, r.issued_us) for r in receipts],
+        )
+    ledger = [e for u in units for e in u.ledger]
+    if ledger:
+        await conn.executemany(
+            "INSERT INTO ledger_entries (account_id, kind, receipt_id, amount_nano, units_nano, booked_us) "
+            "VALUES ($1,$2,$3,$4,$5,$6)",
+            [(e.account_id, e.kind, e.receipt_id, e.amount_nano, e.units_nano, e.booked_us) for e in ledger],
+        )
+    checkpoints = [c for u in units for c in u.checkpoints]
+    if checkpoints:
+        await conn.executemany(
+            "INSERT INTO checkpoints VALUES ($1,$2,$3,$4)",
+            [(c.tree_size, c.root_hash, c.note, c.signed_us) for c in checkpoints],
+        )
+    keys = [k for u in units for k in u.keys]
+    if keys:
+        await conn.executemany(
+            "INSERT INTO signing_keys VALUES ($1,$2,$3,$4,$5,$6,$7,$8) ON CONFLICT (key_id) DO UPDATE SET "
+            "status = EXCLUDED.status, valid_until_us = EXCLUDED.valid_until_us",
+            [
+                (
+                    k.key_id,
+                    k.role,
+                    k.status,
+                    k.public_key,
+                    k.private_seed,
+                    k.valid_from_us,
+                    k.valid_until_us,
+                    k.owner,
+                )
+                for k in keys
+            ],
+        )

@@ -1,0 +1,124 @@
+"""What only the PostgreSQL store has: URL options, the schema_version table and its migration lock,
+TRUNCATE refused on append-only tables, and a writer that survives losing its connection."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+
+import pytest
+
+from coordinator.store import open_store
+from coordinator.store.postgres import PostgresStore, parse_url
+from coordinator.store.schema import APPEND_ONLY, POSTGRES_MIGRATIONS
+
+from .store_support import PG_URL, create_schema, drop_schema, make_job, pg_admin, pg_url
+from .test_store_contract import new_jobs_unit
+
+
+@pytest.fixture
+async def schema() -> AsyncIterator[str]:
+    name = await create_schema()
+    try:
+        yield name
+    finally:
+        await drop_schema(name)
+
+
+def test_open_store_selects_postgres_for_both_schemes() -> None:
+    for url in ("postgres://u@db:5432/x?schema=s1", "postgresql://u:pw@db/x?sslmode=disable&schema=s1"):
+        store = open_store(url)
+        assert isinstance(store, PostgresStore) and store.schema == "s1"
+    assert parse_url("postgresql://u:pw@db:5432/x?sslmode=require&schema=abc") == (
+        "postgresql://u:pw@db:5432/x?sslmode=require",
+        "abc",
+    )
+    assert parse_url("postgresql://db/x") == ("postgresql://db/x", None)
+    for bad in ("a-b", "x;drop", "", "1abc", 'q"uote'):
+        with pytest.raises(ValueError, match="schema"):
+            open_store(f"postgresql://db/x?schema={bad}")
+    with pytest.raises(ValueError, match="postgresql://"):
+        open_store("mysql://db/x")
+
+
+async def test_migrations_are_recorded_once_even_when_replicas_open_together(schema: str) -> None:
+    stores = [PostgresStore(pg_url(schema)) for _ in range(3)]
+    await asyncio.gather(*(s.open() for s in stores))  # the advisory lock serializes the migrations
+    await asyncio.gather(*(s.close() for s in stores))
+    conn = await pg_admin()
+    try:
+        versions = await conn.fetch(f'SELECT version FROM "{schema}".schema_version ORDER BY version')
+        assert [r[0] for r in versions] == list(range(1, len(POSTGRES_MIGRATIONS) + 1))
+        tables = {
+            r[0] for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = $1", schema)
+        }
+        assert tables >= {"jobs", "job_events", "job_results", "signing_keys", "schema_version", *APPEND_ONLY}
+    finally:
+        await conn.close()
+
+
+async def test_a_schema_newer_than_the_code_is_refused(schema: str) -> None:
+    store = PostgresStore(pg_url(schema))
+    await store.open()
+    await store.close()
+    conn = await pg_admin()
+    try:
+        await conn.execute(f'INSERT INTO "{schema}".schema_version VALUES (99, 0)')
+    finally:
+        await conn.close()
+    with pytest.raises(RuntimeError, match="schema version 99 is newer"):
+        await PostgresStore(pg_url(schema)).open()
+
+
+async def test_the_schema_is_created_when_missing() -> None:
+    name = f"store_test_{secrets.token_hex(6)}"  # not created beforehand: the store creates it
+    store = PostgresStore(f"{PG_URL}?schema={name}")
+    try:
+        await store.open()
+        await store.commit(new_jobs_unit(make_job("job-1")))
+        assert await store.get_job("job-1") is not None
+        await store.close()
+    finally:
+        await drop_schema(name)
+
+
+async def test_append_only_tables_refuse_truncate(schema: str) -> None:
+    store = PostgresStore(pg_url(schema))
+    await store.open()
+    await store.close()
+    conn = await pg_admin()
+    try:
+        for table in APPEND_ONLY:
+            with pytest.raises(Exception, match=f"{table} is append-only"):
+                await conn.execute(f'TRUNCATE "{schema}".{table}')
+        await conn.execute(f'TRUNCATE "{schema}".jobs')  # not append-only
+    finally:
+        await conn.close()
+
+
+async def test_the_writer_reconnects_after_losing_its_connection(schema: str) -> None:
+    store = PostgresStore(pg_url(schema))
+    await store.open()
+    try:
+        await store.commit(new_jobs_unit(make_job("job-before")))
+        pid = store._conn.get_server_pid()  # type: ignore[union-attr]
+        conn = await pg_admin()
+        try:
+            assert await conn.fetchval("SELECT pg_terminate_backend($1)", pid)
+        finally:
+            await conn.close()
+        await asyncio.sleep(0.1)
+        await store.commit(new_jobs_unit(make_job("job-after")))
+        assert await store.get_job("job-after") is not None
+        assert store._conn.get_server_pid() != pid  # type: ignore[union-attr]
+    finally:
+        await store.close()
+
+
+async def test_commit_after_close_is_refused(schema: str) -> None:
+    store = PostgresStore(pg_url(schema))
+    await store.open()
+    await store.close()
+    with pytest.raises(RuntimeError, match="store not open"):
+        await store.commit(new_jobs_unit(make_job("job-late")))
