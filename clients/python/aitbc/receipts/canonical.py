@@ -46,29 +46,48 @@ def _dumps(value: Any) -> bytes:
         raise CanonicalError(f"cannot encode as JSON: {exc}") from exc
 
 
-def _check_strict(value: Any, path: str = "$") -> None:
+def _check_strict(value: Any) -> None:
     """Reject what the receipt format forbids: floats, nulls, unsafe integers, non-string keys."""
+    problem = _strict_problem(value)
+    if problem is not None:
+        message, where = problem
+        raise CanonicalError(message.format(path="$" + "".join(reversed(where))))
+
+
+def _strict_problem(value: Any) -> tuple[str, list[str]] | None:
+    """The first forbidden value as (message with {path}, path parts innermost first), or None.
+
+    The path is only put together for a value that fails: this runs over every receipt issued.
+    """
     if value is None:
-        raise CanonicalError(f"null at {path} (absent fields are omitted)")
+        return "null at {path} (absent fields are omitted)", []
     if isinstance(value, bool) or isinstance(value, str):
-        return
+        return None
     if isinstance(value, int):
         if abs(value) > MAX_SAFE_INTEGER:
-            raise CanonicalError(f"integer at {path} is outside +-(2^53-1)")
-        return
+            return "integer at {path} is outside +-(2^53-1)", []
+        return None
     if isinstance(value, float):
-        raise CanonicalError(f"float at {path} (exact numbers are decimal strings)")
+        return "float at {path} (exact numbers are decimal strings)", []
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
-                raise CanonicalError(f"non-string key at {path}")
-            _check_strict(item, f"{path}.{key}")
-        return
+                return "non-string key at {path}", []
+            if item.__class__ is str:
+                continue
+            problem = _strict_problem(item)
+            if problem is not None:
+                problem[1].append(f".{key}")
+                return problem
+        return None
     if isinstance(value, list | tuple):
         for i, item in enumerate(value):
-            _check_strict(item, f"{path}[{i}]")
-        return
-    raise CanonicalError(f"unsupported type {type(value).__name__} at {path}")
+            problem = _strict_problem(item)
+            if problem is not None:
+                problem[1].append(f"[{i}]")
+                return problem
+        return None
+    return f"unsupported type {type(value).__name__.replace('{', '{{').replace('}', '}}')} at {{path}}", []
 
 
 def canonical_json(value: Any) -> bytes:
