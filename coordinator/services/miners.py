@@ -52,6 +52,10 @@ def ack(a: AckOut) -> pb.ResultAck:
 
 
 def outbound(message: object) -> pb.ConnectResponse:
+    if isinstance(message, tuple):  # acks coalesced for a miner that takes batched acks: one message
+        for a in message:
+            obs.stream_sent(a)  # counted per ack, as when each had a message of its own
+        return pb.ConnectResponse(result_acks=pb.ResultAcks(acks=[ack(a) for a in message]))
     obs.stream_sent(message)  # counted by type (and assignments' dispatch latency) as it leaves
     if isinstance(message, list):
         return pb.ConnectResponse(assignments=pb.Assignments(assignments=[assignment(a) for a in message]))
@@ -66,6 +70,39 @@ def outbound(message: object) -> pb.ConnectResponse:
         go.reconnect_after.FromMilliseconds(int(message.reconnect_after_s * 1000))
         return pb.ConnectResponse(go_away=go)
     raise TypeError(f"unknown outbound message {message!r}")
+
+
+_READER_DONE = object()  # queued on a session's outbox when its stream reader ends
+MAX_COALESCED = 512  # assignments per coalesced message
+MAX_COALESCED_BYTES = 1 << 20  # payload bytes per coalesced message (one message stays far below the limit)
+
+
+def _coalesce_acks(first: AckOut, outbox: asyncio.Queue) -> tuple[AckOut | tuple[AckOut, ...], object]:
+    """first plus the acks queued right behind it (a tuple when several); and the next message if taken."""
+    if outbox.empty():
+        return first, None
+    batch = [first]
+    while not outbox.empty() and len(batch) < MAX_COALESCED:
+        nxt = outbox.get_nowait()
+        if not isinstance(nxt, AckOut):
+            return (tuple(batch) if len(batch) > 1 else first), nxt
+        batch.append(nxt)
+    return (tuple(batch) if len(batch) > 1 else first), None
+
+
+def _coalesce(first: list, outbox: asyncio.Queue) -> tuple[list, object]:
+    """first plus the assignment lists queued right behind it; returns (batch, the next message if taken)."""
+    if outbox.empty():
+        return first, None
+    batch = list(first)
+    size = sum(len(a.job.payload) for a in batch)
+    while not outbox.empty() and len(batch) < MAX_COALESCED and size < MAX_COALESCED_BYTES:
+        nxt = outbox.get_nowait()
+        if not isinstance(nxt, list):
+            return batch, nxt
+        batch.extend(nxt)
+        size += sum(len(a.job.payload) for a in nxt)
+    return batch, None
 
 
 def running(jobs) -> list[tuple[str, int]]:  # type: ignore[no-untyped-def]
@@ -107,7 +144,7 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
             )
             obs.stream_sent("welcome")
             await self.scheduler.commit_pending(pending)
-            reason = await self._write(session, context, reader)
+            reason = await self._write(session, context, reader, hello.batched_acks)
         except asyncio.CancelledError:
             reason = "STREAM_CANCELLED"
             raise  # never swallow: grpcio leaks native memory otherwise
@@ -115,26 +152,39 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
             reader.cancel()
             await asyncio.shield(self.scheduler.disconnected(session, reason))
 
-    async def _write(self, session: Session, context: grpc.aio.ServicerContext, reader: asyncio.Task) -> str:
-        """Send what the scheduler queued for session until go-away or the miner closes its side."""
+    async def _write(self, session: Session, context: grpc.aio.ServicerContext, reader: asyncio.Task,
+                     batched_acks: bool = False) -> str:  # fmt: skip
+        """Send what the scheduler queued for session until go-away or the miner closes its side.
+
+        One await per message and no task per message: the reader's end arrives through the outbox too.
+        Assignments queued together (one submit, several submits while a write was in flight) leave in one
+        Assignments message, and so do acks (ResultAcks) for a miner that asked for batched acks: under
+        load the batches grow by themselves; idle, nothing waits.
+        """
         outbox = session.outbox
+        reader.add_done_callback(lambda _: outbox.put_nowait(_READER_DONE))
+        held: object = None
         while True:
-            get = asyncio.ensure_future(outbox.get())
-            done, _ = await asyncio.wait({get, reader}, return_when=asyncio.FIRST_COMPLETED)
-            if get not in done:
-                get.cancel()
-                if reader.exception() is not None:
+            if held is not None:
+                message, held = held, None
+            else:
+                message = await outbox.get()
+            if message is _READER_DONE:
+                if not reader.cancelled() and reader.exception() is not None:
                     error = reader.exception()
                     if isinstance(error, CoordinatorError):
                         raise error
                     log.warning("miner stream reader failed: %r", error)
                 return "STREAM_CLOSED"
-            message = get.result()
+            if isinstance(message, list):
+                message, held = _coalesce(message, outbox)
+            elif batched_acks and isinstance(message, AckOut):
+                message, held = _coalesce_acks(message, outbox)
             if isinstance(message, GoAwayOut):
                 # the session's last message: what was queued behind it (acks of its last results) goes first
                 while not outbox.empty():
                     queued = outbox.get_nowait()
-                    if not isinstance(queued, GoAwayOut):
+                    if not isinstance(queued, GoAwayOut) and queued is not _READER_DONE:
                         await context.write(outbound(queued))
                 await context.write(outbound(message))
                 return message.reason

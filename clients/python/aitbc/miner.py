@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -163,6 +164,7 @@ class Miner:
     tls_ca: bytes | str | None = None  # TLS: the CA to trust (PEM or path); tls_cert/tls_key: mutual TLS
     tls_cert: bytes | str | None = None
     tls_key: bytes | str | None = None
+    channel: grpc.aio.Channel | None = None  # share one channel among many miners; run() leaves it open
 
     def __post_init__(self) -> None:
         self.running: dict[str, _Running] = {}
@@ -171,6 +173,8 @@ class Miner:
         self.session_id = ""
         self.completed = 0
         self.connects = 0
+        self.acked = 0  # results the coordinator accepted (their receipts are stored)
+        self.last_ack_at = 0.0  # time.monotonic() of the latest accepted ack
         self._outbox: asyncio.Queue[miner_service_pb2.ConnectRequest] | None = None
         self._session_task: asyncio.Task | None = None
         self._finished: asyncio.Queue[tuple[str, int, Any]] = asyncio.Queue()
@@ -182,14 +186,14 @@ class Miner:
     def hello(self) -> miner_service_pb2.ConnectRequest:
         return miner_service_pb2.ConnectRequest(hello=miner_service_pb2.Hello(
             capabilities=self.capabilities, agent_version="aitbc-python-miner/0.1",
-            receipt_public_key=self.signer.public_key if self.signer else b"",
+            receipt_public_key=self.signer.public_key if self.signer else b"", batched_acks=True,
             running_jobs=[miner_service_pb2.RunningJob(job_id=j, attempt=r.attempt) for j, r in self.running.items()],
         ))  # fmt: skip
 
     async def run(self) -> None:
         """Connect, work, and reconnect with jittered backoff until stop() or a completed drain."""
         failures = 0
-        channel = open_channel(self.address, own_connection=self.own_connection, tls_ca=self.tls_ca,
+        channel = self.channel or open_channel(self.address, own_connection=self.own_connection, tls_ca=self.tls_ca,
                                               tls_cert=self.tls_cert, tls_key=self.tls_key)  # fmt: skip
         try:
             while not self.stopped.is_set():
@@ -221,7 +225,8 @@ class Miner:
         finally:
             for r in self.running.values():
                 r.task.cancel()
-            await channel.close()
+            if channel is not self.channel:
+                await channel.close()
 
     def stop(self) -> None:
         self.stopped.set()
@@ -283,15 +288,23 @@ class Miner:
                     self.draining = True
                 elif kind == "go_away":
                     return message.go_away.reason, message.go_away.reconnect_after.ToMilliseconds() / 1000
-                elif kind == "result_ack" and not message.result_ack.accepted:
-                    log.warning(
-                        "result refused: %s %s", message.result_ack.reason, message.result_ack.message
-                    )
+                elif kind == "result_ack":
+                    self._acked([message.result_ack])
+                elif kind == "result_acks":
+                    self._acked(message.result_acks.acks)
         finally:
             self._outbox = None
             for task in tasks:
                 task.cancel()
             call.cancel()
+
+    def _acked(self, acks) -> None:  # type: ignore[no-untyped-def]
+        for a in acks:
+            if a.accepted:
+                self.acked += 1
+                self.last_ack_at = time.monotonic()
+            else:
+                log.warning("result refused: %s %s", a.reason, a.message)
 
     def _start(self, assignment: miner_service_pb2.Assignment) -> None:
         job = assignment.job

@@ -58,16 +58,18 @@ class RunningJob(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("capabilities", "receipt_public_key", "running_jobs", "agent_version")
+    __slots__ = ("capabilities", "receipt_public_key", "running_jobs", "agent_version", "batched_acks")
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     RECEIPT_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     RUNNING_JOBS_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    BATCHED_ACKS_FIELD_NUMBER: _ClassVar[int]
     capabilities: MinerCapabilities
     receipt_public_key: bytes
     running_jobs: _containers.RepeatedCompositeFieldContainer[RunningJob]
     agent_version: str
-    def __init__(self, capabilities: _Optional[_Union[MinerCapabilities, _Mapping]] = ..., receipt_public_key: _Optional[bytes] = ..., running_jobs: _Optional[_Iterable[_Union[RunningJob, _Mapping]]] = ..., agent_version: _Optional[str] = ...) -> None: ...
+    batched_acks: bool
+    def __init__(self, capabilities: _Optional[_Union[MinerCapabilities, _Mapping]] = ..., receipt_public_key: _Optional[bytes] = ..., running_jobs: _Optional[_Iterable[_Union[RunningJob, _Mapping]]] = ..., agent_version: _Optional[str] = ..., batched_acks: _Optional[bool] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("session_id", "miner_id", "heartbeat_interval", "lease_duration", "resumed_jobs")
@@ -229,6 +231,12 @@ class ResultAck(_message.Message):
     message: str
     def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., accepted: _Optional[bool] = ..., receipt_id: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
+class ResultAcks(_message.Message):
+    __slots__ = ("acks",)
+    ACKS_FIELD_NUMBER: _ClassVar[int]
+    acks: _containers.RepeatedCompositeFieldContainer[ResultAck]
+    def __init__(self, acks: _Optional[_Iterable[_Union[ResultAck, _Mapping]]] = ...) -> None: ...
+
 class Drain(_message.Message):
     __slots__ = ("reason",)
     REASON_FIELD_NUMBER: _ClassVar[int]
@@ -244,20 +252,22 @@ class GoAway(_message.Message):
     def __init__(self, reason: _Optional[str] = ..., reconnect_after: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class ConnectResponse(_message.Message):
-    __slots__ = ("welcome", "assignments", "cancel", "result_ack", "drain", "go_away")
+    __slots__ = ("welcome", "assignments", "cancel", "result_ack", "drain", "go_away", "result_acks")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     RESULT_ACK_FIELD_NUMBER: _ClassVar[int]
     DRAIN_FIELD_NUMBER: _ClassVar[int]
     GO_AWAY_FIELD_NUMBER: _ClassVar[int]
+    RESULT_ACKS_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     assignments: Assignments
     cancel: Cancel
     result_ack: ResultAck
     drain: Drain
     go_away: GoAway
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., assignments: _Optional[_Union[Assignments, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., result_ack: _Optional[_Union[ResultAck, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., go_away: _Optional[_Union[GoAway, _Mapping]] = ...) -> None: ...
+    result_acks: ResultAcks
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., assignments: _Optional[_Union[Assignments, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., result_ack: _Optional[_Union[ResultAck, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., go_away: _Optional[_Union[GoAway, _Mapping]] = ..., result_acks: _Optional[_Union[ResultAcks, _Mapping]] = ...) -> None: ...
 
 class RegisterMinerRequest(_message.Message):
     __slots__ = ("hello",)
