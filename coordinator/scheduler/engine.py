@@ -156,7 +156,21 @@ class Scheduler:
     # ------------------------------------------------------------------ commits
     async def _commit(self, pending: _Pending) -> None:
         if pending.unit:
-            await self.store.commit(pending.unit)
+            try:
+                await self.store.commit(pending.unit)
+            except asyncio.CancelledError:
+                # The caller went away (a miner's stream closed) after the write was queued. The write lands
+                # all the same, so what follows it must too: its messages, notifications, receipt bookkeeping.
+                task = asyncio.get_running_loop().create_task(self._apply_after_barrier(pending))
+                task.add_done_callback(_log_failure)
+                raise
+        self._apply(pending)
+
+    async def _apply_after_barrier(self, pending: _Pending) -> None:
+        await self.store.commit(UnitOfWork())  # the writer commits in order: once this lands, so has pending
+        self._apply(pending)
+
+    def _apply(self, pending: _Pending) -> None:
         if self.receipts is not None and pending.unit.receipts:
             self.receipts.committed(pending.unit)
             for observer in self.observers:

@@ -125,10 +125,10 @@ async def test_text_lines_are_key_value(tmp_path: Path, captured: io.StringIO) -
         await ops.miner()
         client = ops.client()
         job = await client.submit({"prompt": "text"})
-        await wait_terminal(client, job.job_id)
+        assert (await wait_terminal(client, job.job_id)).state == COMPLETED
     output = captured.getvalue()
     done = [line for line in output.splitlines() if "job completed" in line and job.job_id in line]
-    assert len(done) == 1
+    assert len(done) == 1, output
     line = done[0]
     assert line.startswith("ts=") and "level=INFO logger=coordinator.jobs job completed" in line
     for pair in (f"job_id={job.job_id}", f"client_id={CLIENT}", f"miner_id={MINER}", "to_state=COMPLETED",
