@@ -21,8 +21,12 @@ _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | 
 
 
 def fields(record: logging.LogRecord) -> dict[str, object]:
-    """The extra fields of record (those not part of every LogRecord)."""
-    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")}
+    """The extra fields of record (those not part of every LogRecord), in the order they were given."""
+    attrs = record.__dict__
+    extra = attrs.keys() - _STANDARD  # one set difference instead of a test per attribute
+    if not extra:
+        return {}
+    return {k: v for k, v in attrs.items() if k in extra and not k.startswith("_")}
 
 
 class RequestIdFilter(logging.Filter):
@@ -83,6 +87,8 @@ def configure_logging(level: str = "INFO", fmt: str = "text", stream: IO[str] | 
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(RequestIdFilter())
+    # LogRecord fields no formatter here prints: not collecting them saves microseconds per line
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -40,4 +40,5 @@ def transition(job: Job, event: Event, trace_id: str | None = None) -> None:
     if trace_id:
         extra["trace_id"] = trace_id
     message = "job submitted" if event.from_state is None else MESSAGES[event.to_state]
-    log.info(message, extra=extra)
+    # makeRecord + handle: log.info without its caller lookup (a stack walk per line; nothing prints it)
+    log.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, message, (), None, "transition", extra))
