@@ -181,8 +181,12 @@ async def _start_on(settings: Settings, store: Store) -> Coordinator:
         if miner_port == 0:
             raise RuntimeError(f"cannot listen on {settings.tls_miner_address}")
     await observability.start()  # /metrics (METRICS_PORT) answers from here on
-    await scheduler.start()
-    await server.start()
+    try:
+        await scheduler.start()
+        await server.start()
+    except BaseException:
+        await observability.stop()
+        raise
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("coordinator %s serving on %s:%d (store %s)", settings.coordinator_id, settings.app_host, port,

@@ -42,14 +42,16 @@ class Observability:
 
     async def start(self) -> None:
         """Serve /metrics (when METRICS_PORT is set) and make this coordinator the hooks' target."""
-        metrics.activate(self.metrics)
-        tracing.activate(self.tracer)
         if self.metrics is not None:
             from .http import MetricsServer
 
-            self._server = MetricsServer(self.metrics.registry, self.settings.metrics_host,
-                                         self.settings.metrics_port)  # fmt: skip
-            self.metrics_port = await self._server.start()
+            server = MetricsServer(
+                self.metrics.registry, self.settings.metrics_host, self.settings.metrics_port
+            )
+            self.metrics_port = await server.start()  # a port in use stops start-up here
+            self._server = server
+        metrics.activate(self.metrics)
+        tracing.activate(self.tracer)
 
     async def stop(self) -> None:
         if self._server is not None:

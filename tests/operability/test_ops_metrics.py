@@ -237,3 +237,23 @@ def test_metrics_settings_are_validated(tmp_path: Path) -> None:
     ):
         with pytest.raises(SettingsError, match="METRICS_PORT"):
             load_settings(bad, env_file=None)
+
+
+async def test_a_metrics_port_in_use_stops_start_up(tmp_path: Path) -> None:
+    import socket
+
+    from ops_support import make_settings
+
+    from coordinator.server import start
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError):
+            await start(make_settings(tmp_path, metrics_port=port))
+    assert metrics.current() is None
+    async with running(
+        tmp_path, metrics_port=port
+    ) as ops:  # the same store opens again: nothing was left held
+        assert (await ops.scrape()).value("aitbc_jobs_submitted_total") == 0
