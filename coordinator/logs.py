@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 from typing import IO
@@ -76,9 +77,12 @@ def _iso(created: float) -> str:
     return datetime.fromtimestamp(created, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+_NEEDS_QUOTES = re.compile(r'[ "=\n\t]').search  # one scan per value: job lines carry many fields
+
+
 def _text(value: object) -> str:
     text = str(value)
-    if not text or any(c in text for c in ' "=\n\t'):
+    if not text or _NEEDS_QUOTES(text):
         return json.dumps(text)
     return text
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import json
 from dataclasses import asdict, dataclass, field
 
@@ -39,20 +40,32 @@ class Constraints:
     labels: tuple[tuple[str, str], ...] = ()
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
+        return _constraints_json(self)
 
     @classmethod
     def from_json(cls, text: str) -> Constraints:
-        raw = json.loads(text)
-        return cls(
-            gpu=raw["gpu"],
-            cuda=raw["cuda"],
-            min_vram_gb=raw["min_vram_gb"],
-            models=tuple(raw["models"]),
-            region=raw["region"],
-            max_price=raw["max_price"],
-            labels=tuple((k, v) for k, v in raw["labels"]),
-        )
+        return _constraints_from_json(text)
+
+
+# Jobs share few constraint sets: converting each once (not once per stored or loaded job) keeps asdict and
+# json off the per-job path, and jobs loaded at start-up share one Constraints object per set.
+@functools.lru_cache(maxsize=4096)
+def _constraints_json(c: Constraints) -> str:
+    return json.dumps(asdict(c), separators=(",", ":"), sort_keys=True)
+
+
+@functools.lru_cache(maxsize=4096)
+def _constraints_from_json(text: str) -> Constraints:
+    raw = json.loads(text)
+    return Constraints(
+        gpu=raw["gpu"],
+        cuda=raw["cuda"],
+        min_vram_gb=raw["min_vram_gb"],
+        models=tuple(raw["models"]),
+        region=raw["region"],
+        max_price=raw["max_price"],
+        labels=tuple((k, v) for k, v in raw["labels"]),
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -69,12 +69,24 @@ class UnitOfWork:
     ledger: list[LedgerEntry] = field(default_factory=list)
     checkpoints: list[CheckpointRow] = field(default_factory=list)
     keys: list[KeyRow] = field(default_factory=list)
+    # job id -> (inserted by this unit, index in new_jobs or job_updates): one jobs row per job per unit
+    _rows: dict[str, tuple[bool, int]] = field(default_factory=dict, repr=False, compare=False)
 
     def add_new_job(self, job: Job) -> None:
+        self._rows[job.job_id] = (True, len(self.new_jobs))
         self.new_jobs.append(job_row(job))
 
     def add_update(self, job: Job) -> None:
-        self.job_updates.append(job_update_row(job))
+        """The job's state as it is now. A job this unit already inserts or updates keeps one row, holding
+        its latest state (what the commit leaves is the same; the events still record every step)."""
+        slot = self._rows.get(job.job_id)
+        if slot is None:
+            self._rows[job.job_id] = (False, len(self.job_updates))
+            self.job_updates.append(job_update_row(job))
+        elif slot[0]:
+            self.new_jobs[slot[1]] = refreshed_job_row(self.new_jobs[slot[1]], job)
+        else:
+            self.job_updates[slot[1]] = job_update_row(job)
 
     def add_event(self, event: Event) -> None:
         self.events.append(
@@ -140,6 +152,18 @@ def job_row(job: Job) -> tuple:
         job.miner_id, job.started_us, job.finished_us, job.terminal_reason, job.terminal_message,
         json.dumps(job.metadata), job.reassignments, job.event_seq, job.not_before_us, job.queued_us,
     )  # fmt: skip
+
+
+# Positions in job_row of the columns job_update_row sets (all but job_id, its last element).
+_UPDATED_IN_ROW = (2, 14, 15, 16, 17, 18, 19, 20, 22, 23, 24, 25)
+
+
+def refreshed_job_row(row: tuple, job: Job) -> tuple:
+    """row (a job_row of job) with the columns that change after insert taken from job as it is now."""
+    fresh = list(row)
+    for position, value in zip(_UPDATED_IN_ROW, job_update_row(job), strict=False):
+        fresh[position] = value
+    return tuple(fresh)
 
 
 def job_update_row(job: Job) -> tuple:
