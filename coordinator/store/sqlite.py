@@ -147,8 +147,10 @@ class SqliteStore(Store):
     # --- reads ------------------------------------------------------------------------------------
     async def _fetchall(self, sql: str, params: tuple = ()) -> list[tuple]:
         assert self._reader is not None, "store not open"
-        async with self._reader.execute(sql, params) as cursor:
-            return list(await cursor.fetchall())
+        # One job on the reader's thread: execute and fetch together. As two, another read could start in
+        # between, and SQLite would serve it from the older snapshot of the statement still open: a read
+        # made after a commit was acknowledged could then miss it (a WatchJob of a job just finished hung).
+        return list(await self._reader.execute_fetchall(sql, params))
 
     async def get_job(self, job_id: str) -> Job | None:
         rows = await self._fetchall(f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,))
