@@ -280,7 +280,7 @@ def validate(s: Settings) -> None:
     if not (
         s.database_url.startswith("sqlite:///") or s.database_url.startswith(("postgres://", "postgresql://"))
     ):
-        raise SettingsError("DATABASE_URL: expected sqlite:///PATH")
+        raise SettingsError("DATABASE_URL: expected sqlite:///PATH or postgresql://USER@HOST:PORT/DB[?schema=NAME]")
     names: dict[bytes, str] = {}
     for entry in s.api_keys:
         if entry.key_hash in names:
