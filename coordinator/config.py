@@ -61,7 +61,8 @@ class Settings:
     shutdown_grace_seconds: float = 10.0
     receipt_signing_key_hex: str = field(default="", repr=False)
     receipt_attestation_key_hex: str = field(default="", repr=False)
-    receipt_key_file: str = ""
+    receipt_signing_key_file: str = ""  # a file holding the seed as hex (instead of the _HEX setting)
+    receipt_attestation_key_file: str = ""
     coordinator_id: str = "coord-local"
     chain_id: str = "aitbc-local"
     hmac_secret: str = field(default="", repr=False)
@@ -225,9 +226,25 @@ def load_settings(env: Mapping[str, str] | None = None, env_file: str | Path | N
             values[f.name] = _number(name, raw, float)
         else:
             values[f.name] = raw
+    _read_seed_files(values)
     settings = Settings(**values)  # type: ignore[arg-type]
     validate(settings)
     return settings
+
+
+def _read_seed_files(values: dict[str, object]) -> None:
+    """RECEIPT_*_KEY_FILE: the seed's hex read from a file (kept out of the environment)."""
+    for role in ("signing", "attestation"):
+        path = values.get(f"receipt_{role}_key_file")
+        if not path:
+            continue
+        name = f"RECEIPT_{role.upper()}_KEY_FILE"
+        if values.get(f"receipt_{role}_key_hex"):
+            raise SettingsError(f"{name}: set either it or RECEIPT_{role.upper()}_KEY_HEX, not both")
+        try:
+            values[f"receipt_{role}_key_hex"] = Path(str(path)).read_text().strip()
+        except OSError as exc:
+            raise SettingsError(f"{name}: cannot read {path}: {exc.strerror or exc}") from None
 
 
 def _number(name: str, raw: str, kind: type) -> int | float:
@@ -280,7 +297,9 @@ def validate(s: Settings) -> None:
     if not (
         s.database_url.startswith("sqlite:///") or s.database_url.startswith(("postgres://", "postgresql://"))
     ):
-        raise SettingsError("DATABASE_URL: expected sqlite:///PATH or postgresql://USER@HOST:PORT/DB[?schema=NAME]")
+        raise SettingsError(
+            "DATABASE_URL: expected sqlite:///PATH or postgresql://USER@HOST:PORT/DB[?schema=NAME]"
+        )
     names: dict[bytes, str] = {}
     for entry in s.api_keys:
         if entry.key_hash in names:
