@@ -7,7 +7,6 @@ from coordinator.domain.model import Capabilities, Constraints, Gpu, JobState
 from coordinator.scheduler.queues import ReadyQueues
 from tests.unit.test_states import make_job
 
-
 ANY = Constraints()
 
 
