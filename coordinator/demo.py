@@ -31,6 +31,16 @@ async def demo_runner(job: job_pb2.Job) -> Outcome:
     return Outcome({"echo": data, "model": "demo"}, units="0.05", unit_type="gpu_seconds")
 
 
+async def _path(client: Client, job_id: str, watching: asyncio.Event) -> list[str]:
+    """The states a job goes through, as WatchJob reports them."""
+    path = []
+    async for update in client.watch(job_id):
+        watching.set()  # the first message is the job as the watch began
+        state = update.event.to_state if update.HasField("event") else update.job.state
+        path.append(job_pb2.JobState.Name(state).removeprefix("JOB_STATE_"))
+    return path
+
+
 async def run_demo() -> int:
     with tempfile.TemporaryDirectory(prefix="aitbc-demo-") as tmp:
         settings = Settings(
@@ -44,19 +54,23 @@ async def run_demo() -> int:
         print(f"coordinator serving on {address} (store {settings.database_url})")
         miner = Miner(address, "demo-miner-key", demo_runner,
                       probe_capabilities(slots=2, price="0.5", region="local"), signer=Signer.generate())  # fmt: skip
-        miner_task = asyncio.create_task(miner.run())
+        miner_task: asyncio.Task | None = None
         ok = True
         try:
             async with Client(address, "demo-client-key") as client:
+                # Jobs first, then the miner: each job is seen waiting in the queue, then pushed to the miner.
                 jobs = [await client.submit(payload) for payload in JOBS]
-                for job in jobs:
-                    async for update in client.watch(job.job_id):
-                        state = job_pb2.JobState.Name(update.job.state)
-                        print(
-                            f"job {job.job_id}  {state:<20} attempt {update.job.attempt} {update.job.miner_id}"
-                        )
+                started = [asyncio.Event() for _ in jobs]
+                watches = [
+                    asyncio.create_task(_path(client, j.job_id, e))
+                    for j, e in zip(jobs, started, strict=True)
+                ]
+                await asyncio.gather(*(e.wait() for e in started))
+                miner_task = asyncio.create_task(miner.run())
+                for job, watch in zip(jobs, watches, strict=True):
+                    print(f"job {job.job_id}: {' -> '.join(await watch)}")
                     result = await client.result(job.job_id)
-                    print(f"  result: {MessageToDict(result.result.result)}")
+                    print(f"  result from {result.result.miner_id}: {MessageToDict(result.result.result)}")
                 keys = KeySet.load(await client.signing_keys())
                 for job in jobs:
                     bundle = await client.bundle(job.job_id)
@@ -66,7 +80,8 @@ async def run_demo() -> int:
                     ok = ok and verified.payload["job_id"] == job.job_id
         finally:
             miner.stop()
-            await miner_task
+            if miner_task is not None:
+                await miner_task
             await coordinator.stop(grace=1)
         print("demo finished:", "all jobs completed with verified receipts" if ok else "FAILED")
         return 0 if ok else 1
