@@ -61,6 +61,10 @@ SERVER_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_concurrent_streams", 10_000),
     ("grpc.so_reuseport", 0),
+    # A restart brings every miner back at once: with the default (1000 calls waiting for the server to
+    # take them) a reconnect storm of thousands of streams is answered CANCELLED. Let them queue instead.
+    ("grpc.server.max_pending_requests", 50_000),
+    ("grpc.server.max_pending_requests_hard_limit", 100_000),
 ]
 
 
