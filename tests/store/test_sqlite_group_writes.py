@@ -1,0 +1,67 @@
+"""SQLite writes a group's rows with multi-row statements (one GIL hand-off per statement, not per row):
+any number of rows round-trips, a job updated by several units of one group ends in the last state, and
+the batched UPDATE finds each job by its primary key (never a scan of the jobs table)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import sqlite3
+from pathlib import Path
+
+from coordinator.domain.model import JobState
+from coordinator.store import UnitOfWork
+from coordinator.store.schema import MIGRATIONS
+from coordinator.store.sqlite import _UPDATE_HEAD, _UPDATE_TAIL, SqliteStore, _values_sql
+
+from .store_support import T0, make_job, submitted_event
+
+
+async def test_any_number_of_rows_round_trips(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "s.db"))
+    await store.open()
+    try:
+        jobs = [make_job(f"job-{i:04d}", created_us=T0 + i) for i in range(301)]  # 256 + 32 + 8 + 4 + 1
+        unit = UnitOfWork()
+        for job in jobs:
+            unit.add_new_job(job)
+            unit.add_event(submitted_event(job))
+        await store.commit(unit)
+        for job in (jobs[0], jobs[127], jobs[128], jobs[300]):
+            assert await store.get_job(job.job_id) == job
+            assert await store.get_events(job.job_id) == [submitted_event(job)]
+        assert (await store.count_by_state())[JobState.QUEUED] == 301
+    finally:
+        await store.close()
+
+
+async def test_a_job_updated_by_several_units_of_one_group_ends_in_the_last_state(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "s.db"))
+    await store.open()
+    try:
+        job = make_job("job-x")
+        first = UnitOfWork()
+        first.add_new_job(job)
+        await store.commit(first)
+        units = []
+        for step in range(1, 6):
+            job = dataclasses.replace(job, updated_us=T0 + step, event_seq=step + 1)
+            unit = UnitOfWork()
+            unit.add_update(job)
+            units.append(unit)
+        await asyncio.gather(*(store.commit(u) for u in units))  # queued together: typically one group
+        assert await store.get_job("job-x") == job
+    finally:
+        await store.close()
+
+
+def test_the_batched_update_searches_jobs_by_primary_key() -> None:
+    conn = sqlite3.connect(":memory:")
+    for script in MIGRATIONS:
+        conn.executescript(script)
+    for rows in (1, 8, 128):
+        plan = conn.execute("EXPLAIN QUERY PLAN " + _values_sql(_UPDATE_HEAD, 13, rows, _UPDATE_TAIL),
+                            [0] * 13 * rows).fetchall()  # fmt: skip
+        details = [row[3] for row in plan]
+        assert "SEARCH jobs USING PRIMARY KEY (job_id=?)" in details, details
+        assert not any(d.startswith("SCAN jobs") for d in details), details
