@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup node-setup demo test test-python test-node lint proto serve bench-smoke
+.PHONY: setup node-setup demo test test-python test-node lint proto serve bench bench-smoke
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,3 +45,11 @@ lint: setup
 
 proto: setup
 	$(BIN)/python scripts/gen_proto.py
+
+# The performance suite (bench/README.md): a real coordinator, miners and clients over loopback. Takes a few
+# minutes and the whole machine; `bench-smoke` is the same code scaled down to seconds (CI runs it as a test).
+bench: setup
+	$(BIN)/python -m bench --json bench-results.json
+
+bench-smoke: setup
+	$(BIN)/python -m bench --smoke

@@ -1,0 +1,1 @@
+"""The coordinator's performance suite: `python -m bench` (see bench/README.md)."""

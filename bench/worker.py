@@ -1,0 +1,331 @@
+"""Bench worker processes: `python -m bench.worker ROLE JSON_ARGS`.
+
+Every load generator runs in a process of its own, so the coordinator under test shares the machine with
+its clients and miners exactly as in production on one host. A worker prints JSON lines on stdout (events
+and replies) and takes JSON commands on stdin, one per line; EOF on stdin ends it.
+
+Roles:
+  bare-server   bare grpcio: a unary echo and a server stream of N messages (the baseline's server)
+  bare-unary    calls the echo with C calls in flight for D seconds: calls/s
+  bare-stream   reads N streamed messages: messages/s
+  miners        SDK miners (aitbc.miner.Miner): streaming, echo runner, counting accepted results
+  submit        an SDK client (aitbc.client.Client): unary, batched or paced submissions
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import sys
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+Handler = Callable[[dict[str, Any]], Awaitable[None]]
+
+BARE_SERVICE = "bench.Bare"
+BARE_PAYLOAD = b"x" * 96  # about a small SubmitJob request
+
+
+def emit(event: str, **data: Any) -> None:
+    sys.stdout.write(json.dumps({"event": event, **data}, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+
+
+async def commands() -> asyncio.StreamReader:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 26)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    return reader
+
+
+async def serve_commands(handlers: dict[str, Handler]) -> None:
+    """Run commands until {"cmd": "exit"} or EOF; each handler emits its own reply."""
+    reader = await commands()
+    while True:
+        line = await reader.readline()
+        if not line:
+            return
+        cmd = json.loads(line)
+        name = cmd.pop("cmd")
+        if name == "exit":
+            return
+        await handlers[name](cmd)
+
+
+# ---------------------------------------------------------------------------------------------- bare grpcio
+async def bare_server(args: dict[str, Any]) -> None:
+    async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return request
+
+    async def flood(request: bytes, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+        spec = json.loads(request)
+        payload = b"y" * spec["size"]
+        for _ in range(spec["count"]):
+            yield payload
+
+    handler = grpc.method_handlers_generic_handler(
+        BARE_SERVICE,
+        {
+            "Echo": grpc.unary_unary_rpc_method_handler(echo),
+            "Flood": grpc.unary_stream_rpc_method_handler(flood),
+        },
+    )
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    emit("ready", port=port, pid=os.getpid())
+    await serve_commands({})
+    await server.stop(0)
+
+
+async def bare_unary(args: dict[str, Any]) -> None:
+    async with grpc.aio.insecure_channel(args["address"]) as channel:
+        echo = channel.unary_unary(f"/{BARE_SERVICE}/Echo")
+        await echo(BARE_PAYLOAD)
+        emit("ready")
+
+        async def run(cmd: dict[str, Any]) -> None:
+            stop_at = time.monotonic() + cmd["warmup_s"] + cmd["duration_s"]
+            measure_from = time.monotonic() + cmd["warmup_s"]
+            counted = 0
+
+            async def loop() -> None:
+                nonlocal counted
+                while True:
+                    await echo(BARE_PAYLOAD)
+                    now = time.monotonic()
+                    if now >= stop_at:
+                        return
+                    if now >= measure_from:
+                        counted += 1
+
+            await asyncio.gather(*(loop() for _ in range(cmd["concurrency"])))
+            emit("run", calls=counted, seconds=cmd["duration_s"], rate=counted / cmd["duration_s"])
+
+        await serve_commands({"run": run})
+
+
+async def bare_stream(args: dict[str, Any]) -> None:
+    async with grpc.aio.insecure_channel(args["address"]) as channel:
+        flood = channel.unary_stream(f"/{BARE_SERVICE}/Flood")
+        async for _ in flood(json.dumps({"count": 10, "size": 96}).encode()):
+            pass
+        emit("ready")
+
+        async def run(cmd: dict[str, Any]) -> None:
+            count, warmup = cmd["count"], cmd["warmup"]
+            seen = 0
+            started = 0.0
+            async for _ in flood(json.dumps({"count": count + warmup, "size": 96}).encode()):
+                seen += 1
+                if seen == warmup:
+                    started = time.monotonic()
+            elapsed = time.monotonic() - started
+            emit("run", messages=count, seconds=elapsed, rate=count / elapsed)
+
+        await serve_commands({"run": run})
+
+
+# ------------------------------------------------------------------------------------------------ miners
+async def miners(args: dict[str, Any]) -> None:
+    """SDK miners. args: address, miners [[name, key]...], slots, channels (0: one per miner), pace_per_s."""
+    from aitbc.channel import open_channel
+    from aitbc.coordinator.v1 import miner_service_pb2
+    from aitbc.miner import Miner, Outcome, job_input
+
+    assigned_at: dict[str, float] = {}
+    recording = False
+
+    async def runner(job):  # type: ignore[no-untyped-def]
+        if recording:
+            assigned_at[job.job_id] = time.monotonic()
+        return Outcome(job_input(job), units="1", unit_type="jobs")
+
+    session_ends: Counter[str] = (
+        Counter()
+    )  # why sessions ended (go-away reasons, status codes of failed connects)
+
+    class _CountEnded(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.msg.startswith("miner session ended") and record.args:
+                session_ends[str(record.args[0])] += 1
+
+    miner_log = logging.getLogger("aitbc.miner")
+    miner_log.addHandler(_CountEnded())
+    miner_log.setLevel(logging.INFO)
+    miner_log.propagate = False
+
+    address = args["address"]
+    n_channels = args.get("channels", 0)
+    channels = [open_channel(address, own_connection=True) for _ in range(n_channels)]
+    fleet: list[Miner] = []
+    for i, (_name, key) in enumerate(args["miners"]):
+        caps = miner_service_pb2.MinerCapabilities(slots=args["slots"], cpu_cores=2, memory_gb=4)
+        fleet.append(
+            Miner(
+                address,
+                key,
+                runner=runner,
+                capabilities=caps,
+                channel=channels[i % n_channels] if channels else None,
+                own_connection=not channels,
+            )
+        )
+    tasks: list[asyncio.Task] = []
+    failures: dict[str, str] = {}
+
+    def ended(miner: Miner, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            failures[miner.api_key] = repr(task.exception())[:200]
+
+    pace = args.get("pace_per_s", 0)
+    for i, miner in enumerate(fleet):
+        task = asyncio.create_task(miner.run())
+        task.add_done_callback(lambda t, m=miner: ended(m, t))
+        tasks.append(task)
+        if pace and i % 100 == 99:
+            await asyncio.sleep(100 / pace)
+    deadline = time.monotonic() + args.get("connect_timeout_s", 60)
+    while sum(1 for m in fleet if m.connects) < len(fleet) and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.02)  # polls counters the miners keep
+    marks = [m.connects for m in fleet]
+    emit("ready", connected=sum(1 for m in fleet if m.connects), pid=os.getpid(), failed=len(failures),
+         ended=dict(session_ends), failures=list(failures.values())[:3])  # fmt: skip
+
+    async def stats(cmd: dict[str, Any]) -> None:
+        emit("stats", acked=sum(m.acked for m in fleet), last_ack_at=max(m.last_ack_at for m in fleet),
+             completed=sum(m.completed for m in fleet), connected=sum(1 for m in fleet if m.connects),
+             back=sum(1 for m, c in zip(fleet, marks, strict=True) if m.connects > c), failed=len(failures),
+             failures=list(failures.values())[:3], ended=dict(session_ends))  # fmt: skip
+
+    async def mark(cmd: dict[str, Any]) -> None:
+        marks[:] = [m.connects for m in fleet]
+        emit("mark")
+
+    async def record(cmd: dict[str, Any]) -> None:
+        nonlocal recording
+        recording = cmd["on"]
+        times = dict(assigned_at)
+        assigned_at.clear()
+        emit("record", assigned_at=times)
+
+    await serve_commands({"stats": stats, "mark": mark, "record": record})
+    for miner in fleet:
+        miner.stop()
+    await asyncio.wait(tasks, timeout=5)
+    for channel in channels:
+        await channel.close()
+
+
+# ---------------------------------------------------------------------------------------------- clients
+async def submit(args: dict[str, Any]) -> None:
+    """An SDK client. Commands: unary (n, concurrency), batched (n, batch, concurrency), paced (rate, seconds)."""
+    from aitbc.channel import open_channel
+    from aitbc.client import Client
+
+    client = Client(args["address"], args["key"], channel=open_channel(args["address"], own_connection=True))
+    await client.submit({"warm": 1})
+    emit("ready")
+    seq = 0
+
+    def payload() -> dict[str, Any]:
+        nonlocal seq
+        seq += 1
+        return {"n": seq, "task": "echo"}
+
+    async def unary(cmd: dict[str, Any]) -> None:
+        left = cmd["n"]
+        latencies: list[float] = []
+        first = time.monotonic()
+
+        async def loop() -> None:
+            nonlocal left
+            while left > 0:
+                left -= 1
+                t = time.monotonic()
+                await client.submit(payload())
+                latencies.append(time.monotonic() - t)
+
+        await asyncio.gather(*(loop() for _ in range(cmd["concurrency"])))
+        last = time.monotonic()
+        emit("unary", first=first, last=last, n=cmd["n"], rate=cmd["n"] / (last - first),
+             latency_p50_ms=_pct(latencies, 50) * 1e3)  # fmt: skip
+
+    async def batched(cmd: dict[str, Any]) -> None:
+        left, size = cmd["n"], cmd["batch"]
+        first = time.monotonic()
+
+        async def loop() -> None:
+            nonlocal left
+            while left > 0:
+                k = min(size, left)
+                left -= k
+                await client.submit_many([payload() for _ in range(k)])
+
+        await asyncio.gather(*(loop() for _ in range(cmd["concurrency"])))
+        last = time.monotonic()
+        emit("batched", first=first, last=last, n=cmd["n"], rate=cmd["n"] / (last - first))
+
+    async def paced(cmd: dict[str, Any]) -> None:
+        """Open loop: one SubmitJob every 1/rate s (whether or not earlier ones returned)."""
+        rate, seconds = cmd["rate"], cmd["seconds"]
+        n = max(1, int(rate * seconds))
+        samples: list[tuple[str, float, float]] = []
+        pending: set[asyncio.Task] = set()
+
+        async def one() -> None:
+            t = time.monotonic()
+            job = await client.submit(payload())
+            samples.append((job.job_id, t, time.monotonic()))
+
+        start = time.monotonic()
+        for i in range(n):
+            delay = start + i / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.create_task(one())
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+        if pending:
+            await asyncio.wait(pending)
+        emit("paced", samples=samples, seconds=time.monotonic() - start)
+
+    await serve_commands({"unary": unary, "batched": batched, "paced": paced})
+    await client.close()
+
+
+def _pct(values: list[float], p: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))]
+
+
+ROLES: dict[str, Callable[[dict[str, Any]], Awaitable[None]]] = {
+    "bare-server": bare_server,
+    "bare-unary": bare_unary,
+    "bare-stream": bare_stream,
+    "miners": miners,
+    "submit": submit,
+}
+
+
+def main() -> None:
+    role, raw = sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "{}"
+    args = json.loads(raw) if not raw.startswith("@") else json.loads(open(raw[1:]).read())
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format=f"{role} %(levelname)s %(name)s %(message)s")  # fmt: skip
+    random.seed(os.getpid())
+    asyncio.run(ROLES[role](args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""The benchmark suite still works: `python -m bench --smoke` runs every scenario, scaled down, against a
+real coordinator, miners and clients in their own processes, and writes every figure the issue names.
+
+Benchmarks are not tests: nothing here checks a time or a rate, only that each figure is a number.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+REQUIRED = (
+    "baseline_unary_calls_per_s", "baseline_stream_msgs_per_s", "e2e_unary_jobs_per_s", "e2e_batched_jobs_per_s",
+    "submit_p50_ms", "dispatch_p50_ms", "dispatch_p99_ms", "dispatch_max_ms", "streams_rss_mib_10k",
+    "reconnect_all_back_s", "reconnect_failed", "backlog_rate_ratio_100k_vs_1k", "restart_serving_s",
+)  # fmt: skip
+
+
+@pytest.mark.timeout(300)
+def test_smoke_run_writes_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=280,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-4000:]
+    figures = json.loads(out.read_text())
+    for key in REQUIRED:
+        value = figures.get(key)
+        assert isinstance(value, int | float) and not isinstance(value, bool), (key, value)
+        assert math.isfinite(value), (key, value)
+    assert figures["meta"]["smoke"] is True
+    assert "end to end" in run.stdout and "ok" in run.stdout  # the table was printed
