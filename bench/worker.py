@@ -163,6 +163,14 @@ async def miners(args: dict[str, Any]) -> None:
     miner_log.setLevel(logging.INFO)
     miner_log.propagate = False
 
+    ack_times: list[float] = []  # time.monotonic() of every accepted result, in order
+
+    class TimedMiner(Miner):
+        def _acked(self, acks) -> None:  # type: ignore[no-untyped-def]
+            super()._acked(acks)
+            now = time.monotonic()
+            ack_times.extend(now for a in acks if a.accepted)
+
     address = args["address"]
     n_channels = args.get("channels", 0)
     channels = [open_channel(address, own_connection=True) for _ in range(n_channels)]
@@ -170,7 +178,7 @@ async def miners(args: dict[str, Any]) -> None:
     for i, (_name, key) in enumerate(args["miners"]):
         caps = miner_service_pb2.MinerCapabilities(slots=args["slots"], cpu_cores=2, memory_gb=4)
         fleet.append(
-            Miner(
+            TimedMiner(
                 address,
                 key,
                 runner=runner,
@@ -217,7 +225,10 @@ async def miners(args: dict[str, Any]) -> None:
         assigned_at.clear()
         emit("record", assigned_at=times)
 
-    await serve_commands({"stats": stats, "mark": mark, "record": record})
+    async def acks(cmd: dict[str, Any]) -> None:
+        emit("acks", times=ack_times[: cmd.get("first", len(ack_times))])
+
+    await serve_commands({"stats": stats, "mark": mark, "record": record, "acks": acks})
     for miner in fleet:
         miner.stop()
     await asyncio.wait(tasks, timeout=5)
