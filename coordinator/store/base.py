@@ -174,6 +174,26 @@ def job_update_row(job: Job) -> tuple:
     )  # fmt: skip
 
 
+EVENT_COLUMNS = "job_id, sequence, from_state, to_state, attempt, miner_id, reason, message, occurred_us"
+
+FINISHED_NAMES = {4: "completed", 5: "failed", 6: "canceled", 7: "expired"}
+
+
+def event_from_row(r: Sequence[Any]) -> Event:
+    """An Event from the EVENT_COLUMNS of a row (either store)."""
+    return Event(
+        r[0], r[1], None if r[2] is None else JobState(r[2]), JobState(r[3]), r[4], r[5], r[6], r[7], r[8]
+    )
+
+
+def tally_transitions(rows: Sequence[Sequence[Any]]) -> dict[str, int]:
+    """(to_state, is_submission, count) rows -> counts by kind (count_transitions_since, either store)."""
+    out = dict.fromkeys(("submitted", *FINISHED_NAMES.values()), 0)
+    for to_state, is_submit, count in rows:
+        out["submitted" if is_submit else FINISHED_NAMES[to_state]] += count
+    return out
+
+
 def job_from_row(r: Sequence[Any]) -> Job:
     """A Job from the JOB_COLUMNS of a row (either store)."""
     return Job(

@@ -29,6 +29,7 @@ import asyncpg
 
 from ..domain.model import Event, Job, JobResult, JobState, PayloadKind
 from .base import (
+    EVENT_COLUMNS,
     JOB_COLUMNS,
     CheckpointRow,
     JobFilter,
@@ -36,7 +37,9 @@ from .base import (
     ReceiptRow,
     Store,
     UnitOfWork,
+    event_from_row,
     job_from_row,
+    tally_transitions,
 )
 from .schema import POSTGRES_MIGRATIONS
 
@@ -285,24 +288,10 @@ class PostgresStore(Store):
 
     async def get_events(self, job_id: str) -> list[Event]:
         rows = await self._fetch(
-            "SELECT job_id, sequence, from_state, to_state, attempt, miner_id, reason, message, occurred_us "
-            "FROM job_events WHERE job_id = $1 ORDER BY sequence",
+            f"SELECT {EVENT_COLUMNS} FROM job_events WHERE job_id = $1 ORDER BY sequence",
             job_id,
         )
-        return [
-            Event(
-                r[0],
-                r[1],
-                None if r[2] is None else JobState(r[2]),
-                JobState(r[3]),
-                r[4],
-                r[5],
-                r[6],
-                r[7],
-                r[8],
-            )
-            for r in rows
-        ]
+        return [event_from_row(r) for r in rows]
 
     async def count_by_state(self) -> dict[JobState, int]:
         rows = await self._fetch("SELECT state, count(*) FROM jobs GROUP BY state")
@@ -314,11 +303,7 @@ class PostgresStore(Store):
             "AND (from_state IS NULL OR to_state >= 4) GROUP BY to_state, from_state IS NULL",
             since_us,
         )
-        names = {4: "completed", 5: "failed", 6: "canceled", 7: "expired"}
-        out = dict.fromkeys(("submitted", *names.values()), 0)
-        for to_state, is_submit, count in rows:
-            out["submitted" if is_submit else names[to_state]] += count
-        return out
+        return tally_transitions(rows)
 
     async def get_receipts(self, job_id: str) -> list[ReceiptRow]:
         rows = await self._fetch(

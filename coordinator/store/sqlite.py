@@ -21,6 +21,7 @@ import aiosqlite
 
 from ..domain.model import Event, Job, JobResult, JobState, PayloadKind
 from .base import (
+    EVENT_COLUMNS,
     JOB_COLUMNS,
     CheckpointRow,
     JobFilter,
@@ -28,6 +29,8 @@ from .base import (
     ReceiptRow,
     Store,
     UnitOfWork,
+    event_from_row,
+    tally_transitions,
 )
 from .base import job_from_row as _job_from_row
 from .schema import MIGRATIONS
@@ -202,24 +205,10 @@ class SqliteStore(Store):
 
     async def get_events(self, job_id: str) -> list[Event]:
         rows = await self._fetchall(
-            "SELECT job_id, sequence, from_state, to_state, attempt, miner_id, reason, message, occurred_us "
-            "FROM job_events WHERE job_id = ? ORDER BY sequence",
+            f"SELECT {EVENT_COLUMNS} FROM job_events WHERE job_id = ? ORDER BY sequence",
             (job_id,),
         )
-        return [
-            Event(
-                r[0],
-                r[1],
-                None if r[2] is None else JobState(r[2]),
-                JobState(r[3]),
-                r[4],
-                r[5],
-                r[6],
-                r[7],
-                r[8],
-            )
-            for r in rows
-        ]
+        return [event_from_row(r) for r in rows]
 
     async def count_by_state(self) -> dict[JobState, int]:
         rows = await self._fetchall("SELECT state, count(*) FROM jobs GROUP BY state")
@@ -231,11 +220,7 @@ class SqliteStore(Store):
             "AND (from_state IS NULL OR to_state >= 4) GROUP BY to_state, from_state IS NULL",
             (since_us,),
         )
-        names = {4: "completed", 5: "failed", 6: "canceled", 7: "expired"}
-        out = dict.fromkeys(("submitted", *names.values()), 0)
-        for to_state, is_submit, count in rows:
-            out["submitted" if is_submit else names[to_state]] += count
-        return out
+        return tally_transitions(rows)
 
     async def get_receipts(self, job_id: str) -> list[ReceiptRow]:
         rows = await self._fetchall(
