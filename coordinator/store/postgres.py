@@ -27,21 +27,12 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-from ..domain.model import Event, Job, JobResult, JobState, PayloadKind
 from .base import (
-    EVENT_COLUMNS,
     JOB_COLUMNS,
-    CheckpointRow,
-    JobFilter,
-    KeyRow,
-    ReceiptRow,
-    Store,
     UnitOfWork,
-    event_from_row,
-    job_from_row,
-    tally_transitions,
 )
 from .schema import POSTGRES_MIGRATIONS
+from .sql_reads import SqlReads, numbered
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +58,7 @@ def parse_url(url: str) -> tuple[str, str | None]:
     return urlunsplit(parts._replace(query=urlencode(rest))), schema
 
 
-class PostgresStore(Store):
+class PostgresStore(SqlReads):
     def __init__(self, url: str, *, schema: str | None = None, pool_size: int = 10) -> None:
         self.dsn, url_schema = parse_url(url)
         self.schema = schema or url_schema
@@ -235,119 +226,9 @@ class PostgresStore(Store):
             return exc
 
     # --- reads ------------------------------------------------------------------------------------
-    async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+    async def _query(self, sql: str, *params: Any) -> list[asyncpg.Record]:
         assert self._pool is not None, "store not open"
-        return await self._pool.fetch(sql, *args)
-
-    async def get_job(self, job_id: str) -> Job | None:
-        rows = await self._fetch(f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = $1", job_id)
-        return job_from_row(rows[0]) if rows else None
-
-    async def find_by_idempotency_key(self, client_id: str, key: str) -> Job | None:
-        rows = await self._fetch(
-            f"SELECT {JOB_COLUMNS} FROM jobs WHERE client_id = $1 AND idempotency_key = $2", client_id, key
-        )
-        return job_from_row(rows[0]) if rows else None
-
-    async def list_jobs(self, flt: JobFilter, limit: int, before_job_id: str | None) -> list[Job]:
-        where: list[str] = []
-        params: list[Any] = []
-
-        def param(value: Any) -> str:
-            params.append(value)
-            return f"${len(params)}"
-
-        if flt.client_id is not None:
-            where.append(f"client_id = {param(flt.client_id)}")
-        if flt.miner_id is not None:
-            where.append(f"miner_id = {param(flt.miner_id)}")
-        if flt.states:
-            where.append(f"state = ANY({param(sorted(int(s) for s in flt.states))}::bigint[])")
-        if before_job_id:
-            where.append(f"job_id < {param(before_job_id)}")
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        rows = await self._fetch(
-            f"SELECT {JOB_COLUMNS} FROM jobs {clause} ORDER BY job_id DESC LIMIT {param(limit)}", *params
-        )
-        return [job_from_row(r) for r in rows]
-
-    async def load_active_jobs(self) -> list[Job]:
-        rows = await self._fetch(f"SELECT {JOB_COLUMNS} FROM jobs WHERE state IN (1, 2, 3) ORDER BY job_id")
-        return [job_from_row(r) for r in rows]
-
-    async def get_result(self, job_id: str) -> JobResult | None:
-        rows = await self._fetch(
-            "SELECT job_id, attempt, output, output_kind, result_sha256, units, unit_type, miner_id, "
-            "completed_us, receipt_id FROM job_results WHERE job_id = $1 ORDER BY attempt DESC LIMIT 1",
-            job_id,
-        )
-        if not rows:
-            return None
-        r = rows[0]
-        return JobResult(r[0], r[1], r[2], PayloadKind(r[3]), r[4], r[5], r[6], r[7], r[8], r[9])
-
-    async def get_events(self, job_id: str) -> list[Event]:
-        rows = await self._fetch(
-            f"SELECT {EVENT_COLUMNS} FROM job_events WHERE job_id = $1 ORDER BY sequence",
-            job_id,
-        )
-        return [event_from_row(r) for r in rows]
-
-    async def count_by_state(self) -> dict[JobState, int]:
-        rows = await self._fetch("SELECT state, count(*) FROM jobs GROUP BY state")
-        return {JobState(state): count for state, count in rows}
-
-    async def count_transitions_since(self, since_us: int) -> dict[str, int]:
-        rows = await self._fetch(
-            "SELECT to_state, from_state IS NULL, count(*) FROM job_events WHERE occurred_us >= $1 "
-            "AND (from_state IS NULL OR to_state >= 4) GROUP BY to_state, from_state IS NULL",
-            since_us,
-        )
-        return tally_transitions(rows)
-
-    async def get_receipts(self, job_id: str) -> list[ReceiptRow]:
-        rows = await self._fetch(
-            "SELECT r.receipt_id, r.job_id, r.attempt, r.envelope, r.leaf_index, l.leaf_hash, r.issued_us "
-            "FROM receipts r JOIN log_leaves l USING (leaf_index) WHERE r.job_id = $1 ORDER BY r.leaf_index",
-            job_id,
-        )
-        return [ReceiptRow(*r) for r in rows]
-
-    async def load_log(self) -> tuple[list[bytes], CheckpointRow | None]:
-        leaves = await self._fetch("SELECT leaf_hash FROM log_leaves ORDER BY leaf_index")
-        cps = await self._fetch(
-            "SELECT tree_size, root_hash, note, signed_us FROM checkpoints ORDER BY tree_size DESC LIMIT 1"
-        )
-        return [row[0] for row in leaves], (CheckpointRow(*cps[0]) if cps else None)
-
-    async def load_keys(self) -> list[KeyRow]:
-        rows = await self._fetch(
-            "SELECT key_id, role, status, public_key, private_seed, valid_from_us, valid_until_us, owner "
-            "FROM signing_keys ORDER BY valid_from_us"
-        )
-        return [KeyRow(*r) for r in rows]
-
-    async def load_accounts(self) -> list[dict[str, Any]]:
-        rows = await self._fetch(
-            "SELECT account_id, kind, sum(amount_nano), count(*), sum(units_nano), max(booked_us) "
-            "FROM ledger_entries GROUP BY account_id, kind"
-        )
-        # sum() of BIGINT is NUMERIC (a Decimal here): back to int, as SQLite gives
-        return [
-            {
-                "account_id": r[0],
-                "kind": r[1],
-                "balance_nano": int(r[2]),
-                "receipts": int(r[3]),
-                "units_nano": int(r[4]),
-                "updated_us": int(r[5]),
-            }
-            for r in rows
-        ]
-
-    async def receipt_booked(self, receipt_id: str) -> bool:
-        rows = await self._fetch("SELECT 1 FROM ledger_entries WHERE receipt_id = $1 LIMIT 1", receipt_id)
-        return bool(rows)
+        return await self._pool.fetch(numbered(sql), *params)
 
 
 def _resolve(

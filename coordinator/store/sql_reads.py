@@ -1,0 +1,137 @@
+"""The read side of the Store, written once in SQL both backends run.
+
+Queries use `?` placeholders; a backend's `_query` runs them (PostgreSQL numbers them `$1, $2, ...`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ..domain.model import Event, Job, JobResult, JobState, PayloadKind
+from .base import (
+    EVENT_COLUMNS,
+    JOB_COLUMNS,
+    CheckpointRow,
+    JobFilter,
+    KeyRow,
+    ReceiptRow,
+    Store,
+    event_from_row,
+    job_from_row,
+    tally_transitions,
+)
+
+
+def numbered(sql: str) -> str:
+    """`?` placeholders as `$1, $2, ...` (PostgreSQL). Our queries hold no `?` inside literals."""
+    parts = sql.split("?")
+    return "".join(f"{part}${i}" for i, part in enumerate(parts[:-1], start=1)) + parts[-1]
+
+
+class SqlReads(Store):
+    async def _query(self, sql: str, *params: Any) -> Sequence[Sequence[Any]]:
+        raise NotImplementedError
+
+    async def get_job(self, job_id: str) -> Job | None:
+        rows = await self._query(f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = ?", job_id)
+        return job_from_row(rows[0]) if rows else None
+
+    async def find_by_idempotency_key(self, client_id: str, key: str) -> Job | None:
+        rows = await self._query(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE client_id = ? AND idempotency_key = ?", client_id, key
+        )
+        return job_from_row(rows[0]) if rows else None
+
+    async def list_jobs(self, flt: JobFilter, limit: int, before_job_id: str | None) -> list[Job]:
+        where: list[str] = []
+        params: list[Any] = []
+        if flt.client_id is not None:
+            where.append("client_id = ?")
+            params.append(flt.client_id)
+        if flt.miner_id is not None:
+            where.append("miner_id = ?")
+            params.append(flt.miner_id)
+        if flt.states:
+            where.append(f"state IN ({','.join('?' * len(flt.states))})")
+            params.extend(int(s) for s in sorted(flt.states))
+        if before_job_id:
+            where.append("job_id < ?")
+            params.append(before_job_id)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = await self._query(
+            f"SELECT {JOB_COLUMNS} FROM jobs {clause} ORDER BY job_id DESC LIMIT ?", *params, limit
+        )
+        return [job_from_row(r) for r in rows]
+
+    async def load_active_jobs(self) -> list[Job]:
+        rows = await self._query(f"SELECT {JOB_COLUMNS} FROM jobs WHERE state IN (1, 2, 3) ORDER BY job_id")
+        return [job_from_row(r) for r in rows]
+
+    async def get_result(self, job_id: str) -> JobResult | None:
+        rows = await self._query(
+            "SELECT job_id, attempt, output, output_kind, result_sha256, units, unit_type, miner_id, "
+            "completed_us, receipt_id FROM job_results WHERE job_id = ? ORDER BY attempt DESC LIMIT 1",
+            job_id,
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        return JobResult(r[0], r[1], r[2], PayloadKind(r[3]), r[4], r[5], r[6], r[7], r[8], r[9])
+
+    async def get_events(self, job_id: str) -> list[Event]:
+        rows = await self._query(
+            f"SELECT {EVENT_COLUMNS} FROM job_events WHERE job_id = ? ORDER BY sequence", job_id
+        )
+        return [event_from_row(r) for r in rows]
+
+    async def count_by_state(self) -> dict[JobState, int]:
+        rows = await self._query("SELECT state, count(*) FROM jobs GROUP BY state")
+        return {JobState(state): count for state, count in rows}
+
+    async def count_transitions_since(self, since_us: int) -> dict[str, int]:
+        rows = await self._query(
+            "SELECT to_state, from_state IS NULL, count(*) FROM job_events WHERE occurred_us >= ? "
+            "AND (from_state IS NULL OR to_state >= 4) GROUP BY to_state, from_state IS NULL",
+            since_us,
+        )
+        return tally_transitions(rows)
+
+    async def get_receipts(self, job_id: str) -> list[ReceiptRow]:
+        rows = await self._query(
+            "SELECT r.receipt_id, r.job_id, r.attempt, r.envelope, r.leaf_index, l.leaf_hash, r.issued_us "
+            "FROM receipts r JOIN log_leaves l USING (leaf_index) WHERE r.job_id = ? ORDER BY r.leaf_index",
+            job_id,
+        )
+        return [ReceiptRow(*r) for r in rows]
+
+    async def load_log(self) -> tuple[list[bytes], CheckpointRow | None]:
+        leaves = await self._query("SELECT leaf_hash FROM log_leaves ORDER BY leaf_index")
+        cps = await self._query(
+            "SELECT tree_size, root_hash, note, signed_us FROM checkpoints ORDER BY tree_size DESC LIMIT 1"
+        )
+        return [row[0] for row in leaves], (CheckpointRow(*cps[0]) if cps else None)
+
+    async def load_keys(self) -> list[KeyRow]:
+        rows = await self._query(
+            "SELECT key_id, role, status, public_key, private_seed, valid_from_us, valid_until_us, owner "
+            "FROM signing_keys ORDER BY valid_from_us"
+        )
+        return [KeyRow(*r) for r in rows]
+
+    async def load_accounts(self) -> list[dict[str, Any]]:
+        rows = await self._query(
+            "SELECT account_id, kind, sum(amount_nano), count(*), sum(units_nano), max(booked_us) "
+            "FROM ledger_entries GROUP BY account_id, kind"
+        )
+        # int(): PostgreSQL's sum() of BIGINT is NUMERIC
+        return [
+            {"account_id": r[0], "kind": r[1], "balance_nano": int(r[2]), "receipts": int(r[3]),
+             "units_nano": int(r[4]), "updated_us": int(r[5])}
+            for r in rows
+        ]  # fmt: skip
+
+    async def receipt_booked(self, receipt_id: str) -> bool:
+        return bool(
+            await self._query("SELECT 1 FROM ledger_entries WHERE receipt_id = ? LIMIT 1", receipt_id)
+        )
