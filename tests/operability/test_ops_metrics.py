@@ -53,6 +53,19 @@ EXPECTED_FAMILIES = {
 }
 
 
+async def scrape_when(ops, ready, limit_s: float = 10.0):  # type: ignore[no-untyped-def]
+    """Scrape until ready(scrape) holds (figures recorded just after what the test awaited), bounded."""
+    latest = None
+
+    async def probe():  # type: ignore[no-untyped-def]
+        nonlocal latest
+        latest = await ops.scrape()
+        return ready(latest)
+
+    await eventually(probe, limit_s=limit_s, what="the metrics to settle")
+    return latest
+
+
 async def test_counters_and_gauges_follow_a_real_run(tmp_path: Path) -> None:
     async with running(tmp_path, metrics_port=free_port()) as ops:
         s = await ops.scrape()
@@ -91,7 +104,10 @@ async def test_counters_and_gauges_follow_a_real_run(tmp_path: Path) -> None:
         ops.runner.gate.set()
         for job in jobs:
             assert (await wait_terminal(client, job.job_id)).state == COMPLETED
-        s = await ops.scrape()
+        # a client can see COMPLETED a moment before the miner's ack is written and the writer thread has
+        # recorded both commit figures: scrape until those settle (bounded), then check everything
+        s = await scrape_when(ops, lambda s: s.value("aitbc_stream_messages_sent_total", type="result_ack") == 3
+                              and s.value("aitbc_store_commit_group_size_count") == s.value("aitbc_store_commit_seconds_count"))  # fmt: skip
         assert s.value("aitbc_jobs_finished_total", state="completed") == 3
         assert s.value("aitbc_receipts_issued_total") == 3
         assert s.value("aitbc_receipt_log_leaves") == 3
@@ -113,7 +129,7 @@ async def test_counters_and_gauges_follow_a_real_run(tmp_path: Path) -> None:
         flaky = await client.submit({"fail": "retry"}, max_attempts=2)
         assert (await wait_terminal(client, fatal.job_id)).state == FAILED
         assert (await wait_terminal(client, flaky.job_id)).state == FAILED
-        s = await ops.scrape()
+        s = await scrape_when(ops, lambda s: s.value("aitbc_jobs_finished_total", state="failed") == 2)
         assert s.value("aitbc_jobs_finished_total", state="failed") == 2
         assert s.value("aitbc_job_requeues_total", reason="MINER_FAILURE") == 1
         assert s.value("aitbc_stream_messages_received_total", type="failure") == 3
