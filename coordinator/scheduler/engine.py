@@ -799,7 +799,17 @@ class Scheduler:
             session = self.sessions.get(args[0])
             if session is None or session.closed:
                 return
-            deadline = session.last_seen_us + int(self.settings.heartbeat_timeout_s * MICROS)
+            timeout_us = int(self.settings.heartbeat_timeout_s * MICROS)
+            blocked = session.write_blocked_since_us
+            if blocked and now - blocked >= timeout_us and session.stream_task is not None:
+                # The miner still talks but stopped reading: a write has waited a whole timeout for HTTP/2
+                # flow control. End the stream; its jobs wait out the grace period like any lost stream's.
+                session.end_reason = "STREAM_STALLED"
+                session.stream_task.cancel()
+                return
+            deadline = session.last_seen_us + timeout_us
+            if blocked:
+                deadline = min(deadline, blocked + timeout_us)
             if deadline > now:
                 self.timers.schedule(deadline, "liveness", session.session_id)
                 return

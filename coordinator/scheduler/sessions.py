@@ -69,6 +69,9 @@ class Session:
     draining: bool = False
     closed: bool = False
     disconnected_us: int = 0  # stream gone, within the grace period
+    write_blocked_since_us: int = 0  # a write to the stream has waited since then (0: none waiting)
+    stream_task: asyncio.Task | None = None  # the Connect handler, cancelled when the stream stalls
+    end_reason: str = ""  # why the scheduler ended the stream (for the disconnect line)
     last_seen_us: int = 0
     completed: int = 0
     failed: int = 0

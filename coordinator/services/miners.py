@@ -10,6 +10,7 @@ import grpc
 from aitbc.coordinator.v1 import miner_service_pb2 as pb
 from aitbc.coordinator.v1 import miner_service_pb2_grpc
 
+from ..domain.clock import now_us
 from ..domain.errors import CoordinatorError, Kind, invalid
 from ..domain.validation import Limits, check_id
 from ..observability import metrics as obs
@@ -105,8 +106,30 @@ def _coalesce(first: list, outbox: asyncio.Queue) -> tuple[list, object]:
     return batch, None
 
 
+def _by_size(assignments: list) -> list[list]:
+    """Assignments split so no message carries much more than MAX_COALESCED_BYTES of payload (a single
+    large job still travels alone): the whole batch of a many-slot miner could exceed the message limit."""
+    parts: list[list] = [[]]
+    size = 0
+    for a in assignments:
+        if parts[-1] and size + len(a.job.payload) > MAX_COALESCED_BYTES:
+            parts.append([])
+            size = 0
+        parts[-1].append(a)
+        size += len(a.job.payload)
+    return parts
+
+
 def running(jobs) -> list[tuple[str, int]]:  # type: ignore[no-untyped-def]
     return [(j.job_id, j.attempt) for j in jobs[:4096]]
+
+
+async def _send(session: Session, context: grpc.aio.ServicerContext, message: pb.ConnectResponse) -> None:
+    """Write one message, marking how long it waits: the scheduler's liveness check ends a stream whose
+    writes stay blocked (a miner that stopped reading) though its heartbeats keep arriving."""
+    session.write_blocked_since_us = now_us()
+    await context.write(message)
+    session.write_blocked_since_us = 0
 
 
 class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
@@ -134,6 +157,7 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
         caps = capabilities_from(hello.capabilities, self.limits)
         key = self._receipt_key(hello.receipt_public_key)
         session, kept, pending = self._open(hello, caps, "stream", key)
+        session.stream_task = asyncio.current_task()
         reason = "STREAM_CLOSED"
         reader = asyncio.create_task(
             self._read(session, request_iterator), name=f"miner-read-{session.miner_id}"
@@ -146,7 +170,7 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
             await self.scheduler.commit_pending(pending)
             reason = await self._write(session, context, reader, hello.batched_acks)
         except asyncio.CancelledError:
-            reason = "STREAM_CANCELLED"
+            reason = session.end_reason or "STREAM_CANCELLED"
             raise  # never swallow: grpcio leaks native memory otherwise
         finally:
             reader.cancel()
@@ -184,11 +208,18 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
                 # the session's last message: what was queued behind it (acks of its last results) goes first
                 while not outbox.empty():
                     queued = outbox.get_nowait()
-                    if not isinstance(queued, GoAwayOut) and queued is not _READER_DONE:
-                        await context.write(outbound(queued))
-                await context.write(outbound(message))
+                    if isinstance(queued, list):
+                        for part in _by_size(queued):
+                            await _send(session, context, outbound(part))
+                    elif not isinstance(queued, GoAwayOut) and queued is not _READER_DONE:
+                        await _send(session, context, outbound(queued))
+                await _send(session, context, outbound(message))
                 return message.reason
-            await context.write(outbound(message))
+            if isinstance(message, list):
+                for part in _by_size(message):  # one fill can hold more payload than one message may carry
+                    await _send(session, context, outbound(part))
+            else:
+                await _send(session, context, outbound(message))
             if outbox.qsize() > self.scheduler.settings.outbox_limit:
                 return "OUTBOX_OVERFLOW"  # the miner stopped reading: treat the stream as stalled
 

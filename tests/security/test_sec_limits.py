@@ -100,8 +100,9 @@ async def test_a_flooding_miner_is_slowed_then_cut_off(tmp_path: Path) -> None:
                 task.cancel()
             # slowed: handled at about the rate, not as fast as the miner wrote
             handled_for = last - started
-            assert acks <= burst + rate * (cutoff + 0.5), acks
-            assert acks >= burst + rate * cutoff * 0.5, acks
+            # (an upper bound on work and a lower bound on time: both hold however loaded the machine is;
+            # a lower bound on acks would not, a busy machine handles fewer)
+            assert 0 < acks <= burst + rate * (cutoff + 0.5), acks
             assert handled_for >= (acks - burst) / rate * 0.8, (acks, handled_for)
             # the cut-off session is gone; the miner may come back with a fresh budget
             await eventually(lambda: "m1" not in coord.scheduler.by_miner, what="the session to close")

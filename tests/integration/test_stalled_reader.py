@@ -1,0 +1,99 @@
+"""A miner that keeps heartbeating but stops reading its stream is detected, and its jobs go back to the queue.
+
+HTTP/2 keepalive cannot see this (the miner's transport still answers pings) and neither can the
+application heartbeat (heartbeats keep coming): the coordinator notices that its writes stay blocked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import grpc
+from aitbc.client import Client
+from aitbc.coordinator.v1 import miner_service_pb2 as mpb
+from aitbc.coordinator.v1 import miner_service_pb2_grpc
+
+from coordinator.config import ApiKeyEntry, Settings
+from coordinator.server import start
+
+CLIENT, MINER = "client-key-stall", "miner-key-stall"
+
+
+async def test_a_miner_that_stops_reading_is_cut_off_and_its_jobs_requeued(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    coordinator = await start(Settings(
+        app_port=0, database_url=f"sqlite:///{db}", sqlite_synchronous="NORMAL",
+        client_api_keys=(ApiKeyEntry("alice", "client", CLIENT),), miner_api_keys=(ApiKeyEntry("m1", "miner", MINER),),
+        heartbeat_interval_seconds=0.2, heartbeat_timeout_seconds=1, lease_seconds=30, reconnect_grace_seconds=0.5,
+    ))  # fmt: skip
+    address = f"127.0.0.1:{coordinator.port}"
+    channel = grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+    call = miner_service_pb2_grpc.MinerServiceStub(channel).Connect(metadata=(("x-api-key", MINER),))
+    beating = True
+
+    async def heartbeat() -> None:
+        while beating:
+            await call.write(mpb.ConnectRequest(heartbeat=mpb.MinerHeartbeat()))
+            await asyncio.sleep(0.1)
+
+    try:
+        await call.write(mpb.ConnectRequest(hello=mpb.Hello(capabilities=mpb.MinerCapabilities(slots=100))))
+        assert (await call.read()).WhichOneof("message") == "welcome"
+        beats = asyncio.create_task(heartbeat())  # alive on the application level, but never reads again
+        async with Client(address, CLIENT) as client:
+            # 60 jobs of 900 kB: far more than HTTP/2 flow control lets through to a reader that never reads
+            jobs = [await client.submit(bytes(900_000)) for _ in range(60)]
+            ids = {job.job_id for job in jobs}
+
+            async def requeued() -> set[str]:
+                with sqlite3.connect(db) as conn:
+                    rows = conn.execute(
+                        "SELECT DISTINCT job_id FROM job_events WHERE to_state = 1 AND reason = 'MINER_GONE'"
+                    ).fetchall()
+                return {r[0] for r in rows} & ids
+
+            deadline = asyncio.get_running_loop().time() + 20
+            while len(await requeued()) < len(ids):
+                assert asyncio.get_running_loop().time() < deadline, (
+                    f"only {len(await requeued())} of 60 requeued"
+                )
+                await asyncio.sleep(0.2)
+        assert not beats.done(), "the miner kept heartbeating throughout"
+        assert "m1" not in coordinator.scheduler.by_miner, "the stalled session is gone"
+    finally:
+        beating = False
+        call.cancel()
+        await channel.close()
+        await coordinator.stop(grace=0.5)
+
+
+async def test_a_fill_larger_than_one_message_reaches_the_miner_in_parts(tmp_path: Path) -> None:
+    """20 queued jobs of 900 kB for a 20-slot miner: one fill, 18 MB, more than a message may carry."""
+    coordinator = await start(Settings(
+        app_port=0, database_url=f"sqlite:///{tmp_path / 'c.db'}", sqlite_synchronous="NORMAL",
+        client_api_keys=(ApiKeyEntry("alice", "client", CLIENT),), miner_api_keys=(ApiKeyEntry("m1", "miner", MINER),),
+    ))  # fmt: skip
+    address = f"127.0.0.1:{coordinator.port}"
+    channel = grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1),
+                                                          ("grpc.max_receive_message_length", 8 << 20)])  # fmt: skip
+    try:
+        async with Client(address, CLIENT) as client:
+            ids = {(await client.submit(bytes(900_000))).job_id for _ in range(20)}
+        call = miner_service_pb2_grpc.MinerServiceStub(channel).Connect(metadata=(("x-api-key", MINER),))
+        await call.write(mpb.ConnectRequest(hello=mpb.Hello(capabilities=mpb.MinerCapabilities(slots=20))))
+        assert (await call.read()).WhichOneof("message") == "welcome"
+        received: set[str] = set()
+        messages = 0
+        while received != ids:
+            message = await asyncio.wait_for(call.read(), 10)
+            assert message is not grpc.aio.EOF, f"stream ended after {len(received)} of 20 jobs"
+            if message.WhichOneof("message") == "assignments":
+                messages += 1
+                received |= {a.job.job_id for a in message.assignments.assignments}
+        assert messages > 1
+        call.cancel()
+    finally:
+        await channel.close()
+        await coordinator.stop(grace=0.5)
