@@ -25,13 +25,14 @@ class TokenBucket:
         self.tokens = tokens
         return (1.0 - tokens) / self.rate
 
-    def owe(self, now: float) -> float:
-        """Take one token even when there is none (the balance goes negative); the seconds to wait it off."""
+    def owe(self, now: float, amount: float = 1.0) -> float:
+        """Take amount tokens even when there are not enough (the balance goes negative); the seconds to
+        wait it off."""
         tokens = self.tokens + (now - self.stamp) * self.rate
         if tokens > self.burst:
             tokens = self.burst
         self.stamp = now
-        self.tokens = tokens - 1.0
+        self.tokens = tokens - amount
         return 0.0 if self.tokens >= 0.0 else -self.tokens / self.rate
 
 

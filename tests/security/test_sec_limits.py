@@ -52,6 +52,22 @@ async def test_rate_limit_reached_answers_retry_info_and_recovers(tmp_path: Path
             assert refused == 0
 
 
+async def test_a_batch_costs_one_token_per_job(tmp_path: Path) -> None:
+    async with serving(tmp_path, rate_limits="submit=10/s:burst=10") as coord:
+        async with grpc.aio.insecure_channel(address(coord)) as ch:
+            jobs = job_service_pb2_grpc.JobServiceStub(ch)
+            batch = jpb.SubmitJobsRequest(requests=[jpb.SubmitJobRequest(payload_bytes=b"x")] * 50)
+            done = await jobs.SubmitJobs(
+                batch, metadata=md(ALICE)
+            )  # a batch larger than the burst still passes
+            assert len(done.responses) == 50
+            f = expect(await fails(jobs.SubmitJob(jpb.SubmitJobRequest(payload_bytes=b"y"), metadata=md(ALICE))),
+                       C.RESOURCE_EXHAUSTED, "RATE_LIMITED")  # fmt: skip
+            # 50 jobs at 10/s: about 4 s of debt, not the 0.1 s one call would cost
+            assert f.retry_delay_s is not None and f.retry_delay_s > 3.0, f.retry_delay_s
+            await jobs.SubmitJob(jpb.SubmitJobRequest(payload_bytes=b"z"), metadata=md(BOB))  # per key
+
+
 def test_rate_limit_settings() -> None:
     limits = parse_rate_limits("submit=200/s:burst=400,read=500/s,miner=1000/s,admin=50/s,stream=off")
     assert limits["submit"] == (200, 400) and limits["read"] == (500, 500) and limits["stream"] is None
