@@ -7,8 +7,9 @@ from aitbc.coordinator.v1 import receipt_service_pb2 as pb
 from aitbc.coordinator.v1 import receipt_service_pb2_grpc
 from aitbc.receipts import verifier_key_string
 
-from ..domain.errors import CoordinatorError, Kind, invalid
+from ..domain.errors import CoordinatorError, Kind, invalid, job_not_found
 from ..domain.validation import check_id
+from ..receipts.access import readable_receipts
 from ..receipts.issuer import ReceiptIssuer
 from ..scheduler.engine import Scheduler
 from ..security.interceptor import identity
@@ -48,16 +49,10 @@ class ReceiptServicer(receipt_service_pb2_grpc.ReceiptServiceServicer):
         check_id("job_id", job_id)
         who = identity()
         job = await self.scheduler.get_job(job_id, None)
-        receipts = await self.scheduler.store.get_receipts(job_id)
-        if who.role == "admin" or (who.role == "client" and job.client_id == who.name):
-            return receipts
-        if who.role == "miner":
-            mine = [r for r in receipts if f'"provider":"{who.name}"'.encode() in _payload(r)]
-            if mine or job.miner_id == who.name:
-                return mine
-        raise CoordinatorError(
-            Kind.NOT_FOUND, "JOB_NOT_FOUND", f"job {job_id!r} not found", metadata={"job_id": job_id}
-        )
+        readable = readable_receipts(who.role, who.name, job, await self.scheduler.store.get_receipts(job_id))
+        if readable is None:
+            raise job_not_found(job_id)
+        return readable
 
     async def GetReceipt(
         self, request: pb.GetReceiptRequest, context: grpc.aio.ServicerContext
@@ -122,9 +117,3 @@ class ReceiptServicer(receipt_service_pb2_grpc.ReceiptServiceServicer):
         return pb.GetConsistencyProofResponse(
             proof=pb.ConsistencyProof(first_size=request.first_size, second_size=second, hashes=proof)
         )
-
-
-def _payload(r: ReceiptRow) -> bytes:
-    from aitbc.receipts import parse_envelope
-
-    return parse_envelope(r.envelope).payload

@@ -43,13 +43,14 @@ from coordinator.config import ApiKeyEntry, Settings
 from coordinator.server import start
 
 CLIENT, MINER, ADMIN = "client-key-0001", "miner-key-0001", "admin-key-0001"
+OTHER_CLIENT, OTHER_MINER = "client-key-0002", "miner-key-0002"
 
 
 def settings(db: Path) -> Settings:
     return Settings(
         app_port=0, database_url=f"sqlite:///{db}",
-        client_api_keys=(ApiKeyEntry("alice", "client", CLIENT),),
-        miner_api_keys=(ApiKeyEntry("m1", "miner", MINER),),
+        client_api_keys=(ApiKeyEntry("alice", "client", CLIENT), ApiKeyEntry("bob", "client", OTHER_CLIENT)),
+        miner_api_keys=(ApiKeyEntry("m1", "miner", MINER), ApiKeyEntry("m2", "miner", OTHER_MINER)),
         admin_api_keys=(ApiKeyEntry("ops", "admin", ADMIN),),
         heartbeat_interval_seconds=0.5, heartbeat_timeout_seconds=5, lease_seconds=5,
     )  # fmt: skip
@@ -324,3 +325,21 @@ async def test_rotated_key_still_verifies_old_receipts(world) -> None:
     assert old.key_ids == (retired["key_id"],)
     await miner.close()
     await client.close()
+
+
+async def test_receipts_are_readable_by_their_client_their_miner_and_admins_only(world) -> None:
+    miner = HandMiner(world["address"])
+    await miner.hello()
+    job_id, ack = await complete_one(world, miner, {"n": 1})
+    await miner.close()
+    stub = world["client"].receipts
+    request = receipt_service_pb2.ListReceiptsRequest(job_id=job_id)
+    for key in (CLIENT, MINER, ADMIN):
+        receipts = (await stub.ListReceipts(request, metadata=(("x-api-key", key),))).receipts
+        assert [r.receipt_id for r in receipts] == [ack.receipt_id], key
+    for key in (OTHER_CLIENT, OTHER_MINER):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.GetReceipt(
+                receipt_service_pb2.GetReceiptRequest(job_id=job_id), metadata=(("x-api-key", key),)
+            )
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND, key
