@@ -117,6 +117,9 @@ class Scheduler:
         self.queues = ReadyQueues()
         self.sessions: dict[str, Session] = {}  # by session id
         self.by_miner: dict[str, Session] = {}  # live session per miner identity
+        # sessions that may take work (free slots, online, not draining): a submit looks only at these, so a
+        # fleet of busy miners costs nothing per submit. Kept by _assign (full: out) and _fill (freed: in).
+        self.available: dict[str, Session] = {}
         self.orphans: dict[str, dict[str, Held]] = {}  # miner -> jobs held before a restart or disconnect
         self.idempotency: dict[tuple[str, str], str] = {}
         self._inflight_keys: dict[tuple[str, str], asyncio.Future] = {}
@@ -258,7 +261,8 @@ class Scheduler:
         if job is None:
             return
         for session in self.sessions.values():
-            session.held.pop(job_id, None)
+            if session.held.pop(job_id, None) is not None:
+                self._refresh_available(session)
         if job.state is JobState.QUEUED:
             job.state = JobState.CANCELED  # lazily dropped from the queues
             self.queues.discard()
@@ -451,6 +455,7 @@ class Scheduler:
             return
         now = now_us()
         session.closed = True
+        self.available.pop(session.session_id, None)
         if requeue:
             for job_id in list(session.held):
                 job = self.jobs.get(job_id)
@@ -471,6 +476,7 @@ class Scheduler:
 
     def drain(self, session: Session, reason: str) -> None:
         session.draining = True
+        self.available.pop(session.session_id, None)
         session.send(DrainOut(reason))
         if not session.held:
             pending = _Pending()
@@ -659,7 +665,7 @@ class Scheduler:
         """The idle eligible miner for job: least loaded, then best record."""
         best: Session | None = None
         best_key: tuple[float, float] | None = None
-        for session in self.by_miner.values():
+        for session in self.available.values():
             if session is exclude or not session.takes_work or not self._eligible(session, job.constraints):
                 continue
             key = (len(session.held) / session.slots, -session.record_score())
@@ -676,6 +682,8 @@ class Scheduler:
         lease_us = now + int(self.settings.lease_s * MICROS)
         exec_us = now + job.execution_timeout_us
         session.held[job.job_id] = Held(job, job.attempt, lease_us, exec_us)
+        if session.free <= 0:
+            self.available.pop(session.session_id, None)
         self.timers.schedule(lease_us, "lease", job.job_id, job.attempt)
         self.timers.schedule(exec_us, "exec", job.job_id, job.attempt)
         self.samples_wait.append((now, now - job.queued_us))
@@ -685,7 +693,22 @@ class Scheduler:
 
     def _fill(self, session: Session, pending: _Pending, now: int, *, limit: int | None = None,
               exclude_job: str | None = None) -> None:  # fmt: skip
-        """Give session queued work up to its free slots (one batched message); close a drained session."""
+        """Give session queued work up to its free slots (one batched message); close a drained session.
+
+        Every path that frees a slot ends here, so this is also where a session rejoins `available`."""
+        try:
+            self._fill_slots(session, pending, now, limit, exclude_job)
+        finally:
+            self._refresh_available(session)
+
+    def _refresh_available(self, session: Session) -> None:
+        if session.free > 0 and not (session.closed or session.draining or session.disconnected_us):
+            self.available[session.session_id] = session
+        else:
+            self.available.pop(session.session_id, None)
+
+    def _fill_slots(self, session: Session, pending: _Pending, now: int, limit: int | None,
+                    exclude_job: str | None) -> None:  # fmt: skip
         if session.draining and not session.held:
             self._close(session, pending, "DRAINED", requeue=False)
         if session.closed or session.draining or session.disconnected_us:

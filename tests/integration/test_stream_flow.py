@@ -1,4 +1,7 @@
-"""A miner that keeps heartbeating but stops reading its stream is detected, and its jobs go back to the queue.
+"""Stream flow: a miner that stops reading is cut off, a large fill is split, busy miners leave the index of
+miners a submit looks at.
+
+A miner that keeps heartbeating but stops reading its stream is detected, and its jobs go back to the queue.
 
 HTTP/2 keepalive cannot see this (the miner's transport still answers pings) and neither can the
 application heartbeat (heartbeats keep coming): the coordinator notices that its writes stay blocked.
@@ -96,4 +99,57 @@ async def test_a_fill_larger_than_one_message_reaches_the_miner_in_parts(tmp_pat
         call.cancel()
     finally:
         await channel.close()
+        await coordinator.stop(grace=0.5)
+
+
+async def test_a_submit_looks_only_at_miners_with_free_slots(tmp_path: Path) -> None:
+    """Busy miners leave the scheduler's `available` index and come back when a slot frees."""
+    coordinator = await start(Settings(
+        app_port=0, database_url=f"sqlite:///{tmp_path / 'c.db'}", sqlite_synchronous="NORMAL",
+        client_api_keys=(ApiKeyEntry("alice", "client", CLIENT),),
+        miner_api_keys=tuple(ApiKeyEntry(f"m{i}", "miner", f"{MINER}-{i}") for i in range(3)),
+    ))  # fmt: skip
+    address = f"127.0.0.1:{coordinator.port}"
+    scheduler = coordinator.scheduler
+    channels, calls = [], []
+    try:
+        for i in range(3):
+            channel = grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+            call = miner_service_pb2_grpc.MinerServiceStub(channel).Connect(
+                metadata=(("x-api-key", f"{MINER}-{i}"),)
+            )
+            await call.write(mpb.ConnectRequest(hello=mpb.Hello(capabilities=mpb.MinerCapabilities(slots=1))))
+            assert (await call.read()).WhichOneof("message") == "welcome"
+            channels.append(channel)
+            calls.append(call)
+        assert len(scheduler.available) == 3
+        async with Client(address, CLIENT) as client:
+            jobs = [await client.submit({"n": i}) for i in range(3)]
+            assignments = [(await call.read()).assignments.assignments[0] for call in calls]
+            assert {a.job.job_id for a in assignments} == {j.job_id for j in jobs}
+            assert scheduler.available == {}, "every miner is busy: a submit has nobody to look at"
+            queued = await client.submit({"n": 3})
+            assert (await client.get(queued.job_id)).state == 1  # QUEUED: nobody free
+            done = mpb.Result(
+                job_id=assignments[0].job.job_id, attempt=assignments[0].attempt, result_bytes=b"ok"
+            )
+            await calls[0].write(mpb.ConnectRequest(results=mpb.Results(results=[done])))
+            # the freed slot takes the queued job at once, so the miner is busy again
+            seen = set()
+            while "assignments" not in seen:
+                seen.add((await asyncio.wait_for(calls[0].read(), 10)).WhichOneof("message"))
+            assert (await client.get(queued.job_id)).state == 2 and scheduler.available == {}
+            done = mpb.Result(
+                job_id=assignments[1].job.job_id, attempt=assignments[1].attempt, result_bytes=b"ok"
+            )
+            await calls[1].write(mpb.ConnectRequest(results=mpb.Results(results=[done])))
+            assert (await asyncio.wait_for(calls[1].read(), 10)).WhichOneof("message") == "result_ack"
+            assert list(scheduler.available) == [
+                s.session_id for s in scheduler.by_miner.values() if s.miner_id == "m1"
+            ]
+    finally:
+        for call in calls:
+            call.cancel()
+        for channel in channels:
+            await channel.close()
         await coordinator.stop(grace=0.5)
