@@ -87,6 +87,7 @@ class _Pending:
     sends: list[tuple[Session, object]] = field(default_factory=list)
     notes: list[tuple[Job, Event]] = field(default_factory=list)
     after: list[Callable[[], None]] = field(default_factory=list)
+    settled: asyncio.Future | None = None  # resolved once the writes are durable (or failed)
 
     def record(self, job: Job, event: Event) -> None:
         self.unit.add_update(job)
@@ -114,6 +115,7 @@ class Scheduler:
         self.settings = settings
         self.receipts = receipts
         self.jobs: dict[str, Job] = {}  # every non-terminal job
+        self._unsettled: dict[str, asyncio.Future] = {}  # job -> its latest commit not yet durable
         self.queues = ReadyQueues()
         self.sessions: dict[str, Session] = {}  # by session id
         self.by_miner: dict[str, Session] = {}  # live session per miner identity
@@ -159,6 +161,7 @@ class Scheduler:
     # ------------------------------------------------------------------ commits
     async def _commit(self, pending: _Pending) -> None:
         if pending.unit:
+            self._unsettle(pending)
             try:
                 await self.store.commit(pending.unit)
             except asyncio.CancelledError:
@@ -167,13 +170,38 @@ class Scheduler:
                 task = asyncio.get_running_loop().create_task(self._apply_after_barrier(pending))
                 task.add_done_callback(_log_failure)
                 raise
+            except BaseException:
+                self._settle(pending)  # readers must not wait on a write that failed
+                raise
         self._apply(pending)
+
+    def _unsettle(self, pending: _Pending) -> None:
+        """Mark the jobs this commit changes: reads of them wait until it is durable, so no caller sees a
+        state (COMPLETED, say) before the rows that go with it (its result, its receipt) can be read."""
+        pending.settled = asyncio.get_running_loop().create_future()
+        for job, _ in pending.notes:
+            self._unsettled[job.job_id] = pending.settled
+
+    def _settle(self, pending: _Pending) -> None:
+        settled = pending.settled
+        if settled is None or settled.done():
+            return
+        settled.set_result(None)
+        for job, _ in pending.notes:
+            if self._unsettled.get(job.job_id) is settled:
+                del self._unsettled[job.job_id]
+
+    async def _settled(self, job_id: str) -> None:
+        """Wait until every commit changing job_id is durable."""
+        while (settled := self._unsettled.get(job_id)) is not None:
+            await asyncio.shield(settled)
 
     async def _apply_after_barrier(self, pending: _Pending) -> None:
         await self.store.commit(UnitOfWork())  # the writer commits in order: once this lands, so has pending
         self._apply(pending)
 
     def _apply(self, pending: _Pending) -> None:
+        self._settle(pending)
         if self.receipts is not None and pending.unit.receipts:
             self.receipts.committed(pending.unit)
             for observer in self.observers:
@@ -288,7 +316,9 @@ class Scheduler:
         return job
 
     async def get_job(self, job_id: str, client_id: str | None) -> Job:
-        """The job; NOT_FOUND for unknown ids and for another client's jobs (client_id None: admin)."""
+        """The job as durably stored (or later); NOT_FOUND for unknown ids and for another client's jobs
+        (client_id None: admin)."""
+        await self._settled(job_id)
         job = self.jobs.get(job_id)
         if job is None:
             job = await self.store.get_job(job_id)
@@ -323,8 +353,11 @@ class Scheduler:
             yield snapshot, None
             if snapshot.state.terminal:  # not the live job: it may have finished while the snapshot was sent,
                 return  # and then its terminal event waits in q
+            seen = snapshot.event_seq
             while True:
                 snapshot, event = await q.get()
+                if event.sequence <= seen:
+                    continue  # already in the first snapshot (it waited for that commit to land)
                 yield snapshot, event
                 if event.to_state.terminal:
                     return

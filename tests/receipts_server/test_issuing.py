@@ -343,3 +343,27 @@ async def test_receipts_are_readable_by_their_client_their_miner_and_admins_only
                 receipt_service_pb2.GetReceiptRequest(job_id=job_id), metadata=(("x-api-key", key),)
             )
         assert info.value.code() == grpc.StatusCode.NOT_FOUND, key
+
+
+async def test_a_state_is_read_only_once_its_rows_are_durable(world) -> None:
+    """Polling GetJob to COMPLETED, then GetReceipt at once, always finds the receipt: a job's new state is
+    never served before the commit that holds it (and its result and receipt) has landed."""
+    from aitbc.miner import Miner, probe_capabilities
+
+    miner = Miner(world["address"], MINER, capabilities=probe_capabilities(4, price="1"))
+    task = asyncio.create_task(miner.run())
+    client = world["client"]
+    try:
+        for n in range(40):
+            job = await client.submit({"n": n})
+            while (await client.get(job.job_id)).state != 4:
+                pass  # poll as fast as the server answers
+            receipt = await client.receipt(job.job_id)
+            result = await client.result(job.job_id)
+            assert (
+                receipt.receipt.job_id == job.job_id
+                and result.result.receipt_id == receipt.receipt.receipt_id
+            )
+    finally:
+        miner.stop()
+        await task
