@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import functools
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 
 class JobState(enum.IntEnum):
@@ -150,4 +150,5 @@ class JobResult:
     miner_id: str
     completed_us: int
     receipt_id: str = ""
-    extras: dict[str, str] = field(default_factory=dict)
+    miner_report: bytes = b""  # what the miner signed (receipts spec section 3), empty if unsigned
+    miner_signature: bytes = b""

@@ -117,8 +117,7 @@ class ReceiptIssuer(ReceiptHook):
     def _check_miner_report(
         self, job: Job, result: JobResult, session: Session
     ) -> tuple[bytes, MinerSignature]:
-        report = bytes(result.extras.get("miner_report") or b"")
-        sig = bytes(result.extras.get("miner_signature") or b"")
+        report, sig = result.miner_report, result.miner_signature
         if not report or not sig:
             raise bad_report(
                 "this miner registered a receipt key: results need miner_report and miner_signature"

@@ -589,10 +589,8 @@ class Scheduler:
                 pending.record(job, states.transition(job, JobState.RUNNING, "ACCEPTED", now))
             result = JobResult(
                 job.job_id, job.attempt, r.output, r.output_kind, r.result_sha256, r.units, r.unit_type,
-                session.miner_id, now,
+                session.miner_id, now, miner_report=r.miner_report, miner_signature=r.miner_signature,
             )  # fmt: skip
-            result.extras["miner_report"] = r.miner_report  # type: ignore[assignment]
-            result.extras["miner_signature"] = r.miner_signature  # type: ignore[assignment]
             try:
                 receipt_id = self.receipts.issue(job, result, session, pending.unit) if self.receipts else ""
             except CoordinatorError as exc:

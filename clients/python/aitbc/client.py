@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC
 from typing import Any
 
 import grpc
@@ -34,7 +35,7 @@ STATUS_NAMES = {1: "active", 2: "retired"}
 def _rfc3339(ts) -> str | None:  # type: ignore[no-untyped-def]
     if not ts.seconds and not ts.nanos:
         return None
-    return ts.ToDatetime().strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return ts.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class Client:
