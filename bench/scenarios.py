@@ -17,6 +17,7 @@ from .procs import (
     WorkerDied,
     cpu_seconds,
     free_port,
+    main_thread_cpu_seconds,
     miner_key,
     stop_all,
 )
@@ -146,10 +147,13 @@ class Cpu:
 
     def __init__(self, coord: CoordinatorProcess, client: Worker, fleet: Fleet) -> None:
         self.pids = {"coord": [coord.pid], "client": [client.pid], "miners": [w.pid for w in fleet.workers]}
+        self.coord_pid = coord.pid
         self.start = self._now()
 
     def _now(self) -> dict[str, float]:
-        return {k: sum(cpu_seconds(p) for p in pids) for k, pids in self.pids.items()}
+        out = {k: sum(cpu_seconds(p) for p in pids) for k, pids in self.pids.items()}
+        out["coord_loop"] = main_thread_cpu_seconds(self.coord_pid)
+        return out
 
     def per_job(self, prefix: str, jobs: int) -> dict[str, float]:
         now = self._now()

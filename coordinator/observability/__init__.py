@@ -54,6 +54,7 @@ class Observability:
         tracing.activate(self.tracer)
 
     async def stop(self) -> None:
+        joblog.flush()  # the last turn's transition lines
         if self._server is not None:
             await self._server.stop()
             self._server = None
