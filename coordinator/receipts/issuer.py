@@ -9,6 +9,7 @@ contradict a checkpoint the coordinator published.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 
@@ -18,6 +19,7 @@ from aitbc.receipts import (
     build_envelope,
     build_miner_report,
     build_receipt_payload,
+    format_time_us,
     leaf_hash,
     new_nonce,
     sign_checkpoint,
@@ -25,7 +27,7 @@ from aitbc.receipts import (
 )
 from aitbc.receipts.payload import RECEIPT_PAYLOAD_TYPE, miner_report_message
 
-from ..domain.clock import now_us, to_datetime
+from ..domain.clock import now_us
 from ..domain.errors import CoordinatorError, Kind
 from ..domain.ids import uuid7
 from ..domain.model import Job, JobResult
@@ -46,6 +48,17 @@ def to_nano(value: str) -> int:
 def from_nano(value: int) -> str:
     text = format((Decimal(value) * NANO).normalize(), "f")
     return "0" if text in ("-0", "0E-9") else text
+
+
+@functools.lru_cache(maxsize=4096)
+def charge(units: str, price: str) -> tuple[str, int, int]:
+    """(cost as the receipt writes it, cost in nano units, units in nano units) of units at price: the same
+    few pairs recur job after job, and Decimal arithmetic costs microseconds."""
+    try:
+        cost = to_nano(str(Decimal(units) * Decimal(price)))
+    except InvalidOperation:
+        raise CoordinatorError(Kind.INVALID_ARGUMENT, "INVALID_RESULT", "units is not a decimal") from None
+    return from_nano(cost), cost, to_nano(units)
 
 
 def bad_report(message: str) -> CoordinatorError:
@@ -82,12 +95,7 @@ class ReceiptIssuer(ReceiptHook):
     # ------------------------------------------------------------------ issuing
     def issue(self, job: Job, result: JobResult, session: Session, unit: UnitOfWork) -> str:
         price = session.caps.price or "0"
-        try:
-            cost = Decimal(result.units) * Decimal(price)
-        except InvalidOperation:
-            raise CoordinatorError(
-                Kind.INVALID_ARGUMENT, "INVALID_RESULT", "units is not a decimal"
-            ) from None
+        cost, amount, units = charge(result.units, price)
         report = signature = None
         if session.receipt_public_key:
             report, signature = self._check_miner_report(job, result, session)
@@ -96,8 +104,8 @@ class ReceiptIssuer(ReceiptHook):
         payload = build_receipt_payload(
             receipt_id=receipt_id, job_id=job.job_id, attempt=job.attempt, provider=session.miner_id,
             client=job.client_id, units=result.units, unit_type=result.unit_type, price=price,
-            cost=from_nano(to_nano(str(cost))), started_at=to_datetime(job.started_us or now),
-            completed_at=to_datetime(result.completed_us), issued_at=to_datetime(now),
+            cost=cost, started_at=format_time_us(job.started_us or now),
+            completed_at=format_time_us(result.completed_us), issued_at=format_time_us(now),
             result_sha256=result.result_sha256.hex(), input_sha256=job.input_sha256.hex(),
             coordinator_id=self.coordinator_id, nonce=new_nonce(), chain_id=self.chain_id,
             miner_report=report, miner_signature=signature,
@@ -107,8 +115,6 @@ class ReceiptIssuer(ReceiptHook):
         leaf = leaf_hash(envelope)
         index = self.tree.append(leaf)
         unit.receipts.append(ReceiptRow(receipt_id, job.job_id, job.attempt, envelope, index, leaf, now))
-        amount = to_nano(str(cost))
-        units = to_nano(result.units)
         unit.ledger.append(LedgerEntry(job.client_id, "client", receipt_id, -amount, units, now))
         unit.ledger.append(LedgerEntry(session.miner_id, "miner", receipt_id, amount, units, now))
         self.issued += 1

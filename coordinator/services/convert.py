@@ -71,6 +71,8 @@ def struct_digest(struct: struct_pb2.Struct, limits: Limits, field: str) -> tupl
 
 
 def constraints_from(c: job_pb2.Constraints) -> Constraints:
+    if not c.ByteSize():
+        return _NO_CONSTRAINTS  # most jobs: no tuples to build
     return Constraints(
         gpu=c.gpu, cuda=c.cuda, min_vram_gb=c.min_vram_gb, models=tuple(c.models), region=c.region,
         max_price=c.max_price, labels=tuple(sorted(c.labels.items())),
@@ -110,19 +112,51 @@ def job_spec(req: job_service_pb2.SubmitJobRequest, limits: Limits, prefix: str 
     )  # fmt: skip
 
 
+def set_time(ts: timestamp_pb2.Timestamp, us: int) -> None:
+    """Set a Timestamp field in place (building one and copying it in costs twice as much)."""
+    seconds, micros = divmod(us, 1_000_000)
+    ts.seconds, ts.nanos = seconds, micros * 1000
+
+
 def job_message(job: Job, with_payload: bool = True) -> job_pb2.Job:
+    return fill_job(job_pb2.Job(), job, with_payload)
+
+
+def fill_job(msg: job_pb2.Job, job: Job, with_payload: bool = True) -> job_pb2.Job:
+    """Write job into msg (empty, or a field of another message: an assignment's job is filled in place).
+
+    Field by field, unset values skipped: this runs for every assignment and every job a client reads."""
+    msg.job_id, msg.state, msg.client_id, msg.priority = job.job_id, job.state, job.client_id, job.priority
+    msg.max_attempts, msg.attempt = job.max_attempts, job.attempt
+    if job.idempotency_key:
+        msg.idempotency_key = job.idempotency_key
+    if job.miner_id:
+        msg.miner_id = job.miner_id
+    if job.terminal_reason:
+        msg.terminal_reason = job.terminal_reason
+    if job.terminal_message:
+        msg.terminal_message = job.terminal_message
     c = job.constraints
-    msg = job_pb2.Job(
-        job_id=job.job_id, state=int(job.state), client_id=job.client_id,
-        constraints=job_pb2.Constraints(gpu=c.gpu, cuda=c.cuda, min_vram_gb=c.min_vram_gb, models=c.models,
-                                        region=c.region, max_price=c.max_price, labels=dict(c.labels)),
-        priority=job.priority, max_attempts=job.max_attempts, idempotency_key=job.idempotency_key,
-        attempt=job.attempt, miner_id=job.miner_id, terminal_reason=job.terminal_reason,
-        terminal_message=job.terminal_message, metadata=dict(job.metadata),
-        created_at=timestamp(job.created_us), updated_at=timestamp(job.updated_us),
-        expires_at=timestamp(job.expires_us), started_at=timestamp(job.started_us),
-        finished_at=timestamp(job.finished_us),
-    )  # fmt: skip
+    if c == _NO_CONSTRAINTS:
+        msg.constraints.SetInParent()  # present though empty, as it always was on the wire
+    else:
+        mc = msg.constraints
+        mc.gpu, mc.cuda, mc.min_vram_gb, mc.region, mc.max_price = (
+            c.gpu,
+            c.cuda,
+            c.min_vram_gb,
+            c.region,
+            c.max_price,
+        )
+        mc.models.extend(c.models)
+        mc.labels.update(c.labels)
+    if job.metadata:
+        msg.metadata.update(job.metadata)
+    for field, us in ((msg.created_at, job.created_us), (msg.updated_at, job.updated_us),
+                      (msg.expires_at, job.expires_us), (msg.started_at, job.started_us),
+                      (msg.finished_at, job.finished_us)):  # fmt: skip
+        if us:
+            set_time(field, us)
     msg.ttl.FromMicroseconds(job.ttl_us)
     msg.execution_timeout.FromMicroseconds(job.execution_timeout_us)
     if with_payload:
@@ -131,6 +165,9 @@ def job_message(job: Job, with_payload: bool = True) -> job_pb2.Job:
         else:
             msg.payload_bytes = job.payload
     return msg
+
+
+_NO_CONSTRAINTS = Constraints()
 
 
 def event_message(e: Event) -> job_pb2.JobEvent:

@@ -19,7 +19,7 @@ from ..receipts.issuer import ReceiptIssuer
 from ..scheduler.engine import FailureIn, Scheduler
 from ..scheduler.sessions import AckOut, AssignmentOut, CancelOut, DrainOut, GoAwayOut, Session
 from ..security.interceptor import identity
-from .convert import capabilities_from, job_message, result_in, timestamp
+from .convert import capabilities_from, fill_job, result_in, set_time
 
 log = logging.getLogger("coordinator.miners")
 
@@ -36,8 +36,10 @@ def welcome(session: Session, kept: list[tuple[str, int]], heartbeat_s: float, l
 
 
 def assignment(a: AssignmentOut) -> pb.Assignment:
-    msg = pb.Assignment(job=job_message(a.job), attempt=a.attempt, lease_deadline=timestamp(a.lease_us),
-                        execution_deadline=timestamp(a.exec_deadline_us))  # fmt: skip
+    msg = pb.Assignment(attempt=a.attempt)
+    fill_job(msg.job, a.job)
+    set_time(msg.lease_deadline, a.lease_us)
+    set_time(msg.execution_deadline, a.exec_deadline_us)
     if tracing.ENABLED:
         tracing.decorate_assignment(msg)  # the job's trace context, for the miner's spans
     return msg

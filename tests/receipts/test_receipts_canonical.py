@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
 
 import pytest
 from aitbc.receipts import (
@@ -19,7 +20,7 @@ from aitbc.receipts import (
     parse_envelope,
 )
 from aitbc.receipts.canonical import es_number
-from aitbc.receipts.times import parse_receipt_time, parse_time
+from aitbc.receipts.times import check_receipt_time, format_time_us, parse_receipt_time, parse_time
 from hypothesis import given
 from hypothesis import strategies as st
 from receipts_helpers import COORD, OTHER
@@ -104,6 +105,12 @@ def test_struct_numbers_round_trip(value: float) -> None:
         assert "." not in text and "e" not in text
 
 
+@given(st.integers(-(2**53) + 1, 2**53 - 1))
+def test_struct_integral_numbers_are_their_shortest_digits(n: int) -> None:
+    shortest = format(Decimal(repr(float(n))), "f").rstrip("0").rstrip(".") or "0"
+    assert es_number(float(n)) == shortest
+
+
 def test_canonical_struct_nested_and_rejects_non_finite() -> None:
     value = {"z": [1.0, {"b": None, "a": True}], "a": "x"}
     assert canonical_struct(value) == b'{"a":"x","z":[1,{"a":true,"b":null}]}'
@@ -167,3 +174,20 @@ def test_parse_envelope_duplicate_key() -> None:
     dup = env.replace(b'"payloadType":"t"', b'"payloadType":"t","payloadType":"u"')
     with pytest.raises(DuplicateKeyError):
         parse_envelope(dup)
+
+
+@given(st.integers(0, 253402300799_999999))  # to 9999-12-31T23:59:59.999999Z
+def test_format_time_us_is_format_time_of_the_same_instant(us: int) -> None:
+    dt = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)
+    assert format_time_us(us) == format_time(dt)
+    check_receipt_time(format_time_us(us))
+    assert parse_receipt_time(format_time_us(us)) == dt
+
+
+def test_check_receipt_time_refuses_impossible_dates() -> None:
+    for bad in ("2026-02-30T00:00:00.000000Z", "2026-13-01T00:00:00.000000Z", "2026-11-26T24:00:00.000000Z",
+                "2026-11-26T22:46:60.000000Z", "2026-11-26T22:46:59.12345Z", 20261126):  # fmt: skip
+        with pytest.raises(ValueError):
+            check_receipt_time(bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError):
+            parse_receipt_time(bad)  # type: ignore[arg-type]

@@ -44,6 +44,7 @@ from .payload import (
     result_digest,
     sign_miner_report,
 )
+from .times import format_time_us
 from .verify import (
     ConsistencyProof,
     Policy,
@@ -87,6 +88,7 @@ __all__ = [
     "decode_strict",
     "format_checkpoint",
     "format_time",
+    "format_time_us",
     "jwk_thumbprint",
     "leaf_hash",
     "new_nonce",

@@ -37,9 +37,15 @@ class DuplicateKeyError(CanonicalError):
     """A JSON object repeats a key."""
 
 
+# One encoder for every call: json.dumps with options builds a new JSONEncoder each time.
+_ENCODE = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+# A string as JSON with non-ASCII kept as is (json's own C function; what ensure_ascii=False uses).
+_quote: Any = json.encoder.encode_basestring  # type: ignore[attr-defined]
+
+
 def _dumps(value: Any) -> bytes:
     try:
-        text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = _ENCODE(value)
         # Lone surrogates pass json.dumps but are not UTF-8: refuse instead of writing mojibake.
         return text.encode("utf-8")
     except (ValueError, TypeError, UnicodeEncodeError) as exc:
@@ -126,6 +132,8 @@ def es_number(x: float) -> str:
         raise CanonicalError("non-finite number")
     if x == 0:
         return "0"  # also -0.0, as ECMAScript
+    if x.is_integer() and -MAX_SAFE_INTEGER <= x <= MAX_SAFE_INTEGER:
+        return str(int(x))  # the common case; below 2^53 an integral double's shortest digits are exact
     sign = "-" if x < 0 else ""
     _, digits_t, exp = Decimal(repr(abs(x))).as_tuple()
     assert isinstance(exp, int)
@@ -156,7 +164,7 @@ def _struct_parts(value: Any, out: list[str], path: str) -> None:
     elif value is False:
         out.append("false")
     elif isinstance(value, str):
-        out.append(json.dumps(value, ensure_ascii=False))
+        out.append(_quote(value))
     elif isinstance(value, int):
         out.append(str(value))
     elif isinstance(value, float):
@@ -171,7 +179,7 @@ def _struct_parts(value: Any, out: list[str], path: str) -> None:
         for i, key in enumerate(sorted(value)):
             if i:
                 out.append(",")
-            out.append(json.dumps(key, ensure_ascii=False))
+            out.append(_quote(key))
             out.append(":")
             _struct_parts(value[key], out, f"{path}.{key}")
         out.append("}")

@@ -6,10 +6,12 @@ signed bytes. Naive datetimes are refused everywhere: a naive value is a local-t
 
 from __future__ import annotations
 
+import functools
 import re
+import time
 from datetime import UTC, datetime
 
-__all__ = ["format_time", "parse_receipt_time", "parse_time"]
+__all__ = ["check_receipt_time", "format_time", "format_time_us", "parse_receipt_time", "parse_time"]
 
 _RECEIPT_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
 _RFC3339 = re.compile(r"(\d{4}-\d{2}-\d{2})[Tt](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})")
@@ -30,10 +32,39 @@ def format_time(dt: datetime) -> str:
     return f"{u.year:04d}-{u.month:02d}-{u.day:02d}T{u.hour:02d}:{u.minute:02d}:{u.second:02d}.{u.microsecond:06d}Z"
 
 
+def format_time_us(us: int) -> str:
+    """``format_time`` of a UTC time in integer microseconds since the epoch, without making a datetime:
+    receipts are issued per job, and most of a second's receipts share its text."""
+    seconds, micros = divmod(us, 1_000_000)
+    return f"{_second_text(seconds)}.{micros:06d}Z"
+
+
+@functools.lru_cache(maxsize=64)
+def _second_text(seconds: int) -> str:
+    t = time.gmtime(seconds)
+    return f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
+
+
+def check_receipt_time(text: str) -> None:
+    """Raise ValueError unless text is the exact receipt form of a real time (as parse_receipt_time)."""
+    if not isinstance(text, str) or not _RECEIPT_TIME.fullmatch(text) or not _real_second(text[:19]):
+        raise ValueError(f"not a receipt timestamp: {text!r}")
+
+
+@functools.lru_cache(maxsize=256)
+def _real_second(text: str) -> bool:
+    """Whether YYYY-MM-DDTHH:MM:SS (digits in place) names a real time: 2026-02-30 does not."""
+    try:
+        datetime(int(text[0:4]), int(text[5:7]), int(text[8:10]), int(text[11:13]), int(text[14:16]),
+                 int(text[17:19]), tzinfo=UTC)  # fmt: skip
+    except ValueError:
+        return False
+    return True
+
+
 def parse_receipt_time(text: str) -> datetime:
     """Parse the exact receipt form (six fraction digits, ``Z``); anything else raises ValueError."""
-    if not isinstance(text, str) or not _RECEIPT_TIME.fullmatch(text):
-        raise ValueError(f"not a receipt timestamp: {text!r}")
+    check_receipt_time(text)
     # The pattern fixed every field's position and digits; datetime() checks the ranges (as strptime did).
     return datetime(int(text[0:4]), int(text[5:7]), int(text[8:10]), int(text[11:13]), int(text[14:16]),
                     int(text[17:19]), int(text[20:26]), tzinfo=UTC)  # fmt: skip
