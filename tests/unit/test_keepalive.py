@@ -11,7 +11,10 @@ from coordinator.server import SERVER_OPTIONS
 def test_clients_ping_less_often_than_the_server_permits() -> None:
     server, client = dict(SERVER_OPTIONS), dict(KEEPALIVE_OPTIONS)
     assert client["grpc.keepalive_time_ms"] > server["grpc.http2.min_ping_interval_without_data_ms"]
-    assert client["grpc.keepalive_permit_without_calls"] == 1 and server["grpc.keepalive_permit_without_calls"] == 1
+    assert (
+        client["grpc.keepalive_permit_without_calls"] == 1
+        and server["grpc.keepalive_permit_without_calls"] == 1
+    )
     # the server pings idle miners too, to find half-open connections
     assert server["grpc.keepalive_time_ms"] <= 60_000 and server["grpc.keepalive_timeout_ms"] <= 20_000
 
