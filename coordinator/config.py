@@ -53,6 +53,10 @@ class Settings:
     max_payload_bytes: int = 1 << 20
     heartbeat_interval_seconds: float = 10.0
     heartbeat_timeout_seconds: float = 30.0
+    # HTTP/2 keepalive of the server: a connection whose ping goes unanswered this long is closed (its
+    # streams end, their miners' jobs wait out the reconnect grace). Finds half-open TCP connections.
+    keepalive_time_seconds: float = 20.0
+    keepalive_timeout_seconds: float = 10.0
     lease_seconds: float = 30.0
     reconnect_grace_seconds: float = 30.0
     max_reassignments: int = 5
@@ -263,6 +267,8 @@ def validate(s: Settings) -> None:
         "MAX_PAYLOAD_BYTES": 1 <= s.max_payload_bytes <= 64 << 20,
         "HEARTBEAT_INTERVAL_SECONDS": s.heartbeat_interval_seconds > 0,
         "HEARTBEAT_TIMEOUT_SECONDS": s.heartbeat_timeout_seconds > s.heartbeat_interval_seconds,
+        "KEEPALIVE_TIME_SECONDS": s.keepalive_time_seconds >= 0.1,
+        "KEEPALIVE_TIMEOUT_SECONDS": s.keepalive_timeout_seconds >= 0.1,
         "LEASE_SECONDS": s.lease_seconds > s.heartbeat_interval_seconds,
         "RECONNECT_GRACE_SECONDS": s.reconnect_grace_seconds >= 0,
         "MAX_REASSIGNMENTS": s.max_reassignments >= 0,

@@ -54,6 +54,9 @@ MAX_MESSAGE_BYTES = 8 << 20
 SERVER_OPTIONS = [
     ("grpc.keepalive_time_ms", 20_000),
     ("grpc.keepalive_timeout_ms", 10_000),
+    # what closes a connection whose ping goes unanswered (a half-open one): with grpcio 1.85,
+    # keepalive_timeout_ms alone leaves it open indefinitely (tests/integration/test_half_open.py)
+    ("grpc.http2.ping_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ("grpc.http2.max_pings_without_data", 0),
@@ -69,14 +72,19 @@ SERVER_OPTIONS = [
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:
-    """SERVER_OPTIONS with the message size bounds of settings.
+    """SERVER_OPTIONS with the message size bounds and the keepalive of settings.
 
     gRPC itself refuses messages over twice MAX_MESSAGE_BYTES; between the two, the interceptor answers
     RESOURCE_EXHAUSTED with details (reason MESSAGE_TOO_LARGE), having read the size of the bytes.
     """
     hard = min(2 * settings.max_message_bytes, (1 << 31) - 1)
-    sizes = {"grpc.max_receive_message_length": hard, "grpc.max_send_message_length": hard}
-    return [(k, sizes.get(k, v)) for k, v in SERVER_OPTIONS]
+    chosen = {
+        "grpc.max_receive_message_length": hard, "grpc.max_send_message_length": hard,
+        "grpc.keepalive_time_ms": round(settings.keepalive_time_seconds * 1000),
+        "grpc.keepalive_timeout_ms": round(settings.keepalive_timeout_seconds * 1000),
+        "grpc.http2.ping_timeout_ms": round(settings.keepalive_timeout_seconds * 1000),
+    }  # fmt: skip
+    return [(k, chosen.get(k, v)) for k, v in SERVER_OPTIONS]
 
 
 @dataclass

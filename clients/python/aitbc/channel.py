@@ -5,9 +5,13 @@ from __future__ import annotations
 import grpc
 
 # The server permits client pings every 5 s or more; 20 s here leaves a wide margin.
+SERVER_MIN_PING_INTERVAL_S = 5.0
+# An unanswered ping closes the connection after grpc.http2.ping_timeout_ms: with grpcio 1.85,
+# keepalive_timeout_ms alone leaves a silent (half-open) connection open indefinitely.
 KEEPALIVE_OPTIONS = [
     ("grpc.keepalive_time_ms", 20_000),
     ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.ping_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.max_receive_message_length", 8 << 20),
@@ -24,14 +28,25 @@ def open_channel(
     tls_cert: bytes | str | None = None,
     tls_key: bytes | str | None = None,
     tls_server_name: str | None = None,
+    keepalive_s: float = 20.0,
+    keepalive_timeout_s: float = 10.0,
 ) -> grpc.aio.Channel:
     """A channel to address. own_connection: do not share a TCP connection with other channels.
+
+    Every keepalive_s the channel pings the coordinator; a ping unanswered for keepalive_timeout_s ends the
+    connection (its calls fail UNAVAILABLE; a miner reconnects). keepalive_s must stay above the server's
+    minimum of 5 s, or the server answers too_many_pings.
 
     Plaintext unless tls is set or a CA or client certificate is given: then TLS, trusting tls_ca (PEM bytes
     or a file path; the system roots when omitted), presenting tls_cert/tls_key for mutual TLS.
     tls_server_name overrides the name the server certificate is checked against.
     """
-    options = list(KEEPALIVE_OPTIONS)
+    if keepalive_s <= SERVER_MIN_PING_INTERVAL_S or keepalive_timeout_s <= 0:
+        raise ValueError(f"keepalive_s must exceed {SERVER_MIN_PING_INTERVAL_S:g} s; keepalive_timeout_s > 0")
+    timeout_ms = round(keepalive_timeout_s * 1000)
+    chosen = {"grpc.keepalive_time_ms": round(keepalive_s * 1000), "grpc.keepalive_timeout_ms": timeout_ms,
+              "grpc.http2.ping_timeout_ms": timeout_ms}  # fmt: skip
+    options = [(k, chosen.get(k, v)) for k, v in KEEPALIVE_OPTIONS]
     if own_connection:
         options.append(("grpc.use_local_subchannel_pool", 1))
     if not (tls or tls_ca or tls_cert):
