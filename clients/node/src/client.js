@@ -12,6 +12,7 @@ const { toStruct, fromStruct } = require('./struct');
 const { formatRfc3339 } = require('./time');
 const { makeBundle, verifyBundle } = require('./bundle');
 const { loadKeySet, KeySet } = require('./keys');
+const { signingEntries } = require('./signing');
 
 /** Where the contract lives when this package sits in the repository (clients/node -> proto/). */
 const DEFAULT_PROTO_DIR = path.resolve(__dirname, '..', '..', '..', 'proto');
@@ -103,6 +104,7 @@ class CoordinatorClient {
    * @param {string} address host:port
    * @param {object} [options]
    * @param {string} [options.apiKey] sent as `x-api-key` metadata on every call
+   * @param {string|Buffer} [options.hmacSecret] the key's signing secret: every call is signed (src/signing.js)
    * @param {grpc.ChannelCredentials} [options.credentials] default: plaintext (loopback, tests)
    * @param {string} [options.protoDir] the contract's root directory
    * @param {number} [options.timeoutMs] deadline of unary calls (default 30 s)
@@ -112,6 +114,7 @@ class CoordinatorClient {
     const v1 = loadContract(options.protoDir);
     const Health = loadHealth();
     this.apiKey = options.apiKey;
+    this.hmacSecret = options.hmacSecret;
     this.timeoutMs = options.timeoutMs ?? 30000;
     this.jobs = new v1.JobService(address, credentials);
     // The other stubs share the first one's channel: one connection per coordinator.
@@ -130,10 +133,24 @@ class CoordinatorClient {
     return md;
   }
 
+  /**
+   * A call's method definition, its request serialized once, and its metadata: signed over exactly those
+   * bytes when the client has a signing secret. The bytes are then sent as they are (identity serializer).
+   */
+  prepare(stub, method, request) {
+    const def = stub.constructor.service[method];
+    const body = def.requestSerialize(request);
+    const md = this.metadata();
+    if (this.hmacSecret) for (const [k, v] of signingEntries(this.hmacSecret, def.path, body)) md.set(k, v);
+    return { def, body, md };
+  }
+
   /** Calls a unary method and returns a promise of its response. */
   unary(stub, method, request, timeoutMs = this.timeoutMs) {
+    const { def, body, md } = this.prepare(stub, method, request);
     return new Promise((resolve, reject) => {
-      stub[method](request, this.metadata(), { deadline: Date.now() + timeoutMs }, (err, res) => (err ? reject(err) : resolve(res)));
+      stub.makeUnaryRequest(def.path, (b) => b, def.responseDeserialize, body, md, { deadline: Date.now() + timeoutMs },
+        (err, res) => (err ? reject(err) : resolve(res)));
     });
   }
 
@@ -190,7 +207,8 @@ class CoordinatorClient {
   watchJob(jobId, onUpdate, options = {}) {
     return new Promise((resolve, reject) => {
       const deadline = Date.now() + (options.timeoutMs ?? 600000);
-      const call = this.jobs.WatchJob({ job_id: jobId }, this.metadata(), { deadline });
+      const { def, body, md } = this.prepare(this.jobs, 'WatchJob', { job_id: jobId });
+      const call = this.jobs.makeServerStreamRequest(def.path, (b) => b, def.responseDeserialize, body, md, { deadline });
       this.streams.add(call);
       let done = false;
       let last = null;

@@ -7,7 +7,8 @@
 const test = require('node:test');
 const assert = require('node:assert/strict');
 const crypto = require('node:crypto');
-const { loadContract, loadHealth, keyToJson, receiptToBundle } = require('../src/client');
+const { CoordinatorClient, loadContract, loadHealth, keyToJson, receiptToBundle } = require('../src/client');
+const { signingEntries } = require('../src/signing');
 const { toStruct, fromStruct } = require('../src/struct');
 const v = require('../src/verify');
 
@@ -77,4 +78,38 @@ test('a GetReceipt response becomes the bundle of spec section 7', () => {
     checkpoint: 'origin\n9\nroot\n\n\u2014 origin sig\n',
   });
   assert.throws(() => receiptToBundle({ envelope, leafIndex: '9007199254740993', inclusionProof: { tree_size: '1', hashes: [] }, checkpoint: { note: '' } }), { code: 'BAD_BUNDLE' });
+});
+
+// Request signing: the same signatures as the Python SDK (values printed by aitbc.signing.signing_metadata
+// for the same secret, method, body, time and nonce), and the client signs the very bytes it sends.
+test('signing entries match the Python SDK for a unary body and for a streamed call', () => {
+  const secret = 'carol-hmac-secret-0001';
+  const fixed = { timestamp: 1718000000.25, nonce: '0123456789abcdef' };
+  const body = Buffer.from('0a056a6f622d31', 'hex'); // GetJobRequest{job_id: "job-1"}
+  assert.deepEqual(signingEntries(secret, '/aitbc.coordinator.v1.JobService/GetJob', body, fixed), [
+    ['x-aitbc-timestamp', '1718000000.250'], ['x-aitbc-nonce', '0123456789abcdef'],
+    ['x-aitbc-signature', '415cbdfd515f113b60dc3acc8637da4ad8ae417b9d6c5b8dbecf4fb060a1bb34'],
+  ]);
+  assert.equal(signingEntries(secret, '/aitbc.coordinator.v1.MinerService/Connect', null, fixed)[2][1],
+    '40fe84c53b2dc31730800f39a222a0fa16b6a268b92e65d8fdb3da2bc3dbe7c6');
+  const nonces = new Set(Array.from({ length: 50 }, () => signingEntries(secret, '/m', body)[1][1]));
+  assert.equal(nonces.size, 50); // a fresh nonce per call
+});
+
+test('a client with a signing secret signs the serialized request it will send', () => {
+  const client = new CoordinatorClient('127.0.0.1:9', { apiKey: 'client-key-3', hmacSecret: 'carol-hmac-secret-0001' });
+  try {
+    const { def, body, md } = client.prepare(client.jobs, 'GetJob', { job_id: 'job-1' });
+    assert.equal(def.path, '/aitbc.coordinator.v1.JobService/GetJob');
+    assert.deepEqual(body, Buffer.from('0a056a6f622d31', 'hex'));
+    const [ts, nonce, sig] = ['x-aitbc-timestamp', 'x-aitbc-nonce', 'x-aitbc-signature'].map((k) => md.get(k)[0]);
+    const expected = signingEntries('carol-hmac-secret-0001', def.path, body, { timestamp: Number(ts), nonce });
+    assert.equal(sig, expected[2][1]);
+    assert.deepEqual(md.get('x-api-key'), ['client-key-3']);
+    const plain = new CoordinatorClient('127.0.0.1:9', { apiKey: 'client-key-1' });
+    assert.deepEqual(plain.prepare(plain.jobs, 'GetJob', { job_id: 'job-1' }).md.get('x-aitbc-signature'), []);
+    plain.close();
+  } finally {
+    client.close();
+  }
 });

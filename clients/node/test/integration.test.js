@@ -81,7 +81,7 @@ test('real coordinator and miner: a job completes and its receipt verifies in Ja
     fs.rmSync(tmp, { recursive: true, force: true });
   });
   // cwd is the temporary directory, so no developer's .env is picked up.
-  const env = { ...process.env, CLIENT_API_KEYS: 'alice:client-key-1', MINER_API_KEYS: 'm1:miner-key-1', ADMIN_API_KEYS: 'ops:admin-key-1' };
+  const env = { ...process.env, CLIENT_API_KEYS: 'alice:client-key-1,carol:client-key-3;hmac=carol-hmac-secret-0001', MINER_API_KEYS: 'm1:miner-key-1', ADMIN_API_KEYS: 'ops:admin-key-1' };
   const coordinator = start('coordinator', COORDINATOR, ['serve', '--host', '127.0.0.1', '--port', String(port), '--database', `sqlite:///${tmp}/c.db`], { cwd: tmp, env });
   procs.push(coordinator);
   const client = new CoordinatorClient(address, { apiKey: 'client-key-1' });
@@ -161,6 +161,20 @@ test('real coordinator and miner: a job completes and its receipt verifies in Ja
       const bent = proof.hashes.map((h, i) => (i === 0 ? Buffer.alloc(32, 1) : h));
       assert.throws(() => verifyReceiptResponse(receipt2, keySet, { policy, previous: { checkpoint: older.note, consistencyProof: bent } }), { code: 'BAD_PROOF' });
     }
+
+    // A key that signs its calls (HMAC): every call signed over the bytes it sends, WatchJob included;
+    // an unsigned call, or one signed with another secret, is refused.
+    const carol = new CoordinatorClient(address, { apiKey: 'client-key-3', hmacSecret: 'carol-hmac-secret-0001' });
+    const unsigned = new CoordinatorClient(address, { apiKey: 'client-key-3' });
+    const wrongSecret = new CoordinatorClient(address, { apiKey: 'client-key-3', hmacSecret: 'not-the-secret-of-carol' });
+    t.after(() => [carol, unsigned, wrongSecret].forEach((c) => c.close()));
+    const signedJob = await carol.submitJob({ prompt: 'signed call' });
+    assert.equal(signedJob.client_id, 'carol');
+    const signedDone = await alive(watchToEnd(t, carol, signedJob.job_id), coordinator, miner);
+    assert.equal(signedDone.state, 'JOB_STATE_COMPLETED');
+    assert.deepEqual((await carol.getJobResult(signedJob.job_id)).result.result_json, { prompt: 'signed call' });
+    await assert.rejects(unsigned.getJob(signedJob.job_id), (err) => err.code === 16 && /signs its calls/.test(err.details));
+    await assert.rejects(wrongSecret.getJob(signedJob.job_id), (err) => err.code === 16 && /does not match/.test(err.details));
 
     // The miner again, now with a receipt key (the same command plus --signing-key-hex): the miner signs
     // its report in Python, the receipt carries it, and the miner role verifies here.
