@@ -41,6 +41,7 @@ class Sizes:
     batched_warmup_jobs: int = 5_000
     batched_jobs: int = 60_000
     latency_s: float = 8.0
+    latency_rate: float = 0.0  # submits/s of 4; 0: half the rate found in 2 (set it to compare builds)
     streams: int = 10_000
     stream_procs: int = 4
     stream_channels: int = 10  # per holder process
@@ -230,7 +231,7 @@ async def end_to_end(workdir: Path, sizes: Sizes) -> dict[str, float]:
         out.update(cpu.per_job("e2e_batched", sizes.batched_jobs))
 
         # 4. latency at half the rate of 2, open loop
-        rate = out["e2e_unary_jobs_per_s"] / 2
+        rate = sizes.latency_rate or out["e2e_unary_jobs_per_s"] / 2
         await fleet.record(True)
         r = await client.call("paced", rate=rate, seconds=sizes.latency_s)
         acked += len(r["samples"])
