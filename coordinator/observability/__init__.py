@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 from ..config import Settings
+from ..logs import flush_later
 from ..receipts.issuer import ReceiptIssuer
 from ..scheduler.engine import Scheduler
 from . import joblog, metrics, tracing
@@ -54,7 +55,7 @@ class Observability:
         tracing.activate(self.tracer)
 
     async def stop(self) -> None:
-        joblog.flush()  # the last turn's transition lines
+        flush_later()  # the last turn's lines
         if self._server is not None:
             await self._server.stop()
             self._server = None

@@ -20,6 +20,7 @@ from ..domain.errors import CoordinatorError, Kind, job_not_found
 from ..domain.ids import uuid7
 from ..domain.matching import eligible
 from ..domain.model import Capabilities, Event, Job, JobResult, JobState, PayloadKind
+from ..logs import info_later
 from ..store.base import JobFilter, Store, UnitOfWork
 from .queues import ReadyQueues, Shape
 from .sessions import AckOut, AssignmentOut, CancelOut, DrainOut, GoAwayOut, Held, Session
@@ -448,7 +449,7 @@ class Scheduler:
         )
         for observer in self.observers:
             observer("session_open", session, None)  # type: ignore[arg-type]
-        log.info("miner connected", extra={"event": "miner.connect", "miner_id": miner_id,
+        info_later(log, "miner connected", {"event": "miner.connect", "miner_id": miner_id,
                  "session_id": session.session_id, "transport": transport, "slots": caps.slots, "kept": len(kept)})  # fmt: skip
         self._fill(session, pending, now)
         return session, kept, pending
@@ -504,7 +505,7 @@ class Scheduler:
         session.wakeup.set()
         for observer in self.observers:
             observer("session_close", session, reason)  # type: ignore[arg-type]
-        log.info("miner disconnected", extra={"event": "miner.disconnect", "miner_id": session.miner_id,
+        info_later(log, "miner disconnected", {"event": "miner.disconnect", "miner_id": session.miner_id,
                  "session_id": session.session_id, "reason": reason})  # fmt: skip
 
     def drain(self, session: Session, reason: str) -> None:

@@ -1,4 +1,5 @@
-"""Transition lines: gathered per event-loop turn and written at once, or ordinary records elsewhere."""
+"""Lines by the thousand (job transitions, miner connects): gathered per event-loop turn and written at once,
+or ordinary records under any other logging set-up."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 
 from coordinator.domain import states
 from coordinator.domain.model import Constraints, Job, JobState, PayloadKind
-from coordinator.logs import configure_logging, request_id
+from coordinator.logs import configure_logging, flush_later, info_later, request_id
 from coordinator.observability import joblog
 
 
@@ -80,7 +81,7 @@ async def test_other_handlers_get_records(restore_root: None) -> None:
     root.setLevel("INFO")
     job = make_job(1)
     joblog.transition(job, states.submitted_event(job))
-    joblog.flush()  # what shutdown does: nothing waits for the next turn
+    flush_later()  # what shutdown does: nothing waits for the next turn
     assert [r.getMessage() for r in records] == ["job submitted"]
     assert records[0].job_id == "job-1" and records[0].to_state == "QUEUED"  # type: ignore[attr-defined]
 
@@ -91,3 +92,41 @@ def test_without_a_loop_a_line_is_written_at_once(restore_root: None) -> None:
     job = make_job(2)
     joblog.transition(job, states.submitted_event(job))
     assert "job submitted" in stream.getvalue() and "job_id=job-2" in stream.getvalue()
+
+
+async def test_lines_of_several_loggers_keep_their_order_in_one_write(restore_root: None) -> None:
+    stream = CountingStream()
+    configure_logging("INFO", "json", stream)
+    sessions = logging.getLogger("coordinator.scheduler")
+    job = make_job(3)
+    info_later(sessions, "miner connected", {"event": "miner.connect", "miner_id": "m1"})
+    joblog.transition(job, states.submitted_event(job))
+    info_later(sessions, "miner disconnected", {"event": "miner.disconnect", "miner_id": "m1"})
+    await asyncio.sleep(0)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert stream.writes == 1
+    assert [(x["logger"], x["msg"]) for x in lines] == [
+        ("coordinator.scheduler", "miner connected"), ("coordinator.jobs", "job submitted"),
+        ("coordinator.scheduler", "miner disconnected"),
+    ]  # fmt: skip
+
+
+async def test_a_logger_with_a_handler_of_its_own_gets_records(restore_root: None) -> None:
+    stream = CountingStream()
+    configure_logging("INFO", "text", stream)
+    records: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    sessions = logging.getLogger("coordinator.scheduler")
+    own = Collect()
+    sessions.addHandler(own)
+    try:
+        info_later(sessions, "miner connected", {"event": "miner.connect", "miner_id": "m2"})
+        await asyncio.sleep(0)
+    finally:
+        sessions.removeHandler(own)
+    assert [r.getMessage() for r in records] == ["miner connected"]
+    assert "miner connected" in stream.getvalue() and "miner_id=m2" in stream.getvalue()  # root's handler too
