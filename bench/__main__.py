@@ -36,7 +36,7 @@ ROWS: list[tuple[str, str, str, str, Any]] = [
     ("e2e_batched_coord_loop_cpu_us_per_job", "3     of which its event loop thread", "us", "", None),
     ("e2e_batched_client_cpu_us_per_job", "3   CPU per job: client", "us", "", None),
     ("e2e_batched_miners_cpu_us_per_job", "3   CPU per job: miners", "us", "", None),
-    ("latency_rate_per_s", "4 latency at half of 2's rate", "jobs/s", "", None),
+    ("latency_rate_per_s", "4 latency: open-loop submit rate", "jobs/s", "", None),
     ("submit_p50_ms", "4   submit call p50", "ms", "<= 2", lambda v: v <= 2),
     ("submit_p99_ms", "4   submit call p99", "ms", "", None),
     ("dispatch_p50_ms", "4   response -> assignment p50", "ms", "<= 1", lambda v: v <= 1),

@@ -13,6 +13,7 @@ import json
 import logging
 import re
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 from typing import IO
@@ -106,65 +107,91 @@ class LineHandler(logging.StreamHandler):
     call (`write_lines`, fed by `info_later`): lines by the thousand a second skip LogRecord, filters and a
     write and flush each."""
 
-    formatter: LineFormatter
+    def emit(self, record: logging.LogRecord) -> None:
+        if _later and _later_thread == threading.get_ident():
+            flush_later()  # lines gathered earlier in this turn go first: the output keeps the order of events
+        super().emit(record)
 
-    def write_lines(self, level: str, lines: list[tuple[str, str, dict[str, object]]]) -> None:
-        """lines: (logger name, message, fields), all logged now at level."""
-        ts = _iso(time.time())
-        fmt = self.formatter.line
-        text = "".join(fmt(ts, level, name, msg, extra) + self.terminator for name, msg, extra in lines)
-        with self.lock:  # type: ignore[union-attr]
-            try:
-                self.stream.write(text)
+    def write_lines(self, level: str, lines: list[tuple[float, str, str, dict[str, object]]]) -> None:
+        """lines: (time.time() when logged, logger name, message, fields), all at level."""
+        try:
+            fmt = self.formatter.line  # type: ignore[union-attr]  # a LineFormatter: see line_handler
+            out, ms, ts = [], -1, ""
+            for created, name, msg, extra in lines:
+                if int(created * 1000) != ms:  # one timestamp text per millisecond, not per line
+                    ms, ts = int(created * 1000), _iso(created)
+                out.append(fmt(ts, level, name, msg, extra) + self.terminator)
+            with self.lock:  # type: ignore[union-attr]
+                self.stream.write("".join(out))
                 self.flush()
-            except Exception:  # as StreamHandler.emit: logging never takes the service down
-                self.handleError(
-                    logging.LogRecord("coordinator", logging.INFO, "", 0, "%d lines", (len(lines),), None)
-                )
+        except Exception:  # as StreamHandler.emit: logging never takes the service down
+            self.handleError(
+                logging.LogRecord("coordinator", logging.INFO, "", 0, "%d lines", (len(lines),), None)
+            )
 
 
 def line_handler() -> LineHandler | None:
-    """The configured LineHandler when it is the only place root log lines go (else None: log records)."""
+    """The configured LineHandler when it is the only place root lines go and would take an INFO line
+    unfiltered (its level, its formatter and its filters as configure_logging set them); else None, and
+    each line becomes a record."""
     handlers = logging.getLogger().handlers
-    if len(handlers) == 1 and isinstance(handlers[0], LineHandler):
-        return handlers[0]
+    if len(handlers) != 1:
+        return None
+    handler = handlers[0]
+    if (
+        isinstance(handler, LineHandler)
+        and isinstance(handler.formatter, LineFormatter)
+        and handler.level <= logging.INFO
+        and all(isinstance(f, RequestIdFilter) for f in handler.filters)
+    ):
+        return handler
     return None
 
 
-_later: list[tuple[logging.Logger, str, dict[str, object]]] = []
+# Lines gathered this turn, the loop whose turn it is and its thread: only that thread touches them.
+_later: list[tuple[float, logging.Logger, str, dict[str, object]]] = []
+_flush_loop: asyncio.AbstractEventLoop | None = None
+_later_thread = 0
 
 
 def info_later(logger: logging.Logger, message: str, extra: dict[str, object]) -> None:
     """An INFO line of logger, written at the end of this event-loop turn with the turn's other lines, in one
     write. For lines that come by the thousand a second (job transitions, a fleet of miners reconnecting):
-    a record, the filters and a flushed write per line cost ~35 us. The request id is the caller's, as for
-    any line; under any other logging set-up each line still becomes an ordinary record."""
+    a record, the filters and a flushed write per line cost ~35 us. The time and request id are the caller's,
+    as for any line; under any other logging set-up each line still becomes an ordinary record."""
+    global _flush_loop, _later_thread
     if not logger.isEnabledFor(logging.INFO):
         return
+    _later_thread = threading.get_ident()
     extra.setdefault("request_id", request_id.get())
-    if not _later:
-        try:
-            asyncio.get_running_loop().call_soon(flush_later)
-        except RuntimeError:  # no loop (a synchronous caller): nothing would come back for the line
-            _later.append((logger, message, extra))
-            flush_later()
-            return
-    _later.append((logger, message, extra))
+    _later.append((time.time(), logger, message, extra))
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # no loop (a synchronous caller): nothing would come back for the line
+        flush_later()
+        return
+    if _flush_loop is not loop:  # a flush scheduled on a loop that closed before running it is replaced
+        _flush_loop = loop
+        loop.call_soon(flush_later)
 
 
 def flush_later() -> None:
     """Write the lines info_later gathered (also called at shutdown, so that none is lost)."""
+    global _flush_loop
+    _flush_loop = None
     if not _later:
         return
     lines = _later[:]
     _later.clear()
     handler = line_handler()
-    if handler is not None and all(_plain(logger) for logger, _, _ in lines):
-        handler.write_lines("INFO", [(logger.name, message, extra) for logger, message, extra in lines])
+    if handler is not None and all(_plain(logger) for _, logger, _, _ in lines):
+        handler.write_lines("INFO", [(t, logger.name, message, extra) for t, logger, message, extra in lines])
         return
-    for logger, message, extra in lines:
+    for created, logger, message, extra in lines:
         # makeRecord + handle: logger.info without its caller lookup (a stack walk per line; nothing prints it)
-        logger.handle(logger.makeRecord(logger.name, logging.INFO, "", 0, message, (), None, "", extra))
+        record = logger.makeRecord(logger.name, logging.INFO, "", 0, message, (), None, "", extra)
+        record.created = created
+        logger.handle(record)
 
 
 def _plain(logger: logging.Logger) -> bool:

@@ -109,6 +109,7 @@ def test_struct_numbers_round_trip(value: float) -> None:
 def test_struct_integral_numbers_are_their_shortest_digits(n: int) -> None:
     shortest = format(Decimal(repr(float(n))), "f").rstrip("0").rstrip(".") or "0"
     assert es_number(float(n)) == shortest
+    assert es_number(n) == shortest  # ints too, as before
 
 
 def test_canonical_struct_nested_and_rejects_non_finite() -> None:

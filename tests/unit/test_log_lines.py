@@ -130,3 +130,32 @@ async def test_a_logger_with_a_handler_of_its_own_gets_records(restore_root: Non
         sessions.removeHandler(own)
     assert [r.getMessage() for r in records] == ["miner connected"]
     assert "miner connected" in stream.getvalue() and "miner_id=m2" in stream.getvalue()  # root's handler too
+
+
+async def test_a_record_logged_later_in_the_turn_comes_after_the_gathered_lines(restore_root: None) -> None:
+    stream = CountingStream()
+    configure_logging("INFO", "text", stream)
+    job = make_job(4)
+    joblog.transition(job, states.submitted_event(job))
+    logging.getLogger("coordinator.rpc").error("unexpected error after the submit")
+    await asyncio.sleep(0)
+    lines = stream.getvalue().splitlines()
+    assert ["job submitted" in lines[0], "unexpected error" in lines[1]] == [True, True], lines
+
+
+@pytest.mark.parametrize("change", ["formatter", "level", "filter"])
+async def test_a_handler_configured_otherwise_gets_records(restore_root: None, change: str) -> None:
+    stream = CountingStream()
+    configure_logging("INFO", "text", stream)
+    handler = logging.getLogger().handlers[0]
+    if change == "formatter":
+        handler.setFormatter(logging.Formatter("plain %(message)s"))
+    elif change == "level":
+        handler.setLevel(logging.WARNING)
+    else:
+        handler.addFilter(lambda record: "submitted" not in record.getMessage())
+    job = make_job(5)
+    joblog.transition(job, states.submitted_event(job))
+    await asyncio.sleep(0)
+    written = stream.getvalue()
+    assert written == ("plain job submitted\n" if change == "formatter" else ""), written

@@ -139,7 +139,14 @@ class CoordinatorClient {
    */
   prepare(stub, method, request) {
     const def = stub.constructor.service[method];
-    const body = def.requestSerialize(request);
+    let body;
+    try {
+      body = def.requestSerialize(request);
+    } catch (err) {
+      // as grpc-js reports a request it cannot serialize: an error with a status code, not a bare TypeError
+      throw Object.assign(new Error(`13 INTERNAL: Request message serialization failure: ${err.message}`),
+        { code: grpc.status.INTERNAL, details: `Request message serialization failure: ${err.message}`, metadata: new grpc.Metadata() });
+    }
     const md = this.metadata();
     if (this.hmacSecret) for (const [k, v] of signingEntries(this.hmacSecret, def.path, body)) md.set(k, v);
     return { def, body, md };
@@ -147,8 +154,8 @@ class CoordinatorClient {
 
   /** Calls a unary method and returns a promise of its response. */
   unary(stub, method, request, timeoutMs = this.timeoutMs) {
-    const { def, body, md } = this.prepare(stub, method, request);
     return new Promise((resolve, reject) => {
+      const { def, body, md } = this.prepare(stub, method, request); // a throw here rejects the promise
       stub.makeUnaryRequest(def.path, (b) => b, def.responseDeserialize, body, md, { deadline: Date.now() + timeoutMs },
         (err, res) => (err ? reject(err) : resolve(res)));
     });
@@ -207,7 +214,7 @@ class CoordinatorClient {
   watchJob(jobId, onUpdate, options = {}) {
     return new Promise((resolve, reject) => {
       const deadline = Date.now() + (options.timeoutMs ?? 600000);
-      const { def, body, md } = this.prepare(this.jobs, 'WatchJob', { job_id: jobId });
+      const { def, body, md } = this.prepare(this.jobs, 'WatchJob', { job_id: jobId }); // a throw rejects
       const call = this.jobs.makeServerStreamRequest(def.path, (b) => b, def.responseDeserialize, body, md, { deadline });
       this.streams.add(call);
       let done = false;

@@ -113,3 +113,14 @@ test('a client with a signing secret signs the serialized request it will send',
     client.close();
   }
 });
+
+test('a request that cannot be serialized rejects with a status code, as grpc-js reports it', async () => {
+  const client = new CoordinatorClient('127.0.0.1:9', { apiKey: 'client-key-1', hmacSecret: 'carol-hmac-secret-0001' });
+  try {
+    const call = client.submitJob({ a: 1 }, { constraints: { models: 'not-a-list' } });
+    assert.ok(call instanceof Promise); // no synchronous throw
+    await assert.rejects(call, (err) => err.code === 13 && /serialization failure/.test(err.details));
+  } finally {
+    client.close();
+  }
+});

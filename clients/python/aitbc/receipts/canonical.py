@@ -132,7 +132,7 @@ def es_number(x: float) -> str:
         raise CanonicalError("non-finite number")
     if x == 0:
         return "0"  # also -0.0, as ECMAScript
-    if x.is_integer() and -MAX_SAFE_INTEGER <= x <= MAX_SAFE_INTEGER:
+    if -MAX_SAFE_INTEGER <= x <= MAX_SAFE_INTEGER and x == int(x):
         return str(int(x))  # the common case; below 2^53 an integral double's shortest digits are exact
     sign = "-" if x < 0 else ""
     _, digits_t, exp = Decimal(repr(abs(x))).as_tuple()
