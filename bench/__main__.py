@@ -50,6 +50,8 @@ ROWS: list[tuple[str, str, str, str, Any]] = [
     ("backlog_rate_small_jobs_per_s", "6 dispatch rate, small backlog", "jobs/s", "", None),
     ("backlog_rate_large_jobs_per_s", "6 dispatch rate, large backlog", "jobs/s", "", None),
     ("backlog_rate_ratio_100k_vs_1k", "6   ratio large / small", "", ">= 0.9", lambda v: v >= 0.9),
+    ("backlog_small_coord_cpu_us_per_job", "6   coordinator CPU per job, small", "us", "", None),
+    ("backlog_large_coord_cpu_us_per_job", "6   coordinator CPU per job, large", "us", "", None),
     ("restart_active_jobs", "7 non-terminal jobs in the store", "jobs", "", None),
     ("restart_serving_s", "7   start to serving", "s", "<= 5", lambda v: v <= 5),
     ("start_serving_empty_s", "7   (empty store, for reference)", "s", "", None),
