@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import functools
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 
 class JobState(enum.IntEnum):
@@ -117,6 +117,9 @@ class Job:
     event_seq: int = 0  # last event sequence number
     not_before_us: int = 0  # retry backoff: not dispatched before this time
     queued_us: int = 0  # when it last entered the queue (for queue-wait figures)
+    # in the scheduler's ready queues right now (a QUEUED job waiting out a retry backoff is not): kept by
+    # ReadyQueues, so its counts stay exact without scanning the queues
+    in_queue: bool = field(default=False, compare=False, repr=False)
 
     @property
     def expires_us(self) -> int:

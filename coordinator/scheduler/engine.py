@@ -294,7 +294,7 @@ class Scheduler:
                 self._refresh_available(session)
         if job.state is JobState.QUEUED:
             job.state = JobState.CANCELED  # lazily dropped from the queues
-            self.queues.discard()
+            self.queues.discard(job)
 
     async def _idempotent_hit(self, client_id: str, spec: JobSpec) -> Job | None:
         key = (client_id, spec.idempotency_key)
@@ -383,7 +383,7 @@ class Scheduler:
             job, states.transition(job, JobState.CANCELED, "CANCELED_BY_CLIENT", now, message=reason)
         )
         if was is JobState.QUEUED:
-            self.queues.discard()
+            self.queues.discard(job)
         if holder is not None:
             holder.held.pop(job.job_id, None)
             pending.sends.append((holder, CancelOut(job.job_id, job.attempt, "CANCELED_BY_CLIENT")))
@@ -837,7 +837,7 @@ class Scheduler:
                 pending = _Pending()
                 pending.record(job, states.transition(job, JobState.EXPIRED, "TTL_EXPIRED", now,
                                                       message="no miner took the job before its time to live ran out"))  # fmt: skip
-                self.queues.discard()
+                self.queues.discard(job)
                 self._finish(job, pending)
                 self._spawn_commit(pending)
         elif kind == "ready":

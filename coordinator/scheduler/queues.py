@@ -3,7 +3,8 @@
 Jobs with identical constraints share a shape, so finding work for a miner costs O(number of shapes),
 never O(queued jobs): queue depth does not slow dispatch. Within a shape and priority each client has a
 FIFO; clients take turns, so one client's flood cannot starve another's jobs. Removal is lazy: a job that
-left QUEUED (canceled, expired) is skipped when it reaches the head.
+left QUEUED (canceled, expired) is skipped when it reaches the head. The counts (depth, depth by priority)
+are exact at all times, from each job's `in_queue` mark: reading them never scans the queues.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ PRIORITIES = range(9, -1, -1)
 class _Level:
     """One priority level of one shape: a FIFO per client, clients in round-robin order."""
 
-    __slots__ = ("clients",)
+    __slots__ = ("clients", "owner")
 
-    def __init__(self) -> None:
+    def __init__(self, owner: ReadyQueues) -> None:
         self.clients: OrderedDict[str, deque[Job]] = OrderedDict()
+        self.owner = owner
 
     def push(self, job: Job) -> None:
         fifo = self.clients.get(job.client_id)
@@ -34,7 +36,7 @@ class _Level:
         while self.clients:
             client, fifo = next(iter(self.clients.items()))
             while fifo and not _ready(fifo[0]):
-                fifo.popleft()
+                self.owner.discard(fifo.popleft())  # counted out already, unless it left unannounced
             if fifo:
                 return fifo[0]
             del self.clients[client]
@@ -81,7 +83,8 @@ class ReadyQueues:
         self.shapes: dict[Constraints, Shape] = {}
         self.served: dict[str, int] = {}  # client -> dispatch counter at its last dispatch (fair share)
         self._dispatches = 0
-        self.depth = 0
+        self.depth = 0  # jobs in the queues, QUEUED
+        self.by_priority = [0] * 10  # the same by priority (0-9)
 
     def push(self, job: Job) -> None:
         shape = self.shapes.get(job.constraints)
@@ -89,14 +92,22 @@ class ReadyQueues:
             shape = self.shapes[job.constraints] = Shape(job.constraints)
         level = shape.levels.get(job.priority)
         if level is None:
-            level = shape.levels[job.priority] = _Level()
+            level = shape.levels[job.priority] = _Level(self)
         level.push(job)
         shape.size += 1
-        self.depth += 1
+        self._count(job, True)
 
-    def discard(self) -> None:
-        """A queued job left the queue by another way (cancel, expiry): keep the depth figure right."""
-        self.depth -= 1
+    def discard(self, job: Job) -> None:
+        """job left QUEUED by another way (cancel, expiry): count it out. A job that was not in the queues
+        (waiting out a retry backoff, say) changes nothing; its queue entry, if any, is skipped later."""
+        if job.in_queue:
+            self._count(job, False)
+
+    def _count(self, job: Job, queued: bool) -> None:
+        job.in_queue = queued
+        step = 1 if queued else -1
+        self.depth += step
+        self.by_priority[job.priority] += step
 
     def pop_for(self, eligible: Callable[[Shape], bool]) -> Job | None:
         """Remove and return the best job among shapes the miner is eligible for, or None."""
@@ -121,16 +132,10 @@ class ReadyQueues:
         assert job is not None
         popped = best.levels[job.priority].pop()
         best.size -= 1
-        self.depth -= 1
+        self._count(popped, False)
         self._dispatches += 1
         self.served[popped.client_id] = self._dispatches
         return popped
 
     def depth_by_priority(self) -> dict[int, int]:
-        out: dict[int, int] = {}
-        for shape in self.shapes.values():
-            for priority, level in shape.levels.items():
-                out[priority] = out.get(priority, 0) + sum(
-                    sum(1 for j in fifo if j.state is JobState.QUEUED) for fifo in level.clients.values()
-                )
-        return out
+        return {priority: n for priority, n in enumerate(self.by_priority) if n}

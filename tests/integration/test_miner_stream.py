@@ -10,6 +10,7 @@ import pytest
 from aitbc.coordinator.v1 import admin_service_pb2 as apb
 from aitbc.miner import JobFailed, Miner, Outcome, echo_runner
 from coord_support import (
+    ADMIN_KEY,
     ASSIGNED,
     COMPLETED,
     FAILED,
@@ -262,6 +263,24 @@ async def test_reconnect_after_grace_loses_the_job(coord: Harness) -> None:
     assert (again.job.job_id, again.attempt) == (job.job_id, 2)
     miner.result(job.job_id, 1)
     assert (await miner.next("result_ack")).reason == "STALE_ATTEMPT"
+
+
+@pytest.mark.coordinator(retry_backoff_base_seconds=30, retry_backoff_max_seconds=60)
+async def test_canceling_a_job_in_backoff_keeps_the_queue_depth_exact(coord: Harness) -> None:
+    """A job waiting out a retry backoff is QUEUED but not in the ready queues: canceling it must not count
+    it out of them (the depth went to -1, and stayed there)."""
+    alice = coord.client("alice")
+    miner = await coord.stream_miner("miner-00")
+    waiting = await alice.submit({"x": 1}, max_attempts=3)
+    assert len(await miner.assignments(1)) == 1
+    miner.failure(waiting.job_id, 1, retryable=True, code="CUDA_OOM")
+    assert (await miner.next("result_ack")).accepted
+    await alice.cancel(waiting.job_id)
+    queues = coord.coordinator.scheduler.queues
+    assert (queues.depth, queues.depth_by_priority()) == (0, {})
+    md = (("x-api-key", ADMIN_KEY),)
+    stats = await coord.admin().stub.GetStats(apb.GetStatsRequest(), metadata=md)
+    assert stats.queue_depth == 0
 
 
 @pytest.mark.coordinator(retry_backoff_base_seconds=0.3, retry_backoff_max_seconds=1.0)

@@ -49,6 +49,25 @@ def test_canceled_jobs_are_skipped() -> None:
     q.push(second)
     first.state = JobState.CANCELED
     assert drain(q) == ["j1"]
+    assert q.depth == 0 and q.depth_by_priority() == {}  # counted out when skipped, though unannounced
+
+
+def test_counts_are_exact_without_a_scan() -> None:
+    q = ReadyQueues()
+    jobs = [job(f"p{i}", priority=i % 3) for i in range(9)]
+    for j in jobs:
+        q.push(j)
+    assert q.depth == 9 and q.depth_by_priority() == {0: 3, 1: 3, 2: 3}
+    jobs[0].state = JobState.CANCELED
+    q.discard(jobs[0])
+    q.discard(jobs[0])  # announced twice: counted once
+    waiting = job("backoff", priority=2)  # QUEUED but waiting out a retry backoff: never pushed
+    waiting.state = JobState.EXPIRED
+    q.discard(waiting)
+    assert q.depth == 8 and q.depth_by_priority() == {0: 2, 1: 3, 2: 3}
+    assert q.pop_for(lambda shape: True).priority == 2
+    assert q.depth == 7 and q.depth_by_priority() == {0: 2, 1: 3, 2: 2}
+    assert len(drain(q)) == 7 and q.depth == 0 and q.depth_by_priority() == {}
 
 
 def test_only_eligible_shapes_are_taken() -> None:
