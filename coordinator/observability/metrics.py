@@ -241,11 +241,7 @@ class LiveStateCollector(Collector):
                                  "id and version.", labels=["coordinator_id", "version"])  # fmt: skip
         info.add_metric([self.coordinator_id, self.version], 1)
         yield info
-        counts = dict.fromkeys(ACTIVE_STATES.values(), 0)
-        for job in list(s.jobs.values()):
-            name = ACTIVE_STATES.get(job.state)
-            if name is not None:
-                counts[name] += 1
+        counts = {name: s.active_counts[state] for state, name in ACTIVE_STATES.items()}
         jobs = GaugeMetricFamily(
             "aitbc_jobs", "Jobs not yet finished, by state (finished jobs: aitbc_jobs_finished_total).",
             labels=["state"],

@@ -96,6 +96,9 @@ class _Pending:
         self.notes.append((job, event))
 
 
+ACTIVE = (JobState.QUEUED, JobState.ASSIGNED, JobState.RUNNING)
+
+
 class ReceiptHook:
     """What the scheduler needs from the receipt issuer (see coordinator.receipts)."""
 
@@ -116,6 +119,8 @@ class Scheduler:
         self.settings = settings
         self.receipts = receipts
         self.jobs: dict[str, Job] = {}  # every non-terminal job
+        # non-terminal jobs by state as committed, kept per transition (metrics read it: no scan per scrape)
+        self.active_counts: dict[JobState, int] = dict.fromkeys(ACTIVE, 0)
         self._unsettled: dict[str, asyncio.Future] = {}  # job -> its latest commit not yet durable
         self.queues = ReadyQueues()
         self.sessions: dict[str, Session] = {}  # by session id
@@ -140,6 +145,7 @@ class Scheduler:
         grace_us = int(self.settings.grace_s * MICROS)
         for job in await self.store.load_active_jobs():
             self.jobs[job.job_id] = job
+            self.active_counts[job.state] += 1
             if job.idempotency_key:
                 self.idempotency[(job.client_id, job.idempotency_key)] = job.job_id
             if job.state is JobState.QUEUED:
@@ -215,6 +221,11 @@ class Scheduler:
             action()
 
     def _notify(self, job: Job, event: Event) -> None:
+        counts = self.active_counts
+        if event.from_state in counts:
+            counts[event.from_state] -= 1  # type: ignore[index]
+        if event.to_state in counts:
+            counts[event.to_state] += 1
         for observer in self.observers:
             observer("transition", job, event)
         queues = self.watchers.get(job.job_id)

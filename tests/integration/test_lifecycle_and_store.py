@@ -218,3 +218,36 @@ async def test_event_table_is_append_only(coord: Harness) -> None:
     finally:
         conn.close()
     assert coord.db.events(job.job_id) == before
+
+
+@pytest.mark.coordinator(reconnect_grace_seconds=30, lease_seconds=30)
+async def test_job_counts_by_state_stay_exact_through_every_path_and_a_restart(coord: Harness) -> None:
+    """The scheduler keeps non-terminal jobs by state per transition (metrics read it instead of scanning
+    every job per scrape): after submissions, dispatch, completion, a retryable failure, a cancel and a
+    restart it equals a count of the jobs themselves."""
+
+    def recount() -> dict:
+        s = coord.coordinator.scheduler
+        actual = {state: 0 for state in s.active_counts}
+        for job in s.jobs.values():
+            if job.state in actual:  # a finished job stays in s.jobs until its commit lands
+                actual[job.state] += 1
+        return actual
+
+    async def exact() -> bool:
+        return coord.coordinator.scheduler.active_counts == recount()
+
+    alice = coord.client("alice")
+    miner = await coord.stream_miner("miner-00", slots=3)
+    jobs = [await alice.submit({"n": i}, max_attempts=3) for i in range(6)]
+    first, second, _held = await miner.assignments(3)
+    miner.accept(first)
+    miner.result(first.job.job_id, first.attempt)
+    miner.failure(second.job.job_id, second.attempt, retryable=True)
+    await alice.cancel(jobs[5].job_id)
+    await eventually(exact, what="counts equal to a recount")
+    counts = coord.coordinator.scheduler.active_counts
+    assert sum(counts.values()) == len(coord.coordinator.scheduler.jobs) >= 3
+    await coord.restart()  # loaded from the store: the ASSIGNED/RUNNING ones wait for their miner
+    await eventually(exact, what="counts equal to a recount after a restart")
+    assert sum(coord.coordinator.scheduler.active_counts.values()) == sum(counts.values())
