@@ -1,9 +1,10 @@
 """Issues one signed receipt per completed attempt, appends it to the Merkle log and books the ledger.
 
 Everything lands in the unit of work of the COMPLETED transition, so a receipt exists if and only if the
-completion does. Leaves are appended in memory in the order their units reach the single writer, and a
-checkpoint is only ever signed over leaves already committed: after a crash the rebuilt tree can never
-contradict a checkpoint the coordinator published.
+completion does. The store gives each leaf its place in the log as it commits it (commit order), and the
+in-memory tree takes leaves only once committed, in that order: a unit that fails to commit leaves no gap
+and no phantom leaf, and a checkpoint (signed over the tree) can never contradict the tree rebuilt from
+the store after a restart. After a failed commit holding receipts the tree is rebuilt from the store.
 """
 
 from __future__ import annotations
@@ -73,7 +74,10 @@ class ReceiptIssuer(ReceiptHook):
         self.chain_id = chain_id
         self.origin = f"aitbc.coordinator/{coordinator_id}"
         self.tree = MerkleTree()
-        self.committed_size = 0
+        self.committed_size = 0  # = tree.size: the tree holds committed leaves only
+        self._arrived: dict[int, bytes] = {}  # committed leaves waiting for the ones before them
+        self._grew = asyncio.Event()  # set (and replaced) whenever the tree grows
+        self._resync: asyncio.Task | None = None
         self.checkpoint: CheckpointRow | None = None
         self._checkpoint_lock = asyncio.Lock()
         self.accounts: dict[tuple[str, str], dict] = {}
@@ -112,9 +116,10 @@ class ReceiptIssuer(ReceiptHook):
         )  # fmt: skip
         signers = [self.keys.coordinator] + ([self.keys.attestation] if self.keys.attestation else [])
         envelope = build_envelope(payload, RECEIPT_PAYLOAD_TYPE, signers)
-        leaf = leaf_hash(envelope)
-        index = self.tree.append(leaf)
-        unit.receipts.append(ReceiptRow(receipt_id, job.job_id, job.attempt, envelope, index, leaf, now))
+        # its place in the log (leaf_index) is given by the store when the unit commits
+        unit.receipts.append(
+            ReceiptRow(receipt_id, job.job_id, job.attempt, envelope, -1, leaf_hash(envelope), now)
+        )
         unit.ledger.append(LedgerEntry(job.client_id, "client", receipt_id, -amount, units, now))
         unit.ledger.append(LedgerEntry(session.miner_id, "miner", receipt_id, amount, units, now))
         self.issued += 1
@@ -139,8 +144,12 @@ class ReceiptIssuer(ReceiptHook):
         return report, MinerSignature(miner_key_row(session.miner_id, session.receipt_public_key).key_id, sig)
 
     def committed(self, unit: UnitOfWork) -> None:
-        """After a commit holding receipts: its leaves are durable and its ledger entries booked."""
-        self.committed_size = max(self.committed_size, max(r.leaf_index for r in unit.receipts) + 1)
+        """After a commit holding receipts: its leaves join the tree (in log order) and its ledger entries
+        are booked."""
+        for r in unit.receipts:
+            if r.leaf_index >= self.tree.size:  # (a rebuild may have taken it already)
+                self._arrived[r.leaf_index] = r.leaf_hash
+        self._extend()
         for e in unit.ledger:
             acct = self.accounts.setdefault(
                 (e.account_id, e.kind),
@@ -153,12 +162,51 @@ class ReceiptIssuer(ReceiptHook):
             acct["updated_us"] = e.booked_us
 
     # ------------------------------------------------------------------ the log
+    def _extend(self) -> None:
+        """Append the committed leaves that now follow the tree without a gap."""
+        if self._resync is not None:
+            return  # the rebuild takes them
+        grew = False
+        while self.tree.size in self._arrived:
+            self.tree.append(self._arrived.pop(self.tree.size))
+            grew = True
+        self.committed_size = self.tree.size
+        if grew:
+            self._grew.set()
+            self._grew = asyncio.Event()
+
+    def commit_failed(self, unit: UnitOfWork) -> None:
+        """A unit holding receipts did not commit (or its outcome is unknown): rebuild the tree from the
+        store, which holds exactly the committed leaves, rather than guess which ones landed."""
+        if unit.receipts and self._resync is None:
+            self._resync = asyncio.get_running_loop().create_task(self._rebuild(), name="receipt-log-rebuild")
+
+    async def _rebuild(self) -> None:
+        try:
+            leaves, _ = await self.store.load_log()
+            self.tree = MerkleTree(leaves)
+            self._arrived = {i: h for i, h in self._arrived.items() if i >= self.tree.size}
+            log.warning("receipt log rebuilt from the store after a failed commit: %d leaves", self.tree.size)
+        finally:
+            self._resync = None
+            self._extend()
+
+    async def _holding(self, size: int) -> None:
+        """Wait until the tree holds size leaves: a leaf read back from the store is committed, and the
+        commit's own bookkeeping (committed()) follows within a turn or two of the event loop."""
+        while self.tree.size < size:
+            grew = self._grew
+            try:
+                await asyncio.wait_for(grew.wait(), 10.0)
+            except TimeoutError:
+                raise CoordinatorError(Kind.UNAVAILABLE, "LOG_CATCHING_UP",
+                                       "the receipt log is catching up with the store; retry") from None  # fmt: skip
+
     async def ensure_checkpoint(self, min_size: int = 0) -> CheckpointRow:
         """The latest checkpoint covering at least min_size leaves, signing a new one if needed."""
+        await self._holding(min_size)
         async with self._checkpoint_lock:
             current = self.checkpoint
-            # A leaf read back from the store is committed, and so is every leaf before it (the writer
-            # commits in order): signing up to min_size is therefore safe even before committed() ran.
             size = max(self.committed_size, min_size)
             if current is not None and (current.tree_size == size or 0 < min_size <= current.tree_size):
                 return current

@@ -110,6 +110,9 @@ class ReceiptHook:
     def committed(self, unit: UnitOfWork) -> None:  # pragma: no cover
         raise NotImplementedError
 
+    def commit_failed(self, unit: UnitOfWork) -> None:  # pragma: no cover
+        raise NotImplementedError
+
 
 class Scheduler:
     def __init__(
@@ -179,6 +182,8 @@ class Scheduler:
                 raise
             except BaseException:
                 self._settle(pending)  # readers must not wait on a write that failed
+                if self.receipts is not None and pending.unit.receipts:
+                    self.receipts.commit_failed(pending.unit)
                 raise
         self._apply(pending)
 

@@ -22,9 +22,31 @@ class ReceiptRow:
     job_id: str
     attempt: int
     envelope: bytes
-    leaf_index: int
+    leaf_index: int  # -1 until the store gives it its place in the log (assign_leaves)
     leaf_hash: bytes
     issued_us: int
+
+
+def assign_leaves(units: Sequence[UnitOfWork], next_leaf: int) -> tuple[int, list[ReceiptRow]]:
+    """Give the units' receipts their places in the receipt log, in commit order; return the next free place
+    and the receipts placed. Stores call it inside the transaction that writes the units: the log's order is
+    the commit order, so a unit that fails to commit takes no place and leaves no gap (the store gives the
+    placed receipts back with `unplace` and counts on from what it holds). A receipt that already has a
+    place keeps it."""
+    placed = []
+    for unit in units:
+        for r in unit.receipts:
+            if r.leaf_index < 0:
+                r.leaf_index = next_leaf
+                placed.append(r)
+            next_leaf = max(next_leaf, r.leaf_index + 1)
+    return next_leaf, placed
+
+
+def unplace(placed: list[ReceiptRow]) -> None:
+    """Their transaction failed: the places assign_leaves gave are void."""
+    for r in placed:
+        r.leaf_index = -1
 
 
 @dataclass(slots=True)

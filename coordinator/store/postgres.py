@@ -30,6 +30,8 @@ import asyncpg
 from .base import (
     JOB_COLUMNS,
     UnitOfWork,
+    assign_leaves,
+    unplace,
 )
 from .schema import POSTGRES_MIGRATIONS
 from .sql_reads import SqlReads, numbered
@@ -71,6 +73,7 @@ class PostgresStore(SqlReads):
         self._pool: asyncpg.Pool | None = None
         self._closing = False
         self.commit_observer: Callable[[int, float], None] | None = None  # (group size, seconds)
+        self._next_leaf: int | None = None  # the receipt log's next free place; None: read it from the log
 
     # --- life cycle -------------------------------------------------------------------------------
     def _settings(self, read_only: bool = False) -> dict[str, str]:
@@ -202,14 +205,19 @@ class PostgresStore(SqlReads):
     async def _commit_group(self, group: list[tuple[UnitOfWork, asyncio.Future[None]]]) -> None:
         started = time.perf_counter()
         outcomes: list[BaseException | None]
+        placed: list = []
         try:
             conn = await self._writer_connection()
             async with conn.transaction():
+                next_leaf, placed = assign_leaves([unit for unit, _ in group], await self._log_size(conn))
                 await _write_units(conn, [unit for unit, _ in group])
+            self._next_leaf = next_leaf
             outcomes = [None] * len(group)
         except Exception:
             # isolate the culprit. A connection lost during COMMIT leaves its outcome unknown: the retry
             # then fails on the rows that did land (duplicate keys), and the unit is reported failed.
+            unplace(placed)
+            self._next_leaf = None  # count again from what the log holds
             outcomes = [await self._commit_alone(unit) for unit, _ in group]
         elapsed = time.perf_counter() - started
         _resolve(group, outcomes)
@@ -217,13 +225,24 @@ class PostgresStore(SqlReads):
             self.commit_observer(len(group), elapsed)
 
     async def _commit_alone(self, unit: UnitOfWork) -> BaseException | None:
+        placed: list = []
         try:
             conn = await self._writer_connection()
             async with conn.transaction():
+                next_leaf, placed = assign_leaves([unit], await self._log_size(conn))
                 await _write_units(conn, [unit])
+            self._next_leaf = next_leaf
             return None
         except Exception as exc:
+            unplace(placed)
+            self._next_leaf = None
             return exc
+
+    async def _log_size(self, conn: asyncpg.Connection) -> int:
+        """The receipt log's next free place: counted by this writer, read from the log after a failure."""
+        if self._next_leaf is None:
+            self._next_leaf = await conn.fetchval("SELECT COALESCE(MAX(leaf_index) + 1, 0) FROM log_leaves")
+        return self._next_leaf
 
     # --- reads ------------------------------------------------------------------------------------
     async def _query(self, sql: str, *params: Any) -> list[asyncpg.Record]:

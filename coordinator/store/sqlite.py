@@ -22,6 +22,8 @@ import aiosqlite
 from .base import (
     JOB_COLUMNS,
     UnitOfWork,
+    assign_leaves,
+    unplace,
 )
 from .schema import MIGRATIONS
 from .sql_reads import SqlReads
@@ -41,6 +43,7 @@ class SqliteStore(SqlReads):
         self._reader: aiosqlite.Connection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.commit_observer: Callable[[int, float], None] | None = None  # (group size, seconds)
+        self._next_leaf = 0  # the receipt log's next free place (the writer thread's own)
 
     # --- life cycle -------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -72,6 +75,7 @@ class SqliteStore(SqlReads):
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
             log.info("store migrated to schema version %d", number)
+        self._next_leaf = _stored_log_size(conn)
         return conn
 
     # --- writes -----------------------------------------------------------------------------------
@@ -114,13 +118,16 @@ class SqliteStore(SqlReads):
 
         started = time.perf_counter()
         outcomes: list[BaseException | None]
+        next_leaf, placed = assign_leaves([unit for unit, _ in group], self._next_leaf)
         try:
             conn.execute("BEGIN IMMEDIATE")
             _write_units(conn, [unit for unit, _ in group])
             conn.execute("COMMIT")
+            self._next_leaf = next_leaf
             outcomes = [None] * len(group)
         except sqlite3.Error:
             conn.execute("ROLLBACK")
+            unplace(placed)
             outcomes = [self._commit_alone(conn, unit) for unit, _ in group]  # isolate the culprit
         elapsed = time.perf_counter() - started
         assert self._loop is not None
@@ -128,15 +135,17 @@ class SqliteStore(SqlReads):
         if self.commit_observer is not None:
             self.commit_observer(len(group), elapsed)
 
-    @staticmethod
-    def _commit_alone(conn: sqlite3.Connection, unit: UnitOfWork) -> BaseException | None:
+    def _commit_alone(self, conn: sqlite3.Connection, unit: UnitOfWork) -> BaseException | None:
+        next_leaf, placed = assign_leaves([unit], self._next_leaf)
         try:
             conn.execute("BEGIN IMMEDIATE")
             _write_units(conn, [unit])
             conn.execute("COMMIT")
+            self._next_leaf = next_leaf
             return None
         except sqlite3.Error as exc:
             conn.execute("ROLLBACK")
+            unplace(placed)
             return exc
 
     # --- reads ------------------------------------------------------------------------------------
@@ -146,6 +155,10 @@ class SqliteStore(SqlReads):
         # between, and SQLite would serve it from the older snapshot of the statement still open: a read
         # made after a commit was acknowledged could then miss it (a WatchJob of a job just finished hung).
         return list(await self._reader.execute_fetchall(sql, params))
+
+
+def _stored_log_size(conn: sqlite3.Connection) -> int:
+    return conn.execute("SELECT COALESCE(MAX(leaf_index) + 1, 0) FROM log_leaves").fetchone()[0]
 
 
 def _resolve(group: list[tuple[UnitOfWork, asyncio.Future]], outcomes: list[BaseException | None]) -> None:

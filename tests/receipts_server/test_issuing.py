@@ -26,6 +26,7 @@ from aitbc.coordinator.v1 import (
 )
 from aitbc.receipts import (
     KeySet,
+    MerkleTree,
     Policy,
     Signer,
     VerificationError,
@@ -367,3 +368,44 @@ async def test_a_state_is_read_only_once_its_rows_are_durable(world) -> None:
     finally:
         miner.stop()
         await task
+
+
+async def test_a_receipt_that_fails_to_commit_leaves_no_gap_in_the_log(world) -> None:
+    """A commit holding a receipt fails (here a trigger in the SQLite file refuses that one job's receipt;
+    in production a full disk). The log must not keep a place for it: the next receipts take the next
+    places, the coordinator's tree equals the tree of the stored leaves, a checkpoint signed afterwards
+    covers exactly them, and the coordinator starts again on the same file (the tree it rebuilds matches)."""
+    miner = HandMiner(world["address"])
+    await miner.hello()
+    await complete_one(world, miner, {"n": 1})
+    doomed = await world["client"].submit({"n": 2})
+    with sqlite3.connect(world["db"]) as conn:
+        conn.execute(
+            "CREATE TRIGGER test_refuse_one_receipt BEFORE INSERT ON receipts WHEN NEW.job_id = "
+            f"'{doomed.job_id}' BEGIN SELECT RAISE(ABORT, 'test: this receipt cannot be written'); END"
+        )  # fmt: skip
+    assignment = (await miner.next("assignments")).assignments.assignments[0]
+    assert assignment.job.job_id == doomed.job_id
+    await miner.call.write(miner_service_pb2.ConnectRequest(results=miner_service_pb2.Results(
+        results=[miner.result(assignment, {"n": 2})])))  # fmt: skip
+    with pytest.raises((grpc.aio.AioRpcError, AssertionError)):  # the failed commit ends the stream
+        await miner.next("result_ack")
+    await miner.close()
+    assert rows(world["db"], "SELECT count(*) FROM receipts WHERE job_id = ?", doomed.job_id) == [(0,)]
+
+    miner = HandMiner(world["address"])
+    await miner.hello()
+    for n in (3, 4):
+        await complete_one(world, miner, {"n": n})
+    await miner.close()
+    stored = [bytes(h) for (h,) in rows(world["db"], "SELECT leaf_hash FROM log_leaves ORDER BY leaf_index")]
+    places = [i for (i,) in rows(world["db"], "SELECT leaf_index FROM receipts ORDER BY leaf_index")]
+    assert places == [0, 1, 2]  # no place kept for the receipt that was not written
+    issuer = world["coordinator"].issuer
+    assert issuer.tree.size == 3 and issuer.tree.root(3) == MerkleTree(stored).root(3)
+    md = world["client"].metadata
+    checkpoint = (await world["client"].receipts.GetCheckpoint(
+        receipt_service_pb2.GetCheckpointRequest(), metadata=md)).checkpoint  # fmt: skip
+    assert (checkpoint.tree_size, checkpoint.root_hash) == (3, MerkleTree(stored).root(3))
+    await world["coordinator"].stop(grace=0.5)
+    world["coordinator"] = await start(settings(world["db"]))  # the rebuilt tree matches the checkpoint

@@ -326,6 +326,29 @@ async def test_a_failing_unit_fails_alone_in_its_group(store: Store) -> None:
     assert await store.get_job("job-after") is not None
 
 
+async def test_receipts_take_their_log_places_in_commit_order_and_a_failed_unit_takes_none(
+    store: Store,
+) -> None:
+    def unit_with_receipt(name: str, *, failing: bool = False) -> UnitOfWork:
+        unit = new_jobs_unit(make_job(f"job-{name}"))
+        unit.receipts.append(ReceiptRow(f"rc-{name}", f"job-{name}", 1, b"env " + name.encode(), -1,
+                                        hashlib.sha256(name.encode()).digest(), T0))  # fmt: skip
+        if failing:  # breaks UNIQUE(receipt_id, kind): the whole unit fails
+            unit.ledger += [LedgerEntry("x", "client", f"rc-{name}", 1, 1, T0)] * 2
+        return unit
+
+    units = [unit_with_receipt("a"), unit_with_receipt("b", failing=True), unit_with_receipt("c")]
+    outcomes = await asyncio.gather(*(store.commit(u) for u in units), return_exceptions=True)
+    assert outcomes[0] is None and outcomes[2] is None and isinstance(outcomes[1], Exception)
+    assert [units[0].receipts[0].leaf_index, units[2].receipts[0].leaf_index] == [0, 1]
+    later = unit_with_receipt("d")
+    await store.commit(later)
+    assert later.receipts[0].leaf_index == 2
+    leaves, _ = await store.load_log()
+    assert leaves == [hashlib.sha256(n.encode()).digest() for n in ("a", "c", "d")]  # no gap, commit order
+    assert [r.leaf_index for r in await store.get_receipts("job-c")] == [1]
+
+
 async def test_two_thousand_units_gathered_all_commit_in_groups(store: Store) -> None:
     groups: list[int] = []
     store.commit_observer = lambda size, seconds: groups.append(size)  # type: ignore[attr-defined]
