@@ -26,6 +26,7 @@ class TimerHeap:
         self._handler = handler
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._stopped = False
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -40,6 +41,8 @@ class TimerHeap:
         self._task = asyncio.create_task(self._run(), name="timer-heap")
 
     async def stop(self) -> None:
+        self._stopped = True
+        self._wake.set()
         if self._task is not None:
             self._task.cancel()
             try:
@@ -49,17 +52,21 @@ class TimerHeap:
             self._task = None
 
     async def _run(self) -> None:
-        while True:
+        loop = asyncio.get_running_loop()
+        while not self._stopped:
             self._wake.clear()
             if not self._heap:
                 await self._wake.wait()
                 continue
             delay = (self._heap[0][0] - now_us()) / MICROS
             if delay > 0:
+                # Not asyncio.wait_for: on Python 3.11 it can swallow a cancellation that arrives as the wait
+                # ends (the task then never stopped, and shutdown hung); it also costs a task per wait.
+                alarm = loop.call_later(delay, self._wake.set)
                 try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=delay)
-                except TimeoutError:
-                    pass
+                    await self._wake.wait()
+                finally:
+                    alarm.cancel()
                 continue
             now = now_us()
             while self._heap and self._heap[0][0] <= now:
