@@ -139,6 +139,7 @@ class Scheduler:
         self.observers: list[Callable[[str, Job, Event], None]] = []
         self.samples_wait: deque[tuple[int, int]] = deque(maxlen=50_000)  # (at, queue wait us)
         self.samples_run: deque[tuple[int, int]] = deque(maxlen=50_000)
+        self._restoring: set[asyncio.Task] = set()  # reloads of jobs after a failed commit
         self.stopping = False
 
     # ------------------------------------------------------------------ life cycle
@@ -166,6 +167,9 @@ class Scheduler:
         self.stopping = True
         for session in list(self.sessions.values()):
             session.send(GoAwayOut("SHUTTING_DOWN", 1.0))
+        for task in list(self._restoring):
+            task.cancel()
+        await asyncio.gather(*self._restoring, return_exceptions=True)
         await self.timers.stop()
 
     # ------------------------------------------------------------------ commits
@@ -173,19 +177,109 @@ class Scheduler:
         if pending.unit:
             self._unsettle(pending)
             try:
-                await self.store.commit(pending.unit)
+                written = self.store.enqueue(pending.unit)
+                await asyncio.shield(written)
             except asyncio.CancelledError:
                 # The caller went away (a miner's stream closed) after the write was queued. The write lands
-                # all the same, so what follows it must too: its messages, notifications, receipt bookkeeping.
-                task = asyncio.get_running_loop().create_task(self._apply_after_barrier(pending))
-                task.add_done_callback(_log_failure)
+                # (or fails) all the same, and what follows it must too: its messages, notifications, receipt
+                # bookkeeping, or the repair of a failed write.
+                written.add_done_callback(lambda _: self._settle_written(pending, written))
                 raise
             except BaseException:
-                self._settle(pending)  # readers must not wait on a write that failed
-                if self.receipts is not None and pending.unit.receipts:
-                    self.receipts.commit_failed(pending.unit)
+                self._failed(pending)
                 raise
         self._apply(pending)
+
+    def _settle_written(self, pending: _Pending, written: asyncio.Future) -> None:
+        error = asyncio.CancelledError() if written.cancelled() else written.exception()
+        if error is None:
+            self._apply(pending)
+            return
+        log.error("a commit failed after its caller went away", exc_info=error)
+        self._failed(pending)
+
+    def _failed(self, pending: _Pending) -> None:
+        """Nothing of a failed commit is in the store (a full disk, an I/O error). Its messages never leave;
+        the jobs it changed in memory are taken out and put back as the store holds them."""
+        self._settle(pending)  # readers must not wait on a write that failed
+        if self.receipts is not None and pending.unit.receipts:
+            self.receipts.commit_failed(pending.unit)
+        unit = pending.unit
+        changed = {job.job_id: job for job, _ in pending.notes if not unit.inserts(job.job_id)}
+        for job in changed.values():  # inserts are the submitting call's to forget (see submit)
+            self._detach(job)
+        if changed and not self.stopping:  # at the next start, everything is loaded from the store anyway
+            task = asyncio.get_running_loop().create_task(self._restore(list(changed)))
+            self._restoring.add(task)
+            task.add_done_callback(self._restoring.discard)
+
+    def _detach(self, job: Job) -> None:
+        """Take a job whose in-memory state may be ahead of the store out of every structure that acts on it.
+        Until it is restored, reads of it go to the store and timers find nothing to do."""
+        if self.jobs.get(job.job_id) is not job:
+            return
+        del self.jobs[job.job_id]
+        self.queues.discard(job)
+        job.state = JobState.CANCELED  # inert: the queues drop it lazily, no path takes it up again
+        session = self.by_miner.get(job.miner_id)
+        if session is not None:
+            held = session.held.get(job.job_id)
+            if held is not None and held.job is job:
+                del session.held[job.job_id]
+                self._refresh_available(session)
+        orphans = self.orphans.get(job.miner_id)
+        if orphans is not None and (held := orphans.get(job.job_id)) is not None and held.job is job:
+            del orphans[job.job_id]
+
+    async def _restore(self, job_ids: list[str]) -> None:
+        """Load detached jobs from the store once every write queued before is settled, and place them as
+        start() would: queued, held by their miner's live session (its lease decides), or orphaned."""
+        delay = 0.05
+        while True:
+            try:
+                await self.store.commit(
+                    UnitOfWork()
+                )  # the writer commits in order: the earlier writes are settled
+                stored = [await self.store.get_job(job_id) for job_id in job_ids]
+                break
+            except Exception:
+                if self.stopping:
+                    return
+                log.warning("cannot read jobs back after a failed commit; retrying", exc_info=True)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        now = now_us()
+        restored = 0
+        for job in stored:
+            if job is None or job.state.terminal or job.job_id in self.jobs:
+                continue
+            self._place(job, now)
+            restored += 1
+        log.warning("after a failed commit, %d of %d jobs restored from the store", restored, len(job_ids))
+
+    def _place(self, job: Job, now: int) -> None:
+        self.jobs[job.job_id] = job
+        if job.state is JobState.QUEUED:
+            self.timers.schedule(job.expires_us, "ttl", job.job_id)
+            if job.not_before_us > now:
+                self.timers.schedule(job.not_before_us, "ready", job.job_id)
+            else:
+                self._dispatch_or_queue(job)
+            return
+        exec_us = job.started_us + job.execution_timeout_us
+        session = self.by_miner.get(job.miner_id)
+        if session is not None and not session.closed:
+            # The miner may still run it (a cancel failed to commit) or not (its result failed to commit):
+            # its heartbeats keep the lease, or the lease runs out and the job is requeued.
+            lease_us = now + int(self.settings.lease_s * MICROS)
+            session.held[job.job_id] = Held(job, job.attempt, lease_us, exec_us)
+            self.timers.schedule(lease_us, "lease", job.job_id, job.attempt)
+            self.timers.schedule(exec_us, "exec", job.job_id, job.attempt)
+            self._refresh_available(session)
+            return
+        grace_end = now + int(self.settings.grace_s * MICROS)
+        self.orphans.setdefault(job.miner_id, {})[job.job_id] = Held(job, job.attempt, grace_end, exec_us)
+        self.timers.schedule(grace_end, "orphans", job.miner_id)
 
     def _unsettle(self, pending: _Pending) -> None:
         """Mark the jobs this commit changes: reads of them wait until it is durable, so no caller sees a
@@ -207,10 +301,6 @@ class Scheduler:
         """Wait until every commit changing job_id is durable."""
         while (settled := self._unsettled.get(job_id)) is not None:
             await asyncio.shield(settled)
-
-    async def _apply_after_barrier(self, pending: _Pending) -> None:
-        await self.store.commit(UnitOfWork())  # the writer commits in order: once this lands, so has pending
-        self._apply(pending)
 
     def _apply(self, pending: _Pending) -> None:
         self._settle(pending)
@@ -390,7 +480,7 @@ class Scheduler:
         if job is None or (client_id is not None and job.client_id != client_id):
             stored = await self.get_job(job_id, client_id)  # NOT_FOUND, or a terminal job
             states.check(stored, JobState.CANCELED)  # raises JOB_TERMINAL
-            job = self.jobs[job_id]  # pragma: no cover - non-terminal jobs are all in memory
+            job = await self._live(job_id)
         now = now_us()
         pending = _Pending()
         was = job.state
@@ -406,6 +496,17 @@ class Scheduler:
             self._fill(holder, pending, now)
         self._finish(job, pending)
         await self._commit(pending)
+        return job
+
+    async def _live(self, job_id: str) -> Job:
+        """The live copy of a job the store holds as non-terminal: it is out of memory only while it is
+        restored after a failed commit (see _failed)."""
+        while (job := self.jobs.get(job_id)) is None and self._restoring:
+            await asyncio.wait(set(self._restoring))  # waits without cancelling them
+        if job is None:
+            raise CoordinatorError(Kind.UNAVAILABLE, "JOB_RESTORING",
+                                   f"job {job_id} is being restored from the store after a failed write; retry",
+                                   metadata={"job_id": job_id})  # fmt: skip
         return job
 
     async def list_jobs(self, flt: JobFilter, limit: int, before: str | None) -> list[Job]:

@@ -7,6 +7,7 @@ the transaction holding the unit is durable; implementations group many units in
 
 from __future__ import annotations
 
+import asyncio
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -93,6 +94,11 @@ class UnitOfWork:
     keys: list[KeyRow] = field(default_factory=list)
     # job id -> (inserted by this unit, index in new_jobs or job_updates): one jobs row per job per unit
     _rows: dict[str, tuple[bool, int]] = field(default_factory=dict, repr=False, compare=False)
+
+    def inserts(self, job_id: str) -> bool:
+        """Whether this unit inserts job_id (rather than updating a stored job)."""
+        slot = self._rows.get(job_id)
+        return slot is not None and slot[0]
 
     def add_new_job(self, job: Job) -> None:
         self._rows[job.job_id] = (True, len(self.new_jobs))
@@ -245,8 +251,14 @@ class Store(ABC):
     async def close(self) -> None: ...
 
     @abstractmethod
+    def enqueue(self, unit: UnitOfWork) -> asyncio.Future[None]:
+        """Queue unit for the writer, which commits units in the order they were queued. The future resolves
+        once its transaction committed, or fails with the error that refused it. It is never cancelled by
+        the store: a caller that stops waiting can still learn the outcome."""
+
     async def commit(self, unit: UnitOfWork) -> None:
         """Make unit durable; returns after its transaction committed."""
+        await self.enqueue(unit)
 
     @abstractmethod
     async def get_job(self, job_id: str) -> Job | None: ...

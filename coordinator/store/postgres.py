@@ -152,12 +152,12 @@ class PostgresStore(SqlReads):
             self._pool = None
 
     # --- writes -----------------------------------------------------------------------------------
-    async def commit(self, unit: UnitOfWork) -> None:
+    def enqueue(self, unit: UnitOfWork) -> asyncio.Future[None]:
         if self._writer is None or self._writer.done() or self._queue is None or self._closing:
             raise RuntimeError("store not open")
         future = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((unit, future))
-        await future
+        return future
 
     async def _write_loop(self) -> None:
         assert self._queue is not None

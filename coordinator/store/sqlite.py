@@ -79,11 +79,11 @@ class SqliteStore(SqlReads):
         return conn
 
     # --- writes -----------------------------------------------------------------------------------
-    async def commit(self, unit: UnitOfWork) -> None:
+    def enqueue(self, unit: UnitOfWork) -> asyncio.Future[None]:
         assert self._loop is not None, "store not open"
         future = self._loop.create_future()
         self._queue.put((unit, future))
-        await future
+        return future
 
     def _write_loop(self, ready: asyncio.Future[None]) -> None:
         loop = self._loop
