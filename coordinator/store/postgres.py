@@ -3,7 +3,9 @@
 The same design as the SQLite store. One writer task owns one connection; it takes every unit of work
 queued since its last commit, writes each table with one executemany inside one transaction, commits once,
 then wakes all waiters, so the round trips and the WAL flush of a commit are shared by the whole group. If
-the group fails, each unit is retried alone in its own transaction: only the culprit fails.
+the group fails, each unit is retried alone in its own transaction: only the culprit fails. If the
+connection was lost with the COMMIT sent, the group may have landed: one of its own rows tells, and then it
+is reported committed, not retried (the retry would fail on its own rows).
 
 DATABASE_URL is a libpq-style URL, `postgresql://user:password@host:5432/dbname`, with one option of ours:
 `?schema=NAME` puts every table in that schema (created if missing; the connections' search_path is set to
@@ -213,16 +215,42 @@ class PostgresStore(SqlReads):
                 await _write_units(conn, [unit for unit, _ in group])
             self._next_leaf = next_leaf
             outcomes = [None] * len(group)
-        except Exception:
-            # isolate the culprit. A connection lost during COMMIT leaves its outcome unknown: the retry
-            # then fails on the rows that did land (duplicate keys), and the unit is reported failed.
-            unplace(placed)
+        except Exception as exc:
             self._next_leaf = None  # count again from what the log holds
-            outcomes = [await self._commit_alone(unit) for unit, _ in group]
+            if isinstance(exc, _CONNECTION_LOST) and await self._landed(group):
+                # The connection was lost during COMMIT, after the server had committed: the rows are
+                # there, so the group succeeded (retried, it would fail on its own rows, duplicate keys).
+                log.warning(
+                    "store writer: connection lost during COMMIT; the group of %d had landed", len(group)
+                )
+                outcomes = [None] * len(group)
+            else:
+                unplace(placed)
+                outcomes = [await self._commit_alone(unit) for unit, _ in group]  # isolate the culprit
         elapsed = time.perf_counter() - started
         _resolve(group, outcomes)
         if self.commit_observer is not None:
             self.commit_observer(len(group), elapsed)
+
+    async def _landed(self, group: list[tuple[UnitOfWork, asyncio.Future[None]]]) -> bool:
+        """Whether a group whose commit raised is in the database all the same: its transaction is atomic, so
+        one of its rows that only it writes tells (its first job event, or else its first checkpoint)."""
+        probe: tuple[str, tuple] | None = None
+        for unit, _ in group:
+            if unit.events:
+                probe = ("SELECT 1 FROM job_events WHERE job_id = $1 AND sequence = $2", unit.events[0][:2])
+                break
+            if unit.checkpoints:
+                probe = ("SELECT 1 FROM checkpoints WHERE tree_size = $1", (unit.checkpoints[0].tree_size,))
+                break
+        if probe is None:
+            return False  # nothing to tell by (signing keys only: their upsert can simply be retried)
+        try:
+            conn = await self._writer_connection()
+            return await conn.fetchval(probe[0], *probe[1]) is not None
+        except Exception:
+            log.warning("store writer: cannot tell whether a failed group landed", exc_info=True)
+            return False
 
     async def _commit_alone(self, unit: UnitOfWork) -> BaseException | None:
         placed: list = []
@@ -248,6 +276,11 @@ class PostgresStore(SqlReads):
     async def _query(self, sql: str, *params: Any) -> list[asyncpg.Record]:
         assert self._pool is not None, "store not open"
         return await self._pool.fetch(numbered(sql), *params)
+
+
+# Errors after which a transaction's outcome is unknown: the COMMIT may have been carried out. Any other error
+# (a constraint, say) means it was rolled back.
+_CONNECTION_LOST = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 
 def _resolve(

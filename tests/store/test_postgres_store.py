@@ -4,8 +4,11 @@ TRUNCATE refused on append-only tables, and a writer that survives losing its co
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import secrets
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -14,7 +17,7 @@ from coordinator.store.postgres import PostgresStore, parse_url
 from coordinator.store.schema import APPEND_ONLY, POSTGRES_MIGRATIONS
 
 from .store_support import PG_URL, create_schema, drop_schema, make_job, pg_admin, pg_url
-from .test_store_contract import new_jobs_unit
+from .test_store_contract import new_jobs_unit, receipt
 
 
 @pytest.fixture
@@ -122,3 +125,93 @@ async def test_commit_after_close_is_refused(schema: str) -> None:
     await store.close()
     with pytest.raises(RuntimeError, match="store not open"):
         await store.commit(new_jobs_unit(make_job("job-late")))
+
+
+class CommitCutter:
+    """A TCP proxy to PostgreSQL. Armed, it lets the next COMMIT through, and when the server answers (it has
+    committed) cuts the connection instead of passing the answer on: the outcome the client sees is unknown."""
+
+    def __init__(self) -> None:
+        target = urlsplit(PG_URL)
+        self.target = (target.hostname or "127.0.0.1", target.port or 5432)
+        self.armed = False
+        self.cuts = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    def url(self, schema: str) -> str:
+        parts = urlsplit(pg_url(schema))
+        netloc = parts.netloc.rsplit("@", 1)[0] + f"@127.0.0.1:{self.port}"
+        return parts._replace(netloc=netloc).geturl()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _serve(self, down_r: asyncio.StreamReader, down_w: asyncio.StreamWriter) -> None:
+        up_r, up_w = await asyncio.open_connection(*self.target)
+        cut = asyncio.Event()
+
+        async def upward() -> None:
+            while data := await down_r.read(65536):
+                up_w.write(data)
+                await up_w.drain()
+                if self.armed and b"COMMIT" in data:
+                    self.armed = False
+                    cut.set()
+
+        async def downward() -> None:
+            while data := await up_r.read(65536):
+                if (
+                    cut.is_set()
+                ):  # the COMMIT's answer: it is done on the server, and never reaches the client
+                    self.cuts += 1
+                    down_w.transport.abort()
+                    up_w.close()
+                    return
+                down_w.write(data)
+                await down_w.drain()
+
+        tasks = [asyncio.ensure_future(upward()), asyncio.ensure_future(downward())]
+        self._tasks.update(tasks)
+        with contextlib.suppress(Exception):
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            task.cancel()
+            self._tasks.discard(task)
+        down_w.transport.abort()
+        up_w.close()
+
+
+async def test_a_commit_cut_off_after_the_server_committed_is_reported_as_landed(schema: str) -> None:
+    """The connection is lost after the server carried out the COMMIT: retried, the group would fail on its
+    own rows (duplicate keys) and be reported failed, though it is stored; the coordinator would then drop
+    a stored job from memory, or give its receipt's place in the log to the next one."""
+    proxy = CommitCutter()
+    await proxy.start()
+    store = PostgresStore(proxy.url(schema))
+    await store.open()
+    try:
+        proxy.armed = True
+        unit = new_jobs_unit(make_job("job-cut"))
+        unit.receipts.append(dataclasses.replace(receipt("rc-cut", "job-cut", 1, 0), leaf_index=-1))
+        await store.commit(unit)  # raised UniqueViolation before
+        assert proxy.cuts == 1
+        assert await store.get_job("job-cut") is not None
+        assert unit.receipts[0].leaf_index == 0  # the place it holds in the stored log
+        after = new_jobs_unit(make_job("job-after"))
+        after.receipts.append(dataclasses.replace(receipt("rc-after", "job-after", 1, 1), leaf_index=-1))
+        await store.commit(after)
+        assert after.receipts[0].leaf_index == 1
+        assert [r.receipt_id for r in await store.get_receipts("job-cut")] == ["rc-cut"]
+    finally:
+        await store.close()
+        await proxy.close()
