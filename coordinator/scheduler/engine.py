@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
+import itertools
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -87,13 +89,30 @@ class _Pending:
     unit: UnitOfWork = field(default_factory=UnitOfWork)
     sends: list[tuple[Session, object]] = field(default_factory=list)
     notes: list[tuple[Job, Event]] = field(default_factory=list)
-    after: list[Callable[[], None]] = field(default_factory=list)
+    after: list[Callable[[], None]] = field(default_factory=list)  # once durable
+    always: list[Callable[[], None]] = field(default_factory=list)  # once durable or failed
     settled: asyncio.Future | None = None  # resolved once the writes are durable (or failed)
+    enqueued: bool = False  # handed to the store: from then on, its outcome undoes or applies it
 
     def record(self, job: Job, event: Event) -> None:
         self.unit.add_update(job)
         self.unit.add_event(event)
         self.notes.append((job, event))
+
+
+@dataclass(slots=True)
+class _Detached:
+    """A job taken out of the scheduler after a failed commit, until it is read back from the store."""
+
+    reserved: Session | None  # the live session whose slot it keeps meanwhile
+    task: asyncio.Task | None = None  # the read-back
+
+
+def _exec_deadline(job: Job) -> int:
+    """A held job's execution deadline, as stored: from its assignment (the last change of an ASSIGNED job)
+    or, once RUNNING, from its start."""
+    since = job.started_us if job.state is JobState.RUNNING else job.updated_us
+    return since + job.execution_timeout_us
 
 
 ACTIVE = (JobState.QUEUED, JobState.ASSIGNED, JobState.RUNNING)
@@ -124,7 +143,10 @@ class Scheduler:
         self.jobs: dict[str, Job] = {}  # every non-terminal job
         # non-terminal jobs by state as committed, kept per transition (metrics read it: no scan per scrape)
         self.active_counts: dict[JobState, int] = dict.fromkeys(ACTIVE, 0)
-        self._unsettled: dict[str, asyncio.Future] = {}  # job -> its latest commit not yet durable
+        self._unsettled: dict[str, _Pending] = {}  # job -> its latest commit not yet durable
+        self._unit_keys = itertools.count(1)  # keys of units, for the writer's dependency check
+        self._detached: dict[str, _Detached] = {}  # jobs out of memory after a failed commit
+        self._write_failures: dict[str, int] = {}  # job -> failed commits in a row (backoff on restore)
         self.queues = ReadyQueues()
         self.sessions: dict[str, Session] = {}  # by session id
         self.by_miner: dict[str, Session] = {}  # live session per miner identity
@@ -155,7 +177,7 @@ class Scheduler:
             if job.state is JobState.QUEUED:
                 self._enqueue_or_wait(job, now)
             else:
-                held = Held(job, job.attempt, now + grace_us, job.started_us + job.execution_timeout_us)
+                held = Held(job, job.attempt, now + grace_us, _exec_deadline(job))
                 self.orphans.setdefault(job.miner_id, {})[job.job_id] = held
         for miner_id in self.orphans:
             self.timers.schedule(now + grace_us, "orphans", miner_id)
@@ -174,72 +196,169 @@ class Scheduler:
 
     # ------------------------------------------------------------------ commits
     async def _commit(self, pending: _Pending) -> None:
-        if pending.unit:
-            self._unsettle(pending)
-            try:
-                written = self.store.enqueue(pending.unit)
-                await asyncio.shield(written)
-            except asyncio.CancelledError:
-                # The caller went away (a miner's stream closed) after the write was queued. The write lands
-                # (or fails) all the same, and what follows it must too: its messages, notifications, receipt
-                # bookkeeping, or the repair of a failed write.
-                written.add_done_callback(lambda _: self._settle_written(pending, written))
-                raise
-            except BaseException:
-                self._failed(pending)
-                raise
-        self._apply(pending)
-
-    def _settle_written(self, pending: _Pending, written: asyncio.Future) -> None:
-        error = asyncio.CancelledError() if written.cancelled() else written.exception()
-        if error is None:
-            self._apply(pending)
+        """Write pending's rows. Once durable, pending is applied (its messages leave, watchers hear of it);
+        if the write fails, it is undone in memory. The caller does either when it resumes; a caller that
+        went away meanwhile (a miner's stream closed) leaves it to the write's callback, one loop turn later,
+        as the caller would have: outcomes are concluded in the order the writer settles the writes."""
+        if not pending.unit:
+            self._conclude(pending, None)
             return
-        log.error("a commit failed after its caller went away", exc_info=error)
-        self._failed(pending)
+        self._unsettle(pending)
+        try:
+            written = self.store.enqueue(pending.unit)
+        except Exception as exc:  # the store is closed
+            self._conclude(pending, exc)  # undoes it, and raises exc
+            raise
+        pending.enqueued = True
+        outcome = asyncio.get_running_loop().create_future()  # its result: the write's error, or None
+        written.add_done_callback(lambda w: self._written(pending, w, outcome))
+        try:
+            error = await outcome
+        except asyncio.CancelledError:
+            if outcome.done() and not outcome.cancelled():  # cancelled as the outcome arrived: conclude here
+                self._conclude(pending, outcome.result(), quiet=True)
+            raise
+        self._conclude(pending, error)
 
+    def _written(self, pending: _Pending, written: asyncio.Future, outcome: asyncio.Future) -> None:
+        error = RuntimeError("the write was cancelled") if written.cancelled() else written.exception()
+        if not outcome.done():
+            outcome.set_result(error)  # the caller concludes
+        else:  # the caller went away: conclude for it, in the turn it would have
+            asyncio.get_running_loop().call_soon(
+                functools.partial(self._conclude, pending, error, quiet=True)
+            )
+
+    def _conclude(self, pending: _Pending, error: BaseException | None, *, quiet: bool = False) -> None:
+        """Apply a durable decision, or undo a failed one; then what runs either way. Raises the write's
+        error, unless quiet (nobody waits to hear it: it is logged)."""
+        try:
+            if error is None:
+                self._apply(pending)
+            else:
+                if quiet:
+                    log.error("a commit failed after its caller went away", exc_info=error)
+                self._failed(pending)
+        finally:
+            self._run_always(pending)
+        if error is not None and not quiet:
+            raise error
+
+    @staticmethod
+    def _run_always(pending: _Pending) -> None:
+        actions, pending.always = pending.always, []
+        for action in actions:
+            action()
+
+    def _unsettle(self, pending: _Pending) -> None:
+        """Mark the jobs this commit changes: reads of them wait until it is durable, so no caller sees a
+        state (COMPLETED, say) before the rows that go with it (its result, its receipt) can be read. The
+        unit requires the earlier unsettled units on the same jobs: built on their outcome, it must not land
+        if they fail (the writer refuses it then)."""
+        pending.settled = asyncio.get_running_loop().create_future()
+        unit = pending.unit
+        unit.key = next(self._unit_keys)
+        requires: set[int] | None = None
+        for job, _ in pending.notes:
+            previous = self._unsettled.get(job.job_id)
+            if previous is not None and previous is not pending:
+                if requires is None:
+                    requires = set()
+                requires.add(previous.unit.key)
+            self._unsettled[job.job_id] = pending
+        if requires:
+            unit.requires = tuple(requires)
+
+    def _settle(self, pending: _Pending) -> None:
+        settled = pending.settled
+        if settled is None or settled.done():
+            return
+        settled.set_result(None)
+        for job, _ in pending.notes:
+            if self._unsettled.get(job.job_id) is pending:
+                del self._unsettled[job.job_id]
+
+    async def _settled(self, job_id: str) -> None:
+        """Wait until every commit changing job_id is durable."""
+        while (pending := self._unsettled.get(job_id)) is not None:
+            await asyncio.shield(pending.settled)  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ undoing a failed commit
     def _failed(self, pending: _Pending) -> None:
-        """Nothing of a failed commit is in the store (a full disk, an I/O error). Its messages never leave;
-        the jobs it changed in memory are taken out and put back as the store holds them."""
+        """Nothing of a failed commit is in the store (a full disk, an I/O error, or an earlier write it
+        builds on failed). Its messages never leave, watchers never hear of it; the jobs it inserted are
+        forgotten, and the jobs it changed are taken out at once and read back from the store."""
         self._settle(pending)  # readers must not wait on a write that failed
         if self.receipts is not None and pending.unit.receipts:
             self.receipts.commit_failed(pending.unit)
         unit = pending.unit
-        changed = {job.job_id: job for job, _ in pending.notes if not unit.inserts(job.job_id)}
-        for job in changed.values():  # inserts are the submitting call's to forget (see submit)
-            self._detach(job)
-        if changed and not self.stopping:  # at the next start, everything is loaded from the store anyway
-            task = asyncio.get_running_loop().create_task(self._restore(list(changed)))
+        first: dict[str, tuple[Job, Event]] = {}  # job -> its first change in this unit (what it was before)
+        for job, event in pending.notes:
+            first.setdefault(job.job_id, (job, event))
+        detached = []
+        for job_id, (job, event) in first.items():
+            if unit.inserts(job_id):
+                self._forget_failed_insert(job)
+            elif self._detach(job, event):
+                detached.append(job_id)
+        if detached and not self.stopping:  # at the next start, everything is loaded from the store anyway
+            task = asyncio.get_running_loop().create_task(self._restore(detached))
             self._restoring.add(task)
             task.add_done_callback(self._restoring.discard)
+            for job_id in detached:
+                self._detached[job_id].task = task
 
-    def _detach(self, job: Job) -> None:
-        """Take a job whose in-memory state may be ahead of the store out of every structure that acts on it.
-        Until it is restored, reads of it go to the store and timers find nothing to do."""
+    def _forget_failed_insert(self, job: Job) -> None:
         if self.jobs.get(job.job_id) is not job:
             return
         del self.jobs[job.job_id]
         self.queues.discard(job)
-        job.state = JobState.CANCELED  # inert: the queues drop it lazily, no path takes it up again
-        session = self.by_miner.get(job.miner_id)
-        if session is not None:
-            held = session.held.get(job.job_id)
-            if held is not None and held.job is job:
-                del session.held[job.job_id]
-                self._refresh_available(session)
+        session = self.by_miner.get(job.miner_id)  # assigned in the same unit: the miner never heard of it
+        if session is not None and session.held.pop(job.job_id, None) is not None:
+            self._refresh_available(session)
+
+    def _detach(self, job: Job, first: Event) -> bool:
+        """Take a job whose in-memory state may be ahead of the store out of every structure that acts on it.
+        Until it is read back, reads of it go to the store and timers find nothing to do; if a live miner
+        held it before the failed change (first), that miner's slot stays reserved: it may still run it."""
+        if self.jobs.get(job.job_id) is not job:
+            return False  # already taken out (a later unit built on the same failed one)
+        del self.jobs[job.job_id]
+        self.queues.discard(job)  # counted out: the queues skip it
+        holder = self.by_miner.get(job.miner_id)  # as memory has it
+        if holder is not None and (held := holder.held.get(job.job_id)) is not None and held.job is job:
+            del holder.held[job.job_id]
+            self._refresh_available(holder)
         orphans = self.orphans.get(job.miner_id)
         if orphans is not None and (held := orphans.get(job.job_id)) is not None and held.job is job:
             del orphans[job.job_id]
+        reserved: Session | None = None
+        if first.from_state in (JobState.ASSIGNED, JobState.RUNNING):  # held by first.miner_id, as stored
+            reserved = self.by_miner.get(first.miner_id)
+            if reserved is not None and not reserved.closed:
+                reserved.reserved += 1
+                self._refresh_available(reserved)
+            else:
+                reserved = None
+        self._detached[job.job_id] = _Detached(reserved)
+        self._write_failures[job.job_id] = self._write_failures.get(job.job_id, 0) + 1
+        return True
+
+    async def _restored(self, job_id: str, within: float = 10.0) -> None:
+        """Wait, for a while at most, until a job taken out after a failed commit is read back."""
+        marker = self._detached.get(job_id)
+        if marker is not None and marker.task is not None:
+            await asyncio.wait({marker.task}, timeout=within)  # waits without cancelling it
 
     async def _restore(self, job_ids: list[str]) -> None:
-        """Load detached jobs from the store once every write queued before is settled, and place them as
-        start() would: queued, held by their miner's live session (its lease decides), or orphaned."""
+        """Read detached jobs back once every write queued before is settled, and place them as start()
+        would: queued, held by their miner's live session (its lease decides), or orphaned."""
         delay = 0.05
         while True:
             try:
                 await self.store.commit(
                     UnitOfWork()
-                )  # the writer commits in order: the earlier writes are settled
+                )  # the writer commits in order: earlier writes are settled
                 stored = [await self.store.get_job(job_id) for job_id in job_ids]
                 break
             except Exception:
@@ -250,60 +369,61 @@ class Scheduler:
                 delay = min(delay * 2, 5.0)
         now = now_us()
         restored = 0
-        for job in stored:
-            if job is None or job.state.terminal or job.job_id in self.jobs:
+        freed: dict[str, Session] = {}
+        for job_id, job in zip(job_ids, stored, strict=True):
+            marker = self._detached.pop(job_id, None)
+            if marker is None:
+                continue
+            if marker.reserved is not None:
+                marker.reserved.reserved -= 1
+                freed[marker.reserved.session_id] = marker.reserved
+            if job is None or job.state.terminal or job_id in self.jobs:
+                self._write_failures.pop(job_id, None)
                 continue
             self._place(job, now)
             restored += 1
+        for session in freed.values():  # a reserved slot the job did not take back is free again
+            if not session.closed:
+                pending = _Pending()
+                self._fill(session, pending, now)
+                self._spawn_commit(pending)
         log.warning("after a failed commit, %d of %d jobs restored from the store", restored, len(job_ids))
 
     def _place(self, job: Job, now: int) -> None:
         self.jobs[job.job_id] = job
         if job.state is JobState.QUEUED:
+            # A job whose writes keep failing (a full disk) waits longer each time before it is dispatched.
+            failures = self._write_failures.get(job.job_id, 0)
+            if failures > 1:
+                backoff_us = int(min(0.05 * 2 ** (failures - 2), 30.0) * MICROS)
+                job.not_before_us = max(job.not_before_us, now + backoff_us)
             self.timers.schedule(job.expires_us, "ttl", job.job_id)
             if job.not_before_us > now:
                 self.timers.schedule(job.not_before_us, "ready", job.job_id)
             else:
                 self._dispatch_or_queue(job)
             return
-        exec_us = job.started_us + job.execution_timeout_us
         session = self.by_miner.get(job.miner_id)
         if session is not None and not session.closed:
             # The miner may still run it (a cancel failed to commit) or not (its result failed to commit):
             # its heartbeats keep the lease, or the lease runs out and the job is requeued.
             lease_us = now + int(self.settings.lease_s * MICROS)
-            session.held[job.job_id] = Held(job, job.attempt, lease_us, exec_us)
+            held = session.held[job.job_id] = Held(job, job.attempt, lease_us, _exec_deadline(job))
             self.timers.schedule(lease_us, "lease", job.job_id, job.attempt)
-            self.timers.schedule(exec_us, "exec", job.job_id, job.attempt)
+            self.timers.schedule(held.exec_deadline_us, "exec", job.job_id, job.attempt)
             self._refresh_available(session)
             return
         grace_end = now + int(self.settings.grace_s * MICROS)
-        self.orphans.setdefault(job.miner_id, {})[job.job_id] = Held(job, job.attempt, grace_end, exec_us)
+        self.orphans.setdefault(job.miner_id, {})[job.job_id] = Held(
+            job, job.attempt, grace_end, _exec_deadline(job)
+        )
         self.timers.schedule(grace_end, "orphans", job.miner_id)
-
-    def _unsettle(self, pending: _Pending) -> None:
-        """Mark the jobs this commit changes: reads of them wait until it is durable, so no caller sees a
-        state (COMPLETED, say) before the rows that go with it (its result, its receipt) can be read."""
-        pending.settled = asyncio.get_running_loop().create_future()
-        for job, _ in pending.notes:
-            self._unsettled[job.job_id] = pending.settled
-
-    def _settle(self, pending: _Pending) -> None:
-        settled = pending.settled
-        if settled is None or settled.done():
-            return
-        settled.set_result(None)
-        for job, _ in pending.notes:
-            if self._unsettled.get(job.job_id) is settled:
-                del self._unsettled[job.job_id]
-
-    async def _settled(self, job_id: str) -> None:
-        """Wait until every commit changing job_id is durable."""
-        while (settled := self._unsettled.get(job_id)) is not None:
-            await asyncio.shield(settled)
 
     def _apply(self, pending: _Pending) -> None:
         self._settle(pending)
+        if self._write_failures:  # these jobs' writes land again
+            for job, _ in pending.notes:
+                self._write_failures.pop(job.job_id, None)
         if self.receipts is not None and pending.unit.receipts:
             self.receipts.committed(pending.unit)
             for observer in self.observers:
@@ -337,7 +457,7 @@ class Scheduler:
         out: list[tuple[Job, bool] | None] = [None] * len(specs)
         pending = _Pending()
         now = now_us()
-        claimed: list[tuple[tuple[str, str], asyncio.Future]] = []
+        claimed: list[tuple[str, str]] = []
         try:
             for i, spec in enumerate(specs):
                 if spec.idempotency_key:
@@ -346,14 +466,16 @@ class Scheduler:
                         out[i] = (existing, False)
                         continue
                     key = (client_id, spec.idempotency_key)
-                    if any(k == key for k, _ in claimed):
+                    if key in claimed:
                         raise CoordinatorError(
                             Kind.ALREADY_EXISTS, "IDEMPOTENCY_KEY_REUSED",
                             "the same idempotency key appears twice in one batch",
                         )  # fmt: skip
+                    # Other submits with this key wait until this one's outcome is known (durable or not).
                     future = asyncio.get_running_loop().create_future()
                     self._inflight_keys[key] = future
-                    claimed.append((key, future))
+                    claimed.append(key)
+                    pending.always.append(functools.partial(self._release_key, key, future))
                 job = Job(
                     job_id=uuid7(), client_id=client_id, state=JobState.QUEUED, payload=spec.payload,
                     payload_kind=spec.payload_kind, input_sha256=spec.input_sha256,
@@ -375,32 +497,23 @@ class Scheduler:
                     self._assign(job, session, pending, now)
                 else:
                     self.queues.push(job)
+                if spec.idempotency_key:
+                    pending.after.append(functools.partial(self.idempotency.__setitem__, key, job.job_id))
                 out[i] = (job, True)
             await self._commit(pending)
         except BaseException:
-            for _, job_event in enumerate(pending.unit.new_jobs):
-                self._forget_failed_insert(job_event[0])
-            raise
-        finally:
-            for key, future in claimed:
-                self._inflight_keys.pop(key, None)
-                if not future.done():
-                    future.set_result(None)
-        for job, created in (o for o in out if o is not None):
-            if created and job.idempotency_key:
-                self.idempotency[(client_id, job.idempotency_key)] = job.job_id
+            if not pending.enqueued:  # refused before its write was queued: nothing of it may stay
+                for job, _ in pending.notes:
+                    self._forget_failed_insert(job)
+                self._run_always(pending)
+            raise  # once queued, the write's outcome keeps or forgets the jobs, even if this call was cancelled
         return [o for o in out if o is not None]
 
-    def _forget_failed_insert(self, job_id: str) -> None:
-        job = self.jobs.pop(job_id, None)
-        if job is None:
-            return
-        for session in self.sessions.values():
-            if session.held.pop(job_id, None) is not None:
-                self._refresh_available(session)
-        if job.state is JobState.QUEUED:
-            job.state = JobState.CANCELED  # lazily dropped from the queues
-            self.queues.discard(job)
+    def _release_key(self, key: tuple[str, str], future: asyncio.Future) -> None:
+        if self._inflight_keys.get(key) is future:
+            del self._inflight_keys[key]
+        if not future.done():
+            future.set_result(None)
 
     async def _idempotent_hit(self, client_id: str, spec: JobSpec) -> Job | None:
         key = (client_id, spec.idempotency_key)
@@ -477,10 +590,15 @@ class Scheduler:
 
     async def cancel(self, job_id: str, client_id: str | None, reason: str) -> Job:
         job = self.jobs.get(job_id)
+        if job is None and job_id in self._detached:
+            await self._restored(job_id)
+            job = self.jobs.get(job_id)
         if job is None or (client_id is not None and job.client_id != client_id):
             stored = await self.get_job(job_id, client_id)  # NOT_FOUND, or a terminal job
             states.check(stored, JobState.CANCELED)  # raises JOB_TERMINAL
-            job = await self._live(job_id)
+            raise CoordinatorError(Kind.UNAVAILABLE, "JOB_RESTORING",
+                                   f"job {job_id} is being read back from the store after a failed write; retry",
+                                   metadata={"job_id": job_id})  # fmt: skip
         now = now_us()
         pending = _Pending()
         was = job.state
@@ -496,17 +614,6 @@ class Scheduler:
             self._fill(holder, pending, now)
         self._finish(job, pending)
         await self._commit(pending)
-        return job
-
-    async def _live(self, job_id: str) -> Job:
-        """The live copy of a job the store holds as non-terminal: it is out of memory only while it is
-        restored after a failed commit (see _failed)."""
-        while (job := self.jobs.get(job_id)) is None and self._restoring:
-            await asyncio.wait(set(self._restoring))  # waits without cancelling them
-        if job is None:
-            raise CoordinatorError(Kind.UNAVAILABLE, "JOB_RESTORING",
-                                   f"job {job_id} is being restored from the store after a failed write; retry",
-                                   metadata={"job_id": job_id})  # fmt: skip
         return job
 
     async def list_jobs(self, flt: JobFilter, limit: int, before: str | None) -> list[Job]:
@@ -555,11 +662,13 @@ class Scheduler:
                 held.lease_us = lease_us
                 session.held[job_id] = held
                 self.timers.schedule(lease_us, "lease", job_id, held.attempt)
+                self.timers.schedule(held.exec_deadline_us, "exec", job_id, held.attempt)
                 kept.append((job_id, held.attempt))
             else:
                 self._lose_lease(job, "MINER_LOST_JOB", now, pending)
         for job_id, attempt in running:
-            if job_id not in session.held:
+            # a job being read back after a failed commit comes back to this session with a fresh lease
+            if job_id not in session.held and job_id not in self._detached:
                 pending.sends.append((session, CancelOut(job_id, attempt, "NOT_HELD")))
         self.timers.schedule(
             now + int(self.settings.heartbeat_timeout_s * MICROS), "liveness", session.session_id
@@ -663,6 +772,7 @@ class Scheduler:
         self.heartbeat(session, [(job_id, attempt)])
 
     async def accept(self, session: Session, job_id: str, attempt: int) -> None:
+        await self._unless_detached(session, job_id)
         held = self._fenced(session, job_id, attempt)
         job = held.job
         if job.state is not JobState.ASSIGNED:
@@ -673,6 +783,7 @@ class Scheduler:
         await self._commit(pending)
 
     async def reject(self, session: Session, job_id: str, attempt: int, reason: str) -> None:
+        await self._unless_detached(session, job_id)
         held = self._fenced(session, job_id, attempt)
         job = held.job
         now = now_us()
@@ -725,8 +836,19 @@ class Scheduler:
         self._fill(session, pending, now)
         await self._commit(pending)
         for r in unmatched:
-            acks.append(await self._refusal_or_repeat(session, r.job_id, r.attempt))
+            if await self._unless_detached(session, r.job_id):  # read back meanwhile: try it again
+                acks.extend(await self.complete(session, [r]))
+            else:
+                acks.append(await self._refusal_or_repeat(session, r.job_id, r.attempt))
         return acks
+
+    async def _unless_detached(self, session: Session, job_id: str) -> bool:
+        """If job_id is out of memory after a failed commit, wait until it is read back (a miner's message
+        about it is then matched against what the store holds, not refused); whether it had to wait."""
+        if job_id in session.held or job_id not in self._detached:
+            return False
+        await self._restored(job_id)
+        return True
 
     async def _refusal_or_repeat(self, session: Session, job_id: str, attempt: int) -> AckOut:
         """A result not matching a held attempt: the same ack again if it repeats an accepted one."""
@@ -744,6 +866,8 @@ class Scheduler:
     async def fail(self, session: Session, failure: FailureIn) -> AckOut:
         now = now_us()
         session.last_seen_us = now
+        if await self._unless_detached(session, failure.job_id):
+            now = now_us()
         held = session.held.get(failure.job_id)
         if held is None or held.attempt != failure.attempt:
             return await self._refusal_or_repeat(session, failure.job_id, failure.attempt)
@@ -883,8 +1007,8 @@ class Scheduler:
 
     def _dispatch_or_queue(self, job: Job, exclude: Session | None = None) -> None:
         """A job became ready outside a client call (requeue, backoff over): push it or queue it."""
-        if job.state is not JobState.QUEUED:
-            return
+        if job.state is not JobState.QUEUED or self.jobs.get(job.job_id) is not job:
+            return  # no longer queued, or taken out after a failed commit (and read back as another copy)
         session = self._pick_session(job, exclude)
         if session is None:
             self.queues.push(job)
@@ -924,15 +1048,18 @@ class Scheduler:
             pending.record(job, states.transition(job, JobState.FAILED, reason, now, message=detail))
             self._finish(job, pending)
             return
-        pending.record(job, states.transition(job, JobState.QUEUED, code, now, message=message))
+        event = states.transition(job, JobState.QUEUED, code, now, message=message)
         if backoff:
             delay = min(
                 self.settings.retry_backoff_base_s * 2 ** (job.attempt - 1), self.settings.retry_backoff_max_s
             )
-            job.not_before_us = now + int(delay * MICROS)
+            job.not_before_us = now + int(
+                delay * MICROS
+            )  # before the row is taken: stored, it outlives a restart
             self.timers.schedule(job.not_before_us, "ready", job.job_id)
         else:
             pending.after.append(lambda: self._dispatch_or_queue(job))
+        pending.record(job, event)
 
     def _enqueue_or_wait(self, job: Job, now: int) -> None:
         if job.not_before_us > now:
@@ -944,7 +1071,11 @@ class Scheduler:
     def _finish(self, job: Job, pending: _Pending) -> None:
         """Forget a terminal job once its terminal state is durable: until then reads must see it here,
         since the store may still hold the previous state."""
-        pending.after.append(lambda: self.jobs.pop(job.job_id, None))
+        pending.after.append(functools.partial(self._forget, job))
+
+    def _forget(self, job: Job) -> None:
+        if self.jobs.get(job.job_id) is job:
+            del self.jobs[job.job_id]
 
     def _on_timer(self, kind: str, args: tuple) -> None:
         now = now_us()

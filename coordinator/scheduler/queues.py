@@ -53,7 +53,7 @@ class _Level:
 
 
 def _ready(job: Job) -> bool:
-    return job.state is JobState.QUEUED
+    return job.in_queue and job.state is JobState.QUEUED  # not counted out (canceled, expired, taken out)
 
 
 class Shape:

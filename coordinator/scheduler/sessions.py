@@ -66,6 +66,7 @@ class Session:
     connected_us: int
     receipt_public_key: bytes = b""
     held: dict[str, Held] = field(default_factory=dict)
+    reserved: int = 0  # slots kept for jobs out of memory after a failed commit, until read back
     draining: bool = False
     closed: bool = False
     disconnected_us: int = 0  # stream gone, within the grace period
@@ -89,7 +90,7 @@ class Session:
 
     @property
     def free(self) -> int:
-        return self.caps.slots - len(self.held)
+        return self.caps.slots - len(self.held) - self.reserved
 
     @property
     def online(self) -> bool:

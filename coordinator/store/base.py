@@ -94,6 +94,10 @@ class UnitOfWork:
     keys: list[KeyRow] = field(default_factory=list)
     # job id -> (inserted by this unit, index in new_jobs or job_updates): one jobs row per job per unit
     _rows: dict[str, tuple[bool, int]] = field(default_factory=dict, repr=False, compare=False)
+    # Set by the caller: this unit's key, and the keys of earlier units, not yet settled when it was built,
+    # whose in-memory outcome it builds on. If one of those fails to commit, so does this one (see FailedUnits).
+    key: int = field(default=0, compare=False)
+    requires: tuple[int, ...] = field(default=(), compare=False)
 
     def inserts(self, job_id: str) -> bool:
         """Whether this unit inserts job_id (rather than updating a stored job)."""
@@ -160,6 +164,46 @@ class UnitOfWork:
                 self.keys,
             )
         )
+
+
+class DependencyFailed(Exception):
+    """A unit was refused because an earlier unit it builds on failed to commit."""
+
+    def __init__(self, keys: set[int]) -> None:
+        super().__init__(f"an earlier write this one builds on failed to commit (units {sorted(keys)})")
+
+
+class FailedUnits:
+    """The writer's memory of recently failed units, so that units built on them fail too (and are not
+    written over a state that never landed: an event sequence with a hole, a row that skips a step)."""
+
+    def __init__(self, keep: int = 10_000) -> None:
+        self._keys: dict[int, None] = {}  # insertion-ordered: the oldest are forgotten first
+        self._keep = keep
+
+    def blocking(self, unit: UnitOfWork) -> DependencyFailed | None:
+        if not unit.requires or not self._keys:
+            return None
+        failed = {k for k in unit.requires if k in self._keys}
+        return DependencyFailed(failed) if failed else None
+
+    def partition(self, units: Sequence[UnitOfWork]) -> tuple[list[BaseException | None], list[int]]:
+        """Each unit's outcome so far (refused if built on a failed unit), and the indexes of those to write."""
+        outcomes: list[BaseException | None] = [None] * len(units)
+        live: list[int] = []
+        for i, unit in enumerate(units):
+            if (blocked := self.blocking(unit)) is not None:
+                outcomes[i] = blocked
+                self.add(unit)
+            else:
+                live.append(i)
+        return outcomes, live
+
+    def add(self, unit: UnitOfWork) -> None:
+        if unit.key:
+            self._keys[unit.key] = None
+            if len(self._keys) > self._keep:
+                del self._keys[next(iter(self._keys))]
 
 
 JOB_COLUMNS = (

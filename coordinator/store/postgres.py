@@ -31,6 +31,7 @@ import asyncpg
 
 from .base import (
     JOB_COLUMNS,
+    FailedUnits,
     UnitOfWork,
     assign_leaves,
     unplace,
@@ -76,6 +77,7 @@ class PostgresStore(SqlReads):
         self._closing = False
         self.commit_observer: Callable[[int, float], None] | None = None  # (group size, seconds)
         self._next_leaf: int | None = None  # the receipt log's next free place; None: read it from the log
+        self._failed = FailedUnits()  # the writer's own
 
     # --- life cycle -------------------------------------------------------------------------------
     def _settings(self, read_only: bool = False) -> dict[str, str]:
@@ -206,37 +208,42 @@ class PostgresStore(SqlReads):
 
     async def _commit_group(self, group: list[tuple[UnitOfWork, asyncio.Future[None]]]) -> None:
         started = time.perf_counter()
-        outcomes: list[BaseException | None]
+        # units built on a unit that failed are refused; the others (live) are written
+        outcomes, live = self._failed.partition([unit for unit, _ in group])
+        units = [group[i][0] for i in live]
         placed: list = []
         try:
-            conn = await self._writer_connection()
-            async with conn.transaction():
-                next_leaf, placed = assign_leaves([unit for unit, _ in group], await self._log_size(conn))
-                await _write_units(conn, [unit for unit, _ in group])
-            self._next_leaf = next_leaf
-            outcomes = [None] * len(group)
+            if units:
+                conn = await self._writer_connection()
+                async with conn.transaction():
+                    next_leaf, placed = assign_leaves(units, await self._log_size(conn))
+                    await _write_units(conn, units)
+                self._next_leaf = next_leaf
         except Exception as exc:
             self._next_leaf = None  # count again from what the log holds
-            if isinstance(exc, _CONNECTION_LOST) and await self._landed(group):
+            if isinstance(exc, _CONNECTION_LOST) and await self._landed(units):
                 # The connection was lost during COMMIT, after the server had committed: the rows are
                 # there, so the group succeeded (retried, it would fail on its own rows, duplicate keys).
                 log.warning(
-                    "store writer: connection lost during COMMIT; the group of %d had landed", len(group)
+                    "store writer: connection lost during COMMIT; the group of %d had landed", len(units)
                 )
-                outcomes = [None] * len(group)
             else:
                 unplace(placed)
-                outcomes = [await self._commit_alone(unit) for unit, _ in group]  # isolate the culprit
+                for i in live:  # isolate the culprit, and whatever builds on it
+                    unit = group[i][0]
+                    outcomes[i] = self._failed.blocking(unit) or await self._commit_alone(unit)
+                    if outcomes[i] is not None:
+                        self._failed.add(unit)
         elapsed = time.perf_counter() - started
         _resolve(group, outcomes)
         if self.commit_observer is not None:
             self.commit_observer(len(group), elapsed)
 
-    async def _landed(self, group: list[tuple[UnitOfWork, asyncio.Future[None]]]) -> bool:
+    async def _landed(self, units: list[UnitOfWork]) -> bool:
         """Whether a group whose commit raised is in the database all the same: its transaction is atomic, so
         one of its rows that only it writes tells (its first job event, or else its first checkpoint)."""
         probe: tuple[str, tuple] | None = None
-        for unit, _ in group:
+        for unit in units:
             if unit.events:
                 probe = ("SELECT 1 FROM job_events WHERE job_id = $1 AND sequence = $2", unit.events[0][:2])
                 break

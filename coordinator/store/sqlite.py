@@ -21,6 +21,7 @@ import aiosqlite
 
 from .base import (
     JOB_COLUMNS,
+    FailedUnits,
     UnitOfWork,
     assign_leaves,
     unplace,
@@ -44,6 +45,7 @@ class SqliteStore(SqlReads):
         self._loop: asyncio.AbstractEventLoop | None = None
         self.commit_observer: Callable[[int, float], None] | None = None  # (group size, seconds)
         self._next_leaf = 0  # the receipt log's next free place (the writer thread's own)
+        self._failed = FailedUnits()  # the writer thread's own
 
     # --- life cycle -------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -110,25 +112,37 @@ class SqliteStore(SqlReads):
                 except queue.Empty:
                     break
             if group:
-                self._commit_group(conn, group)
+                try:
+                    self._commit_group(conn, group)
+                except BaseException as exc:  # never leave a waiter hanging, nor the writer dead
+                    log.exception("store writer: group commit failed unexpectedly")
+                    self._rollback(conn)
+                    assert self._loop is not None
+                    self._loop.call_soon_threadsafe(_resolve, group, [exc] * len(group))
         conn.close()
 
     def _commit_group(self, conn: sqlite3.Connection, group: list[tuple[UnitOfWork, asyncio.Future]]) -> None:
         import time
 
         started = time.perf_counter()
-        outcomes: list[BaseException | None]
-        next_leaf, placed = assign_leaves([unit for unit, _ in group], self._next_leaf)
+        # units built on a unit that failed are refused; the others (live) are written
+        outcomes, live = self._failed.partition([unit for unit, _ in group])
+        units = [group[i][0] for i in live]
+        next_leaf, placed = assign_leaves(units, self._next_leaf)
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            _write_units(conn, [unit for unit, _ in group])
-            conn.execute("COMMIT")
-            self._next_leaf = next_leaf
-            outcomes = [None] * len(group)
+            if units:
+                conn.execute("BEGIN IMMEDIATE")
+                _write_units(conn, units)
+                conn.execute("COMMIT")
+                self._next_leaf = next_leaf
         except sqlite3.Error:
-            conn.execute("ROLLBACK")
+            self._rollback(conn)
             unplace(placed)
-            outcomes = [self._commit_alone(conn, unit) for unit, _ in group]  # isolate the culprit
+            for i in live:  # isolate the culprit, and whatever builds on it
+                unit = group[i][0]
+                outcomes[i] = self._failed.blocking(unit) or self._commit_alone(conn, unit)
+                if outcomes[i] is not None:
+                    self._failed.add(unit)
         elapsed = time.perf_counter() - started
         assert self._loop is not None
         self._loop.call_soon_threadsafe(_resolve, group, outcomes)
@@ -144,9 +158,16 @@ class SqliteStore(SqlReads):
             self._next_leaf = next_leaf
             return None
         except sqlite3.Error as exc:
-            conn.execute("ROLLBACK")
+            self._rollback(conn)
             unplace(placed)
             return exc
+
+    @staticmethod
+    def _rollback(conn: sqlite3.Connection) -> None:
+        # A failed BEGIN (the file locked past the busy timeout) opened no transaction, and some errors
+        # (a full disk) roll it back themselves: a bare ROLLBACK would then raise and kill the writer.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
 
     # --- reads ------------------------------------------------------------------------------------
     async def _query(self, sql: str, *params: Any) -> list[tuple]:

@@ -6,6 +6,7 @@ no message of the failed decision reaches a miner, and every job still runs to a
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 
 import grpc
@@ -13,6 +14,7 @@ import pytest
 from aitbc.coordinator.v1 import admin_service_pb2 as apb
 from coord_support import (
     ADMIN_KEY,
+    ASSIGNED,
     CANCELED,
     COMPLETED,
     QUEUED,
@@ -37,13 +39,19 @@ def allow(coord: Harness, table: str) -> None:
         conn.execute(f"DROP TRIGGER test_refuse_{table}")
 
 
-async def test_a_cancel_that_fails_to_commit_leaves_the_job_running_with_its_miner(coord: Harness) -> None:
+async def running_job(coord: Harness, **options):  # type: ignore[no-untyped-def]
+    """A job RUNNING on miner-00 (one slot), as stored: (client, miner, job, assignment)."""
     alice = coord.client("alice")
     miner = await coord.stream_miner("miner-00", slots=1)
-    job = await alice.submit({"x": 1})
+    job = await alice.submit({"x": 1}, **options)
     [a] = await miner.assignments(1)
     miner.accept(a)
     await eventually(lambda: coord.db.job_state(job.job_id) == RUNNING, what="RUNNING stored")
+    return alice, miner, job, a
+
+
+async def test_a_cancel_that_fails_to_commit_leaves_the_job_running_with_its_miner(coord: Harness) -> None:
+    alice, miner, job, a = await running_job(coord)
 
     refuse(coord, job.job_id, "job_events", "NEW.reason = 'CANCELED_BY_CLIENT'")
     err = await rpc_error(alice.cancel(job.job_id))
@@ -174,3 +182,174 @@ async def test_a_cancel_retried_while_the_job_is_read_back_waits_for_it(coord: H
     canceled = await asyncio.wait_for(retry, 5)
     assert (canceled.state, canceled.terminal_message) == (CANCELED, "second try")
     assert coord.db.job_state(job.job_id) == CANCELED and scheduler.queues.depth == 0
+
+
+def held_lock(coord: Harness) -> sqlite3.Connection:
+    """Hold the file's write lock: the coordinator's writes (and reads back after a failure) wait for it."""
+    blocker = sqlite3.connect(coord.db_path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    return blocker
+
+
+async def fail_a_cancel(coord: Harness, job_id: str) -> sqlite3.Connection:
+    """A cancel whose commit fails; returns with the job out of memory and its read-back held up (the
+    scheduler is called in this event loop, so nothing runs between the failure and the lock)."""
+    refuse(coord, job_id, "job_events", "NEW.reason = 'CANCELED_BY_CLIENT'")
+    with pytest.raises(sqlite3.IntegrityError):
+        await coord.coordinator.scheduler.cancel(job_id, None, "fails")
+    blocker = held_lock(coord)
+    blocker.execute("DROP TRIGGER test_refuse_job_events")
+    assert job_id not in coord.coordinator.scheduler.jobs
+    return blocker
+
+
+@pytest.mark.coordinator(lease_seconds=30.0)
+async def test_a_failed_cancel_of_an_assigned_job_keeps_its_execution_deadline(coord: Harness) -> None:
+    """Read back as ASSIGNED, the job's execution deadline counts from its assignment (it counted from a
+    start it never had: 1970, and the job was timed out at once)."""
+    alice = coord.client("alice")
+    miner = await coord.stream_miner("miner-00", slots=1)
+    job = await alice.submit({"x": 1}, max_attempts=1)
+    [a] = await miner.assignments(1)
+    await eventually(lambda: coord.db.job_state(job.job_id) == ASSIGNED, what="ASSIGNED stored")
+    (await fail_a_cancel(coord, job.job_id)).execute("COMMIT")
+    await eventually(lambda: job.job_id in coord.coordinator.scheduler.jobs, what="the job read back")
+    await asyncio.sleep(0.3)
+    assert miner.pending("cancel") == 0 and coord.db.job_state(job.job_id) == ASSIGNED
+    miner.result(a.job.job_id, a.attempt)
+    assert (await miner.next("result_ack")).accepted
+    assert (await coord.finished(alice, job.job_id)).state == COMPLETED
+
+
+async def test_a_result_sent_while_its_job_is_read_back_is_accepted(coord: Harness) -> None:
+    alice, miner, job, a = await running_job(coord, max_attempts=1)
+    blocker = await fail_a_cancel(coord, job.job_id)
+    miner.result(a.job.job_id, a.attempt)  # the miner finished meanwhile: it was refused as JOB_NOT_HELD
+    await asyncio.sleep(0.2)
+    blocker.execute("COMMIT")
+    blocker.close()
+    ack = await miner.next("result_ack")
+    assert ack.accepted, ack
+    done = await coord.finished(alice, job.job_id)
+    assert (done.state, done.attempt) == (COMPLETED, 1)
+
+
+@pytest.mark.coordinator(lease_seconds=1.0)
+async def test_a_miner_reconnecting_while_its_job_is_read_back_keeps_it(coord: Harness) -> None:
+    _, miner, job, a = await running_job(coord)
+    blocker = await fail_a_cancel(coord, job.job_id)
+    await miner.kill()
+    back = await coord.stream_miner("miner-00", slots=1, running_jobs=((job.job_id, a.attempt),))
+    await asyncio.sleep(0.2)
+    blocker.execute("COMMIT")
+    blocker.close()
+    await eventually(lambda: job.job_id in coord.coordinator.scheduler.jobs, what="the job read back")
+    back.held[job.job_id] = a.attempt  # it keeps running it: its heartbeats renew the lease
+    await asyncio.sleep(1.5)  # past the lease
+    assert back.pending("cancel") == 0  # it was told NOT_HELD, and the job ran again as attempt 2
+    back.result(job.job_id, a.attempt)
+    assert (await back.next("result_ack")).accepted
+    assert [e["reason"] for e in coord.db.events(job.job_id)] == [
+        "SUBMITTED",
+        "ASSIGNED",
+        "ACCEPTED",
+        "COMPLETED",
+    ]
+
+
+@pytest.mark.coordinator(lease_seconds=30.0)
+async def test_the_slot_of_a_job_being_read_back_stays_taken(coord: Harness) -> None:
+    alice, miner, job, _ = await running_job(coord)
+    blocker = await fail_a_cancel(coord, job.job_id)
+    other = asyncio.create_task(alice.submit({"y": 2}))  # the slot looked free: the miner got two jobs
+    await asyncio.sleep(0.2)
+    blocker.execute("COMMIT")
+    blocker.close()
+    queued = await other
+    await eventually(lambda: job.job_id in coord.coordinator.scheduler.jobs, what="the job read back")
+    session = coord.coordinator.scheduler.by_miner["miner-00"]
+    assert (list(session.held), session.reserved) == ([job.job_id], 0)
+    assert (await alice.get(queued.job_id)).state == QUEUED and miner.pending("assignment") == 0
+
+
+async def test_a_change_built_on_a_failed_one_does_not_land(coord: Harness) -> None:
+    """miner-00's failure report is refused by the store while the job, requeued in memory, is already
+    assigned to miner-01: that assignment must not land over a requeue that never did (the store had
+    sequence 3 then 5, the counts of jobs by state drifted for good, a watcher was told CANCELED)."""
+    alice = coord.client("alice")
+    m0 = await coord.stream_miner("miner-00", slots=1)
+    job = await alice.submit({"x": 1})
+    [a] = await m0.assignments(1)
+    m1 = await coord.stream_miner("miner-01", slots=1)
+    m0.accept(a)
+    await eventually(lambda: coord.db.job_state(job.job_id) == RUNNING, what="RUNNING stored")
+    scheduler = coord.coordinator.scheduler
+    watch = alice.watch(job.job_id)
+    assert (await anext(watch)).job.state == RUNNING
+    refuse(coord, job.job_id, "job_events", "NEW.reason = 'FLAKY'")
+    blocker = held_lock(coord)
+    m0.failure(a.job.job_id, a.attempt, retryable=True, code="FLAKY")
+    await eventually(
+        lambda: scheduler.by_miner["miner-01"].held, what="the job assigned to miner-01 in memory"
+    )
+    blocker.execute("COMMIT")
+    blocker.close()
+    await m0.wait_closed()  # the failed commit ends miner-00's stream
+    await eventually(lambda: job.job_id in scheduler.jobs, what="the job read back")
+    allow(coord, "job_events")
+    assert [e["sequence"] for e in coord.db.events(job.job_id)] == [1, 2, 3]
+    assert m1.pending("assignment") == 0
+    # read back as RUNNING on miner-00, which is gone: after the grace period it runs again, on miner-01
+    [b] = await m1.assignments(1)
+    assert (b.job.job_id, b.attempt) == (job.job_id, 2)
+    m1.result(b.job.job_id, b.attempt)
+    states = [update.job.state async for update in watch]
+    assert CANCELED not in states and states[-1] == COMPLETED, states
+    events = coord.db.events(job.job_id)
+    assert [e["sequence"] for e in events] == list(range(1, len(events) + 1))
+    assert [e["reason"] for e in events] == ["SUBMITTED", "ASSIGNED", "ACCEPTED", "MINER_GONE", "ASSIGNED",
+                                             "ACCEPTED", "COMPLETED"]  # fmt: skip
+    assert not any(scheduler.active_counts.values())  # as the store has it: no active job
+
+
+async def test_a_submit_whose_caller_went_away_mid_write_still_runs(coord: Harness) -> None:
+    alice = coord.client("alice")
+    blocker = held_lock(coord)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await alice.jobs.SubmitJob(alice.request({"x": 1}), metadata=alice.metadata, timeout=0.3)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    blocker.execute("COMMIT")
+    blocker.close()
+    [(job_id,)] = await eventually(lambda: coord.db.query("SELECT job_id FROM jobs"), what="the job stored")
+    miner = await coord.stream_miner("miner-00", slots=1)  # it was forgotten in memory, never dispatched
+    [a] = await miner.assignments(1)
+    assert a.job.job_id == job_id
+
+
+async def test_a_write_that_keeps_failing_is_retried_with_backoff(coord: Harness, caplog) -> None:
+    alice = coord.client("alice")
+    m0 = await coord.stream_miner("miner-00", slots=1)
+    job = await alice.submit({"x": 1})
+    [a] = await m0.assignments(1)
+    await coord.stream_miner("miner-01", slots=1)
+    refuse(coord, job.job_id, "job_events", "NEW.reason = 'ASSIGNED' AND NEW.attempt = 2")
+    caplog.set_level(logging.WARNING, logger="coordinator.scheduler")
+    m0.failure(a.job.job_id, a.attempt, retryable=True, code="FLAKY")
+    await asyncio.sleep(1.0)
+    restores = sum("jobs restored from the store" in r.getMessage() for r in caplog.records)
+    assert 3 <= restores <= 8, restores  # 0, 0.05, 0.1, 0.2, 0.4 s...: it was ~500 per second
+    allow(coord, "job_events")
+    await eventually(lambda: coord.db.job_state(job.job_id) == ASSIGNED, what="assigned once writes land")
+
+
+@pytest.mark.coordinator(retry_backoff_base_seconds=5.0, retry_backoff_max_seconds=5.0)
+async def test_the_retry_backoff_is_stored(coord: Harness) -> None:
+    alice = coord.client("alice")
+    miner = await coord.stream_miner("miner-00", slots=1)
+    job = await alice.submit({"x": 1})
+    [a] = await miner.assignments(1)
+    miner.failure(a.job.job_id, a.attempt, retryable=True, code="FLAKY")
+    await eventually(lambda: coord.db.job_state(job.job_id) == QUEUED, what="QUEUED stored")
+    in_memory = coord.coordinator.scheduler.jobs[job.job_id].not_before_us
+    stored = coord.db.scalar("SELECT not_before_us FROM jobs WHERE job_id = ?", (job.job_id,))
+    assert in_memory > 0 and stored == in_memory  # a restart (or a read back) kept no backoff

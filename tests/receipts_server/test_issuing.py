@@ -392,20 +392,32 @@ async def test_a_receipt_that_fails_to_commit_leaves_no_gap_in_the_log(world) ->
         await miner.next("result_ack")
     await miner.close()
     assert rows(world["db"], "SELECT count(*) FROM receipts WHERE job_id = ?", doomed.job_id) == [(0,)]
+    with sqlite3.connect(world["db"]) as conn:
+        conn.execute("DROP TRIGGER test_refuse_one_receipt")
+    scheduler = world["coordinator"].scheduler
+    for _ in range(500):  # the job is read back from the store (RUNNING, its miner gone)
+        if doomed.job_id in scheduler.jobs:
+            break
+        await asyncio.sleep(0.01)
 
     miner = HandMiner(world["address"])
-    await miner.hello()
+    await miner.hello()  # not listing the job: it runs again, and its receipt takes the next place
+    again = (await miner.next("assignments")).assignments.assignments[0]
+    assert (again.job.job_id, again.attempt) == (doomed.job_id, 2)
+    [ack] = await miner.send_results(miner.result(again, {"n": 2}))
+    assert ack.accepted
     for n in (3, 4):
         await complete_one(world, miner, {"n": n})
     await miner.close()
     stored = [bytes(h) for (h,) in rows(world["db"], "SELECT leaf_hash FROM log_leaves ORDER BY leaf_index")]
-    places = [i for (i,) in rows(world["db"], "SELECT leaf_index FROM receipts ORDER BY leaf_index")]
-    assert places == [0, 1, 2]  # no place kept for the receipt that was not written
+    places = rows(world["db"], "SELECT leaf_index, job_id FROM receipts ORDER BY leaf_index")
+    assert [i for i, _ in places] == [0, 1, 2, 3]  # no place kept for the receipt that was not written
+    assert places[1][1] == doomed.job_id
     issuer = world["coordinator"].issuer
-    assert issuer.tree.size == 3 and issuer.tree.root(3) == MerkleTree(stored).root(3)
+    assert issuer.tree.size == 4 and issuer.tree.root(4) == MerkleTree(stored).root(4)
     md = world["client"].metadata
     checkpoint = (await world["client"].receipts.GetCheckpoint(
         receipt_service_pb2.GetCheckpointRequest(), metadata=md)).checkpoint  # fmt: skip
-    assert (checkpoint.tree_size, checkpoint.root_hash) == (3, MerkleTree(stored).root(3))
+    assert (checkpoint.tree_size, checkpoint.root_hash) == (4, MerkleTree(stored).root(4))
     await world["coordinator"].stop(grace=0.5)
     world["coordinator"] = await start(settings(world["db"]))  # the rebuilt tree matches the checkpoint

@@ -65,3 +65,25 @@ def test_the_batched_update_searches_jobs_by_primary_key() -> None:
         details = [row[3] for row in plan]
         assert "SEARCH jobs USING PRIMARY KEY (job_id=?)" in details, details
         assert not any(d.startswith("SCAN jobs") for d in details), details
+
+
+async def test_the_writer_survives_an_error_that_already_rolled_the_transaction_back(tmp_path: Path) -> None:
+    """A trigger's RAISE(ROLLBACK) (like some I/O errors) ends the transaction itself: a plain ROLLBACK then
+    raised 'no transaction is active', the writer thread died, and every later commit waited forever."""
+    store = SqliteStore(str(tmp_path / "s.db"))
+    await store.open()
+    try:
+        with sqlite3.connect(tmp_path / "s.db") as conn:
+            conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON jobs WHEN NEW.job_id = 'job-doomed' "
+                         "BEGIN SELECT RAISE(ROLLBACK, 'test: rolled back by the trigger'); END")  # fmt: skip
+        doomed, fine = UnitOfWork(), UnitOfWork()
+        doomed.add_new_job(make_job("job-doomed"))
+        fine.add_new_job(make_job("job-fine"))
+        outcomes = await asyncio.gather(store.commit(doomed), store.commit(fine), return_exceptions=True)
+        assert isinstance(outcomes[0], sqlite3.Error) and outcomes[1] is None
+        after = UnitOfWork()
+        after.add_new_job(make_job("job-after"))
+        await asyncio.wait_for(store.commit(after), 5)
+        assert await store.get_job("job-after") is not None and await store.get_job("job-doomed") is None
+    finally:
+        await store.close()

@@ -14,7 +14,7 @@ import pytest
 
 from coordinator.domain.model import JobState
 from coordinator.store import Store, UnitOfWork
-from coordinator.store.base import CheckpointRow, JobFilter, KeyRow, LedgerEntry, ReceiptRow
+from coordinator.store.base import CheckpointRow, DependencyFailed, JobFilter, KeyRow, LedgerEntry, ReceiptRow
 from coordinator.store.schema import APPEND_ONLY
 
 from .store_support import T0, Backend, make_job, make_result, submitted_event, transition
@@ -324,6 +324,34 @@ async def test_a_failing_unit_fails_alone_in_its_group(store: Store) -> None:
     # the writer is still healthy afterwards
     await store.commit(new_jobs_unit(make_job("job-after")))
     assert await store.get_job("job-after") is not None
+
+
+async def test_a_unit_built_on_a_failed_unit_fails_too_in_its_group_or_a_later_one(store: Store) -> None:
+    """The scheduler queues a job's next change before the previous one is durable; if that one fails, the
+    next must not land over a state that never did (an event sequence with a hole, a skipped step)."""
+    job = make_job("job-x")
+    await store.commit(new_jobs_unit(job))
+    failing = UnitOfWork(key=1)
+    failing.add_event(transition(job, JobState.ASSIGNED, T0 + 1, "ASSIGNED", "m1"))
+    failing.ledger += [LedgerEntry("x", "client", "rc-dup", 1, 1, T0)] * 2  # breaks UNIQUE: the unit fails
+    next_step = UnitOfWork(key=2, requires=(1,))
+    next_step.add_event(transition(job, JobState.RUNNING, T0 + 2, "ACCEPTED", "m1"))
+    unrelated = UnitOfWork(key=3)
+    unrelated.add_new_job(make_job("job-y"))
+    outcomes = await asyncio.gather(*(store.commit(u) for u in (failing, next_step, unrelated)),
+                                    return_exceptions=True)  # fmt: skip
+    assert isinstance(outcomes[0], Exception) and outcomes[2] is None
+    assert isinstance(outcomes[1], DependencyFailed), outcomes[1]
+    later = UnitOfWork(key=4, requires=(2,))  # built on the refused one, and queued after the group
+    later.add_event(transition(job, JobState.COMPLETED, T0 + 3, "COMPLETED", "m1"))
+    with pytest.raises(DependencyFailed):
+        await store.commit(later)
+    assert [e.sequence for e in await store.get_events("job-x")] == [1]
+    assert await store.get_job("job-y") is not None
+    independent = UnitOfWork(key=5, requires=(3,))  # requires a unit that landed
+    independent.add_new_job(make_job("job-z"))
+    await store.commit(independent)
+    assert await store.get_job("job-z") is not None
 
 
 async def test_receipts_take_their_log_places_in_commit_order_and_a_failed_unit_takes_none(
