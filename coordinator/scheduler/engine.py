@@ -14,7 +14,7 @@ import itertools
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..domain import states
 from ..domain.clock import MICROS, now_us
@@ -24,9 +24,11 @@ from ..domain.matching import eligible
 from ..domain.model import Capabilities, Event, Job, JobResult, JobState, PayloadKind
 from ..logs import info_later
 from ..store.base import JobFilter, Store, UnitOfWork
+from .pending import Pending as _Pending
 from .queues import ReadyQueues, Shape
 from .sessions import AckOut, AssignmentOut, CancelOut, DrainOut, GoAwayOut, Held, Session
 from .timers import TimerHeap
+from .undo import Detached, UndoFailedCommits, exec_deadline
 
 log = logging.getLogger("coordinator.scheduler")
 
@@ -82,39 +84,6 @@ class FailureIn:
     message: str
 
 
-@dataclass(slots=True)
-class _Pending:
-    """A decision's writes and the messages that may leave only after they are durable."""
-
-    unit: UnitOfWork = field(default_factory=UnitOfWork)
-    sends: list[tuple[Session, object]] = field(default_factory=list)
-    notes: list[tuple[Job, Event]] = field(default_factory=list)
-    after: list[Callable[[], None]] = field(default_factory=list)  # once durable
-    always: list[Callable[[], None]] = field(default_factory=list)  # once durable or failed
-    settled: asyncio.Future | None = None  # resolved once the writes are durable (or failed)
-    enqueued: bool = False  # handed to the store: from then on, its outcome undoes or applies it
-
-    def record(self, job: Job, event: Event) -> None:
-        self.unit.add_update(job)
-        self.unit.add_event(event)
-        self.notes.append((job, event))
-
-
-@dataclass(slots=True)
-class _Detached:
-    """A job taken out of the scheduler after a failed commit, until it is read back from the store."""
-
-    reserved: Session | None  # the live session whose slot it keeps meanwhile
-    task: asyncio.Task | None = None  # the read-back
-
-
-def _exec_deadline(job: Job) -> int:
-    """A held job's execution deadline, as stored: from its assignment (the last change of an ASSIGNED job)
-    or, once RUNNING, from its start."""
-    since = job.started_us if job.state is JobState.RUNNING else job.updated_us
-    return since + job.execution_timeout_us
-
-
 ACTIVE = (JobState.QUEUED, JobState.ASSIGNED, JobState.RUNNING)
 
 
@@ -133,7 +102,7 @@ class ReceiptHook:
         raise NotImplementedError
 
 
-class Scheduler:
+class Scheduler(UndoFailedCommits):
     def __init__(
         self, store: Store, settings: SchedulerSettings, receipts: ReceiptHook | None = None
     ) -> None:
@@ -145,7 +114,7 @@ class Scheduler:
         self.active_counts: dict[JobState, int] = dict.fromkeys(ACTIVE, 0)
         self._unsettled: dict[str, _Pending] = {}  # job -> its latest commit not yet durable
         self._unit_keys = itertools.count(1)  # keys of units, for the writer's dependency check
-        self._detached: dict[str, _Detached] = {}  # jobs out of memory after a failed commit
+        self._detached: dict[str, Detached] = {}  # jobs out of memory after a failed commit
         self._write_failures: dict[str, int] = {}  # job -> failed commits in a row (backoff on restore)
         self.queues = ReadyQueues()
         self.sessions: dict[str, Session] = {}  # by session id
@@ -177,7 +146,7 @@ class Scheduler:
             if job.state is JobState.QUEUED:
                 self._enqueue_or_wait(job, now)
             else:
-                held = Held(job, job.attempt, now + grace_us, _exec_deadline(job))
+                held = Held(job, job.attempt, now + grace_us, exec_deadline(job))
                 self.orphans.setdefault(job.miner_id, {})[job.job_id] = held
         for miner_id in self.orphans:
             self.timers.schedule(now + grace_us, "orphans", miner_id)
@@ -282,142 +251,6 @@ class Scheduler:
         """Wait until every commit changing job_id is durable."""
         while (pending := self._unsettled.get(job_id)) is not None:
             await asyncio.shield(pending.settled)  # type: ignore[arg-type]
-
-    # ------------------------------------------------------------------ undoing a failed commit
-    def _failed(self, pending: _Pending) -> None:
-        """Nothing of a failed commit is in the store (a full disk, an I/O error, or an earlier write it
-        builds on failed). Its messages never leave, watchers never hear of it; the jobs it inserted are
-        forgotten, and the jobs it changed are taken out at once and read back from the store."""
-        self._settle(pending)  # readers must not wait on a write that failed
-        if self.receipts is not None and pending.unit.receipts:
-            self.receipts.commit_failed(pending.unit)
-        unit = pending.unit
-        first: dict[str, tuple[Job, Event]] = {}  # job -> its first change in this unit (what it was before)
-        for job, event in pending.notes:
-            first.setdefault(job.job_id, (job, event))
-        detached = []
-        for job_id, (job, event) in first.items():
-            if unit.inserts(job_id):
-                self._forget_failed_insert(job)
-            elif self._detach(job, event):
-                detached.append(job_id)
-        if detached and not self.stopping:  # at the next start, everything is loaded from the store anyway
-            task = asyncio.get_running_loop().create_task(self._restore(detached))
-            self._restoring.add(task)
-            task.add_done_callback(self._restoring.discard)
-            for job_id in detached:
-                self._detached[job_id].task = task
-
-    def _forget_failed_insert(self, job: Job) -> None:
-        if self.jobs.get(job.job_id) is not job:
-            return
-        del self.jobs[job.job_id]
-        self.queues.discard(job)
-        session = self.by_miner.get(job.miner_id)  # assigned in the same unit: the miner never heard of it
-        if session is not None and session.held.pop(job.job_id, None) is not None:
-            self._refresh_available(session)
-
-    def _detach(self, job: Job, first: Event) -> bool:
-        """Take a job whose in-memory state may be ahead of the store out of every structure that acts on it.
-        Until it is read back, reads of it go to the store and timers find nothing to do; if a live miner
-        held it before the failed change (first), that miner's slot stays reserved: it may still run it."""
-        if self.jobs.get(job.job_id) is not job:
-            return False  # already taken out (a later unit built on the same failed one)
-        del self.jobs[job.job_id]
-        self.queues.discard(job)  # counted out: the queues skip it
-        holder = self.by_miner.get(job.miner_id)  # as memory has it
-        if holder is not None and (held := holder.held.get(job.job_id)) is not None and held.job is job:
-            del holder.held[job.job_id]
-            self._refresh_available(holder)
-        orphans = self.orphans.get(job.miner_id)
-        if orphans is not None and (held := orphans.get(job.job_id)) is not None and held.job is job:
-            del orphans[job.job_id]
-        reserved: Session | None = None
-        if first.from_state in (JobState.ASSIGNED, JobState.RUNNING):  # held by first.miner_id, as stored
-            reserved = self.by_miner.get(first.miner_id)
-            if reserved is not None and not reserved.closed:
-                reserved.reserved += 1
-                self._refresh_available(reserved)
-            else:
-                reserved = None
-        self._detached[job.job_id] = _Detached(reserved)
-        self._write_failures[job.job_id] = self._write_failures.get(job.job_id, 0) + 1
-        return True
-
-    async def _restored(self, job_id: str, within: float = 10.0) -> None:
-        """Wait, for a while at most, until a job taken out after a failed commit is read back."""
-        marker = self._detached.get(job_id)
-        if marker is not None and marker.task is not None:
-            await asyncio.wait({marker.task}, timeout=within)  # waits without cancelling it
-
-    async def _restore(self, job_ids: list[str]) -> None:
-        """Read detached jobs back once every write queued before is settled, and place them as start()
-        would: queued, held by their miner's live session (its lease decides), or orphaned."""
-        delay = 0.05
-        while True:
-            try:
-                await self.store.commit(
-                    UnitOfWork()
-                )  # the writer commits in order: earlier writes are settled
-                stored = [await self.store.get_job(job_id) for job_id in job_ids]
-                break
-            except Exception:
-                if self.stopping:
-                    return
-                log.warning("cannot read jobs back after a failed commit; retrying", exc_info=True)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        now = now_us()
-        restored = 0
-        freed: dict[str, Session] = {}
-        for job_id, job in zip(job_ids, stored, strict=True):
-            marker = self._detached.pop(job_id, None)
-            if marker is None:
-                continue
-            if marker.reserved is not None:
-                marker.reserved.reserved -= 1
-                freed[marker.reserved.session_id] = marker.reserved
-            if job is None or job.state.terminal or job_id in self.jobs:
-                self._write_failures.pop(job_id, None)
-                continue
-            self._place(job, now)
-            restored += 1
-        for session in freed.values():  # a reserved slot the job did not take back is free again
-            if not session.closed:
-                pending = _Pending()
-                self._fill(session, pending, now)
-                self._spawn_commit(pending)
-        log.warning("after a failed commit, %d of %d jobs restored from the store", restored, len(job_ids))
-
-    def _place(self, job: Job, now: int) -> None:
-        self.jobs[job.job_id] = job
-        if job.state is JobState.QUEUED:
-            # A job whose writes keep failing (a full disk) waits longer each time before it is dispatched.
-            failures = self._write_failures.get(job.job_id, 0)
-            if failures > 1:
-                backoff_us = int(min(0.05 * 2 ** (failures - 2), 30.0) * MICROS)
-                job.not_before_us = max(job.not_before_us, now + backoff_us)
-            self.timers.schedule(job.expires_us, "ttl", job.job_id)
-            if job.not_before_us > now:
-                self.timers.schedule(job.not_before_us, "ready", job.job_id)
-            else:
-                self._dispatch_or_queue(job)
-            return
-        session = self.by_miner.get(job.miner_id)
-        if session is not None and not session.closed:
-            # The miner may still run it (a cancel failed to commit) or not (its result failed to commit):
-            # its heartbeats keep the lease, or the lease runs out and the job is requeued.
-            lease_us = now + int(self.settings.lease_s * MICROS)
-            held = session.held[job.job_id] = Held(job, job.attempt, lease_us, _exec_deadline(job))
-            self.timers.schedule(lease_us, "lease", job.job_id, job.attempt)
-            self.timers.schedule(held.exec_deadline_us, "exec", job.job_id, job.attempt)
-            self._refresh_available(session)
-            return
-        grace_end = now + int(self.settings.grace_s * MICROS)
-        self.orphans.setdefault(job.miner_id, {})[job.job_id] = Held(
-            job, job.attempt, grace_end, _exec_deadline(job)
-        )
-        self.timers.schedule(grace_end, "orphans", job.miner_id)
 
     def _apply(self, pending: _Pending) -> None:
         self._settle(pending)
@@ -841,14 +674,6 @@ class Scheduler:
             else:
                 acks.append(await self._refusal_or_repeat(session, r.job_id, r.attempt))
         return acks
-
-    async def _unless_detached(self, session: Session, job_id: str) -> bool:
-        """If job_id is out of memory after a failed commit, wait until it is read back (a miner's message
-        about it is then matched against what the store holds, not refused); whether it had to wait."""
-        if job_id in session.held or job_id not in self._detached:
-            return False
-        await self._restored(job_id)
-        return True
 
     async def _refusal_or_repeat(self, session: Session, job_id: str, attempt: int) -> AckOut:
         """A result not matching a held attempt: the same ack again if it repeats an accepted one."""

@@ -1,0 +1,29 @@
+"""A scheduler decision in flight: the rows it writes and what may happen only once they are durable."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..domain.model import Event, Job
+from ..store.base import UnitOfWork
+from .sessions import Session
+
+
+@dataclass(slots=True)
+class Pending:
+    """A decision's writes and the messages that may leave only after they are durable."""
+
+    unit: UnitOfWork = field(default_factory=UnitOfWork)
+    sends: list[tuple[Session, object]] = field(default_factory=list)
+    notes: list[tuple[Job, Event]] = field(default_factory=list)
+    after: list[Callable[[], None]] = field(default_factory=list)  # once durable
+    always: list[Callable[[], None]] = field(default_factory=list)  # once durable or failed
+    settled: asyncio.Future | None = None  # resolved once the writes are durable (or failed)
+    enqueued: bool = False  # handed to the store: from then on, its outcome undoes or applies it
+
+    def record(self, job: Job, event: Event) -> None:
+        self.unit.add_update(job)
+        self.unit.add_event(event)
+        self.notes.append((job, event))

@@ -1,0 +1,189 @@
+"""Undoing a commit that failed (a full disk, an I/O error): the scheduler's memory goes back to the store.
+
+Nothing of a failed commit is in the store, so nothing of it may stay in memory: its messages never leave,
+watchers never hear of it, the jobs it inserted are forgotten, and the jobs it changed are taken out at once
+("detached": reads go to the store, timers find nothing, their miners' slots stay reserved) and read back
+from the store once the writes queued before have settled, then placed as at a start. The store refuses the
+writes queued meanwhile that build on the failed one (UnitOfWork.requires), so the store never holds a
+state built on one that never landed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..domain.clock import MICROS, now_us
+from ..domain.model import Event, Job, JobState
+from ..store.base import UnitOfWork
+from .pending import Pending
+from .sessions import Held, Session
+
+if TYPE_CHECKING:
+    from .engine import Scheduler
+
+log = logging.getLogger("coordinator.scheduler")
+
+
+@dataclass(slots=True)
+class Detached:
+    """A job taken out of the scheduler after a failed commit, until it is read back from the store."""
+
+    reserved: Session | None  # the live session whose slot it keeps meanwhile
+    task: asyncio.Task | None = None  # the read-back
+
+
+def exec_deadline(job: Job) -> int:
+    """A held job's execution deadline, as stored: from its assignment (the last change of an ASSIGNED job)
+    or, once RUNNING, from its start."""
+    since = job.started_us if job.state is JobState.RUNNING else job.updated_us
+    return since + job.execution_timeout_us
+
+
+class UndoFailedCommits:
+    """The part of the Scheduler that undoes failed commits (mixed into it: it works on its state)."""
+
+    def _failed(self: Scheduler, pending: Pending) -> None:
+        """Nothing of a failed commit is in the store (a full disk, an I/O error, or an earlier write it
+        builds on failed). Its messages never leave, watchers never hear of it; the jobs it inserted are
+        forgotten, and the jobs it changed are taken out at once and read back from the store."""
+        self._settle(pending)  # readers must not wait on a write that failed
+        if self.receipts is not None and pending.unit.receipts:
+            self.receipts.commit_failed(pending.unit)
+        unit = pending.unit
+        first: dict[str, tuple[Job, Event]] = {}  # job -> its first change in this unit (what it was before)
+        for job, event in pending.notes:
+            first.setdefault(job.job_id, (job, event))
+        detached = []
+        for job_id, (job, event) in first.items():
+            if unit.inserts(job_id):
+                self._forget_failed_insert(job)
+            elif self._detach(job, event):
+                detached.append(job_id)
+        if detached and not self.stopping:  # at the next start, everything is loaded from the store anyway
+            task = asyncio.get_running_loop().create_task(self._restore(detached))
+            self._restoring.add(task)
+            task.add_done_callback(self._restoring.discard)
+            for job_id in detached:
+                self._detached[job_id].task = task
+
+    def _forget_failed_insert(self: Scheduler, job: Job) -> None:
+        if self.jobs.get(job.job_id) is not job:
+            return
+        del self.jobs[job.job_id]
+        self.queues.discard(job)
+        session = self.by_miner.get(job.miner_id)  # assigned in the same unit: the miner never heard of it
+        if session is not None and session.held.pop(job.job_id, None) is not None:
+            self._refresh_available(session)
+
+    def _detach(self: Scheduler, job: Job, first: Event) -> bool:
+        """Take a job whose in-memory state may be ahead of the store out of every structure that acts on it.
+        Until it is read back, reads of it go to the store and timers find nothing to do; if a live miner
+        held it before the failed change (first), that miner's slot stays reserved: it may still run it."""
+        if self.jobs.get(job.job_id) is not job:
+            return False  # already taken out (a later unit built on the same failed one)
+        del self.jobs[job.job_id]
+        self.queues.discard(job)  # counted out: the queues skip it
+        holder = self.by_miner.get(job.miner_id)  # as memory has it
+        if holder is not None and (held := holder.held.get(job.job_id)) is not None and held.job is job:
+            del holder.held[job.job_id]
+            self._refresh_available(holder)
+        orphans = self.orphans.get(job.miner_id)
+        if orphans is not None and (held := orphans.get(job.job_id)) is not None and held.job is job:
+            del orphans[job.job_id]
+        reserved: Session | None = None
+        if first.from_state in (JobState.ASSIGNED, JobState.RUNNING):  # held by first.miner_id, as stored
+            reserved = self.by_miner.get(first.miner_id)
+            if reserved is not None and not reserved.closed:
+                reserved.reserved += 1
+                self._refresh_available(reserved)
+            else:
+                reserved = None
+        self._detached[job.job_id] = Detached(reserved)
+        self._write_failures[job.job_id] = self._write_failures.get(job.job_id, 0) + 1
+        return True
+
+    async def _restored(self: Scheduler, job_id: str, within: float = 10.0) -> None:
+        """Wait, for a while at most, until a job taken out after a failed commit is read back."""
+        marker = self._detached.get(job_id)
+        if marker is not None and marker.task is not None:
+            await asyncio.wait({marker.task}, timeout=within)  # waits without cancelling it
+
+    async def _restore(self: Scheduler, job_ids: list[str]) -> None:
+        """Read detached jobs back once every write queued before is settled, and place them as start()
+        would: queued, held by their miner's live session (its lease decides), or orphaned."""
+        delay = 0.05
+        while True:
+            try:
+                await self.store.commit(
+                    UnitOfWork()
+                )  # the writer commits in order: earlier writes are settled
+                stored = [await self.store.get_job(job_id) for job_id in job_ids]
+                break
+            except Exception:
+                if self.stopping:
+                    return
+                log.warning("cannot read jobs back after a failed commit; retrying", exc_info=True)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        now = now_us()
+        restored = 0
+        freed: dict[str, Session] = {}
+        for job_id, job in zip(job_ids, stored, strict=True):
+            marker = self._detached.pop(job_id, None)
+            if marker is None:
+                continue
+            if marker.reserved is not None:
+                marker.reserved.reserved -= 1
+                freed[marker.reserved.session_id] = marker.reserved
+            if job is None or job.state.terminal or job_id in self.jobs:
+                self._write_failures.pop(job_id, None)
+                continue
+            self._place(job, now)
+            restored += 1
+        for session in freed.values():  # a reserved slot the job did not take back is free again
+            if not session.closed:
+                pending = Pending()
+                self._fill(session, pending, now)
+                self._spawn_commit(pending)
+        log.warning("after a failed commit, %d of %d jobs restored from the store", restored, len(job_ids))
+
+    def _place(self: Scheduler, job: Job, now: int) -> None:
+        self.jobs[job.job_id] = job
+        if job.state is JobState.QUEUED:
+            # A job whose writes keep failing (a full disk) waits longer each time before it is dispatched.
+            failures = self._write_failures.get(job.job_id, 0)
+            if failures > 1:
+                backoff_us = int(min(0.05 * 2 ** (failures - 2), 30.0) * MICROS)
+                job.not_before_us = max(job.not_before_us, now + backoff_us)
+            self.timers.schedule(job.expires_us, "ttl", job.job_id)
+            if job.not_before_us > now:
+                self.timers.schedule(job.not_before_us, "ready", job.job_id)
+            else:
+                self._dispatch_or_queue(job)
+            return
+        session = self.by_miner.get(job.miner_id)
+        if session is not None and not session.closed:
+            # The miner may still run it (a cancel failed to commit) or not (its result failed to commit):
+            # its heartbeats keep the lease, or the lease runs out and the job is requeued.
+            lease_us = now + int(self.settings.lease_s * MICROS)
+            held = session.held[job.job_id] = Held(job, job.attempt, lease_us, exec_deadline(job))
+            self.timers.schedule(lease_us, "lease", job.job_id, job.attempt)
+            self.timers.schedule(held.exec_deadline_us, "exec", job.job_id, job.attempt)
+            self._refresh_available(session)
+            return
+        grace_end = now + int(self.settings.grace_s * MICROS)
+        self.orphans.setdefault(job.miner_id, {})[job.job_id] = Held(
+            job, job.attempt, grace_end, exec_deadline(job)
+        )
+        self.timers.schedule(grace_end, "orphans", job.miner_id)
+
+    async def _unless_detached(self: Scheduler, session: Session, job_id: str) -> bool:
+        """If job_id is out of memory after a failed commit, wait until it is read back (a miner's message
+        about it is then matched against what the store holds, not refused); whether it had to wait."""
+        if job_id in session.held or job_id not in self._detached:
+            return False
+        await self._restored(job_id)
+        return True
