@@ -4,11 +4,11 @@ tracing is on, the caller's W3C trace context from the gRPC metadata."""
 from __future__ import annotations
 
 import re
-import secrets
 from collections.abc import Callable
 from typing import Any
 
 import grpc
+from aitbc.randomness import random_hex
 from grpc_interceptor.server import AsyncServerInterceptor
 
 from ..logs import request_id
@@ -18,7 +18,7 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
 def new_request_id() -> str:
-    return secrets.token_hex(8)
+    return random_hex(8)
 
 
 class RequestContextInterceptor(AsyncServerInterceptor):

@@ -10,13 +10,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from ..randomness import random_hex
 from .canonical import CanonicalError, DuplicateKeyError, canonical_json, canonical_struct, decode_strict
 from .dsse import EnvelopeError, b64decode_strict, b64encode, pae
 from .keys import Signer
@@ -85,7 +85,7 @@ class MinerSignature:
 
 def new_nonce() -> str:
     """32 random hex characters for the ``nonce`` field."""
-    return secrets.token_hex(16)
+    return random_hex(16)
 
 
 def _decimal_str(name: str, value: str | int | Decimal) -> str:
