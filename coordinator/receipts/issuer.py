@@ -78,6 +78,7 @@ class ReceiptIssuer(ReceiptHook):
         self._arrived: dict[int, bytes] = {}  # committed leaves waiting for the ones before them
         self._grew = asyncio.Event()  # set (and replaced) whenever the tree grows
         self._resync: asyncio.Task | None = None
+        self._key_reloads: set[asyncio.Task] = set()
         self.checkpoint: CheckpointRow | None = None
         self._checkpoint_lock = asyncio.Lock()
         self.accounts: dict[tuple[str, str], dict] = {}
@@ -176,10 +177,27 @@ class ReceiptIssuer(ReceiptHook):
             self._grew = asyncio.Event()
 
     def commit_failed(self, unit: UnitOfWork) -> None:
-        """A unit holding receipts did not commit (or its outcome is unknown): rebuild the tree from the
-        store, which holds exactly the committed leaves, rather than guess which ones landed."""
+        """A unit holding receipts or keys did not commit: rebuild the tree from the store, which holds
+        exactly the committed leaves, rather than guess which ones landed; read the published keys back (a
+        miner key registered, or retired, in memory only would otherwise never be written)."""
         if unit.receipts and self._resync is None:
             self._resync = asyncio.get_running_loop().create_task(self._rebuild(), name="receipt-log-rebuild")
+        if unit.keys:
+            task = asyncio.get_running_loop().create_task(self._reload_keys(), name="keys-reload")
+            self._key_reloads.add(task)
+            task.add_done_callback(self._key_reloads.discard)
+
+    async def _reload_keys(self) -> None:
+        rows = self.keys.rows
+        before = {id(r) for r in rows}
+        await self.store.commit(
+            UnitOfWork()
+        )  # the writer commits in order: the earlier key writes are settled
+        stored = await self.store.load_keys()
+        added = [r for r in rows if id(r) not in before]  # registered meanwhile: their writes are queued
+        known = {r.key_id for r in stored}
+        rows[:] = stored + [r for r in added if r.key_id not in known]
+        log.warning("published keys read back from the store after a failed commit: %d keys", len(rows))
 
     async def _rebuild(self) -> None:
         try:

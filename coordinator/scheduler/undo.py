@@ -19,7 +19,7 @@ from ..domain.clock import MICROS, now_us
 from ..domain.model import Event, Job, JobState
 from ..store.base import UnitOfWork
 from .pending import Pending
-from .sessions import Held, Session
+from .sessions import GoAwayOut, Held, Session
 
 if TYPE_CHECKING:
     from .engine import Scheduler
@@ -50,8 +50,11 @@ class UndoFailedCommits:
         builds on failed). Its messages never leave, watchers never hear of it; the jobs it inserted are
         forgotten, and the jobs it changed are taken out at once and read back from the store."""
         self._settle(pending)  # readers must not wait on a write that failed
-        if self.receipts is not None and pending.unit.receipts:
+        if self.receipts is not None and (pending.unit.receipts or pending.unit.keys):
             self.receipts.commit_failed(pending.unit)
+        for session, message in pending.sends:
+            if isinstance(message, GoAwayOut):  # a session closed by this decision is closed all the same
+                session.send(message)  # (sessions live in memory only): its miner reconnects
         unit = pending.unit
         first: dict[str, tuple[Job, Event]] = {}  # job -> its first change in this unit (what it was before)
         for job, event in pending.notes:

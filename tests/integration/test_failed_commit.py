@@ -353,3 +353,23 @@ async def test_the_retry_backoff_is_stored(coord: Harness) -> None:
     in_memory = coord.coordinator.scheduler.jobs[job.job_id].not_before_us
     stored = coord.db.scalar("SELECT not_before_us FROM jobs WHERE job_id = ?", (job.job_id,))
     assert in_memory > 0 and stored == in_memory  # a restart (or a read back) kept no backoff
+
+
+@pytest.mark.coordinator(lease_seconds=30.0)  # the heartbeat timeout (1 s) comes first
+async def test_a_miner_whose_session_closes_in_a_failed_commit_is_still_told_to_go(coord: Harness) -> None:
+    """Sessions live in memory only: one closed by a decision whose write failed (its job's requeue) is
+    closed all the same. Its miner was never told, and held a stream nobody served, for good."""
+    alice = coord.client("alice")
+    miner = await coord.stream_miner("miner-00", slots=1, heartbeat=False)  # falls silent
+    job = await alice.submit({"x": 1})
+    [a] = await miner.assignments(1)
+    miner.accept(a)
+    await eventually(lambda: coord.db.job_state(job.job_id) == RUNNING, what="RUNNING stored")
+    refuse(coord, job.job_id, "job_events", "NEW.reason = 'HEARTBEAT_TIMEOUT'")
+    go_away = await miner.next("go_away")
+    assert go_away.reason == "HEARTBEAT_TIMEOUT"
+    await miner.wait_closed()
+    allow(coord, "job_events")
+    # read back RUNNING on a miner that is gone: requeued after the grace period, as after any lost stream
+    await eventually(lambda: coord.db.job_state(job.job_id) == QUEUED, what="requeued")
+    assert [e["reason"] for e in coord.db.events(job.job_id)][-1] == "MINER_GONE"

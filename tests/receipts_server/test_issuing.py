@@ -421,3 +421,38 @@ async def test_a_receipt_that_fails_to_commit_leaves_no_gap_in_the_log(world) ->
     assert (checkpoint.tree_size, checkpoint.root_hash) == (4, MerkleTree(stored).root(4))
     await world["coordinator"].stop(grace=0.5)
     world["coordinator"] = await start(settings(world["db"]))  # the rebuilt tree matches the checkpoint
+
+
+async def test_a_miner_key_whose_registration_fails_to_commit_is_registered_again(world) -> None:
+    """The key was kept in memory though not stored: published until a restart, never written, and the
+    receipts it signed unverifiable after one."""
+    with sqlite3.connect(world["db"]) as conn:
+        conn.execute("CREATE TRIGGER test_refuse_keys BEFORE INSERT ON signing_keys WHEN NEW.role = 'miner' "
+                     "BEGIN SELECT RAISE(ABORT, 'test: this write cannot be made'); END")  # fmt: skip
+    signer = Signer.generate()
+    miner = HandMiner(world["address"], signer)
+    await miner.hello()  # welcomed, while its session's writes (the key) are committed
+    with pytest.raises((grpc.aio.AioRpcError, AssertionError)):  # the failed commit ends the stream
+        await miner.next("assignments")
+    await miner.close()
+    stored = "SELECT count(*) FROM signing_keys WHERE role = 'miner'"
+    assert rows(world["db"], stored) == [(0,)]
+    issuer = world["coordinator"].issuer
+    for _ in range(500):  # read back from the store
+        if not any(r.role == "miner" for r in issuer.published_keys()):
+            break
+        await asyncio.sleep(0.01)
+    assert not any(r.role == "miner" for r in issuer.published_keys())
+    with sqlite3.connect(world["db"]) as conn:
+        conn.execute("DROP TRIGGER test_refuse_keys")
+
+    miner = HandMiner(world["address"], signer)
+    await miner.hello()  # the same key again: registered and stored this time
+    job_id, ack = await complete_one(world, miner, {"n": 1})
+    await miner.close()
+    assert ack.accepted and rows(world["db"], stored) == [(1,)]
+    keys = KeySet.load(await world["client"].signing_keys())
+    verified = verify_bundle(
+        await world["client"].bundle(job_id), keys, Policy(frozenset({"coordinator", "miner"}))
+    )
+    assert verified.receipt_id == ack.receipt_id
