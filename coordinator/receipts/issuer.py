@@ -59,7 +59,14 @@ def charge(units: str, price: str) -> tuple[str, int, int]:
         cost = to_nano(str(Decimal(units) * Decimal(price)))
     except InvalidOperation:
         raise CoordinatorError(Kind.INVALID_ARGUMENT, "INVALID_RESULT", "units is not a decimal") from None
-    return from_nano(cost), cost, to_nano(units)
+    units_nano = to_nano(units)
+    if max(abs(cost), abs(units_nano)) > MAX_NANO:  # a ledger entry is a 64-bit integer of nano units
+        raise CoordinatorError(Kind.INVALID_ARGUMENT, "INVALID_RESULT",
+                               f"units {units} at price {price} are beyond what the ledger can book")  # fmt: skip
+    return from_nano(cost), cost, units_nano
+
+
+MAX_NANO = 2**63 - 1
 
 
 def bad_report(message: str) -> CoordinatorError:
@@ -79,6 +86,8 @@ class ReceiptIssuer(ReceiptHook):
         self._grew = asyncio.Event()  # set (and replaced) whenever the tree grows
         self._resync: asyncio.Task | None = None
         self._key_reloads: set[asyncio.Task] = set()
+        self._reloads = 0  # key read-backs in flight
+        self._touched_keys: set[str] | None = None  # key ids changed in memory during them
         self.checkpoint: CheckpointRow | None = None
         self._checkpoint_lock = asyncio.Lock()
         self.accounts: dict[tuple[str, str], dict] = {}
@@ -188,15 +197,29 @@ class ReceiptIssuer(ReceiptHook):
             task.add_done_callback(self._key_reloads.discard)
 
     async def _reload_keys(self) -> None:
-        rows = self.keys.rows
-        before = {id(r) for r in rows}
-        await self.store.commit(
-            UnitOfWork()
-        )  # the writer commits in order: the earlier key writes are settled
-        stored = await self.store.load_keys()
-        added = [r for r in rows if id(r) not in before]  # registered meanwhile: their writes are queued
-        known = {r.key_id for r in stored}
-        rows[:] = stored + [r for r in added if r.key_id not in known]
+        """Published keys as the store has them, but for the keys registered or retired meanwhile (their
+        writes are queued behind the read: memory is ahead of the store for them, rightly)."""
+        self._reloads += 1
+        if self._touched_keys is None:
+            self._touched_keys = set()
+        touched = self._touched_keys
+        try:
+            await self.store.commit(
+                UnitOfWork()
+            )  # the writer commits in order: earlier key writes are settled
+            stored = await self.store.load_keys()
+        except Exception:  # the store is still failing: the next failed key write reads them back again
+            log.warning("cannot read the published keys back after a failed commit", exc_info=True)
+            return
+        finally:
+            self._reloads -= 1
+            if not self._reloads:
+                self._touched_keys = None
+        memory = {r.key_id: r for r in self.keys.rows}
+        rows = [memory[r.key_id] if r.key_id in touched and r.key_id in memory else r for r in stored]
+        stored_ids = {r.key_id for r in stored}
+        rows += [memory[k] for k in memory if k in touched and k not in stored_ids]
+        self.keys.rows[:] = rows
         log.warning("published keys read back from the store after a failed commit: %d keys", len(rows))
 
     async def _rebuild(self) -> None:
@@ -250,6 +273,8 @@ class ReceiptIssuer(ReceiptHook):
                 unit.keys.append(r)
         known.append(row)
         unit.keys.append(row)
+        if self._touched_keys is not None:  # keys are being read back: these are ahead of the store
+            self._touched_keys.update(r.key_id for r in unit.keys)
         return unit
 
     def published_keys(self) -> list[KeyRow]:

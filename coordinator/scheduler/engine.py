@@ -85,6 +85,7 @@ class FailureIn:
 
 
 ACTIVE = (JobState.QUEUED, JobState.ASSIGNED, JobState.RUNNING)
+_HELD = (JobState.ASSIGNED, JobState.RUNNING)  # states in which a job takes a slot of its miner
 
 
 class ReceiptHook:
@@ -113,6 +114,7 @@ class Scheduler(UndoFailedCommits):
         # non-terminal jobs by state as committed, kept per transition (metrics read it: no scan per scrape)
         self.active_counts: dict[JobState, int] = dict.fromkeys(ACTIVE, 0)
         self._unsettled: dict[str, _Pending] = {}  # job -> its latest commit not yet durable
+        self._unsettled_miners: dict[str, _Pending] = {}  # miner -> its latest slot change not yet durable
         self._unit_keys = itertools.count(1)  # keys of units, for the writer's dependency check
         self._detached: dict[str, Detached] = {}  # jobs out of memory after a failed commit
         self._write_failures: dict[str, int] = {}  # job -> failed commits in a row (backoff on restore)
@@ -169,9 +171,14 @@ class Scheduler(UndoFailedCommits):
         if the write fails, it is undone in memory. The caller does either when it resumes; a caller that
         went away meanwhile (a miner's stream closed) leaves it to the write's callback, one loop turn later,
         as the caller would have: outcomes are concluded in the order the writer settles the writes."""
+        await self.finish_commit(pending, self.queue_commit(pending))
+
+    def queue_commit(self, pending: _Pending) -> asyncio.Future | None:
+        """Hand pending's rows to the writer now: writes land in the order they are queued, so a decision
+        is queued before anything else can run (no await between deciding and queueing). The future (None
+        when there is nothing to write) goes to finish_commit, or to abandon_commit."""
         if not pending.unit:
-            self._conclude(pending, None)
-            return
+            return None
         self._unsettle(pending)
         try:
             written = self.store.enqueue(pending.unit)
@@ -181,6 +188,13 @@ class Scheduler(UndoFailedCommits):
         pending.enqueued = True
         outcome = asyncio.get_running_loop().create_future()  # its result: the write's error, or None
         written.add_done_callback(lambda w: self._written(pending, w, outcome))
+        return outcome
+
+    async def finish_commit(self, pending: _Pending, outcome: asyncio.Future | None) -> None:
+        """Wait until the queued write is durable, then apply pending (or undo it, and raise the error)."""
+        if outcome is None:
+            self._conclude(pending, None)
+            return
         try:
             error = await outcome
         except asyncio.CancelledError:
@@ -188,6 +202,15 @@ class Scheduler(UndoFailedCommits):
                 self._conclude(pending, outcome.result(), quiet=True)
             raise
         self._conclude(pending, error)
+
+    def abandon_commit(self, pending: _Pending, outcome: asyncio.Future | None) -> None:
+        """The caller will not wait: the write's callback concludes it (now, if the outcome is known)."""
+        if outcome is None:
+            self._conclude(pending, None)
+        elif not outcome.done():
+            outcome.cancel()
+        else:
+            self._conclude(pending, outcome.result(), quiet=True)
 
     def _written(self, pending: _Pending, written: asyncio.Future, outcome: asyncio.Future) -> None:
         error = RuntimeError("the write was cancelled") if written.cancelled() else written.exception()
@@ -221,20 +244,30 @@ class Scheduler(UndoFailedCommits):
 
     def _unsettle(self, pending: _Pending) -> None:
         """Mark the jobs this commit changes: reads of them wait until it is durable, so no caller sees a
-        state (COMPLETED, say) before the rows that go with it (its result, its receipt) can be read. The
-        unit requires the earlier unsettled units on the same jobs: built on their outcome, it must not land
-        if they fail (the writer refuses it then)."""
+        state (COMPLETED, say) before the rows that go with it (its result, its receipt) can be read.
+
+        The unit requires the earlier unsettled units it is built on, so that the writer refuses it if one
+        of them fails: those changing the same jobs, and, when it gives a miner a job, the last one changing
+        that miner's slots (the slot it fills may have been freed by a cancel that then fails)."""
         pending.settled = asyncio.get_running_loop().create_future()
         unit = pending.unit
         unit.key = next(self._unit_keys)
-        requires: set[int] | None = None
-        for job, _ in pending.notes:
-            previous = self._unsettled.get(job.job_id)
+        requires: set[int] = set()
+        by_job, by_miner = self._unsettled, self._unsettled_miners
+        for job, event in pending.notes:
+            previous = by_job.get(job.job_id)
             if previous is not None and previous is not pending:
-                if requires is None:
-                    requires = set()
                 requires.add(previous.unit.key)
-            self._unsettled[job.job_id] = pending
+            by_job[job.job_id] = pending
+            if event.to_state in _HELD or event.from_state in _HELD:
+                miner = event.miner_id
+                if event.to_state is JobState.ASSIGNED:
+                    previous = by_miner.get(miner)
+                    if previous is not None and previous is not pending:
+                        requires.add(previous.unit.key)
+                if by_miner.get(miner) is not pending:
+                    by_miner[miner] = pending
+                    pending.miners.append(miner)
         if requires:
             unit.requires = tuple(requires)
 
@@ -246,6 +279,9 @@ class Scheduler(UndoFailedCommits):
         for job, _ in pending.notes:
             if self._unsettled.get(job.job_id) is pending:
                 del self._unsettled[job.job_id]
+        for miner in pending.miners:
+            if self._unsettled_miners.get(miner) is pending:
+                del self._unsettled_miners[miner]
 
     async def _settled(self, job_id: str) -> None:
         """Wait until every commit changing job_id is durable."""
@@ -291,6 +327,7 @@ class Scheduler(UndoFailedCommits):
         pending = _Pending()
         now = now_us()
         claimed: list[tuple[str, str]] = []
+        created: list[Job] = []
         try:
             for i, spec in enumerate(specs):
                 if spec.idempotency_key:
@@ -323,16 +360,20 @@ class Scheduler(UndoFailedCommits):
                 pending.unit.add_event(event)
                 pending.notes.append((job, event))
                 self.timers.schedule(job.expires_us, "ttl", job.job_id)
-                # The assignment rides in the same commit as the insert: the miner hears of the job the
-                # moment the client's call returns.
+                if spec.idempotency_key:
+                    pending.after.append(functools.partial(self.idempotency.__setitem__, key, job.job_id))
+                out[i] = (job, True)
+                created.append(job)
+            # Only now, with no await before the write is queued, do the jobs become visible to dispatch: one
+            # taken by a miner while a later key of the batch was looked up had its assignment written before
+            # its insert. The assignment rides in the same commit as the insert: the miner hears of the job
+            # the moment the client's call returns.
+            for job in created:
                 session = self._pick_session(job)
                 if session is not None:
                     self._assign(job, session, pending, now)
                 else:
                     self.queues.push(job)
-                if spec.idempotency_key:
-                    pending.after.append(functools.partial(self.idempotency.__setitem__, key, job.job_id))
-                out[i] = (job, True)
             await self._commit(pending)
         except BaseException:
             if not pending.enqueued:  # refused before its write was queued: nothing of it may stay
@@ -484,6 +525,8 @@ class Scheduler(UndoFailedCommits):
         )  # fmt: skip
         self.sessions[session.session_id] = session
         self.by_miner[miner_id] = session
+        if self._detached:  # slots reserved for this miner's jobs being read back move to its new session
+            self._move_reservations(miner_id, session)
         listed = dict(running)
         kept: list[tuple[str, int]] = []
         lease_us = now + int(self.settings.lease_s * MICROS)

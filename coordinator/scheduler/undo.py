@@ -96,6 +96,8 @@ class UndoFailedCommits:
         orphans = self.orphans.get(job.miner_id)
         if orphans is not None and (held := orphans.get(job.job_id)) is not None and held.job is job:
             del orphans[job.job_id]
+            if not orphans:
+                del self.orphans[job.miner_id]
         reserved: Session | None = None
         if first.from_state in (JobState.ASSIGNED, JobState.RUNNING):  # held by first.miner_id, as stored
             reserved = self.by_miner.get(first.miner_id)
@@ -107,6 +109,14 @@ class UndoFailedCommits:
         self._detached[job.job_id] = Detached(reserved)
         self._write_failures[job.job_id] = self._write_failures.get(job.job_id, 0) + 1
         return True
+
+    def _move_reservations(self: Scheduler, miner_id: str, session: Session) -> None:
+        for marker in self._detached.values():
+            old = marker.reserved
+            if old is not None and old is not session and old.miner_id == miner_id:
+                old.reserved -= 1
+                session.reserved += 1
+                marker.reserved = session
 
     async def _restored(self: Scheduler, job_id: str, within: float = 10.0) -> None:
         """Wait, for a while at most, until a job taken out after a failed commit is read back."""
@@ -144,8 +154,11 @@ class UndoFailedCommits:
             if job is None or job.state.terminal or job_id in self.jobs:
                 self._write_failures.pop(job_id, None)
                 continue
-            self._place(job, now)
-            restored += 1
+            try:
+                self._place(job, now)
+                restored += 1
+            except Exception:  # one job must not strand the others (their markers, their reservations)
+                log.exception("could not place job %s read back after a failed commit", job_id)
         for session in freed.values():  # a reserved slot the job did not take back is free again
             if not session.closed:
                 pending = Pending()
@@ -184,9 +197,10 @@ class UndoFailedCommits:
         self.timers.schedule(grace_end, "orphans", job.miner_id)
 
     async def _unless_detached(self: Scheduler, session: Session, job_id: str) -> bool:
-        """If job_id is out of memory after a failed commit, wait until it is read back (a miner's message
-        about it is then matched against what the store holds, not refused); whether it had to wait."""
+        """If job_id is out of memory after a failed commit, wait (for a while at most) until it is read back,
+        so that a miner's message about it is matched against what the store holds instead of refused.
+        Whether it waited and the job is now back in this session's hands."""
         if job_id in session.held or job_id not in self._detached:
             return False
         await self._restored(job_id)
-        return True
+        return job_id in session.held

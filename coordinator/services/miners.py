@@ -165,11 +165,18 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
             self._read(session, request_iterator), name=f"miner-read-{session.miner_id}"
         )
         try:
-            await context.write(
-                pb.ConnectResponse(welcome=welcome(session, kept, self.heartbeat_s, self.lease_s))
-            )
+            # Queued before the welcome is written: a decision made meanwhile (a client's cancel of a job this
+            # session gave up) must be written after the session's, not before and then overwritten by it.
+            committing = self.scheduler.queue_commit(pending)
+            try:
+                await context.write(
+                    pb.ConnectResponse(welcome=welcome(session, kept, self.heartbeat_s, self.lease_s))
+                )
+            except BaseException:
+                self.scheduler.abandon_commit(pending, committing)
+                raise
             obs.stream_sent("welcome")
-            await self.scheduler.commit_pending(pending)
+            await self.scheduler.finish_commit(pending, committing)
             reason = await self._write(session, context, reader, hello.batched_acks)
         except asyncio.CancelledError:
             reason = session.end_reason or "STREAM_CANCELLED"

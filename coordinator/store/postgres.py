@@ -212,16 +212,18 @@ class PostgresStore(SqlReads):
         outcomes, live = self._failed.partition([unit for unit, _ in group])
         units = [group[i][0] for i in live]
         placed: list = []
+        began = False  # a transaction was opened: from then on, a lost connection leaves the outcome unknown
         try:
             if units:
                 conn = await self._writer_connection()
+                began = True
                 async with conn.transaction():
                     next_leaf, placed = assign_leaves(units, await self._log_size(conn))
                     await _write_units(conn, units)
                 self._next_leaf = next_leaf
         except Exception as exc:
             self._next_leaf = None  # count again from what the log holds
-            if isinstance(exc, _CONNECTION_LOST) and await self._landed(units):
+            if began and isinstance(exc, _CONNECTION_LOST) and await self._landed(units):
                 # The connection was lost during COMMIT, after the server had committed: the rows are
                 # there, so the group succeeded (retried, it would fail on its own rows, duplicate keys).
                 log.warning(
@@ -252,25 +254,37 @@ class PostgresStore(SqlReads):
                 break
         if probe is None:
             return False  # nothing to tell by (signing keys only: their upsert can simply be retried)
-        try:
-            conn = await self._writer_connection()
-            return await conn.fetchval(probe[0], *probe[1]) is not None
-        except Exception:
-            log.warning("store writer: cannot tell whether a failed group landed", exc_info=True)
-            return False
+        delay = 0.1
+        while True:  # "cannot tell" is not "it did not land": ask until the server answers (a failover)
+            try:
+                conn = await self._writer_connection()
+                return await conn.fetchval(probe[0], *probe[1]) is not None
+            except Exception:
+                if self._closing:
+                    log.error("store writer: closing without knowing whether a group landed", exc_info=True)
+                    return False
+                log.warning(
+                    "store writer: cannot tell yet whether a group landed; asking again", exc_info=True
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def _commit_alone(self, unit: UnitOfWork) -> BaseException | None:
         placed: list = []
+        began = False
         try:
             conn = await self._writer_connection()
+            began = True
             async with conn.transaction():
                 next_leaf, placed = assign_leaves([unit], await self._log_size(conn))
                 await _write_units(conn, [unit])
             self._next_leaf = next_leaf
             return None
         except Exception as exc:
-            unplace(placed)
             self._next_leaf = None
+            if began and isinstance(exc, _CONNECTION_LOST) and await self._landed([unit]):
+                return None
+            unplace(placed)
             return exc
 
     async def _log_size(self, conn: asyncpg.Connection) -> int:

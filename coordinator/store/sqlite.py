@@ -61,9 +61,9 @@ class SqliteStore(SqlReads):
 
     async def close(self) -> None:
         if self._writer is not None:
+            writer, self._writer = self._writer, None  # from now on, enqueue refuses (nothing would write it)
             self._queue.put(_STOP)
-            await asyncio.to_thread(self._writer.join)
-            self._writer = None
+            await asyncio.to_thread(writer.join)
         if self._reader is not None:
             await self._reader.close()
             self._reader = None
@@ -82,7 +82,8 @@ class SqliteStore(SqlReads):
 
     # --- writes -----------------------------------------------------------------------------------
     def enqueue(self, unit: UnitOfWork) -> asyncio.Future[None]:
-        assert self._loop is not None, "store not open"
+        if self._loop is None or self._writer is None:
+            raise RuntimeError("store not open")
         future = self._loop.create_future()
         self._queue.put((unit, future))
         return future
@@ -135,12 +136,15 @@ class SqliteStore(SqlReads):
                 _write_units(conn, units)
                 conn.execute("COMMIT")
                 self._next_leaf = next_leaf
-        except sqlite3.Error:
+        except Exception as exc:
             self._rollback(conn)
             unplace(placed)
-            for i in live:  # isolate the culprit, and whatever builds on it
+            for i in live:
                 unit = group[i][0]
-                outcomes[i] = self._failed.blocking(unit) or self._commit_alone(conn, unit)
+                if _about_the_file(exc):  # the lock, the disk: no unit is at fault, and alone each would fail
+                    outcomes[i] = exc
+                else:  # a unit's own rows (a constraint, a value out of range): isolate it
+                    outcomes[i] = self._failed.blocking(unit) or self._commit_alone(conn, unit)
                 if outcomes[i] is not None:
                     self._failed.add(unit)
         elapsed = time.perf_counter() - started
@@ -157,7 +161,7 @@ class SqliteStore(SqlReads):
             conn.execute("COMMIT")
             self._next_leaf = next_leaf
             return None
-        except sqlite3.Error as exc:
+        except Exception as exc:
             self._rollback(conn)
             unplace(placed)
             return exc
@@ -176,6 +180,16 @@ class SqliteStore(SqlReads):
         # between, and SQLite would serve it from the older snapshot of the statement still open: a read
         # made after a commit was acknowledged could then miss it (a WatchJob of a job just finished hung).
         return list(await self._reader.execute_fetchall(sql, params))
+
+
+# SQLite's primary result codes for errors of the file or the connection rather than of some unit's rows:
+# busy, locked, no memory, read-only, interrupted, I/O error, corrupt, full, cannot open, protocol, not a db
+_FILE_ERRORS = frozenset({5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 26})
+
+
+def _about_the_file(exc: BaseException) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in _FILE_ERRORS
 
 
 def _stored_log_size(conn: sqlite3.Connection) -> int:

@@ -12,6 +12,7 @@ import sqlite3
 import grpc
 import pytest
 from aitbc.coordinator.v1 import admin_service_pb2 as apb
+from aitbc.coordinator.v1 import job_service_pb2 as jpb
 from coord_support import (
     ADMIN_KEY,
     ASSIGNED,
@@ -21,7 +22,9 @@ from coord_support import (
     RUNNING,
     Harness,
     eventually,
+    mpb,
     rpc_error,
+    struct,
 )
 
 
@@ -373,3 +376,136 @@ async def test_a_miner_whose_session_closes_in_a_failed_commit_is_still_told_to_
     # read back RUNNING on a miner that is gone: requeued after the grace period, as after any lost stream
     await eventually(lambda: coord.db.job_state(job.job_id) == QUEUED, what="requeued")
     assert [e["reason"] for e in coord.db.events(job.job_id)][-1] == "MINER_GONE"
+
+
+@pytest.mark.coordinator(lease_seconds=30.0)
+async def test_a_slot_freed_by_a_change_that_fails_is_not_given_away(coord: Harness) -> None:
+    """A cancel frees the miner's only slot; a submit fills it before the cancel's write fails. The miner
+    still runs the first job (it was never told): the second assignment must not land (it did, and the
+    one-slot miner held two jobs)."""
+    alice, miner, job, _ = await running_job(coord)
+    scheduler = coord.coordinator.scheduler
+    refuse(coord, job.job_id, "job_events", "NEW.reason = 'CANCELED_BY_CLIENT'")
+    blocker = held_lock(coord)
+    cancel = asyncio.create_task(scheduler.cancel(job.job_id, None, "fails"))
+    await eventually(lambda: scheduler._unsettled.get(job.job_id) is not None, what="the cancel queued")
+    other = asyncio.create_task(alice.submit({"y": 2}))
+    await eventually(lambda: len(scheduler.by_miner["miner-00"].held) == 1, what="the slot filled in memory")
+    blocker.execute("COMMIT")
+    blocker.close()
+    with pytest.raises(sqlite3.IntegrityError):
+        await cancel
+    with pytest.raises(grpc.aio.AioRpcError):  # built on the freed slot: refused with it
+        await other
+    await eventually(lambda: job.job_id in scheduler.jobs, what="the job read back")
+    session = scheduler.by_miner["miner-00"]
+    assert (list(session.held), session.reserved) == ([job.job_id], 0)
+    assert miner.peak_held == 1 and coord.db.scalar("SELECT count(*) FROM jobs") == 1
+    allow(coord, "job_events")
+
+
+@pytest.mark.coordinator(lease_seconds=30.0, reconnect_grace_seconds=30.0)
+async def test_a_reserved_slot_moves_with_its_miner_to_a_new_session(coord: Harness) -> None:
+    alice, miner, job, a = await running_job(coord)
+    scheduler = coord.coordinator.scheduler
+    blocker = await fail_a_cancel(coord, job.job_id)
+    other = asyncio.create_task(alice.submit({"y": 2}))
+    await eventually(lambda: scheduler.queues.depth == 1, what="the other job queued (the slot is reserved)")
+    await miner.kill()
+    back = await coord.stream_miner("miner-00", slots=1, running_jobs=((job.job_id, a.attempt),))
+    assert scheduler.by_miner["miner-00"].reserved == 1  # the new session took the old one's reservation
+    await asyncio.sleep(0.2)
+    blocker.execute("COMMIT")
+    blocker.close()
+    queued = await other
+    await eventually(lambda: job.job_id in scheduler.jobs, what="the job read back")
+    session = scheduler.by_miner["miner-00"]
+    assert (list(session.held), session.reserved, session.free) == ([job.job_id], 0, 0)
+    assert (await alice.get(queued.job_id)).state == QUEUED and back.pending("assignment") == 0
+
+
+async def test_a_batch_waiting_on_an_idempotency_key_dispatches_nothing_before_its_write(
+    coord: Harness,
+) -> None:
+    """A SubmitJobs whose later job waits for another submit of the same key: its earlier jobs were
+    dispatched meanwhile, their assignments written before their inserts (then overwritten as QUEUED)."""
+    alice = coord.client("alice")
+    first = asyncio.create_task(alice.submit({"k": 0}, idempotency_key="k1"))
+    blocker = held_lock(coord)  # the first submit of k1 stays in flight
+    await asyncio.sleep(0.1)
+    requests = [alice.request({"a": 1}), alice.request({"k": 0}, idempotency_key="k1")]
+    batch = asyncio.ensure_future(
+        alice.jobs.SubmitJobs(jpb.SubmitJobsRequest(requests=requests), metadata=alice.metadata)
+    )
+    await asyncio.sleep(0.1)
+    miner = await coord.stream_miner("miner-00", slots=2)
+    await asyncio.sleep(0.2)
+    assert miner.pending("assignment") == 0  # nothing of the batch is visible yet
+    blocker.execute("COMMIT")
+    blocker.close()
+    await first
+    jobs = [r.job for r in (await batch).responses]
+    assigned = await miner.assignments(2)
+    assert {a.job.job_id for a in assigned} >= {jobs[0].job_id}
+    for job in jobs:
+        events = coord.db.events(job.job_id)
+        assert [e["sequence"] for e in events] == list(range(1, len(events) + 1))
+        assert coord.db.job_state(job.job_id) == events[-1]["to_state"]
+
+
+@pytest.mark.coordinator(reconnect_grace_seconds=30.0)
+async def test_a_session_is_written_before_what_is_decided_while_it_is_welcomed(coord: Harness) -> None:
+    """The new session's decision (requeue a job its miner no longer lists) was queued only after the
+    welcome was written: a client's cancel in between landed first, and was then overwritten as QUEUED."""
+    from coordinator.domain.model import Capabilities
+
+    alice = coord.client("alice")
+    scheduler = coord.coordinator.scheduler
+    miner = await coord.stream_miner("miner-00", slots=1)
+    job = await alice.submit({"x": 1})
+    await miner.assignments(1)
+    await eventually(lambda: coord.db.job_state(job.job_id) == ASSIGNED, what="ASSIGNED stored")
+    await miner.kill()
+    await eventually(lambda: scheduler.orphans.get("miner-00"), what="orphaned")
+    _, _, pending = scheduler.open_session("miner-00", Capabilities(slots=1), "unary", [])
+    committing = scheduler.queue_commit(pending)  # as Connect does now, before writing the welcome
+    canceled = await scheduler.cancel(job.job_id, "alice", "bye")  # while the welcome is written
+    await scheduler.finish_commit(pending, committing)
+    assert canceled.state == CANCELED and coord.db.job_state(job.job_id) == CANCELED
+    assert [e["reason"] for e in coord.db.events(job.job_id)][-2:] == ["MINER_LOST_JOB", "CANCELED_BY_CLIENT"]
+
+
+async def test_a_result_beyond_what_the_ledger_can_book_is_refused_alone(coord: Harness) -> None:
+    """10^10 units overflowed a 64-bit ledger entry inside the writer: the whole group failed, other
+    clients' submits with it."""
+    alice = coord.client("alice")
+    miner = await coord.stream_miner("miner-00", slots=1)
+    job = await alice.submit({"x": 1})
+    [a] = await miner.assignments(1)
+    result = mpb.Result(job_id=job.job_id, attempt=a.attempt, result=struct({"ok": True}),
+                        units="10000000000", unit_type="tokens")  # fmt: skip
+    miner.send(results=mpb.Results(results=[result]))
+    ack = await miner.next("result_ack")
+    assert (ack.accepted, ack.reason) == (False, "INVALID_RESULT")
+    assert (await alice.submit({"y": 2})).state in (QUEUED, ASSIGNED)
+
+
+async def test_a_result_for_a_job_that_cannot_be_read_back_is_refused_once(coord: Harness) -> None:
+    """Shutting down, a job taken out after a failed commit is not read back: a result for it is refused
+    (it recursed until RecursionError)."""
+    from coordinator.domain.model import PayloadKind
+    from coordinator.scheduler.engine import ResultIn
+
+    _, _, job, a = await running_job(coord)
+    scheduler = coord.coordinator.scheduler
+    refuse(coord, job.job_id, "job_events", "NEW.reason = 'CANCELED_BY_CLIENT'")
+    scheduler.stopping = True
+    try:
+        with pytest.raises(sqlite3.IntegrityError):
+            await scheduler.cancel(job.job_id, None, "fails")
+        assert scheduler._detached[job.job_id].task is None
+        r = ResultIn(job.job_id, a.attempt, b"{}", PayloadKind(1), b"\0" * 32, "1", "jobs")
+        [ack] = await asyncio.wait_for(scheduler.complete(scheduler.by_miner["miner-00"], [r]), 5)
+        assert (ack.accepted, ack.reason) == (False, "JOB_NOT_HELD")
+    finally:
+        scheduler.stopping = False

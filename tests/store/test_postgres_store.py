@@ -215,3 +215,30 @@ async def test_a_commit_cut_off_after_the_server_committed_is_reported_as_landed
     finally:
         await store.close()
         await proxy.close()
+
+
+async def test_a_cut_commit_is_looked_up_until_the_server_answers_again(schema: str) -> None:
+    """After the cut the server is unreachable for a while (a restart, a failover): "cannot tell" is not
+    "did not land". The group, stored, was reported failed."""
+
+    class DownAfterCut(CommitCutter):
+        refusing = 0.0
+
+        async def _serve(self, down_r: asyncio.StreamReader, down_w: asyncio.StreamWriter) -> None:
+            if self.cuts and asyncio.get_running_loop().time() < self.refusing:
+                down_w.transport.abort()
+                return
+            await super()._serve(down_r, down_w)
+
+    proxy = DownAfterCut()
+    await proxy.start()
+    store = PostgresStore(proxy.url(schema))
+    await store.open()
+    try:
+        proxy.refusing = asyncio.get_running_loop().time() + 1.0
+        proxy.armed = True
+        await store.commit(new_jobs_unit(make_job("job-cut")))
+        assert proxy.cuts == 1 and await store.get_job("job-cut") is not None
+    finally:
+        await store.close()
+        await proxy.close()

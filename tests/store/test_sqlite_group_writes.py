@@ -9,8 +9,11 @@ import dataclasses
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from coordinator.domain.model import JobState
 from coordinator.store import UnitOfWork
+from coordinator.store.base import DependencyFailed, LedgerEntry
 from coordinator.store.schema import MIGRATIONS
 from coordinator.store.sqlite import _UPDATE_HEAD, _UPDATE_TAIL, SqliteStore, _values_sql
 
@@ -85,5 +88,36 @@ async def test_the_writer_survives_an_error_that_already_rolled_the_transaction_
         after.add_new_job(make_job("job-after"))
         await asyncio.wait_for(store.commit(after), 5)
         assert await store.get_job("job-after") is not None and await store.get_job("job-doomed") is None
+    finally:
+        await store.close()
+
+
+async def test_a_unit_failing_outside_sqlite_fails_alone(tmp_path: Path) -> None:
+    """A value SQLite cannot bind (an integer beyond 64 bits) raised OverflowError, not sqlite3.Error: the
+    whole group failed, and units built on the culprit were not refused."""
+    store = SqliteStore(str(tmp_path / "s.db"))
+    await store.open()
+    try:
+        blocker = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # the next units wait, and go to the writer as one group
+        first = UnitOfWork()
+        first.add_new_job(make_job("job-first"))
+        waiting = store.enqueue(first)
+        await asyncio.sleep(0.2)
+        bad, good = UnitOfWork(key=1), UnitOfWork(key=2)
+        bad.add_new_job(make_job("job-bad"))
+        bad.ledger.append(LedgerEntry("acct", "miner", "rc-bad", 1, 10**20, T0))
+        good.add_new_job(make_job("job-good"))
+        outcomes = [store.enqueue(bad), store.enqueue(good)]
+        blocker.execute("COMMIT")
+        blocker.close()
+        await waiting
+        results = await asyncio.gather(*outcomes, return_exceptions=True)
+        assert isinstance(results[0], OverflowError) and results[1] is None
+        dependent = UnitOfWork(key=3, requires=(1,))
+        dependent.add_new_job(make_job("job-dependent"))
+        with pytest.raises(DependencyFailed):
+            await store.commit(dependent)
+        assert await store.get_job("job-good") is not None and await store.get_job("job-bad") is None
     finally:
         await store.close()
