@@ -114,7 +114,8 @@ class Scheduler(UndoFailedCommits):
         # non-terminal jobs by state as committed, kept per transition (metrics read it: no scan per scrape)
         self.active_counts: dict[JobState, int] = dict.fromkeys(ACTIVE, 0)
         self._unsettled: dict[str, _Pending] = {}  # job -> its latest commit not yet durable
-        self._unsettled_miners: dict[str, _Pending] = {}  # miner -> its latest slot change not yet durable
+        # miner -> the unsettled units that freed some of its slots: unit key -> [unit, slots freed]
+        self._unsettled_frees: dict[str, dict[int, list]] = {}
         self._unit_keys = itertools.count(1)  # keys of units, for the writer's dependency check
         self._detached: dict[str, Detached] = {}  # jobs out of memory after a failed commit
         self._write_failures: dict[str, int] = {}  # job -> failed commits in a row (backoff on restore)
@@ -247,27 +248,42 @@ class Scheduler(UndoFailedCommits):
         state (COMPLETED, say) before the rows that go with it (its result, its receipt) can be read.
 
         The unit requires the earlier unsettled units it is built on, so that the writer refuses it if one
-        of them fails: those changing the same jobs, and, when it gives a miner a job, the last one changing
-        that miner's slots (the slot it fills may have been freed by a cancel that then fails)."""
+        of them fails: those changing the same jobs, and, when it gives a miner a job in a slot that another
+        unsettled unit freed, that unit (the slot may have been freed by a cancel that then fails)."""
         pending.settled = asyncio.get_running_loop().create_future()
         unit = pending.unit
         unit.key = next(self._unit_keys)
         requires: set[int] = set()
-        by_job, by_miner = self._unsettled, self._unsettled_miners
+        by_job, frees = self._unsettled, self._unsettled_frees
+        filling: list[str] = []  # miners this unit gives jobs to
         for job, event in pending.notes:
             previous = by_job.get(job.job_id)
             if previous is not None and previous is not pending:
                 requires.add(previous.unit.key)
             by_job[job.job_id] = pending
-            if event.to_state in _HELD or event.from_state in _HELD:
-                miner = event.miner_id
-                if event.to_state is JobState.ASSIGNED:
-                    previous = by_miner.get(miner)
-                    if previous is not None and previous is not pending:
-                        requires.add(previous.unit.key)
-                if by_miner.get(miner) is not pending:
-                    by_miner[miner] = pending
-                    pending.miners.append(miner)
+            if event.to_state is JobState.ASSIGNED:
+                if event.miner_id in frees and event.miner_id not in filling:
+                    filling.append(event.miner_id)
+            elif event.from_state in _HELD and event.to_state not in _HELD:  # frees a slot of its miner
+                freeing = frees.get(event.miner_id)
+                if freeing is None:
+                    freeing = frees[event.miner_id] = {}
+                entry = freeing.get(unit.key)
+                if entry is None:
+                    freeing[unit.key] = [pending, 1]
+                    pending.miners.append(event.miner_id)
+                else:
+                    entry[1] += 1
+        for miner in filling:
+            # Should the other units freeing this miner's slots fail, their jobs come back: if the miner
+            # could not hold them besides what it holds now, its new jobs took their slots.
+            others = [(key, n) for key, (other, n) in frees[miner].items() if other is not pending]
+            session = self.by_miner.get(miner)
+            returning = sum(n for _, n in others)
+            if others and (
+                session is None or len(session.held) + session.reserved + returning > session.slots
+            ):
+                requires.update(key for key, _ in others)
         if requires:
             unit.requires = tuple(requires)
 
@@ -280,8 +296,11 @@ class Scheduler(UndoFailedCommits):
             if self._unsettled.get(job.job_id) is pending:
                 del self._unsettled[job.job_id]
         for miner in pending.miners:
-            if self._unsettled_miners.get(miner) is pending:
-                del self._unsettled_miners[miner]
+            freeing = self._unsettled_frees.get(miner)
+            if freeing is not None:
+                freeing.pop(pending.unit.key, None)
+                if not freeing:
+                    del self._unsettled_frees[miner]
 
     async def _settled(self, job_id: str) -> None:
         """Wait until every commit changing job_id is durable."""
@@ -326,25 +345,25 @@ class Scheduler(UndoFailedCommits):
         out: list[tuple[Job, bool] | None] = [None] * len(specs)
         pending = _Pending()
         now = now_us()
-        claimed: list[tuple[str, str]] = []
+        claimed: set[tuple[str, str]] = set()
         created: list[Job] = []
         try:
             for i, spec in enumerate(specs):
                 if spec.idempotency_key:
-                    existing = await self._idempotent_hit(client_id, spec)
-                    if existing is not None:
-                        out[i] = (existing, False)
-                        continue
                     key = (client_id, spec.idempotency_key)
-                    if key in claimed:
+                    if key in claimed:  # before looking it up: that would wait on this very batch
                         raise CoordinatorError(
                             Kind.ALREADY_EXISTS, "IDEMPOTENCY_KEY_REUSED",
                             "the same idempotency key appears twice in one batch",
                         )  # fmt: skip
+                    existing = await self._idempotent_hit(client_id, spec)
+                    if existing is not None:
+                        out[i] = (existing, False)
+                        continue
                     # Other submits with this key wait until this one's outcome is known (durable or not).
                     future = asyncio.get_running_loop().create_future()
                     self._inflight_keys[key] = future
-                    claimed.append(key)
+                    claimed.add(key)
                     pending.always.append(functools.partial(self._release_key, key, future))
                 job = Job(
                     job_id=uuid7(), client_id=client_id, state=JobState.QUEUED, payload=spec.payload,
@@ -355,20 +374,20 @@ class Scheduler(UndoFailedCommits):
                     created_us=now, updated_us=now, metadata=spec.metadata, queued_us=now,
                 )  # type: ignore[arg-type]  # fmt: skip
                 event = states.submitted_event(job)
-                self.jobs[job.job_id] = job
                 pending.unit.add_new_job(job)
                 pending.unit.add_event(event)
                 pending.notes.append((job, event))
-                self.timers.schedule(job.expires_us, "ttl", job.job_id)
                 if spec.idempotency_key:
                     pending.after.append(functools.partial(self.idempotency.__setitem__, key, job.job_id))
                 out[i] = (job, True)
                 created.append(job)
-            # Only now, with no await before the write is queued, do the jobs become visible to dispatch: one
-            # taken by a miner while a later key of the batch was looked up had its assignment written before
-            # its insert. The assignment rides in the same commit as the insert: the miner hears of the job
-            # the moment the client's call returns.
+            # Only now, with no await before the write is queued, do the jobs become visible (to dispatch, to
+            # their expiry timer): one taken by a miner, or expired, while a later key of the batch was looked
+            # up had that change written before its insert. The assignment rides in the same commit as the
+            # insert: the miner hears of the job the moment the client's call returns.
             for job in created:
+                self.jobs[job.job_id] = job
+                self.timers.schedule(job.expires_us, "ttl", job.job_id)
                 session = self._pick_session(job)
                 if session is not None:
                     self._assign(job, session, pending, now)
@@ -525,9 +544,9 @@ class Scheduler(UndoFailedCommits):
         )  # fmt: skip
         self.sessions[session.session_id] = session
         self.by_miner[miner_id] = session
-        if self._detached:  # slots reserved for this miner's jobs being read back move to its new session
-            self._move_reservations(miner_id, session)
         listed = dict(running)
+        if self._detached:  # slots of this miner's jobs being read back are reserved on its new session
+            self._reserve_on(session, listed)
         kept: list[tuple[str, int]] = []
         lease_us = now + int(self.settings.lease_s * MICROS)
         for job_id, held in inherited.items():

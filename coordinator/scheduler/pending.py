@@ -21,7 +21,7 @@ class Pending:
     after: list[Callable[[], None]] = field(default_factory=list)  # once durable
     always: list[Callable[[], None]] = field(default_factory=list)  # once durable or failed
     settled: asyncio.Future | None = None  # resolved once the writes are durable (or failed)
-    miners: list[str] = field(default_factory=list)  # miners whose slots it changes (see Scheduler._unsettle)
+    miners: list[str] = field(default_factory=list)  # miners whose slots it frees (see Scheduler._unsettle)
     enqueued: bool = False  # handed to the store: from then on, its outcome undoes or applies it
 
     def record(self, job: Job, event: Event) -> None:

@@ -19,7 +19,7 @@ from ..domain.clock import MICROS, now_us
 from ..domain.model import Event, Job, JobState
 from ..store.base import UnitOfWork
 from .pending import Pending
-from .sessions import GoAwayOut, Held, Session
+from .sessions import CancelOut, GoAwayOut, Held, Session
 
 if TYPE_CHECKING:
     from .engine import Scheduler
@@ -33,6 +33,7 @@ class Detached:
 
     reserved: Session | None  # the live session whose slot it keeps meanwhile
     task: asyncio.Task | None = None  # the read-back
+    listed: tuple[Session, int] | None = None  # a session whose miner said it runs it (which attempt)
 
 
 def exec_deadline(job: Job) -> int:
@@ -110,13 +111,21 @@ class UndoFailedCommits:
         self._write_failures[job.job_id] = self._write_failures.get(job.job_id, 0) + 1
         return True
 
-    def _move_reservations(self: Scheduler, miner_id: str, session: Session) -> None:
-        for marker in self._detached.values():
+    def _reserve_on(self: Scheduler, session: Session, listed: dict[str, int]) -> None:
+        """A miner's new session: it keeps the slots reserved for the miner's jobs being read back (moved
+        from its previous session), and one for each job it lists as running among them (reserved on no
+        session: the miner was away when the write failed). Those jobs come back to it if it holds them."""
+        for job_id, marker in self._detached.items():
             old = marker.reserved
-            if old is not None and old is not session and old.miner_id == miner_id:
+            if old is not None and old is not session and old.miner_id == session.miner_id:
                 old.reserved -= 1
                 session.reserved += 1
                 marker.reserved = session
+            elif old is None and job_id in listed:
+                session.reserved += 1
+                marker.reserved = session
+            if job_id in listed:
+                marker.listed = (session, listed[job_id])
 
     async def _restored(self: Scheduler, job_id: str, within: float = 10.0) -> None:
         """Wait, for a while at most, until a job taken out after a failed commit is read back."""
@@ -153,12 +162,17 @@ class UndoFailedCommits:
                 freed[marker.reserved.session_id] = marker.reserved
             if job is None or job.state.terminal or job_id in self.jobs:
                 self._write_failures.pop(job_id, None)
-                continue
-            try:
-                self._place(job, now)
-                restored += 1
-            except Exception:  # one job must not strand the others (their markers, their reservations)
-                log.exception("could not place job %s read back after a failed commit", job_id)
+            else:
+                try:
+                    self._place(job, now)
+                    restored += 1
+                except Exception:  # one job must not strand the others (their markers, their reservations)
+                    log.exception("could not place job %s read back after a failed commit", job_id)
+            if marker.listed is not None:  # its miner said it runs it; spared the NOT_HELD then, unless held
+                listing, attempt = marker.listed
+                held = listing.held.get(job_id)
+                if not listing.closed and (held is None or held.attempt != attempt):
+                    listing.send(CancelOut(job_id, attempt, "NOT_HELD"))
         for session in freed.values():  # a reserved slot the job did not take back is free again
             if not session.closed:
                 pending = Pending()
@@ -168,33 +182,39 @@ class UndoFailedCommits:
 
     def _place(self: Scheduler, job: Job, now: int) -> None:
         self.jobs[job.job_id] = job
+        # A job whose writes keep failing (a full disk) waits longer each time before anything is decided
+        # for it again: its dispatch, and its timers (an expiry or a timeout already due would fire at once).
+        wait_until = now + self._write_backoff_us(job.job_id)
         if job.state is JobState.QUEUED:
-            # A job whose writes keep failing (a full disk) waits longer each time before it is dispatched.
-            failures = self._write_failures.get(job.job_id, 0)
-            if failures > 1:
-                backoff_us = int(min(0.05 * 2 ** (failures - 2), 30.0) * MICROS)
-                job.not_before_us = max(job.not_before_us, now + backoff_us)
-            self.timers.schedule(job.expires_us, "ttl", job.job_id)
+            if wait_until > now:
+                job.not_before_us = max(job.not_before_us, wait_until)
+            self.timers.schedule(max(job.expires_us, wait_until), "ttl", job.job_id)
             if job.not_before_us > now:
                 self.timers.schedule(job.not_before_us, "ready", job.job_id)
             else:
                 self._dispatch_or_queue(job)
             return
+        held = Held(job, job.attempt, 0, exec_deadline(job))
         session = self.by_miner.get(job.miner_id)
         if session is not None and not session.closed:
             # The miner may still run it (a cancel failed to commit) or not (its result failed to commit):
             # its heartbeats keep the lease, or the lease runs out and the job is requeued.
-            lease_us = now + int(self.settings.lease_s * MICROS)
-            held = session.held[job.job_id] = Held(job, job.attempt, lease_us, exec_deadline(job))
-            self.timers.schedule(lease_us, "lease", job.job_id, job.attempt)
-            self.timers.schedule(held.exec_deadline_us, "exec", job.job_id, job.attempt)
+            held.lease_us = max(now + int(self.settings.lease_s * MICROS), wait_until)
+            session.held[job.job_id] = held
+            self.timers.schedule(held.lease_us, "lease", job.job_id, job.attempt)
+            self.timers.schedule(max(held.exec_deadline_us, wait_until), "exec", job.job_id, job.attempt)
             self._refresh_available(session)
             return
-        grace_end = now + int(self.settings.grace_s * MICROS)
-        self.orphans.setdefault(job.miner_id, {})[job.job_id] = Held(
-            job, job.attempt, grace_end, exec_deadline(job)
-        )
-        self.timers.schedule(grace_end, "orphans", job.miner_id)
+        held.lease_us = max(now + int(self.settings.grace_s * MICROS), wait_until)
+        self.orphans.setdefault(job.miner_id, {})[job.job_id] = held
+        self.timers.schedule(held.lease_us, "orphans", job.miner_id)
+
+    def _write_backoff_us(self: Scheduler, job_id: str) -> int:
+        """0 after one failed write; then 0.05 s, doubling, up to 30 s."""
+        failures = self._write_failures.get(job_id, 0)
+        if failures <= 1:
+            return 0
+        return int(min(0.05 * 2 ** min(failures - 2, 10), 30.0) * MICROS)
 
     async def _unless_detached(self: Scheduler, session: Session, job_id: str) -> bool:
         """If job_id is out of memory after a failed commit, wait (for a while at most) until it is read back,

@@ -89,7 +89,7 @@ class PostgresStore(SqlReads):
         return settings
 
     async def _connect(self) -> asyncpg.Connection:
-        return await asyncpg.connect(self.dsn, server_settings=self._settings())
+        return await asyncpg.connect(self.dsn, server_settings=self._settings(), timeout=CONNECT_TIMEOUT_S)
 
     async def open(self) -> None:
         self._closing = False
@@ -233,7 +233,10 @@ class PostgresStore(SqlReads):
                 unplace(placed)
                 for i in live:  # isolate the culprit, and whatever builds on it
                     unit = group[i][0]
-                    outcomes[i] = self._failed.blocking(unit) or await self._commit_alone(unit)
+                    if self._closing or _about_the_server(exc):  # no unit at fault; alone each would fail too
+                        outcomes[i] = exc
+                    else:
+                        outcomes[i] = self._failed.blocking(unit) or await self._commit_alone(unit)
                     if outcomes[i] is not None:
                         self._failed.add(unit)
         elapsed = time.perf_counter() - started
@@ -256,16 +259,16 @@ class PostgresStore(SqlReads):
             return False  # nothing to tell by (signing keys only: their upsert can simply be retried)
         delay = 0.1
         while True:  # "cannot tell" is not "it did not land": ask until the server answers (a failover)
+            if self._closing:
+                log.error("store writer: closing without knowing whether a group landed (the next start "
+                          "reads what did)")  # fmt: skip
+                return False
             try:
                 conn = await self._writer_connection()
-                return await conn.fetchval(probe[0], *probe[1]) is not None
+                return await conn.fetchval(probe[0], *probe[1], timeout=CONNECT_TIMEOUT_S) is not None
             except Exception:
-                if self._closing:
-                    log.error("store writer: closing without knowing whether a group landed", exc_info=True)
-                    return False
-                log.warning(
-                    "store writer: cannot tell yet whether a group landed; asking again", exc_info=True
-                )
+                log.warning("store writer: cannot tell yet whether a group landed; asking again",
+                            exc_info=True)  # fmt: skip
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -297,6 +300,15 @@ class PostgresStore(SqlReads):
     async def _query(self, sql: str, *params: Any) -> list[asyncpg.Record]:
         assert self._pool is not None, "store not open"
         return await self._pool.fetch(numbered(sql), *params)
+
+
+CONNECT_TIMEOUT_S = 10.0  # the writer's connects and outcome probes: close() must not wait on a silent server
+
+
+def _about_the_server(exc: BaseException) -> bool:
+    """Errors of the server rather than of some unit's rows: insufficient resources (a full disk, 53xxx),
+    system errors (58xxx)."""
+    return isinstance(exc, asyncpg.PostgresError) and (getattr(exc, "sqlstate", "") or "")[:2] in ("53", "58")
 
 
 # Errors after which a transaction's outcome is unknown: the COMMIT may have been carried out. Any other error

@@ -9,6 +9,7 @@ commit, writes each table with one executemany, commits once, then wakes all wai
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import queue
@@ -117,7 +118,10 @@ class SqliteStore(SqlReads):
                     self._commit_group(conn, group)
                 except BaseException as exc:  # never leave a waiter hanging, nor the writer dead
                     log.exception("store writer: group commit failed unexpectedly")
-                    self._rollback(conn)
+                    with contextlib.suppress(Exception):
+                        self._rollback(conn)
+                    for unit, _ in group:
+                        self._failed.add(unit)
                     assert self._loop is not None
                     self._loop.call_soon_threadsafe(_resolve, group, [exc] * len(group))
         conn.close()

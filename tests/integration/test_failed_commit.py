@@ -18,6 +18,7 @@ from coord_support import (
     ASSIGNED,
     CANCELED,
     COMPLETED,
+    EXPIRED,
     QUEUED,
     RUNNING,
     Harness,
@@ -509,3 +510,154 @@ async def test_a_result_for_a_job_that_cannot_be_read_back_is_refused_once(coord
         assert (ack.accepted, ack.reason) == (False, "JOB_NOT_HELD")
     finally:
         scheduler.stopping = False
+
+
+def held_on(coord: Harness, miner: str) -> int:
+    return coord.db.scalar(
+        "SELECT count(*) FROM jobs WHERE miner_id = ? AND state IN (?, ?)", (miner, ASSIGNED, RUNNING)
+    )
+
+
+@pytest.mark.coordinator(lease_seconds=30.0)
+async def test_every_slot_freed_by_an_unsettled_change_counts_not_only_the_last(coord: Harness) -> None:
+    """A 2-slot miner: one cancel (it fails) and then another (it lands) free both slots, and two submits fill
+    them. Only the last change of the miner's slots was required: three jobs on two slots."""
+    alice = coord.client("alice")
+    miner = await coord.stream_miner("miner-00", slots=2)
+    x, w = await alice.submit({"x": 1}), await alice.submit({"w": 1})
+    await miner.assignments(2)
+    scheduler = coord.coordinator.scheduler
+    refuse(coord, x.job_id, "job_events", "NEW.reason = 'CANCELED_BY_CLIENT'")
+    blocker = held_lock(coord)
+    fails = asyncio.create_task(scheduler.cancel(x.job_id, None, "fails"))
+    await eventually(lambda: scheduler._unsettled.get(x.job_id) is not None, what="the first cancel queued")
+    lands = asyncio.create_task(scheduler.cancel(w.job_id, None, "lands"))
+    await eventually(lambda: scheduler._unsettled.get(w.job_id) is not None, what="the second cancel queued")
+    submits = [asyncio.ensure_future(alice.submit({"z": n})) for n in range(2)]
+    await eventually(
+        lambda: len(scheduler.by_miner["miner-00"].held) == 2, what="both slots filled in memory"
+    )
+    blocker.execute("COMMIT")
+    blocker.close()
+    await asyncio.gather(fails, lands, *submits, return_exceptions=True)
+    await eventually(lambda: x.job_id in scheduler.jobs, what="the job read back")
+    session = scheduler.by_miner["miner-00"]
+    assert len(session.held) <= 2 and held_on(coord, "miner-00") <= 2 and miner.peak_held <= 2
+    allow(coord, "job_events")
+
+
+@pytest.mark.coordinator(lease_seconds=30.0)
+async def test_a_slot_freed_and_refilled_in_one_decision_still_counts_an_earlier_free(coord: Harness) -> None:
+    """A polling 2-slot miner holds x and w; x's cancel (it fails) frees a slot; w's failure frees the other
+    and fills both with queued jobs in one decision, which looked at its own free only."""
+    from coordinator.domain.model import Capabilities
+    from coordinator.scheduler.engine import FailureIn
+
+    alice = coord.client("alice")
+    scheduler = coord.coordinator.scheduler
+    session, _, pending = scheduler.open_session("miner-00", Capabilities(slots=2), "unary", [])
+    await scheduler.commit_pending(pending)
+    x, w = await alice.submit({"x": 1}), await alice.submit({"w": 1})
+    assigned, _ = await scheduler.poll(session, 2, 0.5)
+    assert {o.job.job_id for o in assigned} == {x.job_id, w.job_id}
+    refuse(coord, x.job_id, "job_events", "NEW.reason = 'CANCELED_BY_CLIENT'")
+    blocker = held_lock(coord)
+    fails = asyncio.create_task(scheduler.cancel(x.job_id, None, "fails"))
+    await eventually(lambda: scheduler._unsettled.get(x.job_id) is not None, what="the cancel queued")
+    queued = [asyncio.ensure_future(alice.submit({"q": n})) for n in range(2)]
+    await eventually(lambda: scheduler.queues.depth == 2, what="two jobs queued (the miner is not polling)")
+    attempt = session.held[w.job_id].attempt
+    failure = asyncio.create_task(scheduler.fail(session, FailureIn(w.job_id, attempt, False, "BROKEN", "")))
+    await eventually(lambda: len(session.held) == 2 and w.job_id not in session.held, what="refilled")
+    blocker.execute("COMMIT")
+    blocker.close()
+    await asyncio.gather(fails, failure, *queued, return_exceptions=True)
+    await eventually(lambda: x.job_id in scheduler.jobs, what="the job read back")
+    assert len(session.held) <= 2 and held_on(coord, "miner-00") <= 2
+    allow(coord, "job_events")
+
+
+@pytest.mark.coordinator(lease_seconds=30.0)
+async def test_a_failed_change_does_not_refuse_an_assignment_that_did_not_need_its_slot(
+    coord: Harness,
+) -> None:
+    alice = coord.client("alice")
+    miner = await coord.stream_miner("miner-00", slots=2)
+    x = await alice.submit({"x": 1})
+    [a] = await miner.assignments(1)
+    scheduler = coord.coordinator.scheduler
+    refuse(coord, x.job_id, "receipts")
+    blocker = held_lock(coord)
+    miner.result(a.job.job_id, a.attempt)
+    await eventually(lambda: scheduler._unsettled.get(x.job_id) is not None, what="the result queued")
+    other = asyncio.ensure_future(alice.submit({"y": 2}))  # into the other slot, free all along
+    await eventually(lambda: len(scheduler.by_miner["miner-00"].held) == 1, what="assigned in memory")
+    blocker.execute("COMMIT")
+    blocker.close()
+    assert (await other).state == ASSIGNED  # it was refused with the result (DependencyFailed)
+    allow(coord, "receipts")
+
+
+@pytest.mark.coordinator(lease_seconds=30.0, reconnect_grace_seconds=30.0)
+async def test_a_miner_away_when_its_cancel_failed_gets_its_slot_reserved_on_return(coord: Harness) -> None:
+    alice, miner, job, a = await running_job(coord)
+    waiting = await alice.submit({"y": 2})  # queued: the only slot is taken
+    await miner.kill()
+    scheduler = coord.coordinator.scheduler
+    await eventually(lambda: scheduler.orphans.get("miner-00"), what="orphaned")
+    blocker = await fail_a_cancel(coord, job.job_id)  # no live session: nothing reserved
+    back = await coord.stream_miner("miner-00", slots=1, running_jobs=((job.job_id, a.attempt),))
+    await asyncio.sleep(0.2)
+    blocker.execute("COMMIT")
+    blocker.close()
+    await eventually(lambda: job.job_id in scheduler.jobs, what="the job read back")
+    session = scheduler.by_miner["miner-00"]
+    assert list(session.held) == [job.job_id] and back.pending("assignment") == 0
+    assert (await alice.get(waiting.job_id)).state == QUEUED
+
+
+async def test_an_expiry_that_keeps_failing_to_commit_backs_off(coord: Harness, caplog) -> None:
+    """The expiry was due again the moment the job was read back: ~700 write-and-read-back rounds a second,
+    then an OverflowError in the backoff left the job in memory with no timer."""
+    alice = coord.client("alice")
+    job = await alice.submit({"x": 1}, ttl_s=1)
+    refuse(coord, job.job_id, "job_events", "NEW.reason = 'TTL_EXPIRED'")
+    caplog.set_level(logging.WARNING, logger="coordinator.scheduler")
+    await asyncio.sleep(2.0)  # about a second of failing expiries: 0, 0.05, 0.1, 0.2, 0.4 s... apart
+    restores = sum("jobs restored from the store" in r.getMessage() for r in caplog.records)
+    assert 2 <= restores <= 10, restores
+    assert not any("could not place" in r.getMessage() for r in caplog.records)
+    allow(coord, "job_events")
+    await eventually(lambda: coord.db.job_state(job.job_id) == EXPIRED, within=10, what="expired at last")
+
+
+async def test_a_batch_job_does_not_expire_before_its_insert(coord: Harness) -> None:
+    """A SubmitJobs waiting on another submit of one of its keys: its first job's expiry fired meanwhile
+    and was written before the job's insert (stored QUEUED with a TTL_EXPIRED event; every later write of
+    it failed)."""
+    alice = coord.client("alice")
+    first = asyncio.create_task(alice.submit({"k": 0}, idempotency_key="k1"))
+    blocker = held_lock(coord)
+    await asyncio.sleep(0.1)
+    requests = [alice.request({"a": 1}, ttl_s=1), alice.request({"k": 0}, idempotency_key="k1")]
+    batch = asyncio.ensure_future(
+        alice.jobs.SubmitJobs(jpb.SubmitJobsRequest(requests=requests), metadata=alice.metadata)
+    )
+    await asyncio.sleep(1.5)  # past the first job's time to live, while the batch waits for k1
+    blocker.execute("COMMIT")
+    blocker.close()
+    await first
+    job = (await batch).responses[0].job
+    await eventually(lambda: coord.db.job_state(job.job_id) == EXPIRED, what="expired after its insert")
+    assert [e["reason"] for e in coord.db.events(job.job_id)] == ["SUBMITTED", "TTL_EXPIRED"]
+
+
+async def test_one_key_twice_in_a_batch_is_refused_not_hung(coord: Harness) -> None:
+    alice = coord.client("alice")
+    requests = [alice.request({"k": n}, idempotency_key="twice") for n in range(2)]
+    err = await rpc_error(
+        asyncio.wait_for(
+            alice.jobs.SubmitJobs(jpb.SubmitJobsRequest(requests=requests), metadata=alice.metadata), 5
+        )
+    )
+    assert (err.code, err.reason) == (grpc.StatusCode.ALREADY_EXISTS, "IDEMPOTENCY_KEY_REUSED")
