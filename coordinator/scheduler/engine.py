@@ -345,25 +345,19 @@ class Scheduler(UndoFailedCommits):
         out: list[tuple[Job, bool] | None] = [None] * len(specs)
         pending = _Pending()
         now = now_us()
-        claimed: set[tuple[str, str]] = set()
+        hits = await self._idempotent_hits(client_id, specs)  # before any claim or job: no await after it
         created: list[Job] = []
         try:
             for i, spec in enumerate(specs):
                 if spec.idempotency_key:
-                    key = (client_id, spec.idempotency_key)
-                    if key in claimed:  # before looking it up: that would wait on this very batch
-                        raise CoordinatorError(
-                            Kind.ALREADY_EXISTS, "IDEMPOTENCY_KEY_REUSED",
-                            "the same idempotency key appears twice in one batch",
-                        )  # fmt: skip
-                    existing = await self._idempotent_hit(client_id, spec)
+                    existing = hits.get(i)
                     if existing is not None:
                         out[i] = (existing, False)
                         continue
                     # Other submits with this key wait until this one's outcome is known (durable or not).
+                    key = (client_id, spec.idempotency_key)
                     future = asyncio.get_running_loop().create_future()
                     self._inflight_keys[key] = future
-                    claimed.add(key)
                     pending.always.append(functools.partial(self._release_key, key, future))
                 job = Job(
                     job_id=uuid7(), client_id=client_id, state=JobState.QUEUED, payload=spec.payload,
@@ -401,6 +395,28 @@ class Scheduler(UndoFailedCommits):
                 self._run_always(pending)
             raise  # once queued, the write's outcome keeps or forgets the jobs, even if this call was cancelled
         return [o for o in out if o is not None]
+
+    async def _idempotent_hits(self, client_id: str, specs: list[JobSpec]) -> dict[int, Job]:
+        """The jobs already submitted under the specs' idempotency keys (by index), once none of the others
+        is claimed by a submit in flight. Looked up before claiming any key, and again if one was claimed or
+        stored meanwhile: a batch never waits while holding claims (two batches with crossed keys waited on
+        each other for ever), and two submits of one key never both insert it."""
+        keys = [
+            (i, (client_id, spec.idempotency_key)) for i, spec in enumerate(specs) if spec.idempotency_key
+        ]
+        if len({key for _, key in keys}) < len(keys):
+            raise CoordinatorError(Kind.ALREADY_EXISTS, "IDEMPOTENCY_KEY_REUSED",
+                                   "the same idempotency key appears twice in one batch")  # fmt: skip
+        while True:
+            hits: dict[int, Job] = {}
+            for i, _ in keys:
+                existing = await self._idempotent_hit(client_id, specs[i])
+                if existing is not None:
+                    hits[i] = existing
+            if not any(
+                i not in hits and (key in self._inflight_keys or key in self.idempotency) for i, key in keys
+            ):
+                return hits
 
     def _release_key(self, key: tuple[str, str], future: asyncio.Future) -> None:
         if self._inflight_keys.get(key) is future:

@@ -34,6 +34,11 @@ class Detached:
     reserved: Session | None  # the live session whose slot it keeps meanwhile
     task: asyncio.Task | None = None  # the read-back
     listed: tuple[Session, int] | None = None  # a session whose miner said it runs it (which attempt)
+    holder: Session | None = None  # the live session that held it when it was taken out
+
+    def kept_by(self, session: Session) -> bool:
+        """Whether session may still be running the job: it held it then, or its miner says it runs it."""
+        return session is self.holder or (self.listed is not None and self.listed[0] is session)
 
 
 def exec_deadline(job: Job) -> int:
@@ -107,25 +112,26 @@ class UndoFailedCommits:
                 self._refresh_available(reserved)
             else:
                 reserved = None
-        self._detached[job.job_id] = Detached(reserved)
+        self._detached[job.job_id] = Detached(reserved, holder=reserved)
         self._write_failures[job.job_id] = self._write_failures.get(job.job_id, 0) + 1
         return True
 
     def _reserve_on(self: Scheduler, session: Session, listed: dict[str, int]) -> None:
-        """A miner's new session: it keeps the slots reserved for the miner's jobs being read back (moved
-        from its previous session), and one for each job it lists as running among them (reserved on no
-        session: the miner was away when the write failed). Those jobs come back to it if it holds them."""
+        """A miner's new session: it keeps a slot for each of the miner's jobs being read back that it lists
+        as running (moved from its previous session, or reserved afresh if the miner was away when the
+        write failed); a reservation for a job it does not list is released (the miner lost that job)."""
         for job_id, marker in self._detached.items():
             old = marker.reserved
-            if old is not None and old is not session and old.miner_id == session.miner_id:
-                old.reserved -= 1
-                session.reserved += 1
-                marker.reserved = session
-            elif old is None and job_id in listed:
-                session.reserved += 1
-                marker.reserved = session
             if job_id in listed:
                 marker.listed = (session, listed[job_id])
+                if old is not session:
+                    if old is not None:
+                        old.reserved -= 1
+                    session.reserved += 1
+                    marker.reserved = session
+            elif old is not None and old is not session and old.miner_id == session.miner_id:
+                old.reserved -= 1
+                marker.reserved = None
 
     async def _restored(self: Scheduler, job_id: str, within: float = 10.0) -> None:
         """Wait, for a while at most, until a job taken out after a failed commit is read back."""
@@ -164,7 +170,7 @@ class UndoFailedCommits:
                 self._write_failures.pop(job_id, None)
             else:
                 try:
-                    self._place(job, now)
+                    self._place(job, now, marker)
                     restored += 1
                 except Exception:  # one job must not strand the others (their markers, their reservations)
                     log.exception("could not place job %s read back after a failed commit", job_id)
@@ -180,7 +186,7 @@ class UndoFailedCommits:
                 self._spawn_commit(pending)
         log.warning("after a failed commit, %d of %d jobs restored from the store", restored, len(job_ids))
 
-    def _place(self: Scheduler, job: Job, now: int) -> None:
+    def _place(self: Scheduler, job: Job, now: int, marker: Detached) -> None:
         self.jobs[job.job_id] = job
         # A job whose writes keep failing (a full disk) waits longer each time before anything is decided
         # for it again: its dispatch, and its timers (an expiry or a timeout already due would fire at once).
@@ -196,6 +202,12 @@ class UndoFailedCommits:
             return
         held = Held(job, job.attempt, 0, exec_deadline(job))
         session = self.by_miner.get(job.miner_id)
+        if session is not None and not session.closed and not marker.kept_by(session):
+            # a session opened meanwhile, whose miner did not list the job: it lost it (as open_session rules)
+            pending = Pending()
+            self._lose_lease(job, "MINER_LOST_JOB", now, pending)
+            self._spawn_commit(pending)
+            return
         if session is not None and not session.closed:
             # The miner may still run it (a cancel failed to commit) or not (its result failed to commit):
             # its heartbeats keep the lease, or the lease runs out and the job is requeued.

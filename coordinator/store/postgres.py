@@ -89,7 +89,8 @@ class PostgresStore(SqlReads):
         return settings
 
     async def _connect(self) -> asyncpg.Connection:
-        return await asyncpg.connect(self.dsn, server_settings=self._settings(), timeout=CONNECT_TIMEOUT_S)
+        return await asyncpg.connect(self.dsn, server_settings=self._settings(), timeout=CONNECT_TIMEOUT_S,
+                                     command_timeout=WRITE_TIMEOUT_S)  # fmt: skip
 
     async def open(self) -> None:
         self._closing = False
@@ -185,6 +186,8 @@ class PostgresStore(SqlReads):
                     await self._commit_group(group)
                 except Exception as exc:  # never leave a waiter hanging
                     log.exception("store writer: group commit failed unexpectedly")
+                    for unit, _ in group:
+                        self._failed.add(unit)
                     _resolve(group, [exc] * len(group))
 
     def _writer_exited(self, task: asyncio.Task[None]) -> None:
@@ -303,6 +306,7 @@ class PostgresStore(SqlReads):
 
 
 CONNECT_TIMEOUT_S = 10.0  # the writer's connects and outcome probes: close() must not wait on a silent server
+WRITE_TIMEOUT_S = 60.0  # one statement of a group (up to 2,000 units): beyond, the server is taken as silent
 
 
 def _about_the_server(exc: BaseException) -> bool:

@@ -114,16 +114,7 @@ class SqliteStore(SqlReads):
                 except queue.Empty:
                     break
             if group:
-                try:
-                    self._commit_group(conn, group)
-                except BaseException as exc:  # never leave a waiter hanging, nor the writer dead
-                    log.exception("store writer: group commit failed unexpectedly")
-                    with contextlib.suppress(Exception):
-                        self._rollback(conn)
-                    for unit, _ in group:
-                        self._failed.add(unit)
-                    assert self._loop is not None
-                    self._loop.call_soon_threadsafe(_resolve, group, [exc] * len(group))
+                self._commit_group(conn, group)
         conn.close()
 
     def _commit_group(self, conn: sqlite3.Connection, group: list[tuple[UnitOfWork, asyncio.Future]]) -> None:
@@ -132,6 +123,26 @@ class SqliteStore(SqlReads):
         started = time.perf_counter()
         # units built on a unit that failed are refused; the others (live) are written
         outcomes, live = self._failed.partition([unit for unit, _ in group])
+        decided = [i not in live for i in range(len(group))]  # an outcome, final, is known for these
+        try:
+            self._write_group(conn, group, live, outcomes, decided)
+        except BaseException as exc:  # a bug, or ROLLBACK itself failing: fail what is undecided, live on
+            log.exception("store writer: group commit failed unexpectedly")
+            with contextlib.suppress(Exception):
+                self._rollback(conn)
+            for i, (unit, _) in enumerate(group):
+                if not decided[i]:
+                    outcomes[i] = exc
+                    self._failed.add(unit)
+        elapsed = time.perf_counter() - started
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(_resolve, group, outcomes)
+        if self.commit_observer is not None:
+            with contextlib.suppress(Exception):
+                self.commit_observer(len(group), elapsed)
+
+    def _write_group(self, conn: sqlite3.Connection, group: list[tuple[UnitOfWork, asyncio.Future]],
+                     live: list[int], outcomes: list, decided: list[bool]) -> None:  # fmt: skip
         units = [group[i][0] for i in live]
         next_leaf, placed = assign_leaves(units, self._next_leaf)
         try:
@@ -140,6 +151,8 @@ class SqliteStore(SqlReads):
                 _write_units(conn, units)
                 conn.execute("COMMIT")
                 self._next_leaf = next_leaf
+            for i in live:
+                decided[i] = True
         except Exception as exc:
             self._rollback(conn)
             unplace(placed)
@@ -149,13 +162,9 @@ class SqliteStore(SqlReads):
                     outcomes[i] = exc
                 else:  # a unit's own rows (a constraint, a value out of range): isolate it
                     outcomes[i] = self._failed.blocking(unit) or self._commit_alone(conn, unit)
+                decided[i] = True
                 if outcomes[i] is not None:
                     self._failed.add(unit)
-        elapsed = time.perf_counter() - started
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(_resolve, group, outcomes)
-        if self.commit_observer is not None:
-            self.commit_observer(len(group), elapsed)
 
     def _commit_alone(self, conn: sqlite3.Connection, unit: UnitOfWork) -> BaseException | None:
         next_leaf, placed = assign_leaves([unit], self._next_leaf)

@@ -652,12 +652,42 @@ async def test_a_batch_job_does_not_expire_before_its_insert(coord: Harness) -> 
     assert [e["reason"] for e in coord.db.events(job.job_id)] == ["SUBMITTED", "TTL_EXPIRED"]
 
 
-async def test_one_key_twice_in_a_batch_is_refused_not_hung(coord: Harness) -> None:
+@pytest.mark.coordinator(lease_seconds=30.0, reconnect_grace_seconds=30.0)
+async def test_a_job_read_back_does_not_land_on_a_miner_that_no_longer_lists_it(coord: Harness) -> None:
+    """The miner came back without the job (it lost it) and took a queued job in its only slot: the job read
+    back was put on top of it (two jobs on one slot, in memory and in the store)."""
+    alice, miner, job, _ = await running_job(coord)
+    waiting = await alice.submit({"y": 2})
+    await miner.kill()
+    scheduler = coord.coordinator.scheduler
+    await eventually(lambda: scheduler.orphans.get("miner-00"), what="orphaned")
+    blocker = await fail_a_cancel(coord, job.job_id)
+    back = await coord.stream_miner("miner-00", slots=1)  # lists nothing
+    await asyncio.sleep(0.2)
+    blocker.execute("COMMIT")
+    blocker.close()
+    await eventually(lambda: job.job_id in scheduler.jobs, what="the job read back")
+    await eventually(lambda: coord.db.job_state(job.job_id) == QUEUED, what="requeued: its miner lost it")
+    assert [e["reason"] for e in coord.db.events(job.job_id)][-1] == "MINER_LOST_JOB"
+    assert list(scheduler.by_miner["miner-00"].held) == [waiting.job_id] and held_on(coord, "miner-00") == 1
+    assert back.peak_held == 1
+
+
+@pytest.mark.coordinator(lease_seconds=30.0, reconnect_grace_seconds=30.0)
+async def test_a_reservation_is_not_moved_for_a_job_the_new_session_does_not_list(coord: Harness) -> None:
     alice = coord.client("alice")
-    requests = [alice.request({"k": n}, idempotency_key="twice") for n in range(2)]
-    err = await rpc_error(
-        asyncio.wait_for(
-            alice.jobs.SubmitJobs(jpb.SubmitJobsRequest(requests=requests), metadata=alice.metadata), 5
-        )
-    )
-    assert (err.code, err.reason) == (grpc.StatusCode.ALREADY_EXISTS, "IDEMPOTENCY_KEY_REUSED")
+    miner = await coord.stream_miner("miner-00", slots=2)
+    x, w = await alice.submit({"x": 1}), await alice.submit({"w": 1})
+    attempts = {a.job.job_id: a.attempt for a in await miner.assignments(2)}
+    await eventually(lambda: held_on(coord, "miner-00") == 2, what="both stored as assigned")
+    scheduler = coord.coordinator.scheduler
+    blocker = await fail_a_cancel(coord, x.job_id)
+    await miner.kill()
+    await coord.stream_miner("miner-00", slots=1, running_jobs=((w.job_id, attempts[w.job_id]),))
+    assert scheduler.by_miner["miner-00"].reserved == 0
+    blocker.execute("COMMIT")
+    blocker.close()
+    await eventually(lambda: x.job_id in scheduler.jobs, what="the job read back")
+    session = scheduler.by_miner["miner-00"]
+    assert list(session.held) == [w.job_id] and session.free == 0
+    await eventually(lambda: coord.db.job_state(x.job_id) == QUEUED, what="x requeued")
