@@ -576,6 +576,7 @@ class Scheduler(UndoFailedCommits):
                 self.timers.schedule(held.exec_deadline_us, "exec", job_id, held.attempt)
                 kept.append((job_id, held.attempt))
             else:
+                pending.unheld.add(job_id)
                 self._lose_lease(job, "MINER_LOST_JOB", now, pending)
         for job_id, attempt in running:
             # a job being read back after a failed commit comes back to this session with a fresh lease
@@ -910,8 +911,8 @@ class Scheduler(UndoFailedCommits):
 
     def _dispatch_or_queue(self, job: Job, exclude: Session | None = None) -> None:
         """A job became ready outside a client call (requeue, backoff over): push it or queue it."""
-        if job.state is not JobState.QUEUED or self.jobs.get(job.job_id) is not job:
-            return  # no longer queued, or taken out after a failed commit (and read back as another copy)
+        if job.state is not JobState.QUEUED or job.in_queue or self.jobs.get(job.job_id) is not job:
+            return  # no longer queued, already in the queues, or taken out after a failed commit
         session = self._pick_session(job, exclude)
         if session is None:
             self.queues.push(job)
@@ -1037,6 +1038,7 @@ class Scheduler(UndoFailedCommits):
             del orphans[job_id]
             job = self.jobs.get(job_id)
             if job is not None and job.attempt == held.attempt and not job.state.terminal:
+                pending.unheld.add(job_id)
                 self._lose_lease(job, "MINER_GONE", now, pending)
         if orphans:
             self.timers.schedule(min(h.lease_us for h in orphans.values()), "orphans", miner_id)

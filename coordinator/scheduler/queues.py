@@ -87,6 +87,8 @@ class ReadyQueues:
         self.by_priority = [0] * 10  # the same by priority (0-9)
 
     def push(self, job: Job) -> None:
+        if job.in_queue:  # already there (two timers made it ready): counted once, served once
+            return
         shape = self.shapes.get(job.constraints)
         if shape is None:
             shape = self.shapes[job.constraints] = Shape(job.constraints)

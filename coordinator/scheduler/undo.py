@@ -69,7 +69,7 @@ class UndoFailedCommits:
         for job_id, (job, event) in first.items():
             if unit.inserts(job_id):
                 self._forget_failed_insert(job)
-            elif self._detach(job, event):
+            elif self._detach(job, event, job_id in pending.unheld):
                 detached.append(job_id)
         if detached and not self.stopping:  # at the next start, everything is loaded from the store anyway
             task = asyncio.get_running_loop().create_task(self._restore(detached))
@@ -87,7 +87,7 @@ class UndoFailedCommits:
         if session is not None and session.held.pop(job.job_id, None) is not None:
             self._refresh_available(session)
 
-    def _detach(self: Scheduler, job: Job, first: Event) -> bool:
+    def _detach(self: Scheduler, job: Job, first: Event, unheld: bool = False) -> bool:
         """Take a job whose in-memory state may be ahead of the store out of every structure that acts on it.
         Until it is read back, reads of it go to the store and timers find nothing to do; if a live miner
         held it before the failed change (first), that miner's slot stays reserved: it may still run it."""
@@ -105,7 +105,7 @@ class UndoFailedCommits:
             if not orphans:
                 del self.orphans[job.miner_id]
         reserved: Session | None = None
-        if first.from_state in (JobState.ASSIGNED, JobState.RUNNING):  # held by first.miner_id, as stored
+        if first.from_state in (JobState.ASSIGNED, JobState.RUNNING) and not unheld:  # held by first.miner_id
             reserved = self.by_miner.get(first.miner_id)
             if reserved is not None and not reserved.closed:
                 reserved.reserved += 1
@@ -203,8 +203,16 @@ class UndoFailedCommits:
         held = Held(job, job.attempt, 0, exec_deadline(job))
         session = self.by_miner.get(job.miner_id)
         if session is not None and not session.closed and not marker.kept_by(session):
-            # a session opened meanwhile, whose miner did not list the job: it lost it (as open_session rules)
+            # A session opened meanwhile, whose miner did not list the job: it lost it (as open_session rules).
+            if (
+                wait_until > now
+            ):  # its requeue failed before: requeued by the orphans' timer, after the backoff
+                held.lease_us = wait_until
+                self.orphans.setdefault(job.miner_id, {})[job.job_id] = held
+                self.timers.schedule(wait_until, "orphans", job.miner_id)
+                return
             pending = Pending()
+            pending.unheld.add(job.job_id)
             self._lose_lease(job, "MINER_LOST_JOB", now, pending)
             self._spawn_commit(pending)
             return

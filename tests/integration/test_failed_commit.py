@@ -691,3 +691,54 @@ async def test_a_reservation_is_not_moved_for_a_job_the_new_session_does_not_lis
     session = scheduler.by_miner["miner-00"]
     assert list(session.held) == [w.job_id] and session.free == 0
     await eventually(lambda: coord.db.job_state(x.job_id) == QUEUED, what="x requeued")
+
+
+@pytest.mark.coordinator(lease_seconds=30.0, reconnect_grace_seconds=30.0)
+async def test_a_lost_job_whose_requeue_fails_too_stays_off_the_miner(coord: Harness) -> None:
+    """Read back onto a miner that came back without it, the job's requeue (MINER_LOST_JOB) fails as well:
+    the job was then reserved on, and put on, that miner's full session."""
+    alice, miner, job, _ = await running_job(coord)
+    scheduler = coord.coordinator.scheduler
+    blocker = await fail_a_cancel(coord, job.job_id)
+    blocker.execute(
+        f"CREATE TRIGGER test_refuse_job_events BEFORE INSERT ON job_events WHEN NEW.job_id = '{job.job_id}' "
+        "AND NEW.reason = 'MINER_LOST_JOB' BEGIN SELECT RAISE(ABORT, 'test: refused'); END"
+    )
+    await miner.kill()
+    await eventually(lambda: "miner-00" not in scheduler.by_miner, what="the session closed")
+    other = asyncio.ensure_future(alice.submit({"y": 2}))
+    await asyncio.sleep(0.1)
+    back = await coord.stream_miner("miner-00", slots=1)  # lists nothing; takes the other job
+    blocker.execute("COMMIT")
+    blocker.close()
+    await other
+    await asyncio.sleep(0.5)  # read back, requeue refused, read back again
+    session = scheduler.by_miner["miner-00"]
+    assert job.job_id not in session.held and len(session.held) + session.reserved <= 1
+    assert held_on(coord, "miner-00") == 1 and back.peak_held == 1
+    allow(coord, "job_events")
+    await eventually(lambda: coord.db.job_state(job.job_id) == QUEUED, within=10, what="requeued at last")
+
+
+@pytest.mark.coordinator(retry_backoff_base_seconds=0.5, retry_backoff_max_seconds=0.5)
+async def test_a_job_made_ready_by_two_timers_is_queued_once(coord: Harness) -> None:
+    """A job in retry backoff whose cancel failed is read back with its own ready timer besides the old one:
+    both pushed it, and the queue depth stayed one too high for good."""
+    alice = coord.client("alice")
+    miner = await coord.stream_miner("miner-00", slots=1)
+    job = await alice.submit({"x": 1})
+    [a] = await miner.assignments(1)
+    miner.failure(a.job.job_id, a.attempt, retryable=True, code="FLAKY")  # ready again in 0.5 s
+    await eventually(lambda: coord.db.job_state(job.job_id) == QUEUED, what="requeued")
+    await alice.submit({"y": 2})  # takes the only slot
+    await miner.assignments(1)
+    refuse(coord, job.job_id, "job_events", "NEW.reason = 'CANCELED_BY_CLIENT'")
+    assert (await rpc_error(alice.cancel(job.job_id))).code == grpc.StatusCode.INTERNAL
+    allow(coord, "job_events")
+    scheduler = coord.coordinator.scheduler
+    await eventually(lambda: job.job_id in scheduler.jobs, what="the job read back")
+    await asyncio.sleep(1.0)  # both ready timers have fired
+    assert scheduler.queues.depth == 1
+    other = await coord.stream_miner("miner-01", slots=1)
+    assert (await other.assignments(1))[0].job.job_id == job.job_id
+    await eventually(lambda: scheduler.queues.depth == 0, what="the queue empty")
