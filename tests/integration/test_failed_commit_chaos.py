@@ -1,0 +1,804 @@
+"""Chaos: a real coordinator drives several hundred jobs while its commits fail at random; once the failures
+stop, every job ends and the coordinator's memory, its receipt log and the store agree.
+
+Failures are real SQLite errors: triggers in the coordinator's file refuse a job's event rows (all of them,
+or those of one reason) or its receipt while a rule in the table chaos_rules says so. A driver adds and
+removes rules at random for live jobs (and now and then for every submit, or for every event: a short
+outage), and sometimes holds the file's write lock for a few tens of milliseconds so that decisions pile
+up behind one another. Meanwhile three hand-driven stream miners (1, 2 and 3 slots) and one SDK miner (2
+slots) take the work, accept it, answer with results (batched), retryable and final failures and
+rejects, lose jobs and vanish and come back listing what they hold; two clients submit jobs (single and
+SubmitJobs batches, some under idempotency keys, some keys submitted again), cancel some, read and watch
+others. See docs/operations.md, "When the store cannot write", for what is promised.
+
+The run is seeded: the seed is printed, and AITBC_CHAOS_SEED=<n> runs the same decisions again (the
+interleaving still depends on timing). AITBC_CHAOS_SECONDS sets the length of the chaos (9 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import random
+import sqlite3
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from aitbc.coordinator.v1 import job_service_pb2 as jpb
+from aitbc.coordinator.v1 import miner_service_pb2 as mpb
+from aitbc.miner import JobFailed, Miner, Outcome
+from aitbc.receipts import MerkleTree, leaf_hash
+from coord_support import (
+    ASSIGNED,
+    CANCELED,
+    COMPLETED,
+    QUEUED,
+    RUNNING,
+    Harness,
+    StreamMiner,
+    capabilities,
+    miner_key,
+    struct,
+)
+
+from coordinator.domain import states
+from coordinator.domain.model import JobState
+from coordinator.store.base import DependencyFailed
+
+SEED = int(os.environ.get("AITBC_CHAOS_SEED") or random.SystemRandom().randrange(1, 10**9))
+CHAOS_SECONDS = float(os.environ.get("AITBC_CHAOS_SECONDS") or 9.0)
+SETTLE_SECONDS = 60.0  # bounded wait, once failures stop, for every job to end
+HELD = (ASSIGNED, RUNNING)
+ACTIVE = (QUEUED, ASSIGNED, RUNNING)
+HAND_MINERS = (("miner-00", 1), ("miner-01", 2), ("miner-02", 3))
+SDK_MINER = ("miner-03", 2)
+# what a refused write raises, and what is refused because it builds on one
+EXPECTED_ERRORS = (sqlite3.IntegrityError, DependencyFailed)
+
+# A rule refuses its rows with RAISE(ABORT) (the statement fails) or RAISE(ROLLBACK) (the error also ends
+# the writer's transaction on its own, as a full disk does).
+SETUP = (
+    "CREATE TABLE chaos_rules (tbl TEXT NOT NULL, job_id TEXT, reason TEXT, how TEXT NOT NULL);\n"
+    + "".join(
+        f"""
+CREATE TRIGGER chaos_job_events_{how} BEFORE INSERT ON job_events
+WHEN EXISTS (SELECT 1 FROM chaos_rules WHERE tbl = 'job_events' AND how = '{how}'
+             AND (job_id IS NULL OR job_id = NEW.job_id) AND (reason IS NULL OR reason = NEW.reason))
+BEGIN SELECT RAISE({how}, 'chaos: this write cannot be made'); END;
+CREATE TRIGGER chaos_receipts_{how} BEFORE INSERT ON receipts
+WHEN EXISTS (SELECT 1 FROM chaos_rules WHERE tbl = 'receipts' AND how = '{how}'
+             AND (job_id IS NULL OR job_id = NEW.job_id))
+BEGIN SELECT RAISE({how}, 'chaos: this write cannot be made'); END;
+"""
+        for how in ("ABORT", "ROLLBACK")
+    )
+)
+
+# reasons a rule may refuse, for a job held by a miner and for a queued one (None: any event of the job)
+HELD_REASONS = ["COMPLETED"] * 3 + ["ACCEPTED", "CANCELED_BY_CLIENT", "CANCELED_BY_CLIENT", "FLAKY",
+                "REJECTED", "LEASE_EXPIRED", "MINER_GONE", "MINER_LOST_JOB", "HEARTBEAT_TIMEOUT",
+                None, None]  # fmt: skip
+QUEUED_REASONS = ["ASSIGNED"] * 4 + ["CANCELED_BY_CLIENT", "TTL_EXPIRED", None, None]
+
+
+class Phase:
+    """chaos: failures and misbehaviour on; calm: every rule gone, miners just work; over: stop."""
+
+    def __init__(self) -> None:
+        self.calm = asyncio.Event()
+        self.over = asyncio.Event()
+
+    @property
+    def chaos(self) -> bool:
+        return not self.calm.is_set()
+
+
+@dataclass
+class Book:
+    """What the clients and miners were told, to be checked against the store at the end."""
+
+    told: dict[str, str] = field(default_factory=dict)  # job id -> client, from successful submits
+    keys: dict[tuple[str, str], set[str]] = field(default_factory=lambda: defaultdict(set))
+    canceled: set[str] = field(default_factory=set)  # cancels answered with CANCELED
+    reads: list[tuple[str, int, int]] = field(default_factory=list)  # GetJob: (job, state, attempt)
+    watched: dict[str, list[tuple]] = field(default_factory=dict)  # job -> events a watcher heard
+    watch_ends: dict[str, int] = field(default_factory=dict)  # job -> last state a finished watch saw
+    calls: Counter = field(default_factory=Counter)  # (call, outcome)
+    unexpected: list[str] = field(default_factory=list)  # errors no call should get
+    samples: int = 0
+    # found while sampling during the run: kind -> (times, first seen, the jobs involved then)
+    violations: dict[str, tuple[int, str, tuple[str, ...]]] = field(default_factory=dict)
+
+    def violation(self, kind: str, detail: str, jobs: tuple[str, ...] = ()) -> None:
+        times, first, involved = self.violations.get(kind, (0, detail, jobs))
+        self.violations[kind] = (times + 1, first, involved)
+
+    def error(self, call: str, exc: grpc.aio.AioRpcError, allowed: tuple[grpc.StatusCode, ...]) -> None:
+        self.calls[(call, exc.code().name)] += 1
+        if exc.code() not in allowed:
+            self.unexpected.append(f"{call}: {exc.code().name} {exc.details()}")
+
+
+# ------------------------------------------------------------------------------------------ failures
+class Chaos:
+    """Adds and removes rules that make the coordinator's commits fail; holds the write lock at times."""
+
+    def __init__(self, coord: Harness, rng: random.Random, phase: Phase, book: Book,
+                 clients: dict[str, Any]) -> None:  # fmt: skip
+        self.coord, self.rng, self.phase, self.book, self.clients = coord, rng, phase, book, clients
+        self.conn = sqlite3.connect(coord.db_path, isolation_level=None, timeout=10)
+        self.conn.executescript(SETUP)
+        self.rules: list[tuple[float, int]] = []  # (until, rowid)
+        self.added: Counter = Counter()
+        self.tasks: set[asyncio.Task] = set()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def add(self, tbl: str, job_id: str | None, reason: str | None, lifetime: float) -> None:
+        how = "ROLLBACK" if self.rng.random() < 0.3 else "ABORT"
+        cur = self.conn.execute("INSERT INTO chaos_rules VALUES (?, ?, ?, ?)", (tbl, job_id, reason, how))
+        self.rules.append((time.monotonic() + lifetime, cur.lastrowid))
+        self.added[(tbl, reason if job_id else f"all:{reason}")] += 1
+        self.added[how] += 1
+
+    def expire(self, everything: bool = False) -> None:
+        now = time.monotonic()
+        keep = []
+        for until, rowid in self.rules:
+            if everything or until <= now:
+                self.conn.execute("DELETE FROM chaos_rules WHERE rowid = ?", (rowid,))
+            else:
+                keep.append((until, rowid))
+        self.rules = keep
+        if everything:
+            self.conn.execute("DELETE FROM chaos_rules")
+
+    def pick_rule(self) -> None:
+        rng, scheduler = self.rng, self.coord.coordinator.scheduler
+        live = sorted(scheduler.jobs.items())
+        held = [(j, job) for j, job in live if job.state in (JobState.ASSIGNED, JobState.RUNNING)]
+        queued = [(j, job) for j, job in live if job.state is JobState.QUEUED]
+        r = rng.random()
+        if r < 0.04:
+            self.add("job_events", None, "SUBMITTED", rng.uniform(0.03, 0.2))  # every submit fails
+            return
+        if r < 0.06:
+            self.add("job_events", None, None, rng.uniform(0.02, 0.08))  # every write fails: an outage
+            return
+        if held and (r < 0.75 or not queued):
+            job_id, job = rng.choice(held)
+            reason = rng.choice(HELD_REASONS)
+            if reason == "COMPLETED" and rng.random() < 0.5:
+                self.add("receipts", job_id, None, rng.uniform(0.05, 0.4))
+            else:
+                self.add("job_events", job_id, reason, rng.uniform(0.05, 0.4))
+        elif queued:
+            job_id, job = rng.choice(queued)
+            reason = rng.choice(QUEUED_REASONS)
+            self.add("job_events", job_id, reason, rng.uniform(0.05, 0.4))
+        else:
+            return
+        if reason == "CANCELED_BY_CLIENT" and rng.random() < 0.7:  # and have the client cancel it now
+            client = self.clients[job.client_id]
+            task = asyncio.create_task(cancel(client, job_id, self.book, "chaos"))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def hold_lock(self) -> None:
+        """Hold the write lock a few tens of ms; rules may change inside, landing when it is released."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            if self.rng.random() < 0.5:
+                self.pick_rule()
+            await asyncio.sleep(self.rng.uniform(0.01, 0.06))
+            if self.rng.random() < 0.5:
+                self.expire()
+        finally:
+            self.conn.execute("COMMIT")
+        self.added["lock held"] += 1
+
+    async def run(self) -> None:
+        while self.phase.chaos:
+            await asyncio.sleep(self.rng.uniform(0.01, 0.05))
+            if not self.phase.chaos:
+                break
+            self.expire()
+            if self.rng.random() < 0.1:
+                await self.hold_lock()
+            elif len(self.rules) < 8:
+                self.pick_rule()
+        self.expire(everything=True)
+
+
+# ------------------------------------------------------------------------------------------ clients
+async def cancel(client: Any, job_id: str, book: Book, why: str) -> None:
+    try:
+        job = (await client.jobs.CancelJob(jpb.CancelJobRequest(job_id=job_id, reason=why),
+                                           metadata=client.metadata)).job  # fmt: skip
+    except grpc.aio.AioRpcError as exc:
+        # JOB_TERMINAL (FAILED_PRECONDITION), a failed commit (INTERNAL), read back meanwhile (UNAVAILABLE)
+        book.error("cancel", exc, (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INTERNAL,
+                                   grpc.StatusCode.UNAVAILABLE))  # fmt: skip
+        return
+    book.calls[("cancel", "OK")] += 1
+    if job.state != CANCELED:
+        book.unexpected.append(f"cancel of {job_id} answered OK in state {job.state}")
+    book.canceled.add(job_id)
+
+
+async def watch(client: Any, job_id: str, book: Book) -> None:
+    seen = book.watched.setdefault(job_id, [])
+    last = None
+    try:
+        async for update in client.watch(job_id):
+            if update.HasField("event"):
+                e = update.event
+                seen.append((e.sequence, e.from_state, e.to_state, e.attempt, e.miner_id, e.reason))
+            last = update.job.state
+    except grpc.aio.AioRpcError as exc:
+        book.error("watch", exc, ())
+        return
+    book.watch_ends[job_id] = last
+
+
+async def client_loop(name: str, client: Any, rng: random.Random, phase: Phase, book: Book,
+                      tasks: set[asyncio.Task]) -> None:  # fmt: skip
+    """Submit (single, batches, keyed, keys again), cancel, read and watch, until the chaos ends."""
+    n = 0
+    keyed: dict[str, tuple[dict, dict]] = {}  # key -> (payload, options): submitted again as they were
+    mine: list[str] = []
+
+    def fresh() -> tuple[str, dict, dict]:
+        nonlocal n
+        n += 1
+        payload = {"client": name, "n": n}
+        options: dict[str, Any] = {"priority": rng.randint(0, 3), "max_attempts": rng.choice((4, 8, 8))}
+        if rng.random() < 0.08:
+            options["ttl_s"] = 1  # may expire while queued behind failures
+        key = ""
+        if rng.random() < 0.35:
+            key = f"{name}-k{n}"
+            options["idempotency_key"] = key
+            keyed[key] = (payload, options)
+        return key, payload, options
+
+    def again() -> tuple[str, dict, dict]:
+        key = rng.choice(sorted(keyed))
+        return key, *keyed[key]
+
+    def told(key: str, job: Any) -> None:
+        book.told[job.job_id] = name
+        mine.append(job.job_id)
+        if key:
+            book.keys[(name, key)].add(job.job_id)
+        if job.job_id not in book.watched and rng.random() < 0.25:  # (a key submitted again: the same job)
+            task = asyncio.create_task(watch(client, job.job_id, book))
+            tasks.add(task)
+
+    while phase.chaos:
+        r = rng.random()
+        call = "submit" if r < 0.4 else "batch" if r < 0.65 or (r < 0.75 and not keyed) else "again"
+        try:
+            if r < 0.4:
+                key, payload, options = fresh()
+                job = await client.submit(payload, **options)
+                told(key, job)
+                book.calls[("submit", "OK")] += 1
+            elif r < 0.65 or (r < 0.75 and not keyed):
+                size = rng.choice((2, 3, 4, 5, 8)) if rng.random() > 0.06 else 25  # at times a burst: a queue
+                items = [fresh() for _ in range(size)]
+                if keyed and rng.random() < 0.3:
+                    old = again()
+                    if all(old[0] != k for k, _, _ in items):
+                        items.insert(rng.randrange(len(items) + 1), old)
+                requests = [client.request(p, **dict(o)) for _, p, o in items]
+                response = await client.jobs.SubmitJobs(jpb.SubmitJobsRequest(requests=requests),
+                                                        metadata=client.metadata)  # fmt: skip
+                for (key, _, _), r_ in zip(items, response.responses, strict=True):
+                    told(key, r_.job)
+                book.calls[("batch", "OK")] += 1
+            elif r < 0.75:
+                key, payload, options = again()
+                job = await client.submit(payload, **dict(options))
+                told(key, job)
+                book.calls[("again", "OK")] += 1
+            elif r < 0.87 and mine:
+                await cancel(client, rng.choice(mine[-20:]), book, "client")
+            elif mine:
+                call = "get"
+                job_id = rng.choice(mine[-30:])
+                job = await client.get(job_id)
+                book.reads.append((job_id, job.state, job.attempt))
+        except grpc.aio.AioRpcError as exc:  # a submit whose commit failed: INTERNAL
+            book.error(call, exc, (grpc.StatusCode.INTERNAL,) if call != "get" else ())
+        await asyncio.sleep(rng.uniform(0.01, 0.06))
+
+
+# ------------------------------------------------------------------------------------------ miners
+class HandMiner:
+    """A StreamMiner driven by a task: accepts some assignments, answers after a short random delay (results
+    batched per tick), fails, rejects or loses some, vanishes and comes back listing what it holds."""
+
+    def __init__(self, coord: Harness, name: str, slots: int, rng: random.Random, phase: Phase,
+                 book: Book) -> None:  # fmt: skip
+        self.coord, self.name, self.slots, self.rng, self.phase, self.book = (
+            coord,
+            name,
+            slots,
+            rng,
+            phase,
+            book,
+        )
+        self.sm: StreamMiner | None = None
+        self.ready: list[tuple[str, int, str]] = []  # (job, attempt, what to answer) once connected
+        self.work: set[asyncio.Task] = set()
+        self.dropped: set[tuple[str, int]] = set()  # jobs it lost (never answered)
+        self.connected = False
+        self.stats: Counter = Counter()
+
+    async def run(self) -> None:
+        self.sm = await self.coord.stream_miner(self.name, slots=self.slots)
+        self.connected = True
+        next_kill = time.monotonic() + self.rng.expovariate(1 / 2.5)
+        try:
+            while not self.phase.over.is_set():
+                self._take()
+                self._flush()
+                if self.sm.closed.is_set():
+                    self.stats["stream ended"] += 1
+                    await self._reconnect(self.rng.uniform(0.0, 0.2))
+                elif self.phase.chaos and time.monotonic() >= next_kill:
+                    self.stats["killed"] += 1
+                    await self._reconnect(self.rng.uniform(0.0, 0.8))  # at times past the grace period
+                    next_kill = time.monotonic() + self.rng.expovariate(1 / 2.5)
+                await asyncio.sleep(0.01)
+        finally:
+            for task in self.work:
+                task.cancel()
+
+    def _take(self) -> None:
+        if len(self.sm.held) > self.slots:  # (its pump took an assignment on top of what it holds)
+            book, held = self.book, dict(self.sm.held)
+            book.violation(
+                "miner over its slots", f"{self.name} holds {held} on {self.slots} slots", tuple(held)
+            )
+        queue = self.sm.inbox["assignment"]
+        while not queue.empty():
+            a = queue.get_nowait()
+            self.stats["assigned"] += 1
+            task = asyncio.create_task(self._work(a.job.job_id, a.attempt))
+            self.work.add(task)
+            task.add_done_callback(self.work.discard)
+
+    async def _work(self, job_id: str, attempt: int) -> None:
+        sm, rng = self.sm, self.rng
+        if rng.random() < 0.6:
+            sm.send(accept=mpb.Accept(job_id=job_id, attempt=attempt))
+        await asyncio.sleep(rng.uniform(0.01, 0.12))
+        if sm.held.get(job_id) != attempt:
+            return  # canceled meanwhile
+        outcome = "result"
+        if self.phase.chaos:
+            r = rng.random()
+            if r < 0.07:
+                outcome = "retry"
+            elif r < 0.09:
+                outcome = "reject"
+            elif r < 0.10:
+                outcome = "fail"
+            elif r < 0.13:
+                sm.held.pop(job_id, None)  # lost: never answered, no longer in its heartbeats
+                self.dropped.add((job_id, attempt))
+                self.stats["lost"] += 1
+                return
+        self.ready.append((job_id, attempt, outcome))
+
+    def _flush(self) -> None:
+        if not self.connected or self.sm.closed.is_set() or not self.ready:
+            return
+        sm, results = self.sm, []
+        for job_id, attempt, outcome in self.ready:
+            if sm.held.get(job_id) != attempt:
+                continue  # canceled, or not kept across a reconnect
+            self.stats[outcome] += 1
+            if outcome == "result":
+                del sm.held[job_id]
+                results.append(mpb.Result(job_id=job_id, attempt=attempt, result=struct({"ok": True}),
+                                          units="1", unit_type="jobs"))  # fmt: skip
+            elif outcome == "reject":
+                del sm.held[job_id]
+                sm.send(reject=mpb.Reject(job_id=job_id, attempt=attempt, reason="chaos"))
+            else:
+                sm.failure(job_id, attempt, retryable=outcome == "retry",
+                           code="FLAKY" if outcome == "retry" else "BROKEN")  # fmt: skip
+        self.ready = []
+        if results:
+            sm.send(results=mpb.Results(results=results))
+
+    async def _reconnect(self, pause: float) -> None:
+        sm = self.sm
+        self.connected = False
+        await sm.kill()
+        self._take()  # what it read before it went
+        await asyncio.sleep(pause if self.phase.chaos else 0.02)
+        listed = dict(sm.held)
+        if self.phase.chaos and listed and self.rng.random() < 0.2:
+            del listed[self.rng.choice(sorted(listed))]  # it lost one of them
+            self.stats["lost on reconnect"] += 1
+        while True:
+            try:
+                await sm.connect(tuple(listed.items()))
+                break
+            except (grpc.aio.AioRpcError, AssertionError, TimeoutError) as exc:
+                self.stats[f"connect failed: {type(exc).__name__}"] += 1
+                await sm.kill()
+                if self.phase.over.is_set():
+                    return
+                await asyncio.sleep(0.1)
+        # It keeps running what it listed, until told NOT_HELD (its pump drops those): connect() kept only
+        # the jobs resumed at once, but a job being read back after a failed commit comes back later.
+        sm.held = {j: a for j, a in listed.items() if (j, a) not in self.dropped}  # (lost while connecting)
+        self.connected = True
+
+
+def sdk_runner(rng: random.Random, phase: Phase, book: Book, slots: int):  # type: ignore[no-untyped-def]
+    running = 0
+
+    async def run(job) -> Outcome:  # type: ignore[no-untyped-def]
+        nonlocal running
+        running += 1
+        try:
+            if running > slots:
+                book.violation(
+                    "sdk miner over its slots", f"{SDK_MINER[0]} runs {running} jobs on {slots} slots"
+                )
+            await asyncio.sleep(rng.uniform(0.01, 0.1))
+            if phase.chaos and rng.random() < 0.07:
+                raise JobFailed("FLAKY", "chaos", retryable=True)
+            return Outcome({"ok": True}, units="1", unit_type="jobs")
+        finally:
+            running -= 1
+
+    return run
+
+
+# ------------------------------------------------------------------------------------------ sampling
+async def sample(coord: Harness, hand: list[HandMiner], phase: Phase, book: Book) -> None:
+    """While it runs: no session over its slots (a miner's own view included); queue counts exact.
+
+    (The store may hold a job as still held by a miner that came back without it while that job is read
+    back after a failed commit: the miner lost it, its slot is free, and it is requeued once read back.)"""
+    scheduler = coord.coordinator.scheduler
+    while not phase.over.is_set():
+        await asyncio.sleep(0.02)
+        book.samples += 1
+        for session in list(scheduler.sessions.values()):
+            if len(session.held) + session.reserved > session.slots:
+                held = {j: (h.attempt, h.job.state.name) for j, h in session.held.items()}
+                book.violation("session over its slots", f"{session.miner_id} (session {session.session_id}): "
+                               f"{held} held + {session.reserved} reserved on {session.slots} slots",
+                               tuple(held))  # fmt: skip
+        for m in hand:
+            if m.sm is not None and m.sm.peak_held > m.slots:
+                book.violation(
+                    "miner peak over its slots", f"{m.name} held {m.sm.peak_held} jobs on {m.slots} slots"
+                )
+        in_queue = [j for j in scheduler.jobs.values() if j.in_queue]
+        if scheduler.queues.depth != len(in_queue) or any(j.state is not JobState.QUEUED for j in in_queue):
+            book.violation("queue depth", f"queue depth {scheduler.queues.depth}, {len(in_queue)} queued jobs "
+                           f"in memory; in the queues twice: {queued_twice(scheduler.queues)}")  # fmt: skip
+
+
+def queued_twice(queues: Any) -> list[str]:
+    """Jobs with more than one entry in the ready queues (for the failure message)."""
+    entries = Counter(
+        job.job_id
+        for shape in queues.shapes.values()
+        for level in shape.levels.values()
+        for fifo in level.clients.values()
+        for job in fifo
+        if job.in_queue
+    )
+    return [job_id for job_id, n in entries.items() if n > 1]
+
+
+# ------------------------------------------------------------------------------------------ the test
+async def test_commits_failing_at_random_leave_memory_and_store_in_agreement(
+    coord: Harness, caplog, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    print(f"\nchaos seed {SEED} (AITBC_CHAOS_SEED={SEED} to run it again), {CHAOS_SECONDS:g} s of chaos")
+    caplog.set_level(logging.WARNING)
+    scheduler = coord.coordinator.scheduler
+    failed: Counter = Counter()  # failed commits, as the scheduler undoes them
+    undo = scheduler._failed
+
+    def counting(pending) -> None:  # type: ignore[no-untyped-def]
+        unit = pending.unit
+        failed["commits"] += 1
+        failed["with inserts"] += bool(unit.new_jobs)
+        failed["with receipts"] += bool(unit.receipts)
+        failed["with changes"] += bool(unit.job_updates)
+        undo(pending)
+
+    monkeypatch.setattr(scheduler, "_failed", counting)
+    phase, book = Phase(), Book()
+    clients = {name: coord.client(name) for name in ("alice", "bob")}
+    hand = [
+        HandMiner(coord, name, slots, random.Random(f"{SEED}-{name}"), phase, book)
+        for name, slots in HAND_MINERS
+    ]
+    sdk = Miner(coord.address, miner_key(SDK_MINER[0]),
+                sdk_runner(random.Random(f"{SEED}-sdk"), phase, book, SDK_MINER[1]),
+                capabilities(slots=SDK_MINER[1]), own_connection=True, backoff_max_s=1.0)  # fmt: skip
+    chaos = Chaos(coord, random.Random(f"{SEED}-chaos"), phase, book, clients)
+    watchers: set[asyncio.Task] = set()
+    background: list[asyncio.Task] = []
+    client_tasks: list[asyncio.Task] = []
+    try:
+        background += [asyncio.create_task(m.run()) for m in hand]
+        coord.run_miner(sdk)
+        background.append(asyncio.create_task(sample(coord, hand, phase, book)))
+        chaos_task = asyncio.create_task(chaos.run())
+        client_tasks = [
+            asyncio.create_task(client_loop(name, c, random.Random(f"{SEED}-{name}"), phase, book, watchers))
+            for name, c in clients.items()
+        ]
+        await asyncio.sleep(CHAOS_SECONDS)
+
+        # the failures stop: no more rules, no more misbehaviour; the miners keep working
+        phase.calm.set()
+        await asyncio.wait_for(chaos_task, 10)
+        assert not chaos.conn.execute("SELECT count(*) FROM chaos_rules").fetchone()[0]
+        done, stuck = await asyncio.wait([*client_tasks, *chaos.tasks], timeout=30)
+        assert not stuck, f"seed {SEED}: client calls still waiting 30 s after the chaos: {stuck}"
+        for task in done:
+            task.result()
+        calm_at = time.monotonic()
+        await settle(coord, book)
+        settled_in = time.monotonic() - calm_at
+        _, stuck = await asyncio.wait(watchers, timeout=15) if watchers else (set(), set())
+        assert not stuck, (
+            f"seed {SEED}: {len(stuck)} WatchJob calls never ended though every job is terminal: "
+            f"{sorted(set(book.watched) - set(book.watch_ends))[:5]}"
+        )
+        phase.over.set()
+        await asyncio.gather(*background)
+        sdk.stop()
+
+        completed = coord.db.scalar("SELECT count(*) FROM jobs WHERE state = ?", (COMPLETED,))
+        by_state = dict(coord.db.query("SELECT state, count(*) FROM jobs GROUP BY state"))
+        restores = sum("jobs restored from the store" in r.getMessage() for r in caplog.records)
+        print(f"seed {SEED}: {len(book.told)} jobs {by_state} (states), settled {settled_in:.1f} s after the "
+              f"chaos; {failed['commits']} failed commits {dict(failed)}, {restores} read-backs; rules "
+              f"{dict(chaos.added)}; calls {dict(book.calls)}; miners "
+              f"{ {m.name: dict(m.stats) for m in hand} }, sdk {sdk.completed} done {sdk.connects} connects")  # fmt: skip
+        check_everything(coord, book, hand, caplog)
+        # not vacuous: commits did fail (inserts, changes and receipts), and many jobs still completed
+        assert failed["commits"] >= 20 and failed["with changes"] >= 5 and failed["with receipts"] >= 1, (
+            f"seed {SEED}: too few failed commits to prove anything: {dict(failed)}"
+        )
+        assert restores >= 5, f"seed {SEED}: only {restores} read-backs after failed commits"
+        assert completed >= 100 and completed >= len(book.told) // 2, (
+            f"seed {SEED}: only {completed} of {len(book.told)} jobs completed: {by_state}"
+        )
+    finally:
+        phase.calm.set()
+        phase.over.set()
+        for task in [*background, *client_tasks, *watchers, *chaos.tasks]:
+            task.cancel()
+        await asyncio.gather(*background, *client_tasks, *watchers, *chaos.tasks, return_exceptions=True)
+        chaos.close()
+
+
+async def settle(coord: Harness, book: Book) -> None:
+    """Wait (bounded) until every job is terminal and the scheduler holds nothing; fail listing the rest."""
+    scheduler = coord.coordinator.scheduler
+    terminal = tuple(int(s) for s in JobState if s.terminal)
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while True:
+        rows = coord.db.query(f"SELECT job_id, state FROM jobs WHERE state NOT IN ({','.join('?' * len(terminal))})",
+                              terminal)  # fmt: skip
+        quiet = not (scheduler.jobs or scheduler._detached or scheduler._restoring or scheduler._unsettled
+                     or scheduler.orphans)  # fmt: skip
+        if not rows and quiet:
+            return
+        if time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    lines = []
+    for job_id, state in rows[:10]:
+        where = ("in memory" if job_id in scheduler.jobs else "") + (" detached" if job_id in scheduler._detached
+                                                                     else "")  # fmt: skip
+        holders = [s.miner_id for s in scheduler.sessions.values() if job_id in s.held]
+        events = [(e["sequence"], e["reason"], e["to_state"], e["attempt"], e["miner_id"])
+                  for e in coord.db.events(job_id)]  # fmt: skip
+        lines.append(f"  {job_id} state {state} {where} held by {holders}: {events}")
+    raise AssertionError(
+        f"seed {SEED}: {len(rows)} jobs not terminal {SETTLE_SECONDS:g} s after the failures stopped "
+        f"(scheduler: {len(scheduler.jobs)} jobs, {len(scheduler._detached)} detached, "
+        f"{len(scheduler._restoring)} read-backs, {len(scheduler._unsettled)} unsettled, orphans "
+        f"{ {m: sorted(o) for m, o in scheduler.orphans.items()} }):\n" + "\n".join(lines)
+    )
+
+
+def check_everything(coord: Harness, book: Book, hand: list[HandMiner], caplog) -> None:  # type: ignore[no-untyped-def]
+    db, scheduler, issuer = coord.db, coord.coordinator.scheduler, coord.coordinator.issuer
+    problems = [f"during the run, {n} times: {first}" for n, first, _ in book.violations.values()]
+    problems += [f"unexpected call outcome: {u}" for u in book.unexpected[:10]]
+
+    # --- jobs: exactly those the clients were told about, each terminal, its event log a valid chain
+    jobs = {r[0]: r[1:] for r in db.query("SELECT job_id, state, attempt, event_seq, client_id, idempotency_key "
+                                          "FROM jobs")}  # fmt: skip
+    if set(jobs) != set(book.told):
+        problems.append(f"stored jobs never told to a client: {sorted(set(jobs) - set(book.told))[:5]}; "
+                        f"told but not stored: {sorted(set(book.told) - set(jobs))[:5]}")  # fmt: skip
+    events: dict[str, list[tuple]] = defaultdict(list)
+    for row in db.query("SELECT job_id, sequence, from_state, to_state, attempt, miner_id, reason "
+                        "FROM job_events ORDER BY job_id, sequence"):  # fmt: skip
+        events[row[0]].append(row[1:])
+    results = defaultdict(list)
+    for job_id, attempt, receipt_id in db.query("SELECT job_id, attempt, receipt_id FROM job_results"):
+        results[job_id].append((attempt, receipt_id))
+    receipts = defaultdict(list)
+    for receipt_id, job_id, attempt in db.query("SELECT receipt_id, job_id, attempt FROM receipts"):
+        receipts[job_id].append((attempt, receipt_id))
+    for job_id, (state, attempt, event_seq, client, _key) in jobs.items():
+        chain = events.get(job_id, [])
+        where = f"{job_id}: {[(e[0], e[5], e[2], e[3]) for e in chain]}"
+        if not JobState(state).terminal:
+            problems.append(f"not terminal: {where}")
+        if [e[0] for e in chain] != list(range(1, len(chain) + 1)) or len(chain) != event_seq:
+            problems.append(f"event sequence with a gap (event_seq {event_seq}): {where}")
+            continue
+        if chain[-1][2] != state or chain[-1][3] != attempt:
+            problems.append(f"stored state {state} attempt {attempt} is not the last event's: {where}")
+        if (chain[0][1], chain[0][2], chain[0][5]) != (None, QUEUED, "SUBMITTED"):
+            problems.append(f"does not start SUBMITTED: {where}")
+        for prev, e in itertools.pairwise(chain):
+            legal = JobState(e[2]) in states.ALLOWED.get(JobState(prev[2]), frozenset())
+            # an assignment starts the next attempt; a reject gives it back; nothing else changes it
+            step = 1 if e[2] == ASSIGNED else -1 if e[5] == "REJECTED" else 0
+            if e[1] != prev[2] or not legal or e[3] - prev[3] != step:
+                problems.append(f"illegal step {prev[5]} -> {e[5]}: {where}")
+                break
+        n_completed = sum(e[2] == COMPLETED for e in chain)
+        got_results, got_receipts = results.get(job_id, []), receipts.get(job_id, [])
+        attempts = [attempt] if state == COMPLETED else []
+        if (
+            n_completed != len(attempts)
+            or [a for a, _ in got_results] != attempts
+            or [a for a, _ in got_receipts] != attempts
+        ):
+            problems.append(f"{n_completed} COMPLETED events, results {got_results}, receipts {got_receipts}: "
+                            f"{where}")  # fmt: skip
+        elif attempts and got_results[0][1] != got_receipts[0][1]:
+            problems.append(f"its result names receipt {got_results[0][1]}, stored {got_receipts[0][1]}")
+        if book.told.get(job_id) not in (None, client):
+            problems.append(f"{job_id} stored for {client}, told to {book.told[job_id]}")
+    for (client, key), ids in book.keys.items():
+        stored = [j for j, r in jobs.items() if (r[3], r[4]) == (client, key)]
+        if len(ids) != 1 or sorted(stored) != sorted(ids):
+            problems.append(f"key {client}/{key}: answered with {sorted(ids)}, stored {stored}")
+
+    # --- what callers were told landed: acknowledged cancels, reads, watchers, miners' messages
+    for job_id in sorted(book.canceled):
+        if jobs.get(job_id, (None,))[0] != CANCELED or events[job_id][-1][5] != "CANCELED_BY_CLIENT":
+            problems.append(f"a cancel answered CANCELED did not land: {job_id} {events.get(job_id)}")
+    for job_id, state, attempt in book.reads:
+        if not any((e[2], e[3]) == (state, attempt) for e in events.get(job_id, [])):
+            problems.append(f"GetJob read {job_id} as state {state} attempt {attempt}, never stored: "
+                            f"{events.get(job_id)}")  # fmt: skip
+    for job_id, seen in book.watched.items():
+        stored = {e[0]: e[1:6] for e in events.get(job_id, [])}
+        for seq, *rest in seen:
+            from_state = rest[0] or None  # UNSPECIFIED on the wire for the submission
+            if stored.get(seq) != (from_state, *rest[1:]):
+                problems.append(f"a watcher of {job_id} heard event {seq} {rest}, stored {stored.get(seq)}")
+        if [s[0] for s in seen] != sorted({s[0] for s in seen}):
+            problems.append(f"a watcher of {job_id} heard events out of order: {[s[0] for s in seen]}")
+        if job_id in book.watch_ends and book.watch_ends[job_id] != jobs.get(job_id, (None,))[0]:
+            problems.append(f"a watcher of {job_id} ended on state {book.watch_ends[job_id]}, stored "
+                            f"{jobs.get(job_id)}")  # fmt: skip
+    receipt_of = {rid: (job_id, a) for job_id, rs in receipts.items() for a, rid in rs}
+    for m in hand:
+        for kind, body in m.sm.log:
+            if kind == "assignments":
+                for a in body.assignments:
+                    if not any((e[2], e[3], e[4]) == (ASSIGNED, a.attempt, m.name)
+                               for e in events.get(a.job.job_id, [])):  # fmt: skip
+                        problems.append(f"{m.name} was assigned {a.job.job_id} attempt {a.attempt}, never "
+                                        f"stored: {events.get(a.job.job_id)}")  # fmt: skip
+            elif kind == "cancel" and body.reason != "NOT_HELD":
+                if not any(e[3] == body.attempt and e[1] in HELD and e[2] not in HELD and e[4] == m.name
+                           for e in events.get(body.job_id, [])):  # fmt: skip
+                    problems.append(f"{m.name} was told to cancel {body.job_id} attempt {body.attempt} "
+                                    f"({body.reason}), never stored: {events.get(body.job_id)}")  # fmt: skip
+            elif kind == "result_ack" and body.accepted:
+                if body.receipt_id:
+                    if receipt_of.get(body.receipt_id) != (body.job_id, body.attempt):
+                        problems.append(f"{m.name}'s result for {body.job_id} attempt {body.attempt} was "
+                                        f"accepted with receipt {body.receipt_id}, not stored")  # fmt: skip
+                elif not any(e[3] == body.attempt and e[1] in HELD and e[2] not in HELD
+                             for e in events.get(body.job_id, [])):  # fmt: skip
+                    problems.append(f"{m.name}'s answer for {body.job_id} attempt {body.attempt} was "
+                                    f"accepted, never stored: {events.get(body.job_id)}")  # fmt: skip
+        if m.sm.peak_held > m.slots:
+            problems.append(f"{m.name} held {m.sm.peak_held} jobs at once on {m.slots} slots")
+
+    # --- the receipt log: leaves 0..n-1, one per receipt, and the coordinator's tree equal to it
+    leaves = db.query("SELECT leaf_index, leaf_hash FROM log_leaves ORDER BY leaf_index")
+    if [i for i, _ in leaves] != list(range(len(leaves))):
+        problems.append(f"log leaves with a gap: {[i for i, _ in leaves][:20]}...")
+    stored_leaves = dict(leaves)
+    rows = db.query("SELECT leaf_index, envelope FROM receipts ORDER BY leaf_index")
+    if [i for i, _ in rows] != list(range(len(leaves))):
+        problems.append(
+            f"receipts' leaf indexes are not 0..{len(leaves) - 1}: {[i for i, _ in rows][:20]}..."
+        )
+    bad = [i for i, envelope in rows if stored_leaves.get(i) != leaf_hash(envelope)]
+    if bad:
+        problems.append(f"receipts whose leaf is not their envelope's hash: {bad[:10]}")
+    tree = issuer.tree
+    if (tree.size, issuer.committed_size) != (len(leaves), len(leaves)) or issuer._arrived:
+        problems.append(f"the coordinator's receipt tree has {tree.size} leaves (committed "
+                        f"{issuer.committed_size}, waiting {sorted(issuer._arrived)}), the store {len(leaves)}")  # fmt: skip
+    elif leaves and tree.root(tree.size) != MerkleTree([h for _, h in leaves]).root(len(leaves)):
+        problems.append("the coordinator's receipt tree is not the stored log")
+    ledger = Counter(db.query("SELECT receipt_id, kind FROM ledger_entries"))
+    if (
+        set(ledger.values()) - {1}
+        or {rid for rid, _ in ledger} != set(receipt_of)
+        or len(ledger) != 2 * len(receipt_of)
+    ):
+        problems.append("ledger entries are not one client and one miner entry per stored receipt")
+    booked = {(a, k): (b, n, u) for a, k, b, n, u in db.query(
+        "SELECT account_id, kind, sum(amount_nano), count(*), sum(units_nano) FROM ledger_entries "
+        "GROUP BY account_id, kind")}  # fmt: skip
+    in_memory = {
+        key: (a["balance_nano"], a["receipts"], a["units_nano"]) for key, a in issuer.accounts.items()
+    }
+    if booked != in_memory:
+        problems.append(f"accounts in memory {in_memory} are not the stored ledger {booked}")
+
+    # --- the scheduler: nothing left, counts as stored, no slot over-used
+    counts = dict(
+        db.query("SELECT state, count(*) FROM jobs WHERE state IN (?, ?, ?) GROUP BY state", ACTIVE)
+    )
+    active = {int(s): n for s, n in scheduler.active_counts.items()}
+    if any(active.get(s, 0) != counts.get(s, 0) for s in ACTIVE):
+        problems.append(f"scheduler.active_counts {active}, stored {counts}")
+    queued_in_memory = sum(1 for j in scheduler.jobs.values() if j.state is JobState.QUEUED and j.in_queue)
+    if scheduler.queues.depth != queued_in_memory or scheduler.jobs:
+        problems.append(f"queue depth {scheduler.queues.depth}, {queued_in_memory} queued in memory; "
+                        f"jobs left in memory {sorted(scheduler.jobs)[:5]}")  # fmt: skip
+    leftovers = {name: getattr(scheduler, name) for name in ("_detached", "_restoring", "_unsettled",
+                 "_unsettled_frees", "_write_failures", "_inflight_keys", "orphans")}  # fmt: skip
+    if any(leftovers.values()):
+        problems.append(f"scheduler bookkeeping left over: { {k: v for k, v in leftovers.items() if v} }")
+    for session in scheduler.sessions.values():
+        if session.held or session.reserved:
+            problems.append(
+                f"{session.miner_id} still holds {sorted(session.held)}, {session.reserved} reserved"
+            )
+
+    # --- errors: only the refused writes themselves (and what was built on them), nothing else
+    for record in caplog.records:
+        if not record.name.startswith("coordinator"):
+            continue
+        error = record.exc_info[1] if record.exc_info else None
+        if error is None and "miner stream reader failed" in record.getMessage():
+            error = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        if error is not None and not isinstance(error, EXPECTED_ERRORS):
+            problems.append(f"unexpected error logged by {record.name}: {record.getMessage()} {error!r}")
+        elif "could not place" in record.getMessage() or "failed unexpectedly" in record.getMessage():
+            problems.append(f"{record.name}: {record.getMessage()}")
+    for _, _, involved in book.violations.values():  # the history of the jobs involved
+        for job_id in involved:
+            problems.append(f"  {job_id}: {[(e[0], e[5], e[2], e[3], e[4]) for e in events.get(job_id, [])]}")
+    assert not problems, f"seed {SEED}: {len(problems)} problems:\n" + "\n".join(problems[:40])
