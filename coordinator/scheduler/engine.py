@@ -922,7 +922,14 @@ class Scheduler(UndoFailedCommits):
         self._spawn_commit(pending)
 
     def _spawn_commit(self, pending: _Pending) -> None:
-        task = asyncio.get_running_loop().create_task(self._commit(pending))
+        # Queued now, in decision order: a task queues only when it first runs, after whatever was decided
+        # in between (a cancel of the same job was written first, then overwritten by this assignment).
+        try:
+            outcome = self.queue_commit(pending)
+        except Exception:
+            log.exception("background commit failed")
+            return
+        task = asyncio.get_running_loop().create_task(self.finish_commit(pending, outcome))
         task.add_done_callback(_log_failure)
 
     # ------------------------------------------------------------------ leases, retries, timers

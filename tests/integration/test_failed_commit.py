@@ -742,3 +742,27 @@ async def test_a_job_made_ready_by_two_timers_is_queued_once(coord: Harness) -> 
     other = await coord.stream_miner("miner-01", slots=1)
     assert (await other.assignments(1))[0].job.job_id == job.job_id
     await eventually(lambda: scheduler.queues.depth == 0, what="the queue empty")
+
+
+@pytest.mark.coordinator(retry_backoff_base_seconds=30.0, retry_backoff_max_seconds=30.0)
+async def test_a_timer_dispatch_and_a_cancel_in_one_loop_turn_are_written_in_that_order(
+    coord: Harness,
+) -> None:
+    """The dispatch's write was queued only when its task first ran, after the cancel decided in the same
+    turn: stored ASSIGNED under a CANCELED event log, the miner told cancel then assignment."""
+    alice = coord.client("alice")
+    miner = await coord.stream_miner("miner-00", slots=1)
+    job = await alice.submit({"x": 1}, max_attempts=3)
+    [a] = await miner.assignments(1)
+    miner.failure(a.job.job_id, a.attempt, retryable=True, code="FLAKY")  # waits out a 30 s backoff
+    await eventually(lambda: coord.db.job_state(job.job_id) == QUEUED, what="requeued")
+    scheduler = coord.coordinator.scheduler
+    live = scheduler.jobs[job.job_id]
+    live.not_before_us = 0
+    scheduler._dispatch_or_queue(live)  # what the ready timer does, in the same turn as the cancel below
+    canceled = await scheduler.cancel(job.job_id, None, "same turn")
+    assert canceled.state == CANCELED
+    await eventually(lambda: coord.db.job_state(job.job_id) == CANCELED, what="stored CANCELED")
+    events = coord.db.events(job.job_id)
+    assert [e["sequence"] for e in events] == list(range(1, len(events) + 1))
+    assert events[-1]["reason"] == "CANCELED_BY_CLIENT"
