@@ -556,7 +556,7 @@ class Scheduler(UndoFailedCommits):
             self._close(previous, pending, "SESSION_REPLACED", requeue=False)
         session = Session(
             session_id=uuid7(), miner_id=miner_id, caps=caps, transport=transport, connected_us=now,
-            receipt_public_key=receipt_public_key, last_seen_us=now,
+            receipt_public_key=receipt_public_key, last_seen_us=now, opened_key=next(self._unit_keys),
         )  # fmt: skip
         self.sessions[session.session_id] = session
         self.by_miner[miner_id] = session

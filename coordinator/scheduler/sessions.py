@@ -74,6 +74,7 @@ class Session:
     stream_task: asyncio.Task | None = None  # the Connect handler, cancelled when the stream stalls
     end_reason: str = ""  # why the scheduler ended the stream (for the disconnect line)
     last_seen_us: int = 0
+    opened_key: int = 0  # a unit key taken when it opened: units with smaller keys were decided before it
     completed: int = 0
     failed: int = 0
     eligibility: dict[Constraints, bool] = field(default_factory=dict)

@@ -69,7 +69,7 @@ class UndoFailedCommits:
         for job_id, (job, event) in first.items():
             if unit.inserts(job_id):
                 self._forget_failed_insert(job)
-            elif self._detach(job, event, job_id in pending.unheld):
+            elif self._detach(job, event, unit.key, job_id in pending.unheld):
                 detached.append(job_id)
         if detached and not self.stopping:  # at the next start, everything is loaded from the store anyway
             task = asyncio.get_running_loop().create_task(self._restore(detached))
@@ -87,10 +87,11 @@ class UndoFailedCommits:
         if session is not None and session.held.pop(job.job_id, None) is not None:
             self._refresh_available(session)
 
-    def _detach(self: Scheduler, job: Job, first: Event, unheld: bool = False) -> bool:
+    def _detach(self: Scheduler, job: Job, first: Event, key: int, unheld: bool = False) -> bool:
         """Take a job whose in-memory state may be ahead of the store out of every structure that acts on it.
-        Until it is read back, reads of it go to the store and timers find nothing to do; if a live miner
-        held it before the failed change (first), that miner's slot stays reserved: it may still run it."""
+        Until it is read back, reads of it go to the store and timers find nothing to do; if the live
+        session that held it before the failed change (first, in unit key) is still open, its slot stays
+        reserved: its miner may still run it."""
         if self.jobs.get(job.job_id) is not job:
             return False  # already taken out (a later unit built on the same failed one)
         del self.jobs[job.job_id]
@@ -107,7 +108,9 @@ class UndoFailedCommits:
         reserved: Session | None = None
         if first.from_state in (JobState.ASSIGNED, JobState.RUNNING) and not unheld:  # held by first.miner_id
             reserved = self.by_miner.get(first.miner_id)
-            if reserved is not None and not reserved.closed:
+            # A session opened after the decision never had the job (its miner did not list it, or the job
+            # would not have been changed): it lost it, and the read-back requeues it.
+            if reserved is not None and not reserved.closed and reserved.opened_key < key:
                 reserved.reserved += 1
                 self._refresh_available(reserved)
             else:

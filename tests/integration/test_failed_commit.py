@@ -766,3 +766,37 @@ async def test_a_timer_dispatch_and_a_cancel_in_one_loop_turn_are_written_in_tha
     events = coord.db.events(job.job_id)
     assert [e["sequence"] for e in events] == list(range(1, len(events) + 1))
     assert events[-1]["reason"] == "CANCELED_BY_CLIENT"
+
+
+@pytest.mark.coordinator(lease_seconds=30.0, reconnect_grace_seconds=30.0)
+async def test_a_result_failing_after_its_miner_came_back_without_the_job_requeues_it(coord: Harness) -> None:
+    """The result's write waits for the disk; the miner reconnects, listing nothing (the job is done on its
+    side); then the write fails. The job was read back onto the new session, which never had it: its slot
+    was blocked until the 30 s lease ran out. The session that held it is the one of the decision."""
+    alice = coord.client("alice")
+    miner = await coord.stream_miner("miner-00", slots=1)
+    job = await alice.submit({"x": 1})
+    [a] = await miner.assignments(1)
+    scheduler = coord.coordinator.scheduler
+    blocker = held_lock(coord)
+    try:
+        miner.result(a.job.job_id, a.attempt)
+        await eventually(lambda: scheduler._unsettled.get(job.job_id) is not None, what="the result queued")
+        await miner.kill()
+        back = await coord.stream_miner("miner-00", slots=1)  # lists nothing: it finished the job
+        blocker.execute(
+            f"CREATE TRIGGER test_refuse_receipts BEFORE INSERT ON receipts WHEN NEW.job_id = '{job.job_id}' "
+            "BEGIN SELECT RAISE(ABORT, 'test: this write cannot be made'); END"
+        )
+        blocker.execute("COMMIT")
+    finally:
+        blocker.close()
+    await eventually(lambda: scheduler._unsettled.get(job.job_id) is None, what="the result's write failed")
+    allow(coord, "receipts")
+    [again] = await back.assignments(1, within=10)  # requeued at once (MINER_LOST_JOB), not after the lease
+    assert (again.job.job_id, again.attempt) == (job.job_id, 2)
+    assert "MINER_LOST_JOB" in [e["reason"] for e in coord.db.events(job.job_id)]
+    back.result(again.job.job_id, again.attempt)
+    done = await coord.finished(alice, job.job_id)
+    assert (done.state, done.attempt) == (COMPLETED, 2) and coord.db.count("receipts", job.job_id) == 1
+    assert scheduler.by_miner["miner-00"].reserved == 0
