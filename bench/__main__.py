@@ -25,13 +25,23 @@ ROWS: list[tuple[str, str, str, str, Any]] = [
     ("baseline_unary_calls_per_s", "1 bare grpcio unary, 64 in flight", "calls/s", "", None),
     ("baseline_server_cpu_us_per_call", "1   bare server CPU per call", "us", "", None),
     ("baseline_stream_msgs_per_s", "1 bare grpcio stream, one way", "msgs/s", "", None),
+    ("baseline_pipeline_unary_jobs_per_s", "1 bare job pipeline, 1 job per call", "jobs/s", "", None),
+    ("baseline_pipeline_unary_server_cpu_us_per_job", "1   CPU per job: server", "us", "", None),
+    ("baseline_pipeline_unary_client_cpu_us_per_job", "1   CPU per job: client", "us", "", None),
+    ("baseline_pipeline_unary_workers_cpu_us_per_job", "1   CPU per job: workers (miners)", "us", "", None),
+    ("baseline_pipeline_batched_jobs_per_s", "1 bare job pipeline, batched", "jobs/s", "", None),
+    ("baseline_pipeline_batched_server_cpu_us_per_job", "1   CPU per job: server", "us", "", None),
+    ("baseline_pipeline_batched_client_cpu_us_per_job", "1   CPU per job: client", "us", "", None),
+    ("baseline_pipeline_batched_workers_cpu_us_per_job", "1   CPU per job: workers (miners)", "us", "", None),
     ("e2e_unary_jobs_per_s", "2 end to end, 1 job per SubmitJob", "jobs/s", ">= 2000", lambda v: v >= 2000),
     ("e2e_unary_ratio", "2   ratio to bare unary calls/s", "", ">= 0.6", lambda v: v >= 0.6),
+    ("e2e_unary_ratio_to_pipeline", "2   ratio to the bare job pipeline", "", "", None),
     ("e2e_unary_coord_cpu_us_per_job", "2   CPU per job: coordinator", "us", "", None),
     ("e2e_unary_coord_loop_cpu_us_per_job", "2     of which its event loop thread", "us", "", None),
     ("e2e_unary_client_cpu_us_per_job", "2   CPU per job: client", "us", "", None),
     ("e2e_unary_miners_cpu_us_per_job", "2   CPU per job: miners", "us", "", None),
     ("e2e_batched_jobs_per_s", "3 end to end, batched (receipts)", "jobs/s", ">= 6000", lambda v: v >= 6000),
+    ("e2e_batched_ratio_to_pipeline", "3   ratio to the bare job pipeline", "", "", None),
     ("e2e_batched_coord_cpu_us_per_job", "3   CPU per job: coordinator", "us", "", None),
     ("e2e_batched_coord_loop_cpu_us_per_job", "3     of which its event loop thread", "us", "", None),
     ("e2e_batched_client_cpu_us_per_job", "3   CPU per job: client", "us", "", None),
@@ -98,6 +108,10 @@ def derive(figures: dict[str, Any]) -> None:
         figures["e2e_batched_ratio_to_bare_unary"] = (
             figures["e2e_batched_jobs_per_s"] / figures["baseline_unary_calls_per_s"]
         )
+    for kind in ("unary", "batched"):
+        e2e, bare = figures.get(f"e2e_{kind}_jobs_per_s"), figures.get(f"baseline_pipeline_{kind}_jobs_per_s")
+        if e2e is not None and bare:
+            figures[f"e2e_{kind}_ratio_to_pipeline"] = e2e / bare
     if "e2e_batched_jobs_per_s" in figures and "baseline_stream_msgs_per_s" in figures:
         figures["e2e_batched_ratio_to_bare_stream"] = (
             figures["e2e_batched_jobs_per_s"] / figures["baseline_stream_msgs_per_s"]

@@ -198,6 +198,59 @@ async def baseline(workdir: Path, sizes: Sizes) -> dict[str, float]:
         await stream.stop()
     finally:
         await server.stop()
+    out.update(await bare_pipeline(workdir, sizes))
+    return out
+
+
+async def bare_pipeline(workdir: Path, sizes: Sizes) -> dict[str, float]:
+    """The jobs of 2 and 3 with no work: the same processes, calls and stream messages, bytes only."""
+    server = Worker(workdir, "bare-pipeline-server", "bare-pipeline-server", {})
+    port = (await server.start())["port"]
+    address = f"127.0.0.1:{port}"
+    per_proc = sizes.miners // sizes.miner_procs
+    worker_args = {"address": address, "streams": per_proc, "slots": sizes.miner_slots}
+    workers = [
+        Worker(workdir, f"bare-pipeline-workers-{i}", "bare-pipeline-workers", worker_args)
+        for i in range(sizes.miner_procs)
+    ]
+    client = Worker(workdir, "bare-pipeline-submit", "bare-pipeline-submit", {"address": address})
+    out: dict[str, float] = {}
+    acked = 0
+
+    async def wait_acked(target: int) -> float:
+        deadline = time.monotonic() + 300
+        while True:
+            replies = await asyncio.gather(*(w.call("stats") for w in workers))
+            if sum(r["acked"] for r in replies) >= target:
+                return max(r["last_ack_at"] for r in replies)
+            if time.monotonic() > deadline:
+                raise WorkerDied(f"bare pipeline: {replies} acked of {target}")
+            await asyncio.sleep(0.01)
+
+    async def run(key: str, n: int, warmup: int, batch: int, concurrency: int) -> None:
+        nonlocal acked
+        await client.call("run", n=warmup, batch=batch, concurrency=concurrency)
+        acked += warmup
+        await wait_acked(acked)
+        pids = {"server": [server.pid], "client": [client.pid], "workers": [w.pid for w in workers]}
+        before = {k: sum(map(cpu_seconds, p)) for k, p in pids.items()}
+        r = await client.call("run", n=n, batch=batch, concurrency=concurrency)
+        acked += n
+        last = await wait_acked(acked)
+        out[f"baseline_pipeline_{key}_jobs_per_s"] = n / (last - r["first"])
+        for k, p in pids.items():
+            used = sum(map(cpu_seconds, p)) - before[k]
+            out[f"baseline_pipeline_{key}_{k}_cpu_us_per_job"] = used / n * 1e6
+
+    try:
+        await asyncio.gather(*(w.start() for w in workers))
+        await client.start()
+        await run("unary", sizes.unary_jobs, sizes.unary_warmup_jobs, 1, sizes.unary_concurrency)
+        await run(
+            "batched", sizes.batched_jobs, sizes.batched_warmup_jobs, sizes.batch, sizes.batch_concurrency
+        )
+    finally:
+        await stop_all([client, *workers, server])
     return out
 
 

@@ -8,6 +8,9 @@ Roles:
   bare-server   bare grpcio: a unary echo and a server stream of N messages (the baseline's server)
   bare-unary    calls the echo with C calls in flight for D seconds: calls/s
   bare-stream   reads N streamed messages: messages/s
+  bare-pipeline-server   a job's messages with no work (Submit, then down and up a worker's stream)
+  bare-pipeline-workers  streams taking those jobs and returning results, counting acks
+  bare-pipeline-submit   Submit calls, one job each or batched, C in flight
   miners        SDK miners (aitbc.miner.Miner): streaming, echo runner, counting accepted results
   submit        an SDK client (aitbc.client.Client): unary, batched or paced submissions
 """
@@ -130,6 +133,174 @@ async def bare_stream(args: dict[str, Any]) -> None:
                     started = time.monotonic()
             elapsed = time.monotonic() - started
             emit("run", messages=count, seconds=elapsed, rate=count / elapsed)
+
+        await serve_commands({"run": run})
+
+
+# ------------------------------------------------------------------------------------ bare job pipeline
+# A job's transport with no work: a unary Submit (one job, or a batch) queues it; one message down a worker's
+# stream carries it, with whatever else is ready for that worker; one message up carries its result, with the
+# others that finished together; one message down acks them. The coordinator's protocol, without protobuf,
+# authentication, scheduling rules, a store or receipts: what the end-to-end scenarios are bounded by.
+PIPE_SERVICE = "bench.BarePipe"
+JOB_ID_SIZE = 16
+RESULT_SIZE = JOB_ID_SIZE + 32  # an id and a digest
+
+
+async def bare_pipeline_server(args: dict[str, Any]) -> None:
+    from collections import deque
+
+    ready: deque[bytes] = deque()  # job ids (the payload is carried along as the coordinator would)
+    workers: list[_PipeWorker] = []
+    seq = 0
+    turn = 0
+
+    def dispatch() -> None:
+        nonlocal turn
+        n = len(workers)
+        for i in range(n):
+            if not ready:
+                break
+            w = workers[(turn + i) % n]
+            took = False
+            while w.free and ready:
+                w.outbox.append(ready.popleft())
+                w.free -= 1
+                took = True
+            if took:
+                w.wake.set()
+        turn += 1
+
+    async def submit(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        nonlocal seq
+        ids = []
+        for offset in range(0, len(request), len(BARE_PAYLOAD)):
+            seq += 1
+            job = seq.to_bytes(JOB_ID_SIZE, "big") + request[offset : offset + len(BARE_PAYLOAD)]
+            ready.append(job)
+            ids.append(job[:JOB_ID_SIZE])
+        dispatch()
+        return b"".join(ids)
+
+    async def work(request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
+        hello = await context.read()
+        worker = _PipeWorker(int(hello))
+        workers.append(worker)
+
+        async def results() -> None:
+            try:
+                await read_results()
+            finally:
+                worker.wake.set()  # the writer loop ends with the stream
+
+        async def read_results() -> None:
+            while True:
+                message = await context.read()
+                if message is grpc.aio.EOF:
+                    return
+                ids = [message[i : i + JOB_ID_SIZE] for i in range(0, len(message), RESULT_SIZE)]
+                worker.free += len(ids)
+                worker.acks.append(b"A" + b"".join(ids))
+                worker.wake.set()
+                dispatch()
+
+        reader = asyncio.create_task(results())
+        try:
+            while not reader.done():
+                await worker.wake.wait()
+                worker.wake.clear()
+                for ack in worker.acks:
+                    await context.write(ack)
+                worker.acks.clear()
+                if worker.outbox:
+                    jobs, worker.outbox = worker.outbox, []
+                    await context.write(b"J" + b"".join(jobs))
+        finally:
+            reader.cancel()
+            workers.remove(worker)
+
+    handler = grpc.method_handlers_generic_handler(
+        PIPE_SERVICE,
+        {
+            "Submit": grpc.unary_unary_rpc_method_handler(submit),
+            "Work": grpc.stream_stream_rpc_method_handler(work),
+        },
+    )
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    emit("ready", port=port, pid=os.getpid())
+    await serve_commands({})
+    await server.stop(0)
+
+
+class _PipeWorker:
+    def __init__(self, slots: int) -> None:
+        self.free = slots
+        self.outbox: list[bytes] = []
+        self.acks: list[bytes] = []
+        self.wake = asyncio.Event()
+
+
+async def bare_pipeline_workers(args: dict[str, Any]) -> None:
+    """args: address, streams, slots. Each stream on a connection of its own, like the SDK's miners."""
+    import hashlib
+
+    acked = 0
+    last_ack_at = 0.0
+
+    async def one(index: int) -> None:
+        nonlocal acked, last_ack_at
+        options = [("grpc.use_local_subchannel_pool", 1), ("bench.stream", index)]
+        async with grpc.aio.insecure_channel(args["address"], options=options) as channel:
+            call = channel.stream_stream(f"/{PIPE_SERVICE}/Work")()
+            await call.write(str(args["slots"]).encode())
+            while True:
+                message = await call.read()
+                if message is grpc.aio.EOF:
+                    return
+                if message[:1] == b"A":
+                    acked += (len(message) - 1) // JOB_ID_SIZE
+                    last_ack_at = time.monotonic()
+                    continue
+                size = JOB_ID_SIZE + len(BARE_PAYLOAD)
+                results = [
+                    message[i : i + JOB_ID_SIZE]
+                    + hashlib.sha256(message[i + JOB_ID_SIZE : i + size]).digest()
+                    for i in range(1, len(message), size)
+                ]
+                await call.write(b"".join(results))
+
+    tasks = [asyncio.create_task(one(i)) for i in range(args["streams"])]
+    emit("ready", pid=os.getpid())
+
+    async def stats(cmd: dict[str, Any]) -> None:
+        emit("stats", acked=acked, last_ack_at=last_ack_at)
+
+    await serve_commands({"stats": stats})
+    for task in tasks:
+        task.cancel()
+
+
+async def bare_pipeline_submit(args: dict[str, Any]) -> None:
+    async with grpc.aio.insecure_channel(args["address"]) as channel:
+        call = channel.unary_unary(f"/{PIPE_SERVICE}/Submit")
+        emit("ready")
+
+        async def run(cmd: dict[str, Any]) -> None:
+            left, batch = cmd["n"], cmd["batch"]
+            first = time.monotonic()
+
+            async def loop() -> None:
+                nonlocal left
+                while left > 0:
+                    k = min(batch, left)
+                    left -= k
+                    await call(BARE_PAYLOAD * k)
+
+            await asyncio.gather(*(loop() for _ in range(cmd["concurrency"])))
+            emit("run", first=first, last=time.monotonic())
 
         await serve_commands({"run": run})
 
@@ -324,6 +495,9 @@ ROLES: dict[str, Callable[[dict[str, Any]], Awaitable[None]]] = {
     "bare-server": bare_server,
     "bare-unary": bare_unary,
     "bare-stream": bare_stream,
+    "bare-pipeline-server": bare_pipeline_server,
+    "bare-pipeline-workers": bare_pipeline_workers,
+    "bare-pipeline-submit": bare_pipeline_submit,
     "miners": miners,
     "submit": submit,
 }
