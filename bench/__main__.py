@@ -36,6 +36,8 @@ ROWS: list[tuple[str, str, str, str, Any]] = [
     ("e2e_unary_jobs_per_s", "2 end to end, 1 job per SubmitJob", "jobs/s", ">= 2000", lambda v: v >= 2000),
     ("e2e_unary_ratio", "2   ratio to bare unary calls/s", "", ">= 0.6", lambda v: v >= 0.6),
     ("e2e_unary_ratio_to_pipeline", "2   ratio to the bare job pipeline", "", "", None),
+    ("submit_only_calls_per_s", "2   SubmitJob alone (no miners yet)", "calls/s", "", None),
+    ("submit_only_coord_cpu_us_per_job", "2     its coordinator CPU per call", "us", "", None),
     ("e2e_unary_coord_cpu_us_per_job", "2   CPU per job: coordinator", "us", "", None),
     ("e2e_unary_coord_loop_cpu_us_per_job", "2     of which its event loop thread", "us", "", None),
     ("e2e_unary_client_cpu_us_per_job", "2   CPU per job: client", "us", "", None),

@@ -37,6 +37,7 @@ class Sizes:
     unary_concurrency: int = 64
     unary_warmup_jobs: int = 1_000
     unary_jobs: int = 15_000
+    submit_only_jobs: int = 5_000
     batch: int = 500
     batch_concurrency: int = 4
     batched_warmup_jobs: int = 5_000
@@ -56,7 +57,7 @@ class Sizes:
 FULL = Sizes()
 SMOKE = Sizes(
     bare_unary_s=0.5, bare_warmup_s=0.2, bare_stream_msgs=5_000, miners=4, miner_procs=1, miner_slots=8,
-    unary_concurrency=16, unary_warmup_jobs=50, unary_jobs=300, batch=100, batch_concurrency=2,
+    unary_concurrency=16, unary_warmup_jobs=50, unary_jobs=300, submit_only_jobs=100, batch=100, batch_concurrency=2,
     batched_warmup_jobs=100, batched_jobs=600, latency_s=0.5, streams=100, stream_procs=2, stream_channels=2,
     stream_pace_per_s=0, reconnect_timeout_s=30.0, backlog_small=100, backlog_large=1_000, backlog_measured=200,
 )  # fmt: skip
@@ -156,8 +157,10 @@ class Fleet:
 class Cpu:
     """CPU seconds of the coordinator, the client and the miners over a phase, per job."""
 
-    def __init__(self, coord: CoordinatorProcess, client: Worker, fleet: Fleet) -> None:
-        self.pids = {"coord": [coord.pid], "client": [client.pid], "miners": [w.pid for w in fleet.workers]}
+    def __init__(self, coord: CoordinatorProcess, client: Worker, fleet: Fleet | None) -> None:
+        self.pids = {"coord": [coord.pid], "client": [client.pid]}
+        if fleet is not None:
+            self.pids["miners"] = [w.pid for w in fleet.workers]
         self.coord_pid = coord.pid
         self.start = self._now()
 
@@ -262,9 +265,14 @@ async def end_to_end(workdir: Path, sizes: Sizes) -> dict[str, float]:
                   sizes.miner_slots)  # fmt: skip
     client = Worker(workdir, "e2e-client", "submit", {"address": coord.address, "key": CLIENT_KEY})
     try:
-        await fleet.start()
         await client.start()
-        acked = 1  # the client's warm-up job
+        # 2, its first part alone: SubmitJob calls with no miner connected (insert, commit, response)
+        cpu = Cpu(coord, client, None)
+        r = await client.call("unary", n=sizes.submit_only_jobs, concurrency=sizes.unary_concurrency)
+        out["submit_only_calls_per_s"] = r["rate"]
+        out.update(cpu.per_job("submit_only", sizes.submit_only_jobs))
+        await fleet.start()
+        acked = 1 + sizes.submit_only_jobs  # the client's warm-up job, and those
         await fleet.wait_acked(acked)
 
         # 2. one job per SubmitJob call, 64 in flight
