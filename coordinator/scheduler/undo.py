@@ -97,7 +97,9 @@ class UndoFailedCommits:
         del self.jobs[job.job_id]
         self.queues.discard(job)  # counted out: the queues skip it
         holder = self.by_miner.get(job.miner_id)  # as memory has it
+        kept_attempt = -1  # the attempt holder runs, if it holds the job
         if holder is not None and (held := holder.held.get(job.job_id)) is not None and held.job is job:
+            kept_attempt = held.attempt
             del holder.held[job.job_id]
             self._refresh_available(holder)
         orphans = self.orphans.get(job.miner_id)
@@ -108,9 +110,14 @@ class UndoFailedCommits:
         reserved: Session | None = None
         if first.from_state in (JobState.ASSIGNED, JobState.RUNNING) and not unheld:  # held by first.miner_id
             reserved = self.by_miner.get(first.miner_id)
-            # A session opened after the decision never had the job (its miner did not list it, or the job
-            # would not have been changed): it lost it, and the read-back requeues it.
-            if reserved is not None and not reserved.closed and reserved.opened_key < key:
+            # The session open when the change was decided held the job then. One opened since holds it only
+            # if its miner listed it (kept, at the attempt the change was about); if not, it lost it, and the
+            # read-back requeues it.
+            if (
+                reserved is not None
+                and not reserved.closed
+                and (reserved.opened_key < key or (reserved is holder and kept_attempt == first.attempt))
+            ):
                 reserved.reserved += 1
                 self._refresh_available(reserved)
             else:

@@ -800,3 +800,37 @@ async def test_a_result_failing_after_its_miner_came_back_without_the_job_requeu
     done = await coord.finished(alice, job.job_id)
     assert (done.state, done.attempt) == (COMPLETED, 2) and coord.db.count("receipts", job.job_id) == 1
     assert scheduler.by_miner["miner-00"].reserved == 0
+
+
+@pytest.mark.coordinator(lease_seconds=30.0, reconnect_grace_seconds=30.0)
+async def test_an_accept_failing_after_its_miner_came_back_listing_the_job_leaves_it_there(coord: Harness) -> None:
+    """The accept's write waits for the disk; the miner reconnects listing the job (its new session keeps
+    it); then the write fails. The job stays with the miner: it was requeued as lost while the miner ran it,
+    and given to it a second time."""
+    alice = coord.client("alice")
+    miner = await coord.stream_miner("miner-00", slots=1)
+    job = await alice.submit({"x": 1})
+    [a] = await miner.assignments(1)
+    scheduler = coord.coordinator.scheduler
+    blocker = held_lock(coord)
+    try:
+        miner.accept(a)
+        await eventually(lambda: scheduler._unsettled.get(job.job_id) is not None, what="the accept queued")
+        await miner.kill()
+        back = await coord.stream_miner("miner-00", slots=1, running_jobs=((job.job_id, a.attempt),))
+        blocker.execute(
+            "CREATE TRIGGER test_refuse_job_events BEFORE INSERT ON job_events WHEN NEW.job_id = "
+            f"'{job.job_id}' AND NEW.reason = 'ACCEPTED' BEGIN SELECT RAISE(ABORT, 'test: refused'); END"
+        )
+        blocker.execute("COMMIT")
+    finally:
+        blocker.close()
+    await eventually(lambda: scheduler._unsettled.get(job.job_id) is None, what="the accept's write failed")
+    allow(coord, "job_events")
+    await eventually(lambda: job.job_id in scheduler.jobs, what="the job read back")
+    assert list(scheduler.by_miner["miner-00"].held) == [job.job_id]
+    back.result(job.job_id, a.attempt)
+    done = await coord.finished(alice, job.job_id)
+    assert (done.state, done.attempt) == (COMPLETED, 1)
+    assert "MINER_LOST_JOB" not in [e["reason"] for e in coord.db.events(job.job_id)]
+    assert back.pending("assignment") == 0 and scheduler.by_miner["miner-00"].reserved == 0
