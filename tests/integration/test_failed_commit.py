@@ -768,11 +768,12 @@ async def test_a_timer_dispatch_and_a_cancel_in_one_loop_turn_are_written_in_tha
     assert events[-1]["reason"] == "CANCELED_BY_CLIENT"
 
 
-@pytest.mark.coordinator(lease_seconds=30.0, reconnect_grace_seconds=30.0)
-async def test_a_result_failing_after_its_miner_came_back_without_the_job_requeues_it(coord: Harness) -> None:
-    """The result's write waits for the disk; the miner reconnects, listing nothing (the job is done on its
-    side); then the write fails. The job was read back onto the new session, which never had it: its slot
-    was blocked until the 30 s lease ran out. The session that held it is the one of the decision."""
+async def fail_while_the_miner_comes_back(
+    coord: Harness, message: str, table: str, condition: str, listed: bool
+):  # type: ignore[no-untyped-def]
+    """miner-00 sends message ("result" or "accept") about its job; the write waits for the file lock while
+    the miner reconnects (listing the job, or not); then the write fails (a trigger on table refuses the
+    job's row where condition). Returns (client, job, first assignment, the miner back)."""
     alice = coord.client("alice")
     miner = await coord.stream_miner("miner-00", slots=1)
     job = await alice.submit({"x": 1})
@@ -780,53 +781,54 @@ async def test_a_result_failing_after_its_miner_came_back_without_the_job_requeu
     scheduler = coord.coordinator.scheduler
     blocker = held_lock(coord)
     try:
-        miner.result(a.job.job_id, a.attempt)
-        await eventually(lambda: scheduler._unsettled.get(job.job_id) is not None, what="the result queued")
+        if message == "result":
+            miner.result(a.job.job_id, a.attempt)
+        else:
+            miner.accept(a)
+        await eventually(lambda: scheduler._unsettled.get(job.job_id) is not None, what="the change queued")
         await miner.kill()
-        back = await coord.stream_miner("miner-00", slots=1)  # lists nothing: it finished the job
+        running = ((job.job_id, a.attempt),) if listed else ()
+        back = await coord.stream_miner("miner-00", slots=1, running_jobs=running)
         blocker.execute(
-            f"CREATE TRIGGER test_refuse_receipts BEFORE INSERT ON receipts WHEN NEW.job_id = '{job.job_id}' "
-            "BEGIN SELECT RAISE(ABORT, 'test: this write cannot be made'); END"
+            f"CREATE TRIGGER test_refuse_{table} BEFORE INSERT ON {table} WHEN NEW.job_id = '{job.job_id}' "
+            f"AND {condition} BEGIN SELECT RAISE(ABORT, 'test: this write cannot be made'); END"
         )
         blocker.execute("COMMIT")
     finally:
         blocker.close()
-    await eventually(lambda: scheduler._unsettled.get(job.job_id) is None, what="the result's write failed")
-    allow(coord, "receipts")
+    await eventually(lambda: scheduler._unsettled.get(job.job_id) is None, what="the change's write failed")
+    allow(coord, table)
+    return alice, job, a, back
+
+
+@pytest.mark.coordinator(lease_seconds=30.0, reconnect_grace_seconds=30.0)
+async def test_a_result_failing_after_its_miner_came_back_without_the_job_requeues_it(coord: Harness) -> None:
+    """The result's write waits for the disk; the miner reconnects, listing nothing (the job is done on its
+    side); then the write fails. The job was read back onto the new session, which never had it: its slot
+    was blocked until the 30 s lease ran out. The session that held it is the one of the decision."""
+    alice, job, _, back = await fail_while_the_miner_comes_back(
+        coord, "result", "receipts", "1", listed=False
+    )
     [again] = await back.assignments(1, within=10)  # requeued at once (MINER_LOST_JOB), not after the lease
     assert (again.job.job_id, again.attempt) == (job.job_id, 2)
     assert "MINER_LOST_JOB" in [e["reason"] for e in coord.db.events(job.job_id)]
     back.result(again.job.job_id, again.attempt)
     done = await coord.finished(alice, job.job_id)
     assert (done.state, done.attempt) == (COMPLETED, 2) and coord.db.count("receipts", job.job_id) == 1
-    assert scheduler.by_miner["miner-00"].reserved == 0
+    assert coord.coordinator.scheduler.by_miner["miner-00"].reserved == 0
 
 
 @pytest.mark.coordinator(lease_seconds=30.0, reconnect_grace_seconds=30.0)
-async def test_an_accept_failing_after_its_miner_came_back_listing_the_job_leaves_it_there(coord: Harness) -> None:
+async def test_an_accept_failing_after_its_miner_came_back_listing_the_job_leaves_it_there(
+    coord: Harness,
+) -> None:
     """The accept's write waits for the disk; the miner reconnects listing the job (its new session keeps
     it); then the write fails. The job stays with the miner: it was requeued as lost while the miner ran it,
     and given to it a second time."""
-    alice = coord.client("alice")
-    miner = await coord.stream_miner("miner-00", slots=1)
-    job = await alice.submit({"x": 1})
-    [a] = await miner.assignments(1)
+    alice, job, a, back = await fail_while_the_miner_comes_back(
+        coord, "accept", "job_events", "NEW.reason = 'ACCEPTED'", listed=True
+    )
     scheduler = coord.coordinator.scheduler
-    blocker = held_lock(coord)
-    try:
-        miner.accept(a)
-        await eventually(lambda: scheduler._unsettled.get(job.job_id) is not None, what="the accept queued")
-        await miner.kill()
-        back = await coord.stream_miner("miner-00", slots=1, running_jobs=((job.job_id, a.attempt),))
-        blocker.execute(
-            "CREATE TRIGGER test_refuse_job_events BEFORE INSERT ON job_events WHEN NEW.job_id = "
-            f"'{job.job_id}' AND NEW.reason = 'ACCEPTED' BEGIN SELECT RAISE(ABORT, 'test: refused'); END"
-        )
-        blocker.execute("COMMIT")
-    finally:
-        blocker.close()
-    await eventually(lambda: scheduler._unsettled.get(job.job_id) is None, what="the accept's write failed")
-    allow(coord, "job_events")
     await eventually(lambda: job.job_id in scheduler.jobs, what="the job read back")
     assert list(scheduler.by_miner["miner-00"].held) == [job.job_id]
     back.result(job.job_id, a.attempt)
