@@ -107,6 +107,7 @@ class UndoFailedCommits:
             del orphans[job.job_id]
             if not orphans:
                 del self.orphans[job.miner_id]
+            unheld = True  # no session held it when the change was decided (a cancel of an orphan, say)
         reserved: Session | None = None
         if first.from_state in (JobState.ASSIGNED, JobState.RUNNING) and not unheld:  # held by first.miner_id
             reserved = self.by_miner.get(first.miner_id)

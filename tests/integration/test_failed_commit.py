@@ -22,6 +22,7 @@ from coord_support import (
     QUEUED,
     RUNNING,
     Harness,
+    StreamMiner,
     eventually,
     mpb,
     rpc_error,
@@ -836,3 +837,93 @@ async def test_an_accept_failing_after_its_miner_came_back_listing_the_job_leave
     assert (done.state, done.attempt) == (COMPLETED, 1)
     assert "MINER_LOST_JOB" not in [e["reason"] for e in coord.db.events(job.job_id)]
     assert back.pending("assignment") == 0 and scheduler.by_miner["miner-00"].reserved == 0
+
+
+# A change decided while a job is an orphan of its miner (no session holds it) that fails while the miner has
+# a session opened before the change: the job was read back onto that session, which never had it (beyond
+# its slots if they were all taken). The job gets there when its result waits for the disk, the miner comes
+# back without it, and the result and then its requeue as lost fail: read back a second time, it waits out
+# its write backoff as an orphan while the miner's new session is open. Found by the randomized test.
+
+
+async def orphan_beside_a_new_session(coord: Harness, slots: int, failures: int = 2):  # type: ignore[no-untyped-def]
+    """A job RUNNING on miner-00 that becomes an orphan of miner-00 (its writes refused) while the miner's new
+    session, opened before, is open and never had it. Returns (client, job, the miner back)."""
+    alice = coord.client("alice")
+    miner = await coord.stream_miner("miner-00", slots=slots)
+    job = await alice.submit({"x": 1})
+    [a] = await miner.assignments(1)
+    miner.accept(a)
+    await eventually(lambda: coord.db.job_state(job.job_id) == RUNNING, what="RUNNING stored")
+    scheduler = coord.coordinator.scheduler
+    blocker = held_lock(coord)
+    try:
+        miner.result(a.job.job_id, a.attempt)  # its write waits for the lock
+        await eventually(lambda: scheduler._unsettled.get(job.job_id) is not None, what="the result queued")
+        await miner.kill()
+        back = await coord.stream_miner("miner-00", slots=slots)  # comes back listing nothing
+        blocker.execute(  # every event of the job is refused: the result, its requeue as lost, ...
+            f"CREATE TRIGGER test_refuse_job_events BEFORE INSERT ON job_events WHEN NEW.job_id = "
+            f"'{job.job_id}' BEGIN SELECT RAISE(ABORT, 'test: refused'); END"
+        )
+        blocker.execute("COMMIT")
+    finally:
+        blocker.close()
+    # ... so the job, read back again, waits out its write backoff as an orphan of miner-00
+    await eventually(
+        lambda: job.job_id in scheduler.orphans.get("miner-00", {})
+        and scheduler._write_failures.get(job.job_id, 0) >= failures,
+        what="the job an orphan",
+    )
+    session = scheduler.by_miner["miner-00"]
+    assert job.job_id not in session.held and session.reserved == 0
+    return alice, job, back
+
+
+async def cancel_fails(coord: Harness, job_id: str) -> None:
+    """A cancel decided now (the job still an orphan) that fails; then the job is read back."""
+    scheduler = coord.coordinator.scheduler
+    assert job_id in scheduler.orphans.get("miner-00", {})
+    with pytest.raises(sqlite3.IntegrityError):
+        await scheduler.cancel(job_id, None, "fails")
+    allow(coord, "job_events")
+    await eventually(lambda: job_id in scheduler.jobs, what="the job read back")
+
+
+def cancels(miner: StreamMiner) -> list[tuple[str, int, str]]:
+    return [(c.job_id, c.attempt, c.reason) for kind, c in miner.log if kind == "cancel"]
+
+
+@pytest.mark.coordinator(lease_seconds=30.0, reconnect_grace_seconds=30.0)
+async def test_a_cancel_failing_while_the_job_is_an_orphan_does_not_put_it_on_the_new_session(
+    coord: Harness,
+) -> None:
+    alice, job, back = await orphan_beside_a_new_session(coord, slots=1)
+    await cancel_fails(coord, job.job_id)
+    session = coord.coordinator.scheduler.by_miner["miner-00"]
+    placed_on_new_session, reserved = job.job_id in session.held, session.reserved
+
+    canceled = await alice.cancel(job.job_id)  # lands now
+    assert canceled.state == CANCELED
+    await eventually(lambda: coord.db.job_state(job.job_id) == CANCELED, what="stored CANCELED")
+    await asyncio.sleep(0.2)  # (a cancel sent to the miner would be there by now)
+    assert not placed_on_new_session and not cancels(back), (
+        f"the job was read back onto miner-00's new session (held: {placed_on_new_session}, {reserved} "
+        f"reserved), which never had it; that session was then told to cancel it: {cancels(back)}"
+    )
+
+
+@pytest.mark.coordinator(lease_seconds=30.0, reconnect_grace_seconds=30.0)
+async def test_a_cancel_failing_while_the_job_is_an_orphan_does_not_overfill_the_new_session(
+    coord: Harness,
+) -> None:
+    """The same, the new session (2 slots) busy with two other jobs: it ends up holding three."""
+    alice, job, back = await orphan_beside_a_new_session(coord, slots=2, failures=5)  # backoff 0.4 s
+    others = [await alice.submit({"y": n}) for n in range(2)]
+    assert sorted(a.job.job_id for a in await back.assignments(2)) == sorted(o.job_id for o in others)
+    await cancel_fails(coord, job.job_id)
+    session = coord.coordinator.scheduler.by_miner["miner-00"]
+    assert len(session.held) + session.reserved <= session.slots, (
+        f"miner-00's new session holds {sorted(session.held)} + {session.reserved} reserved on "
+        f"{session.slots} slots (the orphan {job.job_id} among them)"
+    )
