@@ -327,12 +327,28 @@ def struct(data: dict[str, Any]) -> struct_pb2.Struct:
 
 
 # ---------------------------------------------------------------------------------------------- a miner by hand
+@dataclass
+class Stream:
+    """One Connect stream of a StreamMiner as its miner saw it: what its hello listed, the session it was
+    welcomed into, and its messages in order, received ("in") and handed to the sender ("out")."""
+
+    listed: tuple[tuple[str, int], ...]
+    session_id: str = ""  # from the welcome ("" if none came)
+    assigned: set[tuple[str, int]] = field(default_factory=set)  # (job, attempt) of every assignment
+    log: list[tuple[str, str, Any]] = field(default_factory=list)
+
+    def had(self, job_id: str, attempt: int) -> bool:
+        """Whether this stream was given the job's attempt, or its hello listed it."""
+        return (job_id, attempt) in self.assigned or (job_id, attempt) in self.listed
+
+
 class StreamMiner:
     """A miner driven message by message over a real Connect stream (generated stubs, no SDK runtime).
 
     A pump task reads every message the coordinator sends into per-kind queues (and a full log). Writes go
     through one sender task (grpc allows one write in flight). With heartbeat=True it sends a heartbeat
     every 0.2 s listing `self.held` (job id -> attempt), which the test may edit to stop renewing a lease.
+    `streams` keeps, per connect, what its hello listed and what went each way on it (see Stream).
     """
 
     def __init__(self, harness: Harness, name: str, caps: mpb.MinerCapabilities, *, heartbeat: bool) -> None:
@@ -343,6 +359,7 @@ class StreamMiner:
         self.held: dict[str, int] = {}
         self.peak_held = 0  # most jobs this miner held at once (assigned and not yet answered)
         self.log: list[tuple[str, Any]] = []
+        self.streams: list[Stream] = []  # one per connect, the current one last
         self.inbox: dict[str, asyncio.Queue] = defaultdict(asyncio.Queue)
         self.closed = asyncio.Event()  # the coordinator ended the stream (EOF or error)
         self.end_status: grpc.StatusCode | None = None
@@ -355,6 +372,8 @@ class StreamMiner:
     async def connect(self, running_jobs: tuple[tuple[str, int], ...] = ()) -> mpb.Welcome:
         if self not in self.harness.stream_miners:  # e.g. reconnecting after a coordinator restart
             self.harness.stream_miners.append(self)
+        stream = Stream(tuple(running_jobs))
+        self.streams.append(stream)
         self.channel = open_channel(self.harness.address, own_connection=True)
         stub = miner_service_pb2_grpc.MinerServiceStub(self.channel)
         self.call = stub.Connect(metadata=(("x-api-key", miner_key(self.name)),))
@@ -368,13 +387,14 @@ class StreamMiner:
         first = await asyncio.wait_for(self.call.read(), 5)
         assert first is not grpc.aio.EOF and first.WhichOneof("message") == "welcome", first
         self.welcome = first.welcome
+        stream.session_id = first.welcome.session_id
         self.held = {r.job_id: r.attempt for r in self.welcome.resumed_jobs}
-        self._tasks = [asyncio.create_task(self._pump()), asyncio.create_task(self._send())]
+        self._tasks = [asyncio.create_task(self._pump(stream)), asyncio.create_task(self._send())]
         if self.heartbeat_enabled:
             self._tasks.append(asyncio.create_task(self._beat()))
         return self.welcome
 
-    async def _pump(self) -> None:
+    async def _pump(self, stream: Stream) -> None:
         try:
             while True:
                 msg = await self.call.read()
@@ -383,8 +403,10 @@ class StreamMiner:
                 kind = msg.WhichOneof("message")
                 body = getattr(msg, kind)
                 self.log.append((kind, body))
+                stream.log.append(("in", kind, body))
                 if kind == "assignments":
                     for a in body.assignments:
+                        stream.assigned.add((a.job.job_id, a.attempt))
                         self.held[a.job.job_id] = a.attempt
                         self.inbox["assignment"].put_nowait(a)
                     self.peak_held = max(self.peak_held, len(self.held))
@@ -412,6 +434,9 @@ class StreamMiner:
                     running_jobs=[mpb.RunningJob(job_id=j, attempt=a) for j, a in self.held.items()]))  # fmt: skip
 
     def send(self, **message: Any) -> None:
+        if self.streams:
+            [(kind, body)] = message.items()
+            self.streams[-1].log.append(("out", kind, body))
         self._out.put_nowait(mpb.ConnectRequest(**message))
 
     # convenience messages

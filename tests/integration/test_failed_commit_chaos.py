@@ -11,6 +11,15 @@ rejects, lose jobs and vanish and come back listing what they hold; two clients 
 SubmitJobs batches, some under idempotency keys, some keys submitted again), cancel some, read and watch
 others. See docs/operations.md, "When the store cannot write", for what is promised.
 
+Now and then the driver also makes a hand miner send a message about a job it runs (an accept, a result, a
+failure, a reject) while it holds the write lock; the miner vanishes and comes back (listing what it runs,
+some of it, or nothing) while that write still waits, and then a rule mostly refuses the write: a change
+decided on the miner's old session fails once it has a new one (at times with the clients holding back, so
+that the new session gets no work the failing write's freed slot would take, and lives on). Each stream is
+checked as its miner saw it (coord_support.Stream): never a cancel of a job it was neither given nor listed,
+never a job it already runs, never more jobs than slots; while it runs, no session holds a job its stream was
+neither given nor listed; at the end, no slot is left reserved.
+
 The run is seeded: the seed is printed, and AITBC_CHAOS_SEED=<n> runs the same decisions again (the
 interleaving still depends on timing). AITBC_CHAOS_SECONDS sets the length of the chaos (9 s).
 """
@@ -25,6 +34,7 @@ import random
 import sqlite3
 import time
 from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,11 +97,13 @@ QUEUED_REASONS = ["ASSIGNED"] * 4 + ["CANCELED_BY_CLIENT", "TTL_EXPIRED", None, 
 
 
 class Phase:
-    """chaos: failures and misbehaviour on; calm: every rule gone, miners just work; over: stop."""
+    """chaos: failures and misbehaviour on; calm: every rule gone, miners just work; over: stop. hush: the
+    clients hold back (calls in flight go on) while the chaos wants the ready queue empty."""
 
     def __init__(self) -> None:
         self.calm = asyncio.Event()
         self.over = asyncio.Event()
+        self.hush = False
 
     @property
     def chaos(self) -> bool:
@@ -105,12 +117,14 @@ class Book:
     told: dict[str, str] = field(default_factory=dict)  # job id -> client, from successful submits
     keys: dict[tuple[str, str], set[str]] = field(default_factory=lambda: defaultdict(set))
     canceled: set[str] = field(default_factory=set)  # cancels answered with CANCELED
+    not_found: set[str] = field(default_factory=set)  # the chaos's cancels answered NOT_FOUND
     reads: list[tuple[str, int, int]] = field(default_factory=list)  # GetJob: (job, state, attempt)
     watched: dict[str, list[tuple]] = field(default_factory=dict)  # job -> events a watcher heard
     watch_ends: dict[str, int] = field(default_factory=dict)  # job -> last state a finished watch saw
     calls: Counter = field(default_factory=Counter)  # (call, outcome)
     unexpected: list[str] = field(default_factory=list)  # errors no call should get
     samples: int = 0
+    failed_writes: list[Any] = field(default_factory=list)  # the scheduler's pending changes that failed
     # found while sampling during the run: kind -> (times, first seen, the jobs involved then)
     violations: dict[str, tuple[int, str, tuple[str, ...]]] = field(default_factory=dict)
 
@@ -129,12 +143,14 @@ class Chaos:
     """Adds and removes rules that make the coordinator's commits fail; holds the write lock at times."""
 
     def __init__(self, coord: Harness, rng: random.Random, phase: Phase, book: Book,
-                 clients: dict[str, Any]) -> None:  # fmt: skip
+                 clients: dict[str, Any], hand: list[HandMiner]) -> None:  # fmt: skip
         self.coord, self.rng, self.phase, self.book, self.clients = coord, rng, phase, book, clients
+        self.hand = hand
         self.conn = sqlite3.connect(coord.db_path, isolation_level=None, timeout=10)
         self.conn.executescript(SETUP)
         self.rules: list[tuple[float, int]] = []  # (until, rowid)
         self.added: Counter = Counter()
+        self.came_back: Counter = Counter()  # come_back_while_writing: what was done, what became of it
         self.tasks: set[asyncio.Task] = set()
 
     def close(self) -> None:
@@ -203,14 +219,103 @@ class Chaos:
             self.conn.execute("COMMIT")
         self.added["lock held"] += 1
 
+    async def come_back_while_writing(self) -> None:
+        """A hand miner sends a message about a job it runs while the write lock is held, vanishes and comes
+        back (listing what it runs, some of it or nothing) while that write still waits; then, mostly, a rule
+        refuses the write. The decision was made on the miner's old session, its failure lands on the new.
+
+        A new session whose first jobs take a slot the waiting write frees is refused with it (its stream
+        ends), so half the time the clients hold back and the miner comes back to an empty ready queue: its
+        new session lives on, to see what becomes of its miner's old job."""
+        rng = self.rng
+        if not any(m.ready_to_drive() for m in self.hand):
+            return
+        refuse, hush = rng.random() < 0.65, rng.random() < 0.5
+        started = time.monotonic()
+        try:
+            if hush:
+                self.phase.hush = True
+                await self.queue_empty(0.4)
+            await self._come_back_while_writing(refuse, hush)
+        finally:
+            self.phase.hush = False
+            self.came_back["seconds"] += time.monotonic() - started
+
+    async def queue_empty(self, within: float) -> bool:
+        queues = self.coord.coordinator.scheduler.queues
+        for _ in range(int(within / 0.005)):
+            if not queues.depth:
+                return True
+            await asyncio.sleep(0.005)
+        return not queues.depth
+
+    async def _come_back_while_writing(self, refuse: bool, hush: bool) -> None:
+        rng, scheduler = self.rng, self.coord.coordinator.scheduler
+        miners = [m for m in self.hand if m.ready_to_drive()]
+        if not miners:
+            return
+        m = rng.choice(miners)
+        job_id, attempt = rng.choice(sorted(m.sm.held.items()))
+        live = scheduler.jobs.get(job_id)
+        kinds = ["result", "result", "retry", "fail", "reject"]
+        if live is not None and live.state is JobState.ASSIGNED:
+            kinds += ["accept"] * 3
+        kind = rng.choice(kinds)
+        how = rng.choice(("all", "all", "some", "none"))
+
+        def listing(runs: dict[str, int]) -> dict[str, int]:
+            if how == "all":
+                return runs
+            return {j: a for j, a in sorted(runs.items()) if how == "some" and rng.random() < 0.5}
+
+        async def hushed() -> None:  # (the other miners' jobs are decided in memory: the queue drains)
+            self.came_back[
+                "back to an empty queue" if await self.queue_empty(0.2) else "back to a queue"
+            ] += 1
+
+        self.conn.execute("BEGIN IMMEDIATE")
+        locked = time.monotonic()
+        try:
+            write = await m.say_then_come_back(job_id, attempt, kind, rng.uniform(0.0, 0.03), listing,
+                                               hushed if hush else None)  # fmt: skip
+            if refuse:
+                if kind == "result" and rng.random() < 0.4:
+                    self.add("receipts", job_id, None, rng.uniform(0.02, 0.3))
+                else:
+                    reasons = {"accept": "ACCEPTED", "result": "COMPLETED", "retry": "FLAKY", "fail": "BROKEN",
+                               "reject": "REJECTED"}  # fmt: skip
+                    reason = reasons[kind] if rng.random() < 0.6 else None
+                    self.add("job_events", job_id, reason, rng.uniform(0.02, 0.3))
+            await asyncio.sleep(rng.uniform(0.0, 0.02))
+        finally:
+            self.conn.execute("COMMIT")
+            self.came_back["seconds locked"] += time.monotonic() - locked
+        self.came_back[(kind, how, "refused" if refuse else "allowed")] += 1
+        if write is not None:
+            task = asyncio.create_task(self.outcome(write, kind))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        else:
+            self.came_back["no write"] += 1
+
+    async def outcome(self, write: Any, kind: str) -> None:
+        """Whether the write decided on the miner's old session landed or failed (after it came back)."""
+        await asyncio.wait({write.settled}, timeout=10)
+        failed = any(w is write for w in self.book.failed_writes)
+        self.came_back[f"{kind} failed" if failed else f"{kind} landed"] += 1
+        self.came_back["failed" if failed else "landed"] += 1
+
     async def run(self) -> None:
         while self.phase.chaos:
             await asyncio.sleep(self.rng.uniform(0.01, 0.05))
             if not self.phase.chaos:
                 break
             self.expire()
-            if self.rng.random() < 0.1:
+            r = self.rng.random()
+            if r < 0.1:
                 await self.hold_lock()
+            elif r < 0.25:
+                await self.come_back_while_writing()
             elif len(self.rules) < 8:
                 self.pick_rule()
         self.expire(everything=True)
@@ -222,9 +327,13 @@ async def cancel(client: Any, job_id: str, book: Book, why: str) -> None:
         job = (await client.jobs.CancelJob(jpb.CancelJobRequest(job_id=job_id, reason=why),
                                            metadata=client.metadata)).job  # fmt: skip
     except grpc.aio.AioRpcError as exc:
-        # JOB_TERMINAL (FAILED_PRECONDITION), a failed commit (INTERNAL), read back meanwhile (UNAVAILABLE)
-        book.error("cancel", exc, (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INTERNAL,
-                                   grpc.StatusCode.UNAVAILABLE))  # fmt: skip
+        # JOB_TERMINAL (FAILED_PRECONDITION), a failed commit (INTERNAL), read back meanwhile (UNAVAILABLE);
+        # the chaos picks jobs from memory, some still being inserted: if the insert fails, NOT_FOUND
+        allowed = (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE)
+        if why == "chaos" and exc.code() is grpc.StatusCode.NOT_FOUND:
+            book.not_found.add(job_id)  # (checked at the end: never stored)
+            allowed += (grpc.StatusCode.NOT_FOUND,)
+        book.error("cancel", exc, allowed)
         return
     book.calls[("cancel", "OK")] += 1
     if job.state != CANCELED:
@@ -282,6 +391,9 @@ async def client_loop(name: str, client: Any, rng: random.Random, phase: Phase, 
             tasks.add(task)
 
     while phase.chaos:
+        if phase.hush:
+            await asyncio.sleep(0.01)
+            continue
         r = rng.random()
         call = "submit" if r < 0.4 else "batch" if r < 0.65 or (r < 0.75 and not keyed) else "again"
         try:
@@ -340,6 +452,7 @@ class HandMiner:
         self.work: set[asyncio.Task] = set()
         self.dropped: set[tuple[str, int]] = set()  # jobs it lost (never answered)
         self.connected = False
+        self.busy = False  # the chaos drives it (say_then_come_back): its own loop stands aside
         self.stats: Counter = Counter()
 
     async def run(self) -> None:
@@ -348,6 +461,9 @@ class HandMiner:
         next_kill = time.monotonic() + self.rng.expovariate(1 / 2.5)
         try:
             while not self.phase.over.is_set():
+                if self.busy:
+                    await asyncio.sleep(0.01)
+                    continue
                 self._take()
                 self._flush()
                 if self.sm.closed.is_set():
@@ -421,14 +537,57 @@ class HandMiner:
         if results:
             sm.send(results=mpb.Results(results=results))
 
-    async def _reconnect(self, pause: float) -> None:
+    def ready_to_drive(self) -> bool:
+        """Connected, idle, and running something (for say_then_come_back)."""
+        return self.connected and not self.busy and not self.sm.closed.is_set() and bool(self.sm.held)
+
+    async def say_then_come_back(self, job_id: str, attempt: int, kind: str, pause: float,
+                                 listing: Callable[[dict[str, int]], dict[str, int]],
+                                 before: Callable[[], Awaitable[None]] | None = None) -> Any:  # fmt: skip
+        """Send kind ("accept", "result", "retry", "fail", "reject") about a job it runs, wait (briefly) until
+        the write it causes is queued, vanish, and come back (after pause, and before()) listing listing(what
+        it runs). The caller holds the file's write lock, so that write is still waiting when the miner is
+        back. Returns the write (the scheduler's pending change, None if the message caused none)."""
+        sm, scheduler = self.sm, self.coord.coordinator.scheduler
+        self.busy = True
+        try:
+            earlier = scheduler._unsettled.get(job_id)
+            if kind == "accept":
+                sm.send(accept=mpb.Accept(job_id=job_id, attempt=attempt))
+            elif kind == "result":
+                del sm.held[job_id]
+                sm.send(results=mpb.Results(results=[mpb.Result(
+                    job_id=job_id, attempt=attempt, result=struct({"ok": True}), units="1", unit_type="jobs")]))  # fmt: skip
+            elif kind == "reject":
+                del sm.held[job_id]
+                sm.send(reject=mpb.Reject(job_id=job_id, attempt=attempt, reason="chaos"))
+            else:
+                sm.failure(
+                    job_id, attempt, retryable=kind == "retry", code="FLAKY" if kind == "retry" else "BROKEN"
+                )
+            self.stats[f"{kind}, gone"] += 1
+            for _ in range(60):  # its write queued (waiting for the lock), or 0.15 s: none comes
+                if (write := scheduler._unsettled.get(job_id)) is not earlier:
+                    break
+                await asyncio.sleep(0.0025)
+            await self._reconnect(pause, listing, before)
+            return write if write is not earlier else None
+        finally:
+            self.busy = False
+
+    async def _reconnect(self, pause: float, listing: Callable[[dict[str, int]], dict[str, int]] | None = None,
+                         before: Callable[[], Awaitable[None]] | None = None) -> None:  # fmt: skip
         sm = self.sm
         self.connected = False
         await sm.kill()
         self._take()  # what it read before it went
         await asyncio.sleep(pause if self.phase.chaos else 0.02)
+        if before is not None:
+            await before()
         listed = dict(sm.held)
-        if self.phase.chaos and listed and self.rng.random() < 0.2:
+        if listing is not None:
+            listed = listing(listed)
+        elif self.phase.chaos and listed and self.rng.random() < 0.2:
             del listed[self.rng.choice(sorted(listed))]  # it lost one of them
             self.stats["lost on reconnect"] += 1
         while True:
@@ -475,11 +634,53 @@ async def sample(coord: Harness, hand: list[HandMiner], phase: Phase, book: Book
     (The store may hold a job as still held by a miner that came back without it while that job is read
     back after a failed commit: the miner lost it, its slot is free, and it is requeued once read back.)"""
     scheduler = coord.coordinator.scheduler
+    suspects: dict[tuple[str, str, int], float] = {}  # (session, job, attempt) held, not yet explained: since
     while not phase.over.is_set():
         await asyncio.sleep(0.02)
         book.samples += 1
+        now, unexplained = time.monotonic(), set()
+        for m in hand:
+            session = scheduler.by_miner.get(m.name)
+            if session is None or m.sm is None:
+                continue
+            stream = m.sm.streams[-1] if m.sm.streams else None
+            if (
+                not m.connected
+                or m.sm.closed.is_set()
+                or stream is None
+                or stream.session_id != session.session_id
+            ):
+                continue  # between two streams: what the coordinator sends may not reach it
+            for job_id, held in list(session.held.items()):
+                if stream.had(job_id, held.attempt):
+                    continue
+                # Its assignment may be on the way: it leaves once written. Once the job is as stored (no
+                # write of it waits), the miner must have it soon (or the session must let it go).
+                key = (session.session_id, job_id, held.attempt)
+                if (
+                    coord.db.scalar("SELECT event_seq FROM jobs WHERE job_id = ?", (job_id,))
+                    != held.job.event_seq
+                ):
+                    continue
+                unexplained.add(key)
+                if now - suspects.setdefault(key, now) >= 0.3:
+                    book.violation("a job on a session that never had it",
+                                   f"{m.name} session {session.session_id} (listed {dict(stream.listed)}) holds "
+                                   f"{job_id} attempt {held.attempt}, never assigned to it nor listed", (job_id,))  # fmt: skip
+        for key in set(suspects) - unexplained:
+            del suspects[key]
         for session in list(scheduler.sessions.values()):
-            if len(session.held) + session.reserved > session.slots:
+            # (A job given in a slot that a write since failed would free is over the slots until its own write,
+            # which builds on the failed one, is refused: it was never sent. Only jobs as stored count.)
+            if (
+                len(session.held) + session.reserved > session.slots
+                and sum(
+                    coord.db.scalar("SELECT event_seq FROM jobs WHERE job_id = ?", (j,)) == h.job.event_seq
+                    for j, h in list(session.held.items())
+                )
+                + session.reserved
+                > session.slots
+            ):
                 held = {j: (h.attempt, h.job.state.name) for j, h in session.held.items()}
                 book.violation("session over its slots", f"{session.miner_id} (session {session.session_id}): "
                                f"{held} held + {session.reserved} reserved on {session.slots} slots",
@@ -493,6 +694,39 @@ async def sample(coord: Harness, hand: list[HandMiner], phase: Phase, book: Book
         if scheduler.queues.depth != len(in_queue) or any(j.state is not JobState.QUEUED for j in in_queue):
             book.violation("queue depth", f"queue depth {scheduler.queues.depth}, {len(in_queue)} queued jobs "
                            f"in memory; in the queues twice: {queued_twice(scheduler.queues)}")  # fmt: skip
+
+
+def check_streams(hand: list[HandMiner]) -> list[str]:
+    """Each stream, replayed as its miner saw it: no cancel of a job it was neither given nor listed, no job
+    given while it runs it, never more jobs than slots (what it listed and was given, less what it answered
+    with a result, failure or reject and what it was told to cancel)."""
+    problems = []
+    for m in hand:
+        for n, stream in enumerate(m.sm.streams):
+            name = f"{m.name} stream {n} (session {stream.session_id}, listed {dict(stream.listed)})"
+            runs, had = dict(stream.listed), set(stream.listed)
+            for way, kind, body in stream.log:
+                if (way, kind) == ("in", "assignments"):
+                    for a in body.assignments:
+                        job_id = a.job.job_id
+                        if job_id in runs:
+                            problems.append(f"{name} was given {job_id} attempt {a.attempt} while it runs "
+                                            f"attempt {runs[job_id]}")  # fmt: skip
+                        runs[job_id] = a.attempt
+                        had.add((job_id, a.attempt))
+                    if len(runs) > m.slots:
+                        problems.append(f"{name} runs {sorted(runs.items())} on {m.slots} slots")
+                elif (way, kind) == ("in", "cancel"):
+                    if (body.job_id, body.attempt) not in had:
+                        problems.append(f"{name} was told to cancel {body.job_id} attempt {body.attempt} "
+                                        f"({body.reason}), never given to it nor listed")  # fmt: skip
+                    if runs.get(body.job_id) == body.attempt:
+                        del runs[body.job_id]
+                elif way == "out" and kind in ("results", "failure", "reject"):
+                    for r in body.results if kind == "results" else (body,):
+                        if runs.get(r.job_id) == r.attempt:
+                            del runs[r.job_id]
+    return problems
 
 
 def queued_twice(queues: Any) -> list[str]:
@@ -517,9 +751,11 @@ async def test_commits_failing_at_random_leave_memory_and_store_in_agreement(
     scheduler = coord.coordinator.scheduler
     failed: Counter = Counter()  # failed commits, as the scheduler undoes them
     undo = scheduler._failed
+    phase, book = Phase(), Book()
 
     def counting(pending) -> None:  # type: ignore[no-untyped-def]
         unit = pending.unit
+        book.failed_writes.append(pending)
         failed["commits"] += 1
         failed["with inserts"] += bool(unit.new_jobs)
         failed["with receipts"] += bool(unit.receipts)
@@ -527,7 +763,6 @@ async def test_commits_failing_at_random_leave_memory_and_store_in_agreement(
         undo(pending)
 
     monkeypatch.setattr(scheduler, "_failed", counting)
-    phase, book = Phase(), Book()
     clients = {name: coord.client(name) for name in ("alice", "bob")}
     hand = [
         HandMiner(coord, name, slots, random.Random(f"{SEED}-{name}"), phase, book)
@@ -536,7 +771,7 @@ async def test_commits_failing_at_random_leave_memory_and_store_in_agreement(
     sdk = Miner(coord.address, miner_key(SDK_MINER[0]),
                 sdk_runner(random.Random(f"{SEED}-sdk"), phase, book, SDK_MINER[1]),
                 capabilities(slots=SDK_MINER[1]), own_connection=True, backoff_max_s=1.0)  # fmt: skip
-    chaos = Chaos(coord, random.Random(f"{SEED}-chaos"), phase, book, clients)
+    chaos = Chaos(coord, random.Random(f"{SEED}-chaos"), phase, book, clients, hand)
     watchers: set[asyncio.Task] = set()
     background: list[asyncio.Task] = []
     client_tasks: list[asyncio.Task] = []
@@ -576,7 +811,7 @@ async def test_commits_failing_at_random_leave_memory_and_store_in_agreement(
         restores = sum("jobs restored from the store" in r.getMessage() for r in caplog.records)
         print(f"seed {SEED}: {len(book.told)} jobs {by_state} (states), settled {settled_in:.1f} s after the "
               f"chaos; {failed['commits']} failed commits {dict(failed)}, {restores} read-backs; rules "
-              f"{dict(chaos.added)}; calls {dict(book.calls)}; miners "
+              f"{dict(chaos.added)}; came back while writing {dict(chaos.came_back)}; calls {dict(book.calls)}; miners "
               f"{ {m.name: dict(m.stats) for m in hand} }, sdk {sdk.completed} done {sdk.connects} connects")  # fmt: skip
         check_everything(coord, book, hand, caplog)
         # not vacuous: commits did fail (inserts, changes and receipts), and many jobs still completed
@@ -584,6 +819,10 @@ async def test_commits_failing_at_random_leave_memory_and_store_in_agreement(
             f"seed {SEED}: too few failed commits to prove anything: {dict(failed)}"
         )
         assert restores >= 5, f"seed {SEED}: only {restores} read-backs after failed commits"
+        # and some of those were changes decided on a miner's old session that failed once it was back
+        assert chaos.came_back["failed"] >= 3, (
+            f"seed {SEED}: too few writes failed after their miner came back: {dict(chaos.came_back)}"
+        )
         assert completed >= 100 and completed >= len(book.told) // 2, (
             f"seed {SEED}: only {completed} of {len(book.told)} jobs completed: {by_state}"
         )
@@ -687,6 +926,10 @@ def check_everything(coord: Harness, book: Book, hand: list[HandMiner], caplog) 
             problems.append(f"key {client}/{key}: answered with {sorted(ids)}, stored {stored}")
 
     # --- what callers were told landed: acknowledged cancels, reads, watchers, miners' messages
+    for job_id in sorted(book.not_found & set(jobs)):
+        problems.append(
+            f"a cancel of {job_id} was answered NOT_FOUND, but it is stored: {events.get(job_id)}"
+        )
     for job_id in sorted(book.canceled):
         if jobs.get(job_id, (None,))[0] != CANCELED or events[job_id][-1][5] != "CANCELED_BY_CLIENT":
             problems.append(f"a cancel answered CANCELED did not land: {job_id} {events.get(job_id)}")
@@ -786,6 +1029,7 @@ def check_everything(coord: Harness, book: Book, hand: list[HandMiner], caplog) 
             problems.append(
                 f"{session.miner_id} still holds {sorted(session.held)}, {session.reserved} reserved"
             )
+    problems += check_streams(hand)
 
     # --- errors: only the refused writes themselves (and what was built on them), nothing else
     for record in caplog.records:
