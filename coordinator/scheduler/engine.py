@@ -521,6 +521,8 @@ class Scheduler(UndoFailedCommits):
             holder.held.pop(job.job_id, None)
             pending.sends.append((holder, CancelOut(job.job_id, job.attempt, "CANCELED_BY_CLIENT")))
             self._fill(holder, pending, now)
+        elif was in _HELD:  # an orphan: should this fail, no session's slot is the job's
+            pending.unheld.add(job.job_id)
         self._finish(job, pending)
         await self._commit(pending)
         return job

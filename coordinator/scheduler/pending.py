@@ -21,7 +21,7 @@ class Pending:
     after: list[Callable[[], None]] = field(default_factory=list)  # once durable
     always: list[Callable[[], None]] = field(default_factory=list)  # once durable or failed
     settled: asyncio.Future | None = None  # resolved once the writes are durable (or failed)
-    unheld: set[str] = field(default_factory=set)  # jobs it requeues that no session held (orphans, lost)
+    unheld: set[str] = field(default_factory=set)  # held jobs it changes that no session held (orphans, lost)
     miners: list[str] = field(default_factory=list)  # miners whose slots it frees (see Scheduler._unsettle)
     enqueued: bool = False  # handed to the store: from then on, its outcome undoes or applies it
 

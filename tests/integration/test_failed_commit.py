@@ -927,3 +927,32 @@ async def test_a_cancel_failing_while_the_job_is_an_orphan_does_not_overfill_the
         f"miner-00's new session holds {sorted(session.held)} + {session.reserved} reserved on "
         f"{session.slots} slots (the orphan {job.job_id} among them)"
     )
+
+
+@pytest.mark.coordinator(lease_seconds=30.0, reconnect_grace_seconds=30.0)
+async def test_a_cancel_of_an_orphan_failing_after_the_orphans_timer_does_not_put_it_on_the_new_session(
+    coord: Harness,
+) -> None:
+    """The same, the cancel's write waiting until the orphans' timer has dropped the (canceled) job from the
+    miner's orphans: nothing then showed that no session held it when the cancel was decided."""
+    alice, job, back = await orphan_beside_a_new_session(coord, slots=1, failures=3)  # backoff 0.1 s
+    scheduler = coord.coordinator.scheduler
+    blocker = held_lock(coord)
+    try:
+        cancel = asyncio.create_task(scheduler.cancel(job.job_id, None, "fails"))
+        await eventually(
+            lambda: job.job_id not in scheduler.orphans.get("miner-00", {}), what="the orphans' timer"
+        )
+        blocker.execute("COMMIT")
+    finally:
+        blocker.close()
+    with pytest.raises(sqlite3.IntegrityError):
+        await cancel
+    allow(coord, "job_events")
+    await eventually(lambda: job.job_id in scheduler.jobs, what="the job read back")
+    session = scheduler.by_miner["miner-00"]
+    assert job.job_id not in session.held and session.reserved == 0
+    canceled = await alice.cancel(job.job_id)
+    assert canceled.state == CANCELED
+    await asyncio.sleep(0.2)  # (a cancel sent to the miner would be there by now)
+    assert not cancels(back)
