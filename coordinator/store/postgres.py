@@ -184,10 +184,11 @@ class PostgresStore(SqlReads):
             if group:
                 try:
                     await self._commit_group(group)
-                except Exception as exc:  # never leave a waiter hanging
+                except Exception as exc:  # never leave a waiter hanging (those told already stay as told)
                     log.exception("store writer: group commit failed unexpectedly")
-                    for unit, _ in group:
-                        self._failed.add(unit)
+                    for unit, future in group:
+                        if not future.done():
+                            self._failed.add(unit)
                     _resolve(group, [exc] * len(group))
 
     def _writer_exited(self, task: asyncio.Task[None]) -> None:
@@ -213,6 +214,23 @@ class PostgresStore(SqlReads):
         started = time.perf_counter()
         # units built on a unit that failed are refused; the others (live) are written
         outcomes, live = self._failed.partition([unit for unit, _ in group])
+        decided = [i not in live for i in range(len(group))]  # an outcome, final, is known for these
+        try:
+            await self._write_group(group, live, outcomes, decided)
+        except Exception as exc:  # a bug: fail what is undecided (what landed stays landed), live on
+            log.exception("store writer: group commit failed unexpectedly")
+            for i, (unit, _) in enumerate(group):
+                if not decided[i]:
+                    outcomes[i] = exc
+                    self._failed.add(unit)
+        elapsed = time.perf_counter() - started
+        _resolve(group, outcomes)
+        if self.commit_observer is not None:
+            with contextlib.suppress(Exception):  # metrics must not touch the outcomes
+                self.commit_observer(len(group), elapsed)
+
+    async def _write_group(self, group: list[tuple[UnitOfWork, asyncio.Future[None]]], live: list[int],
+                           outcomes: list, decided: list[bool]) -> None:  # fmt: skip
         units = [group[i][0] for i in live]
         placed: list = []
         began = False  # a transaction was opened: from then on, a lost connection leaves the outcome unknown
@@ -224,6 +242,8 @@ class PostgresStore(SqlReads):
                     next_leaf, placed = assign_leaves(units, await self._log_size(conn))
                     await _write_units(conn, units)
                 self._next_leaf = next_leaf
+            for i in live:
+                decided[i] = True
         except Exception as exc:
             self._next_leaf = None  # count again from what the log holds
             if began and isinstance(exc, _CONNECTION_LOST) and await self._landed(units):
@@ -232,6 +252,8 @@ class PostgresStore(SqlReads):
                 log.warning(
                     "store writer: connection lost during COMMIT; the group of %d had landed", len(units)
                 )
+                for i in live:
+                    decided[i] = True
             else:
                 unplace(placed)
                 for i in live:  # isolate the culprit, and whatever builds on it
@@ -240,12 +262,9 @@ class PostgresStore(SqlReads):
                         outcomes[i] = exc
                     else:
                         outcomes[i] = self._failed.blocking(unit) or await self._commit_alone(unit)
+                    decided[i] = True
                     if outcomes[i] is not None:
                         self._failed.add(unit)
-        elapsed = time.perf_counter() - started
-        _resolve(group, outcomes)
-        if self.commit_observer is not None:
-            self.commit_observer(len(group), elapsed)
 
     async def _landed(self, units: list[UnitOfWork]) -> bool:
         """Whether a group whose commit raised is in the database all the same: its transaction is atomic, so

@@ -354,6 +354,24 @@ async def test_a_unit_built_on_a_failed_unit_fails_too_in_its_group_or_a_later_o
     assert await store.get_job("job-z") is not None
 
 
+async def test_a_failing_commit_observer_leaves_what_landed_landed(store: Store) -> None:
+    """The observer (metrics) runs after a group's outcomes are known: its error must not turn the units
+    that landed into failed ones (the next unit built on one was refused: DependencyFailed)."""
+
+    def broken(units: int, seconds: float) -> None:
+        raise RuntimeError("observer bug")
+
+    store.commit_observer = broken
+    landed = UnitOfWork(key=1)
+    landed.add_new_job(make_job("job-a"))
+    await store.commit(landed)
+    store.commit_observer = None
+    built_on_it = UnitOfWork(key=2, requires=(1,))
+    built_on_it.add_new_job(make_job("job-b"))
+    await store.commit(built_on_it)
+    assert await store.get_job("job-a") is not None and await store.get_job("job-b") is not None
+
+
 async def test_receipts_take_their_log_places_in_commit_order_and_a_failed_unit_takes_none(
     store: Store,
 ) -> None:
