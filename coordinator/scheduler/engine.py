@@ -581,8 +581,10 @@ class Scheduler(UndoFailedCommits):
                 pending.unheld.add(job_id)
                 self._lose_lease(job, "MINER_LOST_JOB", now, pending)
         for job_id, attempt in running:
-            # a job being read back after a failed commit comes back to this session with a fresh lease
-            if job_id not in session.held and job_id not in self._detached:
+            # a job being read back after a failed commit, that this miner ran at this attempt, may come back
+            # to this session with a fresh lease (told NOT_HELD then if not)
+            marker = self._detached.get(job_id)
+            if job_id not in session.held and (marker is None or not marker.runs(session, listed, job_id)):
                 pending.sends.append((session, CancelOut(job_id, attempt, "NOT_HELD")))
         self.timers.schedule(
             now + int(self.settings.heartbeat_timeout_s * MICROS), "liveness", session.session_id
@@ -652,7 +654,7 @@ class Scheduler(UndoFailedCommits):
         session.draining = True
         self.available.pop(session.session_id, None)
         session.send(DrainOut(reason))
-        if not session.held:
+        if not session.held and not session.reserved:  # (a job being read back may come back to it)
             pending = _Pending()
             self._close(session, pending, "DRAINED", requeue=False)
             self._spawn_commit(pending)
@@ -888,7 +890,7 @@ class Scheduler(UndoFailedCommits):
 
     def _fill_slots(self, session: Session, pending: _Pending, now: int, limit: int | None,
                     exclude_job: str | None) -> None:  # fmt: skip
-        if session.draining and not session.held:
+        if session.draining and not session.held and not session.reserved:
             self._close(session, pending, "DRAINED", requeue=False)
         if session.closed or session.draining or session.disconnected_us:
             return

@@ -32,13 +32,22 @@ class Detached:
     """A job taken out of the scheduler after a failed commit, until it is read back from the store."""
 
     reserved: Session | None  # the live session whose slot it keeps meanwhile
+    miner_id: str = ""  # the miner that ran it before the failed change, and which attempt
+    attempt: int = 0
     task: asyncio.Task | None = None  # the read-back
-    listed: tuple[Session, int] | None = None  # a session whose miner said it runs it (which attempt)
+    listed: tuple[Session, int] | None = None  # a session of that miner that said it runs that attempt
     holder: Session | None = None  # the live session that held it when it was taken out
 
-    def kept_by(self, session: Session) -> bool:
-        """Whether session may still be running the job: it held it then, or its miner says it runs it."""
-        return session is self.holder or (self.listed is not None and self.listed[0] is session)
+    def kept_by(self, session: Session, attempt: int) -> bool:
+        """Whether session may still be running the job's attempt: it held it then, or its miner says so."""
+        if session is self.holder:
+            return True
+        return self.listed is not None and self.listed[0] is session and self.listed[1] == attempt
+
+    def runs(self, session: Session, listed: dict[str, int], job_id: str) -> bool:
+        """Whether a new session's hello lists the job as its miner ran it (another miner, or another
+        attempt, is not the same work)."""
+        return session.miner_id == self.miner_id and listed.get(job_id) == self.attempt
 
 
 def exec_deadline(job: Job) -> int:
@@ -123,7 +132,8 @@ class UndoFailedCommits:
                 self._refresh_available(reserved)
             else:
                 reserved = None
-        self._detached[job.job_id] = Detached(reserved, holder=reserved)
+        ran_by = first.miner_id if first.from_state in (JobState.ASSIGNED, JobState.RUNNING) else ""
+        self._detached[job.job_id] = Detached(reserved, ran_by, first.attempt, holder=reserved)
         self._write_failures[job.job_id] = self._write_failures.get(job.job_id, 0) + 1
         return True
 
@@ -133,15 +143,17 @@ class UndoFailedCommits:
         write failed); a reservation for a job it does not list is released (the miner lost that job)."""
         for job_id, marker in self._detached.items():
             old = marker.reserved
-            if job_id in listed:
+            if marker.runs(session, listed, job_id):
                 marker.listed = (session, listed[job_id])
                 if old is not session:
                     if old is not None:
                         old.reserved -= 1
+                        self._refresh_available(old)
                     session.reserved += 1
                     marker.reserved = session
             elif old is not None and old is not session and old.miner_id == session.miner_id:
-                old.reserved -= 1
+                old.reserved -= 1  # (a session of its miner that does not list it: the miner lost it)
+                self._refresh_available(old)
                 marker.reserved = None
 
     async def _restored(self: Scheduler, job_id: str, within: float = 10.0) -> None:
@@ -213,7 +225,7 @@ class UndoFailedCommits:
             return
         held = Held(job, job.attempt, 0, exec_deadline(job))
         session = self.by_miner.get(job.miner_id)
-        if session is not None and not session.closed and not marker.kept_by(session):
+        if session is not None and not session.closed and not marker.kept_by(session, job.attempt):
             # A session opened meanwhile, whose miner did not list the job: it lost it (as open_session rules).
             if (
                 wait_until > now

@@ -956,3 +956,142 @@ async def test_a_cancel_of_an_orphan_failing_after_the_orphans_timer_does_not_pu
     assert canceled.state == CANCELED
     await asyncio.sleep(0.2)  # (a cancel sent to the miner would be there by now)
     assert not cancels(back)
+
+
+# Found by a review: a reservation moved to a session of another miner (or for another attempt) that listed
+# the job, a job read back onto a session that listed another attempt, and a drain that closed a session
+# whose job was being read back.
+
+
+@pytest.mark.coordinator(lease_seconds=30.0, reconnect_grace_seconds=0.5)
+async def test_a_reservation_stays_with_its_holder_when_another_miner_lists_a_stale_attempt(
+    coord: Harness,
+) -> None:
+    """miner-02 ran job J (attempt 1), vanished, and J went to miner-01 (attempt 2) after the grace period.
+    J's cancel fails; while J is read back, miner-02 comes back listing its stale attempt 1. _reserve_on
+    moves J's reserved slot from miner-01's session (whose miner runs J) to miner-02's: miner-01's session
+    looks free, takes two new jobs, and then J is put back on it (3 jobs on 2 slots)."""
+    alice = coord.client("alice")
+    scheduler = coord.coordinator.scheduler
+    m2 = await coord.stream_miner("miner-02", slots=1)
+    job = await alice.submit({"j": 1})
+    [a1] = await m2.assignments(1)
+    await eventually(lambda: coord.db.job_state(job.job_id) == ASSIGNED, what="J assigned to miner-02")
+    await m2.kill()
+    await eventually(lambda: coord.db.job_state(job.job_id) == QUEUED, what="J requeued (MINER_GONE)")
+    m1 = await coord.stream_miner("miner-01", slots=2)
+    [a2] = await m1.assignments(1)
+    assert (a2.job.job_id, a2.attempt) == (job.job_id, 2)
+    k = await alice.submit({"k": 1})
+    [ak] = await m1.assignments(1)
+    assert ak.job.job_id == k.job_id
+    await eventually(lambda: held_on(coord, "miner-01") == 2, what="J and K stored on miner-01")
+
+    blocker = await fail_a_cancel(coord, job.job_id)  # J out of memory; its slot reserved on miner-01
+    s1 = scheduler.by_miner["miner-01"]
+    assert s1.reserved == 1
+    try:
+        await m2.connect(((job.job_id, a1.attempt),))  # stale: miner-02 never heard it lost J
+        moved = (s1.reserved, scheduler.by_miner["miner-02"].reserved)
+        submits = [asyncio.ensure_future(alice.submit({"y": n})) for n in range(2)]
+        await eventually(lambda: scheduler.queues.depth + held_in_memory(scheduler, "miner-02") == 2,
+                         what="two jobs queued or on miner-02")  # fmt: skip
+        m1.result(k.job_id, ak.attempt)  # frees K's slot: the fill sees two free slots
+        await eventually(lambda: k.job_id not in s1.held, what="K's result decided")
+    finally:
+        blocker.execute("COMMIT")
+        blocker.close()
+    await asyncio.gather(*submits)
+    await eventually(lambda: job.job_id in scheduler.jobs, what="J read back")
+    await asyncio.sleep(0.3)
+    held = sorted(s1.held)
+    assert len(s1.held) + s1.reserved <= s1.slots and m1.peak_held <= 2, (
+        f"miner-01 (2 slots) holds {len(held)} jobs, J among them: {job.job_id in s1.held}; peak {m1.peak_held};"
+        f" reservations (miner-01, miner-02) after miner-02's hello: {moved}"
+    )
+    assert moved == (1, 0)
+    assert (job.job_id, a1.attempt, "NOT_HELD") in [
+        (c.job_id, c.attempt, c.reason) for k, c in m2.log if k == "cancel"
+    ]
+
+
+def held_in_memory(scheduler, miner: str) -> int:  # type: ignore[no-untyped-def]
+    session = scheduler.by_miner.get(miner)
+    return 0 if session is None else len(session.held)
+
+
+@pytest.mark.coordinator(lease_seconds=30.0, reconnect_grace_seconds=0.5)
+async def test_a_drained_session_waits_for_its_job_being_read_back(coord: Harness) -> None:
+    """J's cancel fails (the miner still runs J: its slot is reserved on the session); the miner is drained
+    while J is read back. drain() sees no held job (J is out of memory) and closes the session at once
+    (GoAway DRAINED, on which the SDK miner exits killing J); J is read back as an orphan and requeued
+    after the grace period (MINER_GONE). The miner was never told to cancel J."""
+    alice = coord.client("alice")
+    scheduler = coord.coordinator.scheduler
+    miner = await coord.stream_miner("miner-00", slots=1)
+    job = await alice.submit({"j": 1})
+    [a] = await miner.assignments(1)
+    miner.accept(a)
+    await eventually(lambda: coord.db.job_state(job.job_id) == RUNNING, what="RUNNING stored")
+    blocker = await fail_a_cancel(coord, job.job_id)
+    session = scheduler.by_miner["miner-00"]
+    assert session.reserved == 1
+    try:
+        await coord.admin().drain("miner-00")
+        await asyncio.sleep(0.2)
+        closed_early = session.closed
+    finally:
+        blocker.execute("COMMIT")
+        blocker.close()
+    await eventually(lambda: job.job_id in scheduler.jobs, what="J read back")
+    await asyncio.sleep(1.0)  # past the grace period
+    go_aways = [m.reason for kind, m in miner.log if kind == "go_away"]
+    cancels = [c.job_id for kind, c in miner.log if kind == "cancel"]
+    events = [e["reason"] for e in coord.db.events(job.job_id)]
+    assert not closed_early and not go_aways and "MINER_GONE" not in events, (
+        f"the draining session was closed while its job was read back (closed: {closed_early}, go-aways "
+        f"{go_aways}); J's events {events}; cancels sent to the miner: {cancels}"
+    )
+    miner.result(a.job.job_id, a.attempt)  # its last job done, the drained session ends
+    assert (await miner.next("go_away")).reason == "DRAINED"
+    assert coord.db.job_state(job.job_id) == COMPLETED
+
+
+@pytest.mark.coordinator(lease_seconds=30.0, reconnect_grace_seconds=0.5)
+async def test_a_job_read_back_is_not_put_on_a_session_that_listed_another_attempt(coord: Harness) -> None:
+    """miner-00 runs J attempt 1, loses its stream, and J is requeued (MINER_GONE). It registers (unary)
+    listing attempt 1: told NOT_HELD, and given attempt 2 (both wait for its next poll). Before it polls,
+    J's cancel fails; it registers again, still listing attempt 1. Read back, J (attempt 2) is put on the
+    new session because its miner listed *some* attempt (kept_by ignores which): that session holds an
+    attempt its miner never had nor listed (told NOT_HELD for attempt 1 at the same time), its slot taken
+    until the lease runs out (30 s), instead of J being requeued at once."""
+    from coordinator.domain.model import Capabilities
+
+    alice = coord.client("alice")
+    scheduler = coord.coordinator.scheduler
+    m0 = await coord.stream_miner("miner-00", slots=1)
+    job = await alice.submit({"j": 1})
+    [a1] = await m0.assignments(1)
+    await eventually(lambda: coord.db.job_state(job.job_id) == ASSIGNED, what="J assigned")
+    await m0.kill()
+    await eventually(lambda: coord.db.job_state(job.job_id) == QUEUED, what="J requeued (MINER_GONE)")
+    await eventually(lambda: scheduler.jobs[job.job_id].in_queue, what="J back in the ready queue")
+    listed = [(job.job_id, a1.attempt)]
+    s1, _, pending = scheduler.open_session("miner-00", Capabilities(slots=1), "unary", listed)
+    await scheduler.commit_pending(pending)
+    assert s1.held[job.job_id].attempt == 2  # handed out on its next poll, with NOT_HELD for attempt 1
+    blocker = await fail_a_cancel(coord, job.job_id)
+    try:
+        s2, _, pending = scheduler.open_session("miner-00", Capabilities(slots=1), "unary", listed)
+        await scheduler.commit_pending(pending)  # nothing to write
+    finally:
+        blocker.execute("COMMIT")
+        blocker.close()
+    await eventually(lambda: job.job_id in scheduler.jobs, what="J read back")
+    await asyncio.sleep(0.2)
+    cancels = [(c.job_id, c.attempt, c.reason) for c in s2.pending_cancels]
+    held = {j: h.attempt for j, h in s2.held.items()}
+    assert job.job_id not in s2.held, (
+        f"the new session holds {held} (its miner listed attempt 1 only, and was never given attempt 2), "
+        f"free {s2.free}; it is told {cancels}"
+    )
