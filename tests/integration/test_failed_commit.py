@@ -958,6 +958,21 @@ async def test_a_cancel_of_an_orphan_failing_after_the_orphans_timer_does_not_pu
     assert not cancels(back)
 
 
+async def requeued_after_its_miner_vanished(coord: Harness, miner: str):  # type: ignore[no-untyped-def]
+    """Job J assigned to a stream miner (attempt 1) that vanishes: J is requeued (MINER_GONE) once the
+    reconnect grace runs out. Returns (client, J, the miner, its assignment)."""
+    alice = coord.client("alice")
+    m = await coord.stream_miner(miner, slots=1)
+    job = await alice.submit({"j": 1})
+    [a1] = await m.assignments(1)
+    await eventually(lambda: coord.db.job_state(job.job_id) == ASSIGNED, what="J assigned")
+    await m.kill()
+    await eventually(lambda: coord.db.job_state(job.job_id) == QUEUED, what="J requeued (MINER_GONE)")
+    scheduler = coord.coordinator.scheduler
+    await eventually(lambda: scheduler.jobs[job.job_id].in_queue, what="J back in the ready queue")
+    return alice, job, m, a1
+
+
 # Found by a review: a reservation moved to a session of another miner (or for another attempt) that listed
 # the job, a job read back onto a session that listed another attempt, and a drain that closed a session
 # whose job was being read back.
@@ -968,17 +983,11 @@ async def test_a_reservation_stays_with_its_holder_when_another_miner_lists_a_st
     coord: Harness,
 ) -> None:
     """miner-02 ran job J (attempt 1), vanished, and J went to miner-01 (attempt 2) after the grace period.
-    J's cancel fails; while J is read back, miner-02 comes back listing its stale attempt 1. _reserve_on
-    moves J's reserved slot from miner-01's session (whose miner runs J) to miner-02's: miner-01's session
-    looks free, takes two new jobs, and then J is put back on it (3 jobs on 2 slots)."""
-    alice = coord.client("alice")
+    J's cancel fails; while J is read back, miner-02 comes back listing its stale attempt 1. J's reserved slot
+    was moved from miner-01's session (whose miner runs J) to miner-02's: miner-01's session looked free,
+    took two new jobs, and then J was put back on it (3 jobs on 2 slots)."""
+    alice, job, m2, a1 = await requeued_after_its_miner_vanished(coord, "miner-02")
     scheduler = coord.coordinator.scheduler
-    m2 = await coord.stream_miner("miner-02", slots=1)
-    job = await alice.submit({"j": 1})
-    [a1] = await m2.assignments(1)
-    await eventually(lambda: coord.db.job_state(job.job_id) == ASSIGNED, what="J assigned to miner-02")
-    await m2.kill()
-    await eventually(lambda: coord.db.job_state(job.job_id) == QUEUED, what="J requeued (MINER_GONE)")
     m1 = await coord.stream_miner("miner-01", slots=2)
     [a2] = await m1.assignments(1)
     assert (a2.job.job_id, a2.attempt) == (job.job_id, 2)
@@ -1023,9 +1032,9 @@ def held_in_memory(scheduler, miner: str) -> int:  # type: ignore[no-untyped-def
 @pytest.mark.coordinator(lease_seconds=30.0, reconnect_grace_seconds=0.5)
 async def test_a_drained_session_waits_for_its_job_being_read_back(coord: Harness) -> None:
     """J's cancel fails (the miner still runs J: its slot is reserved on the session); the miner is drained
-    while J is read back. drain() sees no held job (J is out of memory) and closes the session at once
-    (GoAway DRAINED, on which the SDK miner exits killing J); J is read back as an orphan and requeued
-    after the grace period (MINER_GONE). The miner was never told to cancel J."""
+    while J is read back. drain() saw no held job (J out of memory) and closed the session at once (GoAway
+    DRAINED, on which the SDK miner exits killing J); J was read back as an orphan and requeued after the
+    grace period (MINER_GONE), the miner never told to cancel it. Now the session waits for J."""
     alice = coord.client("alice")
     scheduler = coord.coordinator.scheduler
     miner = await coord.stream_miner("miner-00", slots=1)
@@ -1061,21 +1070,14 @@ async def test_a_drained_session_waits_for_its_job_being_read_back(coord: Harnes
 async def test_a_job_read_back_is_not_put_on_a_session_that_listed_another_attempt(coord: Harness) -> None:
     """miner-00 runs J attempt 1, loses its stream, and J is requeued (MINER_GONE). It registers (unary)
     listing attempt 1: told NOT_HELD, and given attempt 2 (both wait for its next poll). Before it polls,
-    J's cancel fails; it registers again, still listing attempt 1. Read back, J (attempt 2) is put on the
-    new session because its miner listed *some* attempt (kept_by ignores which): that session holds an
-    attempt its miner never had nor listed (told NOT_HELD for attempt 1 at the same time), its slot taken
-    until the lease runs out (30 s), instead of J being requeued at once."""
+    J's cancel fails; it registers again, still listing attempt 1. Read back, J (attempt 2) was put on the
+    new session because its miner listed *some* attempt: that session held an attempt its miner never had
+    nor listed (told NOT_HELD for attempt 1 at the same time), its slot taken until the lease ran out
+    (30 s), instead of J being requeued at once."""
     from coordinator.domain.model import Capabilities
 
-    alice = coord.client("alice")
+    _, job, _, a1 = await requeued_after_its_miner_vanished(coord, "miner-00")
     scheduler = coord.coordinator.scheduler
-    m0 = await coord.stream_miner("miner-00", slots=1)
-    job = await alice.submit({"j": 1})
-    [a1] = await m0.assignments(1)
-    await eventually(lambda: coord.db.job_state(job.job_id) == ASSIGNED, what="J assigned")
-    await m0.kill()
-    await eventually(lambda: coord.db.job_state(job.job_id) == QUEUED, what="J requeued (MINER_GONE)")
-    await eventually(lambda: scheduler.jobs[job.job_id].in_queue, what="J back in the ready queue")
     listed = [(job.job_id, a1.attempt)]
     s1, _, pending = scheduler.open_session("miner-00", Capabilities(slots=1), "unary", listed)
     await scheduler.commit_pending(pending)
