@@ -581,10 +581,14 @@ class Scheduler(UndoFailedCommits):
                 pending.unheld.add(job_id)
                 self._lose_lease(job, "MINER_LOST_JOB", now, pending)
         for job_id, attempt in running:
-            # a job being read back after a failed commit, that this miner ran at this attempt, may come back
-            # to this session with a fresh lease (told NOT_HELD then if not)
+            if job_id in session.held:
+                continue
             marker = self._detached.get(job_id)
-            if job_id not in session.held and (marker is None or not marker.runs(session, listed, job_id)):
+            if marker is not None and marker.runs(session, listed, job_id):
+                # being read back after a failed commit, and this miner ran it at this attempt: it keeps
+                # running it (the welcome names it), and gets it back with a fresh lease (else NOT_HELD then)
+                kept.append((job_id, attempt))
+            else:
                 pending.sends.append((session, CancelOut(job_id, attempt, "NOT_HELD")))
         self.timers.schedule(
             now + int(self.settings.heartbeat_timeout_s * MICROS), "liveness", session.session_id
@@ -654,10 +658,29 @@ class Scheduler(UndoFailedCommits):
         session.draining = True
         self.available.pop(session.session_id, None)
         session.send(DrainOut(reason))
-        if not session.held and not session.reserved:  # (a job being read back may come back to it)
-            pending = _Pending()
-            self._close(session, pending, "DRAINED", requeue=False)
-            self._spawn_commit(pending)
+        freeing = self._unsettled_frees.get(session.miner_id)
+        if (
+            freeing
+        ):  # changes that freed its slots are still being written: should one fail, its job comes back
+            for other, _ in freeing.values():
+                other.always.append(functools.partial(self._close_if_drained, session))
+        else:
+            self._close_if_drained(session)
+
+    def _close_if_drained(self, session: Session) -> None:
+        """A draining session ends once nothing of it is left: no job held, none being read back after a
+        failed commit (reserved), no change that freed one of its slots still being written."""
+        if (
+            session.closed
+            or not session.draining
+            or session.held
+            or session.reserved
+            or self._unsettled_frees.get(session.miner_id)
+        ):
+            return
+        pending = _Pending()
+        self._close(session, pending, "DRAINED", requeue=False)
+        self._spawn_commit(pending)
 
     def drain_miner(self, miner_id: str) -> Session:
         session = self.by_miner.get(miner_id)
@@ -891,7 +914,8 @@ class Scheduler(UndoFailedCommits):
     def _fill_slots(self, session: Session, pending: _Pending, now: int, limit: int | None,
                     exclude_job: str | None) -> None:  # fmt: skip
         if session.draining and not session.held and not session.reserved:
-            self._close(session, pending, "DRAINED", requeue=False)
+            # once this decision is settled (applied, or undone: its job may come back to the session)
+            pending.always.append(functools.partial(self._close_if_drained, session))
         if session.closed or session.draining or session.disconnected_us:
             return
         want = session.free if limit is None else min(limit, session.free)

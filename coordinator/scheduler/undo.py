@@ -80,6 +80,10 @@ class UndoFailedCommits:
                 self._forget_failed_insert(job)
             elif self._detach(job, event, unit.key, job_id in pending.unheld):
                 detached.append(job_id)
+        for miner in {job.miner_id for job, _ in first.values()} | {e.miner_id for _, e in first.values()}:
+            session = self.by_miner.get(miner)
+            if session is not None and session.draining:  # its only job undone (an assignment that failed)
+                self._close_if_drained(session)
         if detached and not self.stopping:  # at the next start, everything is loaded from the store anyway
             task = asyncio.get_running_loop().create_task(self._restore(detached))
             self._restoring.add(task)

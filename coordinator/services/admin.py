@@ -39,7 +39,7 @@ def miner_info(s: Session) -> pb.MinerInfo:
     status = pb.MINER_STATUS_DRAINING if s.draining else pb.MINER_STATUS_ONLINE
     return pb.MinerInfo(
         miner_id=s.miner_id, session_id=s.session_id, transport=s.transport, status=status,
-        capabilities=capabilities_message(s.caps), running_jobs=len(s.held), connected_at=timestamp(s.connected_us),
+        capabilities=capabilities_message(s.caps), running_jobs=len(s.held) + s.reserved, connected_at=timestamp(s.connected_us),
         last_seen_at=timestamp(s.last_seen_us), completed=s.completed, failed=s.failed,
     )  # fmt: skip
 

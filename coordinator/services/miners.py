@@ -354,7 +354,9 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
     async def Drain(self, request: pb.DrainRequest, context: grpc.aio.ServicerContext) -> pb.DrainResponse:
         session = self._session(request.session_id)
         self.scheduler.drain(session, "MINER_REQUESTED")
-        return pb.DrainResponse(running_jobs=len(session.held))
+        return pb.DrainResponse(
+            running_jobs=len(session.held) + session.reserved
+        )  # (reserved: being read back)
 
     @staticmethod
     def _accepted(a: AckOut) -> AckOut:

@@ -245,11 +245,14 @@ async def test_a_miner_reconnecting_while_its_job_is_read_back_keeps_it(coord: H
     blocker = await fail_a_cancel(coord, job.job_id)
     await miner.kill()
     back = await coord.stream_miner("miner-00", slots=1, running_jobs=((job.job_id, a.attempt),))
+    # the welcome names it among the jobs the miner keeps (an SDK miner stops the others), so its
+    # heartbeats go on listing it and renew the lease once it is read back
+    assert [(r.job_id, r.attempt) for r in back.welcome.resumed_jobs] == [(job.job_id, a.attempt)]
+    assert back.held == {job.job_id: a.attempt}
     await asyncio.sleep(0.2)
     blocker.execute("COMMIT")
     blocker.close()
     await eventually(lambda: job.job_id in coord.coordinator.scheduler.jobs, what="the job read back")
-    back.held[job.job_id] = a.attempt  # it keeps running it: its heartbeats renew the lease
     await asyncio.sleep(1.5)  # past the lease
     assert back.pending("cancel") == 0  # it was told NOT_HELD, and the job ran again as attempt 2
     back.result(job.job_id, a.attempt)
@@ -973,6 +976,47 @@ async def requeued_after_its_miner_vanished(coord: Harness, miner: str):  # type
     return alice, job, m, a1
 
 
+async def drain_then_release(coord: Harness, session, blocker: sqlite3.Connection) -> bool:  # type: ignore[no-untyped-def]
+    """Drain miner-00 while the file lock is held, then let the writes go; whether the drain closed the
+    session at once."""
+    try:
+        await coord.admin().drain("miner-00")
+        await asyncio.sleep(0.2)
+        return session.closed
+    finally:
+        blocker.execute("COMMIT")
+        blocker.close()
+
+
+async def the_empty_drained_session_ended(miner, session) -> None:  # type: ignore[no-untyped-def]
+    """A drained session whose only job was undone by a failed write ends (it stayed open, idle, for good)."""
+    await asyncio.sleep(1.0)
+    go_aways = [m.reason for kind, m in miner.log if kind == "go_away"]
+    assert session.closed and go_aways == ["DRAINED"], (
+        f"the drained session holds nothing ({dict(session.held)}, {session.reserved} reserved) and is still "
+        f"open (closed: {session.closed}, draining: {session.draining}); go-aways {go_aways}"
+    )
+
+
+async def the_drained_session_waited(
+    coord: Harness, miner, job_id: str, attempt: int, closed_early: bool
+) -> None:  # type: ignore[no-untyped-def]
+    """After a failed write, J (read back) is still the draining miner's: its session was not closed early
+    nor told to go, J was not requeued as gone; once the miner finishes J, the session ends (DRAINED)."""
+    await eventually(lambda: job_id in coord.coordinator.scheduler.jobs, what="J read back")
+    await asyncio.sleep(1.0)  # past the grace period
+    go_aways = [m.reason for kind, m in miner.log if kind == "go_away"]
+    cancels = [c.job_id for kind, c in miner.log if kind == "cancel"]
+    events = [e["reason"] for e in coord.db.events(job_id)]
+    assert not closed_early and not go_aways and "MINER_GONE" not in events, (
+        f"the draining session was closed early (closed: {closed_early}, go-aways {go_aways}); J's events "
+        f"{events}; cancels sent to the miner: {cancels}"
+    )
+    miner.result(job_id, attempt)  # its last job done, the drained session ends
+    assert (await miner.next("go_away")).reason == "DRAINED"
+    assert coord.db.job_state(job_id) == COMPLETED
+
+
 # Found by a review: a reservation moved to a session of another miner (or for another attempt) that listed
 # the job, a job read back onto a session that listed another attempt, and a drain that closed a session
 # whose job was being read back.
@@ -1045,25 +1089,8 @@ async def test_a_drained_session_waits_for_its_job_being_read_back(coord: Harnes
     blocker = await fail_a_cancel(coord, job.job_id)
     session = scheduler.by_miner["miner-00"]
     assert session.reserved == 1
-    try:
-        await coord.admin().drain("miner-00")
-        await asyncio.sleep(0.2)
-        closed_early = session.closed
-    finally:
-        blocker.execute("COMMIT")
-        blocker.close()
-    await eventually(lambda: job.job_id in scheduler.jobs, what="J read back")
-    await asyncio.sleep(1.0)  # past the grace period
-    go_aways = [m.reason for kind, m in miner.log if kind == "go_away"]
-    cancels = [c.job_id for kind, c in miner.log if kind == "cancel"]
-    events = [e["reason"] for e in coord.db.events(job.job_id)]
-    assert not closed_early and not go_aways and "MINER_GONE" not in events, (
-        f"the draining session was closed while its job was read back (closed: {closed_early}, go-aways "
-        f"{go_aways}); J's events {events}; cancels sent to the miner: {cancels}"
-    )
-    miner.result(a.job.job_id, a.attempt)  # its last job done, the drained session ends
-    assert (await miner.next("go_away")).reason == "DRAINED"
-    assert coord.db.job_state(job.job_id) == COMPLETED
+    closed_early = await drain_then_release(coord, session, blocker)
+    await the_drained_session_waited(coord, miner, job.job_id, a.attempt, closed_early)
 
 
 @pytest.mark.coordinator(lease_seconds=30.0, reconnect_grace_seconds=0.5)
@@ -1097,3 +1124,184 @@ async def test_a_job_read_back_is_not_put_on_a_session_that_listed_another_attem
         f"the new session holds {held} (its miner listed attempt 1 only, and was never given attempt 2), "
         f"free {s2.free}; it is told {cancels}"
     )
+
+
+# Found by a second review: drained sessions closed too early by a decision that then failed, or never closed
+# after one; an SDK miner told to stop a job being read back that it was to keep. Each docstring tells what
+# went wrong before the fix.
+
+
+@pytest.mark.coordinator(lease_seconds=30.0, reconnect_grace_seconds=0.5)
+async def test_a_draining_session_whose_last_jobs_cancel_fails_is_not_closed(coord: Harness) -> None:
+    """miner-00 runs J and is drained (its session waits for J). J's cancel is decided: the cancel frees the
+    last held slot of a draining session, so the same decision closes the session (DRAINED). The cancel's
+    write fails: the session stays closed and its GoAway DRAINED is sent all the same (_failed sends the
+    GoAways of a failed decision), while the miner was never told to cancel J and still runs it. J is read
+    back as an orphan (no live session: nothing reserved), requeued after the grace period (MINER_GONE).
+    Expected, as in test_a_drained_session_waits_for_its_job_being_read_back: the session waits for J."""
+    _, miner, job, a = await running_job(coord)
+    scheduler = coord.coordinator.scheduler
+    await coord.admin().drain("miner-00")
+    await miner.next("drain")
+    session = scheduler.by_miner["miner-00"]
+    assert not session.closed and list(session.held) == [job.job_id]
+    blocker = await fail_a_cancel(coord, job.job_id)
+    closed_by_the_failed_cancel = session.closed
+    blocker.execute("COMMIT")
+    blocker.close()
+    await the_drained_session_waited(coord, miner, job.job_id, a.attempt, closed_by_the_failed_cancel)
+
+
+@pytest.mark.coordinator(lease_seconds=30.0, reconnect_grace_seconds=0.5)
+async def test_a_drain_while_the_last_jobs_cancel_is_written_waits_for_that_write(
+    coord: Harness,
+) -> None:
+    """J's cancel is decided (its write waits for the file lock: J no longer held in memory), then miner-00
+    is drained: drain() sees no held job and no reservation and closes the session at once (GoAway DRAINED
+    sent). The cancel's write then fails: J is read back RUNNING on a miner that was sent away while it
+    runs J (never told to cancel it), and requeued after the grace period (MINER_GONE)."""
+    from test_failed_commit import allow, held_lock, refuse
+
+    _, miner, job, a = await running_job(coord)
+    scheduler = coord.coordinator.scheduler
+    session = scheduler.by_miner["miner-00"]
+    refuse(coord, job.job_id, "job_events", "NEW.reason = 'CANCELED_BY_CLIENT'")
+    blocker = held_lock(coord)
+    try:
+        cancel = asyncio.create_task(scheduler.cancel(job.job_id, None, "fails"))
+        await eventually(lambda: scheduler._unsettled.get(job.job_id) is not None, what="the cancel queued")
+    except BaseException:
+        blocker.close()
+        raise
+    closed_by_the_drain = await drain_then_release(coord, session, blocker)
+    [error] = await asyncio.gather(cancel, return_exceptions=True)
+    assert isinstance(error, sqlite3.IntegrityError), error
+    allow(coord, "job_events")
+    await the_drained_session_waited(coord, miner, job.job_id, a.attempt, closed_by_the_drain)
+
+
+@pytest.mark.coordinator(lease_seconds=30.0)
+async def test_a_drained_session_whose_only_job_is_undone_is_closed(coord: Harness) -> None:
+    """A submit hands J to miner-00 in the same write as J's insert; while that write waits, miner-00 is
+    drained (it holds J in memory: the session waits for it). The write fails: J is forgotten and taken out
+    of the session (_forget_failed_insert; the same with _detach for an assignment that fails), which is now
+    draining with nothing held nor reserved, and is never closed: nothing fills it again. The miner (never
+    told of J) is left connected, drained and idle, for good."""
+    from test_failed_commit import held_lock
+
+    alice = coord.client("alice")
+    miner = await coord.stream_miner("miner-00", slots=1)
+    scheduler = coord.coordinator.scheduler
+    session = scheduler.by_miner["miner-00"]
+    blocker = held_lock(coord)
+    try:
+        submit = asyncio.ensure_future(alice.submit({"j": 1}))
+        await eventually(lambda: session.held, what="J assigned to miner-00 in memory")
+        await coord.admin().drain("miner-00")
+        await miner.next("drain")
+        assert not session.closed
+        blocker.execute(
+            "CREATE TRIGGER test_refuse_jobs BEFORE INSERT ON jobs "
+            "BEGIN SELECT RAISE(ABORT, 'test: this write cannot be made'); END"
+        )
+        blocker.execute("COMMIT")
+    finally:
+        blocker.close()
+    await asyncio.gather(submit, return_exceptions=True)
+    await eventually(lambda: not session.held, what="J forgotten")
+    await the_empty_drained_session_ended(miner, session)
+
+
+@pytest.mark.coordinator(lease_seconds=1.0, reconnect_grace_seconds=30.0)
+async def test_an_sdk_miner_reconnecting_while_its_job_is_read_back_keeps_running_it(
+    coord: Harness,
+) -> None:
+    """The SDK miner runs J; J's cancel fails; while J is read back the miner's stream is replaced and it
+    reconnects listing J (attempt 1). open_session keeps J for it (no NOT_HELD: Detached.runs), but J is not in
+    Welcome.resumed_jobs (it is not held at open), and the SDK cancels every running job the welcome does
+    not name. J is then read back onto the new session (kept_by: listed) with a lease nobody renews: the
+    job is killed on the miner and requeued when the lease runs out (LEASE_EXPIRED), instead of finishing
+    as attempt 1 (docs/operations.md: 'a miner that came back listing the job ... keeps it')."""
+    from aitbc.miner import Miner
+    from coord_support import capabilities, miner_key
+
+    started, release = asyncio.Event(), asyncio.Event()
+    killed: list[str] = []
+
+    async def hold(job):  # type: ignore[no-untyped-def]
+        started.set()
+        try:
+            await release.wait()
+        except asyncio.CancelledError:
+            killed.append(job.job_id)
+            raise
+        return {"ok": True}
+
+    miner = Miner(coord.address, miner_key("miner-00"), hold, capabilities(slots=1), own_connection=True)
+    coord.run_miner(miner)
+    await eventually(lambda: miner.session_id, what="the SDK miner connected")
+    alice = coord.client("alice")
+    job = await alice.submit({"x": 1})
+    await asyncio.wait_for(started.wait(), 5)
+    await eventually(lambda: coord.db.job_state(job.job_id) in (ASSIGNED, RUNNING), what="J stored held")
+    scheduler = coord.coordinator.scheduler
+    blocker = await fail_a_cancel(coord, job.job_id)
+    try:
+        # Another stream of miner-00 (listing J, so the reservation moves with it) replaces the SDK's
+        # session: the SDK is told SESSION_REPLACED and reconnects at once, listing J (attempt 1).
+        connects = miner.connects
+        other = await coord.stream_miner("miner-00", slots=1, running_jobs=((job.job_id, 1),))
+        await eventually(lambda: miner.connects > connects, what="the SDK miner back")
+        marker = scheduler._detached[job.job_id]
+        session = scheduler.by_miner["miner-00"]
+        assert marker.listed is not None and marker.listed[0] is session and session.reserved == 1
+        await other.wait_closed()
+        await asyncio.sleep(0.2)
+    finally:
+        blocker.execute("COMMIT")
+        blocker.close()
+    await eventually(lambda: job.job_id in scheduler.jobs, what="J read back")
+    await asyncio.sleep(1.5)  # past the lease
+    release.set()
+    done = await coord.finished(alice, job.job_id)
+    events = [e["reason"] for e in coord.db.events(job.job_id)]
+    assert not killed and done.attempt == 1 and "LEASE_EXPIRED" not in events, (
+        f"the SDK miner killed J on reconnecting (killed: {killed}); J finished as attempt {done.attempt}; "
+        f"events {events}"
+    )
+
+
+@pytest.mark.coordinator(lease_seconds=30.0, retry_backoff_base_seconds=1.0, retry_backoff_max_seconds=1.0)
+async def test_a_drained_session_whose_only_assignment_fails_is_closed(coord: Harness) -> None:
+    """The same through _detach: J, ready again after its retry backoff, is handed to miner-00 (in memory)
+    while the file is locked; miner-00 is drained (it holds J: the session waits); the assignment's write
+    fails. J is taken out of the session (it never heard of it), which stays open, draining and empty."""
+    from test_failed_commit import allow, held_lock, refuse
+
+    alice = coord.client("alice")
+    miner = await coord.stream_miner("miner-00", slots=1)
+    scheduler = coord.coordinator.scheduler
+    session = scheduler.by_miner["miner-00"]
+    job = await alice.submit({"j": 1})
+    [a] = await miner.assignments(1)
+    miner.failure(a.job.job_id, a.attempt, retryable=True)  # ready again in 1 s
+    await eventually(lambda: not session.held, what="J requeued in memory")
+    await eventually(lambda: coord.db.job_state(job.job_id) == QUEUED, what="J requeued")
+    refuse(coord, job.job_id, "job_events", "NEW.reason = 'ASSIGNED' AND NEW.attempt = 2")
+    blocker = held_lock(coord)
+    try:
+        await eventually(lambda: session.held, what="J handed to miner-00 again, in memory")
+        assert coord.db.job_state(job.job_id) == QUEUED  # (its assignment waits for the lock)
+        await coord.admin().drain("miner-00")
+        await miner.next("drain")
+        assert not session.closed
+    finally:
+        blocker.execute("COMMIT")
+        blocker.close()
+    await eventually(
+        lambda: scheduler._unsettled.get(job.job_id) is None, what="the assignment's write failed"
+    )
+    await eventually(lambda: job.job_id not in scheduler._detached and job.job_id in scheduler.jobs,
+                     what="J read back")  # fmt: skip
+    allow(coord, "job_events")
+    await the_empty_drained_session_ended(miner, session)
