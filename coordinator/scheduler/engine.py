@@ -835,7 +835,7 @@ class Scheduler(UndoFailedCommits):
                 if not session.pending_assignments and not session.pending_cancels and not session.closed:
                     pending = _Pending()
                     self._fill(session, pending, now_us(), limit=max_jobs)
-                    if pending.unit or pending.sends:
+                    if pending.unit or pending.sends or pending.always:  # (always: a drained session's end)
                         await self._commit(pending)
                 if session.pending_assignments or session.pending_cancels or session.closed:
                     break
