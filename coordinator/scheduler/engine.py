@@ -274,6 +274,10 @@ class Scheduler(UndoFailedCommits):
                     pending.miners.append(event.miner_id)
                 else:
                     entry[1] += 1
+        for miner in pending.miners:  # a draining session may end once this unit has settled
+            session = self.by_miner.get(miner)
+            if session is not None and session.draining:
+                pending.always.append(functools.partial(self._close_if_drained, session))
         for miner in filling:
             # Should the other units freeing this miner's slots fail, their jobs come back: if the miner
             # could not hold them besides what it holds now, its new jobs took their slots.

@@ -1305,3 +1305,36 @@ async def test_a_drained_session_whose_only_assignment_fails_is_closed(coord: Ha
                      what="J read back")  # fmt: skip
     allow(coord, "job_events")
     await the_empty_drained_session_ended(miner, session)
+
+
+@pytest.mark.coordinator(lease_seconds=30.0, reconnect_grace_seconds=30.0)
+async def test_a_drained_session_ends_once_a_later_free_of_its_miner_settles(coord: Harness) -> None:
+    """The session's own last result and then the cancel of its miner's orphan (queued behind it) both wait for
+    the disk; the close check of the result found the cancel unsettled, and nothing checked again once it
+    settled: the session stayed open, empty and draining, for good."""
+    # J: an orphan of miner-00 (its backoff ~1.6 s) beside miner-00's live session `back` (1 slot, empty)
+    alice, job, back = await orphan_beside_a_new_session(coord, slots=1, failures=7)
+    allow(coord, "job_events")
+    scheduler = coord.coordinator.scheduler
+    session = scheduler.by_miner["miner-00"]
+    k = await alice.submit({"k": 1})
+    [ak] = await back.assignments(1)
+    assert ak.job.job_id == k.job_id and job.job_id in scheduler.orphans.get("miner-00", {})
+    scheduler.drain(session, "ADMIN")  # holds K: waits
+    assert not session.closed
+    blocker = held_lock(coord)
+    try:
+        back.result(k.job_id, ak.attempt)  # U2: frees K's slot; its fill registers the close check
+        await eventually(lambda: scheduler._unsettled.get(k.job_id) is not None, what="K's result queued")
+        cancel = asyncio.create_task(scheduler.cancel(job.job_id, None, "orphan"))  # U1: frees M's "slot"
+        await eventually(lambda: scheduler._unsettled.get(job.job_id) is not None, what="J's cancel queued")
+    finally:
+        blocker.execute("COMMIT")
+        blocker.close()
+    await cancel
+    await asyncio.sleep(1.0)
+    go_aways = [m.reason for kind, m in back.log if kind == "go_away"]
+    assert session.closed and go_aways == ["DRAINED"], (
+        f"drained session holds {dict(session.held)}, {session.reserved} reserved, unsettled frees "
+        f"{scheduler._unsettled_frees.get('miner-00')}; closed {session.closed}; go-aways {go_aways}"
+    )
