@@ -659,17 +659,42 @@ class Scheduler(UndoFailedCommits):
                  "session_id": session.session_id, "reason": reason})  # fmt: skip
 
     def drain(self, session: Session, reason: str) -> None:
+        if session.draining:
+            return
         session.draining = True
+        session.drain_reason = reason
         self.available.pop(session.session_id, None)
-        session.send(DrainOut(reason))
+        self._tell_drain_once_written(session)
         freeing = self._unsettled_frees.get(session.miner_id)
-        if (
-            freeing
-        ):  # changes that freed its slots are still being written: should one fail, its job comes back
-            for other, _ in freeing.values():
-                other.always.append(functools.partial(self._close_if_drained, session))
-        else:
+        if not freeing:
             self._close_if_drained(session)
+            return
+        # changes that freed its slots are still being written: should one fail, its job comes back
+        for other, _ in freeing.values():
+            other.always.append(functools.partial(self._close_if_drained, session))
+
+    def _tell_drain_once_written(self, session: Session) -> None:
+        """Assignments decided before the drain leave once their writes are durable: the Drain leaves after
+        them ("take no new ones" holds on the stream), once the last write of each job it holds settles."""
+        writing = {id(p): p for job_id in session.held if (p := self._unsettled.get(job_id)) is not None}
+        if not writing:
+            self._tell_drain(session)
+            return
+        left = [len(writing)]
+
+        def settled() -> None:
+            left[0] -= 1
+            if not left[0]:
+                self._tell_drain(session)
+
+        for other in writing.values():
+            other.always.append(settled)
+
+    @staticmethod
+    def _tell_drain(session: Session) -> None:
+        if not session.drain_told:
+            session.drain_told = True
+            session.send(DrainOut(session.drain_reason))
 
     def _close_if_drained(self, session: Session) -> None:
         """A draining session ends once nothing of it is left: no job held, none being read back after a
@@ -683,6 +708,7 @@ class Scheduler(UndoFailedCommits):
         ):
             return
         pending = _Pending()
+        self._tell_drain(session)  # (before its GoAway, had it waited for a write that failed)
         self._close(session, pending, "DRAINED", requeue=False)
         self._spawn_commit(pending)
 

@@ -68,6 +68,8 @@ class Session:
     held: dict[str, Held] = field(default_factory=dict)
     reserved: int = 0  # slots kept for jobs out of memory after a failed commit, until read back
     draining: bool = False
+    drain_reason: str = ""  # why it drains; told to the miner once what was decided before it has left
+    drain_told: bool = False
     closed: bool = False
     disconnected_us: int = 0  # stream gone, within the grace period
     write_blocked_since_us: int = 0  # a write to the stream has waited since then (0: none waiting)

@@ -992,6 +992,8 @@ async def the_empty_drained_session_ended(miner, session) -> None:  # type: igno
     """A drained session whose only job was undone by a failed write ends (it stayed open, idle, for good)."""
     await asyncio.sleep(1.0)
     go_aways = [m.reason for kind, m in miner.log if kind == "go_away"]
+    kinds = [kind for kind, _ in miner.log]
+    assert "drain" in kinds and kinds.index("drain") < kinds.index("go_away"), kinds
     assert session.closed and go_aways == ["DRAINED"], (
         f"the drained session holds nothing ({dict(session.held)}, {session.reserved} reserved) and is still "
         f"open (closed: {session.closed}, draining: {session.draining}); go-aways {go_aways}"
@@ -1197,8 +1199,8 @@ async def test_a_drained_session_whose_only_job_is_undone_is_closed(coord: Harne
     try:
         submit = asyncio.ensure_future(alice.submit({"j": 1}))
         await eventually(lambda: session.held, what="J assigned to miner-00 in memory")
-        await coord.admin().drain("miner-00")
-        await miner.next("drain")
+        await coord.admin().drain("miner-00")  # (told once the write of its job has settled)
+        await asyncio.sleep(0.1)
         assert not session.closed
         blocker.execute(
             "CREATE TRIGGER test_refuse_jobs BEFORE INSERT ON jobs "
@@ -1292,8 +1294,8 @@ async def test_a_drained_session_whose_only_assignment_fails_is_closed(coord: Ha
     try:
         await eventually(lambda: session.held, what="J handed to miner-00 again, in memory")
         assert coord.db.job_state(job.job_id) == QUEUED  # (its assignment waits for the lock)
-        await coord.admin().drain("miner-00")
-        await miner.next("drain")
+        await coord.admin().drain("miner-00")  # (told once the write of its job has settled)
+        await asyncio.sleep(0.1)
         assert not session.closed
     finally:
         blocker.execute("COMMIT")
@@ -1337,4 +1339,30 @@ async def test_a_drained_session_ends_once_a_later_free_of_its_miner_settles(coo
     assert session.closed and go_aways == ["DRAINED"], (
         f"drained session holds {dict(session.held)}, {session.reserved} reserved, unsettled frees "
         f"{scheduler._unsettled_frees.get('miner-00')}; closed {session.closed}; go-aways {go_aways}"
+    )
+
+
+async def test_a_drained_stream_is_not_given_a_job_after_its_drain(coord: Harness) -> None:
+    """A job handed to the miner in memory while its write waits, then a drain: the Drain left at once and
+    the assignment once durable, so the miner was told to take no new work and then given some. Found by
+    the randomized test with drains."""
+    alice = coord.client("alice")
+    miner = await coord.stream_miner("miner-00", slots=1)
+    session = coord.coordinator.scheduler.by_miner["miner-00"]
+    blocker = held_lock(coord)
+    try:
+        submit = asyncio.ensure_future(alice.submit({"j": 1}))
+        await eventually(lambda: session.held, what="J assigned to miner-00 in memory (its write waiting)")
+        await coord.admin().drain("miner-00")
+        await asyncio.sleep(0.2)
+    finally:
+        blocker.execute("COMMIT")
+        blocker.close()
+    job = await submit
+    [a] = await miner.assignments(1)
+    await miner.next("drain")
+    order = [kind for kind, _ in miner.log]
+    assert order.index("assignments") < order.index("drain"), (
+        f"miner-00 read {order}: told to drain, then given {a.job.job_id} (attempt {a.attempt}; submitted "
+        f"as {job.job_id}) on the same stream"
     )
