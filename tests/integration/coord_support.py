@@ -368,6 +368,8 @@ class StreamMiner:
         self.channel: grpc.aio.Channel | None = None
         self._out: asyncio.Queue = asyncio.Queue()
         self._tasks: list[asyncio.Task] = []
+        # called with (stream, kind, body) as each message is read, before it is handed on (a test's probe)
+        self.on_message: Callable[[Stream, str, Any], None] | None = None
 
     async def connect(self, running_jobs: tuple[tuple[str, int], ...] = ()) -> mpb.Welcome:
         if self not in self.harness.stream_miners:  # e.g. reconnecting after a coordinator restart
@@ -404,6 +406,8 @@ class StreamMiner:
                 body = getattr(msg, kind)
                 self.log.append((kind, body))
                 stream.log.append(("in", kind, body))
+                if self.on_message is not None:
+                    self.on_message(stream, kind, body)
                 if kind == "assignments":
                     for a in body.assignments:
                         stream.assigned.add((a.job.job_id, a.attempt))
