@@ -541,7 +541,10 @@ class HandMiner:
         if kind != "go_away" or body.reason != "DRAINED":
             return
         scheduler, name = self.coord.coordinator.scheduler, self.name
-        had = stream.assigned | set(stream.listed)
+        # what it was given or listed, less what it was told to drop (NOT_HELD at its welcome, say: a job
+        # of its miner whose requeue then failed is read back and requeued, not this stream's any more)
+        dropped = {(c.job_id, c.attempt) for way, k, c in stream.log if way == "in" and k == "cancel"}
+        had = (stream.assigned | set(stream.listed)) - dropped
         found: dict[str, str] = {}
         for job_id, job in list(scheduler.jobs.items()):
             if job.state in (JobState.ASSIGNED, JobState.RUNNING) and job.miner_id == name:
