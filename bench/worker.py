@@ -73,15 +73,14 @@ async def bare_server(args: dict[str, Any]) -> None:
         for _ in range(spec["count"]):
             yield payload
 
-    handler = grpc.method_handlers_generic_handler(
-        BARE_SERVICE,
-        {
-            "Echo": grpc.unary_unary_rpc_method_handler(echo),
-            "Flood": grpc.unary_stream_rpc_method_handler(flood),
-        },
-    )
+    await serve_bare(BARE_SERVICE, {"Echo": grpc.unary_unary_rpc_method_handler(echo),
+                                    "Flood": grpc.unary_stream_rpc_method_handler(flood)})  # fmt: skip
+
+
+async def serve_bare(service: str, methods: dict[str, grpc.RpcMethodHandler]) -> None:
+    """Serve methods on a free loopback port (printed as ready) until the commands end."""
     server = grpc.aio.server()
-    server.add_generic_rpc_handlers((handler,))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, methods),))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     emit("ready", port=port, pid=os.getpid())
@@ -219,20 +218,8 @@ async def bare_pipeline_server(args: dict[str, Any]) -> None:
             reader.cancel()
             workers.remove(worker)
 
-    handler = grpc.method_handlers_generic_handler(
-        PIPE_SERVICE,
-        {
-            "Submit": grpc.unary_unary_rpc_method_handler(submit),
-            "Work": grpc.stream_stream_rpc_method_handler(work),
-        },
-    )
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    emit("ready", port=port, pid=os.getpid())
-    await serve_commands({})
-    await server.stop(0)
+    await serve_bare(PIPE_SERVICE, {"Submit": grpc.unary_unary_rpc_method_handler(submit),
+                                    "Work": grpc.stream_stream_rpc_method_handler(work)})  # fmt: skip
 
 
 class _PipeWorker:
