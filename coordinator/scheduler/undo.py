@@ -122,7 +122,8 @@ class UndoFailedCommits:
                 del self.orphans[job.miner_id]
             unheld = True  # no session held it when the change was decided (a cancel of an orphan, say)
         reserved: Session | None = None
-        if first.from_state in (JobState.ASSIGNED, JobState.RUNNING) and not unheld:  # held by first.miner_id
+        ran = first.from_state in (JobState.ASSIGNED, JobState.RUNNING)  # first.miner_id ran it, as stored
+        if ran and not unheld:
             reserved = self.by_miner.get(first.miner_id)
             # The session open when the change was decided held the job then. One opened since holds it only
             # if its miner listed it (kept, at the attempt the change was about); if not, it lost it, and the
@@ -136,8 +137,9 @@ class UndoFailedCommits:
                 self._refresh_available(reserved)
             else:
                 reserved = None
-        ran_by = first.miner_id if first.from_state in (JobState.ASSIGNED, JobState.RUNNING) else ""
-        self._detached[job.job_id] = Detached(reserved, ran_by, first.attempt, holder=reserved)
+        self._detached[job.job_id] = Detached(
+            reserved, first.miner_id if ran else "", first.attempt, holder=reserved
+        )
         self._write_failures[job.job_id] = self._write_failures.get(job.job_id, 0) + 1
         return True
 
