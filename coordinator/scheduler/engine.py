@@ -118,6 +118,8 @@ class Scheduler(UndoFailedCommits):
         self._unsettled_frees: dict[str, dict[int, list]] = {}
         self._unit_keys = itertools.count(1)  # keys of units, for the writer's dependency check
         self._detached: dict[str, Detached] = {}  # jobs out of memory after a failed commit
+        # job -> (new session, attempt) of a miner that listed it while a change taking it away is written
+        self._listings: dict[str, tuple[Session, int]] = {}
         self._write_failures: dict[str, int] = {}  # job -> failed commits in a row (backoff on restore)
         self.queues = ReadyQueues()
         self.sessions: dict[str, Session] = {}  # by session id
@@ -274,6 +276,9 @@ class Scheduler(UndoFailedCommits):
                     pending.miners.append(event.miner_id)
                 else:
                     entry[1] += 1
+        for target, message in pending.sends:
+            if isinstance(message, list):  # assignments: a Drain decided meanwhile leaves after them
+                target.assigning[unit.key] = pending
         for miner in pending.miners:  # a draining session may end once this unit has settled
             session = self.by_miner.get(miner)
             if session is not None and session.draining:
@@ -296,6 +301,9 @@ class Scheduler(UndoFailedCommits):
         if settled is None or settled.done():
             return
         settled.set_result(None)
+        for target, message in pending.sends:
+            if isinstance(message, list):
+                target.assigning.pop(pending.unit.key, None)
         for job, _ in pending.notes:
             if self._unsettled.get(job.job_id) is pending:
                 del self._unsettled[job.job_id]
@@ -394,9 +402,12 @@ class Scheduler(UndoFailedCommits):
             await self._commit(pending)
         except BaseException:
             if not pending.enqueued:  # refused before its write was queued: nothing of it may stay
+                freed: dict[str, Session] = {}
                 for job, _ in pending.notes:
-                    self._forget_failed_insert(job)
+                    self._forget_failed_insert(job, freed)
                 self._run_always(pending)
+                if not self.stopping:
+                    self._refill(freed.values())
             raise  # once queued, the write's outcome keeps or forgets the jobs, even if this call was cancelled
         return [o for o in out if o is not None]
 
@@ -592,6 +603,8 @@ class Scheduler(UndoFailedCommits):
                 # being read back after a failed commit, and this miner ran it at this attempt: it keeps
                 # running it (the welcome names it), and gets it back with a fresh lease (else NOT_HELD then)
                 kept.append((job_id, attempt))
+            elif self._unsettled and self._listed_while_written(session, job_id, attempt):
+                kept.append((job_id, attempt))  # (NOT_HELD once the change that took it lands)
             else:
                 pending.sends.append((session, CancelOut(job_id, attempt, "NOT_HELD")))
         self.timers.schedule(
@@ -675,8 +688,10 @@ class Scheduler(UndoFailedCommits):
 
     def _tell_drain_once_written(self, session: Session) -> None:
         """Assignments decided before the drain leave once their writes are durable: the Drain leaves after
-        them ("take no new ones" holds on the stream), once the last write of each job it holds settles."""
+        them ("take no new ones" holds on the stream): once the last write of each job it holds settles, and
+        every write giving it assignments (of jobs it may no longer hold: canceled meanwhile, say)."""
         writing = {id(p): p for job_id in session.held if (p := self._unsettled.get(job_id)) is not None}
+        writing.update((id(p), p) for p in session.assigning.values())
         if not writing:
             self._tell_drain(session)
             return
@@ -765,12 +780,20 @@ class Scheduler(UndoFailedCommits):
         self._fill(session, pending, now, exclude_job=job_id)
         await self._commit(pending)
 
-    async def complete(self, session: Session, results: list[ResultIn]) -> list[AckOut]:
-        """Accept results (fenced), issue one receipt each, refill the freed slots; all in one commit."""
+    async def complete(
+        self, session: Session, results: list[ResultIn], acks: list[AckOut] | None = None
+    ) -> list[AckOut]:
+        """Accept results (fenced), issue one receipt each, refill the freed slots; all in one commit.
+
+        The acks are appended to acks (returned) once their results are durable: should a later write fail (a
+        result waiting for a read-back, retried), the caller still has those of the results that landed, to
+        send before the error."""
         now = now_us()
         session.last_seen_us = now
         pending = _Pending()
-        acks: list[AckOut] = []
+        if acks is None:
+            acks = []
+        decided: list[AckOut] = []  # this commit's: they join acks once it is durable
         unmatched: list[ResultIn] = []
         # No await until the commit is queued: receipts' log leaves must reach the writer in issue order.
         for r in results:
@@ -792,7 +815,12 @@ class Scheduler(UndoFailedCommits):
             try:
                 receipt_id = self.receipts.issue(job, result, session, pending.unit) if self.receipts else ""
             except CoordinatorError as exc:
-                acks.append(AckOut(r.job_id, r.attempt, False, reason=exc.reason, message=exc.message))
+                decided.append(AckOut(r.job_id, r.attempt, False, reason=exc.reason, message=exc.message))
+                continue
+            except Exception:  # a result intake let through: refused alone (the batch's others are decided)
+                log.exception("could not issue the receipt of job %s attempt %d", r.job_id, r.attempt)
+                decided.append(AckOut(r.job_id, r.attempt, False, reason="INVALID_RESULT",
+                                      message="the result cannot be receipted (see the coordinator log)"))  # fmt: skip
                 continue
             result.receipt_id = receipt_id
             pending.unit.add_result(result)
@@ -801,12 +829,13 @@ class Scheduler(UndoFailedCommits):
             session.completed += 1
             self.samples_run.append((now, now - job.started_us))
             self._finish(job, pending)
-            acks.append(AckOut(job.job_id, job.attempt, True, receipt_id=receipt_id))
+            decided.append(AckOut(job.job_id, job.attempt, True, receipt_id=receipt_id))
         self._fill(session, pending, now)
         await self._commit(pending)
+        acks.extend(decided)
         for r in unmatched:
             if await self._unless_detached(session, r.job_id):  # read back meanwhile: try it again
-                acks.extend(await self.complete(session, [r]))
+                await self.complete(session, [r], acks)
             else:
                 acks.append(await self._refusal_or_repeat(session, r.job_id, r.attempt))
         return acks
@@ -1079,7 +1108,9 @@ class Scheduler(UndoFailedCommits):
                 session.end_reason = "STREAM_STALLED"
                 session.stream_task.cancel()
                 return
-            deadline = session.last_seen_us + timeout_us
+            # While the coordinator itself handles one of its messages (waiting for a slow store, say), the
+            # stream is not read: the miner's heartbeats wait there, and its silence is ours.
+            deadline = now + timeout_us if session.handling else session.last_seen_us + timeout_us
             if blocked:
                 deadline = min(deadline, blocked + timeout_us)
             if deadline > now:

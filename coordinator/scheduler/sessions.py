@@ -76,7 +76,10 @@ class Session:
     stream_task: asyncio.Task | None = None  # the Connect handler, cancelled when the stream stalls
     end_reason: str = ""  # why the scheduler ended the stream (for the disconnect line)
     last_seen_us: int = 0
+    handling: bool = False  # one of its stream's messages is being handled (the stream is not read meanwhile)
     opened_key: int = 0  # a unit key taken when it opened: units with smaller keys were decided before it
+    # unit key -> an unsettled decision (scheduler Pending) that gives it assignments: a Drain waits for them
+    assigning: dict[int, object] = field(default_factory=dict)
     completed: int = 0
     failed: int = 0
     eligibility: dict[Constraints, bool] = field(default_factory=dict)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -75,15 +76,20 @@ class UndoFailedCommits:
         for job, event in pending.notes:
             first.setdefault(job.job_id, (job, event))
         detached = []
+        freed: dict[str, Session] = {}  # live sessions a job was taken from (its slot, unless reserved)
         for job_id, (job, event) in first.items():
             if unit.inserts(job_id):
-                self._forget_failed_insert(job)
-            elif self._detach(job, event, unit.key, job_id in pending.unheld):
+                self._forget_failed_insert(job, freed)
+            elif self._detach(job, event, unit.key, job_id in pending.unheld, freed):
                 detached.append(job_id)
+            elif job_id not in pending.unheld:
+                self._held_meanwhile(job_id, event, unit.key)
         for miner in {job.miner_id for job, _ in first.values()} | {e.miner_id for _, e in first.values()}:
             session = self.by_miner.get(miner)
             if session is not None and session.draining:  # its only job undone (an assignment that failed)
                 self._close_if_drained(session)
+        if not self.stopping:
+            self._refill(freed.values())
         if detached and not self.stopping:  # at the next start, everything is loaded from the store anyway
             task = asyncio.get_running_loop().create_task(self._restore(detached))
             self._restoring.add(task)
@@ -91,7 +97,17 @@ class UndoFailedCommits:
             for job_id in detached:
                 self._detached[job_id].task = task
 
-    def _forget_failed_insert(self: Scheduler, job: Job) -> None:
+    def _refill(self: Scheduler, sessions: Iterable[Session]) -> None:
+        """Queued work for slots an undone decision freed: nothing else may touch these sessions for a while
+        (a quiet system), and a job queued behind the undone one would wait beside an idle miner."""
+        now = now_us()
+        for session in sessions:
+            if session.free > 0 and session.takes_work:
+                pending = Pending()
+                self._fill(session, pending, now)
+                self._spawn_commit(pending)
+
+    def _forget_failed_insert(self: Scheduler, job: Job, freed: dict[str, Session]) -> None:
         if self.jobs.get(job.job_id) is not job:
             return
         del self.jobs[job.job_id]
@@ -99,8 +115,11 @@ class UndoFailedCommits:
         session = self.by_miner.get(job.miner_id)  # assigned in the same unit: the miner never heard of it
         if session is not None and session.held.pop(job.job_id, None) is not None:
             self._refresh_available(session)
+            freed[session.session_id] = session
 
-    def _detach(self: Scheduler, job: Job, first: Event, key: int, unheld: bool = False) -> bool:
+    def _detach(
+        self: Scheduler, job: Job, first: Event, key: int, unheld: bool, freed: dict[str, Session]
+    ) -> bool:
         """Take a job whose in-memory state may be ahead of the store out of every structure that acts on it.
         Until it is read back, reads of it go to the store and timers find nothing to do; if the live
         session that held it before the failed change (first, in unit key) is still open, its slot stays
@@ -115,6 +134,7 @@ class UndoFailedCommits:
             kept_attempt = held.attempt
             del holder.held[job.job_id]
             self._refresh_available(holder)
+            freed[holder.session_id] = holder
         orphans = self.orphans.get(job.miner_id)
         if orphans is not None and (held := orphans.get(job.job_id)) is not None and held.job is job:
             del orphans[job.job_id]
@@ -137,11 +157,66 @@ class UndoFailedCommits:
                 self._refresh_available(reserved)
             else:
                 reserved = None
-        self._detached[job.job_id] = Detached(
-            reserved, first.miner_id if ran else "", first.attempt, holder=reserved
-        )
+        marker = Detached(reserved, first.miner_id if ran else "", first.attempt, holder=reserved)
+        self._detached[job.job_id] = marker
+        listing = self._listings.pop(job.job_id, None)
+        if listing is not None and ran:
+            # its miner came back listing it while the change was written: it keeps it the same way
+            session, attempt = listing
+            if marker.reserved is None and session is self.by_miner.get(marker.miner_id):
+                self._reserve(marker, session)
+            if session.miner_id == marker.miner_id and attempt == marker.attempt:
+                marker.listed = listing
         self._write_failures[job.job_id] = self._write_failures.get(job.job_id, 0) + 1
         return True
+
+    def _reserve(self: Scheduler, marker: Detached, session: Session) -> None:
+        """The job of marker keeps a slot of session (a live one, where its miner may still run it)."""
+        if not session.closed:
+            session.reserved += 1
+            self._refresh_available(session)
+            marker.reserved = marker.holder = session
+
+    def _held_meanwhile(self: Scheduler, job_id: str, first: Event, key: int) -> None:
+        """A failed change built on another failed one, to a job already taken out: if a session held the job
+        when this change was decided (one opened since the first change, whose miner listed it), that session
+        keeps its slot, as if the first change had found it there (a cancel decided on it, say)."""
+        marker = self._detached.get(job_id)
+        if (
+            marker is None
+            or marker.reserved is not None
+            or first.from_state not in (JobState.ASSIGNED, JobState.RUNNING)
+            or (first.miner_id, first.attempt) != (marker.miner_id, marker.attempt)
+        ):
+            return
+        session = self.by_miner.get(first.miner_id)
+        if session is not None and session.opened_key < key:
+            self._reserve(marker, session)
+
+    def _listed_while_written(self: Scheduler, session: Session, job_id: str, attempt: int) -> bool:
+        """A new session's miner lists a job that a change being written took from it at that attempt (a
+        cancel): should the write fail, the job is its miner's still. It keeps running it meanwhile (the
+        welcome names it) and hears NOT_HELD only once the change is durable. Whether that is the case."""
+        pending = self._unsettled.get(job_id)
+        if pending is None or not any(
+            job.job_id == job_id
+            and event.from_state in (JobState.ASSIGNED, JobState.RUNNING)
+            and (event.miner_id, event.attempt) == (session.miner_id, attempt)
+            for job, event in pending.notes
+        ):
+            return False
+        self._listings[job_id] = (session, attempt)
+        pending.always.append(lambda: self._listing_settled(job_id, session, attempt))
+        return True
+
+    def _listing_settled(self: Scheduler, job_id: str, session: Session, attempt: int) -> None:
+        """The change a listing waited for is durable (or was undone, and _detach took the listing)."""
+        if self._listings.get(job_id) != (session, attempt):
+            return
+        del self._listings[job_id]
+        held = session.held.get(job_id)
+        if not session.closed and (held is None or held.attempt != attempt) and job_id not in self._detached:
+            session.send(CancelOut(job_id, attempt, "NOT_HELD"))
 
     def _reserve_on(self: Scheduler, session: Session, listed: dict[str, int]) -> None:
         """A miner's new session: it keeps a slot for each of the miner's jobs being read back that it lists
@@ -267,9 +342,16 @@ class UndoFailedCommits:
 
     async def _unless_detached(self: Scheduler, session: Session, job_id: str) -> bool:
         """If job_id is out of memory after a failed commit, wait (for a while at most) until it is read back,
-        so that a miner's message about it is matched against what the store holds instead of refused.
-        Whether it waited and the job is now back in this session's hands."""
-        if job_id in session.held or job_id not in self._detached:
+        so that a miner's message about it is matched against what the store holds instead of refused; and
+        first, if a change to it is being written (a cancel taking it from this miner, which may fail and give
+        it back), until that write settles. Whether it waited and the job is now in this session's hands."""
+        if job_id in session.held:
             return False
-        await self._restored(job_id)
-        return job_id in session.held
+        waited = False
+        if job_id in self._unsettled:
+            await self._settled(job_id)
+            waited = True
+        if job_id in self._detached:
+            await self._restored(job_id)
+            waited = True
+        return waited and job_id in session.held

@@ -233,46 +233,53 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
                 return "OUTBOX_OVERFLOW"  # the miner stopped reading: treat the stream as stalled
 
     async def _read(self, session: Session, requests: AsyncIterator[pb.ConnectRequest]) -> None:
-        s = self.scheduler
         async for req in requests:
             kind = req.WhichOneof("message")
             obs.stream_received(kind)
-            s.seen(session)
-            if kind == "results":
-                if not 1 <= len(req.results.results) <= self.limits.max_batch:
-                    raise invalid("results: 1 to 1000 per message", [("results", "1 to 1000 entries")])
-                valid, acks = [], []
-                for r in req.results.results:
-                    try:
-                        valid.append(result_in(r, self.limits))
-                    except CoordinatorError as exc:
-                        acks.append(
-                            AckOut(r.job_id, r.attempt, False, reason=exc.reason, message=exc.message)
-                        )
-                acks.extend(await s.complete(session, valid))
+            session.handling = True
+            try:
+                await self._handle(session, req, kind)
+            finally:
+                session.handling = False
+                self.scheduler.seen(session)  # (its heartbeats may have waited behind this message)
+
+    async def _handle(self, session: Session, req: pb.ConnectRequest, kind: str | None) -> None:
+        s = self.scheduler
+        if kind == "results":
+            if not 1 <= len(req.results.results) <= self.limits.max_batch:
+                raise invalid("results: 1 to 1000 per message", [("results", "1 to 1000 entries")])
+            valid, acks = [], []
+            for r in req.results.results:
+                try:
+                    valid.append(result_in(r, self.limits))
+                except CoordinatorError as exc:
+                    acks.append(AckOut(r.job_id, r.attempt, False, reason=exc.reason, message=exc.message))
+            try:
+                await s.complete(session, valid, acks)
+            finally:  # (on a failed write, the acks of the results that landed go before the error)
                 for a in acks:
                     session.send(a)
-            elif kind == "heartbeat":
-                s.heartbeat(session, running(req.heartbeat.running_jobs))
-            elif kind == "accept":
-                await self._fenced(session, s.accept(session, req.accept.job_id, req.accept.attempt),
-                                   req.accept.job_id, req.accept.attempt)  # fmt: skip
-            elif kind == "reject":
-                await self._fenced(session, s.reject(session, req.reject.job_id, req.reject.attempt,
-                                                     req.reject.reason[: self.limits.max_long_string]),
-                                   req.reject.job_id, req.reject.attempt)  # fmt: skip
-            elif kind == "failure":
-                session.send(await s.fail(session, self._failure(req.failure)))
-            elif kind == "progress":
-                s.progress(session, req.progress.job_id, req.progress.attempt)
-            elif kind == "drain":
-                s.drain(session, "MINER_REQUESTED")
-            elif kind == "hello":
-                raise CoordinatorError(
-                    Kind.FAILED_PRECONDITION, "HELLO_REPEATED", "hello is sent once per stream"
-                )
-            else:
-                raise invalid("empty message", [("message", "exactly one field must be set")])
+        elif kind == "heartbeat":
+            s.heartbeat(session, running(req.heartbeat.running_jobs))
+        elif kind == "accept":
+            await self._fenced(session, s.accept(session, req.accept.job_id, req.accept.attempt),
+                               req.accept.job_id, req.accept.attempt)  # fmt: skip
+        elif kind == "reject":
+            await self._fenced(session, s.reject(session, req.reject.job_id, req.reject.attempt,
+                                                 req.reject.reason[: self.limits.max_long_string]),
+                               req.reject.job_id, req.reject.attempt)  # fmt: skip
+        elif kind == "failure":
+            session.send(await s.fail(session, self._failure(req.failure)))
+        elif kind == "progress":
+            s.progress(session, req.progress.job_id, req.progress.attempt)
+        elif kind == "drain":
+            s.drain(session, "MINER_REQUESTED")
+        elif kind == "hello":
+            raise CoordinatorError(
+                Kind.FAILED_PRECONDITION, "HELLO_REPEATED", "hello is sent once per stream"
+            )
+        else:
+            raise invalid("empty message", [("message", "exactly one field must be set")])
 
     @staticmethod
     async def _fenced(session: Session, action, job_id: str, attempt: int) -> None:  # type: ignore[no-untyped-def]
@@ -324,7 +331,7 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
         session = self._session(request.session_id)
         self.scheduler.heartbeat(session, running(request.running_jobs))
         cancels = self.scheduler.take_cancels(session)
-        return pb.HeartbeatResponse(cancels=[cancel(c) for c in cancels], draining=session.draining)
+        return pb.HeartbeatResponse(cancels=[cancel(c) for c in cancels], draining=session.drain_told)
 
     async def PollJob(
         self, request: pb.PollJobRequest, context: grpc.aio.ServicerContext

@@ -1,0 +1,285 @@
+"""Failed commits racing other changes: found by review (helper-20, 2026-11-27), each failing on the code
+before its fix. Same helpers as test_failed_commit.py: a held write lock, triggers refusing chosen rows."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import pytest
+from coord_support import CANCELED, COMPLETED, QUEUED, RUNNING, Harness, eventually, mpb, struct
+from test_failed_commit import allow, fail_a_cancel, held_lock, refuse, running_job
+
+
+@pytest.mark.coordinator(lease_seconds=30.0, reconnect_grace_seconds=30.0)
+async def test_a_failed_accept_and_cancel_after_a_reconnect_leave_the_job_with_its_miner(
+    coord: Harness,
+) -> None:
+    """Two failing changes of one job across a reconnect (an accept decided on the old session, a cancel on
+    the new one that kept the job by listing it): the new session keeps the job's slot and gets it back
+    (the job was requeued while its miner ran it, and could be given to that miner a second time)."""
+    alice = coord.client("alice")
+    miner = await coord.stream_miner("miner-00", slots=1)
+    job = await alice.submit({"x": 1})
+    [a] = await miner.assignments(1)
+    scheduler = coord.coordinator.scheduler
+    await eventually(lambda: job.job_id not in scheduler._unsettled, what="ASSIGNED stored")
+    blocker = held_lock(coord)
+    try:
+        miner.accept(a)  # U1: its write waits
+        await eventually(lambda: scheduler._unsettled.get(job.job_id) is not None, what="the accept queued")
+        await miner.kill()
+        back = await coord.stream_miner("miner-00", slots=1, running_jobs=((job.job_id, a.attempt),))
+        session = scheduler.by_miner["miner-00"]
+        assert list(session.held) == [job.job_id]  # kept: it listed J
+        cancel = asyncio.create_task(scheduler.cancel(job.job_id, None, "fails with the accept"))  # U2
+        await eventually(lambda: not session.held, what="the cancel decided")
+        blocker.execute(
+            f"CREATE TRIGGER test_refuse_job_events BEFORE INSERT ON job_events WHEN NEW.job_id = "
+            f"'{job.job_id}' AND NEW.reason = 'ACCEPTED' BEGIN SELECT RAISE(ABORT, 'test: refused'); END"
+        )
+    finally:
+        blocker.execute("COMMIT")
+        blocker.close()
+    [error] = await asyncio.gather(cancel, return_exceptions=True)
+    assert isinstance(error, Exception), error
+    allow(coord, "job_events")
+    await eventually(lambda: job.job_id in scheduler.jobs, what="J read back")
+    await asyncio.sleep(0.3)
+    events = [e["reason"] for e in coord.db.events(job.job_id)]
+    told = [k for k, _ in back.log]
+    given = sorted(back.streams[-1].assigned)
+    assert job.job_id in session.held and "MINER_LOST_JOB" not in events, (
+        f"miner-00's session (which kept J by listing it, and was never told to stop it) holds "
+        f"{dict((j, h.attempt) for j, h in session.held.items())}, reserved {session.reserved}; J's events "
+        f"{events}; the miner (still running attempt {a.attempt}) read {told}, assignments {given}"
+    )
+    back.result(job.job_id, a.attempt)
+    assert (await back.next("result_ack")).accepted
+    done = await coord.finished(alice, job.job_id)
+    assert (done.state, done.attempt) == (COMPLETED, 1)
+
+
+async def test_no_assignment_after_drain_when_the_job_was_canceled_meanwhile(coord: Harness) -> None:
+    """No write failing: an assignment being written, its job canceled meanwhile, then a Drain: the Drain
+    leaves after the assignment (it left before it: told to take no work, then given some)."""
+    alice = coord.client("alice")
+    miner = await coord.stream_miner("miner-00", slots=1)
+    scheduler = coord.coordinator.scheduler
+    session = scheduler.by_miner["miner-00"]
+    blocker = held_lock(coord)
+    try:
+        submit = asyncio.ensure_future(alice.submit({"j": 1}))
+        await eventually(lambda: session.held, what="J assigned to miner-00 in memory (its write waiting)")
+        [job_id] = list(session.held)
+        cancel = asyncio.create_task(scheduler.cancel(job_id, None, "bye"))
+        await eventually(lambda: not session.held, what="J canceled in memory")
+        await coord.admin().drain("miner-00")
+        await asyncio.sleep(0.2)
+    finally:
+        blocker.execute("COMMIT")
+        blocker.close()
+    await submit
+    await cancel
+    await miner.next("go_away")
+    order = [kind for kind, _ in miner.log]
+    assert "assignments" not in order or order.index("assignments") < order.index("drain"), (
+        f"miner-00 read {order}: told to drain, then given a job on the same stream"
+    )
+
+
+async def test_a_slot_freed_by_a_failed_insert_is_filled_from_the_queue(coord: Harness) -> None:
+    """A slot freed by a failed insert is filled from the queue at once (a job queued behind it waited
+    beside the idle miner until something else touched the session)."""
+    alice = coord.client("alice")
+    miner = await coord.stream_miner("miner-00", slots=1)
+    scheduler = coord.coordinator.scheduler
+    session = scheduler.by_miner["miner-00"]
+    with sqlite3.connect(coord.db_path) as conn:
+        conn.execute(
+            "CREATE TRIGGER test_refuse_jobs BEFORE INSERT ON jobs WHEN NEW.priority = 7 "
+            "BEGIN SELECT RAISE(ABORT, 'test: this write cannot be made'); END"
+        )
+    blocker = held_lock(coord)
+    try:
+        j = asyncio.ensure_future(alice.submit({"j": 1}, priority=7))
+        await eventually(lambda: session.held, what="J assigned to miner-00 in memory")
+        q = asyncio.ensure_future(alice.submit({"q": 1}))
+        await eventually(lambda: scheduler.queues.depth == 1, what="Q queued (the slot is taken)")
+    finally:
+        blocker.execute("COMMIT")
+        blocker.close()
+    [error] = await asyncio.gather(j, return_exceptions=True)
+    assert isinstance(error, Exception)
+    queued = await q
+    await asyncio.sleep(1.0)
+    assert miner.pending("assignment") == 1, (
+        f"Q {queued.job_id} is {(await alice.get(queued.job_id)).state} (QUEUED={QUEUED}), queue depth "
+        f"{scheduler.queues.depth}; miner-00 holds {list(session.held)} ({session.free} free, available: "
+        f"{session.session_id in scheduler.available}) and was given nothing"
+    )
+
+
+async def two_running_one_read_back(coord: Harness):  # type: ignore[no-untyped-def]
+    """miner-00 runs J and K (stored RUNNING); a failed cancel took J out of memory, and its read-back waits
+    for the write lock returned (the caller commits it)."""
+    alice = coord.client("alice")
+    miner = await coord.stream_miner("miner-00", slots=2)
+    j, k = await alice.submit({"j": 1}), await alice.submit({"k": 1})
+    assigned = {a.job.job_id: a for a in await miner.assignments(2)}
+    for a in assigned.values():
+        miner.accept(a)
+    await eventually(
+        lambda: all(coord.db.job_state(x.job_id) == RUNNING for x in (j, k)), what="both RUNNING stored"
+    )
+    return miner, j, k, assigned, await fail_a_cancel(coord, j.job_id)
+
+
+@pytest.mark.coordinator(lease_seconds=30.0, heartbeat_timeout_seconds=5.0)
+async def test_an_accepted_result_is_acked_though_a_result_beside_it_fails(coord: Harness) -> None:
+    """One Results message: K lands, J (being read back) is retried and its write fails: K's ack still
+    reaches the miner before the stream ends (it was dropped with the error)."""
+    miner, j, k, assigned, blocker = await two_running_one_read_back(coord)
+    try:
+        blocker.execute(
+            f"CREATE TRIGGER test_refuse_receipts BEFORE INSERT ON receipts WHEN NEW.job_id = '{j.job_id}' "
+            "BEGIN SELECT RAISE(ABORT, 'test: this write cannot be made'); END"
+        )
+        results = [
+            mpb.Result(
+                job_id=x.job_id,
+                attempt=assigned[x.job_id].attempt,
+                result=struct({"ok": True}),
+                units="1",
+                unit_type="jobs",
+            )
+            for x in (k, j)
+        ]
+        miner.send(results=mpb.Results(results=results))
+        await asyncio.sleep(0.3)
+    finally:
+        blocker.execute("COMMIT")
+        blocker.close()
+    await eventually(lambda: coord.db.job_state(k.job_id) == COMPLETED, what="K's result landed")
+    await miner.wait_closed()  # J's result failed: the stream ends
+    acks = [(a.job_id, a.accepted) for kind, a in miner.log if kind == "result_ack"]
+    assert (k.job_id, True) in acks, (
+        f"K is COMPLETED with its receipt stored, but the miner read no ack for it: acks {acks}, messages "
+        f"{[kind for kind, _ in miner.log]}"
+    )
+
+
+@pytest.mark.coordinator(lease_seconds=30.0, heartbeat_timeout_seconds=1.0)
+async def test_a_result_waiting_for_a_read_back_does_not_stop_heartbeats(coord: Harness) -> None:
+    """A result waiting for its job's read-back holds the stream's reader: the miner's heartbeats wait
+    behind it, and its silence is not taken for a dead miner (it was closed for HEARTBEAT_TIMEOUT)."""
+    miner, j, k, assigned, blocker = await two_running_one_read_back(coord)
+    try:
+        miner.result(j.job_id, assigned[j.job_id].attempt)  # the reader waits for J to be read back
+        await asyncio.sleep(2.5)  # the miner heartbeats every 0.2 s all along, listing K
+    finally:
+        blocker.execute("COMMIT")
+        blocker.close()
+    await asyncio.sleep(0.5)
+    go_aways = [m.reason for kind, m in miner.log if kind == "go_away"]
+    k_events = [e["reason"] for e in coord.db.events(k.job_id)]
+    assert not go_aways and "HEARTBEAT_TIMEOUT" not in k_events, (
+        f"the live miner (heartbeating every 0.2 s) was told {go_aways}; its other job K: {k_events}"
+    )
+
+
+def cancel_being_written(coord: Harness, job_id: str, fails: bool):  # type: ignore[no-untyped-def]
+    """A client's cancel of job_id, decided and queued behind a held write lock (returned: the caller
+    commits it); its write then fails, or lands."""
+    scheduler = coord.coordinator.scheduler
+    if fails:
+        refuse(coord, job_id, "job_events", "NEW.reason = 'CANCELED_BY_CLIENT'")
+    blocker = held_lock(coord)
+    cancel = asyncio.create_task(scheduler.cancel(job_id, None, "fails" if fails else "lands"))
+    return cancel, blocker
+
+
+async def cancel_settled(coord: Harness, cancel: asyncio.Task, fails: bool) -> None:
+    if fails:
+        with pytest.raises(sqlite3.IntegrityError):
+            await cancel
+        allow(coord, "job_events")
+    else:
+        await cancel
+
+
+@pytest.mark.parametrize("fails", [True, False], ids=["cancel-fails", "cancel-lands"])
+@pytest.mark.coordinator(lease_seconds=1.0)
+async def test_result_sent_while_a_cancel_is_written_is_answered_once_it_settles(
+    coord: Harness, fails: bool
+) -> None:
+    """A result sent while a cancel of its job is written is answered once the cancel settles: accepted if
+    it failed (it was refused as JOB_NOT_HELD at once, and the job read back ran again), refused if it
+    landed (no result, no receipt stored for the canceled job)."""
+    alice, miner, job, a = await running_job(coord, max_attempts=3)
+    scheduler = coord.coordinator.scheduler
+    cancel, blocker = cancel_being_written(coord, job.job_id, fails)
+    try:
+        await eventually(lambda: scheduler._unsettled.get(job.job_id) is not None, what="the cancel queued")
+        miner.result(a.job.job_id, a.attempt)  # the miner finished meanwhile
+        await asyncio.sleep(0.3)
+        assert miner.pending("result_ack") == 0, "answered while the cancel could still fail"
+    finally:
+        blocker.execute("COMMIT")
+        blocker.close()
+    await cancel_settled(coord, cancel, fails)
+    ack = await miner.next("result_ack")
+    if not fails:
+        assert (ack.accepted, ack.reason) == (False, "JOB_NOT_HELD")
+        assert coord.db.job_state(job.job_id) == CANCELED
+        assert coord.db.count("job_results", job.job_id) == 0 and coord.db.count("receipts", job.job_id) == 0
+        return
+    await asyncio.sleep(1.5)  # past the lease of the job read back
+    events = [e["reason"] for e in coord.db.events(job.job_id)]
+    assert ack.accepted and "LEASE_EXPIRED" not in events, (
+        f"the result was acked accepted={ack.accepted} reason={ack.reason!r}; the job's events: {events}"
+    )
+    done = await coord.finished(alice, job.job_id)
+    assert (done.state, done.attempt) == (COMPLETED, 1)
+
+
+@pytest.mark.parametrize("fails", [True, False], ids=["cancel-fails", "cancel-lands"])
+@pytest.mark.coordinator(lease_seconds=30.0, reconnect_grace_seconds=30.0)
+async def test_miner_back_listing_its_job_while_a_cancel_is_written_keeps_it_until_it_lands(
+    coord: Harness, fails: bool
+) -> None:
+    """A miner back listing its job while a cancel of it is written keeps running it (the welcome names it):
+    if the cancel fails, the job stays its own (it was told NOT_HELD at once, and the job requeued as lost);
+    if it lands, NOT_HELD follows then."""
+    alice, miner, job, a = await running_job(coord)
+    scheduler = coord.coordinator.scheduler
+    cancel, blocker = cancel_being_written(coord, job.job_id, fails)
+    try:
+        await eventually(lambda: scheduler._unsettled.get(job.job_id) is not None, what="the cancel queued")
+        await miner.kill()
+        await eventually(lambda: "miner-00" not in scheduler.by_miner, what="the session closed")
+        back = await coord.stream_miner("miner-00", slots=1, running_jobs=((job.job_id, a.attempt),))
+        await asyncio.sleep(0.2)
+        assert back.pending("cancel") == 0, "told NOT_HELD while the cancel could still fail"
+    finally:
+        blocker.execute("COMMIT")
+        blocker.close()
+    await cancel_settled(coord, cancel, fails)
+    assert [(r.job_id, r.attempt) for r in back.welcome.resumed_jobs] == [(job.job_id, a.attempt)]
+    if not fails:
+        told = await back.next("cancel")
+        assert (told.job_id, told.attempt, told.reason) == (job.job_id, a.attempt, "NOT_HELD")
+        assert (await alice.get(job.job_id)).state == coord.db.job_state(job.job_id) == CANCELED
+        assert not scheduler._listings and scheduler.by_miner["miner-00"].free == 1
+        return
+    await eventually(lambda: job.job_id in scheduler.jobs, what="the job read back")
+    await asyncio.sleep(0.3)
+    cancels = [(c.job_id, c.attempt, c.reason) for k, c in back.log if k == "cancel"]
+    events = [e["reason"] for e in coord.db.events(job.job_id)]
+    assert not cancels and "MINER_LOST_JOB" not in events, (
+        f"the miner back listing {job.job_id} attempt {a.attempt} was told {cancels}; events {events}"
+    )
+    back.result(job.job_id, a.attempt)
+    assert (await back.next("result_ack")).accepted
+    done = await coord.finished(alice, job.job_id)
+    assert (done.state, done.attempt) == (COMPLETED, 1)
