@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 
 from .clock import MICROS
 from .errors import invalid
@@ -35,16 +35,15 @@ def check_text(v: Violations, field: str, value: str, limit: int) -> None:
         v.append((field, f"at most {limit} characters (got {len(value)})"))
 
 
+# What receipts carry (units, price, cost: the receipt format's grammar), within what the ledger books: 64-bit
+# integers of nano units (so at most 9 decimals, and no more digits than it can hold).
+_PLAIN_DECIMAL = re.compile(r"(0|[1-9][0-9]{0,17})(\.[0-9]{1,9})?")
+
+
 def check_decimal(v: Violations, field: str, value: str) -> None:
-    if not value:
-        return
-    try:
-        number = Decimal(value)
-    except InvalidOperation:
-        v.append((field, f"must be a decimal number such as '2.5' (got {value[:40]!r})"))
-        return
-    if not number.is_finite() or number < 0:
-        v.append((field, "must be a finite, non-negative decimal"))
+    if value and not _PLAIN_DECIMAL.fullmatch(value):
+        v.append((field, "must be a plain non-negative decimal such as '2.5': at most 18 digits, then at most 9 "
+                         f"after a point; no sign, exponent or spaces (got {value[:40]!r})"))  # fmt: skip
 
 
 def check_labels(v: Violations, field: str, labels: tuple[tuple[str, str], ...], limits: Limits) -> None:
@@ -61,12 +60,17 @@ def check_labels(v: Violations, field: str, labels: tuple[tuple[str, str], ...],
             break
 
 
+def check_cuda(v: Violations, field: str, value: str) -> None:
+    """A CUDA version as constraints and miners both give it ('12.1'): matched numerically."""
+    check_text(v, field, value, 16)
+    if value and not all(part.isdigit() for part in value.split(".")):
+        v.append((field, "must look like '12.1'"))
+
+
 def check_constraints(v: Violations, prefix: str, c: Constraints, limits: Limits) -> None:
     check_text(v, f"{prefix}.gpu", c.gpu, limits.max_short_string)
     check_text(v, f"{prefix}.region", c.region, 64)
-    check_text(v, f"{prefix}.cuda", c.cuda, 16)
-    if c.cuda and not all(part.isdigit() for part in c.cuda.split(".")):
-        v.append((f"{prefix}.cuda", "must look like '12.1'"))
+    check_cuda(v, f"{prefix}.cuda", c.cuda)
     if len(c.models) > limits.max_list_items:
         v.append((f"{prefix}.models", f"at most {limits.max_list_items} entries"))
     if any(not m or len(m) > 256 for m in c.models):
@@ -118,12 +122,13 @@ def validate_submission(
     check_text(v, f"{prefix}idempotency_key", f.idempotency_key, limits.max_short_string)
     check_constraints(v, f"{prefix}constraints", f.constraints, limits)
     check_labels(v, f"{prefix}metadata", f.metadata, limits)
-    return v, int(ttl_s * MICROS), attempts, int(exec_s * MICROS)
+    return v, round(ttl_s * MICROS), attempts, round(exec_s * MICROS)
 
 
-def raise_if(violations: Violations, what: str = "the request") -> None:
+def raise_if(violations: Violations, what: str = "the request", reason: str = "INVALID_REQUEST") -> None:
     if violations:
-        raise invalid(f"{what} is invalid: " + "; ".join(f"{f}: {d}" for f, d in violations[:5]), violations)
+        message = f"{what} is invalid: " + "; ".join(f"{f}: {d}" for f, d in violations[:5])
+        raise invalid(message, violations, reason)
 
 
 def check_id(field: str, value: str) -> None:

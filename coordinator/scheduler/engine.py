@@ -840,9 +840,12 @@ class Scheduler(UndoFailedCommits):
                 acks.append(await self._refusal_or_repeat(session, r.job_id, r.attempt))
         return acks
 
-    async def _refusal_or_repeat(self, session: Session, job_id: str, attempt: int) -> AckOut:
-        """A result not matching a held attempt: the same ack again if it repeats an accepted one."""
-        if job_id not in self.jobs:
+    async def _refusal_or_repeat(
+        self, session: Session, job_id: str, attempt: int, repeat: bool = True
+    ) -> AckOut:
+        """A result not matching a held attempt: the same ack again if it repeats an accepted one (repeat:
+        a failure report repeats nothing, and a completed job's is refused)."""
+        if repeat and job_id not in self.jobs:
             stored = await self.store.get_result(job_id)
             if stored is not None and stored.attempt == attempt and stored.miner_id == session.miner_id:
                 return AckOut(job_id, attempt, True, receipt_id=stored.receipt_id)
@@ -860,7 +863,7 @@ class Scheduler(UndoFailedCommits):
             now = now_us()
         held = session.held.get(failure.job_id)
         if held is None or held.attempt != failure.attempt:
-            return await self._refusal_or_repeat(session, failure.job_id, failure.attempt)
+            return await self._refusal_or_repeat(session, failure.job_id, failure.attempt, repeat=False)
         job = held.job
         pending = _Pending()
         del session.held[job.job_id]

@@ -80,17 +80,6 @@ def identity() -> Identity:
     return current_identity.get()
 
 
-def presented_key(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str:
-    for key, value in metadata or ():
-        if key == "x-api-key":
-            return value if isinstance(value, str) else value.decode()
-        if key == "authorization":
-            text = value if isinstance(value, str) else value.decode()
-            if text[:7].lower() == "bearer ":
-                return text[7:].strip()
-    return ""
-
-
 @dataclass(frozen=True, slots=True)
 class Policy:
     """The limits the interceptor enforces (from settings; the defaults are the settings' defaults)."""
@@ -218,11 +207,13 @@ class AuthInterceptor(AsyncServerInterceptor):
     ) -> KeyState:
         key = timestamp = nonce = sig = ""
         for name, value in context.invocation_metadata() or ():
-            if name == "x-api-key":
-                key = value
-            elif name == "authorization" and not key:
-                if value[:7].lower() == "bearer ":
-                    key = value[7:].strip()
+            if name == "x-api-key" or (name == "authorization" and value[:7].lower() == "bearer "):
+                presented = value if name == "x-api-key" else value[7:].strip()
+                if key and presented != key:  # which one is the caller? neither, rather than a guess
+                    raise _unauthenticated(
+                        "UNAUTHENTICATED", "several different API keys in one call: send one"
+                    )
+                key = presented
             elif name == TIMESTAMP:
                 timestamp = value
             elif name == NONCE:
@@ -322,7 +313,7 @@ class AuthInterceptor(AsyncServerInterceptor):
                 return
             except DecodeError:
                 raise invalid(f"a streamed message is not a valid {spec.request_type}",
-                              [("message", "not a valid protobuf message of this type")],
+                              [("message", UNPARSABLE)],
                               reason="MALFORMED_REQUEST") from None  # fmt: skip
             if state.disabled:
                 raise _unauthenticated("KEY_DISABLED", "this API key was disabled")
@@ -343,12 +334,19 @@ class AuthInterceptor(AsyncServerInterceptor):
             yield message
 
 
+# The parser does not say why; these are the ways a well-meant message fails it.
+UNPARSABLE = (
+    "not a valid protobuf message of this type: malformed bytes, a string that is not UTF-8, or values nested "
+    "deeper than the parser allows (a Struct payload or result nests at most 32 levels)"
+)
+
+
 def _parse(spec: MethodSpec, raw: bytes) -> Any:
     try:
         message = spec.parse(raw)
     except DecodeError:
         raise invalid(f"the request is not a valid {spec.request_type}",
-                      [("request", "not a valid protobuf message of this type")],
+                      [("request", UNPARSABLE)],
                       reason="MALFORMED_REQUEST") from None  # fmt: skip
     check_bounds(message)
     return message

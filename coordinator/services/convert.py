@@ -7,13 +7,14 @@ from typing import Any
 
 from aitbc.coordinator.v1 import job_pb2, job_service_pb2, miner_service_pb2
 from aitbc.receipts.canonical import CanonicalError, canonical_struct
-from google.protobuf import struct_pb2, timestamp_pb2
+from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
 from ..domain.errors import invalid
 from ..domain.model import Capabilities, Constraints, Event, Gpu, Job, JobResult, PayloadKind
 from ..domain.validation import (
     Limits,
     SubmissionFields,
+    check_cuda,
     check_decimal,
     check_text,
     raise_if,
@@ -28,8 +29,13 @@ def timestamp(us: int) -> timestamp_pb2.Timestamp | None:
     return timestamp_pb2.Timestamp(seconds=us // 1_000_000, nanos=(us % 1_000_000) * 1000)
 
 
-def duration_us(d) -> int:  # type: ignore[no-untyped-def]
-    return d.seconds * 1_000_000 + d.nanos // 1000
+def duration_s(d: duration_pb2.Duration, field: str) -> float:
+    """A Duration in seconds (to the nanosecond: a bound is exact), refused unless well formed as the
+    protobuf spec has it (nanos within +-999,999,999, of the same sign as seconds)."""
+    if not -999_999_999 <= d.nanos <= 999_999_999 or (d.seconds > 0 > d.nanos) or (d.seconds < 0 < d.nanos):
+        raise invalid(f"{field} is not a valid Duration (seconds {d.seconds}, nanos {d.nanos})",
+                      [(field, "nanos within +-999999999, of the same sign as seconds")])  # fmt: skip
+    return d.seconds + d.nanos / 1e9
 
 
 def struct_to_python(value: struct_pb2.Value | struct_pb2.Struct, depth: int = 1) -> tuple[Any, int]:
@@ -96,9 +102,10 @@ def job_spec(req: job_service_pb2.SubmitJobRequest, limits: Limits, prefix: str 
     fields = SubmissionFields(
         payload_size=len(payload), payload_depth=depth, has_payload=kind is not None,
         constraints=constraints, priority=req.priority,
-        ttl_s=duration_us(req.ttl) / 1e6 if req.HasField("ttl") else None,
+        ttl_s=duration_s(req.ttl, f"{prefix}ttl") if req.HasField("ttl") else None,
         max_attempts=req.max_attempts,
-        execution_timeout_s=duration_us(req.execution_timeout) / 1e6 if req.HasField("execution_timeout") else None,
+        execution_timeout_s=duration_s(req.execution_timeout, f"{prefix}execution_timeout")
+        if req.HasField("execution_timeout") else None,
         idempotency_key=req.idempotency_key, metadata=tuple(sorted(req.metadata.items())),
     )  # fmt: skip
     violations, ttl_us, attempts, exec_us = validate_submission(fields, limits, prefix)
@@ -203,9 +210,10 @@ def capabilities_from(c: miner_service_pb2.MinerCapabilities, limits: Limits) ->
     if len(c.region) > 64:
         v.append(("capabilities.region", "at most 64 characters"))
     check_decimal(v, "capabilities.price", c.price)
+    check_cuda(v, "capabilities.cuda_version", c.cuda_version)
     raise_if(v, "hello")
     return Capabilities(
-        gpus=tuple(Gpu(g.model[:256], g.memory_gb) for g in c.gpus), cuda_version=c.cuda_version[:16],
+        gpus=tuple(Gpu(g.model[:256], g.memory_gb) for g in c.gpus), cuda_version=c.cuda_version,
         models=frozenset(c.models), price=c.price or "0", region=c.region, labels=tuple(sorted(c.labels.items())),
         slots=c.slots or 1, cpu_cores=c.cpu_cores, memory_gb=c.memory_gb,
     )  # fmt: skip
@@ -225,23 +233,26 @@ def result_in(r: miner_service_pb2.Result, limits: Limits) -> ResultIn:
         output = r.result.SerializeToString()
         value, depth = struct_to_python(r.result)
         if depth > limits.max_struct_depth:
-            raise invalid("result nested too deep", [("result", f"at most {limits.max_struct_depth} levels")])
+            raise invalid("result nested too deep", [("result", f"at most {limits.max_struct_depth} levels")],
+                          "INVALID_RESULT")  # fmt: skip
         try:
             digest = hashlib.sha256(canonical_struct(value)).digest()
         except CanonicalError as exc:
-            raise invalid(f"result is not valid JSON: {exc}", [("result", str(exc))]) from None
+            raise invalid(
+                f"result is not valid JSON: {exc}", [("result", str(exc))], "INVALID_RESULT"
+            ) from None
         output_kind = PayloadKind.STRUCT
     elif kind == "result_bytes":
         output, output_kind = r.result_bytes, PayloadKind.BYTES
         digest = hashlib.sha256(output).digest()
     else:
-        raise invalid("a result needs result or result_bytes", [("result", "required")])
+        raise invalid("a result needs result or result_bytes", [("result", "required")], "INVALID_RESULT")
     v: list[tuple[str, str]] = []
     if len(output) > limits.max_result_bytes:
         v.append(("result", f"at most {limits.max_result_bytes} bytes"))
     check_decimal(v, "units", r.units)
     check_text(v, "unit_type", r.unit_type, 64)
-    raise_if(v, "the result")
+    raise_if(v, "the result", "INVALID_RESULT")
     return ResultIn(
         job_id=r.job_id, attempt=r.attempt, output=output, output_kind=output_kind, result_sha256=digest,
         units=r.units or "0", unit_type=r.unit_type or "gpu_seconds", miner_report=r.miner_report,

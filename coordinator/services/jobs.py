@@ -99,7 +99,13 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     ) -> pb.GetJobResultResponse:
         check_id("job_id", request.job_id)
         remaining = context.time_remaining()
-        timeout = MAX_RESULT_WAIT_S if remaining is None else min(remaining, MAX_RESULT_WAIT_S)
+        # answered a little before the caller's deadline, so that it gets WAIT_TIMEOUT (with its details),
+        # not its own timer's bare DEADLINE_EXCEEDED
+        timeout = (
+            MAX_RESULT_WAIT_S
+            if remaining is None
+            else min(remaining - min(0.25, remaining / 10), MAX_RESULT_WAIT_S)
+        )
         try:
             job, result = await asyncio.wait_for(
                 self.scheduler.get_result(request.job_id, identity().name, request.wait), timeout

@@ -315,6 +315,8 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
     async def RegisterMiner(
         self, request: pb.RegisterMinerRequest, context: grpc.aio.ServicerContext
     ) -> pb.RegisterMinerResponse:
+        if not request.HasField("hello"):
+            raise invalid("RegisterMiner needs a hello", [("hello", "required")])
         caps = capabilities_from(request.hello.capabilities, self.limits)
         key = self._receipt_key(request.hello.receipt_public_key)
         session, kept, pending = self._open(request.hello, caps, "unary", key)
@@ -347,6 +349,8 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
     async def SubmitResult(
         self, request: pb.SubmitResultRequest, context: grpc.aio.ServicerContext
     ) -> pb.SubmitResultResponse:
+        if not request.HasField("result"):
+            raise invalid("SubmitResult needs a result", [("result", "required")])
         session = self._session(request.session_id)
         [result] = await self.scheduler.complete(session, [result_in(request.result, self.limits)])
         return pb.SubmitResultResponse(ack=ack(self._accepted(result)))
@@ -354,6 +358,8 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
     async def ReportFailure(
         self, request: pb.ReportFailureRequest, context: grpc.aio.ServicerContext
     ) -> pb.ReportFailureResponse:
+        if not request.HasField("failure"):
+            raise invalid("ReportFailure needs a failure", [("failure", "required")])
         session = self._session(request.session_id)
         result = await self.scheduler.fail(session, self._failure(request.failure))
         return pb.ReportFailureResponse(ack=ack(self._accepted(result)))

@@ -93,7 +93,7 @@ async def test_deeply_nested_payloads(tmp_path: Path) -> None:
         await miner.hello()
         await miner.send(results=mpb.Results(results=[mpb.Result(job_id="j", attempt=1, result=nested(32))]))
         ack = await miner.next("result_ack")
-        assert not ack.accepted and ack.reason == "INVALID_REQUEST"
+        assert not ack.accepted and ack.reason == "INVALID_RESULT"
         # deeper than protobuf parses: the stream ends, INVALID_ARGUMENT
         await miner.send(results=mpb.Results(results=[mpb.Result(job_id="j", attempt=1, result=nested(33))]))
         expect(await fails(miner.next("result_ack")), C.INVALID_ARGUMENT, "MALFORMED_REQUEST")
