@@ -323,6 +323,9 @@ class Chaos:
         self.came_back[f"{kind} failed" if failed else f"{kind} landed"] += 1
         self.came_back["failed" if failed else "landed"] += 1
 
+    def drained(self) -> int:
+        return sum(n for k, n in self.added.items() if isinstance(k, str) and k.startswith("drain"))
+
     async def drain(self) -> None:
         """Drain a hand miner through the admin API; half the time while the write lock is held, mostly with
         a rule refusing a write of one of its jobs (or of any job: an outage), so that the writes freeing its
@@ -355,13 +358,18 @@ class Chaos:
                 self.conn.execute("COMMIT")
 
     async def run(self) -> None:
+        rounds = 0
         while self.phase.chaos:
             await asyncio.sleep(self.rng.uniform(0.01, 0.05))
             if not self.phase.chaos:
                 break
             self.expire()
             r = self.rng.random()
-            if r < 0.1:
+            rounds += 1
+            # (a few drains in every run, however few rounds a slow machine leaves: the check below counts them)
+            if self.drained() < 3 and rounds % 6 == 0:
+                await self.drain()
+            elif r < 0.1:
                 await self.hold_lock()
             elif r < 0.25:
                 await self.come_back_while_writing()
@@ -953,8 +961,7 @@ async def test_commits_failing_at_random_leave_memory_and_store_in_agreement(
         )
         # and miners were drained (at times with writes failing); how many of their streams ended DRAINED
         # during the chaos depends on timing (a miner that keeps its jobs until the calm ends it then)
-        drains = sum(n for k, n in chaos.added.items() if isinstance(k, str) and k.startswith("drain"))
-        assert drains >= 3, f"seed {SEED}: {drains} drains"
+        assert chaos.drained() >= 3, f"seed {SEED}: {chaos.drained()} drains"
         assert completed >= 100 and completed >= len(book.told) // 2, (
             f"seed {SEED}: only {completed} of {len(book.told)} jobs completed: {by_state}"
         )
