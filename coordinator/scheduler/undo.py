@@ -84,6 +84,8 @@ class UndoFailedCommits:
                 detached.append(job_id)
             elif job_id not in pending.unheld:
                 self._held_meanwhile(job_id, event, unit.key)
+            if self._listings:
+                self._adopt_listing(job_id)
         for miner in {job.miner_id for job, _ in first.values()} | {e.miner_id for _, e in first.values()}:
             session = self.by_miner.get(miner)
             if session is not None and session.draining:  # its only job undone (an assignment that failed)
@@ -157,16 +159,9 @@ class UndoFailedCommits:
                 self._refresh_available(reserved)
             else:
                 reserved = None
-        marker = Detached(reserved, first.miner_id if ran else "", first.attempt, holder=reserved)
-        self._detached[job.job_id] = marker
-        listing = self._listings.pop(job.job_id, None)
-        if listing is not None and ran:
-            # its miner came back listing it while the change was written: it keeps it the same way
-            session, attempt = listing
-            if marker.reserved is None and session is self.by_miner.get(marker.miner_id):
-                self._reserve(marker, session)
-            if session.miner_id == marker.miner_id and attempt == marker.attempt:
-                marker.listed = listing
+        self._detached[job.job_id] = Detached(
+            reserved, first.miner_id if ran else "", first.attempt, holder=reserved
+        )
         self._write_failures[job.job_id] = self._write_failures.get(job.job_id, 0) + 1
         return True
 
@@ -196,7 +191,8 @@ class UndoFailedCommits:
     def _listed_while_written(self: Scheduler, session: Session, job_id: str, attempt: int) -> bool:
         """A new session's miner lists a job that a change being written took from it at that attempt (a
         cancel): should the write fail, the job is its miner's still. It keeps running it meanwhile (the
-        welcome names it) and hears NOT_HELD only once the change is durable. Whether that is the case."""
+        welcome names it, and a slot stays reserved for it) and hears NOT_HELD only once the change is
+        durable. Whether that is the case."""
         pending = self._unsettled.get(job_id)
         if pending is None or not any(
             job.job_id == job_id
@@ -206,17 +202,51 @@ class UndoFailedCommits:
         ):
             return False
         self._listings[job_id] = (session, attempt)
+        session.reserved += 1
         pending.always.append(lambda: self._listing_settled(job_id, session, attempt))
         return True
 
     def _listing_settled(self: Scheduler, job_id: str, session: Session, attempt: int) -> None:
-        """The change a listing waited for is durable (or was undone, and _detach took the listing)."""
+        """The change a listing waited for is durable: the miner hears NOT_HELD, and the slot is free again.
+        (Had it failed, _failed gave the listing to the job being read back first.)"""
         if self._listings.get(job_id) != (session, attempt):
             return
         del self._listings[job_id]
+        self._drop_listing(job_id, session, attempt)
+
+    def _adopt_listing(self: Scheduler, job_id: str) -> None:
+        """A change failed while a miner's new session listed the job it took: if the job is being read back
+        as that miner's at that attempt, the listing's slot is the job's (and its welcome was right)."""
+        listing = self._listings.pop(job_id, None)
+        if listing is None:
+            return
+        session, attempt = listing
+        marker = self._detached.get(job_id)
+        if (
+            marker is not None
+            and not session.closed
+            and session is self.by_miner.get(marker.miner_id)
+            and attempt == marker.attempt
+        ):
+            marker.listed = listing
+            if marker.reserved is None:
+                marker.reserved = marker.holder = session  # (the slot reserved when it listed the job)
+                return
+            session.reserved -= 1  # (already reserved on it for the job)
+            self._refresh_available(session)
+            return
+        self._drop_listing(job_id, session, attempt)
+
+    def _drop_listing(self: Scheduler, job_id: str, session: Session, attempt: int) -> None:
+        session.reserved -= 1
+        if session.closed:
+            return
         held = session.held.get(job_id)
-        if not session.closed and (held is None or held.attempt != attempt) and job_id not in self._detached:
+        if held is None or held.attempt != attempt:
             session.send(CancelOut(job_id, attempt, "NOT_HELD"))
+        pending = Pending()
+        self._fill(session, pending, now_us())  # (or ends it, if it drains)
+        self._spawn_commit(pending)
 
     def _reserve_on(self: Scheduler, session: Session, listed: dict[str, int]) -> None:
         """A miner's new session: it keeps a slot for each of the miner's jobs being read back that it lists

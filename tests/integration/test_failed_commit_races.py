@@ -161,7 +161,7 @@ async def test_an_accepted_result_is_acked_though_a_result_beside_it_fails(coord
         blocker.execute("COMMIT")
         blocker.close()
     await eventually(lambda: coord.db.job_state(k.job_id) == COMPLETED, what="K's result landed")
-    await miner.wait_closed()  # J's result failed: the stream ends
+    await miner.wait_closed(15.0)  # J's result failed: the stream ends
     acks = [(a.job_id, a.accepted) for kind, a in miner.log if kind == "result_ack"]
     assert (k.job_id, True) in acks, (
         f"K is COMPLETED with its receipt stored, but the miner read no ack for it: acks {acks}, messages "
@@ -253,14 +253,20 @@ async def test_miner_back_listing_its_job_while_a_cancel_is_written_keeps_it_unt
     if it lands, NOT_HELD follows then."""
     alice, miner, job, a = await running_job(coord)
     scheduler = coord.coordinator.scheduler
+    # waits for a miner in region eu: the miner comes back from there (its slot, freed by the cancel, is not
+    # the queued job's before it comes back)
+    queued = await alice.submit({"q": 1}, constraints={"region": "eu"})
     cancel, blocker = cancel_being_written(coord, job.job_id, fails)
     try:
         await eventually(lambda: scheduler._unsettled.get(job.job_id) is not None, what="the cancel queued")
         await miner.kill()
         await eventually(lambda: "miner-00" not in scheduler.by_miner, what="the session closed")
-        back = await coord.stream_miner("miner-00", slots=1, running_jobs=((job.job_id, a.attempt),))
+        back = await coord.stream_miner(
+            "miner-00", slots=1, region="eu", running_jobs=((job.job_id, a.attempt),)
+        )
         await asyncio.sleep(0.2)
         assert back.pending("cancel") == 0, "told NOT_HELD while the cancel could still fail"
+        assert back.pending("assignment") == 0, "given a second job on its one slot, which runs the first"
     finally:
         blocker.execute("COMMIT")
         blocker.close()
@@ -270,7 +276,8 @@ async def test_miner_back_listing_its_job_while_a_cancel_is_written_keeps_it_unt
         told = await back.next("cancel")
         assert (told.job_id, told.attempt, told.reason) == (job.job_id, a.attempt, "NOT_HELD")
         assert (await alice.get(job.job_id)).state == coord.db.job_state(job.job_id) == CANCELED
-        assert not scheduler._listings and scheduler.by_miner["miner-00"].free == 1
+        [given] = await back.assignments(1)  # the slot, free again, takes the queued job
+        assert given.job.job_id == queued.job_id and not scheduler._listings
         return
     await eventually(lambda: job.job_id in scheduler.jobs, what="the job read back")
     await asyncio.sleep(0.3)
@@ -279,7 +286,10 @@ async def test_miner_back_listing_its_job_while_a_cancel_is_written_keeps_it_unt
     assert not cancels and "MINER_LOST_JOB" not in events, (
         f"the miner back listing {job.job_id} attempt {a.attempt} was told {cancels}; events {events}"
     )
+    assert back.pending("assignment") == 0, "given a second job on its one slot, which runs the first"
     back.result(job.job_id, a.attempt)
     assert (await back.next("result_ack")).accepted
     done = await coord.finished(alice, job.job_id)
     assert (done.state, done.attempt) == (COMPLETED, 1)
+    [given] = await back.assignments(1)
+    assert given.job.job_id == queued.job_id
