@@ -85,6 +85,7 @@ class FailureIn:
 
 
 ACTIVE = (JobState.QUEUED, JobState.ASSIGNED, JobState.RUNNING)
+LEASE_RECHECK_US = 1_000_000
 _HELD = (JobState.ASSIGNED, JobState.RUNNING)  # states in which a job takes a slot of its miner
 
 
@@ -262,6 +263,7 @@ class Scheduler(UndoFailedCommits):
             previous = by_job.get(job.job_id)
             if previous is not None and previous is not pending:
                 requires.add(previous.unit.key)
+                pending.earlier[job.job_id] = previous
             by_job[job.job_id] = pending
             if event.to_state is JobState.ASSIGNED:
                 if event.miner_id in frees and event.miner_id not in filling:
@@ -301,6 +303,7 @@ class Scheduler(UndoFailedCommits):
         if settled is None or settled.done():
             return
         settled.set_result(None)
+        pending.earlier = {}
         for target, message in pending.sends:
             if isinstance(message, list):
                 target.assigning.pop(pending.unit.key, None)
@@ -797,12 +800,8 @@ class Scheduler(UndoFailedCommits):
         unmatched: list[ResultIn] = []
         # No await until the commit is queued: receipts' log leaves must reach the writer in issue order.
         for r in results:
-            held = session.held.get(r.job_id)
-            if (
-                held is None
-                or held.attempt != r.attempt
-                or held.job.state not in (JobState.ASSIGNED, JobState.RUNNING)
-            ):
+            held = self._running(session, r.job_id, r.attempt)
+            if held is None:
                 unmatched.append(r)
                 continue
             job = held.job
@@ -834,11 +833,21 @@ class Scheduler(UndoFailedCommits):
         await self._commit(pending)
         acks.extend(decided)
         for r in unmatched:
-            if await self._unless_detached(session, r.job_id):  # read back meanwhile: try it again
+            await self._unless_detached(session, r.job_id)
+            # read back meanwhile (while this call waited for it, or for the commit above): try it again
+            if self._running(session, r.job_id, r.attempt) is not None:
                 await self.complete(session, [r], acks)
             else:
                 acks.append(await self._refusal_or_repeat(session, r.job_id, r.attempt))
         return acks
+
+    @staticmethod
+    def _running(session: Session, job_id: str, attempt: int) -> Held | None:
+        """The session's hold of job_id at attempt, if the job runs there (a result for it may land)."""
+        held = session.held.get(job_id)
+        if held is None or held.attempt != attempt or held.job.state not in _HELD:
+            return None
+        return held
 
     async def _refusal_or_repeat(
         self, session: Session, job_id: str, attempt: int, repeat: bool = True
@@ -1155,8 +1164,9 @@ class Scheduler(UndoFailedCommits):
         held = session.held[job_id]
         pending = _Pending()
         if kind == "lease":
-            if held.lease_us > now:
-                self.timers.schedule(held.lease_us, "lease", job_id, attempt)
+            if held.lease_us > now or session.handling:
+                # (while one of its messages is handled, its heartbeats wait unread behind it: look again later)
+                self.timers.schedule(max(held.lease_us, now + LEASE_RECHECK_US), "lease", job_id, attempt)
                 return
             del session.held[job_id]
             pending.sends.append((session, CancelOut(job_id, attempt, "LEASE_EXPIRED")))

@@ -24,6 +24,8 @@ class Pending:
     unheld: set[str] = field(default_factory=set)  # held jobs it changes that no session held (orphans, lost)
     miners: list[str] = field(default_factory=list)  # miners whose slots it frees (see Scheduler._unsettle)
     enqueued: bool = False  # handed to the store: from then on, its outcome undoes or applies it
+    # job -> the unsettled decision about it queued before this one (cleared once this one settles)
+    earlier: dict[str, Pending] = field(default_factory=dict)
 
     def record(self, job: Job, event: Event) -> None:
         self.unit.add_update(job)

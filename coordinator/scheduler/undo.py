@@ -194,12 +194,19 @@ class UndoFailedCommits:
         welcome names it, and a slot stays reserved for it) and hears NOT_HELD only once the change is
         durable. Whether that is the case."""
         pending = self._unsettled.get(job_id)
-        if pending is None or not any(
-            job.job_id == job_id
-            and event.from_state in (JobState.ASSIGNED, JobState.RUNNING)
-            and (event.miner_id, event.attempt) == (session.miner_id, attempt)
-            for job, event in pending.notes
+        while (  # the job's unsettled changes, latest first (one already settled ends the walk: it landed)
+            pending is not None
+            and pending.settled is not None
+            and not pending.settled.done()
+            and not any(
+                job.job_id == job_id
+                and event.from_state in (JobState.ASSIGNED, JobState.RUNNING)
+                and (event.miner_id, event.attempt) == (session.miner_id, attempt)
+                for job, event in pending.notes
+            )
         ):
+            pending = pending.earlier.get(job_id)
+        if pending is None or pending.settled is None or pending.settled.done():
             return False
         self._listings[job_id] = (session, attempt)
         session.reserved += 1

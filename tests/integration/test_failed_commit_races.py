@@ -1,5 +1,5 @@
-"""Failed commits racing other changes: found by review (helper-20, 2026-11-27), each failing on the code
-before its fix. Same helpers as test_failed_commit.py: a held write lock, triggers refusing chosen rows."""
+"""Failed commits racing other changes: found by review (helpers 20 and 23, 2026-11-27), each failing on the
+code before its fix. Same helpers as test_failed_commit.py: a held write lock, triggers refusing chosen rows."""
 
 from __future__ import annotations
 
@@ -293,3 +293,139 @@ async def test_miner_back_listing_its_job_while_a_cancel_is_written_keeps_it_unt
     assert (done.state, done.attempt) == (COMPLETED, 1)
     [given] = await back.assignments(1)
     assert given.job.job_id == queued.job_id
+
+
+@pytest.mark.coordinator(lease_seconds=1.0, heartbeat_timeout_seconds=1.0)
+async def test_other_job_keeps_its_lease_while_a_result_waits_for_a_cancel_write(coord: Harness) -> None:
+    """While the stream's reader waits for a cancel of one job to settle (the miner's result for it), its
+    heartbeats wait unread behind it: its other job keeps its lease (it was requeued as LEASE_EXPIRED while the
+    miner ran it and heartbeated for it)."""
+    alice = coord.client("alice")
+    miner = await coord.stream_miner("miner-00", slots=2)
+    j, k = await alice.submit({"j": 1}), await alice.submit({"k": 1})
+    assigned = {a.job.job_id: a for a in await miner.assignments(2)}
+    for a in assigned.values():
+        miner.accept(a)
+    await eventually(
+        lambda: all(coord.db.job_state(x.job_id) == RUNNING for x in (j, k)), what="both RUNNING stored"
+    )
+    scheduler = coord.coordinator.scheduler
+    blocker = held_lock(coord)
+    try:
+        cancel = asyncio.create_task(scheduler.cancel(j.job_id, None, "client cancel, written slowly"))
+        await eventually(lambda: scheduler._unsettled.get(j.job_id) is not None, what="the cancel queued")
+        miner.result(j.job_id, assigned[j.job_id].attempt)  # the reader now waits for the cancel to settle
+        await asyncio.sleep(2.5)  # the miner heartbeats every 0.2 s all along, listing K
+    finally:
+        blocker.execute("COMMIT")
+        blocker.close()
+    await cancel
+    await asyncio.sleep(0.5)
+    k_events = [e["reason"] for e in coord.db.events(k.job_id)]
+    cancels = [(c.job_id, c.reason) for kind, c in miner.log if kind == "cancel"]
+    assert "LEASE_EXPIRED" not in k_events and (k.job_id, "LEASE_EXPIRED") not in cancels, (
+        f"K (running on miner-00, listed in every heartbeat) lost its lease while the reader waited for J's "
+        f"cancel: K's events {k_events}; miner-00 was told {cancels}"
+    )
+
+
+@pytest.mark.coordinator(lease_seconds=30.0, reconnect_grace_seconds=30.0)
+async def test_listing_a_job_whose_requeue_is_followed_by_a_reassignment(coord: Harness) -> None:
+    """A miner back listing a job whose requeue (an execution timeout) is written, with a reassignment to another
+    miner queued behind it, keeps it until the requeue settles (it was told NOT_HELD at once, looking only at the
+    latest write, and the job was requeued as lost when the requeue failed)."""
+    alice = coord.client("alice")
+    scheduler = coord.coordinator.scheduler
+    m = await coord.stream_miner("miner-00", slots=2)
+    j = await alice.submit({"j": 1}, execution_timeout_s=1, max_attempts=3)
+    k = await alice.submit({"k": 1}, execution_timeout_s=60)
+    assigned = {a.job.job_id: a for a in await m.assignments(2)}
+    for a in assigned.values():
+        m.accept(a)
+    await eventually(
+        lambda: all(coord.db.job_state(x.job_id) == RUNNING for x in (j, k)), what="both RUNNING stored"
+    )
+    aj, ak = assigned[j.job_id].attempt, assigned[k.job_id].attempt
+    refuse(coord, j.job_id, "job_events", "NEW.reason = 'EXECUTION_TIMEOUT'")
+    await coord.stream_miner("miner-01", slots=1)  # idle: J's retry goes to it
+    blocker = held_lock(coord)
+    try:
+        # J's execution timeout: its requeue (P2) waits for the lock; its retry backoff (0.05 s) runs out
+        # and J is given to miner-01 (P3, also waiting)
+        await eventually(lambda: j.job_id in scheduler.by_miner["miner-01"].held, within=5.0,
+                         what="J requeued in memory and reassigned to miner-01")  # fmt: skip
+        await m.kill()
+        await eventually(lambda: "miner-00" not in scheduler.by_miner, what="miner-00's session closed")
+        back = await coord.stream_miner("miner-00", slots=2, running_jobs=((j.job_id, aj), (k.job_id, ak)))
+        await asyncio.sleep(0.3)
+        early = [(c.job_id, c.attempt, c.reason) for kind, c in back.log if kind == "cancel"]
+        resumed = [(r.job_id, r.attempt) for r in back.welcome.resumed_jobs]
+    finally:
+        blocker.execute("COMMIT")
+        blocker.close()
+    await eventually(lambda: j.job_id in scheduler.jobs and j.job_id not in scheduler._unsettled,
+                     within=5.0, what="J read back after its requeue failed")  # fmt: skip
+    allow(coord, "job_events")
+    await asyncio.sleep(0.5)
+    events = [e["reason"] for e in coord.db.events(j.job_id)]
+    assert not early and (j.job_id, aj) in resumed and "MINER_LOST_JOB" not in events, (
+        f"miner-00 came back listing J attempt {aj} while J's requeue was written (a reassignment to "
+        f"miner-01 queued behind it): its welcome resumed {resumed}; told {early} while the requeue could "
+        f"still fail; the requeue failed and J's events are now {events} (its running attempt thrown away)"
+    )
+
+
+@pytest.mark.coordinator(lease_seconds=30.0, reconnect_grace_seconds=30.0)
+async def test_listing_walks_back_to_a_settled_unit(coord: Harness) -> None:
+    """The same, the requeue having landed and only the reassignment being written: the miner is told NOT_HELD at
+    once, and nothing stays reserved (the walk through the job's writes reached the landed one: the listing
+    waited for an end that had passed, for good)."""
+    alice = coord.client("alice")
+    scheduler = coord.coordinator.scheduler
+    m = await coord.stream_miner("miner-00", slots=2)
+    j = await alice.submit({"j": 1}, execution_timeout_s=1, max_attempts=3)
+    k = await alice.submit({"k": 1}, execution_timeout_s=60)
+    assigned = {a.job.job_id: a for a in await m.assignments(2)}
+    for a in assigned.values():
+        m.accept(a)
+    await eventually(
+        lambda: all(coord.db.job_state(x.job_id) == RUNNING for x in (j, k)), what="both RUNNING stored"
+    )
+    aj, ak = assigned[j.job_id].attempt, assigned[k.job_id].attempt
+    with sqlite3.connect(coord.db_path) as conn:  # J's next assignment takes the writer ~1 s to write
+        conn.execute("CREATE TABLE test_slow(x)")
+        conn.executemany("INSERT INTO test_slow VALUES (?)", [(i,) for i in range(3500)])
+        conn.execute(
+            f"CREATE TRIGGER test_slow_assign BEFORE INSERT ON job_events WHEN NEW.job_id = '{j.job_id}' "
+            "AND NEW.reason = 'ASSIGNED' BEGIN SELECT count(*) FROM test_slow a, test_slow b "
+            "WHERE a.x + b.x = -1; END"
+        )
+    await coord.stream_miner("miner-01", slots=1)  # idle: J's retry goes to it
+    blocker = held_lock(coord)
+    try:
+        await eventually(lambda: j.job_id in scheduler.by_miner["miner-01"].held, within=5.0,
+                         what="J requeued (P2, waiting) and reassigned to miner-01 (P3, waiting)")  # fmt: skip
+        p3 = scheduler._unsettled[j.job_id]
+        await m.kill()
+        await eventually(lambda: "miner-00" not in scheduler.by_miner, what="miner-00's session closed")
+    finally:
+        blocker.execute("COMMIT")
+        blocker.close()
+    await eventually(
+        lambda: "EXECUTION_TIMEOUT" in [e["reason"] for e in coord.db.events(j.job_id)]
+        and scheduler._unsettled.get(j.job_id) is p3,
+        what="P2 landed, P3 still being written",
+    )
+    back = await coord.stream_miner("miner-00", slots=2, running_jobs=((j.job_id, aj), (k.job_id, ak)))
+    assert scheduler._unsettled.get(j.job_id) is p3, "P3 landed before the miner came back: inconclusive"
+    session = scheduler.by_miner["miner-00"]
+    await eventually(lambda: j.job_id not in scheduler._unsettled, what="P3 landed")
+    await asyncio.sleep(0.5)
+    resumed = [(r.job_id, r.attempt) for r in back.welcome.resumed_jobs]
+    left = {job: (s.session_id, attempt) for job, (s, attempt) in scheduler._listings.items()}
+    told = [(c.job_id, c.attempt, c.reason) for kind, c in back.log if kind == "cancel"]
+    assert not scheduler._listings and session.reserved == 0 and ((j.job_id, aj) not in resumed or told), (
+        f"miner-00 came back listing J/{aj} after its requeue landed (its reassignment to miner-01 still being "
+        f"written): welcome resumed {resumed}; told {told}; listings left {left}; its session "
+        f"reserves {session.reserved} slot(s) and holds {list(session.held)}"
+    )
