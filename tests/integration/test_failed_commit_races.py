@@ -329,13 +329,10 @@ async def test_other_job_keeps_its_lease_while_a_result_waits_for_a_cancel_write
     )
 
 
-@pytest.mark.coordinator(lease_seconds=30.0, reconnect_grace_seconds=30.0)
-async def test_listing_a_job_whose_requeue_is_followed_by_a_reassignment(coord: Harness) -> None:
-    """A miner back listing a job whose requeue (an execution timeout) is written, with a reassignment to another
-    miner queued behind it, keeps it until the requeue settles (it was told NOT_HELD at once, looking only at the
-    latest write, and the job was requeued as lost when the requeue failed)."""
+async def timing_out_beside_another(coord: Harness):  # type: ignore[no-untyped-def]
+    """miner-00 (two slots) runs J, which times out after 1 s, and K (stored RUNNING): (miner, J, K, their
+    attempts)."""
     alice = coord.client("alice")
-    scheduler = coord.coordinator.scheduler
     m = await coord.stream_miner("miner-00", slots=2)
     j = await alice.submit({"j": 1}, execution_timeout_s=1, max_attempts=3)
     k = await alice.submit({"k": 1}, execution_timeout_s=60)
@@ -345,7 +342,16 @@ async def test_listing_a_job_whose_requeue_is_followed_by_a_reassignment(coord: 
     await eventually(
         lambda: all(coord.db.job_state(x.job_id) == RUNNING for x in (j, k)), what="both RUNNING stored"
     )
-    aj, ak = assigned[j.job_id].attempt, assigned[k.job_id].attempt
+    return m, j, k, assigned[j.job_id].attempt, assigned[k.job_id].attempt
+
+
+@pytest.mark.coordinator(lease_seconds=30.0, reconnect_grace_seconds=30.0)
+async def test_listing_a_job_whose_requeue_is_followed_by_a_reassignment(coord: Harness) -> None:
+    """A miner back listing a job whose requeue (an execution timeout) is written, with a reassignment to another
+    miner queued behind it, keeps it until the requeue settles (it was told NOT_HELD at once, looking only at the
+    latest write, and the job was requeued as lost when the requeue failed)."""
+    scheduler = coord.coordinator.scheduler
+    m, j, k, aj, ak = await timing_out_beside_another(coord)
     refuse(coord, j.job_id, "job_events", "NEW.reason = 'EXECUTION_TIMEOUT'")
     await coord.stream_miner("miner-01", slots=1)  # idle: J's retry goes to it
     blocker = held_lock(coord)
@@ -380,18 +386,8 @@ async def test_listing_walks_back_to_a_settled_unit(coord: Harness) -> None:
     """The same, the requeue having landed and only the reassignment being written: the miner is told NOT_HELD at
     once, and nothing stays reserved (the walk through the job's writes reached the landed one: the listing
     waited for an end that had passed, for good)."""
-    alice = coord.client("alice")
     scheduler = coord.coordinator.scheduler
-    m = await coord.stream_miner("miner-00", slots=2)
-    j = await alice.submit({"j": 1}, execution_timeout_s=1, max_attempts=3)
-    k = await alice.submit({"k": 1}, execution_timeout_s=60)
-    assigned = {a.job.job_id: a for a in await m.assignments(2)}
-    for a in assigned.values():
-        m.accept(a)
-    await eventually(
-        lambda: all(coord.db.job_state(x.job_id) == RUNNING for x in (j, k)), what="both RUNNING stored"
-    )
-    aj, ak = assigned[j.job_id].attempt, assigned[k.job_id].attempt
+    m, j, k, aj, ak = await timing_out_beside_another(coord)
     with sqlite3.connect(coord.db_path) as conn:  # J's next assignment takes the writer ~1 s to write
         conn.execute("CREATE TABLE test_slow(x)")
         conn.executemany("INSERT INTO test_slow VALUES (?)", [(i,) for i in range(3500)])
