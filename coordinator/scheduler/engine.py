@@ -122,6 +122,7 @@ class Scheduler(UndoFailedCommits):
         # job -> (new session, attempt) of a miner that listed it while a change taking it away is written
         self._listings: dict[str, tuple[Session, int]] = {}
         self._write_failures: dict[str, int] = {}  # job -> failed commits in a row (backoff on restore)
+        self._failed_in_a_row = 0  # commits failed since one last landed (the refill of freed slots waits)
         self.queues = ReadyQueues()
         self.sessions: dict[str, Session] = {}  # by session id
         self.by_miner: dict[str, Session] = {}  # live session per miner identity
@@ -324,6 +325,8 @@ class Scheduler(UndoFailedCommits):
 
     def _apply(self, pending: _Pending) -> None:
         self._settle(pending)
+        if pending.enqueued:  # (a write landed: not a decision that wrote nothing)
+            self._failed_in_a_row = 0
         if self._write_failures:  # these jobs' writes land again
             for job, _ in pending.notes:
                 self._write_failures.pop(job.job_id, None)
@@ -410,7 +413,7 @@ class Scheduler(UndoFailedCommits):
                     self._forget_failed_insert(job, freed)
                 self._run_always(pending)
                 if not self.stopping:
-                    self._refill(freed.values())
+                    self._refill_after_failure(freed.values())
             raise  # once queued, the write's outcome keeps or forgets the jobs, even if this call was cancelled
         return [o for o in out if o is not None]
 
@@ -1133,6 +1136,10 @@ class Scheduler(UndoFailedCommits):
             self._spawn_commit(pending)
         elif kind == "orphans":
             self._expire_orphans(args[0], now)
+        elif kind == "refill":
+            session = self.sessions.get(args[0])
+            if session is not None:
+                self._refill([session], now)
 
     def _expire_orphans(self, miner_id: str, now: int) -> None:
         """Jobs of a miner that did not come back within the grace period go back to the queue."""
@@ -1164,9 +1171,13 @@ class Scheduler(UndoFailedCommits):
         held = session.held[job_id]
         pending = _Pending()
         if kind == "lease":
-            if held.lease_us > now or session.handling:
-                # (while one of its messages is handled, its heartbeats wait unread behind it: look again later)
-                self.timers.schedule(max(held.lease_us, now + LEASE_RECHECK_US), "lease", job_id, attempt)
+            if held.lease_us > now:
+                self.timers.schedule(held.lease_us, "lease", job_id, attempt)
+                return
+            if session.handling and session.handling_since_us <= held.lease_us:
+                # one of its messages has been handled since before the lease ran out: its heartbeats may
+                # wait unread behind it (a stream read between messages renews or drops leases as usual)
+                self.timers.schedule(now + LEASE_RECHECK_US, "lease", job_id, attempt)
                 return
             del session.held[job_id]
             pending.sends.append((session, CancelOut(job_id, attempt, "LEASE_EXPIRED")))

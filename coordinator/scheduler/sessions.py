@@ -77,6 +77,7 @@ class Session:
     end_reason: str = ""  # why the scheduler ended the stream (for the disconnect line)
     last_seen_us: int = 0
     handling: bool = False  # one of its stream's messages is being handled (the stream is not read meanwhile)
+    handling_since_us: int = 0  # since when
     opened_key: int = 0  # a unit key taken when it opened: units with smaller keys were decided before it
     # unit key -> an unsettled decision (scheduler Pending) that gives it assignments: a Drain waits for them
     assigning: dict[int, object] = field(default_factory=dict)

@@ -66,6 +66,7 @@ class UndoFailedCommits:
         builds on failed). Its messages never leave, watchers never hear of it; the jobs it inserted are
         forgotten, and the jobs it changed are taken out at once and read back from the store."""
         self._settle(pending)  # readers must not wait on a write that failed
+        self._failed_in_a_row += 1
         if self.receipts is not None and (pending.unit.receipts or pending.unit.keys):
             self.receipts.commit_failed(pending.unit)
         for session, message in pending.sends:
@@ -91,7 +92,7 @@ class UndoFailedCommits:
             if session is not None and session.draining:  # its only job undone (an assignment that failed)
                 self._close_if_drained(session)
         if not self.stopping:
-            self._refill(freed.values())
+            self._refill_after_failure(freed.values())
         if detached and not self.stopping:  # at the next start, everything is loaded from the store anyway
             task = asyncio.get_running_loop().create_task(self._restore(detached))
             self._restoring.add(task)
@@ -99,10 +100,21 @@ class UndoFailedCommits:
             for job_id in detached:
                 self._detached[job_id].task = task
 
-    def _refill(self: Scheduler, sessions: Iterable[Session]) -> None:
+    def _refill_after_failure(self: Scheduler, sessions: Iterable[Session]) -> None:
         """Queued work for slots an undone decision freed: nothing else may touch these sessions for a while
-        (a quiet system), and a job queued behind the undone one would wait beside an idle miner."""
+        (a quiet system), and a job queued behind the undone one would wait beside an idle miner. At once
+        after one failed commit; while commits keep failing (a full disk), after a backoff (0.05 s doubling
+        up to 30 s): each refill's own write would fail too, and take the next queued job out with it."""
         now = now_us()
+        failures = self._failed_in_a_row
+        if failures <= 1:
+            self._refill(sessions, now)
+            return
+        wait_us = int(min(0.05 * 2 ** min(failures - 2, 10), 30.0) * MICROS)
+        for session in sessions:
+            self.timers.schedule(now + wait_us, "refill", session.session_id)
+
+    def _refill(self: Scheduler, sessions: Iterable[Session], now: int) -> None:
         for session in sessions:
             if session.free > 0 and session.takes_work:
                 pending = Pending()

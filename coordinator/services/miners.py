@@ -236,7 +236,7 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
         async for req in requests:
             kind = req.WhichOneof("message")
             obs.stream_received(kind)
-            session.handling = True
+            session.handling, session.handling_since_us = True, now_us()
             try:
                 await self._handle(session, req, kind)
             finally:

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 
 import pytest
 from coord_support import CANCELED, COMPLETED, QUEUED, RUNNING, Harness, eventually, mpb, struct
 from test_failed_commit import allow, fail_a_cancel, held_lock, refuse, running_job
+
+from coordinator.domain.clock import now_us
 
 
 @pytest.mark.coordinator(lease_seconds=30.0, reconnect_grace_seconds=30.0)
@@ -424,4 +427,98 @@ async def test_listing_walks_back_to_a_settled_unit(coord: Harness) -> None:
         f"miner-00 came back listing J/{aj} after its requeue landed (its reassignment to miner-01 still being "
         f"written): welcome resumed {resumed}; told {told}; listings left {left}; its session "
         f"reserves {session.reserved} slot(s) and holds {list(session.held)}"
+    )
+
+
+async def test_while_commits_keep_failing_freed_slots_are_refilled_after_a_backoff(coord: Harness) -> None:
+    """An outage of assignments (every ASSIGNED event refused) with a queue behind an idle miner: the slot
+    an undone assignment freed is refilled at once the first time, then after a growing wait. Refilled at
+    once every time, each refill's failing write freed the slot for the next: the whole queue went through
+    failing writes as fast as the writer could fail them."""
+    alice = coord.client("alice")
+    miner = await coord.stream_miner("miner-00", slots=1)
+    scheduler = coord.coordinator.scheduler
+    session = scheduler.by_miner["miner-00"]
+    blocker = held_lock(coord)
+    try:
+        first = asyncio.ensure_future(alice.submit({"first": 1}))
+        await eventually(lambda: session.held, what="the first job assigned in memory (its write waiting)")
+        queued = [asyncio.ensure_future(alice.submit({"q": i})) for i in range(30)]
+        await eventually(lambda: scheduler.queues.depth == 30, what="30 jobs queued behind it")
+        blocker.execute(
+            "CREATE TRIGGER test_refuse_job_events BEFORE INSERT ON job_events WHEN NEW.reason = 'ASSIGNED' "
+            "BEGIN SELECT RAISE(ABORT, 'test: this write cannot be made'); END"
+        )
+    finally:
+        blocker.execute("COMMIT")
+        blocker.close()
+    await asyncio.gather(first, *queued, return_exceptions=True)
+    await asyncio.sleep(1.0)
+    failed = scheduler._failed_in_a_row
+    allow(coord, "job_events")
+    # (measured here: 29 with the backoff; 180 refilled at once every time, and growing)
+    assert failed <= 80, f"{failed} commits failed in a row within a second of the outage"
+    # once assignments land again, the queue drains to the miner as usual
+    for _ in range(3):
+        [a] = await miner.assignments(1, within=40.0)
+        miner.result(a.job.job_id, a.attempt)
+        assert (await miner.next("result_ack")).accepted
+
+
+@pytest.mark.coordinator(lease_seconds=1.0, heartbeat_timeout_seconds=5.0)
+async def test_lost_job_lease_runs_out_while_the_miner_sends_results(coord: Harness) -> None:
+    """A lost job's lease runs out though its miner keeps the stream busy with results (each waiting for its
+    commit): only a message handled since before the lease ran out postpones it (postponed whenever the timer
+    found a message being handled, the lease never ran out under load)."""
+    alice = coord.client("alice")
+    scheduler = coord.coordinator.scheduler
+    m = await coord.stream_miner("miner-00", slots=3)
+    k = await alice.submit({"k": 1})
+    [ak] = await m.assignments(1)
+    m.accept(ak)
+    await eventually(lambda: k.job_id not in scheduler._unsettled and scheduler.jobs[k.job_id].state.name
+                     == "RUNNING", what="K running")  # fmt: skip
+    with sqlite3.connect(coord.db_path) as conn:  # each other job's completion takes the writer ~0.25 s
+        conn.execute("CREATE TABLE test_slow(x)")
+        conn.executemany("INSERT INTO test_slow VALUES (?)", [(i,) for i in range(1800)])
+        conn.execute(
+            f"CREATE TRIGGER test_slow_done BEFORE INSERT ON job_events WHEN NEW.job_id != '{k.job_id}' "
+            "AND NEW.reason = 'COMPLETED' BEGIN SELECT count(*) FROM test_slow a, test_slow b "
+            "WHERE a.x + b.x = -1; END"
+        )
+    others = [await alice.submit({"i": i}) for i in range(40)]
+    assert others
+    stop = asyncio.Event()
+
+    async def work() -> None:  # answers every other job at once: one results message always waits
+        while not stop.is_set():
+            try:
+                a = await asyncio.wait_for(m.inbox["assignment"].get(), 0.5)
+            except TimeoutError:
+                continue
+            m.result(a.job.job_id, a.attempt)
+
+    worker = asyncio.create_task(work())
+    try:
+        await asyncio.sleep(0.5)  # the load is on
+        m.held.pop(k.job_id)  # the miner lost K: its heartbeats (read between results) no longer list it
+        dropped = time.monotonic()
+        expired_at = None
+        while time.monotonic() - dropped < 5.0:
+            if any(e["reason"] == "LEASE_EXPIRED" for e in coord.db.events(k.job_id)) or any(
+                kind == "cancel" and c.job_id == k.job_id for kind, c in m.log
+            ):
+                expired_at = time.monotonic() - dropped
+                break
+            await asyncio.sleep(0.05)
+        session = scheduler.by_miner["miner-00"]
+        held = session.held.get(k.job_id)
+        late = None if held is None else round((held.lease_us - now_us()) / 1e6, 2)
+    finally:
+        stop.set()
+        await worker
+    assert expired_at is not None, (
+        f"K (lease 1 s) was not listed in any heartbeat for 5 s (heartbeats read every ~0.25 s between "
+        f"results), yet its lease never ran out: still held {held is not None} (lease left {late} s); "
+        f"completed meanwhile: {session.completed}"
     )
