@@ -196,6 +196,25 @@ def held_lock(coord: Harness) -> sqlite3.Connection:
     return blocker
 
 
+async def assigned_behind_the_lock(coord: Harness, payload: dict | None = None):  # type: ignore[no-untyped-def]
+    """miner-00 (one slot) given a job in memory whose write waits behind the held write lock: (client, miner,
+    its session, the lock (the caller commits it), the submit call)."""
+    alice = coord.client("alice")
+    miner = await coord.stream_miner("miner-00", slots=1)
+    session = coord.coordinator.scheduler.by_miner["miner-00"]
+    blocker = held_lock(coord)
+    submit = asyncio.ensure_future(alice.submit(payload or {"j": 1}))
+    try:
+        await eventually(
+            lambda: session.held, what="the job assigned to miner-00 in memory (its write waiting)"
+        )
+    except BaseException:
+        blocker.execute("COMMIT")
+        blocker.close()
+        raise
+    return alice, miner, session, blocker, submit
+
+
 async def fail_a_cancel(coord: Harness, job_id: str) -> sqlite3.Connection:
     """A cancel whose commit fails; returns with the job out of memory and its read-back held up (the
     scheduler is called in this event loop, so nothing runs between the failure and the lock)."""
@@ -1189,16 +1208,8 @@ async def test_a_drained_session_whose_only_job_is_undone_is_closed(coord: Harne
     of the session (_forget_failed_insert; the same with _detach for an assignment that fails), which is now
     draining with nothing held nor reserved, and is never closed: nothing fills it again. The miner (never
     told of J) is left connected, drained and idle, for good."""
-    from test_failed_commit import held_lock
-
-    alice = coord.client("alice")
-    miner = await coord.stream_miner("miner-00", slots=1)
-    scheduler = coord.coordinator.scheduler
-    session = scheduler.by_miner["miner-00"]
-    blocker = held_lock(coord)
+    _, miner, session, blocker, submit = await assigned_behind_the_lock(coord)
     try:
-        submit = asyncio.ensure_future(alice.submit({"j": 1}))
-        await eventually(lambda: session.held, what="J assigned to miner-00 in memory")
         await coord.admin().drain("miner-00")  # (told once the write of its job has settled)
         await asyncio.sleep(0.1)
         assert not session.closed
@@ -1346,13 +1357,8 @@ async def test_a_drained_stream_is_not_given_a_job_after_its_drain(coord: Harnes
     """A job handed to the miner in memory while its write waits, then a drain: the Drain left at once and
     the assignment once durable, so the miner was told to take no new work and then given some. Found by
     the randomized test with drains."""
-    alice = coord.client("alice")
-    miner = await coord.stream_miner("miner-00", slots=1)
-    session = coord.coordinator.scheduler.by_miner["miner-00"]
-    blocker = held_lock(coord)
+    _, miner, _, blocker, submit = await assigned_behind_the_lock(coord)
     try:
-        submit = asyncio.ensure_future(alice.submit({"j": 1}))
-        await eventually(lambda: session.held, what="J assigned to miner-00 in memory (its write waiting)")
         await coord.admin().drain("miner-00")
         await asyncio.sleep(0.2)
     finally:

@@ -9,7 +9,7 @@ import time
 
 import pytest
 from coord_support import CANCELED, COMPLETED, QUEUED, RUNNING, Harness, eventually, mpb, struct
-from test_failed_commit import allow, fail_a_cancel, held_lock, refuse, running_job
+from test_failed_commit import allow, assigned_behind_the_lock, fail_a_cancel, held_lock, refuse, running_job
 
 from coordinator.domain.clock import now_us
 
@@ -66,14 +66,9 @@ async def test_a_failed_accept_and_cancel_after_a_reconnect_leave_the_job_with_i
 async def test_no_assignment_after_drain_when_the_job_was_canceled_meanwhile(coord: Harness) -> None:
     """No write failing: an assignment being written, its job canceled meanwhile, then a Drain: the Drain
     leaves after the assignment (it left before it: told to take no work, then given some)."""
-    alice = coord.client("alice")
-    miner = await coord.stream_miner("miner-00", slots=1)
+    _, miner, session, blocker, submit = await assigned_behind_the_lock(coord)
     scheduler = coord.coordinator.scheduler
-    session = scheduler.by_miner["miner-00"]
-    blocker = held_lock(coord)
     try:
-        submit = asyncio.ensure_future(alice.submit({"j": 1}))
-        await eventually(lambda: session.held, what="J assigned to miner-00 in memory (its write waiting)")
         [job_id] = list(session.held)
         cancel = asyncio.create_task(scheduler.cancel(job_id, None, "bye"))
         await eventually(lambda: not session.held, what="J canceled in memory")
@@ -435,14 +430,9 @@ async def test_while_commits_keep_failing_freed_slots_are_refilled_after_a_backo
     an undone assignment freed is refilled at once the first time, then after a growing wait. Refilled at
     once every time, each refill's failing write freed the slot for the next: the whole queue went through
     failing writes as fast as the writer could fail them."""
-    alice = coord.client("alice")
-    miner = await coord.stream_miner("miner-00", slots=1)
+    alice, miner, _, blocker, first = await assigned_behind_the_lock(coord, {"first": 1})
     scheduler = coord.coordinator.scheduler
-    session = scheduler.by_miner["miner-00"]
-    blocker = held_lock(coord)
     try:
-        first = asyncio.ensure_future(alice.submit({"first": 1}))
-        await eventually(lambda: session.held, what="the first job assigned in memory (its write waiting)")
         queued = [asyncio.ensure_future(alice.submit({"q": i})) for i in range(30)]
         await eventually(lambda: scheduler.queues.depth == 30, what="30 jobs queued behind it")
         blocker.execute(
