@@ -81,6 +81,7 @@ class Settings:
     hmac_replay_window_seconds: float = 300.0
     hmac_nonce_cache_size: int = 100_000
     rate_limits: str = ""  # e.g. "submit=200/s:burst=400,read=500/s,miner=1000/s,admin=50/s,stream=500/s"
+    auth_failure_peer_cache_size: int = 100_000  # peers whose failed authentications are remembered
     stream_throttle_cutoff_seconds: float = 10.0
     max_message_bytes: int = 8 << 20
     max_concurrent_calls_per_key: int = 512
@@ -165,10 +166,12 @@ def _unique(env_name: str, entries: list[ApiKeyEntry]) -> tuple[ApiKeyEntry, ...
     return tuple(entries)
 
 
-RATE_GROUPS = ("submit", "read", "miner", "admin", "stream")
+# Per key: submit, read, miner, admin; per stream: stream; per peer address: auth_failures (calls refused for
+# a missing, unknown or disabled key or a bad signature; docs/security.md).
+RATE_GROUPS = ("submit", "read", "miner", "admin", "stream", "auth_failures")
 DEFAULT_RATE_LIMITS: dict[str, tuple[float, float] | None] = {
     "submit": (200.0, 400.0), "read": (500.0, 1000.0), "miner": (1000.0, 2000.0), "admin": (50.0, 100.0),
-    "stream": (500.0, 1000.0),
+    "stream": (500.0, 1000.0), "auth_failures": (10.0, 50.0),
 }  # fmt: skip
 _PER = {"s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -325,6 +328,7 @@ def validate_security(s: Settings) -> None:
     ranges = {
         "HMAC_REPLAY_WINDOW_SECONDS": 1 <= s.hmac_replay_window_seconds <= 86_400,
         "HMAC_NONCE_CACHE_SIZE": 1_000 <= s.hmac_nonce_cache_size <= 10_000_000,
+        "AUTH_FAILURE_PEER_CACHE_SIZE": 1_000 <= s.auth_failure_peer_cache_size <= 10_000_000,
         "STREAM_THROTTLE_CUTOFF_SECONDS": s.stream_throttle_cutoff_seconds > 0,
         "MAX_MESSAGE_BYTES": 4096 <= s.max_message_bytes <= 256 << 20,
         "MAX_CONCURRENT_CALLS_PER_KEY": s.max_concurrent_calls_per_key >= 1,

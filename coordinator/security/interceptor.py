@@ -1,6 +1,7 @@
 """The server interceptor: who calls (API key, optional request signature, optional client certificate),
-whether it may (role per service), and how much (message size, rate per key and RPC group, calls and streams
-in flight per key, messages per stream). Maps errors to statuses with google.rpc details.
+whether it may (role per service), and how much (failed authentications per peer address, message size,
+rate per key and RPC group, calls and streams in flight per key, messages per stream). Maps errors to
+statuses with google.rpc details.
 
 Built on grpc-interceptor's AsyncServerInterceptor, which passes both async-generator and read/write style
 streaming handlers through. Cancellation is never swallowed: asyncio.CancelledError propagates untouched.
@@ -40,7 +41,8 @@ from ..observability.metrics import rate_limited
 from ..services.status import abort
 from .bounds import check_bounds
 from .keys import REQUEST_GROUPS, Identity, KeyRing, KeyState
-from .limits import ReplayGuard, StreamThrottle
+from .limits import ReplayGuard, StreamThrottle, TokenBucket
+from .peers import AuthFailures, peer_key
 from .tls import certificate_names
 
 log = logging.getLogger("coordinator.rpc")
@@ -59,6 +61,7 @@ GROUP_BY_SERVICE = {
     "ReceiptService": "read",
 }
 SUBMIT_METHODS = frozenset({"SubmitJob", "SubmitJobs", "CancelJob"})
+AUTH_FAILURES = "auth_failures"  # the RATE_LIMITS group, and the metric's group label
 
 current_identity: contextvars.ContextVar[Identity] = contextvars.ContextVar("identity")
 
@@ -92,15 +95,19 @@ class Policy:
     stream_rate: tuple[float, float] | None = (500.0, 1000.0)
     stream_cutoff_s: float = 10.0
     client_cert_roles: frozenset[str] = frozenset()
+    auth_failure_rate: tuple[float, float] | None = (10.0, 50.0)  # per peer: failures per second, burst
+    auth_failure_peers: int = 100_000
 
     @classmethod
     def from_settings(cls, s: Settings) -> Policy:
+        rates = parse_rate_limits(s.rate_limits)
         return cls(
             max_message_bytes=s.max_message_bytes, max_concurrent_calls=s.max_concurrent_calls_per_key,
             max_streams=s.max_streams_per_identity, replay_window_s=s.hmac_replay_window_seconds,
-            nonce_cache_size=s.hmac_nonce_cache_size, stream_rate=parse_rate_limits(s.rate_limits)["stream"],
+            nonce_cache_size=s.hmac_nonce_cache_size, stream_rate=rates["stream"],
             stream_cutoff_s=s.stream_throttle_cutoff_seconds,
             client_cert_roles=frozenset({"miner"}) if s.tls_client_ca_file else frozenset(),
+            auth_failure_rate=rates[AUTH_FAILURES], auth_failure_peers=s.auth_failure_peer_cache_size,
         )  # fmt: skip
 
 
@@ -153,6 +160,11 @@ class AuthInterceptor(AsyncServerInterceptor):
         self.policy = policy or Policy()
         self.methods = method_table()
         self.replay = ReplayGuard(self.policy.replay_window_s, self.policy.nonce_cache_size)
+        rate = self.policy.auth_failure_rate
+        self.auth_failures = (
+            None if rate is None else AuthFailures(rate[0], rate[1], self.policy.auth_failure_peers)
+        )
+        self._exhausted_logs = TokenBucket(1.0, 10.0, time.monotonic())
 
     async def intercept_service(
         self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails
@@ -203,6 +215,41 @@ class AuthInterceptor(AsyncServerInterceptor):
 
     # ------------------------------------------------------------------ admission
     def _admit(
+        self, spec: MethodSpec, request: Any, context: grpc.aio.ServicerContext, method_name: str
+    ) -> KeyState:
+        """The checks of docs/security.md, behind the peer's budget of failed authentications.
+
+        The budget is checked before anything of the call is read, so a peer guessing keys costs one dict
+        lookup per call once it is over budget. Only UNAUTHENTICATED refusals are charged: a valid key
+        never spends its peer's budget (nor refills it: interleaving good calls must not buy more guesses),
+        and a wrong role or an oversized message is not a guess. Check and charge run without an await in
+        between, so concurrent calls of one peer cannot all slip past a budget of one.
+        """
+        failures = self.auth_failures
+        if failures is None:
+            return self._check(spec, request, context, method_name)
+        peer = peer_key(context.peer() or "")
+        wait = failures.wait(peer, time.monotonic())
+        if wait:
+            rate_limited("", AUTH_FAILURES)  # aitbc_rate_limited_requests_total{key="anonymous", group}
+            raise _exhausted("AUTH_RATE_LIMITED",
+                             f"too many failed authentications from this address; retry in {wait:.3f} s",
+                             wait, group=AUTH_FAILURES)  # fmt: skip
+        try:
+            return self._check(spec, request, context, method_name)
+        except CoordinatorError as error:
+            if error.kind is Kind.UNAUTHENTICATED:
+                now = time.monotonic()
+                failures.failed(peer, now)
+                wait = failures.wait(peer, now)
+                # the address is worth a log line (never a metric label), but many addresses must not
+                # flood the log: at most one line a second overall, ten in a burst
+                if wait and not self._exhausted_logs.take(now):
+                    log.warning("%s spent its budget of failed authentications (last: %s); its calls are "
+                                "refused for %.1f s", peer, error.reason, wait)  # fmt: skip
+            raise
+
+    def _check(
         self, spec: MethodSpec, request: Any, context: grpc.aio.ServicerContext, method_name: str
     ) -> KeyState:
         key = timestamp = nonce = sig = ""

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from ..config import RATE_GROUPS, ApiKeyEntry
 from .limits import TokenBucket
 
-REQUEST_GROUPS = RATE_GROUPS[:4]  # submit, read, miner, admin: per key; "stream" is per stream
+REQUEST_GROUPS = RATE_GROUPS[:4]  # submit, read, miner, admin: per key; "stream", "auth_failures" are not
 
 
 @dataclass(frozen=True, slots=True)

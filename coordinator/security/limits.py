@@ -1,4 +1,5 @@
-"""Token buckets (per key and RPC group, and per stream) and the replay guard of signed requests."""
+"""Token buckets (per key and RPC group, per stream, per peer for failed authentications) and the replay
+guard of signed requests."""
 
 from __future__ import annotations
 
@@ -24,6 +25,16 @@ class TokenBucket:
             return 0.0
         self.tokens = tokens
         return (1.0 - tokens) / self.rate
+
+    def due(self, now: float) -> float:
+        """The seconds until one token is available, 0.0 when one is; nothing taken (a peek, so a caller
+        refused for being over budget does not push its own recovery further away)."""
+        tokens = self.tokens + (now - self.stamp) * self.rate
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
+
+    def full(self, now: float) -> bool:
+        """Refilled to the burst: such a bucket is indistinguishable from a new one."""
+        return self.tokens + (now - self.stamp) * self.rate >= self.burst
 
     def owe(self, now: float, amount: float = 1.0) -> float:
         """Take amount tokens even when there are not enough (the balance goes negative); the seconds to

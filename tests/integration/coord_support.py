@@ -67,10 +67,10 @@ DEFAULTS: dict[str, Any] = {
 
 
 def make_settings(db_path: Path, **overrides: Any) -> Settings:
-    values = dict(DEFAULTS)
+    values: dict[str, Any] = {"app_host": "127.0.0.1", **DEFAULTS}  # "localhost": 127.0.0.1 and ::1 both
     values.update(overrides)
     settings = Settings(
-        app_host="127.0.0.1", app_port=0, database_url=f"sqlite:///{db_path}",
+        app_port=0, database_url=f"sqlite:///{db_path}",
         client_api_keys=tuple(ApiKeyEntry(n, "client", k) for n, k in CLIENT_KEYS.items()),
         miner_api_keys=tuple(ApiKeyEntry(n, "miner", miner_key(n)) for n in MINER_NAMES),
         admin_api_keys=(ApiKeyEntry("admin", "admin", ADMIN_KEY),),
