@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from dataclasses import dataclass
@@ -207,9 +208,19 @@ async def _start_on(settings: Settings, store: Store) -> Coordinator:
                        observability=observability)  # fmt: skip
 
 
+# The cyclic garbage collector's default thresholds (700, 10, 10) scan the young objects every 700
+# allocations and everything every 70,000. With 10,000 miner streams (millions of live objects) that cost
+# a third of the time to connect them and to shut down (bench scenario 5, same minutes: 8.4-10.7 s against
+# 13.6-15.7 s to connect 10,000; 4.2-5.5 s against 6.4-6.8 s to shut down). Garbage is freed by reference
+# counting as before; only cycles wait longer.
+GC_THRESHOLDS = (50_000, 20, 10)
+
+
 async def serve(settings: Settings, env_file: str | None = ".env") -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully. SIGHUP reloads the API keys."""
+    gc.set_threshold(*GC_THRESHOLDS)
     coordinator = await start(settings)
+    gc.freeze()  # what start loaded (the store's live jobs, the keys) lives on: full collections skip it
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

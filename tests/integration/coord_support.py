@@ -67,10 +67,11 @@ DEFAULTS: dict[str, Any] = {
 
 
 def make_settings(db_path: Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {"app_host": "127.0.0.1", **DEFAULTS}  # "localhost": 127.0.0.1 and ::1 both
+    # app_host "localhost" listens on 127.0.0.1 and ::1 both; app_port 0 picks a free port at each start
+    values: dict[str, Any] = {"app_host": "127.0.0.1", "app_port": 0, **DEFAULTS}
     values.update(overrides)
     settings = Settings(
-        app_port=0, database_url=f"sqlite:///{db_path}",
+        database_url=f"sqlite:///{db_path}",
         client_api_keys=tuple(ApiKeyEntry(n, "client", k) for n, k in CLIENT_KEYS.items()),
         miner_api_keys=tuple(ApiKeyEntry(n, "miner", miner_key(n)) for n in MINER_NAMES),
         admin_api_keys=(ApiKeyEntry("admin", "admin", ADMIN_KEY),),

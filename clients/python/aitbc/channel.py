@@ -17,6 +17,13 @@ KEEPALIVE_OPTIONS = [
     ("grpc.max_receive_message_length", 8 << 20),
     ("grpc.max_send_message_length", 8 << 20),
 ]
+# How often a channel whose coordinator is unreachable tries to connect again: gRPC's default backoff
+# (1 s growing 1.6x up to 120 s) leaves a miner idle for minutes after a restart. Capped here at a few
+# seconds: one TCP connect per channel, shared by every call waiting on it (miners' streams wait for it).
+RECONNECT_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 1_000),
+    ("grpc.max_reconnect_backoff_ms", 5_000),
+]
 
 
 def open_channel(
@@ -30,6 +37,7 @@ def open_channel(
     tls_server_name: str | None = None,
     keepalive_s: float = 20.0,
     keepalive_timeout_s: float = 10.0,
+    reconnect_max_s: float = 5.0,
 ) -> grpc.aio.Channel:
     """A channel to address. own_connection: do not share a TCP connection with other channels.
 
@@ -40,13 +48,18 @@ def open_channel(
     Plaintext unless tls is set or a CA or client certificate is given: then TLS, trusting tls_ca (PEM bytes
     or a file path; the system roots when omitted), presenting tls_cert/tls_key for mutual TLS.
     tls_server_name overrides the name the server certificate is checked against.
+    While the coordinator is unreachable the channel tries to connect again after 1 s, growing to at most
+    reconnect_max_s (with gRPC's jitter): calls made with wait_for_ready wait for that, not failing.
     """
     if keepalive_s <= SERVER_MIN_PING_INTERVAL_S or keepalive_timeout_s <= 0:
         raise ValueError(f"keepalive_s must exceed {SERVER_MIN_PING_INTERVAL_S:g} s; keepalive_timeout_s > 0")
     timeout_ms = round(keepalive_timeout_s * 1000)
+    if reconnect_max_s < 1.0:
+        raise ValueError("reconnect_max_s must be at least 1 s (the first reconnect waits 1 s)")
     chosen = {"grpc.keepalive_time_ms": round(keepalive_s * 1000), "grpc.keepalive_timeout_ms": timeout_ms,
-              "grpc.http2.ping_timeout_ms": timeout_ms}  # fmt: skip
-    options = [(k, chosen.get(k, v)) for k, v in KEEPALIVE_OPTIONS]
+              "grpc.http2.ping_timeout_ms": timeout_ms,
+              "grpc.max_reconnect_backoff_ms": round(reconnect_max_s * 1000)}  # fmt: skip
+    options = [(k, chosen.get(k, v)) for k, v in KEEPALIVE_OPTIONS + RECONNECT_OPTIONS]
     if own_connection:
         options.append(("grpc.use_local_subchannel_pool", 1))
     if not (tls or tls_ca or tls_cert):

@@ -1,8 +1,9 @@
 """The Python miner runtime: holds one Connect stream, runs jobs up to its slots, survives reconnects.
 
 Jobs keep running across a lost stream; the next Hello lists them, so the coordinator lets the miner keep
-them if it is back within the grace period. Reconnects use jittered exponential backoff so a fleet does not
-stampede a restarted coordinator.
+them if it is back within the grace period. While the coordinator is unreachable the miner waits for its
+channel to connect again (the channel retries on its own bounded backoff); other failures are retried with
+jittered exponential backoff so a fleet does not stampede a restarted coordinator.
 """
 
 from __future__ import annotations
@@ -247,6 +248,7 @@ class Miner:
         stub = miner_service_pb2_grpc.MinerServiceStub(
             SigningChannel(channel, self.hmac_secret) if self.hmac_secret else channel
         )
+        await self._reachable(channel)
         call = stub.Connect(metadata=with_trace_context(auth_metadata(self.api_key)))
         outbox: asyncio.Queue[miner_service_pb2.ConnectRequest] = asyncio.Queue()
         self._outbox = outbox
@@ -377,6 +379,29 @@ class Miner:
             await asyncio.sleep(interval)
             outbox.put_nowait(miner_service_pb2.ConnectRequest(heartbeat=miner_service_pb2.MinerHeartbeat(
                 running_jobs=[miner_service_pb2.RunningJob(job_id=j, attempt=r.attempt) for j, r in self.running.items()])))  # fmt: skip
+
+    async def _reachable(self, channel: grpc.aio.Channel) -> None:
+        """Wait until the channel is connected, saying so now and then while the coordinator is unreachable.
+
+        While it is down (a restart), the channel retries the connection on its own backoff (open_channel):
+        one TCP connect per channel, however many miners share it. A Connect made before then would fail
+        UNAVAILABLE at once and grow this miner's own backoff, so that it would sleep on long after the
+        coordinator is back. The call itself is made only once connected, so a signed call's timestamp is
+        fresh.
+        """
+        ready = asyncio.ensure_future(channel.channel_ready())
+        waited, every = 0.0, 10.0
+        try:
+            while True:
+                done, _ = await asyncio.wait({ready}, timeout=every)
+                if done:
+                    return ready.result()
+                waited += every
+                log.warning("coordinator at %s unreachable for %.0f s (channel %s); still trying",
+                            self.address, waited, channel.get_state().name)  # fmt: skip
+                every = min(every * 2, 300.0)
+        finally:
+            ready.cancel()
 
     @staticmethod
     async def _send(call: Any, outbox: asyncio.Queue) -> None:

@@ -1,0 +1,90 @@
+"""The miner runtime while its coordinator is down: it waits for the channel to connect again instead of
+failing Connect after Connect, so its backoff does not grow and it is back soon after the coordinator.
+
+The coordinator here listens on a port chosen in advance, so that a miner can be pointed at it before it
+starts and find it again after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aitbc.miner import Miner, probe_capabilities
+from coord_support import Harness, eventually, miner_key
+
+ENDED = "miner session ended"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+async def down(tmp_path: Path) -> AsyncIterator[Harness]:
+    """A coordinator not started yet, on a fixed port."""
+    harness = Harness(tmp_path, {"app_port": free_port()})
+    try:
+        yield harness
+    finally:
+        await harness.stop()
+
+
+@contextlib.asynccontextmanager
+async def running(miner: Miner) -> AsyncIterator[asyncio.Task]:
+    task = asyncio.create_task(miner.run())
+    try:
+        yield task
+    finally:
+        miner.stop()
+        with contextlib.suppress(BaseException):
+            await task
+
+
+def failed_attempts(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith(ENDED)
+            and "SHUTTING_DOWN" not in r.getMessage()]  # fmt: skip
+
+
+def sdk_miner(harness: Harness) -> Miner:
+    port = harness.overrides["app_port"]
+    return Miner(f"127.0.0.1:{port}", miner_key("miner-00"), capabilities=probe_capabilities(slots=1),
+                 own_connection=True, backoff_base_s=0.2)  # fmt: skip
+
+
+async def test_a_miner_started_before_its_coordinator_waits_and_connects_once_it_serves(
+    down: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="aitbc.miner")
+    miner = sdk_miner(down)
+    async with running(miner):
+        await asyncio.sleep(2.5)  # nothing listens: each Connect would fail UNAVAILABLE at once
+        assert miner.connects == 0
+        assert failed_attempts(caplog) == []  # it waited for the channel, and did not try and fail
+        await down.start()
+        # the channel retries its connection within 5 s (open_channel's reconnect_max_s), with jitter
+        await eventually(lambda: miner.connects == 1, within=10.0)
+        assert failed_attempts(caplog) == []
+
+
+async def test_after_a_restart_a_miner_is_back_without_having_failed_while_the_coordinator_was_down(
+    down: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="aitbc.miner")
+    await down.start()
+    miner = sdk_miner(down)
+    async with running(miner):
+        await eventually(lambda: miner.connects == 1)
+        await down.stop()  # go-away SHUTTING_DOWN to the miner, then the port closes
+        await asyncio.sleep(3.0)  # down for a while: with a failing Connect every backoff step, about five
+        await down.start()
+        await eventually(lambda: miner.connects == 2, within=10.0)
+        # At most one Connect may have reached the stopping coordinator before its port closed.
+        assert len(failed_attempts(caplog)) <= 1, failed_attempts(caplog)
