@@ -405,6 +405,9 @@ class Scheduler(UndoFailedCommits):
                     self._assign(job, session, pending, now)
                 else:
                     self.queues.push(job)
+            # The answer is what this write holds: the live jobs may change meanwhile (assigned in a miner's
+            # welcome, say), and that change may fail to land.
+            out = [None if o is None else (dataclasses.replace(o[0]) if o[1] else o[0], o[1]) for o in out]
             await self._commit(pending)
         except BaseException:
             if not pending.enqueued:  # refused before its write was queued: nothing of it may stay
@@ -451,8 +454,12 @@ class Scheduler(UndoFailedCommits):
         if inflight is not None:
             await asyncio.shield(inflight)
         job_id = self.idempotency.get(key)
+        if job_id:
+            await self._settled(job_id)  # a change being written may fail: answer with what has landed
         job = self.jobs.get(job_id) if job_id else None
-        if job is None:
+        if job is not None:
+            job = dataclasses.replace(job)
+        else:
             job = await self.store.find_by_idempotency_key(client_id, spec.idempotency_key)
         if job is None:
             return None
@@ -520,6 +527,11 @@ class Scheduler(UndoFailedCommits):
 
     async def cancel(self, job_id: str, client_id: str | None, reason: str) -> Job:
         job = self.jobs.get(job_id)
+        if job is not None and job.state.terminal and job_id in self._unsettled:
+            # Its end (a result, a last failure, an expiry) is being written and may fail, and the job then
+            # comes back: JOB_TERMINAL now would lose the cancel. Decide on what lands.
+            await self._settled(job_id)
+            job = self.jobs.get(job_id)
         if job is None and job_id in self._detached:
             await self._restored(job_id)
             job = self.jobs.get(job_id)
@@ -550,8 +562,18 @@ class Scheduler(UndoFailedCommits):
 
     async def list_jobs(self, flt: JobFilter, limit: int, before: str | None) -> list[Job]:
         jobs = await self.store.list_jobs(flt, limit, before)
-        # the store may lag memory by one group commit at most: prefer the live copy
-        return [self.jobs.get(j.job_id, j) for j in jobs]
+        # The store may lag memory by the writes in flight, which may yet fail: wait for those of the page's
+        # jobs, then answer with the live copies, and for jobs gone from memory meanwhile (forgotten once
+        # terminal, or taken out after a failed write) with their rows as they are now.
+        waited = {j.job_id for j in jobs if j.job_id in self._unsettled}
+        for job_id in waited:
+            await self._settled(job_id)
+        reread = {
+            j.job_id: await self.store.get_job(j.job_id)
+            for j in jobs
+            if j.job_id in waited and j.job_id not in self.jobs
+        }
+        return [self.jobs.get(j.job_id) or reread.get(j.job_id) or j for j in jobs]
 
     # ------------------------------------------------------------------ miners: sessions
     def open_session(
@@ -1015,6 +1037,9 @@ class Scheduler(UndoFailedCommits):
         """A job became ready outside a client call (requeue, backoff over): push it or queue it."""
         if job.state is not JobState.QUEUED or job.in_queue or self.jobs.get(job.job_id) is not job:
             return  # no longer queued, already in the queues, or taken out after a failed commit
+        if job.expires_us <= now_us():  # its time to live ran out while it was out (with a miner, read back)
+            self._on_timer("ttl", (job.job_id,))
+            return
         session = self._pick_session(job, exclude)
         if session is None:
             self.queues.push(job)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..domain.clock import MICROS, now_us
+from ..domain.errors import CoordinatorError, Kind
 from ..domain.model import Event, Job, JobState
 from ..store.base import UnitOfWork
 from .pending import Pending
@@ -402,5 +403,12 @@ class UndoFailedCommits:
             waited = True
         if job_id in self._detached:
             await self._restored(job_id)
+            if job_id in self._detached:
+                # Still not back (the store stays unwritable): refusing it JOB_NOT_HELD now would be wrong
+                # once the job is read back into this session's hands. The miner retries (a stream ends and
+                # its reconnect lists the job).
+                raise CoordinatorError(Kind.UNAVAILABLE, "JOB_RESTORING",
+                                       f"job {job_id} is being read back from the store after a failed write; retry",
+                                       metadata={"job_id": job_id})  # fmt: skip
             waited = True
         return waited and job_id in session.held

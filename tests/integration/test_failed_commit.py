@@ -514,9 +514,11 @@ async def test_a_result_beyond_what_the_ledger_can_book_is_refused_alone(coord: 
     assert (await alice.submit({"y": 2})).state in (QUEUED, ASSIGNED)
 
 
-async def test_a_result_for_a_job_that_cannot_be_read_back_is_refused_once(coord: Harness) -> None:
-    """Shutting down, a job taken out after a failed commit is not read back: a result for it is refused
-    (it recursed until RecursionError)."""
+async def test_a_result_for_a_job_that_cannot_be_read_back_is_answered_retry_once(coord: Harness) -> None:
+    """Shutting down, a job taken out after a failed commit is not read back: a result for it is answered
+    UNAVAILABLE at once (it recursed until RecursionError). Not JOB_NOT_HELD: the job is the miner's in the
+    store, and the next coordinator gives it back when the miner returns listing it."""
+    from coordinator.domain.errors import CoordinatorError, Kind
     from coordinator.domain.model import PayloadKind
     from coordinator.scheduler.engine import ResultIn
 
@@ -529,8 +531,9 @@ async def test_a_result_for_a_job_that_cannot_be_read_back_is_refused_once(coord
             await scheduler.cancel(job.job_id, None, "fails")
         assert scheduler._detached[job.job_id].task is None
         r = ResultIn(job.job_id, a.attempt, b"{}", PayloadKind(1), b"\0" * 32, "1", "jobs")
-        [ack] = await asyncio.wait_for(scheduler.complete(scheduler.by_miner["miner-00"], [r]), 5)
-        assert (ack.accepted, ack.reason) == (False, "JOB_NOT_HELD")
+        with pytest.raises(CoordinatorError) as refused:
+            await asyncio.wait_for(scheduler.complete(scheduler.by_miner["miner-00"], [r]), 5)
+        assert (refused.value.kind, refused.value.reason) == (Kind.UNAVAILABLE, "JOB_RESTORING")
     finally:
         scheduler.stopping = False
 
