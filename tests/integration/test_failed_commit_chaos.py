@@ -369,6 +369,8 @@ class Chaos:
             # (a few drains in every run, however few rounds a slow machine leaves: the check below counts them)
             if self.drained() < 3 and rounds % 6 == 0:
                 await self.drain()
+            elif self.came_back["failed"] < 3 and rounds % 6 == 3:  # (likewise for the check of these)
+                await self.come_back_while_writing()
             elif r < 0.1:
                 await self.hold_lock()
             elif r < 0.25:
@@ -921,6 +923,11 @@ async def test_commits_failing_at_random_leave_memory_and_store_in_agreement(
             for name, c in clients.items()
         ]
         await asyncio.sleep(CHAOS_SECONDS)
+        # A slow machine leaves fewer rounds: go on, for a while at most, until the rare cases checked below
+        # have happened (a miner back while its old session's write fails, a few drains).
+        deadline = time.monotonic() + 30
+        while (chaos.came_back["failed"] < 3 or chaos.drained() < 3) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.2)
 
         # the failures stop: no more rules, no more misbehaviour; the miners keep working
         phase.calm.set()
