@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from ..domain.clock import now_us
 from ..domain.model import Capabilities, Constraints, Job
 
 
@@ -76,8 +79,8 @@ class Session:
     stream_task: asyncio.Task | None = None  # the Connect handler, cancelled when the stream stalls
     end_reason: str = ""  # why the scheduler ended the stream (for the disconnect line)
     last_seen_us: int = 0
-    handling: bool = False  # one of its stream's messages is being handled (the stream is not read meanwhile)
-    handling_since_us: int = 0  # since when
+    handling: int = 0  # its messages (or unary calls) being handled now: a stream is not read meanwhile
+    handling_since_us: int = 0  # since when one has been
     opened_key: int = 0  # a unit key taken when it opened: units with smaller keys were decided before it
     # unit key -> an unsettled decision (scheduler Pending) that gives it assignments: a Drain waits for them
     assigning: dict[int, object] = field(default_factory=dict)
@@ -90,6 +93,18 @@ class Session:
     pending_cancels: list[CancelOut] = field(default_factory=list)
     poll_waiting: int = 0
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @contextlib.contextmanager
+    def handling_one(self) -> Iterator[None]:
+        """While the coordinator handles one of the miner's messages or calls (waiting for a slow store, say),
+        the miner waits for it: its silence meanwhile is the coordinator's, not the miner's."""
+        if not self.handling:
+            self.handling_since_us = now_us()
+        self.handling += 1
+        try:
+            yield
+        finally:
+            self.handling -= 1
 
     @property
     def slots(self) -> int:

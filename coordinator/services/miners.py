@@ -236,11 +236,10 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
         async for req in requests:
             kind = req.WhichOneof("message")
             obs.stream_received(kind)
-            session.handling, session.handling_since_us = True, now_us()
             try:
-                await self._handle(session, req, kind)
+                with session.handling_one():
+                    await self._handle(session, req, kind)
             finally:
-                session.handling = False
                 self.scheduler.seen(session)  # (its heartbeats may have waited behind this message)
 
     async def _handle(self, session: Session, req: pb.ConnectRequest, kind: str | None) -> None:
@@ -352,7 +351,11 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
         if not request.HasField("result"):
             raise invalid("SubmitResult needs a result", [("result", "required")])
         session = self._session(request.session_id)
-        [result] = await self.scheduler.complete(session, [result_in(request.result, self.limits)])
+        try:
+            with session.handling_one():
+                [result] = await self.scheduler.complete(session, [result_in(request.result, self.limits)])
+        finally:
+            self.scheduler.seen(session)
         return pb.SubmitResultResponse(ack=ack(self._accepted(result)))
 
     async def ReportFailure(
@@ -361,7 +364,11 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
         if not request.HasField("failure"):
             raise invalid("ReportFailure needs a failure", [("failure", "required")])
         session = self._session(request.session_id)
-        result = await self.scheduler.fail(session, self._failure(request.failure))
+        try:
+            with session.handling_one():
+                result = await self.scheduler.fail(session, self._failure(request.failure))
+        finally:
+            self.scheduler.seen(session)
         return pb.ReportFailureResponse(ack=ack(self._accepted(result)))
 
     async def Drain(self, request: pb.DrainRequest, context: grpc.aio.ServicerContext) -> pb.DrainResponse:

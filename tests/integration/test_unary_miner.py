@@ -132,3 +132,37 @@ async def test_unary_lease_not_renewed_returns_the_job_to_the_queue(coord: Harne
                                                    metadata=MD)),
                  grpc.StatusCode.FAILED_PRECONDITION, "STALE_ATTEMPT")  # fmt: skip
     assert coord.db.count("job_results", job.job_id) == 0
+
+
+async def test_a_unary_call_held_up_by_the_store_does_not_count_as_the_miners_silence(coord: Harness) -> None:
+    """A unary miner waits for its SubmitResult; the store keeps the call waiting (its write lock is held)
+    longer than the heartbeat timeout (1 s here). That silence is the coordinator's: the session stays open
+    and the result lands. (The stream already counted it so; the unary path closed the session for
+    HEARTBEAT_TIMEOUT and requeued its jobs meanwhile.)"""
+    from test_failed_commit import held_lock
+
+    alice = coord.client("alice")
+    stub = coord.miner_stub()
+    reg = await stub.RegisterMiner(mpb.RegisterMinerRequest(hello=mpb.Hello(capabilities=capabilities(slots=2))),
+                                   metadata=MD)  # fmt: skip
+    session = reg.welcome.session_id
+    job = await alice.submit({"task": "slow store"})
+    [a] = (
+        await stub.PollJob(mpb.PollJobRequest(session_id=session, max_jobs=1), metadata=MD, timeout=5)
+    ).assignments
+    blocker = held_lock(coord)
+    try:
+        submitted = asyncio.ensure_future(stub.SubmitResult(mpb.SubmitResultRequest(
+            session_id=session, result=mpb.Result(job_id=job.job_id, attempt=a.attempt, result=struct({"ok": 1}),
+                                                  units="1", unit_type="jobs")), metadata=MD, timeout=10))  # fmt: skip
+        await asyncio.sleep(2.5)  # 2.5 heartbeat timeouts without a heartbeat: the miner waits for its call
+        assert not submitted.done()
+    finally:
+        blocker.execute("COMMIT")
+        blocker.close()
+    response = await asyncio.wait_for(submitted, 10)
+    assert response.ack.accepted
+    assert coord.db.job_state(job.job_id) == COMPLETED
+    scheduler = coord.coordinator.scheduler
+    live = scheduler.sessions.get(session)
+    assert live is not None and not live.closed, "the session was closed while its call waited for the store"
