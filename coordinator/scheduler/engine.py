@@ -561,19 +561,23 @@ class Scheduler(UndoFailedCommits):
         return job
 
     async def list_jobs(self, flt: JobFilter, limit: int, before: str | None) -> list[Job]:
-        jobs = await self.store.list_jobs(flt, limit, before)
+        rows = {job.job_id: job for job in await self.store.list_jobs(flt, limit, before)}
         # The store may lag memory by the writes in flight, which may yet fail: wait for those of the page's
-        # jobs, then answer with the live copies, and for jobs gone from memory meanwhile (forgotten once
-        # terminal, or taken out after a failed write) with their rows as they are now.
-        waited = {j.job_id for j in jobs if j.job_id in self._unsettled}
-        for job_id in waited:
-            await self._settled(job_id)
-        reread = {
-            j.job_id: await self.store.get_job(j.job_id)
-            for j in jobs
-            if j.job_id in waited and j.job_id not in self.jobs
-        }
-        return [self.jobs.get(j.job_id) or reread.get(j.job_id) or j for j in jobs]
+        # jobs and read them again (a few rounds: while one is waited for, another may start a write).
+        for _ in range(3):
+            writing = [job_id for job_id in rows if job_id in self._unsettled]
+            if not writing:
+                break
+            for job_id in writing:
+                await self._settled(job_id)
+            for job_id in writing:
+                rows[job_id] = await self.store.get_job(job_id) or rows[job_id]
+        # No await from here: a live job with no write in flight is as stored or newer; one being written is
+        # answered as stored.
+        return [
+            live if (live := self.jobs.get(job_id)) is not None and job_id not in self._unsettled else row
+            for job_id, row in rows.items()
+        ]
 
     # ------------------------------------------------------------------ miners: sessions
     def open_session(

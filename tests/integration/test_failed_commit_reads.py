@@ -113,3 +113,32 @@ async def test_submit_answers_with_its_own_write_not_an_assignment_still_being_w
     await miner.wait_closed()  # the assignment's write failed: the welcomed stream ends
     assert coord.db.job_state(job.job_id) == QUEUED
     assert job.state == QUEUED and job.state != ASSIGNED and not job.miner_id
+
+
+async def test_list_jobs_waits_for_a_write_that_starts_while_it_waits_for_another(coord: Harness) -> None:
+    """ListJobs waits for the page's job Y, whose cancel is being written; meanwhile job X of the page is
+    canceled too, its write queued behind. Both writes fail: the listing must not show X CANCELED.
+    (Review round 6, helper-27: ListJobs answered X's live copy once Y's write had settled.)"""
+    alice = coord.client("alice")
+    x = await alice.submit({"x": 1})  # no miner: both stay QUEUED
+    y = await alice.submit({"y": 1})
+    scheduler = coord.coordinator.scheduler
+    blocker = held_lock(coord)
+    try:
+        # Y's cancel: the writer takes it and waits on the lock (its 5 s busy timeout, then it fails)
+        cancel_y = asyncio.ensure_future(alice.cancel(y.job_id, "y"))
+        await eventually(lambda: y.job_id in scheduler._unsettled, what="Y's cancel queued")
+        await asyncio.sleep(0.3)
+        listing = asyncio.ensure_future(alice.list())  # reads the page, then waits for Y's write
+        await asyncio.sleep(0.5)
+        assert not listing.done()
+        cancel_x = asyncio.ensure_future(alice.cancel(x.job_id, "x"))  # queued behind Y's; fails too
+        await eventually(lambda: x.job_id in scheduler._unsettled, what="X's cancel queued")
+        listed = await asyncio.wait_for(listing, 15.0)
+        await asyncio.gather(cancel_x, cancel_y, return_exceptions=True)
+    finally:
+        release(blocker)
+    seen = {j.job_id: j.state for j in listed.jobs}
+    await eventually(lambda: x.job_id in scheduler.jobs, within=10.0, what="X read back")
+    assert coord.db.job_state(x.job_id) == QUEUED and coord.db.job_state(y.job_id) == QUEUED  # neither landed
+    assert seen[x.job_id] == QUEUED and seen[y.job_id] == QUEUED
