@@ -118,6 +118,7 @@ class Coordinator:
         await self.scheduler.stop()
         await asyncio.sleep(0.05)  # let the go-away messages reach the streams
         await self.server.stop(grace)
+        await self.issuer.stop()
         await self.scheduler.store.close()
         if self.observability is not None:
             await self.observability.stop()

@@ -196,6 +196,14 @@ class ReceiptIssuer(ReceiptHook):
             self._key_reloads.add(task)
             task.add_done_callback(self._key_reloads.discard)
 
+    async def stop(self) -> None:
+        """Before the store closes: a rebuild or a key reload started by a commit failed while stopping would
+        otherwise read a closed store (the next start reads what the store holds anyway)."""
+        tasks = [t for t in (self._resync, *self._key_reloads) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     async def _reload_keys(self) -> None:
         """Published keys as the store has them, but for the keys registered or retired meanwhile (their
         writes are queued behind the read: memory is ahead of the store for them, rightly)."""

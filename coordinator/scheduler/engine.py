@@ -813,13 +813,18 @@ class Scheduler(UndoFailedCommits):
         await self._commit(pending)
 
     async def complete(
-        self, session: Session, results: list[ResultIn], acks: list[AckOut] | None = None
+        self,
+        session: Session,
+        results: list[ResultIn],
+        acks: list[AckOut] | None = None,
+        later: Callable[[AckOut], None] | None = None,
     ) -> list[AckOut]:
         """Accept results (fenced), issue one receipt each, refill the freed slots; all in one commit.
 
         The acks are appended to acks (returned) once their results are durable: should a later write fail (a
         result waiting for a read-back, retried), the caller still has those of the results that landed, to
-        send before the error."""
+        send before the error. With `later` (a stream), a result for a job coming back to this miner after a
+        failed commit is answered through it once the job is back, and the call does not wait for that."""
         now = now_us()
         session.last_seen_us = now
         pending = _Pending()
@@ -862,6 +867,11 @@ class Scheduler(UndoFailedCommits):
         await self._commit(pending)
         acks.extend(decided)
         for r in unmatched:
+            if later is not None and self._coming_back(session, r.job_id):
+                self._when_back(session, r.job_id, functools.partial(self.complete, session, [r]), later,
+                                AckOut(r.job_id, r.attempt, False, reason="NOT_STORED",
+                                       message="the result could not be stored; the job will run again"))  # fmt: skip
+                continue
             await self._unless_detached(session, r.job_id)
             # read back meanwhile (while this call waited for it, or for the commit above): try it again
             if self._running(session, r.job_id, r.attempt) is not None:
@@ -894,7 +904,21 @@ class Scheduler(UndoFailedCommits):
         return AckOut(job_id, attempt, False, reason="JOB_NOT_HELD",
                       message=f"this miner does not hold job {job_id} attempt {attempt}")  # fmt: skip
 
-    async def fail(self, session: Session, failure: FailureIn) -> AckOut:
+    async def fail(
+        self, session: Session, failure: FailureIn, later: Callable[[AckOut], None] | None = None
+    ) -> AckOut | None:
+        """A miner's failure report. With `later` (a stream), one about a job coming back to this miner after a
+        failed commit is answered through it once the job is back (None now)."""
+        if later is not None and self._coming_back(session, failure.job_id):
+
+            async def again() -> list[AckOut]:
+                ack = await self.fail(session, failure)
+                return [] if ack is None else [ack]
+
+            self._when_back(session, failure.job_id, again, later,
+                            AckOut(failure.job_id, failure.attempt, False, reason="NOT_STORED",
+                                   message="the failure report could not be stored"))  # fmt: skip
+            return None
         now = now_us()
         session.last_seen_us = now
         if await self._unless_detached(session, failure.job_id):

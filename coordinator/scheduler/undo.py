@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -21,7 +21,7 @@ from ..domain.errors import CoordinatorError, Kind
 from ..domain.model import Event, Job, JobState
 from ..store.base import UnitOfWork
 from .pending import Pending
-from .sessions import CancelOut, GoAwayOut, Held, Session
+from .sessions import AckOut, CancelOut, GoAwayOut, Held, Session
 
 if TYPE_CHECKING:
     from .engine import Scheduler
@@ -57,6 +57,9 @@ def exec_deadline(job: Job) -> int:
     or, once RUNNING, from its start."""
     since = job.started_us if job.state is JobState.RUNNING else job.updated_us
     return since + job.execution_timeout_us
+
+
+WRITE_TRIES = 3  # a message answered once its job is back: how often its own write may fail
 
 
 class UndoFailedCommits:
@@ -390,18 +393,67 @@ class UndoFailedCommits:
             return 0
         return int(min(0.05 * 2 ** min(failures - 2, 10), 30.0) * MICROS)
 
+    def _coming_back(self: Scheduler, session: Session, job_id: str) -> bool:
+        """Whether a message of session's miner about job_id, which the session does not hold, may yet find it
+        there: a change to the job is being written (a cancel taking it from this miner, which may fail and
+        give it back), or the job is out of memory after a failed commit and was this miner's."""
+        if job_id in session.held:
+            return False
+        marker = self._detached.get(job_id)
+        return job_id in self._unsettled or (
+            marker is not None and marker.miner_id == session.miner_id
+            and marker.task is not None and not marker.task.done()  # (not when stopping: no read-back)
+        )  # fmt: skip
+
+    def _when_back(self: Scheduler, session: Session, job_id: str, then: Callable[[], Awaitable[list[AckOut]]],
+                   send: Callable[[AckOut], None], refusal: AckOut) -> None:  # fmt: skip
+        """On a stream: answer a message about a job coming back (see _coming_back) once it is back, sending
+        what `then` answers, without holding up the stream's other messages meanwhile (however long the
+        store stays unwritable). If the stream ends first, the miner sends it again on its next one. If its
+        own write fails WRITE_TRIES times, `refusal` is sent: the miner drops it, and the job runs again."""
+
+        async def answer() -> None:
+            failures = 0
+            while not session.closed:
+                if job_id in self._unsettled:
+                    await self._settled(job_id)
+                    continue
+                if self._coming_back(session, job_id) and job_id in self._detached:
+                    await self._restored(job_id)
+                    continue
+                try:
+                    acks = await then()
+                except Exception as exc:
+                    if not (isinstance(exc, CoordinatorError) and exc.reason == "JOB_RESTORING"):
+                        failures += 1  # its own write failed (the job is out again: wait for it again)
+                    if failures < WRITE_TRIES and self._coming_back(session, job_id):
+                        continue
+                    log.warning("a message of miner %s about job %s could not be stored: %r", session.miner_id,
+                                job_id, exc)  # fmt: skip
+                    acks = [refusal]
+                if not session.closed:
+                    for ack in acks:
+                        send(ack)
+                return
+
+        task = asyncio.create_task(answer(), name=f"when-back-{job_id}")
+        self._restoring.add(task)  # (cancelled with the read-backs when the scheduler stops)
+        task.add_done_callback(self._restoring.discard)
+
     async def _unless_detached(self: Scheduler, session: Session, job_id: str) -> bool:
-        """If job_id is out of memory after a failed commit, wait (for a while at most) until it is read back,
-        so that a miner's message about it is matched against what the store holds instead of refused; and
-        first, if a change to it is being written (a cancel taking it from this miner, which may fail and give
-        it back), until that write settles. Whether it waited and the job is now in this session's hands."""
+        """If job_id is out of memory after a failed commit and was this miner's, wait (for a while at most)
+        until it is read back, so that the miner's message about it is matched against what the store holds
+        instead of refused; and first, if a change to it is being written (a cancel taking it from this
+        miner, which may fail and give it back), until that write settles. Whether it waited and the job is
+        now in this session's hands."""
         if job_id in session.held:
             return False
         waited = False
         if job_id in self._unsettled:
             await self._settled(job_id)
             waited = True
-        if job_id in self._detached:
+        marker = self._detached.get(job_id)
+        if marker is not None and marker.miner_id == session.miner_id:  # (another miner's: refused at once)
             await self._restored(job_id)
             if job_id in self._detached:
                 # Still not back (the store stays unwritable): refusing it JOB_NOT_HELD now would be wrong

@@ -254,7 +254,7 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
                 except CoordinatorError as exc:
                     acks.append(AckOut(r.job_id, r.attempt, False, reason=exc.reason, message=exc.message))
             try:
-                await s.complete(session, valid, acks)
+                await s.complete(session, valid, acks, later=session.send)
             finally:  # (on a failed write, the acks of the results that landed go before the error)
                 for a in acks:
                     session.send(a)
@@ -268,7 +268,9 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
                                                  req.reject.reason[: self.limits.max_long_string]),
                                req.reject.job_id, req.reject.attempt)  # fmt: skip
         elif kind == "failure":
-            session.send(await s.fail(session, self._failure(req.failure)))
+            answer = await s.fail(session, self._failure(req.failure), later=session.send)
+            if answer is not None:
+                session.send(answer)
         elif kind == "progress":
             s.progress(session, req.progress.job_id, req.progress.attempt)
         elif kind == "drain":

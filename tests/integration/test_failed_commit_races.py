@@ -135,8 +135,9 @@ async def two_running_one_read_back(coord: Harness):  # type: ignore[no-untyped-
 
 @pytest.mark.coordinator(lease_seconds=30.0, heartbeat_timeout_seconds=5.0)
 async def test_an_accepted_result_is_acked_though_a_result_beside_it_fails(coord: Harness) -> None:
-    """One Results message: K lands, J (being read back) is retried and its write fails: K's ack still
-    reaches the miner before the stream ends (it was dropped with the error)."""
+    """One Results message: K lands, J (being read back) is retried once back, and its write keeps failing:
+    K's ack reaches the miner (it was dropped with the error), and J's result is refused NOT_STORED after
+    three tries, the stream going on (it used to end with the error)."""
     miner, j, k, assigned, blocker = await two_running_one_read_back(coord)
     try:
         blocker.execute(
@@ -159,12 +160,17 @@ async def test_an_accepted_result_is_acked_though_a_result_beside_it_fails(coord
         blocker.execute("COMMIT")
         blocker.close()
     await eventually(lambda: coord.db.job_state(k.job_id) == COMPLETED, what="K's result landed")
-    await miner.wait_closed(15.0)  # J's result failed: the stream ends
-    acks = [(a.job_id, a.accepted) for kind, a in miner.log if kind == "result_ack"]
-    assert (k.job_id, True) in acks, (
-        f"K is COMPLETED with its receipt stored, but the miner read no ack for it: acks {acks}, messages "
+
+    def acks() -> list[tuple[str, bool, str]]:
+        return [(a.job_id, a.accepted, a.reason) for kind, a in miner.log if kind == "result_ack"]
+
+    await eventually(lambda: (j.job_id, False, "NOT_STORED") in acks(), within=20.0, what="J's refusal")
+    assert (k.job_id, True, "") in acks(), (
+        f"K is COMPLETED with its receipt stored, but the miner read no ack for it: acks {acks()}, messages "
         f"{[kind for kind, _ in miner.log]}"
     )
+    assert not miner.closed.is_set()
+    assert coord.db.count("receipts", j.job_id) == 0
 
 
 @pytest.mark.coordinator(lease_seconds=30.0, heartbeat_timeout_seconds=1.0)

@@ -88,3 +88,49 @@ async def test_after_a_restart_a_miner_is_back_without_having_failed_while_the_c
         await eventually(lambda: miner.connects == 2, within=10.0)
         # At most one Connect may have reached the stopping coordinator before its port closed.
         assert len(failed_attempts(caplog)) <= 1, failed_attempts(caplog)
+
+
+async def test_a_result_whose_ack_a_restart_lost_is_sent_again_and_lands_at_its_first_attempt(
+    down: Harness,
+) -> None:
+    """The miner sends its result; the coordinator stops before the result's write can land (the store's
+    write lock is held). Back on the restarted coordinator, the miner lists the job (its result awaits an
+    ack) and sends the result again: the job completes at attempt 1 and ran once. (The SDK used to forget a
+    job once its result was sent: the restarted coordinator, not hearing of it, ran it again.)"""
+    from aitbc.miner import Outcome, job_input
+    from coord_support import COMPLETED
+    from test_failed_commit import held_lock
+
+    down.overrides["reconnect_grace_seconds"] = 30.0  # (the default: the tests' 0.5 s is shorter than a restart)
+    await down.start()
+    alice = down.client("alice")
+    gate = asyncio.Event()
+    runs: list[int] = []
+
+    async def runner(job):  # type: ignore[no-untyped-def]
+        runs.append(job.attempt)
+        await gate.wait()
+        return Outcome(job_input(job), units="1", unit_type="jobs")
+
+    miner = sdk_miner(down)
+    miner.runner = runner
+    async with running(miner):
+        await eventually(lambda: miner.connects == 1)
+        job = await alice.submit({"x": 1})
+        await eventually(lambda: bool(miner.running), what="the job running")
+        blocker = held_lock(down)
+        try:
+            gate.set()
+            await eventually(lambda: job.job_id in miner.unacked, what="the result sent")
+            await asyncio.sleep(0.2)
+            await down.stop()  # its write fails (the lock stays held past the busy timeout), or never runs
+        finally:
+            blocker.execute("COMMIT")
+            blocker.close()
+        assert job.job_id in miner.unacked
+        await down.start()
+        alice = down.client("alice")
+        done = await down.finished(alice, job.job_id, within=20.0)
+        assert (done.state, done.attempt) == (COMPLETED, 1)
+        assert runs == [1]
+        await eventually(lambda: not miner.unacked, what="the result acknowledged")

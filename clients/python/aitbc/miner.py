@@ -169,6 +169,9 @@ class Miner:
 
     def __post_init__(self) -> None:
         self.running: dict[str, _Running] = {}
+        # Results and failure reports sent and not yet acknowledged, by job: a stream lost before the ack lists
+        # their jobs in the next hello (so the coordinator keeps them) and sends them again on the new stream.
+        self.unacked: dict[str, tuple[int, miner_service_pb2.Result | miner_service_pb2.Failure]] = {}
         self.draining = False
         self.stopped = asyncio.Event()
         self.session_id = ""
@@ -188,8 +191,16 @@ class Miner:
         return miner_service_pb2.ConnectRequest(hello=miner_service_pb2.Hello(
             capabilities=self.capabilities, agent_version="aitbc-python-miner/0.1",
             receipt_public_key=self.signer.public_key if self.signer else b"", batched_acks=True,
-            running_jobs=[miner_service_pb2.RunningJob(job_id=j, attempt=r.attempt) for j, r in self.running.items()],
+            running_jobs=[miner_service_pb2.RunningJob(job_id=j, attempt=a) for j, a in self._held().items()],
         ))  # fmt: skip
+
+    def _held(self) -> dict[str, int]:
+        """The jobs this miner still answers for, by attempt: those running, and those whose result or failure
+        report awaits its ack."""
+        return {
+            **{j: a for j, (a, _) in self.unacked.items()},
+            **{j: r.attempt for j, r in self.running.items()},
+        }
 
     async def run(self) -> None:
         """Connect, work, and reconnect with jittered backoff until stop() or a completed drain."""
@@ -213,7 +224,7 @@ class Miner:
                     failures += 1
                     reason = exc.code().name
                     delay = min(self.backoff_max_s, self.backoff_base_s * 2 ** min(failures, 10))
-                if reason == "DRAINED" or (self.draining and not self.running):
+                if reason == "DRAINED" or (self.draining and not self.running and not self.unacked):
                     break
                 if self.stopped.is_set():
                     break
@@ -263,6 +274,7 @@ class Miner:
         kept = {j.job_id for j in welcome.resumed_jobs}
         for job_id in [j for j in self.running if j not in kept]:
             self.running.pop(job_id).task.cancel()
+        self._resend(outbox)
         if self.draining:
             outbox.put_nowait(
                 miner_service_pb2.ConnectRequest(drain=miner_service_pb2.MinerDrain(reason="draining"))
@@ -300,8 +312,24 @@ class Miner:
                 task.cancel()
             call.cancel()
 
+    def _resend(self, outbox: asyncio.Queue) -> None:
+        """On a new stream: the results and failure reports whose acks the last one lost, again. If one had
+        landed, the coordinator answers with the same ack; if the job is no longer this miner's, with a
+        refusal."""
+        results = [m for _, m in self.unacked.values() if isinstance(m, miner_service_pb2.Result)]
+        for i in range(0, len(results), 100):
+            outbox.put_nowait(miner_service_pb2.ConnectRequest(
+                results=miner_service_pb2.Results(results=results[i : i + 100])))  # fmt: skip
+        for _, m in self.unacked.values():
+            if isinstance(m, miner_service_pb2.Failure):
+                outbox.put_nowait(miner_service_pb2.ConnectRequest(failure=m))
+
     def _acked(self, acks) -> None:  # type: ignore[no-untyped-def]
         for a in acks:
+            sent = self.unacked.get(a.job_id)
+            if sent is None or sent[0] != a.attempt:
+                continue  # a repeated ack (a result sent again had landed before)
+            del self.unacked[a.job_id]
             if a.accepted:
                 self.acked += 1
                 self.last_ack_at = time.monotonic()
@@ -341,11 +369,14 @@ class Miner:
                     continue
                 del self.running[job_id]
                 if isinstance(outcome, JobFailed):
-                    outbox.put_nowait(miner_service_pb2.ConnectRequest(failure=miner_service_pb2.Failure(
-                        job_id=job_id, attempt=attempt, retryable=outcome.retryable, code=outcome.code,
-                        message=str(outcome))))  # fmt: skip
+                    failure = miner_service_pb2.Failure(job_id=job_id, attempt=attempt, retryable=outcome.retryable,
+                                                        code=outcome.code, message=str(outcome))  # fmt: skip
+                    self.unacked[job_id] = (attempt, failure)
+                    outbox.put_nowait(miner_service_pb2.ConnectRequest(failure=failure))
                 else:
-                    results.append(self._result(job_id, attempt, outcome))
+                    result = self._result(job_id, attempt, outcome)
+                    self.unacked[job_id] = (attempt, result)
+                    results.append(result)
                 self.completed += 1
             if results:
                 outbox.put_nowait(
@@ -378,7 +409,7 @@ class Miner:
         while True:
             await asyncio.sleep(interval)
             outbox.put_nowait(miner_service_pb2.ConnectRequest(heartbeat=miner_service_pb2.MinerHeartbeat(
-                running_jobs=[miner_service_pb2.RunningJob(job_id=j, attempt=r.attempt) for j, r in self.running.items()])))  # fmt: skip
+                running_jobs=[miner_service_pb2.RunningJob(job_id=j, attempt=a) for j, a in self._held().items()])))  # fmt: skip
 
     async def _reachable(self, channel: grpc.aio.Channel) -> None:
         """Wait until the channel is connected, saying so now and then while the coordinator is unreachable.
