@@ -428,7 +428,8 @@ class Miner:
                 if done:
                     return ready.result()
                 waited += every
-                log.warning("coordinator at %s unreachable for %.0f s (channel %s); still trying",
+                log.warning("no connection to the coordinator at %s for %.0f s (channel %s: unreachable, or the "
+                            "TLS handshake fails); still trying",
                             self.address, waited, channel.get_state().name)  # fmt: skip
                 every = min(every * 2, 300.0)
         finally:
