@@ -85,6 +85,7 @@ class ReceiptIssuer(ReceiptHook):
         self._arrived: dict[int, bytes] = {}  # committed leaves waiting for the ones before them
         self._grew = asyncio.Event()  # set (and replaced) whenever the tree grows
         self._resync: asyncio.Task | None = None
+        self._stopped = False  # the store closes: nothing more is read back (the next start reads it)
         self._key_reloads: set[asyncio.Task] = set()
         self._reloads = 0  # key read-backs in flight
         self._touched_keys: set[str] | None = None  # key ids changed in memory during them
@@ -189,6 +190,8 @@ class ReceiptIssuer(ReceiptHook):
         """A unit holding receipts or keys did not commit: rebuild the tree from the store, which holds
         exactly the committed leaves, rather than guess which ones landed; read the published keys back (a
         miner key registered, or retired, in memory only would otherwise never be written)."""
+        if self._stopped:
+            return
         if unit.receipts and self._resync is None:
             self._resync = asyncio.get_running_loop().create_task(self._rebuild(), name="receipt-log-rebuild")
         if unit.keys:
@@ -199,6 +202,7 @@ class ReceiptIssuer(ReceiptHook):
     async def stop(self) -> None:
         """Before the store closes: a rebuild or a key reload started by a commit failed while stopping would
         otherwise read a closed store (the next start reads what the store holds anyway)."""
+        self._stopped = True
         tasks = [t for t in (self._resync, *self._key_reloads) if t is not None]
         for task in tasks:
             task.cancel()

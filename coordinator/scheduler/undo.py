@@ -431,9 +431,8 @@ class UndoFailedCommits:
                     log.warning("a message of miner %s about job %s could not be stored: %r", session.miner_id,
                                 job_id, exc)  # fmt: skip
                     acks = [refusal]
-                if not session.closed:
-                    for ack in acks:
-                        send(ack)
+                for ack in acks:  # (also when its own commit closed the session: a drained one's last
+                    send(ack)  # result; the ack leaves before the GoAway, as on the stream's own path)
                 return
 
         task = asyncio.create_task(answer(), name=f"when-back-{job_id}")

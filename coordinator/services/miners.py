@@ -180,7 +180,13 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
             reason = await self._write(session, context, reader, hello.batched_acks)
         except asyncio.CancelledError:
             reason = session.end_reason or "STREAM_CANCELLED"
-            raise  # never swallow: grpcio leaks native memory otherwise
+            task = asyncio.current_task()
+            if reason == "STREAM_STALLED" and task is not None and task.uncancel() == 0:
+                # Cancelled by the liveness check, not by gRPC: a cancelled handler ends nothing towards the
+                # miner (its call stays open, with no status). End the call with a status instead.
+                raise CoordinatorError(Kind.UNAVAILABLE, "STREAM_STALLED",
+                                       "the miner stopped reading its stream; reconnect") from None  # fmt: skip
+            raise  # never swallow gRPC's cancellation: grpcio leaks native memory otherwise
         finally:
             reader.cancel()
             await asyncio.shield(self.scheduler.disconnected(session, reason))

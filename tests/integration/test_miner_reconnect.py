@@ -101,7 +101,8 @@ async def test_a_result_whose_ack_a_restart_lost_is_sent_again_and_lands_at_its_
     from coord_support import COMPLETED
     from test_failed_commit import held_lock
 
-    down.overrides["reconnect_grace_seconds"] = 30.0  # (the default: the tests' 0.5 s is shorter than a restart)
+    # the default grace: the tests' 0.5 s is shorter than a restart
+    down.overrides["reconnect_grace_seconds"] = 30.0
     await down.start()
     alice = down.client("alice")
     gate = asyncio.Event()

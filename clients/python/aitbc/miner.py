@@ -252,7 +252,7 @@ class Miner:
             self._outbox.put_nowait(
                 miner_service_pb2.ConnectRequest(drain=miner_service_pb2.MinerDrain(reason="SIGTERM"))
             )
-        if not self.running:
+        if not self.running and not self.unacked:  # (a result awaiting its ack may yet need sending again)
             self.stop()
 
     async def _session(self, channel: grpc.aio.Channel) -> tuple[str, float]:
@@ -316,12 +316,12 @@ class Miner:
         """On a new stream: the results and failure reports whose acks the last one lost, again. If one had
         landed, the coordinator answers with the same ack; if the job is no longer this miner's, with a
         refusal."""
-        results = [m for _, m in self.unacked.values() if isinstance(m, miner_service_pb2.Result)]
-        for i in range(0, len(results), 100):
-            outbox.put_nowait(miner_service_pb2.ConnectRequest(
-                results=miner_service_pb2.Results(results=results[i : i + 100])))  # fmt: skip
-        for _, m in self.unacked.values():
-            if isinstance(m, miner_service_pb2.Failure):
+        for _, m in self.unacked.values():  # one per message: each fitted in one when it was first sent
+            if isinstance(m, miner_service_pb2.Result):
+                outbox.put_nowait(
+                    miner_service_pb2.ConnectRequest(results=miner_service_pb2.Results(results=[m]))
+                )
+            else:
                 outbox.put_nowait(miner_service_pb2.ConnectRequest(failure=m))
 
     def _acked(self, acks) -> None:  # type: ignore[no-untyped-def]
@@ -378,10 +378,8 @@ class Miner:
                     self.unacked[job_id] = (attempt, result)
                     results.append(result)
                 self.completed += 1
-            if results:
-                outbox.put_nowait(
-                    miner_service_pb2.ConnectRequest(results=miner_service_pb2.Results(results=results))
-                )
+            for message in results_messages(results):
+                outbox.put_nowait(message)
             if self.draining and not self.running:
                 outbox.put_nowait(
                     miner_service_pb2.ConnectRequest(drain=miner_service_pb2.MinerDrain(reason="drained"))
@@ -439,6 +437,31 @@ class Miner:
     async def _send(call: Any, outbox: asyncio.Queue) -> None:
         while True:
             await call.write(await outbox.get())
+
+
+RESULTS_MESSAGE_BYTES = 1 << 20  # results sent together stay under this (the coordinator's limit is 8 MiB)
+RESULTS_PER_MESSAGE = 100
+
+
+def results_messages(results: list[miner_service_pb2.Result]) -> list[miner_service_pb2.ConnectRequest]:
+    """Results messages carrying `results`, each under RESULTS_MESSAGE_BYTES and RESULTS_PER_MESSAGE (a
+    larger result goes alone): results finished together, or sent again together, never add up to a message
+    the coordinator refuses."""
+    messages: list[miner_service_pb2.ConnectRequest] = []
+    batch: list[miner_service_pb2.Result] = []
+    size = 0
+    for result in results:
+        n = result.ByteSize()
+        if batch and (size + n > RESULTS_MESSAGE_BYTES or len(batch) == RESULTS_PER_MESSAGE):
+            messages.append(
+                miner_service_pb2.ConnectRequest(results=miner_service_pb2.Results(results=batch))
+            )
+            batch, size = [], 0
+        batch.append(result)
+        size += n
+    if batch:
+        messages.append(miner_service_pb2.ConnectRequest(results=miner_service_pb2.Results(results=batch)))
+    return messages
 
 
 def install_signal_handlers(miner: Miner) -> None:

@@ -38,6 +38,13 @@ class MinerServiceStub:
     the miner does not hold, or a job no longer running is refused (reason `STALE_ATTEMPT` or
     `JOB_NOT_HELD`) and changes nothing.
 
+    Results are precious: keep a result (or failure report) until its ResultAck arrives. If the stream ends
+    first, list the job in the next hello's `running_jobs` (the coordinator keeps it for you) and send the
+    result again: if it had landed, the same acknowledgement comes back. After a failed write the
+    coordinator may need a while to read one of your jobs back from its store: on a stream, a result about
+    it is answered once it is back (the stream goes on meanwhile); a unary call answers UNAVAILABLE
+    (`JOB_RESTORING`) after 10 s: send it again.
+
     Leases: an assignment holds a lease until `lease_deadline`; heartbeats listing the job renew it. A lease
     not renewed, or a stream gone for longer than the grace period, returns the job to the queue with the
     next attempt number.
@@ -99,6 +106,13 @@ class MinerServiceServicer:
     the miner does not hold, or a job no longer running is refused (reason `STALE_ATTEMPT` or
     `JOB_NOT_HELD`) and changes nothing.
 
+    Results are precious: keep a result (or failure report) until its ResultAck arrives. If the stream ends
+    first, list the job in the next hello's `running_jobs` (the coordinator keeps it for you) and send the
+    result again: if it had landed, the same acknowledgement comes back. After a failed write the
+    coordinator may need a while to read one of your jobs back from its store: on a stream, a result about
+    it is answered once it is back (the stream goes on meanwhile); a unary call answers UNAVAILABLE
+    (`JOB_RESTORING`) after 10 s: send it again.
+
     Leases: an assignment holds a lease until `lease_deadline`; heartbeats listing the job renew it. A lease
     not renewed, or a stream gone for longer than the grace period, returns the job to the queue with the
     next attempt number.
@@ -144,7 +158,8 @@ class MinerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SubmitResult(self, request, context):
-        """Reports a job's result (unary path). Errors: FAILED_PRECONDITION (`STALE_ATTEMPT`, `JOB_NOT_HELD`).
+        """Reports a job's result (unary path). Errors: FAILED_PRECONDITION (`STALE_ATTEMPT`, `JOB_NOT_HELD`);
+        UNAVAILABLE (`JOB_RESTORING`): the job is being read back after a failed write, send it again.
         A repeat of an accepted result answers the same acknowledgement and changes nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -152,7 +167,8 @@ class MinerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReportFailure(self, request, context):
-        """Reports a job's failure (unary path). Errors: FAILED_PRECONDITION (`STALE_ATTEMPT`, `JOB_NOT_HELD`).
+        """Reports a job's failure (unary path). Errors: FAILED_PRECONDITION (`STALE_ATTEMPT`, `JOB_NOT_HELD`);
+        UNAVAILABLE (`JOB_RESTORING`), as for SubmitResult.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -223,6 +239,13 @@ class MinerService:
     Fencing: every assignment carries an attempt number; a result or failure naming a stale attempt, a job
     the miner does not hold, or a job no longer running is refused (reason `STALE_ATTEMPT` or
     `JOB_NOT_HELD`) and changes nothing.
+
+    Results are precious: keep a result (or failure report) until its ResultAck arrives. If the stream ends
+    first, list the job in the next hello's `running_jobs` (the coordinator keeps it for you) and send the
+    result again: if it had landed, the same acknowledgement comes back. After a failed write the
+    coordinator may need a while to read one of your jobs back from its store: on a stream, a result about
+    it is answered once it is back (the stream goes on meanwhile); a unary call answers UNAVAILABLE
+    (`JOB_RESTORING`) after 10 s: send it again.
 
     Leases: an assignment holds a lease until `lease_deadline`; heartbeats listing the job renew it. A lease
     not renewed, or a stream gone for longer than the grace period, returns the job to the queue with the
