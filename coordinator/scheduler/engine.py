@@ -745,12 +745,14 @@ class Scheduler(UndoFailedCommits):
 
     def _close_if_drained(self, session: Session) -> None:
         """A draining session ends once nothing of it is left: no job held, none being read back after a
-        failed commit (reserved), no change that freed one of its slots still being written."""
+        failed commit (reserved), no message of it waiting to be answered, no change that freed one of its
+        slots still being written."""
         if (
             session.closed
             or not session.draining
             or session.held
             or session.reserved
+            or session.answering  # (its acks must leave before the GoAway)
             or self._unsettled_frees.get(session.miner_id)
         ):
             return

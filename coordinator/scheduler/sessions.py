@@ -81,6 +81,7 @@ class Session:
     last_seen_us: int = 0
     handling: int = 0  # its messages (or unary calls) being handled now: a stream is not read meanwhile
     handling_since_us: int = 0  # since when one has been
+    answering: int = 0  # its messages answered in the background once their jobs are back: a drain waits
     opened_key: int = 0  # a unit key taken when it opened: units with smaller keys were decided before it
     # unit key -> an unsettled decision (scheduler Pending) that gives it assignments: a Drain waits for them
     assigning: dict[int, object] = field(default_factory=dict)

@@ -413,6 +413,14 @@ class UndoFailedCommits:
         own write fails WRITE_TRIES times, `refusal` is sent: the miner drops it, and the job runs again."""
 
         async def answer() -> None:
+            session.answering += 1
+            try:
+                await answering()
+            finally:
+                session.answering -= 1
+                self._close_if_drained(session)  # (it waited for this answer)
+
+        async def answering() -> None:
             failures = 0
             while not session.closed:
                 if job_id in self._unsettled:

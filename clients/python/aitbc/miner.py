@@ -166,12 +166,18 @@ class Miner:
     tls_cert: bytes | str | None = None
     tls_key: bytes | str | None = None
     channel: grpc.aio.Channel | None = None  # share one channel among many miners; run() leaves it open
+    # draining with nothing left to run: how long to wait for the acks of the last results (the coordinator
+    # may be gone for good) before giving up on them
+    drain_ack_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         self.running: dict[str, _Running] = {}
         # Results and failure reports sent and not yet acknowledged, by job: a stream lost before the ack lists
         # their jobs in the next hello (so the coordinator keeps them) and sends them again on the new stream.
         self.unacked: dict[str, tuple[int, miner_service_pb2.Result | miner_service_pb2.Failure]] = {}
+        self._resent: dict[
+            str, int
+        ] = {}  # streams each unacked one was sent again on (a poison one: dropped)
         self.draining = False
         self.stopped = asyncio.Event()
         self.session_id = ""
@@ -254,6 +260,20 @@ class Miner:
             )
         if not self.running and not self.unacked:  # (a result awaiting its ack may yet need sending again)
             self.stop()
+        else:
+            asyncio.get_running_loop().call_later(self.drain_ack_timeout_s, self._drain_overdue)
+
+    def _drain_overdue(self) -> None:
+        """Draining, and the acks of the last results have not come: stop once no job runs any more."""
+        if self.stopped.is_set():
+            return
+        if self.running:
+            asyncio.get_running_loop().call_later(self.drain_ack_timeout_s, self._drain_overdue)
+            return
+        if self.unacked:
+            log.warning("drained: giving up on the acks of %d results (jobs %s); the coordinator runs them again",
+                        len(self.unacked), ", ".join(sorted(self.unacked)))  # fmt: skip
+        self.stop()
 
     async def _session(self, channel: grpc.aio.Channel) -> tuple[str, float]:
         stub = miner_service_pb2_grpc.MinerServiceStub(
@@ -316,6 +336,13 @@ class Miner:
         """On a new stream: the results and failure reports whose acks the last one lost, again. If one had
         landed, the coordinator answers with the same ack; if the job is no longer this miner's, with a
         refusal."""
+        for job_id in list(self.unacked):
+            self._resent[job_id] = self._resent.get(job_id, 0) + 1
+            if self._resent[job_id] > MAX_RESENDS:  # every stream it was sent on ended before its ack
+                log.warning(
+                    "dropping the unacknowledged result of job %s after %d streams", job_id, MAX_RESENDS
+                )
+                del self.unacked[job_id], self._resent[job_id]
         for _, m in self.unacked.values():  # one per message: each fitted in one when it was first sent
             if isinstance(m, miner_service_pb2.Result):
                 outbox.put_nowait(
@@ -330,6 +357,7 @@ class Miner:
             if sent is None or sent[0] != a.attempt:
                 continue  # a repeated ack (a result sent again had landed before)
             del self.unacked[a.job_id]
+            self._resent.pop(a.job_id, None)
             if a.accepted:
                 self.acked += 1
                 self.last_ack_at = time.monotonic()
@@ -375,6 +403,14 @@ class Miner:
                     outbox.put_nowait(miner_service_pb2.ConnectRequest(failure=failure))
                 else:
                     result = self._result(job_id, attempt, outcome)
+                    if result.ByteSize() > MAX_RESULT_BYTES:  # no message could carry it: the job fails
+                        failure = miner_service_pb2.Failure(job_id=job_id, attempt=attempt, retryable=False,
+                                                            code="RESULT_TOO_LARGE",
+                                                            message=f"the result is {result.ByteSize()} bytes")  # fmt: skip
+                        self.unacked[job_id] = (attempt, failure)
+                        outbox.put_nowait(miner_service_pb2.ConnectRequest(failure=failure))
+                        self.completed += 1
+                        continue
                     self.unacked[job_id] = (attempt, result)
                     results.append(result)
                 self.completed += 1
@@ -440,6 +476,8 @@ class Miner:
 
 
 RESULTS_MESSAGE_BYTES = 1 << 20  # results sent together stay under this (the coordinator's limit is 8 MiB)
+MAX_RESULT_BYTES = (8 << 20) - (64 << 10)  # the channel's send limit, less the message's framing
+MAX_RESENDS = 3  # an unacknowledged result sent again on this many streams that all ended first: dropped
 RESULTS_PER_MESSAGE = 100
 
 
