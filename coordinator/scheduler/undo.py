@@ -413,14 +413,6 @@ class UndoFailedCommits:
         own write fails WRITE_TRIES times, `refusal` is sent: the miner drops it, and the job runs again."""
 
         async def answer() -> None:
-            session.answering += 1
-            try:
-                await answering()
-            finally:
-                session.answering -= 1
-                self._close_if_drained(session)  # (it waited for this answer)
-
-        async def answering() -> None:
             failures = 0
             while not session.closed:
                 if job_id in self._unsettled:
@@ -443,9 +435,18 @@ class UndoFailedCommits:
                     send(ack)  # result; the ack leaves before the GoAway, as on the stream's own path)
                 return
 
+        def answered(task: asyncio.Task) -> None:
+            self._restoring.discard(task)
+            session.answering -= 1
+            if not self.stopping:
+                self._close_if_drained(session)  # (it waited for this answer)
+
+        # Counted from now, not from the task's first step: a drain decided in between waits for it too; and
+        # uncounted by the done callback, which runs even for a task cancelled before it started.
+        session.answering += 1
         task = asyncio.create_task(answer(), name=f"when-back-{job_id}")
         self._restoring.add(task)  # (cancelled with the read-backs when the scheduler stops)
-        task.add_done_callback(self._restoring.discard)
+        task.add_done_callback(answered)
 
     async def _unless_detached(self: Scheduler, session: Session, job_id: str) -> bool:
         """If job_id is out of memory after a failed commit and was this miner's, wait (for a while at most)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from coord_support import COMPLETED, Harness, eventually, miner_key
+from coord_support import COMPLETED, FAILED, Harness, eventually, miner_key
 
 
 async def big_then_small(coord: Harness, big_size: int) -> tuple[str, bool, Any]:
@@ -56,4 +56,7 @@ async def test_a_result_within_the_result_limit_but_over_the_message_limit_does_
     (its framing): RESOURCE_EXHAUSTED (MESSAGE_TOO_LARGE) ends every stream that carries it; the miner drops
     it after three."""
     big, ok, miner = await big_then_small(coord, 16_384)
-    assert ok and big not in miner.unacked, (miner.connects, big in miner.unacked)
+    assert ok, (miner.connects, big in miner.unacked)
+    # each attempt's result is dropped after three streams, the job runs again, and fails for good at the last
+    done = await coord.finished(coord.client("alice"), big, within=30.0)
+    assert (done.state, done.attempt) == (FAILED, 3)

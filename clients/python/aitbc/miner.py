@@ -169,15 +169,20 @@ class Miner:
     # draining with nothing left to run: how long to wait for the acks of the last results (the coordinator
     # may be gone for good) before giving up on them
     drain_ack_timeout_s: float = 60.0
+    # the largest result sent as such (larger: a RESULT_TOO_LARGE failure); open_channel's send limit less the
+    # message's framing: raise it with a channel of your own that sends more
+    max_result_bytes: int = (8 << 20) - (64 << 10)
 
     def __post_init__(self) -> None:
         self.running: dict[str, _Running] = {}
         # Results and failure reports sent and not yet acknowledged, by job: a stream lost before the ack lists
         # their jobs in the next hello (so the coordinator keeps them) and sends them again on the new stream.
         self.unacked: dict[str, tuple[int, miner_service_pb2.Result | miner_service_pb2.Failure]] = {}
-        self._resent: dict[
-            str, int
-        ] = {}  # streams each unacked one was sent again on (a poison one: dropped)
+        # streams ended by a message the coordinator could not take (RESOURCE_EXHAUSTED, INTERNAL) while an
+        # unacked result was on them: after MAX_RESENDS, the result is taken for the cause and dropped
+        self._poisoned: dict[str, int] = {}
+        self._on_stream: set[str] = set()  # the unacked ones sent on the current stream
+        self._drain_timer: asyncio.TimerHandle | None = None
         self.draining = False
         self.stopped = asyncio.Event()
         self.session_id = ""
@@ -229,6 +234,9 @@ class Miner:
                         raise
                     failures += 1
                     reason = exc.code().name
+                    if exc.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL):
+                        for job_id in self._on_stream & self.unacked.keys():
+                            self._poisoned[job_id] = self._poisoned.get(job_id, 0) + 1
                     delay = min(self.backoff_max_s, self.backoff_base_s * 2 ** min(failures, 10))
                 if reason == "DRAINED" or (self.draining and not self.running and not self.unacked):
                     break
@@ -241,6 +249,8 @@ class Miner:
                 except TimeoutError:
                     pass
         finally:
+            if self._drain_timer is not None:
+                self._drain_timer.cancel()
             for r in self.running.values():
                 r.task.cancel()
             if channel is not self.channel:
@@ -260,15 +270,19 @@ class Miner:
             )
         if not self.running and not self.unacked:  # (a result awaiting its ack may yet need sending again)
             self.stop()
-        else:
-            asyncio.get_running_loop().call_later(self.drain_ack_timeout_s, self._drain_overdue)
+        elif not self.running:
+            self._arm_drain_timer()
+
+    def _arm_drain_timer(self) -> None:
+        """Draining with nothing left to run: wait drain_ack_timeout_s at most for the last acks."""
+        if self._drain_timer is None and not self.stopped.is_set():
+            self._drain_timer = asyncio.get_running_loop().call_later(
+                self.drain_ack_timeout_s, self._drain_overdue
+            )
 
     def _drain_overdue(self) -> None:
-        """Draining, and the acks of the last results have not come: stop once no job runs any more."""
-        if self.stopped.is_set():
-            return
-        if self.running:
-            asyncio.get_running_loop().call_later(self.drain_ack_timeout_s, self._drain_overdue)
+        self._drain_timer = None
+        if self.stopped.is_set() or self.running:
             return
         if self.unacked:
             log.warning("drained: giving up on the acks of %d results (jobs %s); the coordinator runs them again",
@@ -280,6 +294,8 @@ class Miner:
             SigningChannel(channel, self.hmac_secret) if self.hmac_secret else channel
         )
         await self._reachable(channel)
+        self._drop_poisoned()  # before the hello, which would list their jobs
+        self._on_stream = set()
         call = stub.Connect(metadata=with_trace_context(auth_metadata(self.api_key)))
         outbox: asyncio.Queue[miner_service_pb2.ConnectRequest] = asyncio.Queue()
         self._outbox = outbox
@@ -336,13 +352,7 @@ class Miner:
         """On a new stream: the results and failure reports whose acks the last one lost, again. If one had
         landed, the coordinator answers with the same ack; if the job is no longer this miner's, with a
         refusal."""
-        for job_id in list(self.unacked):
-            self._resent[job_id] = self._resent.get(job_id, 0) + 1
-            if self._resent[job_id] > MAX_RESENDS:  # every stream it was sent on ended before its ack
-                log.warning(
-                    "dropping the unacknowledged result of job %s after %d streams", job_id, MAX_RESENDS
-                )
-                del self.unacked[job_id], self._resent[job_id]
+        self._on_stream |= self.unacked.keys()
         for _, m in self.unacked.values():  # one per message: each fitted in one when it was first sent
             if isinstance(m, miner_service_pb2.Result):
                 outbox.put_nowait(
@@ -351,13 +361,24 @@ class Miner:
             else:
                 outbox.put_nowait(miner_service_pb2.ConnectRequest(failure=m))
 
+    def _drop_poisoned(self) -> None:
+        """Unacked results that were on MAX_RESENDS streams the coordinator ended for a message it could not
+        take: the result is the cause. Dropped, their jobs no longer listed: the coordinator runs them again."""
+        for job_id, ended in list(self._poisoned.items()):
+            if job_id not in self.unacked:
+                del self._poisoned[job_id]
+            elif ended >= MAX_RESENDS:
+                log.warning("dropping the result of job %s: %d streams carrying it were ended by the coordinator",
+                            job_id, ended)  # fmt: skip
+                del self.unacked[job_id], self._poisoned[job_id]
+
     def _acked(self, acks) -> None:  # type: ignore[no-untyped-def]
         for a in acks:
             sent = self.unacked.get(a.job_id)
             if sent is None or sent[0] != a.attempt:
                 continue  # a repeated ack (a result sent again had landed before)
             del self.unacked[a.job_id]
-            self._resent.pop(a.job_id, None)
+            self._poisoned.pop(a.job_id, None)
             if a.accepted:
                 self.acked += 1
                 self.last_ack_at = time.monotonic()
@@ -400,10 +421,11 @@ class Miner:
                     failure = miner_service_pb2.Failure(job_id=job_id, attempt=attempt, retryable=outcome.retryable,
                                                         code=outcome.code, message=str(outcome))  # fmt: skip
                     self.unacked[job_id] = (attempt, failure)
+                    self._on_stream.add(job_id)
                     outbox.put_nowait(miner_service_pb2.ConnectRequest(failure=failure))
                 else:
                     result = self._result(job_id, attempt, outcome)
-                    if result.ByteSize() > MAX_RESULT_BYTES:  # no message could carry it: the job fails
+                    if result.ByteSize() > self.max_result_bytes:  # no message could carry it: the job fails
                         failure = miner_service_pb2.Failure(job_id=job_id, attempt=attempt, retryable=False,
                                                             code="RESULT_TOO_LARGE",
                                                             message=f"the result is {result.ByteSize()} bytes")  # fmt: skip
@@ -412,6 +434,7 @@ class Miner:
                         self.completed += 1
                         continue
                     self.unacked[job_id] = (attempt, result)
+                    self._on_stream.add(job_id)
                     results.append(result)
                 self.completed += 1
             for message in results_messages(results):
@@ -420,6 +443,7 @@ class Miner:
                 outbox.put_nowait(
                     miner_service_pb2.ConnectRequest(drain=miner_service_pb2.MinerDrain(reason="drained"))
                 )
+                self._arm_drain_timer()  # (from its last result: its ack may still be on the way)
 
     def _result(self, job_id: str, attempt: int, outcome: Outcome) -> miner_service_pb2.Result:
         r = miner_service_pb2.Result(
@@ -476,8 +500,7 @@ class Miner:
 
 
 RESULTS_MESSAGE_BYTES = 1 << 20  # results sent together stay under this (the coordinator's limit is 8 MiB)
-MAX_RESULT_BYTES = (8 << 20) - (64 << 10)  # the channel's send limit, less the message's framing
-MAX_RESENDS = 3  # an unacknowledged result sent again on this many streams that all ended first: dropped
+MAX_RESENDS = 3  # streams ended for a message the coordinator could not take, carrying one result: dropped
 RESULTS_PER_MESSAGE = 100
 
 
