@@ -495,3 +495,28 @@ class StreamMiner:
 
     async def close(self) -> None:
         await self.kill()
+
+
+class GatedRunner:
+    """An SDK miner's runner that holds every job until `gate` is set, recording the attempts it ran."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.runs: list[int] = []
+
+    async def __call__(self, job: Any) -> Any:
+        from aitbc.miner import Outcome, job_input
+
+        self.runs.append(job.attempt)
+        await self.gate.wait()
+        return Outcome(job_input(job), units="1", unit_type="jobs")
+
+
+def gated_sdk_miner(address: str, **options: Any) -> tuple[Any, GatedRunner]:
+    """The SDK miner of identity miner-00 (one slot, its own connection, 0.2 s backoff) with a GatedRunner."""
+    from aitbc.miner import Miner, probe_capabilities
+
+    runner = GatedRunner()
+    miner = Miner(address, miner_key("miner-00"), runner=runner, capabilities=probe_capabilities(slots=1),
+                  own_connection=True, backoff_base_s=0.2, **options)  # fmt: skip
+    return miner, runner

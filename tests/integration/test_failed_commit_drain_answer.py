@@ -9,23 +9,14 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from coord_support import CANCELED, Harness, eventually, miner_key
+from coord_support import CANCELED, Harness, eventually, gated_sdk_miner
 from test_failed_commit import held_lock
 
 
 @pytest.mark.coordinator(lease_seconds=30.0, heartbeat_timeout_seconds=5.0)
 async def test_a_drained_miner_gets_an_answer_to_its_last_result(coord: Harness) -> None:
-    from aitbc.miner import Miner, Outcome, probe_capabilities
-
     alice = coord.client("alice")
-    gate = asyncio.Event()
-
-    async def runner(job):  # type: ignore[no-untyped-def]
-        await gate.wait()
-        return Outcome({"done": True}, units="1", unit_type="jobs")
-
-    miner = Miner(coord.address, miner_key("miner-00"), runner=runner, capabilities=probe_capabilities(slots=1),
-                  own_connection=True, backoff_base_s=0.2)  # fmt: skip
+    miner, runner = gated_sdk_miner(coord.address)
     task = coord.run_miner(miner)
     job = await alice.submit({"n": 1})
     await eventually(lambda: miner.running, what="the job running on the SDK miner")
@@ -36,7 +27,7 @@ async def test_a_drained_miner_gets_an_answer_to_its_last_result(coord: Harness)
         cancel = asyncio.ensure_future(alice.cancel(job.job_id))
         await eventually(lambda: job.job_id in scheduler._unsettled and not session.held,
                          what="the cancel decided, its write waiting")  # fmt: skip
-        gate.set()  # the miner's result crosses the cancel
+        runner.gate.set()  # the miner's result crosses the cancel
         await eventually(lambda: any(t.get_name() == f"when-back-{job.job_id}" for t in scheduler._restoring),
                          what="the result waiting for the cancel to land")  # fmt: skip
         miner.drain()  # SIGTERM: no job running, one result awaiting its ack

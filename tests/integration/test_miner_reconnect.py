@@ -11,12 +11,15 @@ import asyncio
 import contextlib
 import logging
 import socket
+import sqlite3
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aitbc.miner import Miner, probe_capabilities
-from coord_support import Harness, eventually, miner_key
+from coord_support import GatedRunner, Harness, eventually, gated_sdk_miner, miner_key
 
 ENDED = "miner session ended"
 
@@ -59,6 +62,43 @@ def sdk_miner(harness: Harness) -> Miner:
                  own_connection=True, backoff_base_s=0.2)  # fmt: skip
 
 
+@dataclass
+class AwaitingAck:
+    miner: Miner
+    runner: GatedRunner
+    task: asyncio.Task  # the miner's run()
+    job: Any
+    blocker: sqlite3.Connection  # holds the store's write lock until release()
+
+    def release(self) -> None:
+        with contextlib.suppress(sqlite3.ProgrammingError):  # (released already)
+            self.blocker.execute("COMMIT")
+            self.blocker.close()
+
+
+@contextlib.asynccontextmanager
+async def a_result_awaiting_its_ack(down: Harness, **options: Any) -> AsyncIterator[AwaitingAck]:
+    """down started (with the default 30 s reconnect grace: the tests' 0.5 s is shorter than a restart) and a
+    gated SDK miner running one job, whose result has been sent while the store's write lock is held. The
+    lock is released by release() or on leaving, the miner stopped on leaving."""
+    from test_failed_commit import held_lock
+
+    down.overrides["reconnect_grace_seconds"] = 30.0
+    await down.start()
+    miner, runner = gated_sdk_miner(f"127.0.0.1:{down.overrides['app_port']}", **options)
+    async with running(miner) as task:
+        await eventually(lambda: miner.connects == 1)
+        job = await down.client("alice").submit({"x": 1})
+        await eventually(lambda: bool(miner.running), what="the job running")
+        state = AwaitingAck(miner, runner, task, job, held_lock(down))
+        try:
+            runner.gate.set()
+            await eventually(lambda: job.job_id in miner.unacked, what="the result sent")
+            yield state
+        finally:
+            state.release()
+
+
 async def test_a_miner_started_before_its_coordinator_waits_and_connects_once_it_serves(
     down: Harness, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -97,41 +137,16 @@ async def test_a_result_whose_ack_a_restart_lost_is_sent_again_and_lands_at_its_
     write lock is held). Back on the restarted coordinator, the miner lists the job (its result awaits an
     ack) and sends the result again: the job completes at attempt 1 and ran once. (The SDK used to forget a
     job once its result was sent: the restarted coordinator, not hearing of it, ran it again.)"""
-    from aitbc.miner import Outcome, job_input
     from coord_support import COMPLETED
-    from test_failed_commit import held_lock
 
-    # the default grace: the tests' 0.5 s is shorter than a restart
-    down.overrides["reconnect_grace_seconds"] = 30.0
-    await down.start()
-    alice = down.client("alice")
-    gate = asyncio.Event()
-    runs: list[int] = []
-
-    async def runner(job):  # type: ignore[no-untyped-def]
-        runs.append(job.attempt)
-        await gate.wait()
-        return Outcome(job_input(job), units="1", unit_type="jobs")
-
-    miner = sdk_miner(down)
-    miner.runner = runner
-    async with running(miner):
-        await eventually(lambda: miner.connects == 1)
-        job = await alice.submit({"x": 1})
-        await eventually(lambda: bool(miner.running), what="the job running")
-        blocker = held_lock(down)
-        try:
-            gate.set()
-            await eventually(lambda: job.job_id in miner.unacked, what="the result sent")
-            await asyncio.sleep(0.2)
-            await down.stop()  # its write fails (the lock stays held past the busy timeout), or never runs
-        finally:
-            blocker.execute("COMMIT")
-            blocker.close()
+    async with a_result_awaiting_its_ack(down) as sent:
+        await asyncio.sleep(0.2)
+        await down.stop()  # its write fails (the lock stays held past the busy timeout), or never runs
+        sent.release()
+        miner, job = sent.miner, sent.job
         assert job.job_id in miner.unacked
         await down.start()
-        alice = down.client("alice")
-        done = await down.finished(alice, job.job_id, within=20.0)
+        done = await down.finished(down.client("alice"), job.job_id, within=20.0)
         assert (done.state, done.attempt) == (COMPLETED, 1)
-        assert runs == [1]
+        assert sent.runner.runs == [1]
         await eventually(lambda: not miner.unacked, what="the result acknowledged")

@@ -7,43 +7,20 @@ from __future__ import annotations
 
 import asyncio
 
-from coord_support import Harness, eventually
-from test_failed_commit import held_lock
-from test_miner_reconnect import down, running, sdk_miner  # noqa: F401  (down: the fixture)
+from coord_support import Harness
+from test_miner_reconnect import a_result_awaiting_its_ack, down  # noqa: F401  (down: the fixture)
 
 
 async def test_a_drained_miner_gives_up_on_an_ack_that_never_comes(down: Harness) -> None:  # noqa: F811
-    from aitbc.miner import Outcome, job_input
-
-    down.overrides["reconnect_grace_seconds"] = 30.0
-    await down.start()
-    alice = down.client("alice")
-    gate = asyncio.Event()
-
-    async def runner(job):  # type: ignore[no-untyped-def]
-        await gate.wait()
-        return Outcome(job_input(job), units="1", unit_type="jobs")
-
-    miner = sdk_miner(down)
-    miner.runner = runner
-    miner.drain_ack_timeout_s = 2.0
-    async with running(miner) as task:
-        await eventually(lambda: miner.connects == 1)
-        job = await alice.submit({"x": 1})
-        await eventually(lambda: bool(miner.running), what="the job running")
-        blocker = held_lock(down)
-        try:
-            gate.set()
-            await eventually(lambda: job.job_id in miner.unacked, what="the result sent")
-            await asyncio.sleep(0.2)
-            await down.stop()  # the coordinator goes away for good (it is never started again)
-        finally:
-            blocker.execute("COMMIT")
-            blocker.close()
-        assert job.job_id in miner.unacked
+    async with a_result_awaiting_its_ack(down, drain_ack_timeout_s=2.0) as sent:
+        await asyncio.sleep(0.2)
+        await down.stop()  # the coordinator goes away for good (it is never started again)
+        sent.release()
+        miner = sent.miner
+        assert sent.job.job_id in miner.unacked
         miner.drain()  # SIGTERM
         try:
-            await asyncio.wait_for(asyncio.shield(task), 10.0)
+            await asyncio.wait_for(asyncio.shield(sent.task), 10.0)
             exited = True
         except TimeoutError:
             exited = False

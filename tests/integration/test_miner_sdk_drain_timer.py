@@ -8,23 +8,14 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from coord_support import Harness, eventually, miner_key
+from coord_support import Harness, eventually, gated_sdk_miner
 from test_failed_commit import held_lock
 
 
 @pytest.mark.coordinator(lease_seconds=30.0, heartbeat_timeout_seconds=5.0)
 async def test_a_drained_miner_waits_drain_ack_timeout_after_its_last_result(coord: Harness) -> None:
-    from aitbc.miner import Miner, Outcome, probe_capabilities
-
     alice = coord.client("alice")
-    gate = asyncio.Event()
-
-    async def runner(job):  # type: ignore[no-untyped-def]
-        await gate.wait()
-        return Outcome({"done": True}, units="1", unit_type="jobs")
-
-    miner = Miner(coord.address, miner_key("miner-00"), runner=runner, capabilities=probe_capabilities(slots=1),
-                  own_connection=True, backoff_base_s=0.2, drain_ack_timeout_s=2.0)  # fmt: skip
+    miner, runner = gated_sdk_miner(coord.address, drain_ack_timeout_s=2.0)
     task = coord.run_miner(miner)
     job = await alice.submit({"n": 1})
     await eventually(lambda: bool(miner.running), what="the job running")
@@ -34,7 +25,7 @@ async def test_a_drained_miner_waits_drain_ack_timeout_after_its_last_result(coo
     await asyncio.sleep(1.5)
     blocker = held_lock(coord)  # the store is slow for a moment: the result's ack takes ~1 s
     try:
-        gate.set()  # the job finishes 1.5 s after SIGTERM: nothing left to run from now on
+        runner.gate.set()  # the job finishes 1.5 s after SIGTERM: nothing left to run from now on
         await eventually(lambda: job.job_id in miner.unacked, what="the result sent")
         finished_at = loop.time()
         await asyncio.sleep(1.0)

@@ -8,32 +8,21 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from coord_support import COMPLETED, Harness, eventually, miner_key
+from coord_support import COMPLETED, Harness, eventually, gated_sdk_miner
 from test_failed_commit import allow, held_lock
 
 
 @pytest.mark.coordinator(lease_seconds=30.0, heartbeat_timeout_seconds=5.0)
 async def test_drain_keeps_a_result_until_it_is_acknowledged(coord: Harness) -> None:
-    from aitbc.miner import Miner, Outcome, probe_capabilities
-
     alice = coord.client("alice")
-    gate = asyncio.Event()
-    runs: list[int] = []
-
-    async def runner(job):  # type: ignore[no-untyped-def]
-        runs.append(job.attempt)
-        await gate.wait()
-        return Outcome({"done": True}, units="1", unit_type="jobs")
-
-    miner = Miner(coord.address, miner_key("miner-00"), runner=runner, capabilities=probe_capabilities(slots=1),
-                  own_connection=True, backoff_base_s=0.2)  # fmt: skip
+    miner, runner = gated_sdk_miner(coord.address)
     task = coord.run_miner(miner)
     job = await alice.submit({"n": 1})
     await eventually(lambda: miner.running, what="the job running on the SDK miner")
     scheduler = coord.coordinator.scheduler
     blocker = held_lock(coord)  # the result's write waits for the lock
     try:
-        gate.set()
+        runner.gate.set()
         await eventually(lambda: miner.unacked and job.job_id in scheduler._unsettled,
                          what="the result sent, its write waiting")  # fmt: skip
         miner.drain()  # SIGTERM: no job running, one result not yet acknowledged
@@ -55,4 +44,4 @@ async def test_drain_keeps_a_result_until_it_is_acknowledged(coord: Harness) -> 
         f"the result was lost, the job's events: {events}"
     )
     done = await coord.finished(alice, job.job_id, within=5.0)
-    assert (done.state, done.attempt) == (COMPLETED, 1) and runs == [1]
+    assert (done.state, done.attempt) == (COMPLETED, 1) and runner.runs == [1]
