@@ -773,9 +773,6 @@ class Scheduler(UndoFailedCommits):
         self.drain(session, "ADMIN")
         return session
 
-    def seen(self, session: Session) -> None:
-        session.last_seen_us = now_us()
-
     # ------------------------------------------------------------------ miners: work
     def heartbeat(self, session: Session, running: list[tuple[str, int]]) -> None:
         now = now_us()
@@ -870,9 +867,8 @@ class Scheduler(UndoFailedCommits):
         acks.extend(decided)
         for r in unmatched:
             if later is not None and self._coming_back(session, r.job_id):
-                self._when_back(session, r.job_id, functools.partial(self.complete, session, [r]), later,
-                                AckOut(r.job_id, r.attempt, False, reason="NOT_STORED",
-                                       message="the result could not be stored; the job will run again"))  # fmt: skip
+                self._when_back(session, r.job_id, r.attempt, "result",
+                                functools.partial(self.complete, session, [r]), later)  # fmt: skip
                 continue
             await self._unless_detached(session, r.job_id)
             # read back meanwhile (while this call waited for it, or for the commit above): try it again
@@ -917,9 +913,7 @@ class Scheduler(UndoFailedCommits):
                 ack = await self.fail(session, failure)
                 return [] if ack is None else [ack]
 
-            self._when_back(session, failure.job_id, again, later,
-                            AckOut(failure.job_id, failure.attempt, False, reason="NOT_STORED",
-                                   message="the failure report could not be stored"))  # fmt: skip
+            self._when_back(session, failure.job_id, failure.attempt, "failure report", again, later)
             return None
         now = now_us()
         session.last_seen_us = now

@@ -98,7 +98,8 @@ class Session:
     @contextlib.contextmanager
     def handling_one(self) -> Iterator[None]:
         """While the coordinator handles one of the miner's messages or calls (waiting for a slow store, say),
-        the miner waits for it: its silence meanwhile is the coordinator's, not the miner's."""
+        the miner waits for it: its silence meanwhile is the coordinator's, not the miner's. The miner counts
+        as seen when it ends (its heartbeats may have waited behind it)."""
         if not self.handling:
             self.handling_since_us = now_us()
         self.handling += 1
@@ -106,6 +107,7 @@ class Session:
             yield
         finally:
             self.handling -= 1
+            self.last_seen_us = now_us()
 
     @property
     def slots(self) -> int:

@@ -405,12 +405,13 @@ class UndoFailedCommits:
             and marker.task is not None and not marker.task.done()  # (not when stopping: no read-back)
         )  # fmt: skip
 
-    def _when_back(self: Scheduler, session: Session, job_id: str, then: Callable[[], Awaitable[list[AckOut]]],
-                   send: Callable[[AckOut], None], refusal: AckOut) -> None:  # fmt: skip
-        """On a stream: answer a message about a job coming back (see _coming_back) once it is back, sending
-        what `then` answers, without holding up the stream's other messages meanwhile (however long the
-        store stays unwritable). If the stream ends first, the miner sends it again on its next one. If its
-        own write fails WRITE_TRIES times, `refusal` is sent: the miner drops it, and the job runs again."""
+    def _when_back(self: Scheduler, session: Session, job_id: str, attempt: int, what: str,
+                   then: Callable[[], Awaitable[list[AckOut]]], send: Callable[[AckOut], None]) -> None:  # fmt: skip
+        """On a stream: answer a message (`what`: a result, a failure report) about a job coming back (see
+        _coming_back) once it is back, sending what `then` answers, without holding up the stream's other
+        messages meanwhile (however long the store stays unwritable). If the stream ends first, the miner
+        sends it again on its next one. If its own write fails WRITE_TRIES times, it is refused NOT_STORED:
+        the miner drops it, and the job runs again."""
 
         async def answer() -> None:
             failures = 0
@@ -430,7 +431,8 @@ class UndoFailedCommits:
                         continue
                     log.warning("a message of miner %s about job %s could not be stored: %r", session.miner_id,
                                 job_id, exc)  # fmt: skip
-                    acks = [refusal]
+                    acks = [AckOut(job_id, attempt, False, reason="NOT_STORED",
+                                   message=f"the {what} could not be stored; the job will run again")]  # fmt: skip
                 for ack in acks:  # (also when its own commit closed the session: a drained one's last
                     send(ack)  # result; the ack leaves before the GoAway, as on the stream's own path)
                 return
@@ -465,8 +467,9 @@ class UndoFailedCommits:
             await self._restored(job_id)
             if job_id in self._detached:
                 # Still not back (the store stays unwritable): refusing it JOB_NOT_HELD now would be wrong
-                # once the job is read back into this session's hands. The miner retries (a stream ends and
-                # its reconnect lists the job).
+                # once the job is read back into this session's hands. The caller retries: a unary miner
+                # calls again; on a stream (an accept or a reject) the stream ends, and the miner's
+                # reconnect lists the job.
                 raise CoordinatorError(Kind.UNAVAILABLE, "JOB_RESTORING",
                                        f"job {job_id} is being read back from the store after a failed write; retry",
                                        metadata={"job_id": job_id})  # fmt: skip

@@ -242,11 +242,8 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
         async for req in requests:
             kind = req.WhichOneof("message")
             obs.stream_received(kind)
-            try:
-                with session.handling_one():
-                    await self._handle(session, req, kind)
-            finally:
-                self.scheduler.seen(session)  # (its heartbeats may have waited behind this message)
+            with session.handling_one():
+                await self._handle(session, req, kind)
 
     async def _handle(self, session: Session, req: pb.ConnectRequest, kind: str | None) -> None:
         s = self.scheduler
@@ -359,11 +356,8 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
         if not request.HasField("result"):
             raise invalid("SubmitResult needs a result", [("result", "required")])
         session = self._session(request.session_id)
-        try:
-            with session.handling_one():
-                [result] = await self.scheduler.complete(session, [result_in(request.result, self.limits)])
-        finally:
-            self.scheduler.seen(session)
+        with session.handling_one():
+            [result] = await self.scheduler.complete(session, [result_in(request.result, self.limits)])
         return pb.SubmitResultResponse(ack=ack(self._accepted(result)))
 
     async def ReportFailure(
@@ -372,11 +366,8 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
         if not request.HasField("failure"):
             raise invalid("ReportFailure needs a failure", [("failure", "required")])
         session = self._session(request.session_id)
-        try:
-            with session.handling_one():
-                result = await self.scheduler.fail(session, self._failure(request.failure))
-        finally:
-            self.scheduler.seen(session)
+        with session.handling_one():
+            result = await self.scheduler.fail(session, self._failure(request.failure))
         return pb.ReportFailureResponse(ack=ack(self._accepted(result)))
 
     async def Drain(self, request: pb.DrainRequest, context: grpc.aio.ServicerContext) -> pb.DrainResponse:
