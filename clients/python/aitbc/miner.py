@@ -417,25 +417,20 @@ class Miner:
                 if running is None or running.attempt != attempt:
                     continue
                 del self.running[job_id]
-                if isinstance(outcome, JobFailed):
+                result = None if isinstance(outcome, JobFailed) else self._result(job_id, attempt, outcome)
+                if result is not None and (size := result.ByteSize()) > self.max_result_bytes:
+                    # no message could carry it: the job fails, for good
+                    outcome = JobFailed("RESULT_TOO_LARGE", f"the result is {size} bytes", retryable=False)
+                    result = None
+                if result is None:
                     failure = miner_service_pb2.Failure(job_id=job_id, attempt=attempt, retryable=outcome.retryable,
                                                         code=outcome.code, message=str(outcome))  # fmt: skip
                     self.unacked[job_id] = (attempt, failure)
-                    self._on_stream.add(job_id)
                     outbox.put_nowait(miner_service_pb2.ConnectRequest(failure=failure))
                 else:
-                    result = self._result(job_id, attempt, outcome)
-                    if result.ByteSize() > self.max_result_bytes:  # no message could carry it: the job fails
-                        failure = miner_service_pb2.Failure(job_id=job_id, attempt=attempt, retryable=False,
-                                                            code="RESULT_TOO_LARGE",
-                                                            message=f"the result is {result.ByteSize()} bytes")  # fmt: skip
-                        self.unacked[job_id] = (attempt, failure)
-                        outbox.put_nowait(miner_service_pb2.ConnectRequest(failure=failure))
-                        self.completed += 1
-                        continue
                     self.unacked[job_id] = (attempt, result)
-                    self._on_stream.add(job_id)
                     results.append(result)
+                self._on_stream.add(job_id)
                 self.completed += 1
             for message in results_messages(results):
                 outbox.put_nowait(message)
@@ -506,8 +501,8 @@ RESULTS_PER_MESSAGE = 100
 
 def results_messages(results: list[miner_service_pb2.Result]) -> list[miner_service_pb2.ConnectRequest]:
     """Results messages carrying `results`, each under RESULTS_MESSAGE_BYTES and RESULTS_PER_MESSAGE (a
-    larger result goes alone): results finished together, or sent again together, never add up to a message
-    the coordinator refuses."""
+    larger result goes alone): results finished together never add up to a message the coordinator refuses
+    (with its default limit)."""
     messages: list[miner_service_pb2.ConnectRequest] = []
     batch: list[miner_service_pb2.Result] = []
     size = 0
