@@ -118,9 +118,8 @@ async def test_a_slot_freed_by_a_failed_insert_is_filled_from_the_queue(coord: H
     )
 
 
-async def two_running_one_read_back(coord: Harness):  # type: ignore[no-untyped-def]
-    """miner-00 runs J and K (stored RUNNING); a failed cancel took J out of memory, and its read-back waits
-    for the write lock returned (the caller commits it)."""
+async def two_running(coord: Harness):  # type: ignore[no-untyped-def]
+    """miner-00 runs J and K (stored RUNNING): (miner, j, k, assignments by job id)."""
     alice = coord.client("alice")
     miner = await coord.stream_miner("miner-00", slots=2)
     j, k = await alice.submit({"j": 1}), await alice.submit({"k": 1})
@@ -130,6 +129,13 @@ async def two_running_one_read_back(coord: Harness):  # type: ignore[no-untyped-
     await eventually(
         lambda: all(coord.db.job_state(x.job_id) == RUNNING for x in (j, k)), what="both RUNNING stored"
     )
+    return miner, j, k, assigned
+
+
+async def two_running_one_read_back(coord: Harness):  # type: ignore[no-untyped-def]
+    """two_running; then a failed cancel took J out of memory, and its read-back waits for the write lock
+    returned (the caller commits it)."""
+    miner, j, k, assigned = await two_running(coord)
     return miner, j, k, assigned, await fail_a_cancel(coord, j.job_id)
 
 
@@ -304,15 +310,7 @@ async def test_other_job_keeps_its_lease_while_a_result_waits_for_a_cancel_write
     """While the stream's reader waits for a cancel of one job to settle (the miner's result for it), its
     heartbeats wait unread behind it: its other job keeps its lease (it was requeued as LEASE_EXPIRED while the
     miner ran it and heartbeated for it)."""
-    alice = coord.client("alice")
-    miner = await coord.stream_miner("miner-00", slots=2)
-    j, k = await alice.submit({"j": 1}), await alice.submit({"k": 1})
-    assigned = {a.job.job_id: a for a in await miner.assignments(2)}
-    for a in assigned.values():
-        miner.accept(a)
-    await eventually(
-        lambda: all(coord.db.job_state(x.job_id) == RUNNING for x in (j, k)), what="both RUNNING stored"
-    )
+    miner, j, k, assigned = await two_running(coord)
     scheduler = coord.coordinator.scheduler
     blocker = held_lock(coord)
     try:
