@@ -234,7 +234,7 @@ class Miner:
                         raise
                     failures += 1
                     reason = exc.code().name
-                    if exc.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL):
+                    if refused_by_coordinator(exc):
                         for job_id in self._on_stream & self.unacked.keys():
                             self._poisoned[job_id] = self._poisoned.get(job_id, 0) + 1
                     delay = min(self.backoff_max_s, self.backoff_base_s * 2 ** min(failures, 10))
@@ -497,6 +497,17 @@ class Miner:
 RESULTS_MESSAGE_BYTES = 1 << 20  # results sent together stay under this (the coordinator's limit is 8 MiB)
 MAX_RESENDS = 3  # streams ended for a message the coordinator could not take, carrying one result: dropped
 RESULTS_PER_MESSAGE = 100
+# grpc.aio's status for a write that failed in this process (the connection already gone): not the coordinator's
+_LOCAL_WRITE_FAILURE = "Internal error from Core"
+
+
+def refused_by_coordinator(exc: grpc.aio.AioRpcError) -> bool:
+    """Whether a stream ended because the coordinator could not take a message on it. A write on a connection
+    that broke (a restart, a network blip) also ends the call INTERNAL, set by grpc.aio itself: counting that
+    against the results on the stream would drop valid ones after a few restarts."""
+    if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return True
+    return exc.code() == grpc.StatusCode.INTERNAL and exc.details() != _LOCAL_WRITE_FAILURE
 
 
 def results_messages(results: list[miner_service_pb2.Result]) -> list[miner_service_pb2.ConnectRequest]:
