@@ -12,13 +12,15 @@ import contextlib
 import logging
 import socket
 import sqlite3
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aitbc.miner import Miner, probe_capabilities
+from aitbc.miner import CoordinatorUnreachable, Miner, probe_capabilities
 from coord_support import GatedRunner, Harness, eventually, gated_sdk_miner, miner_key
 
 ENDED = "miner session ended"
@@ -150,3 +152,36 @@ async def test_a_result_whose_ack_a_restart_lost_is_sent_again_and_lands_at_its_
         assert (done.state, done.attempt) == (COMPLETED, 1)
         assert sent.runner.runs == [1]
         await eventually(lambda: not miner.unacked, what="the result acknowledged")
+
+
+async def test_a_miner_given_a_limit_gives_up_when_the_coordinator_stays_unreachable(down: Harness) -> None:
+    miner = sdk_miner(down)
+    miner.unreachable_timeout_s = 1.0
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(
+        CoordinatorUnreachable, match=r"no connection to the coordinator at 127\.0\.0\.1:\d+ for 1 s"
+    ):
+        await asyncio.wait_for(miner.run(), timeout=30.0)
+    assert asyncio.get_running_loop().time() - started >= 1.0
+    assert miner.connects == 0
+
+
+async def test_a_miner_given_a_limit_connects_when_the_coordinator_comes_within_it(down: Harness) -> None:
+    miner = sdk_miner(down)
+    miner.unreachable_timeout_s = 30.0
+    async with running(miner) as task:
+        await asyncio.sleep(1.0)
+        await down.start()
+        await eventually(lambda: miner.connects == 1, within=10.0)
+        assert not task.done()
+
+
+def test_the_cli_miner_exits_1_when_told_to_give_up(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there
+    done = subprocess.run(
+        [sys.executable, "-m", "aitbc.cli", "miner", "run", "--address", f"127.0.0.1:{port}",
+         "--api-key", "k", "--give-up-after", "1"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert f"no connection to the coordinator at 127.0.0.1:{port}" in done.stderr

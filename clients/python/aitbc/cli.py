@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cuda", default="")
     run.add_argument("--label", action="append", default=[], help="KEY=VALUE; repeatable")
     run.add_argument("--timeout", type=float, default=3600.0, help="subprocess runner timeout, seconds")
+    run.add_argument("--give-up-after", type=float, default=None, metavar="SECONDS",
+                     help="exit 1 when the coordinator stays unreachable this long (default: keep trying)")  # fmt: skip
     run.add_argument("--signing-key-hex", default=os.environ.get("AITBC_MINER_SIGNING_KEY_HEX", ""),
                      help="Ed25519 seed to sign results with (AITBC_MINER_SIGNING_KEY_HEX)")  # fmt: skip
 
@@ -184,7 +186,7 @@ async def _miner(args: argparse.Namespace) -> int:
     miner = Miner(args.address, args.api_key, _runner(args.runner, args.timeout),
                   probe_capabilities(args.slots, **overrides),
                   signer=Signer(args.signing_key_hex) if args.signing_key_hex else None,
-                  **connection_options(args))  # fmt: skip
+                  unreachable_timeout_s=args.give_up_after, **connection_options(args))  # fmt: skip
     install_signal_handlers(miner)
     await miner.run()
     return 0
@@ -203,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_jobs(args))
     except grpc.aio.AioRpcError as exc:
         print(f"aitbc: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    except ConnectionError as exc:  # the miner's CoordinatorUnreachable (--give-up-after)
+        print(f"aitbc: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

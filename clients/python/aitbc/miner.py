@@ -145,6 +145,10 @@ def probe_capabilities(slots: int = 1, **overrides: Any) -> miner_service_pb2.Mi
     return caps
 
 
+class CoordinatorUnreachable(ConnectionError):
+    """The coordinator stayed unreachable longer than the miner's `unreachable_timeout_s`."""
+
+
 @dataclass
 class _Running:
     attempt: int
@@ -169,6 +173,9 @@ class Miner:
     # draining with nothing left to run: how long to wait for the acks of the last results (the coordinator
     # may be gone for good) before giving up on them
     drain_ack_timeout_s: float = 60.0
+    # how long the coordinator may stay unreachable (no connection at all) before run() raises
+    # CoordinatorUnreachable, for a supervisor to see; None: wait for good, as a daemon should by default
+    unreachable_timeout_s: float | None = None
     # the largest result sent as such (larger: a RESULT_TOO_LARGE failure); open_channel's send limit less the
     # message's framing: raise it with a channel of your own that sends more
     max_result_bytes: int = (8 << 20) - (64 << 10)
@@ -474,13 +481,22 @@ class Miner:
         fresh.
         """
         ready = asyncio.ensure_future(channel.channel_ready())
+        loop = asyncio.get_running_loop()
+        limit = self.unreachable_timeout_s
+        deadline = None if limit is None else loop.time() + limit
         waited, every = 0.0, 10.0
         try:
             while True:
-                done, _ = await asyncio.wait({ready}, timeout=every)
+                step = every if deadline is None else min(every, max(0.0, deadline - loop.time()))
+                done, _ = await asyncio.wait({ready}, timeout=step)
                 if done:
                     return ready.result()
-                waited += every
+                waited += step
+                if deadline is not None and loop.time() >= deadline - 0.001:
+                    raise CoordinatorUnreachable(
+                        f"no connection to the coordinator at {self.address} for {limit:g} s "
+                        f"(channel {channel.get_state().name}: unreachable, or the TLS handshake fails)"
+                    )
                 log.warning("no connection to the coordinator at %s for %.0f s (channel %s: unreachable, or the "
                             "TLS handshake fails); still trying",
                             self.address, waited, channel.get_state().name)  # fmt: skip
