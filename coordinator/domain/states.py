@@ -61,6 +61,37 @@ def transition(
     )
 
 
+def after_failure(
+    attempt: int, retryable: bool, code: str, message: str, last: bool
+) -> tuple[JobState, str, str]:
+    """What a failure of attempt (the last one the job may have, if last) makes of its job: the state it goes
+    to, and the reason and message of its event. Requeued with the failure's own code and message if it is
+    retryable and attempts are left; FAILED otherwise."""
+    if not retryable:
+        return JobState.FAILED, code, message
+    if last:
+        return (
+            JobState.FAILED,
+            "ATTEMPTS_EXHAUSTED",
+            f"{attempt} attempts spent; last: {code} {message}".strip(),
+        )
+    return Q, code, message
+
+
+def records_failure(
+    events: list[Event], miner_id: str, attempt: int, retryable: bool, code: str, message: str
+) -> bool:
+    """Whether events (a job's log) hold a miner's failure report as it was recorded: its attempt ended on
+    that miner with what after_failure makes of this very report (a report sent again, its ack lost)."""
+    outcomes = {after_failure(attempt, retryable, code, message, last) for last in (False, True)}
+    return any(
+        e.from_state in (A, R)
+        and (e.attempt, e.miner_id) == (attempt, miner_id)
+        and (e.to_state, e.reason, e.message) in outcomes
+        for e in events
+    )
+
+
 def submitted_event(job: Job) -> Event:
     job.event_seq = 1
     return Event(job.job_id, 1, None, JobState.QUEUED, 0, "", "SUBMITTED", "", job.created_us)

@@ -673,6 +673,7 @@ class Scheduler(UndoFailedCommits):
             grace_end = now + int(self.settings.grace_s * MICROS)
             for held in session.held.values():
                 held.lease_us = grace_end
+                held.lost = "MINER_GONE"
             self.orphans.setdefault(session.miner_id, {}).update(session.held)
             self.timers.schedule(grace_end, "orphans", session.miner_id)
             session.held = {}
@@ -887,11 +888,18 @@ class Scheduler(UndoFailedCommits):
         return held
 
     async def _refusal_or_repeat(
-        self, session: Session, job_id: str, attempt: int, repeat: bool = True
+        self, session: Session, job_id: str, attempt: int, failure: FailureIn | None = None
     ) -> AckOut:
-        """A result not matching a held attempt: the same ack again if it repeats an accepted one (repeat:
-        a failure report repeats nothing, and a completed job's is refused)."""
-        if repeat and job_id not in self.jobs:
+        """A result (or a failure report) not matching a held attempt: the same ack again if it repeats an
+        accepted one (sent again, its ack lost with a stream: the result is stored, or the report recorded
+        in the job's events as it made them); refused otherwise."""
+        if failure is not None:
+            events = await self.store.get_events(job_id)
+            if states.records_failure(
+                events, session.miner_id, attempt, failure.retryable, _code(failure), failure.message
+            ):
+                return AckOut(job_id, attempt, True)
+        elif job_id not in self.jobs:
             stored = await self.store.get_result(job_id)
             if stored is not None and stored.attempt == attempt and stored.miner_id == session.miner_id:
                 return AckOut(job_id, attempt, True, receipt_id=stored.receipt_id)
@@ -921,14 +929,12 @@ class Scheduler(UndoFailedCommits):
             now = now_us()
         held = session.held.get(failure.job_id)
         if held is None or held.attempt != failure.attempt:
-            return await self._refusal_or_repeat(session, failure.job_id, failure.attempt, repeat=False)
+            return await self._refusal_or_repeat(session, failure.job_id, failure.attempt, failure)
         job = held.job
         pending = _Pending()
         del session.held[job.job_id]
         session.failed += 1
-        self._retry_or_fail(
-            job, failure.retryable, failure.code or "MINER_FAILURE", failure.message, now, pending
-        )
+        self._retry_or_fail(job, failure.retryable, _code(failure), failure.message, now, pending)
         self._fill(session, pending, now)
         await self._commit(pending)
         return AckOut(job.job_id, failure.attempt, True)
@@ -1102,15 +1108,14 @@ class Scheduler(UndoFailedCommits):
 
     def _retry_or_fail(self, job: Job, retryable: bool, code: str, message: str, now: int, pending: _Pending,
                        *, backoff: bool = True) -> None:  # fmt: skip
-        if not retryable or job.attempt >= job.max_attempts:
-            reason = code if not retryable else "ATTEMPTS_EXHAUSTED"
-            detail = (
-                message if not retryable else f"{job.attempt} attempts spent; last: {code} {message}".strip()
-            )
+        to_state, reason, detail = states.after_failure(
+            job.attempt, retryable, code, message, job.attempt >= job.max_attempts
+        )
+        if to_state is JobState.FAILED:
             pending.record(job, states.transition(job, JobState.FAILED, reason, now, message=detail))
             self._finish(job, pending)
             return
-        event = states.transition(job, JobState.QUEUED, code, now, message=message)
+        event = states.transition(job, JobState.QUEUED, reason, now, message=detail)
         if backoff:
             delay = min(
                 self.settings.retry_backoff_base_s * 2 ** (job.attempt - 1), self.settings.retry_backoff_max_s
@@ -1203,7 +1208,7 @@ class Scheduler(UndoFailedCommits):
             job = self.jobs.get(job_id)
             if job is not None and job.attempt == held.attempt and not job.state.terminal:
                 pending.unheld.add(job_id)
-                self._lose_lease(job, "MINER_GONE", now, pending)
+                self._lose_lease(job, held.lost, now, pending)
         if orphans:
             self.timers.schedule(min(h.lease_us for h in orphans.values()), "orphans", miner_id)
         else:
@@ -1241,6 +1246,10 @@ class Scheduler(UndoFailedCommits):
                                 f"attempt {attempt} ran longer than {job.execution_timeout_us / MICROS:g} s", now, pending)  # fmt: skip
         self._fill(session, pending, now)
         self._spawn_commit(pending)
+
+
+def _code(failure: FailureIn) -> str:
+    return failure.code or "MINER_FAILURE"
 
 
 def _log_failure(task: asyncio.Task) -> None:

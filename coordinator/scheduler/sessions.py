@@ -19,6 +19,7 @@ class Held:
     attempt: int
     lease_us: int
     exec_deadline_us: int
+    lost: str = "MINER_GONE"  # an orphan's requeue reason once its time runs out
 
 
 @dataclass(slots=True)

@@ -39,9 +39,13 @@ class Detached:
     task: asyncio.Task | None = None  # the read-back
     listed: tuple[Session, int] | None = None  # a session of that miner that said it runs that attempt
     holder: Session | None = None  # the live session that held it when it was taken out
+    dropped_by: Session | None = None  # a session whose miner dropped that attempt (refused NOT_STORED)
 
     def kept_by(self, session: Session, attempt: int) -> bool:
-        """Whether session may still be running the job's attempt: it held it then, or its miner says so."""
+        """Whether session may still be running the job's attempt: it held it then, or its miner says so
+        (unless it was told on that session that its message about the attempt is dropped)."""
+        if session is self.dropped_by:
+            return False
         if session is self.holder:
             return True
         return self.listed is not None and self.listed[0] is session and self.listed[1] == attempt
@@ -361,10 +365,13 @@ class UndoFailedCommits:
         session = self.by_miner.get(job.miner_id)
         if session is not None and not session.closed and not marker.kept_by(session, job.attempt):
             # A session opened meanwhile, whose miner did not list the job: it lost it (as open_session rules).
+            # Or the session's miner dropped it (its message about it refused NOT_STORED: see _dropped).
             if (
                 wait_until > now
             ):  # its requeue failed before: requeued by the orphans' timer, after the backoff
                 held.lease_us = wait_until
+                if marker.dropped_by is session:
+                    held.lost = "MINER_LOST_JOB"  # (its miner is not gone)
                 self.orphans.setdefault(job.miner_id, {})[job.job_id] = held
                 self.timers.schedule(wait_until, "orphans", job.miner_id)
                 return
@@ -411,7 +418,7 @@ class UndoFailedCommits:
         _coming_back) once it is back, sending what `then` answers, without holding up the stream's other
         messages meanwhile (however long the store stays unwritable). If the stream ends first, the miner
         sends it again on its next one. If its own write fails WRITE_TRIES times, it is refused NOT_STORED:
-        the miner drops it, and the job runs again."""
+        the miner drops it, and the job runs again at once (_dropped)."""
 
         async def answer() -> None:
             failures = 0
@@ -433,6 +440,7 @@ class UndoFailedCommits:
                                 job_id, exc)  # fmt: skip
                     acks = [AckOut(job_id, attempt, False, reason="NOT_STORED",
                                    message=f"the {what} could not be stored; the job will run again")]  # fmt: skip
+                    self._dropped(session, job_id, attempt)
                 for ack in acks:  # (also when its own commit closed the session: a drained one's last
                     send(ack)  # result; the ack leaves before the GoAway, as on the stream's own path)
                 return
@@ -449,6 +457,29 @@ class UndoFailedCommits:
         task = asyncio.create_task(answer(), name=f"when-back-{job_id}")
         self._restoring.add(task)  # (cancelled with the read-backs when the scheduler stops)
         task.add_done_callback(answered)
+
+    def _dropped(self: Scheduler, session: Session, job_id: str, attempt: int) -> None:
+        """session's miner is told that its message about job_id's attempt is refused NOT_STORED: it drops the
+        message and no longer runs the job, so the job runs again now (as for a miner that lost it), not once
+        its lease runs out. At once if the session holds it; if it is out after a failed commit (its message's
+        own write failed), once it is read back (then _place requeues it: the session no longer keeps it)."""
+        if session.closed:  # (the refusal may never reach the miner: it sends the message again)
+            return
+        marker = self._detached.get(job_id)
+        if marker is not None:
+            if (marker.miner_id, marker.attempt) == (session.miner_id, attempt):
+                marker.dropped_by = session
+            return
+        held = session.held.get(job_id)
+        if held is None or held.attempt != attempt or self.jobs.get(job_id) is not held.job:
+            return
+        del session.held[job_id]
+        now = now_us()
+        pending = Pending()
+        pending.unheld.add(job_id)  # (should this write fail, the job read back is not the session's either)
+        self._lose_lease(held.job, "MINER_LOST_JOB", now, pending)
+        self._fill(session, pending, now)
+        self._spawn_commit(pending)
 
     async def _unless_detached(self: Scheduler, session: Session, job_id: str) -> bool:
         """If job_id is out of memory after a failed commit and was this miner's, wait (for a while at most)

@@ -79,8 +79,12 @@ async def test_unary_path_end_to_end(coord: Harness) -> None:
     assert fack.accepted
     got = await alice.get(failing.job_id)
     assert (got.state, got.terminal_reason) == (FAILED, "BAD_INPUT")
-    # a repeated failure report for a job no longer held is refused
-    expect_error(await rpc_error(stub.ReportFailure(mpb.ReportFailureRequest(session_id=session, failure=f),
+    # a repeated failure report (its ack lost) is acknowledged again, like a repeated result; another report
+    # about the job, no longer held, is refused
+    again = await stub.ReportFailure(mpb.ReportFailureRequest(session_id=session, failure=f), metadata=MD)
+    assert again.ack.accepted
+    other = mpb.Failure(job_id=failing.job_id, attempt=1, retryable=False, code="OTHER", message="no")
+    expect_error(await rpc_error(stub.ReportFailure(mpb.ReportFailureRequest(session_id=session, failure=other),
                                                     metadata=MD)), grpc.StatusCode.FAILED_PRECONDITION,
                  "JOB_NOT_HELD")  # fmt: skip
 
