@@ -195,7 +195,7 @@ class Miner:
         self.session_id = ""
         self.completed = 0
         self.connects = 0
-        self.acked = 0  # results the coordinator accepted (their receipts are stored)
+        self.acked = 0  # results (their receipts stored) and failure reports the coordinator accepted
         self.last_ack_at = 0.0  # time.monotonic() of the latest accepted ack
         self._outbox: asyncio.Queue[miner_service_pb2.ConnectRequest] | None = None
         self._session_task: asyncio.Task | None = None
@@ -390,7 +390,8 @@ class Miner:
                 self.acked += 1
                 self.last_ack_at = time.monotonic()
             else:
-                log.warning("result refused: %s %s", a.reason, a.message)
+                what = "result" if isinstance(sent[1], miner_service_pb2.Result) else "failure report"
+                log.warning("%s of job %s refused: %s %s", what, a.job_id, a.reason, a.message)
 
     def _start(self, assignment: miner_service_pb2.Assignment) -> None:
         job = assignment.job
