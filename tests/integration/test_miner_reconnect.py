@@ -185,3 +185,25 @@ def test_the_cli_miner_exits_1_when_told_to_give_up(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 1, done.stderr
     assert f"no connection to the coordinator at 127.0.0.1:{port}" in done.stderr
+
+
+async def test_a_drain_while_the_coordinator_is_down_ends_cleanly_with_a_give_up_limit(down: Harness) -> None:
+    """A drain asked for (SIGTERM) ends as drains end, giving up on the last acks, whichever runs out first: the
+    give-up limit or drain_ack_timeout_s. (Review round 11, helper-33: with the limit shorter, run() raised
+    CoordinatorUnreachable, and `aitbc miner run` exited 1 on an orderly stop.)"""
+    async with a_result_awaiting_its_ack(down, unreachable_timeout_s=3.0, drain_ack_timeout_s=60.0) as sent:
+        stopping = asyncio.create_task(down.stop())
+        await eventually(lambda: down.coordinator is None or down.coordinator.scheduler.stopping)
+        await asyncio.sleep(0.3)  # the go-away is out: the result's write may land now, its ack cannot
+        sent.release()
+        await stopping
+        assert sent.job.job_id in sent.miner.unacked
+        sent.miner.drain()  # SIGTERM, with the coordinator gone
+        await asyncio.wait_for(asyncio.shield(sent.task), 15.0)  # returns: no CoordinatorUnreachable
+        assert sent.miner.stopped.is_set()
+
+
+def test_a_give_up_limit_must_be_positive() -> None:
+    for wrong in (0, -1.0):
+        with pytest.raises(ValueError, match="unreachable_timeout_s must be more than 0"):
+            Miner("127.0.0.1:1", "k", unreachable_timeout_s=wrong)

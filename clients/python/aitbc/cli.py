@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cuda", default="")
     run.add_argument("--label", action="append", default=[], help="KEY=VALUE; repeatable")
     run.add_argument("--timeout", type=float, default=3600.0, help="subprocess runner timeout, seconds")
-    run.add_argument("--give-up-after", type=float, default=None, metavar="SECONDS",
+    run.add_argument("--give-up-after", type=_positive_seconds, default=None, metavar="SECONDS",
                      help="exit 1 when the coordinator stays unreachable this long (default: keep trying)")  # fmt: skip
     run.add_argument("--signing-key-hex", default=os.environ.get("AITBC_MINER_SIGNING_KEY_HEX", ""),
                      help="Ed25519 seed to sign results with (AITBC_MINER_SIGNING_KEY_HEX)")  # fmt: skip
@@ -149,6 +149,13 @@ async def _jobs(args: argparse.Namespace) -> int:
         elif args.command == "receipts" and args.receipts_command == "keys":
             _write(await client.signing_keys(), args.out)
     return 0
+
+
+def _positive_seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {text}")
+    return value
 
 
 def _write(data: bytes, path: str | None) -> None:

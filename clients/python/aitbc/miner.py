@@ -25,6 +25,8 @@ from typing import Any
 import grpc
 from google.protobuf import struct_pb2
 from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
 
 from .channel import auth_metadata, open_channel
 from .coordinator.v1 import job_pb2, miner_service_pb2, miner_service_pb2_grpc
@@ -189,6 +191,11 @@ class Miner:
         # unacked result was on them: after MAX_RESENDS, the result is taken for the cause and dropped
         self._poisoned: dict[str, int] = {}
         self._on_stream: set[str] = set()  # the unacked ones sent on the current stream
+        self._welcomed = False  # the current stream got its welcome
+        if self.unreachable_timeout_s is not None and not self.unreachable_timeout_s > 0:
+            raise ValueError(
+                f"unreachable_timeout_s must be more than 0 (or None), not {self.unreachable_timeout_s}"
+            )
         self._drain_timer: asyncio.TimerHandle | None = None
         self.draining = False
         self.stopped = asyncio.Event()
@@ -235,9 +242,15 @@ class Miner:
                     if not self.stopped.is_set():
                         raise
                     break
+                except CoordinatorUnreachable:
+                    if not (self.draining and not self.running):
+                        raise
+                    self._drain_overdue()  # a drain asked for: it ends as drains end, giving up on the acks
+                    break
                 except grpc.aio.AioRpcError as exc:
-                    if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
-                                      grpc.StatusCode.INVALID_ARGUMENT):  # fmt: skip
+                    if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED) or (
+                        exc.code() == grpc.StatusCode.INVALID_ARGUMENT and not self._welcomed
+                    ):  # this miner's key or hello is wrong: no use trying again
                         raise
                     failures += 1
                     reason = exc.code().name
@@ -303,6 +316,7 @@ class Miner:
         await self._reachable(channel)
         self._drop_poisoned()  # before the hello, which would list their jobs
         self._on_stream = set()
+        self._welcomed = False
         call = stub.Connect(metadata=with_trace_context(auth_metadata(self.api_key)))
         outbox: asyncio.Queue[miner_service_pb2.ConnectRequest] = asyncio.Queue()
         self._outbox = outbox
@@ -312,6 +326,7 @@ class Miner:
             await call.done_writing()
             return "NO_WELCOME", self.backoff_base_s
         welcome = first.welcome
+        self._welcomed = True  # from now on, INVALID_ARGUMENT is about a message, not about this miner
         self.session_id = welcome.session_id
         self.connects += 1
         kept = {j.job_id for j in welcome.resumed_jobs}
@@ -425,14 +440,21 @@ class Miner:
                 if running is None or running.attempt != attempt:
                     continue
                 del self.running[job_id]
+                if not isinstance(outcome, JobFailed) and (wrong := _unit_fields_wrong(outcome)):
+                    outcome = JobFailed("INVALID_RESULT", wrong, retryable=False)  # no message could carry it
                 result = None if isinstance(outcome, JobFailed) else self._result(job_id, attempt, outcome)
                 if result is not None and (size := result.ByteSize()) > self.max_result_bytes:
                     # no message could carry it: the job fails, for good
                     outcome = JobFailed("RESULT_TOO_LARGE", f"the result is {size} bytes", retryable=False)
                     result = None
                 if result is None:
-                    failure = miner_service_pb2.Failure(job_id=job_id, attempt=attempt, retryable=outcome.retryable,
-                                                        code=outcome.code, message=str(outcome))  # fmt: skip
+                    failure = miner_service_pb2.Failure(  # cut to what the coordinator takes (else it ends the stream)
+                        job_id=job_id,
+                        attempt=attempt,
+                        retryable=outcome.retryable,
+                        code=outcome.code[:MAX_FAILURE_CODE],
+                        message=str(outcome)[:MAX_FAILURE_MESSAGE],
+                    )
                     self.unacked[job_id] = (attempt, failure)
                     outbox.put_nowait(miner_service_pb2.ConnectRequest(failure=failure))
                 else:
@@ -514,17 +536,52 @@ class Miner:
 RESULTS_MESSAGE_BYTES = 1 << 20  # results sent together stay under this (the coordinator's limit is 8 MiB)
 MAX_RESENDS = 3  # streams ended for a message the coordinator could not take, carrying one result: dropped
 RESULTS_PER_MESSAGE = 100
-# grpc.aio's status for a write that failed in this process (the connection already gone): not the coordinator's
-_LOCAL_WRITE_FAILURE = "Internal error from Core"
+MAX_FAILURE_CODE, MAX_FAILURE_MESSAGE, MAX_UNIT_FIELD = 64, 4096, 64  # characters the coordinator takes
+ERROR_DOMAIN = "coordinator.aitbc"  # the domain of the coordinator's google.rpc.ErrorInfo
+# RESOURCE_EXHAUSTED reasons about the caller's pace or its calls, not about a message it sent
+_NOT_ABOUT_A_MESSAGE = frozenset({"RATE_LIMITED", "STREAM_RATE_EXCEEDED", "TOO_MANY_CONCURRENT_CALLS",
+                                  "TOO_MANY_STREAMS", "AUTH_RATE_LIMITED"})  # fmt: skip
+
+
+def _unit_fields_wrong(outcome: Outcome) -> str:
+    """Why the coordinator would refuse this outcome's units or unit_type ("" if it would not)."""
+    for name in ("units", "unit_type"):
+        value = getattr(outcome, name)
+        if len(value) > MAX_UNIT_FIELD:
+            return f"{name} is {len(value)} characters; at most {MAX_UNIT_FIELD}"
+    return ""
+
+
+def coordinator_reason(exc: grpc.aio.AioRpcError) -> str:
+    """The reason of the coordinator's google.rpc.ErrorInfo on exc; "" when it carries none (a status made by
+    gRPC itself, by a proxy, or in this process)."""
+    for key, value in exc.trailing_metadata() or ():
+        if key != "grpc-status-details-bin" or not isinstance(value, bytes):
+            continue
+        try:
+            status = status_pb2.Status.FromString(value)
+        except DecodeError:
+            return ""
+        for detail in status.details:
+            info = error_details_pb2.ErrorInfo()
+            if detail.Unpack(info) and info.domain == ERROR_DOMAIN:
+                return info.reason
+    return ""
 
 
 def refused_by_coordinator(exc: grpc.aio.AioRpcError) -> bool:
-    """Whether a stream ended because the coordinator could not take a message on it. A write on a connection
-    that broke (a restart, a network blip) also ends the call INTERNAL, set by grpc.aio itself: counting that
-    against the results on the stream would drop valid ones after a few restarts."""
-    if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+    """Whether a stream (past its welcome) ended because the coordinator could not take a message on it:
+    INVALID_ARGUMENT (a field out of bounds, a malformed message), RESOURCE_EXHAUSTED for its size (the
+    coordinator's MESSAGE_TOO_LARGE, or gRPC's own limit), or the coordinator's INTERNAL (handling it failed).
+    Not a rate limit, and not an INTERNAL without the coordinator's details: grpc.aio ends a call INTERNAL
+    itself when a write finds the connection gone (a restart, a network blip), and so may a proxy; counted
+    against the results on the stream, those would drop valid results after a few restarts."""
+    code = exc.code()
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
         return True
-    return exc.code() == grpc.StatusCode.INTERNAL and exc.details() != _LOCAL_WRITE_FAILURE
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return coordinator_reason(exc) not in _NOT_ABOUT_A_MESSAGE
+    return code == grpc.StatusCode.INTERNAL and coordinator_reason(exc) == "INTERNAL"
 
 
 def results_messages(results: list[miner_service_pb2.Result]) -> list[miner_service_pb2.ConnectRequest]:
