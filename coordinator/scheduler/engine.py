@@ -929,6 +929,12 @@ class Scheduler(UndoFailedCommits):
             now = now_us()
         held = session.held.get(failure.job_id)
         if held is None or held.attempt != failure.attempt:
+            if failure.job_id in self._unsettled:
+                # A change to the job is being written: this very report's first copy, say (its ack lost with
+                # its stream), its job already queued again and back on this miner at the next attempt. What
+                # lands decides: the report is then recorded (a repeat), or it failed and the job is as before.
+                await self._settled(failure.job_id)
+                return await self.fail(session, failure, later)
             return await self._refusal_or_repeat(session, failure.job_id, failure.attempt, failure)
         job = held.job
         pending = _Pending()

@@ -370,8 +370,7 @@ class UndoFailedCommits:
                 wait_until > now
             ):  # its requeue failed before: requeued by the orphans' timer, after the backoff
                 held.lease_us = wait_until
-                if marker.dropped_by is session:
-                    held.lost = "MINER_LOST_JOB"  # (its miner is not gone)
+                held.lost = "MINER_LOST_JOB"  # (its miner is not gone: it lost the job, or dropped it)
                 self.orphans.setdefault(job.miner_id, {})[job.job_id] = held
                 self.timers.schedule(wait_until, "orphans", job.miner_id)
                 return
