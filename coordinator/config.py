@@ -310,12 +310,17 @@ def validate(s: Settings) -> None:
             "DATABASE_URL: expected sqlite:///PATH or postgresql://USER@HOST:PORT/DB[?schema=NAME]"
         )
     names: dict[bytes, str] = {}
+    identities: set[tuple[str, str]] = set()
     for entry in s.api_keys:
         if entry.key_hash in names:
             raise SettingsError(
                 f"{entry.role.upper()}_API_KEYS: the key of {entry.name!r} is also {names[entry.key_hash]!r}'s"
             )
+        if (entry.role, entry.name) in identities:  # (the keyring keeps one key per identity)
+            raise SettingsError(f"{entry.role.upper()}_API_KEYS: {entry.name!r} has two keys; a name has one "
+                                "(to rotate a key, replace it and reload)")  # fmt: skip
         names[entry.key_hash] = entry.name
+        identities.add((entry.role, entry.name))
     validate_security(s)
 
 

@@ -4,9 +4,11 @@ Lookup is by the hash of the presented key, so timing depends on a hash the call
 stored key, never on how many leading characters of a real key it guessed; the final comparison of the
 digests is constant-time as well.
 
-Each identity (role, name) has a KeyState: its signing secret, its rate-limit buckets (one per RPC group)
-and its counts of calls and streams in flight. Reloading the keys (SIGHUP) keeps the state of identities
-that stay, so a reload neither resets a caller's budget nor forgets its calls in flight.
+Each identity (role, name) has one key and a KeyState: its signing secret, its rate-limit buckets (one per
+RPC group) and its counts of calls and streams in flight. Reloading the keys (SIGHUP) keeps the state of
+identities that stay with the same key, so a reload neither resets a caller's budget nor forgets its calls in
+flight. An identity whose key was replaced gets a new state (its budget carried over), and the old one is
+disabled: the streams opened with the old key end at their next message, as those of a removed key do.
 """
 
 from __future__ import annotations
@@ -66,11 +68,15 @@ class KeyRing:
         for e in entries:
             ident = (e.role, e.name)
             secret = (e.hmac_secret or hmac_secret).encode()
-            state = self._by_identity.get(ident)
-            if state is None:
-                state = KeyState(Identity(e.name, e.role), e.key_hash, secret, self._buckets(now))
+            old = self._by_identity.get(ident)
+            if old is not None and old.key_hash == e.key_hash:
+                state = old
+                state.hmac_secret = secret
             else:
-                state.key_hash, state.hmac_secret = e.key_hash, secret
+                state = KeyState(Identity(e.name, e.role), e.key_hash, secret,
+                                 self._buckets(now) if old is None else old.buckets)  # fmt: skip
+                if old is not None:  # its key replaced (a leaked key rotated): what the old key opened ends
+                    old.disabled = True  # at its next message; the identity's rate budget carries over
             state.disabled = ident in self.disabled
             by_hash[e.key_hash] = state
             by_identity[ident] = state
