@@ -22,6 +22,8 @@ from .base import (
     tally_transitions,
 )
 
+_SPLIT = 1_000_000_000  # load_accounts sums whole units and nano remainders apart
+
 
 def numbered(sql: str) -> str:
     """`?` placeholders as `$1, $2, ...` (PostgreSQL). Our queries hold no `?` inside literals."""
@@ -120,14 +122,18 @@ class SqlReads(Store):
         return [KeyRow(*r) for r in rows]
 
     async def load_accounts(self) -> list[dict[str, Any]]:
+        # A balance may pass 2^63 - 1 nano units (each entry is bounded, balances are not), and SQLite's sum()
+        # of INTEGERs then raises "integer overflow": summed as two parts, whole units and the nano remainder
+        # (truncating division, in SQLite and PostgreSQL alike: (a / n) * n + a % n == a), joined in Python.
         rows = await self._query(
-            "SELECT account_id, kind, sum(amount_nano), count(*), sum(units_nano), max(booked_us) "
+            f"SELECT account_id, kind, sum(amount_nano / {_SPLIT}), sum(amount_nano % {_SPLIT}), count(*), "
+            f"sum(units_nano / {_SPLIT}), sum(units_nano % {_SPLIT}), max(booked_us) "
             "FROM ledger_entries GROUP BY account_id, kind"
         )
         # int(): PostgreSQL's sum() of BIGINT is NUMERIC
         return [
-            {"account_id": r[0], "kind": r[1], "balance_nano": int(r[2]), "receipts": int(r[3]),
-             "units_nano": int(r[4]), "updated_us": int(r[5])}
+            {"account_id": r[0], "kind": r[1], "balance_nano": int(r[2]) * _SPLIT + int(r[3]),
+             "receipts": int(r[4]), "units_nano": int(r[5]) * _SPLIT + int(r[6]), "updated_us": int(r[7])}
             for r in rows
         ]  # fmt: skip
 

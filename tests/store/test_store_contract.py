@@ -163,13 +163,20 @@ async def test_keys_are_upserted_on_rotation_status_and_expiry_only(store: Store
 
 async def test_accounts_sum_the_ledger_as_ints_and_receipt_booked(store: Store) -> None:
     unit = UnitOfWork()
-    big = 4_000_000_000_000_000_000  # near 2^62: two of them overflow BIGINT only if summed carelessly
+    # Each entry fits a BIGINT; a balance of them may not (SQLite's sum() then raised "integer overflow", and
+    # the coordinator could not start: review round 10, helper-32). Remainders below a unit, either sign.
+    big = 4_000_000_000_123_456_789
     unit.ledger += [
         LedgerEntry("alice", "client", "rc-1", -2_500_000_000, 2_000_000_000, T0 + 1),
         LedgerEntry("m1", "miner", "rc-1", 2_500_000_000, 2_000_000_000, T0 + 1),
         LedgerEntry("alice", "client", "rc-2", -1_000_000_000, 500_000_000, T0 + 7),
         LedgerEntry("whale", "client", "rc-3", big, 1, T0 + 3),
         LedgerEntry("whale", "client", "rc-4", big, 1, T0 + 2),
+        LedgerEntry("whale", "client", "rc-5", big, big, T0 + 2),
+        LedgerEntry("whale", "client", "rc-6", -987_654_321, big, T0 + 2),
+        LedgerEntry("sink", "miner", "rc-7", -big, 1, T0 + 4),
+        LedgerEntry("sink", "miner", "rc-8", -big, 1, T0 + 4),
+        LedgerEntry("sink", "miner", "rc-9", -big, 1, T0 + 4),
     ]
     await store.commit(unit)
     accounts = {(a["account_id"], a["kind"]): a for a in await store.load_accounts()}
@@ -178,8 +185,10 @@ async def test_accounts_sum_the_ledger_as_ints_and_receipt_booked(store: Store) 
                               "receipts": 2, "units_nano": 2_500_000_000, "updated_us": T0 + 7},
         ("m1", "miner"): {"account_id": "m1", "kind": "miner", "balance_nano": 2_500_000_000,
                           "receipts": 1, "units_nano": 2_000_000_000, "updated_us": T0 + 1},
-        ("whale", "client"): {"account_id": "whale", "kind": "client", "balance_nano": 2 * big,
-                              "receipts": 2, "units_nano": 2, "updated_us": T0 + 3},
+        ("whale", "client"): {"account_id": "whale", "kind": "client", "balance_nano": 3 * big - 987_654_321,
+                              "receipts": 4, "units_nano": 2 + 2 * big, "updated_us": T0 + 3},
+        ("sink", "miner"): {"account_id": "sink", "kind": "miner", "balance_nano": -3 * big,
+                            "receipts": 3, "units_nano": 3, "updated_us": T0 + 4},
     }  # fmt: skip
     for account in accounts.values():
         assert all(type(account[k]) is int for k in ("balance_nano", "receipts", "units_nano", "updated_us"))
