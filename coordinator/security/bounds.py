@@ -3,7 +3,7 @@ before any servicer sees it. A breach is INVALID_ARGUMENT with one field violati
 runs. Finer rules (payload size and depth, labels, decimals, ids) stay with the servicers' validation; these
 bounds are the floor under all of it: no field of any message is unbounded.
 
-Struct payloads are not walked here (their size and depth are the servicers' limits); bytes fields are
+Text holds no NUL character (U+0000). Struct payloads are not walked here (their size and depth are the servicers' limits); bytes fields are
 bounded only where named below (payload and result bytes are bounded by MAX_PAYLOAD_BYTES).
 """
 
@@ -15,6 +15,10 @@ from google.protobuf.message import Message
 from ..domain.validation import raise_if
 
 DEFAULT_STRING = 1024  # characters
+# U+0000 is valid UTF-8, but PostgreSQL's text cannot hold it (the commit failed: INTERNAL) and C clients cut
+# strings at it: no text field may carry it (Struct payloads are stored as JSON, escaped: not concerned)
+NUL = "\x00"
+NO_NUL = "no NUL (U+0000) characters"
 DEFAULT_LIST = 1024  # entries
 
 _P = "aitbc.coordinator.v1."
@@ -80,10 +84,14 @@ def _walk(message: Message, prefix: str, v: list[tuple[str, str]]) -> None:
                 limit = LIMITS.get(field.full_name + "[]", DEFAULT_STRING)
                 if any(len(item) > limit for item in value):
                     v.append((name, f"each entry at most {limit} characters"))
+                elif any(NUL in item for item in value):
+                    v.append((name, NO_NUL))
         elif field.type == _STRING:
             limit = LIMITS.get(field.full_name, DEFAULT_STRING)
             if len(value) > limit:
                 v.append((name, f"at most {limit} characters (got {len(value)})"))
+            elif NUL in value:
+                v.append((name, NO_NUL))
         elif field.type == _BYTES:
             limit = LIMITS.get(field.full_name, 0)
             if limit and len(value) > limit:
@@ -99,4 +107,7 @@ def _map(entry: Descriptor, value, name: str, v: list[tuple[str, str]]) -> None:
     for key, item in value.items():
         if len(key) > DEFAULT_STRING or len(item) > DEFAULT_STRING:
             v.append((f"{name}[{key[:40]}]", f"keys and values at most {DEFAULT_STRING} characters"))
+            return
+        if NUL in key or NUL in item:
+            v.append((f"{name}[{key[:40].replace(NUL, '?')}]", NO_NUL))
             return

@@ -336,6 +336,28 @@ async def test_cancel_reason_length_boundary(coord: Harness) -> None:
 
 
 @no_limits
+async def test_text_with_a_nul_character_is_invalid_argument(coord: Harness) -> None:
+    """U+0000 is valid UTF-8, but PostgreSQL's text cannot hold it: stored raw (an idempotency key, a cancel
+    reason), it made the commit fail and the caller got INTERNAL. It is refused up front, whatever the store,
+    naming the field; the same text without it passes. (Review round 10, helper-32.)"""
+    jobs = coord.jobs_stub()
+    err = await failing(jobs.SubmitJob(jpb.SubmitJobRequest(payload_bytes=b"x", idempotency_key="key\x00one"),
+                                       metadata=ALICE, timeout=T))  # fmt: skip
+    expect_invalid(err, field="idempotency_key")
+    assert ("idempotency_key", "no NUL (U+0000) characters") in err.violations
+    err = await failing(jobs.SubmitJob(jpb.SubmitJobRequest(payload_bytes=b"x", metadata={"k\x00": "v"}),
+                                       metadata=ALICE, timeout=T))  # fmt: skip
+    expect_invalid(err, field="metadata")
+    job = await submit(coord, idempotency_key="key one")
+    err = await failing(jobs.CancelJob(jpb.CancelJobRequest(job_id=job.job_id, reason="no\x00pe"), metadata=ALICE,
+                                       timeout=T))  # fmt: skip
+    expect_invalid(err, field="reason")
+    assert (await get_job(coord, job.job_id)).state == QUEUED
+    await jobs.CancelJob(jpb.CancelJobRequest(job_id=job.job_id, reason="nope"), metadata=ALICE, timeout=T)
+    await assert_healthy(coord)
+
+
+@no_limits
 async def test_get_job_result_wait_that_runs_out_carries_wait_timeout(coord: Harness) -> None:
     """GetJobResult(wait=true) on a job unfinished at the deadline is DEADLINE_EXCEEDED with ErrorInfo
     WAIT_TIMEOUT; the server answers just before the deadline instead of leaving it to the client's timer."""

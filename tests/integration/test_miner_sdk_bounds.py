@@ -92,3 +92,16 @@ async def test_a_stream_ended_invalid_argument_after_its_welcome_does_not_end_th
     good = await alice.submit({"bad": False})
     assert (await coord.finished(alice, good.job_id, within=10.0)).state == COMPLETED
     assert not task.done()
+
+
+@pytest.mark.coordinator(lease_seconds=30.0)
+async def test_nul_characters_in_a_failure_are_dropped_not_refused(coord: Harness) -> None:
+    """The coordinator refuses text with U+0000 (PostgreSQL cannot store it): the SDK leaves them out."""
+
+    async def runner(job):  # type: ignore[no-untyped-def]
+        if job_input(job).get("bad"):
+            raise JobFailed("BAD\x00INPUT", "the\x00 input", retryable=False)
+        return job_input(job)
+
+    bad, _ = await bad_then_good(coord, runner)
+    assert (bad.state, bad.terminal_reason, bad.terminal_message) == (FAILED, "BADINPUT", "the input")

@@ -125,3 +125,25 @@ async def test_coordinator_runs_on_postgres_and_keeps_jobs_across_restart(schema
         assert await conn.fetchval(f'SELECT count(*) FROM "{schema}".jobs WHERE state = 4') == 2
     finally:
         await conn.close()
+
+
+async def test_text_with_a_nul_character_is_invalid_argument_not_a_failed_commit(schema: str) -> None:
+    """PostgreSQL's text cannot hold U+0000: an idempotency key or a cancel reason with one made the commit
+    fail, and the caller got INTERNAL. Refused before the store (review round 10, helper-32)."""
+    import grpc
+
+    coordinator = await start(settings(pg_url(schema)))
+    client = Client(f"127.0.0.1:{coordinator.port}", CLIENT)
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await client.submit({"n": 1}, idempotency_key="order\x0042")
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        job = await client.submit({"n": 1}, idempotency_key="order 42")
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await client.cancel(job.job_id, reason="user\x00pressed cancel")
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        canceled = await client.cancel(job.job_id, reason="user pressed cancel")
+        assert canceled.state == job_pb2.JOB_STATE_CANCELED
+    finally:
+        await client.close()
+        await coordinator.stop(grace=0.5)

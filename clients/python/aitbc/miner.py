@@ -452,8 +452,8 @@ class Miner:
                         job_id=job_id,
                         attempt=attempt,
                         retryable=outcome.retryable,
-                        code=outcome.code[:MAX_FAILURE_CODE],
-                        message=str(outcome)[:MAX_FAILURE_MESSAGE],
+                        code=_text(outcome.code, MAX_FAILURE_CODE),
+                        message=_text(str(outcome), MAX_FAILURE_MESSAGE),
                     )
                     self.unacked[job_id] = (attempt, failure)
                     outbox.put_nowait(miner_service_pb2.ConnectRequest(failure=failure))
@@ -543,12 +543,19 @@ _NOT_ABOUT_A_MESSAGE = frozenset({"RATE_LIMITED", "STREAM_RATE_EXCEEDED", "TOO_M
                                   "TOO_MANY_STREAMS", "AUTH_RATE_LIMITED"})  # fmt: skip
 
 
+def _text(value: str, limit: int) -> str:
+    """value as the coordinator takes text: no NUL characters, at most limit characters."""
+    return value.replace("\x00", "")[:limit]
+
+
 def _unit_fields_wrong(outcome: Outcome) -> str:
     """Why the coordinator would refuse this outcome's units or unit_type ("" if it would not)."""
     for name in ("units", "unit_type"):
         value = getattr(outcome, name)
         if len(value) > MAX_UNIT_FIELD:
             return f"{name} is {len(value)} characters; at most {MAX_UNIT_FIELD}"
+        if "\x00" in value:
+            return f"{name} holds a NUL character"
     return ""
 
 
