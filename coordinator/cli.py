@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         asyncio.run(run_server(settings, env_file=getattr(args, "env_file", ".env")))
+    except SettingsError as exc:  # found wrong only against the store (a configured key retired since)
+        print(f"aitbc-coordinator: bad setting: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         pass
     return 0

@@ -29,7 +29,7 @@ from aitbc.receipts import (
 from aitbc.receipts.payload import RECEIPT_PAYLOAD_TYPE, miner_report_message
 
 from ..domain.clock import now_us
-from ..domain.errors import CoordinatorError, Kind
+from ..domain.errors import CoordinatorError, Kind, invalid
 from ..domain.ids import uuid7
 from ..domain.model import Job, JobResult
 from ..scheduler.engine import ReceiptHook
@@ -271,6 +271,20 @@ class ReceiptIssuer(ReceiptHook):
             await self.store.commit(unit)
             self.checkpoint = row
             return row
+
+    def check_miner_key(self, miner_id: str, public_key: bytes) -> None:
+        """Refuse a miner's receipt key that it had, and that was retired since (another key registered after
+        it). Its published validity ends at its retirement: what it signed from now on would not verify
+        offline, and taking it back would also make it valid for the time it was retired."""
+        key_id = miner_key_row(miner_id, public_key).key_id
+        for r in self.keys.rows:
+            if r.key_id == key_id and r.owner == miner_id and r.status != "active":
+                raise invalid(
+                    f"receipt key {key_id} of miner {miner_id} was retired when another key replaced it; "
+                    "a retired key cannot come back: use a new one (or the one that replaced it)",
+                    [("hello.receipt_public_key", "retired: a new key is needed")],
+                    "RECEIPT_KEY_RETIRED",
+                )
 
     def register_miner_key(self, miner_id: str, public_key: bytes) -> UnitOfWork:
         """A miner's receipt key, published (and the miner's previous key retired)."""

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from aitbc.receipts import Signer, jwk_thumbprint, verifier_key_string
 
+from ..config import SettingsError
 from ..domain.clock import now_us
 from ..store.base import KeyRow, Store, UnitOfWork
 
@@ -31,6 +32,13 @@ async def load_keys(store: Store, signing_hex: str, attestation_hex: str, origin
         current = [r for r in rows.values() if r.role == role and r.status == "active"]
         if wanted is not None and any(r.key_id == wanted.key_id for r in current):
             return wanted
+        if wanted is not None and wanted.key_id in rows:  # known, and retired (`keys rotate`)
+            # Made active again, its published validity would restart now, and what it signed before would
+            # no longer verify offline: the operator decides (the settings still name the retired key).
+            raise SettingsError(
+                f"the configured {role} key {wanted.key_id} was retired (keys rotate); remove it from the "
+                "settings to sign with the key that replaced it, or configure a new key"
+            )
         if wanted is None and current:
             row = current[-1]
             if row.private_seed is None:

@@ -300,6 +300,8 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
 
     def _open(self, hello: pb.Hello, caps, transport: str, key: bytes):  # type: ignore[no-untyped-def]
         miner_id = identity().name
+        if key:
+            self.issuer.check_miner_key(miner_id, key)  # before the session opens (it would replace the last)
         session, kept, pending = self.scheduler.open_session(
             miner_id, caps, transport, running(hello.running_jobs), key
         )
