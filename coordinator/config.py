@@ -261,12 +261,16 @@ def _number(name: str, raw: str, kind: type) -> int | float:
         raise SettingsError(f"{name}: expected a number, got {raw!r}") from None
 
 
+MAX_JOB_SECONDS = 7 * 24 * 3600  # a job's time to live and execution timeout (domain.validation.Limits)
+
+
 def validate(s: Settings) -> None:
     positive = {
         "APP_PORT": s.app_port >= 0 and s.app_port < 65536,
-        "JOB_TTL_SECONDS": s.job_ttl_seconds >= 1,
+        # at most what a request may ask for (7 days): a default above it refused every submit leaving it unset
+        "JOB_TTL_SECONDS": 1 <= s.job_ttl_seconds <= MAX_JOB_SECONDS,
         "JOB_MAX_ATTEMPTS": 1 <= s.job_max_attempts <= 100,
-        "JOB_EXECUTION_TIMEOUT_SECONDS": s.job_execution_timeout_seconds >= 1,
+        "JOB_EXECUTION_TIMEOUT_SECONDS": 1 <= s.job_execution_timeout_seconds <= MAX_JOB_SECONDS,
         "MAX_PAYLOAD_BYTES": 1 <= s.max_payload_bytes <= 64 << 20,
         "HEARTBEAT_INTERVAL_SECONDS": s.heartbeat_interval_seconds > 0,
         "HEARTBEAT_TIMEOUT_SECONDS": s.heartbeat_timeout_seconds > s.heartbeat_interval_seconds,
@@ -282,8 +286,9 @@ def validate(s: Settings) -> None:
     for name, ok in positive.items():
         if not ok:
             hint = (
-                " (must exceed HEARTBEAT_INTERVAL_SECONDS)" if "HEARTBEAT" in name or "LEASE" in name else ""
-            )
+                " (must exceed HEARTBEAT_INTERVAL_SECONDS)" if "HEARTBEAT" in name or "LEASE" in name
+                else " (1 s to 7 days)" if name in ("JOB_TTL_SECONDS", "JOB_EXECUTION_TIMEOUT_SECONDS") else ""
+            )  # fmt: skip
             raise SettingsError(f"{name}: value out of range{hint}")
     if s.sqlite_synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
         raise SettingsError("SQLITE_SYNCHRONOUS: one of OFF, NORMAL, FULL, EXTRA")

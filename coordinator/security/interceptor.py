@@ -149,7 +149,8 @@ def _unauthenticated(reason: str, message: str) -> CoordinatorError:
     return CoordinatorError(Kind.UNAUTHENTICATED, reason, message)
 
 
-def _exhausted(reason: str, message: str, retry_after_s: float, **metadata: str) -> CoordinatorError:
+def _exhausted(reason: str, message: str, retry_after_s: float | None, **metadata: str) -> CoordinatorError:
+    """RESOURCE_EXHAUSTED; with RetryInfo when waiting helps (a rate or a count), without when it cannot (a size)."""
     return CoordinatorError(Kind.RESOURCE_EXHAUSTED, reason, message, metadata=metadata,
                             retry_after_s=retry_after_s)  # fmt: skip
 
@@ -282,7 +283,7 @@ class AuthInterceptor(AsyncServerInterceptor):
         limit = self.policy.max_message_bytes
         if not spec.request_streaming and len(request) > limit:
             raise _exhausted("MESSAGE_TOO_LARGE", f"the request is {len(request)} bytes; at most {limit} are accepted",
-                             0.0, size=str(len(request)), limit=str(limit))  # fmt: skip
+                             None, size=str(len(request)), limit=str(limit))  # fmt: skip
         if state.hmac_secret:
             body = None if spec.request_streaming else request
             self._check_signature(state.hmac_secret, method_name, body, timestamp, nonce, sig)
@@ -376,7 +377,7 @@ class AuthInterceptor(AsyncServerInterceptor):
                     await asyncio.sleep(wait)
             if message.ByteSize() > policy.max_message_bytes:
                 raise _exhausted("MESSAGE_TOO_LARGE", f"a streamed message exceeds {policy.max_message_bytes} bytes",
-                                 0.0, limit=str(policy.max_message_bytes))  # fmt: skip
+                                 None, limit=str(policy.max_message_bytes))  # fmt: skip
             check_bounds(message)
             yield message
 

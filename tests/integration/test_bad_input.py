@@ -39,8 +39,10 @@ from coord_support import (
     struct,
 )
 from google.protobuf import duration_pb2, struct_pb2
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_status import rpc_status
 
 C = grpc.StatusCode
 T = 5.0  # deadline of every unary call
@@ -243,11 +245,18 @@ async def test_payload_nested_too_deep_says_so(coord: Harness) -> None:
 
 @no_limits
 async def test_oversize_request_messages_are_resource_exhausted(coord: Harness) -> None:
-    """Over MAX_MESSAGE_BYTES (8 MiB): RESOURCE_EXHAUSTED with ErrorInfo MESSAGE_TOO_LARGE; over twice that,
-    gRPC core refuses it first (RESOURCE_EXHAUSTED without details, as docs/security.md says)."""
+    """Over MAX_MESSAGE_BYTES (8 MiB): RESOURCE_EXHAUSTED with ErrorInfo MESSAGE_TOO_LARGE, and no RetryInfo (it
+    said retry in 0 s: a client honouring it sent again at once what can never pass; review round 10); over twice
+    that, gRPC core refuses it first (RESOURCE_EXHAUSTED without details, as docs/security.md says)."""
     call = raw_unary(coord, "/aitbc.coordinator.v1.JobService/SubmitJob")
-    err = await failing(call(b"\x12" + _ld(b"x" * (9 << 20)), metadata=ALICE, timeout=10), within=15)
-    expect_error(err, C.RESOURCE_EXHAUSTED, "MESSAGE_TOO_LARGE")
+    try:
+        await asyncio.wait_for(call(b"\x12" + _ld(b"x" * (9 << 20)), metadata=ALICE, timeout=10), 15)
+    except grpc.aio.AioRpcError as exc:
+        expect_error(details_of(exc), C.RESOURCE_EXHAUSTED, "MESSAGE_TOO_LARGE")
+        details = rpc_status.from_call(exc).details
+        assert not [d for d in details if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR)], details
+    else:
+        raise AssertionError("a 9 MiB request was accepted")
     try:
         await asyncio.wait_for(call(b"\x12" + _ld(b"x" * (20 << 20)), metadata=ALICE, timeout=10), 15)
     except grpc.aio.AioRpcError as exc:

@@ -25,6 +25,12 @@ def test_receipt_seed_from_a_key_file(tmp_path: Path) -> None:
         ({"HEARTBEAT_TIMEOUT_SECONDS": "1", "HEARTBEAT_INTERVAL_SECONDS": "5"}, "HEARTBEAT_TIMEOUT_SECONDS"),
         ({"CLIENT_API_KEYS": "no-separator"}, "CLIENT_API_KEYS"),
         ({"DATABASE_URL": "mysql://x"}, "DATABASE_URL"),
+        # over what a request may ask for (7 days): every submit leaving it unset was refused
+        (
+            {"JOB_TTL_SECONDS": str(7 * 24 * 3600 + 1)},
+            r"JOB_TTL_SECONDS: value out of range \(1 s to 7 days\)",
+        ),
+        ({"JOB_EXECUTION_TIMEOUT_SECONDS": "700000"}, "JOB_EXECUTION_TIMEOUT_SECONDS"),
     ],
 )
 def test_a_bad_setting_is_named(env: dict[str, str], named: str) -> None:
@@ -36,3 +42,9 @@ def test_env_file_is_read_and_environment_wins(tmp_path: Path) -> None:
     (tmp_path / ".env").write_text("APP_PORT=6000\nCOORDINATOR_ID=from-file\n")
     settings = load_settings(env={"COORDINATOR_ID": "from-env"}, env_file=tmp_path / ".env")
     assert (settings.app_port, settings.coordinator_id) == (6000, "from-env")
+
+
+def test_job_time_defaults_up_to_seven_days_load() -> None:
+    s = load_settings(env={"JOB_TTL_SECONDS": str(7 * 24 * 3600), "JOB_EXECUTION_TIMEOUT_SECONDS": "604800"},
+                      env_file=None)  # fmt: skip
+    assert s.job_ttl_seconds == s.job_execution_timeout_seconds == 604800

@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("payload", help="the job input as JSON, or @FILE")
     submit.add_argument("--priority", type=int, default=0)
     submit.add_argument("--ttl", type=float, help="seconds in the queue before it expires")
-    submit.add_argument("--max-attempts", type=int, default=0)
+    submit.add_argument("--max-attempts", type=_not_negative, default=0, help="0: the coordinator's default")
     submit.add_argument("--idempotency-key", default="")
     submit.add_argument(
         "--constraints", default="{}", help='JSON, e.g. {"region": "eu-west", "min_vram_gb": 24}'
@@ -115,10 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
 async def _jobs(args: argparse.Namespace) -> int:
     async with Client(args.address, args.api_key, **connection_options(args)) as client:
         if args.command == "submit":
-            text = Path(args.payload[1:]).read_text() if args.payload.startswith("@") else args.payload
-            job = await client.submit(json.loads(text), priority=args.priority, ttl_s=args.ttl,
+            job = await client.submit(_payload(args.payload), priority=args.priority, ttl_s=args.ttl,
                                       max_attempts=args.max_attempts, idempotency_key=args.idempotency_key,
-                                      constraints=json.loads(args.constraints))  # fmt: skip
+                                      constraints=_constraints(args.constraints))  # fmt: skip
             if not args.wait:
                 _print(job)
                 return 0
@@ -139,16 +138,63 @@ async def _jobs(args: argparse.Namespace) -> int:
         elif args.command == "list":
             from .coordinator.v1 import job_pb2
 
-            states = [
-                job_pb2.JobState.Value(s if s.startswith("JOB_STATE_") else f"JOB_STATE_{s.upper()}")
-                for s in args.state
-            ]
+            states = [_state(job_pb2, s) for s in args.state]
             _print(await client.list(states, args.page_size, args.page_token))
         elif args.command == "receipts" and args.receipts_command == "get":
             _write(await client.bundle(args.job_id), args.out)
         elif args.command == "receipts" and args.receipts_command == "keys":
             _write(await client.signing_keys(), args.out)
     return 0
+
+
+class UsageError(Exception):
+    """Bad input on the command line: one line on stderr, exit 2 (no traceback, nothing sent)."""
+
+
+def _json_object(text: str, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{what}: not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"{what}: a JSON object is needed, not {type(value).__name__}")
+    return value
+
+
+def _payload(arg: str) -> dict[str, Any]:
+    if not arg.startswith("@"):
+        return _json_object(arg, "payload")
+    try:
+        return _json_object(Path(arg[1:]).read_text(), f"payload file {arg[1:]}")
+    except OSError as exc:
+        raise UsageError(f"payload file: {exc}") from None
+
+
+def _constraints(arg: str) -> dict[str, Any]:
+    from .coordinator.v1 import job_pb2
+
+    value = _json_object(arg, "--constraints")
+    try:
+        job_pb2.Constraints(**value)
+    except (ValueError, TypeError) as exc:
+        known = ", ".join(f.name for f in job_pb2.Constraints.DESCRIPTOR.fields)
+        raise UsageError(f"--constraints: {exc} (fields: {known})") from None
+    return value
+
+
+def _state(job_pb2: Any, name: str) -> int:
+    try:
+        return job_pb2.JobState.Value(name if name.startswith("JOB_STATE_") else f"JOB_STATE_{name.upper()}")
+    except ValueError:
+        known = ", ".join(n.removeprefix("JOB_STATE_") for n in job_pb2.JobState.keys()[1:])
+        raise UsageError(f"--state: unknown state {name!r} (one of {known})") from None
+
+
+def _not_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    return value
 
 
 def _positive_seconds(text: str) -> float:
@@ -213,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     except grpc.aio.AioRpcError as exc:
         print(f"aitbc: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
+    except UsageError as exc:
+        print(f"aitbc: {exc}", file=sys.stderr)
+        return 2
     except ConnectionError as exc:  # the miner's CoordinatorUnreachable (--give-up-after)
         print(f"aitbc: {exc}", file=sys.stderr)
         return 1

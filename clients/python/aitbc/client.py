@@ -87,6 +87,7 @@ class Client:
         if isinstance(payload, bytes):
             req.payload_bytes = payload
         else:
+            req.payload.SetInParent()  # set even when empty: {} is a payload, not a missing one
             req.payload.update(payload)
         if (ttl := options.pop("ttl_s", None)) is not None:
             req.ttl.FromMilliseconds(int(ttl * 1000))

@@ -1,0 +1,41 @@
+"""The Python SDK's Client and the `aitbc` CLI as an integrator meets them (review round 10, helper-32)."""
+
+from __future__ import annotations
+
+import pytest
+from aitbc.cli import main
+from coord_support import Harness
+
+
+async def test_an_empty_object_is_a_payload(coord: Harness) -> None:
+    """Client.request filled the Struct with update(): for {} nothing was set, the oneof stayed empty, and the
+    coordinator refused a payload the caller had given ("a payload (or payload_bytes) is required")."""
+    client = coord.client()
+    job = await client.submit({})
+    assert job.WhichOneof("input") == "payload"
+    assert (await client.get(job.job_id)).WhichOneof("input") == "payload"
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (("submit", "not json"), "aitbc: payload: not JSON"),
+        (("submit", "[1, 2]"), "aitbc: payload: a JSON object is needed, not list"),
+        (("submit", "@/nonexistent/payload.json"), "aitbc: payload file: [Errno 2] No such file"),
+        (("submit", "{}", "--constraints", '{"vram": 24}'), 'aitbc: --constraints: Protocol message Constraints has no "vram" field'),
+        (("submit", "{}", "--constraints", "[]"), "aitbc: --constraints: a JSON object is needed, not list"),
+        (("submit", "{}", "--max-attempts", "-1"), "argument --max-attempts: must be 0 or more, not -1"),
+        (("list", "--state", "bogus"), "aitbc: --state: unknown state 'bogus' (one of QUEUED, ASSIGNED"),
+    ],
+)  # fmt: skip
+def test_bad_input_on_the_command_line_is_one_line_and_exit_2(
+    argv: tuple[str, ...], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each used to end in a Python traceback. Nothing is sent: the address is a closed port."""
+    try:
+        code = main([*argv, "--address", "127.0.0.1:9", "--api-key", "k"])
+    except SystemExit as exc:  # argparse's own usage errors
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert says in err and "Traceback" not in err, err
