@@ -15,7 +15,7 @@ from ..scheduler.sessions import Session
 from ..security.keys import KeyRing
 from ..store.base import JobFilter
 from .convert import capabilities_message, job_message, timestamp
-from .jobs import decode_page_token, encode_page_token, page_size, states_filter
+from .jobs import decode_page_token, page_of, page_size, states_filter
 
 WINDOWS_S = (60, 300, 3600)
 
@@ -89,9 +89,8 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
         size = page_size(request.page_size)
         after = decode_page_token(request.page_token, flt)
         jobs = await self.scheduler.list_jobs(flt, size + 1, after)
-        token = encode_page_token(jobs[size - 1].job_id, flt) if len(jobs) > size else ""
-        return pb.AdminServiceListJobsResponse(jobs=[job_message(j, with_payload=False) for j in jobs[:size]],
-                                               next_page_token=token)  # fmt: skip
+        messages, token = page_of(jobs, size, flt, lambda j: job_message(j, with_payload=False))
+        return pb.AdminServiceListJobsResponse(jobs=messages, next_page_token=token)
 
     async def ListMiners(
         self, request: pb.ListMinersRequest, context: grpc.aio.ServicerContext

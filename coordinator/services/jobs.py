@@ -6,14 +6,16 @@ import asyncio
 import base64
 import hashlib
 import json
+from collections.abc import Callable
 from decimal import Decimal
+from typing import Any
 
 import grpc
 from aitbc.coordinator.v1 import job_service_pb2 as pb
 from aitbc.coordinator.v1 import job_service_pb2_grpc
 
 from ..domain.errors import CoordinatorError, Kind, invalid
-from ..domain.model import JobState
+from ..domain.model import Job, JobState
 from ..domain.pricing import quote_cost
 from ..domain.validation import Limits, check_constraints, check_decimal, check_id, raise_if
 from ..scheduler.engine import Scheduler
@@ -28,6 +30,27 @@ def page_size(requested: int) -> int:
     if requested > 1000:
         raise invalid("page_size is too large", [("page_size", "1 to 1000")])
     return requested or 100
+
+
+# A page stops short of page_size once its jobs (payloads included) pass this: it must fit the 8 MiB the SDK's
+# channel and gRPC's default take (a page of 100 jobs of 1 MiB payloads did not), and our own send limit.
+PAGE_BYTES = 4 << 20
+
+
+def page_of(
+    jobs: list[Job], size: int, flt: JobFilter, message: Callable[[Job], Any]
+) -> tuple[list[Any], str]:
+    """The messages of a page of jobs (list_jobs asked for size + 1) and the token of the next page ("" if last):
+    at most size jobs, and fewer if they would pass PAGE_BYTES (one at least, whatever its size)."""
+    out: list[Any] = []
+    total = 0
+    for i, job in enumerate(jobs[:size]):
+        m = message(job)
+        total += m.ByteSize()
+        if out and total > PAGE_BYTES:
+            return out, encode_page_token(jobs[i - 1].job_id, flt)
+        out.append(m)
+    return out, encode_page_token(jobs[size - 1].job_id, flt) if len(jobs) > size else ""
 
 
 def encode_page_token(last_job_id: str, flt: JobFilter) -> str:
@@ -133,8 +156,8 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         size = page_size(request.page_size)
         after = decode_page_token(request.page_token, flt)
         jobs = await self.scheduler.list_jobs(flt, size + 1, after)
-        token = encode_page_token(jobs[size - 1].job_id, flt) if len(jobs) > size else ""
-        return pb.ListJobsResponse(jobs=[job_message(j) for j in jobs[:size]], next_page_token=token)
+        messages, token = page_of(jobs, size, flt, job_message)
+        return pb.ListJobsResponse(jobs=messages, next_page_token=token)
 
     async def WatchJob(self, request: pb.WatchJobRequest, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
         check_id("job_id", request.job_id)
