@@ -1149,6 +1149,10 @@ class Scheduler(UndoFailedCommits):
     def _forget(self, job: Job) -> None:
         if self.jobs.get(job.job_id) is job:
             del self.jobs[job.job_id]
+            key = (job.client_id, job.idempotency_key)
+            if job.idempotency_key and self.idempotency.get(key) == job.job_id:
+                # the store's unique index answers for it from now on (kept, the map grew with every key used)
+                del self.idempotency[key]
 
     def _on_timer(self, kind: str, args: tuple) -> None:
         now = now_us()
