@@ -56,11 +56,15 @@ def main(argv: list[str] | None = None) -> int:
     }
     settings = settings.replace(**overrides)
     from .server import serve as run_server
+    from .store.base import StoreInUse
 
     try:
         asyncio.run(run_server(settings, env_file=getattr(args, "env_file", ".env")))
     except SettingsError as exc:  # found wrong only against the store (a configured key retired since)
         print(f"aitbc-coordinator: bad setting: {exc}", file=sys.stderr)
+        return 2
+    except StoreInUse as exc:  # another coordinator serves from this store
+        print(f"aitbc-coordinator: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         pass
@@ -89,6 +93,7 @@ def keys_command(args: argparse.Namespace) -> int:
         return 0
     from .receipts.keyring import rotate
     from .store import open_store
+    from .store.base import StoreInUse
 
     async def run() -> None:
         store = open_store(args.database)
@@ -99,7 +104,11 @@ def keys_command(args: argparse.Namespace) -> int:
         finally:
             await store.close()
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except StoreInUse as exc:  # a running coordinator would go on signing with the key retired under it
+        print(f"aitbc-coordinator: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -166,6 +166,10 @@ class UnitOfWork:
         )
 
 
+class StoreInUse(RuntimeError):
+    """Another process (a coordinator, a key rotation) has this store open: one at a time may write it."""
+
+
 class DependencyFailed(Exception):
     """A unit was refused because an earlier unit it builds on failed to commit."""
 

@@ -32,6 +32,7 @@ import asyncpg
 from .base import (
     JOB_COLUMNS,
     FailedUnits,
+    StoreInUse,
     UnitOfWork,
     assign_leaves,
     unplace,
@@ -97,6 +98,7 @@ class PostgresStore(SqlReads):
         self._conn = await self._connect()
         try:
             await self._migrate(self._conn)
+            await self._hold_lock(self._conn)
             self._pool = await asyncpg.create_pool(
                 self.dsn, min_size=1, max_size=self.pool_size, server_settings=self._settings(read_only=True)
             )
@@ -207,8 +209,24 @@ class PostgresStore(SqlReads):
     async def _writer_connection(self) -> asyncpg.Connection:
         if self._conn is None or self._conn.is_closed():
             log.warning("store writer: reconnecting to PostgreSQL")
-            self._conn = await self._connect()
+            conn = await self._connect()
+            try:
+                await self._hold_lock(conn)  # (if another took the store meanwhile, this one writes no more)
+            except BaseException:
+                await conn.close()
+                raise
+            self._conn = conn
         return self._conn
+
+    async def _hold_lock(self, conn: asyncpg.Connection) -> None:
+        """A session advisory lock on the schema, held by the writer's connection: two coordinators on one schema
+        would both schedule its jobs, and a key rotation under a running coordinator would retire the key it
+        signs with."""
+        if not await conn.fetchval(
+            "SELECT pg_try_advisory_lock(hashtext('aitbc-store:' || coalesce(current_schema(), '')))"
+        ):
+            raise StoreInUse(f"schema {self.schema or 'public'} is open in another process (a running "
+                             "coordinator?): stop it first")  # fmt: skip
 
     async def _commit_group(self, group: list[tuple[UnitOfWork, asyncio.Future[None]]]) -> None:
         started = time.perf_counter()

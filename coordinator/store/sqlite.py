@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import functools
 import logging
 import queue
 import sqlite3
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import IO, Any
 
 import aiosqlite
 
 from .base import (
     JOB_COLUMNS,
     FailedUnits,
+    StoreInUse,
     UnitOfWork,
     assign_leaves,
     unplace,
@@ -47,9 +49,18 @@ class SqliteStore(SqlReads):
         self.commit_observer: Callable[[int, float], None] | None = None  # (group size, seconds)
         self._next_leaf = 0  # the receipt log's next free place (the writer thread's own)
         self._failed = FailedUnits()  # the writer thread's own
+        self._lock: IO[str] | None = None
 
     # --- life cycle -------------------------------------------------------------------------------
     async def open(self) -> None:
+        self._lock = _hold_lock(self.path)
+        try:
+            await self._open()
+        except BaseException:
+            self._release_lock()
+            raise
+
+    async def _open(self) -> None:
         self._loop = asyncio.get_running_loop()
         ready: asyncio.Future[None] = self._loop.create_future()
         self._writer = threading.Thread(
@@ -68,6 +79,12 @@ class SqliteStore(SqlReads):
         if self._reader is not None:
             await self._reader.close()
             self._reader = None
+        self._release_lock()
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # (closing the file releases its lock)
+            self._lock = None
 
     def _connect_writer(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -193,6 +210,22 @@ class SqliteStore(SqlReads):
         # between, and SQLite would serve it from the older snapshot of the statement still open: a read
         # made after a commit was acknowledged could then miss it (a WatchJob of a job just finished hung).
         return list(await self._reader.execute_fetchall(sql, params))
+
+
+def _hold_lock(path: str) -> IO[str] | None:
+    """An exclusive lock on PATH.lock, held while the store is open: two coordinators on one file would both
+    schedule its jobs, and a key rotation under a running coordinator would retire the key it signs with."""
+    if path == ":memory:" or path.startswith("file:"):
+        return None
+    lock = open(f"{path}.lock", "a")  # held open until the store closes
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise StoreInUse(
+            f"{path} is open in another process (a running coordinator?): stop it first"
+        ) from None
+    return lock
 
 
 # SQLite's primary result codes for errors of the file or the connection rather than of some unit's rows:

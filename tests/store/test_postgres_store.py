@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from coordinator.store import open_store
+from coordinator.store.base import StoreInUse
 from coordinator.store.postgres import PostgresStore, parse_url
 from coordinator.store.schema import APPEND_ONLY, POSTGRES_MIGRATIONS
 
@@ -45,10 +46,20 @@ def test_open_store_selects_postgres_for_both_schemes() -> None:
         open_store("mysql://db/x")
 
 
-async def test_migrations_are_recorded_once_even_when_replicas_open_together(schema: str) -> None:
+async def test_migrations_are_recorded_once_and_one_store_opens_when_several_open_together(
+    schema: str,
+) -> None:
+    """Three processes opening one schema at once: the migrations run once (an advisory lock serializes them);
+    then one holds the schema and the others are refused StoreInUse (two coordinators on one schema would both
+    schedule its jobs), until it closes."""
     stores = [PostgresStore(pg_url(schema)) for _ in range(3)]
-    await asyncio.gather(*(s.open() for s in stores))  # the advisory lock serializes the migrations
-    await asyncio.gather(*(s.close() for s in stores))
+    outcomes = await asyncio.gather(*(s.open() for s in stores), return_exceptions=True)
+    opened = [s for s, o in zip(stores, outcomes, strict=True) if o is None]
+    assert len(opened) == 1 and all(isinstance(o, StoreInUse) for o in outcomes if o is not None), outcomes
+    await opened[0].close()
+    again = PostgresStore(pg_url(schema))
+    await again.open()  # free again once the holder closed
+    await again.close()
     conn = await pg_admin()
     try:
         versions = await conn.fetch(f'SELECT version FROM "{schema}".schema_version ORDER BY version')
