@@ -65,17 +65,20 @@ def parse_url(url: str) -> tuple[str, str | None]:
 
 
 class PostgresStore(SqlReads):
-    def __init__(self, url: str, *, schema: str | None = None, pool_size: int = 10) -> None:
+    def __init__(self, url: str, *, schema: str | None = None, pool_size: int = 10,
+                 lock_wait_s: float | None = None) -> None:  # fmt: skip
         self.dsn, url_schema = parse_url(url)
         self.schema = schema or url_schema
         if self.schema is not None and not _SCHEMA_NAME.fullmatch(self.schema):
             raise ValueError(f"schema {self.schema!r} must be a plain identifier")
         self.pool_size = pool_size
+        self.lock_wait_s = LOCK_WAIT_S if lock_wait_s is None else lock_wait_s
         self._queue: asyncio.Queue[Any] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._conn: asyncpg.Connection | None = None
         self._pool: asyncpg.Pool | None = None
         self._closing = False
+        self._writer_pid: int | None = None  # the backend of the writer's connection holding the store's lock
         self.commit_observer: Callable[[int, float], None] | None = None  # (group size, seconds)
         self._next_leaf: int | None = None  # the receipt log's next free place; None: read it from the log
         self._failed = FailedUnits()  # the writer's own
@@ -83,6 +86,10 @@ class PostgresStore(SqlReads):
     # --- life cycle -------------------------------------------------------------------------------
     def _settings(self, read_only: bool = False) -> dict[str, str]:
         settings = {"application_name": "aitbc-coordinator"}
+        if (
+            not read_only
+        ):  # the server reaps the writer's backend (and its lock) ~25 s after this side is gone
+            settings.update(tcp_keepalives_idle="10", tcp_keepalives_interval="5", tcp_keepalives_count="3")
         if self.schema is not None:
             settings["search_path"] = f'"{self.schema}"'
         if read_only:
@@ -97,8 +104,8 @@ class PostgresStore(SqlReads):
         self._closing = False
         self._conn = await self._connect()
         try:
+            await self._hold_lock(self._conn)  # before migrating: a second coordinator changes nothing
             await self._migrate(self._conn)
-            await self._hold_lock(self._conn)
             self._pool = await asyncpg.create_pool(
                 self.dsn, min_size=1, max_size=self.pool_size, server_settings=self._settings(read_only=True)
             )
@@ -218,15 +225,46 @@ class PostgresStore(SqlReads):
             self._conn = conn
         return self._conn
 
+    async def _end_backend(self, pid: int) -> None:
+        """Terminate the writer's previous backend (its connection lost on this side only) and wait until it is
+        gone: its open transaction, if any, is rolled back, and its lock on the store released."""
+        assert self._pool is not None
+        await self._pool.fetchval("SELECT pg_terminate_backend($1)", pid, timeout=CONNECT_TIMEOUT_S)
+        for _ in range(100):
+            if not await self._pool.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid):
+                return
+            await asyncio.sleep(0.05)
+
     async def _hold_lock(self, conn: asyncpg.Connection) -> None:
         """A session advisory lock on the schema, held by the writer's connection: two coordinators on one schema
         would both schedule its jobs, and a key rotation under a running coordinator would retire the key it
-        signs with."""
-        if not await conn.fetchval(
-            "SELECT pg_try_advisory_lock(hashtext('aitbc-store:' || coalesce(current_schema(), '')))"
-        ):
-            raise StoreInUse(f"schema {self.schema or 'public'} is open in another process (a running "
-                             "coordinator?): stop it first")  # fmt: skip
+        signs with.
+
+        A connection lost on this side only (a NAT entry dropped, a partition) leaves its backend, and the lock,
+        alive on the server until TCP keepalive reaps it (_settings asks for ~25 s): the writer's own previous
+        backend is terminated, and any other holder waited for, LOCK_WAIT_S at most (a coordinator restarted
+        after its host crashed waits for the server to reap the dead one's backend)."""
+        key = await conn.fetchval("SELECT hashtext($1)::bigint", f"aitbc-store:{self.schema or 'public'}")
+        deadline = time.monotonic() + self.lock_wait_s
+        while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+            holder = await conn.fetchval(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 "
+                "AND classid::bigint = $1 AND objid::bigint = $2",
+                (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF,
+            )  # fmt: skip
+            if holder is not None and holder == self._writer_pid:
+                log.warning(
+                    "store writer: ending its previous session (pid %d), which still holds the store", holder
+                )
+                await conn.fetchval("SELECT pg_terminate_backend($1)", holder)
+            elif time.monotonic() >= deadline:
+                raise StoreInUse(f"schema {self.schema or 'public'} is open in another process (a running "
+                                 f"coordinator? PostgreSQL pid {holder}): stop it first")  # fmt: skip
+            else:
+                log.warning("store: schema %s is held by PostgreSQL pid %s; waiting for it (%.0f s at most)",
+                            self.schema or "public", holder, self.lock_wait_s)  # fmt: skip
+            await asyncio.sleep(0.5)
+        self._writer_pid = conn.get_server_pid()
 
     async def _commit_group(self, group: list[tuple[UnitOfWork, asyncio.Future[None]]]) -> None:
         started = time.perf_counter()
@@ -298,14 +336,20 @@ class PostgresStore(SqlReads):
         if probe is None:
             return False  # nothing to tell by (signing keys only: their upsert can simply be retried)
         delay = 0.1
+        stale = self._writer_pid
         while True:  # "cannot tell" is not "it did not land": ask until the server answers (a failover)
             if self._closing:
                 log.error("store writer: closing without knowing whether a group landed (the next start "
                           "reads what did)")  # fmt: skip
                 return False
-            try:
-                conn = await self._writer_connection()
-                return await conn.fetchval(probe[0], *probe[1], timeout=CONNECT_TIMEOUT_S) is not None
+            try:  # (through the read pool: reading needs no hold of the store, which may be lost for good)
+                assert self._pool is not None
+                if (
+                    stale is not None
+                ):  # its backend may live on, its transaction open: end it, so it is decided
+                    await self._end_backend(stale)
+                    stale = None
+                return await self._pool.fetchval(probe[0], *probe[1], timeout=CONNECT_TIMEOUT_S) is not None
             except Exception:
                 log.warning("store writer: cannot tell yet whether a group landed; asking again",
                             exc_info=True)  # fmt: skip
@@ -342,6 +386,7 @@ class PostgresStore(SqlReads):
         return await self._pool.fetch(numbered(sql), *params)
 
 
+LOCK_WAIT_S = 30.0  # how long a store held by another backend is waited for (its client may be gone)
 CONNECT_TIMEOUT_S = 10.0  # the writer's connects and outcome probes: close() must not wait on a silent server
 WRITE_TIMEOUT_S = 60.0  # one statement of a group (up to 2,000 units): beyond, the server is taken as silent
 

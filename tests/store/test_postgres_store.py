@@ -52,7 +52,7 @@ async def test_migrations_are_recorded_once_and_one_store_opens_when_several_ope
     """Three processes opening one schema at once: the migrations run once (an advisory lock serializes them);
     then one holds the schema and the others are refused StoreInUse (two coordinators on one schema would both
     schedule its jobs), until it closes."""
-    stores = [PostgresStore(pg_url(schema)) for _ in range(3)]
+    stores = [PostgresStore(pg_url(schema), lock_wait_s=0.5) for _ in range(3)]
     outcomes = await asyncio.gather(*(s.open() for s in stores), return_exceptions=True)
     opened = [s for s, o in zip(stores, outcomes, strict=True) if o is None]
     assert len(opened) == 1 and all(isinstance(o, StoreInUse) for o in outcomes if o is not None), outcomes
