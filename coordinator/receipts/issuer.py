@@ -273,11 +273,19 @@ class ReceiptIssuer(ReceiptHook):
             return row
 
     def check_miner_key(self, miner_id: str, public_key: bytes) -> None:
-        """Refuse a miner's receipt key that it had, and that was retired since (another key registered after
-        it). Its published validity ends at its retirement: what it signed from now on would not verify
+        """Refuse a miner's receipt key that another miner (or the coordinator) has, or that it had and that was
+        retired since (another key registered after it). Its published validity ends at its retirement: what it signed from now on would not verify
         offline, and taking it back would also make it valid for the time it was retired."""
         key_id = miner_key_row(miner_id, public_key).key_id
         for r in self.keys.rows:
+            if r.key_id == key_id and r.owner != miner_id:
+                # A key is stored by its id alone: taken by a second miner (its public half is published, so no
+                # secret is needed to name it), that miner's next key would retire the first one's.
+                raise invalid(
+                    f"receipt key {key_id} is another miner's; each miner signs with a key of its own",
+                    [("hello.receipt_public_key", "in use by another miner: a new key is needed")],
+                    "RECEIPT_KEY_IN_USE",
+                )
             if r.key_id == key_id and r.owner == miner_id and r.status != "active":
                 raise invalid(
                     f"receipt key {key_id} of miner {miner_id} was retired when another key replaced it; "

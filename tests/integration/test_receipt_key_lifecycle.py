@@ -39,14 +39,14 @@ slow_leases = pytest.mark.coordinator(lease_seconds=30.0, heartbeat_timeout_seco
 
 
 class KeyedMiner:
-    """One Connect stream of identity miner-01 whose hello registers `signer`'s receipt key."""
+    """One Connect stream of identity `name` whose hello registers `signer`'s receipt key."""
 
-    def __init__(self, coord: Harness, signer: Signer) -> None:
+    def __init__(self, coord: Harness, signer: Signer, name: str = "miner-01") -> None:
         self.signer = signer
         self.channel = open_channel(coord.address, own_connection=True)
         coord.channels.append(self.channel)
         self.call: Any = miner_service_pb2_grpc.MinerServiceStub(self.channel).Connect(
-            metadata=(("x-api-key", miner_key("miner-01")),)
+            metadata=(("x-api-key", miner_key(name)),)
         )
 
     async def hello(self) -> None:
@@ -132,3 +132,24 @@ async def test_a_configured_coordinator_key_retired_by_keys_rotate_is_not_made_a
     client = coord.client()
     keys = KeySet.load(await client.signing_keys())
     verify_bundle(bundle, keys, Policy())  # signed while the key was active: it still verifies
+
+
+@slow_leases
+async def test_a_receipt_key_another_miner_has_is_refused(coord: Harness) -> None:
+    """Keys are stored by id alone, and a public key is public: miner-02 naming miner-01's key, then moving to
+    a key of its own, retired miner-01's row, and miner-01's receipts from then on failed offline verification.
+    (Review round 12, helper-34.) The coordinator's own key is refused likewise."""
+    client = coord.client()
+    key = Signer.generate()
+    owner = KeyedMiner(coord, key)
+    await owner.hello()
+    for taken in (key.public_key, coord.coordinator.issuer.keys.coordinator.public_key):
+        thief = KeyedMiner(coord, Signer.generate(), name="miner-02")
+        thief.signer.public_key = taken  # (its hello names a key it does not hold)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await thief.hello()
+        expect_error(details_of(refused.value), grpc.StatusCode.INVALID_ARGUMENT, "RECEIPT_KEY_IN_USE")
+    job = await client.submit({"n": 1})
+    assert (await owner.complete_next({"n": 1})).accepted
+    verify_bundle(await client.bundle(job.job_id), KeySet.load(await client.signing_keys()),
+                  Policy(frozenset({"coordinator", "miner"})))  # fmt: skip
