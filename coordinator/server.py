@@ -114,12 +114,14 @@ class Coordinator:
     async def stop(self, grace: float | None = None) -> None:
         """Health NOT_SERVING, go-away to every miner, then stop; jobs stay safe in the store."""
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
-        await self.health.enter_graceful_shutdown()
-        await self.scheduler.stop()
-        await asyncio.sleep(0.05)  # let the go-away messages reach the streams
-        await self.server.stop(grace)
-        await self.issuer.stop()
-        await self.scheduler.store.close()
+        try:
+            await self.health.enter_graceful_shutdown()
+            await self.scheduler.stop()
+            await asyncio.sleep(0.05)  # let the go-away messages reach the streams
+            await self.server.stop(grace)
+            await self.issuer.stop()
+        finally:  # whatever failed above, the store is closed (and its lock freed for the next coordinator)
+            await self.scheduler.store.close()
         if self.observability is not None:
             await self.observability.stop()
 

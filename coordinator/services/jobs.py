@@ -64,7 +64,14 @@ def decode_page_token(token: str, flt: JobFilter) -> str | None:
         return None
     try:
         body = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        if body["f"] != filter_digest(flt) or not isinstance(body["after"], str):
+        after = body["after"]
+        # (the token is the caller's to forge: its id goes to the store only if it could be an id we issued)
+        if (
+            body["f"] != filter_digest(flt)
+            or not isinstance(after, str)
+            or not 0 < len(after) <= 64
+            or "\x00" in after
+        ):
             raise ValueError
         return body["after"]
     except (ValueError, KeyError, TypeError):

@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import functools
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -57,6 +58,8 @@ class SqliteStore(SqlReads):
         try:
             await self._open()
         except BaseException:
+            with contextlib.suppress(Exception):
+                await self.close()  # (the writer thread may have started: it is stopped, then the lock freed)
             self._release_lock()
             raise
 
@@ -217,7 +220,8 @@ def _hold_lock(path: str) -> IO[str] | None:
     schedule its jobs, and a key rotation under a running coordinator would retire the key it signs with."""
     if path == ":memory:" or path.startswith("file:"):
         return None
-    lock = open(f"{path}.lock", "a")  # held open until the store closes
+    # by the file's real path: a symbolic or other path to the same file finds the same lock
+    lock = open(f"{os.path.realpath(path)}.lock", "a")  # held open until the store closes
     try:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -9,6 +9,8 @@ roles per RPC, rate and concurrency limits, reconnect grace, size limits at smal
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import uuid
 from typing import Any
 
@@ -43,6 +45,9 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
+
+from coordinator.services.jobs import filter_digest
+from coordinator.store.base import JobFilter
 
 C = grpc.StatusCode
 T = 5.0  # deadline of every unary call
@@ -401,7 +406,12 @@ async def test_list_jobs_filters_and_page_tokens(coord: Harness) -> None:
     assert tok
     admin_tok = (await admin.ListJobs(apb.AdminServiceListJobsRequest(page_size=2), metadata=ADMIN,
                                       timeout=T)).next_page_token  # fmt: skip
-    for bad in ("=", tok[:-2], tok + "AA", tok[::-1], tok.swapcase(), "é", admin_tok):
+    # forged with the right filter digest (it is no secret) but an id no page ends at: a NUL reached PostgreSQL
+    # and came back INTERNAL (review round 12, helper-34); an empty or over-long one is no id either
+    digest = filter_digest(JobFilter(client_id="alice"))
+    forged = [base64.urlsafe_b64encode(json.dumps({"after": after, "f": digest}).encode()).decode().rstrip("=")
+              for after in ("a\x00b", "", "x" * 65)]  # fmt: skip
+    for bad in ("=", tok[:-2], tok + "AA", tok[::-1], tok.swapcase(), "é", admin_tok, *forged):
         expect_invalid(await failing(lst(page_size=2, page_token=bad)), reason="INVALID_PAGE_TOKEN")
     expect_invalid(await failing(lst(page_size=2, page_token="A" * 5000)))
     expect_invalid(await failing(admin.ListJobs(apb.AdminServiceListJobsRequest(page_size=2, page_token=tok),

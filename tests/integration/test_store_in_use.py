@@ -48,3 +48,12 @@ async def test_keys_rotate_is_refused_while_a_coordinator_runs(coord: Harness) -
     await coord.stop()
     code, said = await rotate(coord)
     assert code == 0 and "new active coordinator key" in said, said
+
+
+async def test_another_path_to_the_same_file_finds_the_same_lock(coord: Harness) -> None:
+    """The lock is taken by the file's real path (review round 12, helper-34: a symbolic link to the database
+    file got a lock of its own, and a second coordinator through it was not refused)."""
+    link = coord.db_path.parent / "link-to.db"
+    link.symlink_to(coord.db_path)
+    with pytest.raises(StoreInUse):
+        await open_store(f"sqlite:///{link}").open()
