@@ -96,7 +96,7 @@ def keys_command(args: argparse.Namespace) -> int:
     from .store.base import StoreInUse
 
     async def run() -> None:
-        store = open_store(args.database)
+        store = open_store(args.database, wait_for_lock=False)  # (waiting, it could win a running one's blip)
         await store.open()
         try:
             row = await rotate(store, args.role)

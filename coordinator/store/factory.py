@@ -5,11 +5,13 @@ from __future__ import annotations
 from .base import Store
 
 
-def open_store(url: str, synchronous: str = "FULL") -> Store:
+def open_store(url: str, synchronous: str = "FULL", *, wait_for_lock: bool = True) -> Store:
     """`sqlite:///relative.db`, `sqlite:////absolute.db` select SQLite; `postgresql://user@host:5432/db`
     (or `postgres://`) selects PostgreSQL, `?schema=NAME` putting its tables in that schema (see postgres.py).
 
     synchronous is SQLite's PRAGMA synchronous; PostgreSQL's durability is the server's synchronous_commit.
+    wait_for_lock=False: a PostgreSQL store held by another process is refused at once (not after its wait for
+    a crashed holder's session to be reaped), as SQLite's always is.
     """
     if url.startswith("sqlite:///"):
         from .sqlite import SqliteStore
@@ -18,7 +20,7 @@ def open_store(url: str, synchronous: str = "FULL") -> Store:
     if url.startswith(("postgres://", "postgresql://")):
         from .postgres import PostgresStore
 
-        return PostgresStore(url)
+        return PostgresStore(url) if wait_for_lock else PostgresStore(url, lock_wait_s=0.0)
     raise ValueError(
         f"DATABASE_URL: unsupported scheme in {url!r}; use sqlite:///PATH or postgresql://USER@HOST:PORT/DB"
     )

@@ -225,6 +225,12 @@ class PostgresStore(SqlReads):
             self._conn = conn
         return self._conn
 
+    async def _probe(self, probe: tuple[str, tuple], stale: int | None) -> bool:
+        assert self._pool is not None
+        if stale is not None:  # ended first, so that its transaction is decided
+            await self._end_backend(stale)
+        return await self._pool.fetchval(probe[0], *probe[1]) is not None
+
     async def _end_backend(self, pid: int) -> None:
         """Terminate the writer's previous backend (its connection lost on this side only) and wait until it is
         gone: its open transaction, if any, is rolled back, and its lock on the store released."""
@@ -244,25 +250,28 @@ class PostgresStore(SqlReads):
         alive on the server until TCP keepalive reaps it (_settings asks for ~25 s): the writer's own previous
         backend is terminated, and any other holder waited for, LOCK_WAIT_S at most (a coordinator restarted
         after its host crashed waits for the server to reap the dead one's backend)."""
-        key = await conn.fetchval("SELECT hashtext($1)::bigint", f"aitbc-store:{self.schema or 'public'}")
+        # the schema the tables are in: the named one (it may not exist yet), or the search path's first
+        schema = self.schema or await conn.fetchval("SELECT current_schema()") or "public"
+        key = await conn.fetchval("SELECT hashtext($1)::bigint", f"aitbc-store:{schema}")
         deadline = time.monotonic() + self.lock_wait_s
+        said = False
         while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
             holder = await conn.fetchval(
                 "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 "
                 "AND classid::bigint = $1 AND objid::bigint = $2",
                 (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF,
             )  # fmt: skip
+            if self._closing or time.monotonic() >= deadline:
+                raise StoreInUse(f"schema {schema} is open in another process (a running coordinator? "
+                                 f"PostgreSQL pid {holder}): stop it first")  # fmt: skip
             if holder is not None and holder == self._writer_pid:
-                log.warning(
-                    "store writer: ending its previous session (pid %d), which still holds the store", holder
-                )
+                log.warning("store writer: ending its previous session (pid %d), which still holds the store",
+                            holder)  # fmt: skip
                 await conn.fetchval("SELECT pg_terminate_backend($1)", holder)
-            elif time.monotonic() >= deadline:
-                raise StoreInUse(f"schema {self.schema or 'public'} is open in another process (a running "
-                                 f"coordinator? PostgreSQL pid {holder}): stop it first")  # fmt: skip
-            else:
+            elif not said:
                 log.warning("store: schema %s is held by PostgreSQL pid %s; waiting for it (%.0f s at most)",
-                            self.schema or "public", holder, self.lock_wait_s)  # fmt: skip
+                            schema, holder, self.lock_wait_s)  # fmt: skip
+                said = True
             await asyncio.sleep(0.5)
         self._writer_pid = conn.get_server_pid()
 
@@ -314,7 +323,8 @@ class PostgresStore(SqlReads):
                 unplace(placed)
                 for i in live:  # isolate the culprit, and whatever builds on it
                     unit = group[i][0]
-                    if self._closing or _about_the_server(exc):  # no unit at fault; alone each would fail too
+                    # no unit at fault (the server, or the store held by another): alone each would fail too
+                    if self._closing or _about_the_server(exc) or isinstance(exc, StoreInUse):
                         outcomes[i] = exc
                     else:
                         outcomes[i] = self._failed.blocking(unit) or await self._commit_alone(unit)
@@ -336,20 +346,15 @@ class PostgresStore(SqlReads):
         if probe is None:
             return False  # nothing to tell by (signing keys only: their upsert can simply be retried)
         delay = 0.1
-        stale = self._writer_pid
+        # the writer's backend, if its connection is gone on this side: it may live on, its transaction open
+        stale = self._writer_pid if self._conn is None or self._conn.is_closed() else None
         while True:  # "cannot tell" is not "it did not land": ask until the server answers (a failover)
             if self._closing:
                 log.error("store writer: closing without knowing whether a group landed (the next start "
                           "reads what did)")  # fmt: skip
                 return False
             try:  # (through the read pool: reading needs no hold of the store, which may be lost for good)
-                assert self._pool is not None
-                if (
-                    stale is not None
-                ):  # its backend may live on, its transaction open: end it, so it is decided
-                    await self._end_backend(stale)
-                    stale = None
-                return await self._pool.fetchval(probe[0], *probe[1], timeout=CONNECT_TIMEOUT_S) is not None
+                return await asyncio.wait_for(self._probe(probe, stale), CONNECT_TIMEOUT_S)
             except Exception:
                 log.warning("store writer: cannot tell yet whether a group landed; asking again",
                             exc_info=True)  # fmt: skip

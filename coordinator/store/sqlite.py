@@ -218,7 +218,9 @@ class SqliteStore(SqlReads):
 def _hold_lock(path: str) -> IO[str] | None:
     """An exclusive lock on PATH.lock, held while the store is open: two coordinators on one file would both
     schedule its jobs, and a key rotation under a running coordinator would retire the key it signs with."""
-    if path == ":memory:" or path.startswith("file:"):
+    if path.startswith("file:"):  # a URI: SQLite opens the file it names
+        path = path[len("file:") :].split("?", 1)[0]
+    if not path or path == ":memory:":
         return None
     # by the file's real path: a symbolic or other path to the same file finds the same lock
     lock = open(f"{os.path.realpath(path)}.lock", "a")  # held open until the store closes

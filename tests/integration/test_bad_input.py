@@ -410,7 +410,7 @@ async def test_list_jobs_filters_and_page_tokens(coord: Harness) -> None:
     # and came back INTERNAL (review round 12, helper-34); an empty or over-long one is no id either
     digest = filter_digest(JobFilter(client_id="alice"))
     forged = [base64.urlsafe_b64encode(json.dumps({"after": after, "f": digest}).encode()).decode().rstrip("=")
-              for after in ("a\x00b", "", "x" * 65)]  # fmt: skip
+              for after in ("a\x00b", "", "x" * 65, "job-\ud800")]  # (a lone surrogate: round 13)  # fmt: skip
     for bad in ("=", tok[:-2], tok + "AA", tok[::-1], tok.swapcase(), "é", admin_tok, *forged):
         expect_invalid(await failing(lst(page_size=2, page_token=bad)), reason="INVALID_PAGE_TOKEN")
     expect_invalid(await failing(lst(page_size=2, page_token="A" * 5000)))
