@@ -86,9 +86,7 @@ class PostgresStore(SqlReads):
     # --- life cycle -------------------------------------------------------------------------------
     def _settings(self, read_only: bool = False) -> dict[str, str]:
         settings = {"application_name": "aitbc-coordinator"}
-        if (
-            not read_only
-        ):  # the server reaps the writer's backend (and its lock) ~25 s after this side is gone
+        if not read_only:  # the server reaps a lost writer's backend, and its lock, in ~25 s
             settings.update(tcp_keepalives_idle="10", tcp_keepalives_interval="5", tcp_keepalives_count="3")
         if self.schema is not None:
             settings["search_path"] = f'"{self.schema}"'
