@@ -193,9 +193,9 @@ class AuthInterceptor(AsyncServerInterceptor):
             await abort(context, error)
             return None
         streaming = spec.request_streaming or spec.response_streaming
-        state.inflight += 1
+        state.usage.inflight += 1
         if streaming:
-            state.streams += 1
+            state.usage.streams += 1
         current_identity.set(state.identity)
         released = False
         try:
@@ -295,11 +295,13 @@ class AuthInterceptor(AsyncServerInterceptor):
                 rate_limited(who.name, group)  # aitbc_rate_limited_requests_total{key, group}
                 raise _exhausted("RATE_LIMITED", f"rate limit of the {group} group reached for this key; retry in {wait:.3f} s",
                                  wait, group=group)  # fmt: skip
-        if state.inflight >= self.policy.max_concurrent_calls:
+        if state.usage.inflight >= self.policy.max_concurrent_calls:
             raise _exhausted("TOO_MANY_CONCURRENT_CALLS",
                              f"at most {self.policy.max_concurrent_calls} calls in flight per key", 1.0,
                              limit=str(self.policy.max_concurrent_calls))  # fmt: skip
-        if (spec.request_streaming or spec.response_streaming) and state.streams >= self.policy.max_streams:
+        if (
+            spec.request_streaming or spec.response_streaming
+        ) and state.usage.streams >= self.policy.max_streams:
             raise _exhausted("TOO_MANY_STREAMS", f"at most {self.policy.max_streams} open streams per identity", 1.0,
                              limit=str(self.policy.max_streams))  # fmt: skip
         return state
@@ -401,9 +403,9 @@ def _parse(spec: MethodSpec, raw: bytes) -> Any:
 
 
 def _release(state: KeyState, streaming: bool) -> None:
-    state.inflight -= 1
+    state.usage.inflight -= 1
     if streaming:
-        state.streams -= 1
+        state.usage.streams -= 1
 
 
 async def _call(method: Callable, request: Any, context: grpc.aio.ServicerContext) -> Any:

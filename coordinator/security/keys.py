@@ -34,16 +34,27 @@ def key_hash(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
 
-class KeyState:
-    __slots__ = ("buckets", "disabled", "hmac_secret", "identity", "inflight", "key_hash", "streams")
+class Usage:
+    """An identity's calls and streams in flight, whichever of its keys (the current one, a replaced one whose
+    streams have not ended yet) they came with: the per-identity limits count them all."""
 
-    def __init__(self, identity: Identity, digest: bytes, hmac_secret: bytes, buckets: list) -> None:
+    __slots__ = ("inflight", "streams")
+
+    def __init__(self) -> None:
+        self.inflight = 0
+        self.streams = 0
+
+
+class KeyState:
+    __slots__ = ("buckets", "disabled", "hmac_secret", "identity", "key_hash", "usage")
+
+    def __init__(self, identity: Identity, digest: bytes, hmac_secret: bytes, buckets: list,
+                 usage: Usage | None = None) -> None:  # fmt: skip
         self.identity = identity
         self.key_hash = digest
         self.hmac_secret = hmac_secret  # b"" when calls need no signature
         self.buckets: list[TokenBucket | None] = buckets  # indexed like REQUEST_GROUPS
-        self.inflight = 0
-        self.streams = 0
+        self.usage = usage or Usage()
         self.disabled = False
 
 
@@ -74,9 +85,10 @@ class KeyRing:
                 state.hmac_secret = secret
             else:
                 state = KeyState(Identity(e.name, e.role), e.key_hash, secret,
-                                 self._buckets(now) if old is None else old.buckets)  # fmt: skip
+                                 self._buckets(now) if old is None else old.buckets,
+                                 None if old is None else old.usage)  # fmt: skip
                 if old is not None:  # its key replaced (a leaked key rotated): what the old key opened ends
-                    old.disabled = True  # at its next message; the identity's rate budget carries over
+                    old.disabled = True  # at its next message; the identity's budget and counts carry over
             state.disabled = ident in self.disabled
             by_hash[e.key_hash] = state
             by_identity[ident] = state

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from coord_support import Harness, capabilities, miner_key, mpb
+from coord_support import Harness, capabilities, details_of, eventually, expect_error, miner_key, mpb
 
 from coordinator.config import ApiKeyEntry, SettingsError, validate
 
@@ -54,3 +54,23 @@ async def test_two_keys_for_one_name_are_refused_with_a_clear_error(coord: Harne
     )
     with pytest.raises(SettingsError, match="'miner-00' has two keys; a name has one"):
         validate(doubled)
+
+
+@pytest.mark.coordinator(lease_seconds=30.0, heartbeat_timeout_seconds=30.0, max_streams_per_identity=1)
+async def test_the_streams_of_a_replaced_key_still_count_for_its_name(coord: Harness) -> None:
+    """The name's limits count what its old key still holds open: a replaced key's stream runs until its next
+    message, and the new key started from zero meanwhile (twice the stream limit; review round 12, helper-34)."""
+    old = await coord.stream_miner("miner-00", heartbeat=False)  # open, and silent: it does not end yet
+    coord.coordinator.reload_keys(with_miner_key(coord, "miner-00", NEW_KEY))
+    call = coord.miner_stub().Connect(metadata=(("x-api-key", NEW_KEY),))
+    await call.write(mpb.ConnectRequest(hello=mpb.Hello(capabilities=capabilities(slots=1))))
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await call.read()
+    expect_error(details_of(refused.value), grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_STREAMS")
+    await old.kill()
+    await eventually(lambda: coord.coordinator.keyring.state("miner", "miner-00").usage.streams == 0,
+                     what="the old key's stream released")  # fmt: skip
+    fresh = coord.miner_stub().Connect(metadata=(("x-api-key", NEW_KEY),))
+    await fresh.write(mpb.ConnectRequest(hello=mpb.Hello(capabilities=capabilities(slots=1))))
+    assert (await fresh.read()).WhichOneof("message") == "welcome"
+    fresh.cancel()

@@ -168,16 +168,16 @@ async def test_calls_and_streams_in_flight_per_key(tmp_path: Path) -> None:
                 )
             )
             state = coord.keyring.state("client", "alice")
-            await eventually(lambda: state.inflight == 3, what="three calls in flight")
+            await eventually(lambda: state.usage.inflight == 3, what="three calls in flight")
             expect(await fails(jobs.GetUsage(jpb.GetUsageRequest(), metadata=md(ALICE))), C.RESOURCE_EXHAUSTED,
                    "TOO_MANY_CONCURRENT_CALLS")  # fmt: skip
             await jobs.GetUsage(jpb.GetUsageRequest(), metadata=md(BOB))  # another key is not affected
             # cancelling frees the slots: a cancelled stream and a cancelled call give theirs back
             streams[0].cancel()
             waiting.cancel()
-            await eventually(lambda: state.inflight == 1 and state.streams == 1, what="released slots")
+            await eventually(lambda: state.usage.inflight == 1 and state.usage.streams == 1, what="released slots")
             third = jobs.WatchJob(watch, metadata=md(ALICE))
             await third.read()
             third.cancel()
             streams[1].cancel()
-            await eventually(lambda: state.inflight == 0 and state.streams == 0, what="nothing in flight")
+            await eventually(lambda: state.usage.inflight == 0 and state.usage.streams == 0, what="nothing in flight")
