@@ -344,8 +344,12 @@ class PostgresStore(SqlReads):
         if probe is None:
             return False  # nothing to tell by (signing keys only: their upsert can simply be retried)
         delay = 0.1
-        # the writer's backend, if its connection is gone on this side: it may live on, its transaction open
-        stale = self._writer_pid if self._conn is None or self._conn.is_closed() else None
+        # The writer's backend may live on, its transaction open and its COMMIT still on the way (a connection
+        # lost on this side; a COMMIT past its timeout, the connection still open here): ended before the probe,
+        # so that the probe's answer is final; the connection, in an unknown state, is not used again.
+        if self._conn is not None and not self._conn.is_closed():
+            self._conn.terminate()
+        stale = self._writer_pid
         while True:  # "cannot tell" is not "it did not land": ask until the server answers (a failover)
             if self._closing:
                 log.error("store writer: closing without knowing whether a group landed (the next start "

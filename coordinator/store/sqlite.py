@@ -19,6 +19,7 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from typing import IO, Any
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import aiosqlite
 
@@ -218,8 +219,11 @@ class SqliteStore(SqlReads):
 def _hold_lock(path: str) -> IO[str] | None:
     """An exclusive lock on PATH.lock, held while the store is open: two coordinators on one file would both
     schedule its jobs, and a key rotation under a running coordinator would retire the key it signs with."""
-    if path.startswith("file:"):  # a URI: SQLite opens the file it names
-        path = path[len("file:") :].split("?", 1)[0]
+    if path.startswith("file:"):  # a URI: SQLite opens the file it names, percent-decoded
+        uri = urlsplit(path)
+        if uri.netloc not in ("", "localhost") or "memory" in parse_qs(uri.query).get("mode", []):
+            return None  # (another host's file SQLite refuses; an in-memory database is this process's own)
+        path = unquote(uri.path)
     if not path or path == ":memory:":
         return None
     # by the file's real path: a symbolic or other path to the same file finds the same lock
