@@ -512,11 +512,17 @@ class GatedRunner:
         return Outcome(job_input(job), units="1", unit_type="jobs")
 
 
-def gated_sdk_miner(address: str, **options: Any) -> tuple[Any, GatedRunner]:
-    """The SDK miner of identity miner-00 (one slot, its own connection, 0.2 s backoff) with a GatedRunner."""
+def sdk_miner(address: str, runner: Any, slots: int = 1, **options: Any) -> Any:
+    """The SDK miner (aitbc.miner.Miner) of identity miner-00 with runner: its own connection and a 0.2 s
+    backoff unless options say otherwise."""
     from aitbc.miner import Miner, probe_capabilities
 
+    options = {"own_connection": True, "backoff_base_s": 0.2, **options}
+    return Miner(address, miner_key("miner-00"), runner=runner, capabilities=probe_capabilities(slots=slots),
+                 **options)  # fmt: skip
+
+
+def gated_sdk_miner(address: str, **options: Any) -> tuple[Any, GatedRunner]:
+    """The SDK miner of identity miner-00 (one slot, its own connection, 0.2 s backoff) with a GatedRunner."""
     runner = GatedRunner()
-    miner = Miner(address, miner_key("miner-00"), runner=runner, capabilities=probe_capabilities(slots=1),
-                  own_connection=True, backoff_base_s=0.2, **options)  # fmt: skip
-    return miner, runner
+    return sdk_miner(address, runner, **options), runner

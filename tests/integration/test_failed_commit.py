@@ -746,7 +746,8 @@ async def test_a_lost_job_whose_requeue_fails_too_stays_off_the_miner(coord: Har
     await eventually(lambda: coord.db.job_state(job.job_id) == QUEUED, within=10, what="requeued at last")
     assert held_on(coord, "miner-00") == 1  # the other job only
     # its miner is connected, without it: lost (as the immediate requeue says), not gone, after the backoff too
-    assert [e["reason"] for e in coord.db.events(job.job_id) if e["to_state"] == QUEUED][-1] == "MINER_LOST_JOB"
+    requeues = [e["reason"] for e in coord.db.events(job.job_id) if e["to_state"] == QUEUED]
+    assert requeues[-1] == "MINER_LOST_JOB", requeues
 
 
 @pytest.mark.coordinator(retry_backoff_base_seconds=0.5, retry_backoff_max_seconds=0.5)

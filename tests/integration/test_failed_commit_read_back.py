@@ -10,7 +10,7 @@ import time
 
 import grpc
 import pytest
-from coord_support import ASSIGNED, COMPLETED, EXPIRED, Harness, details_of, eventually
+from coord_support import ASSIGNED, COMPLETED, EXPIRED, Harness, details_of, eventually, sdk_miner
 from test_failed_commit import fail_a_cancel, running_job
 
 
@@ -105,8 +105,7 @@ async def test_an_sdk_miner_loses_no_result_while_one_waits_for_a_read_back(coor
     fails once: the stream ends, the miner sends it again). Both land at their first attempt, run once.
     (Review round 6, helper-27: ending the stream after 10 s lost B's result, and the SDK, which forgot a
     job once its result was sent, did not list either job again: both ran twice.)"""
-    from aitbc.miner import Miner, Outcome, job_input, probe_capabilities
-    from coord_support import miner_key
+    from aitbc.miner import Outcome, job_input
 
     alice = coord.client("alice")
     gates = {"a": asyncio.Event(), "b": asyncio.Event()}
@@ -118,8 +117,7 @@ async def test_an_sdk_miner_loses_no_result_while_one_waits_for_a_read_back(coor
         await gates[name].wait()
         return Outcome({"done": name}, units="1", unit_type="jobs")
 
-    miner = Miner(coord.address, miner_key("miner-00"), runner=runner, capabilities=probe_capabilities(slots=2),
-                  own_connection=True, backoff_base_s=0.2)  # fmt: skip
+    miner = sdk_miner(coord.address, runner, slots=2)
     coord.run_miner(miner)
     a = await alice.submit({"n": "a"})
     b = await alice.submit({"n": "b"})

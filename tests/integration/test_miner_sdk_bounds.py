@@ -14,15 +14,14 @@ from typing import Any
 
 import aitbc.miner
 import pytest
-from aitbc.miner import JobFailed, Miner, Outcome, job_input, probe_capabilities
-from coord_support import COMPLETED, FAILED, Harness, eventually, miner_key
+from aitbc.miner import JobFailed, Miner, Outcome, job_input
+from coord_support import COMPLETED, FAILED, Harness, eventually, sdk_miner
 
 ENDED_INVALID = "miner session ended (INVALID_ARGUMENT)"
 
 
 def two_slot_miner(coord: Harness, runner: Any) -> Miner:
-    return Miner(coord.address, miner_key("miner-00"), runner=runner, capabilities=probe_capabilities(slots=2),
-                 own_connection=True, backoff_base_s=0.05, backoff_max_s=0.2)  # fmt: skip
+    return sdk_miner(coord.address, runner, slots=2, backoff_base_s=0.05, backoff_max_s=0.2)
 
 
 async def bad_then_good(coord: Harness, runner: Any) -> tuple[Any, asyncio.Task]:

@@ -10,13 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from coord_support import COMPLETED, FAILED, Harness, eventually, miner_key
+from coord_support import COMPLETED, FAILED, Harness, eventually, sdk_miner
 
 
 async def big_then_small(coord: Harness, big_size: int) -> tuple[str, bool, Any]:
     """An SDK miner (2 slots) given a job whose result is big_size bytes, then a small job. Returns the big
     job's id, whether the small one completed within 8 s, and the miner."""
-    from aitbc.miner import Miner, Outcome, job_input, probe_capabilities
+    from aitbc.miner import Outcome, job_input
 
     alice = coord.client("alice")
 
@@ -25,8 +25,7 @@ async def big_then_small(coord: Harness, big_size: int) -> tuple[str, bool, Any]
             return Outcome(b"x" * big_size, units="1", unit_type="jobs")
         return Outcome(job_input(job), units="1", unit_type="jobs")
 
-    miner = Miner(coord.address, miner_key("miner-00"), runner=runner, capabilities=probe_capabilities(slots=2),
-                  own_connection=True, backoff_base_s=0.05, backoff_max_s=0.2)  # fmt: skip
+    miner = sdk_miner(coord.address, runner, slots=2, backoff_base_s=0.05, backoff_max_s=0.2)
     coord.run_miner(miner)
     await eventually(lambda: miner.connects == 1)
     big = await alice.submit({"big": True})

@@ -8,13 +8,13 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from coord_support import Harness, eventually, miner_key
+from coord_support import Harness, eventually, sdk_miner
 
 
 @pytest.mark.coordinator(lease_seconds=30.0, heartbeat_timeout_seconds=5.0, reconnect_grace_seconds=30.0,
                          max_payload_bytes=16_384, max_message_bytes=16_384)  # fmt: skip
 async def test_a_dropped_result_does_not_leave_its_job_held_by_the_miner(coord: Harness) -> None:
-    from aitbc.miner import Miner, Outcome, job_input, probe_capabilities
+    from aitbc.miner import Outcome, job_input
 
     alice = coord.client("alice")
     calls = 0
@@ -26,8 +26,7 @@ async def test_a_dropped_result_does_not_leave_its_job_held_by_the_miner(coord: 
             return Outcome(b"x" * 16_384, units="1", unit_type="jobs")
         return Outcome(job_input(job), units="1", unit_type="jobs")
 
-    miner = Miner(coord.address, miner_key("miner-00"), runner=runner, capabilities=probe_capabilities(slots=1),
-                  own_connection=True, backoff_base_s=0.05, backoff_max_s=0.2)  # fmt: skip
+    miner = sdk_miner(coord.address, runner, backoff_base_s=0.05, backoff_max_s=0.2)
     coord.run_miner(miner)
     await eventually(lambda: miner.connects == 1)
     big = await alice.submit({"big": True})

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from coord_support import COMPLETED, Harness, miner_key
+from coord_support import COMPLETED, Harness, sdk_miner
 
 
 @pytest.mark.coordinator(lease_seconds=30.0, heartbeat_timeout_seconds=5.0,
                          max_payload_bytes=16 << 20, max_message_bytes=32 << 20)  # fmt: skip
 async def test_a_result_the_channel_and_coordinator_carry_is_not_failed_too_large(coord: Harness) -> None:
-    from aitbc.miner import Miner, Outcome, probe_capabilities
+    from aitbc.miner import Outcome
 
     alice = coord.client("alice")
     channel = grpc.aio.insecure_channel(coord.address, options=[
@@ -21,8 +21,7 @@ async def test_a_result_the_channel_and_coordinator_carry_is_not_failed_too_larg
     async def runner(job):  # type: ignore[no-untyped-def]
         return Outcome(b"x" * (9 << 20), units="1", unit_type="jobs")
 
-    miner = Miner(coord.address, miner_key("miner-00"), runner=runner, capabilities=probe_capabilities(slots=1),
-                  channel=channel, max_result_bytes=32 << 20)  # fmt: skip
+    miner = sdk_miner(coord.address, runner, channel=channel, max_result_bytes=32 << 20)
     coord.run_miner(miner)
     try:
         job = await alice.submit({"big": True})

@@ -175,9 +175,13 @@ async def test_calls_and_streams_in_flight_per_key(tmp_path: Path) -> None:
             # cancelling frees the slots: a cancelled stream and a cancelled call give theirs back
             streams[0].cancel()
             waiting.cancel()
-            await eventually(lambda: state.usage.inflight == 1 and state.usage.streams == 1, what="released slots")
+            await eventually(
+                lambda: state.usage.inflight == 1 and state.usage.streams == 1, what="released slots"
+            )
             third = jobs.WatchJob(watch, metadata=md(ALICE))
             await third.read()
             third.cancel()
             streams[1].cancel()
-            await eventually(lambda: state.usage.inflight == 0 and state.usage.streams == 0, what="nothing in flight")
+            await eventually(
+                lambda: state.usage.inflight == 0 and state.usage.streams == 0, what="nothing in flight"
+            )

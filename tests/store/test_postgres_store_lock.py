@@ -26,8 +26,8 @@ def key_unit(n: int) -> UnitOfWork:
 
 
 async def test_close_does_not_wait_out_lock_wait_s_while_the_writer_reconnects() -> None:
-    """The writer's connection is lost and another session holds the store lock when it reconnects: _hold_lock
-    loops for lock_wait_s (30 s) without looking at _closing, and close() waits for it all."""
+    """The writer's connection is lost and another session holds the store lock when it reconnects: close()
+    stops the writer's wait for the lock (it waited out lock_wait_s, 30 s, without looking at _closing)."""
     admin = await pg_admin()
     schema = await create_schema()
     store = PostgresStore(pg_url(schema))
@@ -46,7 +46,7 @@ async def test_close_does_not_wait_out_lock_wait_s_while_the_writer_reconnects()
         took = time.monotonic() - started
         with contextlib.suppress(Exception):
             await write
-        assert took < 5, f"close() took {took:.1f} s: it waited out the writer's lock wait"
+        assert took < 15, f"close() took {took:.1f} s: it waited out the writer's lock wait (30 s)"
     finally:
         await store.close()
         await holder.close()
@@ -56,8 +56,9 @@ async def test_close_does_not_wait_out_lock_wait_s_while_the_writer_reconnects()
 
 async def test_schema_none_locks_the_schema_it_really_writes() -> None:
     """schema=None: the tables go to current_schema() (search_path "$user", public: a schema named after the
-    user, PostgreSQL's recommended secure pattern, comes first), but the lock key is 'aitbc-store:public'.
-    A second coordinator naming that schema explicitly is admitted: two writers on one set of tables."""
+    user, PostgreSQL's recommended secure pattern, comes first), and the lock is on that schema. (It was on
+    "public": a second coordinator naming the "$user" schema explicitly was let in, two writers on one set of
+    tables.)"""
     admin = await pg_admin()
     db = f"r13_{secrets.token_hex(5)}"
     await admin.execute(f'CREATE DATABASE "{db}"')
@@ -88,10 +89,9 @@ async def test_schema_none_locks_the_schema_it_really_writes() -> None:
 
 
 async def test_a_group_refused_store_in_use_waits_lock_wait_s_once_not_once_per_unit() -> None:
-    """The writer reconnects while another session holds the store: _writer_connection raises StoreInUse after
-    lock_wait_s, before the transaction began, so _write_group takes it for a unit's fault and commits each unit
-    alone, each reconnecting and waiting lock_wait_s again: a group of N units takes (N + 1) x lock_wait_s
-    (30 s each by default; a group may hold 2,000 units), and close() waits for the unit in progress."""
+    """The writer reconnects while another session holds the store: the group is refused StoreInUse after one
+    wait of lock_wait_s. (_write_group took it for a unit's fault and committed each unit alone, each waiting
+    lock_wait_s again: (N + 1) x lock_wait_s, 30 s each by default, for a group of up to 2,000 units.)"""
     admin = await pg_admin()
     schema = await create_schema()
     store = PostgresStore(pg_url(schema), lock_wait_s=2)
@@ -107,7 +107,9 @@ async def test_a_group_refused_store_in_use_waits_lock_wait_s_once_not_once_per_
         results = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), 60)
         took = time.monotonic() - started
         assert all(isinstance(r, StoreInUse) for r in results), results
-        assert took < 4, f"4 units refused StoreInUse took {took:.1f} s (lock_wait_s=2)"
+        assert took < 7, (
+            f"4 units refused StoreInUse took {took:.1f} s (lock_wait_s=2; one wait per unit: 10 s)"
+        )
     finally:
         await store.close()
         await holder.close()
@@ -116,11 +118,9 @@ async def test_a_group_refused_store_in_use_waits_lock_wait_s_once_not_once_per_
 
 
 async def test_close_is_not_held_by_landed_waiting_for_a_busy_read_pool() -> None:
-    """_landed (35deda7) now ends the stale backend and probes through the read pool: pool.fetchval acquires a
-    connection without any timeout (the timeout= covers the statement only), and _end_backend's pg_stat_activity
-    poll has none at all. With every pool connection busy (here: a read blocked by a lock; on a silent server,
-    any read in flight, since the pool has no keepalive or command timeout), the writer waits in acquire, not in
-    its retry loop, so close() (which awaits the writer) waits too: it used to give up within CONNECT_TIMEOUT_S."""
+    """_landed ends the stale backend and probes through the read pool, within CONNECT_TIMEOUT_S per try: with
+    every pool connection busy (here a read blocked by a lock; on a silent server, any read in flight), close()
+    still ends. (Without that bound the writer waited in the pool's acquire for good, and close() with it.)"""
     admin = await pg_admin()
     locker = await pg_admin()
     schema = await create_schema()
