@@ -155,6 +155,7 @@ async def _start_on(settings: Settings, store: Store) -> Coordinator:
         receipts=issuer,
     )  # fmt: skip
     limits = Limits(max_payload_bytes=settings.max_payload_bytes, max_result_bytes=settings.max_payload_bytes,
+                    max_message_bytes=settings.max_message_bytes,
                     default_ttl_s=int(settings.job_ttl_seconds), default_max_attempts=settings.job_max_attempts,
                     default_execution_timeout_s=int(settings.job_execution_timeout_seconds))  # fmt: skip
     keyring = KeyRing(settings.api_keys, settings.hmac_secret, parse_rate_limits(settings.rate_limits))

@@ -16,6 +16,7 @@ Violations = list[tuple[str, str]]
 class Limits:
     max_payload_bytes: int = 1 << 20
     max_result_bytes: int = 1 << 20
+    max_message_bytes: int = 8 << 20  # what a miner may send in one stream message (MAX_MESSAGE_BYTES)
     max_struct_depth: int = 32
     max_list_items: int = 32
     max_labels: int = 32

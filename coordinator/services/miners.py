@@ -27,9 +27,11 @@ HELLO_TIMEOUT_S = 30.0
 MAX_POLL_S = 60.0
 
 
-def welcome(session: Session, kept: list[tuple[str, int]], heartbeat_s: float, lease_s: float) -> pb.Welcome:
+def welcome(session: Session, kept: list[tuple[str, int]], heartbeat_s: float, lease_s: float,
+            limits: Limits) -> pb.Welcome:  # fmt: skip
     msg = pb.Welcome(session_id=session.session_id, miner_id=session.miner_id,
-                     resumed_jobs=[pb.RunningJob(job_id=j, attempt=a) for j, a in kept])  # fmt: skip
+                     resumed_jobs=[pb.RunningJob(job_id=j, attempt=a) for j, a in kept],
+                     max_result_bytes=limits.max_result_bytes, max_message_bytes=limits.max_message_bytes)  # fmt: skip
     msg.heartbeat_interval.FromMilliseconds(int(heartbeat_s * 1000))
     msg.lease_duration.FromMilliseconds(int(lease_s * 1000))
     return msg
@@ -170,7 +172,9 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
             committing = self.scheduler.queue_commit(pending)
             try:
                 await context.write(
-                    pb.ConnectResponse(welcome=welcome(session, kept, self.heartbeat_s, self.lease_s))
+                    pb.ConnectResponse(
+                        welcome=welcome(session, kept, self.heartbeat_s, self.lease_s, self.limits)
+                    )
                 )
             except BaseException:
                 self.scheduler.abandon_commit(pending, committing)
@@ -327,7 +331,9 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
         key = self._receipt_key(request.hello.receipt_public_key)
         session, kept, pending = self._open(request.hello, caps, "unary", key)
         await self.scheduler.commit_pending(pending)
-        return pb.RegisterMinerResponse(welcome=welcome(session, kept, self.heartbeat_s, self.lease_s))
+        return pb.RegisterMinerResponse(
+            welcome=welcome(session, kept, self.heartbeat_s, self.lease_s, self.limits)
+        )
 
     def _session(self, session_id: str) -> Session:
         check_id("session_id", session_id)

@@ -1,6 +1,6 @@
-"""A result no message can carry does not wedge the SDK miner. One over the channel's 8 MiB limit is reported as
-a failure (RESULT_TOO_LARGE) instead; one the coordinator refuses (over its MAX_MESSAGE_BYTES) is dropped after
-being sent on three streams that all ended first. Either way the miner goes on with its other jobs.
+"""A result no message can carry does not wedge the SDK miner. One over the channel's 8 MiB limit, or over the
+coordinator's MAX_MESSAGE_BYTES (its welcome says), is reported as a failure (RESULT_TOO_LARGE) instead, and the
+miner goes on with its other jobs.
 (Review round 8, helper-29: the SDK kept such a result until acked and sent it first on every new stream,
 which ended each stream again: the miner reconnected in a loop and did nothing else.)
 """
@@ -53,10 +53,11 @@ async def test_a_result_within_the_result_limit_but_over_the_message_limit_does_
     coord: Harness,
 ) -> None:
     """A result the coordinator itself allows (MAX_PAYLOAD_BYTES), in a message just over MAX_MESSAGE_BYTES
-    (its framing): RESOURCE_EXHAUSTED (MESSAGE_TOO_LARGE) ends every stream that carries it; the miner drops
-    it after three."""
+    (its framing): the welcome said so, and the SDK reports it failed (RESULT_TOO_LARGE) without sending it. It
+    used to send it: RESOURCE_EXHAUSTED (MESSAGE_TOO_LARGE) ended each stream carrying it, the miner dropped it
+    after three, and the job ran again on the next miner, for the same end, until its attempts were spent."""
     big, ok, miner = await big_then_small(coord, 16_384)
-    assert ok, (miner.connects, big in miner.unacked)
-    # each attempt's result is dropped after three streams, the job runs again, and fails for good at the last
-    done = await coord.finished(coord.client("alice"), big, within=30.0)
-    assert (done.state, done.attempt) == (FAILED, 3)
+    assert ok and miner.connects == 1, (miner.connects, big in miner.unacked)
+    done = await coord.finished(coord.client("alice"), big, within=10.0)
+    assert (done.state, done.attempt) == (FAILED, 1)
+    assert [e["reason"] for e in coord.db.events(big)][-1] == "RESULT_TOO_LARGE"

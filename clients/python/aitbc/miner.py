@@ -205,6 +205,10 @@ class Miner:
         self.acked = 0  # results (their receipts stored) and failure reports the coordinator accepted
         self.last_ack_at = 0.0  # time.monotonic() of the latest accepted ack
         self._outbox: asyncio.Queue[miner_service_pb2.ConnectRequest] | None = None
+        # what the coordinator said it takes (its welcome; 0: it did not say): a larger result is reported as a
+        # failure at once, where sending it would only have it refused and the job held until its lease ran out
+        self._coordinator_result_bytes = 0
+        self._coordinator_message_bytes = 0
         self._session_task: asyncio.Task | None = None
         self._finished: asyncio.Queue[tuple[str, int, Any]] = asyncio.Queue()
 
@@ -328,6 +332,8 @@ class Miner:
         welcome = first.welcome
         self._welcomed = True  # from now on, INVALID_ARGUMENT is about a message, not about this miner
         self.session_id = welcome.session_id
+        self._coordinator_result_bytes = welcome.max_result_bytes
+        self._coordinator_message_bytes = welcome.max_message_bytes
         self.connects += 1
         kept = {j.job_id for j in welcome.resumed_jobs}
         for job_id in [j for j in self.running if j not in kept]:
@@ -407,6 +413,12 @@ class Miner:
             else:
                 what = "result" if isinstance(sent[1], miner_service_pb2.Result) else "failure report"
                 log.warning("%s of job %s refused: %s %s", what, a.job_id, a.reason, a.message)
+                if what == "result" and a.reason in FAILED_BY_REFUSAL and self._outbox is not None:
+                    # the job is still this miner's: reported failed, it fails (or runs again) now rather than
+                    # when its lease runs out
+                    failed = JobFailed(a.reason, a.message, FAILED_BY_REFUSAL[a.reason])
+                    self._report_failure(self._outbox, a.job_id, a.attempt, failed)
+                    self._on_stream.add(a.job_id)
 
     def _start(self, assignment: miner_service_pb2.Assignment) -> None:
         job = assignment.job
@@ -440,35 +452,81 @@ class Miner:
                 if running is None or running.attempt != attempt:
                     continue
                 del self.running[job_id]
-                if not isinstance(outcome, JobFailed) and (wrong := _unit_fields_wrong(outcome)):
-                    outcome = JobFailed("INVALID_RESULT", wrong, retryable=False)  # no message could carry it
-                result = None if isinstance(outcome, JobFailed) else self._result(job_id, attempt, outcome)
-                if result is not None and (size := result.ByteSize()) > self.max_result_bytes:
-                    # no message could carry it: the job fails, for good
-                    outcome = JobFailed("RESULT_TOO_LARGE", f"the result is {size} bytes", retryable=False)
-                    result = None
-                if result is None:
-                    failure = miner_service_pb2.Failure(  # cut to what the coordinator takes (else it ends the stream)
-                        job_id=job_id,
-                        attempt=attempt,
-                        retryable=outcome.retryable,
-                        code=_text(outcome.code, MAX_FAILURE_CODE),
-                        message=_text(str(outcome), MAX_FAILURE_MESSAGE),
-                    )
-                    self.unacked[job_id] = (attempt, failure)
-                    outbox.put_nowait(miner_service_pb2.ConnectRequest(failure=failure))
+                result = self._encoded(job_id, attempt, outcome)
+                if isinstance(result, JobFailed):
+                    self._report_failure(outbox, job_id, attempt, result)
                 else:
                     self.unacked[job_id] = (attempt, result)
                     results.append(result)
                 self._on_stream.add(job_id)
                 self.completed += 1
-            for message in results_messages(results):
+            for message in self._results_messages(outbox, results):
                 outbox.put_nowait(message)
             if self.draining and not self.running:
                 outbox.put_nowait(
                     miner_service_pb2.ConnectRequest(drain=miner_service_pb2.MinerDrain(reason="drained"))
                 )
                 self._arm_drain_timer()  # (from its last result: its ack may still be on the way)
+
+    def _encoded(self, job_id: str, attempt: int, outcome: Any) -> miner_service_pb2.Result | JobFailed:
+        """The Result message of outcome, or the failure to report (outcome's own, or why no message could carry
+        it: this must not raise, as the task calling it reports every job of the stream)."""
+        if isinstance(outcome, JobFailed):
+            return outcome
+        if wrong := _unit_fields_wrong(outcome):
+            return JobFailed("INVALID_RESULT", wrong, retryable=False)
+        try:
+            result = self._result(job_id, attempt, outcome)
+        except Exception as exc:  # not JSON (a set, an object), or nested past protobuf's limit
+            return JobFailed("INVALID_RESULT", f"the result cannot be encoded: {exc!r}", retryable=False)
+        if too_large := self._too_large(result):
+            return JobFailed("RESULT_TOO_LARGE", too_large, retryable=False)  # for good: no miner's would fit
+        return result
+
+    def _results_messages(
+        self, outbox: asyncio.Queue, results: list[miner_service_pb2.Result]
+    ) -> list[miner_service_pb2.ConnectRequest]:
+        limit = RESULTS_MESSAGE_BYTES
+        if self._coordinator_message_bytes:
+            limit = min(limit, self._coordinator_message_bytes)
+        try:
+            return results_messages(results, limit)
+        except Exception:  # one protobuf cannot copy into a message (nested too deep): it fails, not the rest
+            messages = []
+            for result in results:
+                try:
+                    messages += results_messages([result], limit)
+                except Exception as exc:
+                    why = f"the result cannot be encoded: {exc!r}"
+                    self._report_failure(
+                        outbox, result.job_id, result.attempt, JobFailed("INVALID_RESULT", why, False)
+                    )
+            return messages
+
+    def _too_large(self, result: miner_service_pb2.Result) -> str:
+        """Why no message could carry result ("": one can): over the channel's send limit, or over what the
+        coordinator said it takes."""
+        size = result.ByteSize()
+        if size > self.max_result_bytes:
+            return f"the result is {size} bytes"
+        output = len(result.result_bytes) if result.HasField("result_bytes") else result.result.ByteSize()
+        if self._coordinator_result_bytes and output > self._coordinator_result_bytes:
+            return f"the result is {output} bytes; the coordinator takes {self._coordinator_result_bytes} at most"
+        if self._coordinator_message_bytes and size + MESSAGE_FRAMING_BYTES > self._coordinator_message_bytes:
+            return (f"the result's message is {size + MESSAGE_FRAMING_BYTES} bytes; the coordinator takes "
+                    f"{self._coordinator_message_bytes} at most")  # fmt: skip
+        return ""
+
+    def _report_failure(self, outbox: asyncio.Queue, job_id: str, attempt: int, outcome: JobFailed) -> None:
+        failure = miner_service_pb2.Failure(  # cut to what the coordinator takes (else it ends the stream)
+            job_id=job_id,
+            attempt=attempt,
+            retryable=outcome.retryable,
+            code=_text(outcome.code, MAX_FAILURE_CODE),
+            message=_text(str(outcome), MAX_FAILURE_MESSAGE),
+        )
+        self.unacked[job_id] = (attempt, failure)
+        outbox.put_nowait(miner_service_pb2.ConnectRequest(failure=failure))
 
     def _result(self, job_id: str, attempt: int, outcome: Outcome) -> miner_service_pb2.Result:
         r = miner_service_pb2.Result(
@@ -534,6 +592,12 @@ class Miner:
 
 
 RESULTS_MESSAGE_BYTES = 1 << 20  # results sent together stay under this (the coordinator's limit is 8 MiB)
+# the most a ConnectRequest adds to the Result it carries (tags and lengths of results and of the result)
+MESSAGE_FRAMING_BYTES = 16
+# refusals of a result that leave the job this miner's, and whether the failure then reported is retryable: a
+# result the coordinator cannot take (too large, malformed) would be the same from any miner; a bad signature is
+# this miner's own key
+FAILED_BY_REFUSAL = {"INVALID_RESULT": False, "BAD_MINER_SIGNATURE": True}
 MAX_RESENDS = 3  # streams ended for a message the coordinator could not take, carrying one result: dropped
 RESULTS_PER_MESSAGE = 100
 MAX_FAILURE_CODE, MAX_FAILURE_MESSAGE, MAX_UNIT_FIELD = 64, 4096, 64  # characters the coordinator takes
@@ -591,20 +655,21 @@ def refused_by_coordinator(exc: grpc.aio.AioRpcError) -> bool:
     return code == grpc.StatusCode.INTERNAL and coordinator_reason(exc) == "INTERNAL"
 
 
-def results_messages(results: list[miner_service_pb2.Result]) -> list[miner_service_pb2.ConnectRequest]:
-    """Results messages carrying `results`, each under RESULTS_MESSAGE_BYTES and RESULTS_PER_MESSAGE (a
-    larger result goes alone): results finished together never add up to a message the coordinator refuses
-    (with its default limit)."""
+def results_messages(
+    results: list[miner_service_pb2.Result], limit: int = RESULTS_MESSAGE_BYTES
+) -> list[miner_service_pb2.ConnectRequest]:
+    """Results messages carrying `results`, each under `limit` bytes and RESULTS_PER_MESSAGE results (a
+    larger result goes alone): results finished together never add up to a message the coordinator refuses."""
     messages: list[miner_service_pb2.ConnectRequest] = []
     batch: list[miner_service_pb2.Result] = []
-    size = 0
+    size = MESSAGE_FRAMING_BYTES
     for result in results:
-        n = result.ByteSize()
-        if batch and (size + n > RESULTS_MESSAGE_BYTES or len(batch) == RESULTS_PER_MESSAGE):
+        n = result.ByteSize() + 6  # its tag and length in the list
+        if batch and (size + n > limit or len(batch) == RESULTS_PER_MESSAGE):
             messages.append(
                 miner_service_pb2.ConnectRequest(results=miner_service_pb2.Results(results=batch))
             )
-            batch, size = [], 0
+            batch, size = [], MESSAGE_FRAMING_BYTES
         batch.append(result)
         size += n
     if batch:

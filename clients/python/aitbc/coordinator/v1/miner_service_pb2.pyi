@@ -72,18 +72,22 @@ class Hello(_message.Message):
     def __init__(self, capabilities: _Optional[_Union[MinerCapabilities, _Mapping]] = ..., receipt_public_key: _Optional[bytes] = ..., running_jobs: _Optional[_Iterable[_Union[RunningJob, _Mapping]]] = ..., agent_version: _Optional[str] = ..., batched_acks: _Optional[bool] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("session_id", "miner_id", "heartbeat_interval", "lease_duration", "resumed_jobs")
+    __slots__ = ("session_id", "miner_id", "heartbeat_interval", "lease_duration", "resumed_jobs", "max_result_bytes", "max_message_bytes")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     MINER_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     LEASE_DURATION_FIELD_NUMBER: _ClassVar[int]
     RESUMED_JOBS_FIELD_NUMBER: _ClassVar[int]
+    MAX_RESULT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     miner_id: str
     heartbeat_interval: _duration_pb2.Duration
     lease_duration: _duration_pb2.Duration
     resumed_jobs: _containers.RepeatedCompositeFieldContainer[RunningJob]
-    def __init__(self, session_id: _Optional[str] = ..., miner_id: _Optional[str] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., resumed_jobs: _Optional[_Iterable[_Union[RunningJob, _Mapping]]] = ...) -> None: ...
+    max_result_bytes: int
+    max_message_bytes: int
+    def __init__(self, session_id: _Optional[str] = ..., miner_id: _Optional[str] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., resumed_jobs: _Optional[_Iterable[_Union[RunningJob, _Mapping]]] = ..., max_result_bytes: _Optional[int] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
 
 class Assignment(_message.Message):
     __slots__ = ("job", "attempt", "lease_deadline", "execution_deadline")
