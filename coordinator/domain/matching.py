@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from decimal import Decimal, InvalidOperation
 
 from .model import Capabilities, Constraints
@@ -47,3 +49,13 @@ def eligible(c: Constraints, caps: Capabilities) -> bool:
         if any(miner_labels.get(k) != v for k, v in c.labels):
             return False
     return True
+
+
+@functools.lru_cache(maxsize=4096)
+def split_price(c: Constraints) -> tuple[Constraints, Decimal | None]:
+    """c without its price limit, and that limit (None: any price). A miner meets c when it meets the first
+    (cached per constraint set) and its unit price is at most the limit: jobs that each carry their own price
+    limit, otherwise alike, then share one queue and one cache entry."""
+    if not c.max_price:
+        return c, None
+    return dataclasses.replace(c, max_price=""), decimal(c.max_price)

@@ -20,8 +20,8 @@ from ..domain import states
 from ..domain.clock import MICROS, now_us
 from ..domain.errors import CoordinatorError, Kind, job_not_found
 from ..domain.ids import uuid7
-from ..domain.matching import eligible
-from ..domain.model import Capabilities, Event, Job, JobResult, JobState, PayloadKind
+from ..domain.matching import eligible, split_price
+from ..domain.model import Capabilities, Constraints, Event, Job, JobResult, JobState, PayloadKind
 from ..logs import info_later
 from ..store.base import JobFilter, Store, UnitOfWork
 from .pending import Pending as _Pending
@@ -86,6 +86,7 @@ class FailureIn:
 
 ACTIVE = (JobState.QUEUED, JobState.ASSIGNED, JobState.RUNNING)
 LEASE_RECHECK_US = 1_000_000
+ELIGIBILITY_CACHE = 4096  # constraint sets whose eligibility a session remembers
 _HELD = (JobState.ASSIGNED, JobState.RUNNING)  # states in which a job takes a slot of its miner
 
 
@@ -991,10 +992,22 @@ class Scheduler(UndoFailedCommits):
         return cancels
 
     # ------------------------------------------------------------------ matching and dispatch
-    def _eligible(self, session: Session, shape_constraints) -> bool:  # type: ignore[no-untyped-def]
-        cached = session.eligibility.get(shape_constraints)
+    def _eligible(self, session: Session, constraints: Constraints) -> bool:
+        base, limit = split_price(constraints)
+        if limit is not None and session.price > limit:
+            return False
+        return self._eligible_base(session, base)
+
+    @staticmethod
+    def _eligible_base(session: Session, base: Constraints) -> bool:
+        """Whether session meets constraints without a price limit: cached per session, up to
+        ELIGIBILITY_CACHE entries (the oldest goes first), since clients choose the constraint sets."""
+        cache = session.eligibility
+        cached = cache.get(base)
         if cached is None:
-            cached = session.eligibility[shape_constraints] = eligible(shape_constraints, session.caps)
+            if len(cache) >= ELIGIBILITY_CACHE:
+                del cache[next(iter(cache))]
+            cached = cache[base] = eligible(base, session.caps)
         return cached
 
     def _pick_session(self, job: Job, exclude: Session | None = None) -> Session | None:
@@ -1054,10 +1067,10 @@ class Scheduler(UndoFailedCommits):
         batch: list[AssignmentOut] = []
 
         def fits(shape: Shape) -> bool:
-            return self._eligible(session, shape.constraints)
+            return self._eligible_base(session, shape.constraints)
 
         while len(batch) < want:
-            job = self.queues.pop_for(fits)
+            job = self.queues.pop_for(fits, session.price)
             if job is None:
                 break
             if job.job_id == exclude_job:

@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 from ..domain.clock import now_us
+from ..domain.matching import decimal
 from ..domain.model import Capabilities, Constraints, Job
 
 
@@ -88,13 +90,18 @@ class Session:
     assigning: dict[int, object] = field(default_factory=dict)
     completed: int = 0
     failed: int = 0
+    # constraint set (without price limit) -> whether the miner meets it; bounded (Scheduler._eligible_base)
     eligibility: dict[Constraints, bool] = field(default_factory=dict)
+    price: Decimal = field(init=False)  # caps.price as a number, for jobs' price limits
     outbox: asyncio.Queue = field(default_factory=asyncio.Queue)
     # unary path: what the next poll or heartbeat returns
     pending_assignments: list[AssignmentOut] = field(default_factory=list)
     pending_cancels: list[CancelOut] = field(default_factory=list)
     poll_waiting: int = 0
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.price = decimal(self.caps.price)
 
     @contextlib.contextmanager
     def handling_one(self) -> Iterator[None]:
