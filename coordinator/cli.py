@@ -56,13 +56,16 @@ def main(argv: list[str] | None = None) -> int:
     }
     settings = settings.replace(**overrides)
     from .server import serve as run_server
-    from .store.base import StoreInUse
+    from .store.base import StoreFenced, StoreInUse
 
     try:
         asyncio.run(run_server(settings, env_file=getattr(args, "env_file", ".env")))
     except SettingsError as exc:  # found wrong only against the store (a configured key retired since)
         print(f"aitbc-coordinator: bad setting: {exc}", file=sys.stderr)
         return 2
+    except StoreFenced as exc:  # another process held the store while serving: restart, reload from the store
+        print(f"aitbc-coordinator: {exc}", file=sys.stderr)
+        return 3
     except StoreInUse as exc:  # another coordinator serves from this store
         print(f"aitbc-coordinator: {exc}", file=sys.stderr)
         return 2

@@ -38,6 +38,7 @@ from .services.jobs import JobServicer
 from .services.miners import MinerServicer
 from .services.receipts import ReceiptServicer
 from .store import Store, open_store
+from .store.base import StoreFenced
 
 log = logging.getLogger("coordinator")
 
@@ -110,6 +111,9 @@ class Coordinator:
         return len(self.keyring)
 
     observability: Observability | None = None  # metrics, tracing, job log lines
+    # set when the store refuses every write for good (another process held it while this one's connection to
+    # it was lost): health is NOT_SERVING from then on, and serve() stops and raises it (exit 3)
+    store_lost: asyncio.Future[StoreFenced] | None = None
 
     async def stop(self, grace: float | None = None) -> None:
         """Health NOT_SERVING, go-away to every miner, then stop; jobs stay safe in the store."""
@@ -168,6 +172,7 @@ async def _start_on(settings: Settings, store: Store) -> Coordinator:
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    store_lost = _watch_store(store, health_servicer)
     job_service_pb2_grpc.add_JobServiceServicer_to_server(
         JobServicer(scheduler, limits, issuer.accounts), server
     )
@@ -209,7 +214,30 @@ async def _start_on(settings: Settings, store: Store) -> Coordinator:
     log.info("coordinator %s serving on %s:%d (store %s)", settings.coordinator_id, settings.app_host, port,
              redact_url(settings.database_url))  # fmt: skip
     return Coordinator(settings, server, scheduler, issuer, health_servicer, port, keyring, miner_port,
-                       observability=observability)  # fmt: skip
+                       observability=observability, store_lost=store_lost)  # fmt: skip
+
+
+def _watch_store(store: Store, health_servicer: health.aio.HealthServicer) -> asyncio.Future[StoreFenced]:
+    """The store refusing every write for good (StoreFenced): what this coordinator holds in memory may no
+    longer match the store, so it must not serve on. Health turns NOT_SERVING at once (for good: a later
+    set(SERVING) is ignored); the returned future, set, makes serve() stop and exit 3, so that a supervisor
+    starts it again and it reloads its state from the store."""
+    lost: asyncio.Future[StoreFenced] = asyncio.get_running_loop().create_future()
+
+    def on_lost(exc: StoreFenced) -> None:
+        if lost.done():
+            return
+        log.error("store lost: health NOT_SERVING; this coordinator must be restarted: %s", exc)
+        lost.set_result(exc)
+        not_serving = asyncio.ensure_future(health_servicer.enter_graceful_shutdown())
+        _background.add(not_serving)
+        not_serving.add_done_callback(_background.discard)
+
+    store.on_lost = on_lost
+    return lost
+
+
+_background: set[asyncio.Future] = set()  # tasks nobody awaits, kept from the garbage collector until done
 
 
 # The cyclic garbage collector's default thresholds (700, 10, 10) scan the young objects every 700
@@ -230,7 +258,15 @@ async def serve(settings: Settings, env_file: str | None = ".env") -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload_keys, coordinator, env_file)
-    await stop.wait()
+    stopping = asyncio.ensure_future(stop.wait())
+    lost = coordinator.store_lost
+    assert lost is not None
+    await asyncio.wait({stopping, lost}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if lost.done():
+        log.error("shutting down: the store was lost (see above); go-away to miners; exiting to be restarted")
+        await coordinator.stop()
+        raise lost.result()
     log.info("shutting down: health NOT_SERVING, go-away to miners")
     await coordinator.stop()
 

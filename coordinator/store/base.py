@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -170,6 +170,13 @@ class StoreInUse(RuntimeError):
     """Another process (a coordinator, a key rotation) has this store open: one at a time may write it."""
 
 
+class StoreFenced(StoreInUse):
+    """Another process held this store, and may have written it, while this one's writer was disconnected
+    (found when the writer took the store back: the holder epoch was no longer its own). This process' state in
+    memory (jobs, keys, the receipt log, balances) may no longer match the store: it writes no more, for good;
+    restarted, it reloads from the store."""
+
+
 class DependencyFailed(Exception):
     """A unit was refused because an earlier unit it builds on failed to commit."""
 
@@ -291,6 +298,10 @@ class JobFilter:
 
 class Store(ABC):
     """Durable state of the coordinator. Implementations: `SqliteStore`, `PostgresStore`."""
+
+    # Called (on the event loop, once) when the store refuses every write from now on because another process
+    # took it meanwhile (StoreFenced): the coordinator stops serving. None: nobody is told but the writers.
+    on_lost: Callable[[StoreFenced], None] | None = None
 
     @abstractmethod
     async def open(self) -> None: ...

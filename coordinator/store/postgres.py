@@ -14,6 +14,12 @@ parameters (sslmode, ...) go to asyncpg as they are.
 
 Durability: `commit` returns after PostgreSQL acknowledged the COMMIT; with the server's default
 `synchronous_commit = on` that means the WAL is flushed (SQLITE_SYNCHRONOUS does not apply here).
+
+One writer per schema: the writer's connection holds a session advisory lock on it (_hold_lock), and the
+process bumps the holder epoch (table store_holder) right after taking it. The lock goes with a lost connection:
+when the writer takes it back, it reads the epoch; another one than its own means another process held (and
+may have written) the store meanwhile, and this one's state in memory may be stale: the writer then refuses
+every unit, for good (StoreFenced), frees the lock, and tells on_lost (the coordinator stops serving).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -32,12 +39,13 @@ import asyncpg
 from .base import (
     JOB_COLUMNS,
     FailedUnits,
+    StoreFenced,
     StoreInUse,
     UnitOfWork,
     assign_leaves,
     unplace,
 )
-from .schema import POSTGRES_MIGRATIONS
+from .schema import BUMP_EPOCH, POSTGRES_MIGRATIONS, holder_name
 from .sql_reads import SqlReads, numbered
 
 log = logging.getLogger(__name__)
@@ -79,6 +87,8 @@ class PostgresStore(SqlReads):
         self._pool: asyncpg.Pool | None = None
         self._closing = False
         self._writer_pid: int | None = None  # the backend of the writer's connection holding the store's lock
+        self._epoch: int | None = None  # the holder epoch this process wrote as it took the store
+        self._fenced: StoreFenced | None = None  # another process held the store meanwhile: no more writes
         self.commit_observer: Callable[[int, float], None] | None = None  # (group size, seconds)
         self._next_leaf: int | None = None  # the receipt log's next free place; None: read it from the log
         self._failed = FailedUnits()  # the writer's own
@@ -100,10 +110,15 @@ class PostgresStore(SqlReads):
 
     async def open(self) -> None:
         self._closing = False
+        self._epoch = self._fenced = None  # (taken anew: the caller loads its state from the store again)
         self._conn = await self._connect()
         try:
             await self._hold_lock(self._conn)  # before migrating: a second coordinator changes nothing
             await self._migrate(self._conn)
+            async with self._conn.transaction():  # (committed before any unit is written)
+                self._epoch = await self._conn.fetchval(
+                    numbered(BUMP_EPOCH), holder_name(), time.time_ns() // 1000
+                )
             self._pool = await asyncpg.create_pool(
                 self.dsn, min_size=1, max_size=self.pool_size, server_settings=self._settings(read_only=True)
             )
@@ -212,16 +227,50 @@ class PostgresStore(SqlReads):
                 item[1].set_exception(RuntimeError("store closed"))
 
     async def _writer_connection(self) -> asyncpg.Connection:
+        if self._fenced is not None:
+            raise self._fenced
         if self._conn is None or self._conn.is_closed():
             log.warning("store writer: reconnecting to PostgreSQL")
             conn = await self._connect()
             try:
-                await self._hold_lock(conn)  # (if another took the store meanwhile, this one writes no more)
+                await self._hold_lock(conn)  # (if another holds the store now, StoreInUse after lock_wait_s)
+                await self._check_epoch(conn)  # (if another held it meanwhile, this one writes no more)
             except BaseException:
-                await conn.close()
+                await conn.close()  # (and with it the lock: a fenced writer keeps no hold of the store)
                 raise
             self._conn = conn
         return self._conn
+
+    async def _check_epoch(self, conn: asyncpg.Connection) -> None:
+        """The store taken back after a lost connection (or held by another process as the writer reconnects):
+        is the holder epoch still the one this process wrote? If not, another process (a coordinator, `keys
+        rotate`) took the store while this one's lock was gone, and may have written it: this process' jobs,
+        keys, receipt log and balances in memory may no longer match it. Fenced: every unit, queued or later,
+        is refused; on_lost is told once."""
+        row = await conn.fetchrow(
+            "SELECT epoch, holder, taken_us, (SELECT max(version) FROM schema_version) AS version "
+            "FROM store_holder WHERE id = 1"
+        )
+        if row is not None and row["epoch"] == self._epoch and row["version"] == len(POSTGRES_MIGRATIONS):
+            return
+        if row is None:
+            since = "its holder record is gone"
+        else:
+            at = datetime.fromtimestamp(row["taken_us"] / 1e6, tz=UTC).isoformat(timespec="seconds")
+            since = (f"last taken by {row['holder'] or 'an unknown process'} at {at}: epoch {row['epoch']}, "
+                     f"this process' {self._epoch}")  # fmt: skip
+            if row["version"] != len(POSTGRES_MIGRATIONS):
+                since += f"; schema version now {row['version']}"
+        schema = self.schema or await conn.fetchval("SELECT current_schema()")
+        self._fenced = StoreFenced(
+            f"schema {schema} was taken by another process while this one's connection to it was lost ({since}): "
+            "what this process holds in memory may no longer match the store, so it writes no more; restart it "
+            "to reload from the store"
+        )
+        log.error("store writer: %s", self._fenced)
+        if self.on_lost is not None:
+            asyncio.get_running_loop().call_soon(self.on_lost, self._fenced)
+        raise self._fenced
 
     async def _probe(self, probe: tuple[str, tuple], stale: int | None) -> bool:
         assert self._pool is not None
@@ -259,6 +308,9 @@ class PostgresStore(SqlReads):
                 "AND classid::bigint = $1 AND objid::bigint = $2",
                 (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF,
             )  # fmt: skip
+            if self._epoch is not None and holder != self._writer_pid:
+                # taking the store back, and another process has it now: fenced as soon as it bumped the epoch
+                await self._check_epoch(conn)
             if self._closing or time.monotonic() >= deadline:
                 raise StoreInUse(f"schema {schema} is open in another process (a running coordinator? "
                                  f"PostgreSQL pid {holder}): stop it first")  # fmt: skip
@@ -274,6 +326,9 @@ class PostgresStore(SqlReads):
         self._writer_pid = conn.get_server_pid()
 
     async def _commit_group(self, group: list[tuple[UnitOfWork, asyncio.Future[None]]]) -> None:
+        if self._fenced is not None:  # another process held the store meanwhile: nothing more is written
+            _resolve(group, [self._fenced] * len(group))
+            return
         started = time.perf_counter()
         # units built on a unit that failed are refused; the others (live) are written
         outcomes, live = self._failed.partition([unit for unit, _ in group])

@@ -3,6 +3,9 @@ and PostgreSQL (the table schema_version does)."""
 
 from __future__ import annotations
 
+import os
+import socket
+
 APPEND_ONLY = ("job_events", "receipts", "log_leaves", "checkpoints", "ledger_entries")
 
 
@@ -122,6 +125,16 @@ CREATE TABLE ledger_entries (
 CREATE INDEX ledger_account ON ledger_entries(account_id, kind);
 """
     + "".join(_append_only(t) for t in APPEND_ONLY[1:]),
+    # 3: the store's holder epoch (fencing): every process that takes the store bumps it before writing
+    """
+CREATE TABLE store_holder (
+  id INTEGER PRIMARY KEY CHECK (id = 1),
+  epoch INTEGER NOT NULL,
+  holder TEXT NOT NULL,
+  taken_us INTEGER NOT NULL
+);
+INSERT INTO store_holder VALUES (1, 0, '', 0);
+""",
 ]
 
 
@@ -254,6 +267,28 @@ CREATE TABLE ledger_entries (
 CREATE INDEX ledger_account ON ledger_entries(account_id, kind);
 """
     + "".join(_pg_append_only(t) for t in APPEND_ONLY[1:]),
+    # 3: the store's holder epoch (fencing): every process that takes the store bumps it before writing
+    """
+CREATE TABLE store_holder (
+  id BIGINT PRIMARY KEY CHECK (id = 1),
+  epoch BIGINT NOT NULL,
+  holder TEXT NOT NULL,
+  taken_us BIGINT NOT NULL
+);
+INSERT INTO store_holder VALUES (1, 0, '', 0);
+""",
 ]
 
 assert len(POSTGRES_MIGRATIONS) == len(MIGRATIONS), "every migration needs its PostgreSQL twin"
+
+# The holder epoch, bumped by each process that takes the store, in a transaction of its own right after taking
+# it (and migrating): a PostgreSQL writer that takes the store back after losing its connection finds another
+# epoch than its own if another process held the store meanwhile (postgres.py, _writer_connection).
+BUMP_EPOCH = (
+    "UPDATE store_holder SET epoch = epoch + 1, holder = ?, taken_us = ? WHERE id = 1 RETURNING epoch"
+)
+
+
+def holder_name() -> str:
+    """Who bumped the epoch, for the operator who reads store_holder (or the error of a fenced writer)."""
+    return f"{socket.gethostname()} pid {os.getpid()}"

@@ -17,6 +17,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from typing import IO, Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -31,7 +32,7 @@ from .base import (
     assign_leaves,
     unplace,
 )
-from .schema import MIGRATIONS
+from .schema import BUMP_EPOCH, MIGRATIONS, holder_name
 from .sql_reads import SqlReads
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class SqliteStore(SqlReads):
         self._next_leaf = 0  # the receipt log's next free place (the writer thread's own)
         self._failed = FailedUnits()  # the writer thread's own
         self._lock: IO[str] | None = None
+        self._epoch: int | None = None  # the holder epoch this store wrote as it opened
 
     # --- life cycle -------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -99,6 +101,11 @@ class SqliteStore(SqlReads):
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
             log.info("store migrated to schema version %d", number)
+        # the holder epoch: bumped like every process that takes a store (the flock is held while this process
+        # lives, so there is nothing to check it against later; a PostgreSQL writer's lock can be lost)
+        conn.execute("BEGIN IMMEDIATE")
+        self._epoch = conn.execute(BUMP_EPOCH, (holder_name(), time.time_ns() // 1000)).fetchall()[0][0]
+        conn.execute("COMMIT")
         self._next_leaf = _stored_log_size(conn)
         return conn
 
