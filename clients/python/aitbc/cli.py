@@ -224,8 +224,15 @@ def _runner(spec: str, timeout: float):  # type: ignore[no-untyped-def]
     if spec.startswith("cmd:"):
         import shlex
 
-        return miner.subprocess_runner(shlex.split(spec[len("cmd:") :]), timeout)
+        return miner.subprocess_runner(_paths_made_absolute(shlex.split(spec[len("cmd:") :])), timeout)
     raise SystemExit(f"aitbc: unknown runner {spec!r}")
+
+
+def _paths_made_absolute(words: list[str]) -> list[str]:
+    """The command's words naming files or directories relative to where the miner starts, made absolute: the
+    command runs in each job's workspace ('cmd:python3 my_worker.py', 'cmd:./worker.sh' would find nothing)."""
+    relative = [w and not w.startswith("-") and not os.path.isabs(w) and os.path.exists(w) for w in words]
+    return [os.path.abspath(w) if r else w for w, r in zip(words, relative, strict=True)]
 
 
 async def _miner(args: argparse.Namespace) -> int:

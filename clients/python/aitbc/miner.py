@@ -9,7 +9,9 @@ jittered exponential backoff so a fleet does not stampede a restarted coordinato
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
+import inspect
 import logging
 import os
 import random
@@ -17,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -69,12 +72,21 @@ async def echo_runner(job: job_pb2.Job) -> Outcome:
 
 
 def python_runner(fn: Callable[[Output], Any]) -> Runner:
-    """A runner calling fn(input) in a thread; fn returns a dict, bytes or an Outcome."""
+    """A runner calling fn(input) in a thread of its own; fn returns a dict, bytes or an Outcome (or an
+    awaitable of one: an async fn is awaited on the miner's loop).
+
+    The thread is a daemon, not one of the loop's default pool: a call that never returns (its job canceled
+    by the coordinator on its execution timeout) holds its thread, not one of a handful the next jobs queue
+    for, nor the process's exit. A BaseException out of fn (sys.exit(), KeyboardInterrupt: never a real signal
+    in a thread) fails its job; let out of the thread, asyncio would re-raise it from the loop, ending the
+    miner."""
 
     async def run(job: job_pb2.Job) -> Outcome:
         loop = asyncio.get_running_loop()
         started = loop.time()
-        out = await asyncio.to_thread(fn, job_input(job))
+        out = await _in_daemon_thread(fn, job_input(job), f"aitbc-job-{job.job_id[:8]}")
+        if inspect.isawaitable(out):
+            out = await out
         if isinstance(out, Outcome):
             return out
         return Outcome(out, units=f"{loop.time() - started:.6f}", unit_type="cpu_seconds")
@@ -82,11 +94,97 @@ def python_runner(fn: Callable[[Output], Any]) -> Runner:
     return run
 
 
-def subprocess_runner(command: list[str], timeout_s: float = 3600.0) -> Runner:
-    """Runs command in a fresh workspace per job: the input on stdin (JSON or bytes), the result from stdout."""
+async def _in_daemon_thread(fn: Callable[[Output], Any], arg: Output, name: str) -> Any:
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+    context = contextvars.copy_context()  # (as asyncio.to_thread: the job's trace span)
+
+    def settle(value: Any, exc: BaseException | None) -> None:
+        if future.done():  # the job was canceled meanwhile
+            return
+        if exc is None:
+            future.set_result(value)
+        elif isinstance(exc, Exception):
+            future.set_exception(exc)
+        else:
+            future.set_exception(JobFailed("RUNNER_ERROR", f"the callable raised {exc!r}"))
+
+    def work() -> None:
+        value, exc = None, None
+        try:
+            value = context.run(fn, arg)
+        except BaseException as e:  # handed to the loop, which decides
+            exc = e
+        try:
+            loop.call_soon_threadsafe(settle, value, exc)
+        except RuntimeError:  # the loop is closed: the miner has ended
+            pass
+
+    threading.Thread(target=work, name=name, daemon=True).start()
+    return await future
+
+
+STDERR_TAIL_BYTES = 64 << 10  # the end of a command's stderr kept for its failure message
+PIPES_GRACE_S = 5.0  # the command and its process group gone: how long its pipes may take to close
+
+
+class _Collect(asyncio.SubprocessProtocol):
+    """A command's stdout up to max_stdout bytes (past that: its process group killed, and nothing more kept)
+    and the tail of its stderr: what it prints costs the miner no more, however much that is."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_stdout: int) -> None:
+        self.stdout, self.stderr = bytearray(), bytearray()
+        self.max_stdout, self.too_much, self.pid = max_stdout, False, 0
+        self.exited: asyncio.Future[None] = loop.create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()  # stdout and stderr both
+        self._open = {1, 2}
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # (before any data)
+        assert isinstance(transport, asyncio.SubprocessTransport)
+        self.pid = transport.get_pid()
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        if fd == 2:
+            self.stderr += data
+            if len(self.stderr) > 2 * STDERR_TAIL_BYTES:
+                del self.stderr[:-STDERR_TAIL_BYTES]
+        elif not self.too_much:
+            self.stdout += data
+            if len(self.stdout) > self.max_stdout:
+                self.too_much = True
+                self.stdout = bytearray()
+                _kill_group(self.pid)
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        self._open.discard(fd)
+        if not self._open and not self.closed.done():
+            self.closed.set_result(None)
+
+    def process_exited(self) -> None:
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+
+def _kill_group(pgid: int) -> None:
+    if pgid <= 0:  # (0 or -1 would be this process's own group, or every process)
+        return
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def subprocess_runner(
+    command: list[str], timeout_s: float = 3600.0, max_output_bytes: int = (8 << 20) - (64 << 10)
+) -> Runner:
+    """Runs command in a fresh workspace per job: the input on stdin (JSON or bytes), the result from stdout.
+
+    The command runs in a process group of its own (a new session), SIGKILLed as a whole when the job ends:
+    on its timeout, its cancellation, stdout past max_output_bytes (a RESULT_TOO_LARGE failure), and once the
+    command has exited (what it left running in the background goes with it, and holds no pipe open). Only
+    the last STDERR_TAIL_BYTES of stderr are kept (the end of them in a failure's message)."""
 
     async def run(job: job_pb2.Job) -> Outcome:
-        workspace = tempfile.mkdtemp(prefix=f"aitbc-job-{job.job_id[:8]}-")
         data = (
             job.payload_bytes
             if job.WhichOneof("input") == "payload_bytes"
@@ -94,23 +192,44 @@ def subprocess_runner(command: list[str], timeout_s: float = 3600.0) -> Runner:
         )
         loop = asyncio.get_running_loop()
         started = loop.time()
-        proc = await asyncio.create_subprocess_exec(
-            *command, cwd=workspace, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env={**os.environ, "AITBC_JOB_ID": job.job_id, "AITBC_WORKSPACE": workspace},
-        )  # fmt: skip
+        workspace = tempfile.mkdtemp(prefix=f"aitbc-job-{job.job_id[:8]}-")
+        pgid = 0
+        transport: asyncio.SubprocessTransport | None = None
         try:
-            stdout, stderr = await asyncio.wait_for(proc.communicate(data), timeout_s)
-        except (TimeoutError, asyncio.CancelledError):
-            proc.kill()
-            await proc.wait()
-            raise
-        finally:
+            try:
+                transport, out = await loop.subprocess_exec(
+                    lambda: _Collect(loop, max_output_bytes), *command,
+                    cwd=workspace, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                    env={**os.environ, "AITBC_JOB_ID": job.job_id, "AITBC_WORKSPACE": workspace},
+                    start_new_session=True,
+                )  # fmt: skip
+            except OSError as exc:  # not found, not executable: this miner's setup (another may have it)
+                raise JobFailed("COMMAND_NOT_STARTED", f"{command[0]}: {exc.strerror or repr(exc)}") from None
+            pgid = transport.get_pid()
+            stdin = transport.get_pipe_transport(0)
+            if stdin is not None:
+                stdin.write(data)  # (a command not reading its input: the pipe closes, nothing waits on it)
+                stdin.write_eof()
+            try:
+                await asyncio.wait_for(asyncio.shield(out.exited), timeout_s)
+            except TimeoutError:
+                raise JobFailed("TIMEOUT", f"the command ran longer than {timeout_s:g} s") from None
+            _kill_group(pgid)  # what it left running: the pipes it holds close, and it ends with the job
+            await asyncio.wait({out.closed}, timeout=PIPES_GRACE_S)  # (one may have left the group: setsid)
+            returncode = transport.get_returncode()
+            if out.too_much:
+                too_large = f"the command printed more than {max_output_bytes} bytes"
+                raise JobFailed("RESULT_TOO_LARGE", too_large, retryable=False)
+            if returncode != 0:
+                tail = bytes(out.stderr[-2000:]).decode(errors="replace")[-500:]
+                raise JobFailed("EXIT_STATUS", f"exit {returncode}: {tail}")
+            return Outcome(bytes(out.stdout), units=f"{loop.time() - started:.6f}", unit_type="cpu_seconds")
+        finally:  # done, failed, timed out or canceled: the group goes, and the workspace
+            if pgid:
+                _kill_group(pgid)
+            if transport is not None:
+                transport.close()
             shutil.rmtree(workspace, ignore_errors=True)
-        if proc.returncode != 0:
-            raise JobFailed(
-                "EXIT_STATUS", f"exit {proc.returncode}: {stderr.decode(errors='replace')[-500:]}"
-            )
-        return Outcome(stdout, units=f"{loop.time() - started:.6f}", unit_type="cpu_seconds")
 
     return run
 
