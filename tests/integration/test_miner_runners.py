@@ -287,3 +287,21 @@ async def test_the_cli_miner_stops_on_sigint_with_a_callable_stuck(coord: Harnes
         proc.kill()
         proc.wait()
         proc.stderr.close()
+
+
+async def test_a_command_may_run_for_its_jobs_execution_timeout_unless_the_miner_allows_less() -> None:
+    """The runner's own limit is the job's execution timeout, or the miner's (`--timeout`) if that is shorter.
+    The miner's limit used to apply alone (3600 s by default): a job given 2 hours was killed at 1 on every
+    attempt."""
+    from aitbc.coordinator.v1 import job_pb2
+    from aitbc.miner import JobFailed
+
+    job = job_pb2.Job(job_id="01a21df9-0000-7000-8000-000000000000", payload_bytes=b"")
+    job.execution_timeout.FromMilliseconds(500)
+    with pytest.raises(JobFailed, match=r"longer than 0\.5 s"):
+        await asyncio.wait_for(subprocess_runner(["sleep", "30"])(job), 20)
+    with pytest.raises(JobFailed, match=r"longer than 0\.5 s"):  # the job's, shorter than the miner's
+        await asyncio.wait_for(subprocess_runner(["sleep", "30"], timeout_s=600)(job), 20)
+    job.execution_timeout.FromSeconds(7200)
+    with pytest.raises(JobFailed, match=r"longer than 0\.5 s"):  # the miner's, shorter than the job's
+        await asyncio.wait_for(subprocess_runner(["sleep", "30"], timeout_s=0.5)(job), 20)

@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--cuda", default="")
     run.add_argument("--label", action="append", default=[], help="KEY=VALUE; repeatable")
-    run.add_argument("--timeout", type=float, default=3600.0, help="subprocess runner timeout, seconds")
+    run.add_argument("--timeout", type=float, default=None,
+                     help="cmd runner: at most this many seconds per job (default: the job's execution timeout)")  # fmt: skip
     run.add_argument("--give-up-after", type=_positive_seconds, default=None, metavar="SECONDS",
                      help="exit 1 when the coordinator stays unreachable this long (default: keep trying)")  # fmt: skip
     run.add_argument("--signing-key-hex", default=os.environ.get("AITBC_MINER_SIGNING_KEY_HEX", ""),
@@ -211,7 +212,7 @@ def _write(data: bytes, path: str | None) -> None:
         sys.stdout.write(data.decode() + "\n")
 
 
-def _runner(spec: str, timeout: float):  # type: ignore[no-untyped-def]
+def _runner(spec: str, timeout: float | None):  # type: ignore[no-untyped-def]
     from . import miner
 
     if spec == "echo":

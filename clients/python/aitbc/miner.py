@@ -174,11 +174,20 @@ def _kill_group(pgid: int) -> None:
         pass
 
 
+def _time_limit(job: job_pb2.Job, timeout_s: float | None) -> float | None:
+    """How long a command may run: the job's own execution timeout, or timeout_s if that is shorter (a
+    miner-wide limit must not cut short a job its client gave longer; the coordinator cancels it at its own)."""
+    own = job.execution_timeout.ToMilliseconds() / 1000 if job.HasField("execution_timeout") else 0.0
+    limits = [t for t in (own, timeout_s) if t]
+    return min(limits) if limits else None
+
+
 def subprocess_runner(
-    command: list[str], timeout_s: float = 3600.0, max_output_bytes: int = (8 << 20) - (64 << 10)
+    command: list[str], timeout_s: float | None = None, max_output_bytes: int = (8 << 20) - (64 << 10)
 ) -> Runner:
     """Runs command in a fresh workspace per job: the input on stdin (JSON or bytes), the result from stdout.
 
+    It may run for the job's execution timeout, or timeout_s if that is shorter (None: the job's alone).
     The command runs in a process group of its own (a new session), SIGKILLed as a whole when the job ends:
     on its timeout, its cancellation, stdout past max_output_bytes (a RESULT_TOO_LARGE failure), and once the
     command has exited (what it left running in the background goes with it, and holds no pipe open). Only
@@ -210,10 +219,11 @@ def subprocess_runner(
             if stdin is not None:
                 stdin.write(data)  # (a command not reading its input: the pipe closes, nothing waits on it)
                 stdin.write_eof()
+            limit = _time_limit(job, timeout_s)
             try:
-                await asyncio.wait_for(asyncio.shield(out.exited), timeout_s)
+                await asyncio.wait_for(asyncio.shield(out.exited), limit)
             except TimeoutError:
-                raise JobFailed("TIMEOUT", f"the command ran longer than {timeout_s:g} s") from None
+                raise JobFailed("TIMEOUT", f"the command ran longer than {limit:g} s") from None
             _kill_group(pgid)  # what it left running: the pipes it holds close, and it ends with the job
             await asyncio.wait({out.closed}, timeout=PIPES_GRACE_S)  # (one may have left the group: setsid)
             returncode = transport.get_returncode()
