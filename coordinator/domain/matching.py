@@ -21,10 +21,12 @@ def version_tuple(text: str) -> tuple[int, ...]:
 
 
 def decimal(text: str, default: str = "0") -> Decimal:
+    """text as a number; default if it is none (unparsable, or NaN: prices are compared, and a NaN raises)."""
     try:
-        return Decimal(text or default)
+        value = Decimal(text or default)
     except InvalidOperation:
         return Decimal(default)
+    return Decimal(default) if value.is_nan() else value
 
 
 def eligible(c: Constraints, caps: Capabilities) -> bool:

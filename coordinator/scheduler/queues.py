@@ -4,8 +4,10 @@ A shape holds the queued jobs whose constraints are alike but for their price li
 each carry their own limit share one shape, so finding work for a miner costs O(number of shapes), never
 O(queued jobs): neither queue depth nor the number of distinct price limits slows dispatch. Within a shape
 and priority each client has a lane, a FIFO indexed by price limit: the oldest job a miner at unit price p
-may take is found in O(1) when the lane's first job is within p, in O(log n) otherwise. Clients take
-turns, so one client's flood cannot starve another's jobs. Removal is lazy: a job that left QUEUED
+may take is found in O(1) when the lane's first job is within p, in O(log n) otherwise (a lane without
+limits keeps no index). Clients take turns, so one client's flood cannot starve another's jobs: a client
+joins a shape and priority's turn at its end, and goes to the end of every turn it is in (every shape and
+priority) when it is served, wherever that is. Removal is lazy: a job that left QUEUED
 (canceled, expired) is skipped when it is reached; a lane, a priority level or a shape is dropped the moment
 no queued job is left in it, stale entries with it. The counts (depth, depth by priority) are exact at all
 times, from each job's `in_queue` mark: reading them never scans the queues.
@@ -28,7 +30,8 @@ _ANY_PRICE = Decimal(-1)  # below every limit (limits are non-negative): a pop w
 
 class _Lane:
     """One client's queued jobs of one shape at one priority, in push order, indexed by their price limits:
-    a max-tree over the positions finds the first job within a miner's price in O(log n)."""
+    a max-tree over the positions finds the first job within a miner's price in O(log n). A lane none of
+    whose jobs has a limit (the usual case) keeps no tree: its first entry is within any price."""
 
     __slots__ = ("cap", "client", "end", "head", "jobs", "level", "live", "priority", "shape", "tree")
 
@@ -37,7 +40,7 @@ class _Lane:
         self.level = shape.levels[priority]
         self.cap = 8  # positions (a power of two); the tree's leaves are tree[cap:]
         self.jobs: list[Job | None] = [None] * self.cap
-        self.tree: list[Decimal] = [_GONE] * (2 * self.cap)
+        self.tree: list[Decimal] | None = None  # none while no entry has a limit
         self.end = 0  # next free position
         self.head = 0  # no entry before it
         self.live = 0  # its jobs in the queues (in_queue); entries of jobs counted out may remain
@@ -46,16 +49,21 @@ class _Lane:
         """Its entries' jobs, oldest first (some may have left the queues: they are skipped when reached)."""
         return (job for job in self.jobs[self.head : self.end] if job is not None)
 
-    def push(self, job: Job, limit: Decimal) -> None:
+    def push(self, job: Job, limit: Decimal | None) -> None:
         if self.end == self.cap:
             self._compact()
         self.jobs[self.end] = job
-        self._set(self.end, limit)
+        if limit is not None and self.tree is None:
+            self._build([_NO_LIMIT if j is not None else _GONE for j in self.jobs[: self.end]])
+        if self.tree is not None:
+            self._set(self.end, _NO_LIMIT if limit is None else limit)
         self.end += 1
 
     def first(self, price: Decimal) -> int:
         """The first position whose limit admits price, or -1."""
         tree, cap = self.tree, self.cap
+        if tree is None:
+            return self.head if self.head < self.end else -1
         if self.head < self.end and tree[cap + self.head] >= price:
             return self.head  # the usual case: the oldest entry is within price
         if not tree[1] >= price:
@@ -71,7 +79,8 @@ class _Lane:
         job = self.jobs[position]
         assert job is not None
         self.jobs[position] = None
-        self._set(position, _GONE)
+        if self.tree is not None:
+            self._set(position, _GONE)
         if position == self.head:
             jobs, end, head = self.jobs, self.end, position + 1
             while head < end and jobs[head] is None:
@@ -81,6 +90,7 @@ class _Lane:
 
     def _set(self, position: int, limit: Decimal) -> None:
         tree = self.tree
+        assert tree is not None
         node = position + self.cap
         tree[node] = limit
         node >>= 1
@@ -92,24 +102,29 @@ class _Lane:
             tree[node] = top
             node >>= 1
 
+    def _build(self, limits: list[Decimal]) -> None:
+        """The tree over positions 0.. with these limits (the rest empty)."""
+        size = self.cap
+        tree = self.tree = [_GONE] * (2 * size)
+        tree[size : size + len(limits)] = limits
+        for node in range(size - 1, 0, -1):
+            left, right = tree[2 * node], tree[2 * node + 1]
+            tree[node] = left if left >= right else right
+
     def _compact(self) -> None:
         """Full: keep the entries of jobs still in the queues, in order, in room for twice as many."""
-        cap = self.cap
-        kept = [
-            (job, self.tree[cap + i])
-            for i, job in enumerate(self.jobs[: self.end])
-            if job is not None and job.in_queue
-        ]
+        cap, tree, jobs = self.cap, self.tree, self.jobs
+        kept = [i for i in range(self.end) if (job := jobs[i]) is not None and job.in_queue]
         size = 8
         while size < 2 * len(kept):
             size *= 2
         self.cap, self.end, self.head = size, len(kept), 0
-        self.jobs = [job for job, _ in kept] + [None] * (size - len(kept))
-        tree = self.tree = [_GONE] * (2 * size)
-        tree[size : size + len(kept)] = [limit for _, limit in kept]
-        for node in range(size - 1, 0, -1):
-            left, right = tree[2 * node], tree[2 * node + 1]
-            tree[node] = left if left >= right else right
+        self.jobs = [jobs[i] for i in kept] + [None] * (size - len(kept))
+        self.tree = None
+        if tree is not None:
+            limits = [tree[cap + i] for i in kept]
+            if any(limit != _NO_LIMIT for limit in limits):
+                self._build(limits)
 
 
 class _Level:
@@ -140,6 +155,7 @@ class ReadyQueues:
     def __init__(self) -> None:
         self.shapes: dict[Constraints, Shape] = {}
         self.served: dict[str, int] = {}  # client -> dispatch counter at its last dispatch (fair share)
+        self.lanes: dict[str, list[_Lane]] = {}  # client -> its lanes (whose turns its dispatches end)
         self._dispatches = 0
         self.depth = 0  # jobs in the queues, QUEUED
         self.by_priority = [0] * 10  # the same by priority (0-9)
@@ -147,7 +163,7 @@ class ReadyQueues:
     def push(self, job: Job) -> None:
         if job.in_queue:  # already there (two timers made it ready): counted once, served once
             return
-        base, limit = split_price(job.constraints)
+        base, limit = split_price(job.constraints) if job.constraints.max_price else (job.constraints, None)
         shape = self.shapes.get(base)
         if shape is None:
             shape = self.shapes[base] = Shape(base)
@@ -157,7 +173,8 @@ class ReadyQueues:
         lane = level.clients.get(job.client_id)
         if lane is None:
             lane = level.clients[job.client_id] = _Lane(shape, job.priority, job.client_id)
-        lane.push(job, _NO_LIMIT if limit is None else limit)
+            self.lanes.setdefault(job.client_id, []).append(lane)
+        lane.push(job, limit)
         lane.live += 1
         shape.live += 1
         self._count(job, True)
@@ -168,24 +185,25 @@ class ReadyQueues:
         dropped with its lane once that holds no queued job)."""
         if job.in_queue:
             self._count(job, False)
-            shape = self.shapes.get(split_price(job.constraints)[0])
+            c = job.constraints
+            shape = self.shapes.get(split_price(c)[0] if c.max_price else c)
             level = None if shape is None else shape.levels.get(job.priority)
             lane = None if level is None else level.clients.get(job.client_id)
             if lane is not None:  # (always: a job in the queues has its lane)
                 self._left(lane)
 
-    def _left(self, lane: _Lane, served: bool = False) -> None:
-        """One of lane's jobs (counted out) left it: drop what that leaves empty; the lane's client waits
-        for its next turn if served."""
+    def _left(self, lane: _Lane) -> None:
+        """One of lane's jobs (counted out) left it: drop what that leaves empty."""
         lane.live -= 1
         shape, level = lane.shape, lane.level
-        if lane.live <= 0:
-            if level.clients.get(lane.client) is lane:
-                del level.clients[lane.client]
-                if not level.clients and shape.levels.get(lane.priority) is level:
-                    del shape.levels[lane.priority]
-        elif served:
-            level.clients.move_to_end(lane.client)  # next client's turn
+        if lane.live <= 0 and level.clients.get(lane.client) is lane:
+            del level.clients[lane.client]
+            if not level.clients and shape.levels.get(lane.priority) is level:
+                del shape.levels[lane.priority]
+            lanes = self.lanes[lane.client]
+            lanes.remove(lane)
+            if not lanes:
+                del self.lanes[lane.client]
         shape.live -= 1
         if shape.live <= 0 and self.shapes.get(shape.constraints) is shape:
             del self.shapes[shape.constraints]
@@ -200,7 +218,7 @@ class ReadyQueues:
         """Remove and return the best job for a miner at unit price `price` (None: any job, whatever its
         limit) among the shapes it is eligible for (`eligible` sees a shape's constraints without the price
         limit), or None. Best: highest priority, then the client served longest ago, then the oldest; within
-        a shape and priority, the first client in turn with a job within price."""
+        a shape and priority, the first client in turn with a job within price (its oldest such job)."""
         p = _ANY_PRICE if price is None else price
         best: tuple[_Lane, int] | None = None
         best_key: tuple[int, int, str] | None = None
@@ -219,9 +237,11 @@ class ReadyQueues:
         lane, position = best
         job = lane.take(position)
         self._count(job, False)
-        self._left(lane, served=True)
+        self._left(lane)
         self._dispatches += 1
         self.served[job.client_id] = self._dispatches
+        for other in self.lanes.get(job.client_id, ()):  # its turn ends in every shape and priority
+            other.level.clients.move_to_end(job.client_id)
         return job
 
     def _shape_head(self, shape: Shape, price: Decimal, floor: int | None) -> tuple[_Lane, int] | None:
