@@ -131,6 +131,9 @@ class Scheduler(UndoFailedCommits):
         # fleet of busy miners costs nothing per submit. Kept by _assign (full: out) and _fill (freed: in).
         self.available: dict[str, Session] = {}
         self.orphans: dict[str, dict[str, Held]] = {}  # miner -> jobs held before a restart or disconnect
+        # miner -> why it drains, for a draining miner whose stream dropped while it held jobs: back within the
+        # grace period, its new session drains too (a drain must not end at the first network blip)
+        self._drains: dict[str, str] = {}
         self.idempotency: dict[tuple[str, str], str] = {}
         self._inflight_keys: dict[tuple[str, str], asyncio.Future] = {}
         self.watchers: dict[str, set[asyncio.Queue]] = {}
@@ -599,8 +602,11 @@ class Scheduler(UndoFailedCommits):
         now = now_us()
         pending = _Pending()
         inherited: dict[str, Held] = dict(self.orphans.pop(miner_id, {}))
+        drain_reason = self._drains.pop(miner_id, "")
         previous = self.by_miner.get(miner_id)
         if previous is not None:
+            if previous.draining:
+                drain_reason = previous.drain_reason
             inherited.update(previous.held)
             previous.held.clear()
             self._close(previous, pending, "SESSION_REPLACED", requeue=False)
@@ -643,6 +649,9 @@ class Scheduler(UndoFailedCommits):
         self.timers.schedule(
             now + int(self.settings.heartbeat_timeout_s * MICROS), "liveness", session.session_id
         )
+        if drain_reason:  # it was draining, and still is: no new job; it ends once its jobs are done
+            session.draining, session.drain_reason = True, drain_reason
+            self._tell_drain_once_written(session)
         for observer in self.observers:
             observer("session_open", session, None)  # type: ignore[arg-type]
         info_later(log, "miner connected", {"event": "miner.connect", "miner_id": miner_id,
@@ -678,6 +687,8 @@ class Scheduler(UndoFailedCommits):
             self.orphans.setdefault(session.miner_id, {}).update(session.held)
             self.timers.schedule(grace_end, "orphans", session.miner_id)
             session.held = {}
+            if session.draining:
+                self._drains[session.miner_id] = session.drain_reason
         self._close(session, pending, reason, requeue=False)
         await self._commit(pending)
 
@@ -1236,6 +1247,7 @@ class Scheduler(UndoFailedCommits):
             self.timers.schedule(min(h.lease_us for h in orphans.values()), "orphans", miner_id)
         else:
             del self.orphans[miner_id]
+            self._drains.pop(miner_id, None)  # not back in time: its drain is over
         self._spawn_commit(pending)
 
     def _on_job_deadline(self, kind: str, job_id: str, attempt: int, now: int) -> None:

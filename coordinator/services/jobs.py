@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import json
 import re
@@ -16,7 +17,7 @@ from aitbc.coordinator.v1 import job_service_pb2 as pb
 from aitbc.coordinator.v1 import job_service_pb2_grpc
 
 from ..domain.errors import CoordinatorError, Kind, invalid
-from ..domain.model import Job, JobState
+from ..domain.model import Event, Job, JobState
 from ..domain.pricing import quote_cost
 from ..domain.validation import Limits, check_constraints, check_decimal, check_id, raise_if
 from ..scheduler.engine import Scheduler
@@ -25,6 +26,22 @@ from ..store.base import JobFilter
 from .convert import constraints_from, event_message, job_message, job_spec, result_message
 
 MAX_RESULT_WAIT_S = 900.0
+
+
+def as_of(job: Job, event: Event) -> Job:
+    """The job as it was right after event. A watcher's snapshot is taken when the event's commit lands, and
+    the job in memory may be past it by then: events committed together (a result implying the accept), or
+    decisions taken since and still being written (which must not be shown before they land)."""
+    if job.event_seq == event.sequence:
+        return job
+    at, to = event.occurred_us, event.to_state
+    ended = to.terminal and to is not JobState.COMPLETED
+    return dataclasses.replace(
+        job, state=to, attempt=event.attempt, miner_id=event.miner_id, event_seq=event.sequence, updated_us=at,
+        started_us=at if to is JobState.RUNNING else (job.started_us if job.started_us <= at else 0),
+        finished_us=at if to.terminal else 0, terminal_reason=event.reason if ended else "",
+        terminal_message=event.message if ended else "",
+    )  # fmt: skip
 
 
 def page_size(requested: int) -> int:
@@ -168,7 +185,8 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     async def WatchJob(self, request: pb.WatchJobRequest, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
         check_id("job_id", request.job_id)
         async for job, event in self.scheduler.watch(request.job_id, identity().name):
-            yield pb.WatchJobResponse(job=job_message(job), event=event_message(event) if event else None)
+            yield pb.WatchJobResponse(job=job_message(as_of(job, event) if event else job),
+                                      event=event_message(event) if event else None)  # fmt: skip
 
     async def QuoteCost(
         self, request: pb.QuoteCostRequest, context: grpc.aio.ServicerContext
