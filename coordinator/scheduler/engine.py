@@ -1004,7 +1004,7 @@ class Scheduler(UndoFailedCommits):
 
     # ------------------------------------------------------------------ matching and dispatch
     def _eligible(self, session: Session, constraints: Constraints) -> bool:
-        base, limit = split_price(constraints)
+        base, limit = split_price(constraints) if constraints.max_price else (constraints, None)
         if limit is not None and session.price > limit:
             return False
         return self._eligible_base(session, base)
@@ -1025,8 +1025,12 @@ class Scheduler(UndoFailedCommits):
         """The idle eligible miner for job: least loaded, then best record."""
         best: Session | None = None
         best_key: tuple[float, float] | None = None
+        c = job.constraints  # split once, not per session: hashing constraints is most of a cache lookup
+        base, limit = split_price(c) if c.max_price else (c, None)
         for session in self.available.values():
-            if session is exclude or not session.takes_work or not self._eligible(session, job.constraints):
+            if session is exclude or not session.takes_work:
+                continue
+            if (limit is not None and session.price > limit) or not self._eligible_base(session, base):
                 continue
             key = (len(session.held) / session.slots, -session.record_score())
             if best_key is None or key < best_key:
