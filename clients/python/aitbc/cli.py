@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--cuda", default="")
     run.add_argument("--label", action="append", default=[], help="KEY=VALUE; repeatable")
-    run.add_argument("--timeout", type=float, default=None,
+    run.add_argument("--timeout", type=_positive_seconds, default=None,
                      help="cmd runner: at most this many seconds per job (default: the job's execution timeout)")  # fmt: skip
     run.add_argument("--give-up-after", type=_positive_seconds, default=None, metavar="SECONDS",
                      help="exit 1 when the coordinator stays unreachable this long (default: keep trying)")  # fmt: skip
@@ -231,8 +231,10 @@ def _runner(spec: str, timeout: float | None):  # type: ignore[no-untyped-def]
 
 def _paths_made_absolute(words: list[str]) -> list[str]:
     """The command's words naming files or directories relative to where the miner starts, made absolute: the
-    command runs in each job's workspace ('cmd:python3 my_worker.py', 'cmd:./worker.sh' would find nothing)."""
-    relative = [w and not w.startswith("-") and not os.path.isabs(w) and os.path.exists(w) for w in words]
+    command runs in each job's workspace ('cmd:python3 my_worker.py', 'cmd:./worker.sh' would find nothing).
+    Not '.' or '..' (also spelled './'): those name the workspace, or its parent, for the command."""
+    relative = [w and not w.startswith("-") and not os.path.isabs(w) and os.path.normpath(w) not in (".", "..")
+                and os.path.exists(w) for w in words]  # fmt: skip
     return [os.path.abspath(w) if r else w for w, r in zip(words, relative, strict=True)]
 
 

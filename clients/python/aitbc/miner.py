@@ -178,7 +178,7 @@ def _time_limit(job: job_pb2.Job, timeout_s: float | None) -> float | None:
     """How long a command may run: the job's own execution timeout, or timeout_s if that is shorter (a
     miner-wide limit must not cut short a job its client gave longer; the coordinator cancels it at its own)."""
     own = job.execution_timeout.ToMilliseconds() / 1000 if job.HasField("execution_timeout") else 0.0
-    limits = [t for t in (own, timeout_s) if t]
+    limits = [t for t in (own, timeout_s) if t is not None and t > 0]  # (0 or less: no limit of its own)
     return min(limits) if limits else None
 
 
@@ -187,7 +187,7 @@ def subprocess_runner(
 ) -> Runner:
     """Runs command in a fresh workspace per job: the input on stdin (JSON or bytes), the result from stdout.
 
-    It may run for the job's execution timeout, or timeout_s if that is shorter (None: the job's alone).
+    It may run for the job's execution timeout, or timeout_s if that is shorter (None, 0 or less: the job's alone).
     The command runs in a process group of its own (a new session), SIGKILLed as a whole when the job ends:
     on its timeout, its cancellation, stdout past max_output_bytes (a RESULT_TOO_LARGE failure), and once the
     command has exited (what it left running in the background goes with it, and holds no pipe open). Only
