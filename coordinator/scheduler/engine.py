@@ -90,6 +90,13 @@ ELIGIBILITY_CACHE = 4096  # constraint sets whose eligibility a session remember
 _HELD = (JobState.ASSIGNED, JobState.RUNNING)  # states in which a job takes a slot of its miner
 
 
+def _drain_outlives_session(session: Session) -> bool:
+    """An operator's drain (DrainMiner) is the miner identity's, and outlives a stream lost or replaced; a drain
+    the miner asked for is its process's (SIGTERM): the SDK asks again on its next stream, and a new process
+    started in its place (a rolling restart) must not inherit it and stop at once."""
+    return session.draining and session.drain_reason != "MINER_REQUESTED"
+
+
 class ReceiptHook:
     """What the scheduler needs from the receipt issuer (see coordinator.receipts)."""
 
@@ -131,8 +138,8 @@ class Scheduler(UndoFailedCommits):
         # fleet of busy miners costs nothing per submit. Kept by _assign (full: out) and _fill (freed: in).
         self.available: dict[str, Session] = {}
         self.orphans: dict[str, dict[str, Held]] = {}  # miner -> jobs held before a restart or disconnect
-        # miner -> why it drains, for a draining miner whose stream dropped while it held jobs: back within the
-        # grace period, its new session drains too (a drain must not end at the first network blip)
+        # miner -> why it drains, for a miner drained by an operator whose stream dropped while it held jobs: back
+        # within the grace period, its new session drains too (a drain must not end at the first network blip)
         self._drains: dict[str, str] = {}
         self.idempotency: dict[tuple[str, str], str] = {}
         self._inflight_keys: dict[tuple[str, str], asyncio.Future] = {}
@@ -605,7 +612,7 @@ class Scheduler(UndoFailedCommits):
         drain_reason = self._drains.pop(miner_id, "")
         previous = self.by_miner.get(miner_id)
         if previous is not None:
-            if previous.draining:
+            if _drain_outlives_session(previous):
                 drain_reason = previous.drain_reason
             inherited.update(previous.held)
             previous.held.clear()
@@ -687,7 +694,7 @@ class Scheduler(UndoFailedCommits):
             self.orphans.setdefault(session.miner_id, {}).update(session.held)
             self.timers.schedule(grace_end, "orphans", session.miner_id)
             session.held = {}
-            if session.draining:
+            if _drain_outlives_session(session):
                 self._drains[session.miner_id] = session.drain_reason
         self._close(session, pending, reason, requeue=False)
         await self._commit(pending)

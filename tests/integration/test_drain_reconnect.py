@@ -33,3 +33,28 @@ async def test_a_drain_outlives_a_dropped_connection(coord: Harness) -> None:
     miner.result(a.job.job_id, a.attempt)
     go_away = await miner.next("go_away")
     assert go_away.reason == "DRAINED"
+
+
+async def test_a_drain_the_miner_asked_for_is_not_inherited_by_a_process_started_in_its_place(
+    coord: Harness,
+) -> None:
+    """A rolling restart: the old process drains (SIGTERM: MinerDrain), and a new one with the same key connects
+    before it is done. The new session takes over its job, and takes new work: the drain was the old process's
+    (the SDK asks again itself after a reconnect). Inheriting it, the new process was told DRAINED and stopped."""
+    from aitbc.coordinator.v1 import miner_service_pb2 as mpb
+
+    client = coord.client()
+    old = await coord.stream_miner("miner-00", slots=2)
+    first = await client.submit({"n": 1})
+    a = await old.next("assignment")
+    old.accept(a)
+    old.send(drain=mpb.MinerDrain(reason="SIGTERM"))
+    await asyncio.sleep(0.3)
+    assert (await coord.admin().miners())["miner-00"].status == apb.MINER_STATUS_DRAINING
+
+    new = await coord.stream_miner("miner-00", slots=2, running_jobs=((first.job_id, a.attempt),))
+    second = await client.submit({"n": 2})
+    b = await new.next("assignment")
+    assert b.job.job_id == second.job_id
+    assert (await coord.admin().miners())["miner-00"].status != apb.MINER_STATUS_DRAINING
+    assert new.pending("go_away") == 0
