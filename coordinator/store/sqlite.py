@@ -53,7 +53,7 @@ class SqliteStore(SqlReads):
         self._next_leaf = 0  # the receipt log's next free place (the writer thread's own)
         self._failed = FailedUnits()  # the writer thread's own
         self._lock: IO[str] | None = None
-        self._epoch: int | None = None  # the holder epoch this store wrote as it opened
+        self._epoch: int | None = None  # the holder epoch this store wrote with its first commit
 
     # --- life cycle -------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -101,11 +101,6 @@ class SqliteStore(SqlReads):
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
             log.info("store migrated to schema version %d", number)
-        # the holder epoch: bumped like every process that takes a store (the flock is held while this process
-        # lives, so there is nothing to check it against later; a PostgreSQL writer's lock can be lost)
-        conn.execute("BEGIN IMMEDIATE")
-        self._epoch = conn.execute(BUMP_EPOCH, (holder_name(), time.time_ns() // 1000)).fetchall()[0][0]
-        conn.execute("COMMIT")
         self._next_leaf = _stored_log_size(conn)
         return conn
 
@@ -146,8 +141,6 @@ class SqliteStore(SqlReads):
         conn.close()
 
     def _commit_group(self, conn: sqlite3.Connection, group: list[tuple[UnitOfWork, asyncio.Future]]) -> None:
-        import time
-
         started = time.perf_counter()
         # units built on a unit that failed are refused; the others (live) are written
         outcomes, live = self._failed.partition([unit for unit, _ in group])
@@ -176,9 +169,10 @@ class SqliteStore(SqlReads):
         try:
             if units:
                 conn.execute("BEGIN IMMEDIATE")
+                epoch = self._epoch_in(conn)
                 _write_units(conn, units)
                 conn.execute("COMMIT")
-                self._next_leaf = next_leaf
+                self._next_leaf, self._epoch = next_leaf, epoch
             for i in live:
                 decided[i] = True
         except Exception as exc:
@@ -198,14 +192,24 @@ class SqliteStore(SqlReads):
         next_leaf, placed = assign_leaves([unit], self._next_leaf)
         try:
             conn.execute("BEGIN IMMEDIATE")
+            epoch = self._epoch_in(conn)
             _write_units(conn, [unit])
             conn.execute("COMMIT")
-            self._next_leaf = next_leaf
+            self._next_leaf, self._epoch = next_leaf, epoch
             return None
         except Exception as exc:
             self._rollback(conn)
             unplace(placed)
             return exc
+
+    def _epoch_in(self, conn: sqlite3.Connection) -> int:
+        """The holder epoch, bumped in this process's first transaction (like every process that takes a store:
+        the record of who wrote it last). Not at open: the flock is held while this process lives, so there is
+        nothing to check the epoch against later, and a start must not wait for another connection's write lock
+        (a PostgreSQL writer, whose lock can be lost, bumps as it takes the store)."""
+        if self._epoch is not None:
+            return self._epoch
+        return conn.execute(BUMP_EPOCH, (holder_name(), time.time_ns() // 1000)).fetchall()[0][0]
 
     @staticmethod
     def _rollback(conn: sqlite3.Connection) -> None:

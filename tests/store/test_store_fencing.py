@@ -41,11 +41,13 @@ async def epoch_of(backend: Backend) -> int:
 
 
 async def test_every_open_of_the_store_bumps_its_holder_epoch(backend: Backend) -> None:
-    """SQLite and PostgreSQL: each process that takes the store (a coordinator, a key rotation) bumps the
-    epoch in a committed write as it opens it."""
+    """SQLite and PostgreSQL: each process that takes the store and writes (a coordinator, a key rotation)
+    bumps the epoch, in a committed write of its own as it opens the store (PostgreSQL), or with its first
+    commit (SQLite: its lock cannot be lost, and a start must not wait for another connection's write lock)."""
     for expected in (1, 2):
         store = backend.new_store()
         await store.open()
+        await store.commit(key_unit(expected))
         await store.close()
         assert await epoch_of(backend) == expected
     store = backend.new_store()

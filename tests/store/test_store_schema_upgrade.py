@@ -1,5 +1,6 @@
 """A store written before fencing (schema version 2: no store_holder) opens with today's code: migration 3
-adds the holder record, the open bumps its epoch, and what the store held reads back."""
+adds the holder record, the process bumps its epoch (SQLite: with its first commit), and what the store held
+reads back."""
 
 from __future__ import annotations
 
@@ -34,7 +35,10 @@ async def test_sqlite_store_of_schema_version_2_opens(tmp_path: Path) -> None:
     conn.close()
     store = open_store(f"sqlite:///{path}")
     await store.open()
-    await store.close()
+    try:
+        await store.commit(_unit("job-old-2"))
+    finally:
+        await store.close()
     conn = sqlite3.connect(path)
     assert conn.execute("SELECT epoch FROM store_holder").fetchall() == [(2,)]
     conn.close()
