@@ -882,11 +882,15 @@ class Scheduler(UndoFailedCommits):
             self.samples_run.append((now, now - job.started_us))
             self._finish(job, pending)
             decided.append(AckOut(job.job_id, job.attempt, True, receipt_id=receipt_id))
+        # Which jobs are coming back to this miner, as of now: read back while the commit below waits, one is
+        # no longer "coming back" then, yet its result is still answered through `later` (its own write failing
+        # must not end the stream, with no answer: it is refused NOT_STORED after WRITE_TRIES, as otherwise).
+        coming = {r.job_id for r in unmatched if later is not None and self._coming_back(session, r.job_id)}
         self._fill(session, pending, now)
         await self._commit(pending)
         acks.extend(decided)
         for r in unmatched:
-            if later is not None and self._coming_back(session, r.job_id):
+            if later is not None and (r.job_id in coming or self._coming_back(session, r.job_id)):
                 self._when_back(session, r.job_id, r.attempt, "result",
                                 functools.partial(self.complete, session, [r]), later)  # fmt: skip
                 continue
