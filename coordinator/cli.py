@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import secrets
 import sys
 
@@ -97,6 +98,17 @@ def keys_command(args: argparse.Namespace) -> int:
     from .receipts.keyring import rotate
     from .store import open_store
     from .store.base import StoreInUse
+
+    if not args.database.startswith(("sqlite:///", "postgres://", "postgresql://")):
+        print("aitbc-coordinator: --database: expected sqlite:///PATH or postgresql://USER@HOST:PORT/DB[?schema=NAME]",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    path = args.database[len("sqlite:///") :]
+    if args.database.startswith("sqlite:///") and not path.startswith("file:") and not os.path.isfile(path):
+        # (opening it would make an empty store: a mistyped path, or the wrong working directory)
+        print(f"aitbc-coordinator: no store at {args.database}: give the coordinator's DATABASE_URL",
+              file=sys.stderr)  # fmt: skip
+        return 2
 
     async def run() -> None:
         store = open_store(args.database, wait_for_lock=False)  # (waiting, it could win a running one's blip)

@@ -292,6 +292,8 @@ def validate(s: Settings) -> None:
             raise SettingsError(f"{name}: value out of range{hint}")
     if s.sqlite_synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
         raise SettingsError("SQLITE_SYNCHRONOUS: one of OFF, NORMAL, FULL, EXTRA")
+    if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise SettingsError("LOG_LEVEL: one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
     if s.log_format not in ("text", "json"):
         raise SettingsError("LOG_FORMAT: 'text' or 'json'")
     if not 0 <= s.metrics_port < 65536:

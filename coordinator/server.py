@@ -133,7 +133,11 @@ class Coordinator:
 async def start(settings: Settings) -> Coordinator:
     """Open the store, rebuild the queues, and serve; health turns SERVING only when all of it is ready."""
     store = open_store(settings.database_url, settings.sqlite_synchronous)
-    await store.open()
+    try:
+        await store.open()
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as exc:  # (SQLite)
+        raise SettingsError(f"DATABASE_URL: cannot open {redact_url(settings.database_url)}: "
+                            f"{exc.strerror or exc}") from None  # fmt: skip
     try:
         return await _start_on(settings, store)
     except BaseException:
@@ -187,22 +191,36 @@ async def _start_on(settings: Settings, store: Store) -> Coordinator:
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     address = f"{settings.app_host}:{settings.app_port}"
+    credentials = None
     if settings.tls_cert_file:  # mutual TLS here too unless miners have their own listener
         mutual = bool(settings.tls_client_ca_file) and not settings.tls_miner_address
-        port = server.add_secure_port(address, server_credentials(settings, require_client_cert=mutual))
-    else:
-        port = server.add_insecure_port(address)
+        credentials = server_credentials(settings, require_client_cert=mutual)
+    try:
+        if credentials is not None:
+            port = server.add_secure_port(address, credentials)
+        else:
+            port = server.add_insecure_port(address)
+    except RuntimeError:  # grpcio raises it for a port it cannot bind (older versions returned 0)
+        port = 0
     if port == 0:
-        raise RuntimeError(f"cannot listen on {address}")
+        raise SettingsError(f"APP_HOST, APP_PORT: cannot listen on {address} (in use by another process?)")
     if not settings.tls_cert_file and settings.app_host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening in plaintext on %s: use TLS for anything but loopback", settings.app_host)
     miner_port = 0
     if settings.tls_miner_address:
         creds = server_credentials(settings, require_client_cert=True)
-        miner_port = server.add_secure_port(settings.tls_miner_address, creds)
+        try:
+            miner_port = server.add_secure_port(settings.tls_miner_address, creds)
+        except RuntimeError:
+            miner_port = 0
         if miner_port == 0:
-            raise RuntimeError(f"cannot listen on {settings.tls_miner_address}")
-    await observability.start()  # /metrics (METRICS_PORT) answers from here on
+            raise SettingsError(f"TLS_MINER_ADDRESS: cannot listen on {settings.tls_miner_address} "
+                                "(in use by another process?)")  # fmt: skip
+    try:
+        await observability.start()  # /metrics (METRICS_PORT) answers from here on
+    except OSError as exc:
+        raise SettingsError(f"METRICS_HOST, METRICS_PORT: cannot listen on {settings.metrics_host}:"
+                            f"{settings.metrics_port}: {exc.strerror or exc}") from None  # fmt: skip
     try:
         await scheduler.start()
         await server.start()

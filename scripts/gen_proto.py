@@ -20,6 +20,7 @@ def generate(out_dir: Path) -> list[Path]:
     """Run protoc over every contract file into out_dir; returns the generated files."""
     protos = sorted(PROTO_DIR.glob("aitbc/coordinator/v1/*.proto"))
     include = Path(protoc.__file__).parent / "_proto"  # well-known types shipped with grpcio-tools
+    out_dir.mkdir(parents=True, exist_ok=True)  # (protoc refuses an output directory that does not exist)
     args = [
         "protoc",
         f"-I{PROTO_DIR}",

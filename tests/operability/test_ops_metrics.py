@@ -260,13 +260,14 @@ async def test_a_metrics_port_in_use_stops_start_up(tmp_path: Path) -> None:
 
     from ops_support import make_settings
 
+    from coordinator.config import SettingsError
     from coordinator.server import start
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with pytest.raises(OSError):
+        with pytest.raises(SettingsError, match="METRICS_PORT: cannot listen on"):  # serve: one line, exit 2
             await start(make_settings(tmp_path, metrics_port=port))
     assert metrics.current() is None
     async with running(

@@ -31,6 +31,9 @@ def test_receipt_seed_from_a_key_file(tmp_path: Path) -> None:
             r"JOB_TTL_SECONDS: value out of range \(1 s to 7 days\)",
         ),
         ({"JOB_EXECUTION_TIMEOUT_SECONDS": "700000"}, "JOB_EXECUTION_TIMEOUT_SECONDS"),
+        # review round 20: an unknown level stopped `serve` with logging's traceback instead
+        ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL: one of DEBUG, INFO, WARNING, ERROR"),
+        ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
     ],
 )
 def test_a_bad_setting_is_named(env: dict[str, str], named: str) -> None:
@@ -48,3 +51,7 @@ def test_job_time_defaults_up_to_seven_days_load() -> None:
     s = load_settings(env={"JOB_TTL_SECONDS": str(7 * 24 * 3600), "JOB_EXECUTION_TIMEOUT_SECONDS": "604800"},
                       env_file=None)  # fmt: skip
     assert s.job_ttl_seconds == s.job_execution_timeout_seconds == 604800
+
+
+def test_log_levels_are_read_in_any_case() -> None:
+    assert load_settings(env={"LOG_LEVEL": "debug"}, env_file=None).log_level == "debug"

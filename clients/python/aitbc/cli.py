@@ -64,8 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--constraints", default="{}", help='JSON, e.g. {"region": "eu-west", "min_vram_gb": 24}'
     )
     submit.add_argument("--wait", action="store_true")
-    for name in ("get", "result", "cancel", "watch", "wait"):
-        p = commands.add_parser(name, help=f"{name} a job")
+    job_commands = {
+        "get": "get a job", "result": "get a completed job's result", "cancel": "cancel a job",
+        "watch": "print a job at each change until it finishes", "wait": "wait for a job to finish; print it",
+    }  # fmt: skip
+    for name, text in job_commands.items():
+        p = commands.add_parser(name, help=text)
         p.add_argument("job_id")
     jobs = commands.add_parser("list", help="list your jobs")
     jobs.add_argument("--state", action="append", default=[], help="JOB_STATE_... name; repeatable")
