@@ -6,17 +6,8 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from coord_support import QUEUED, Harness, StreamMiner
-
-
-async def take(miner: StreamMiner, n: int) -> list[str]:
-    """Dispatch order: take one assignment at a time (1 slot), finish it, take the next."""
-    order = []
-    for _ in range(n):
-        a = await miner.next("assignment")
-        order.append(a.job.job_id)
-        miner.result(a.job.job_id, a.attempt)
-    return order
+from coord_support import QUEUED, Harness
+from test_matching import take
 
 
 async def test_price_distinct_jobs_share_a_shape_keep_priority_and_fifo_and_leave_nothing(
