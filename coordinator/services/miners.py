@@ -171,11 +171,7 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
             # session gave up) must be written after the session's, not before and then overwritten by it.
             committing = self.scheduler.queue_commit(pending)
             try:
-                await context.write(
-                    pb.ConnectResponse(
-                        welcome=welcome(session, kept, self.heartbeat_s, self.lease_s, self.limits)
-                    )
-                )
+                await context.write(pb.ConnectResponse(welcome=self._welcome(session, kept)))
             except BaseException:
                 self.scheduler.abandon_commit(pending, committing)
                 raise
@@ -331,9 +327,10 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
         key = self._receipt_key(request.hello.receipt_public_key)
         session, kept, pending = self._open(request.hello, caps, "unary", key)
         await self.scheduler.commit_pending(pending)
-        return pb.RegisterMinerResponse(
-            welcome=welcome(session, kept, self.heartbeat_s, self.lease_s, self.limits)
-        )
+        return pb.RegisterMinerResponse(welcome=self._welcome(session, kept))
+
+    def _welcome(self, session: Session, kept: list[tuple[str, int]]) -> pb.Welcome:
+        return welcome(session, kept, self.heartbeat_s, self.lease_s, self.limits)
 
     def _session(self, session_id: str) -> Session:
         check_id("session_id", session_id)
