@@ -8,8 +8,9 @@ import logging
 import os
 import secrets
 import sys
+from urllib.parse import unquote, urlsplit
 
-from .config import SettingsError, load_settings
+from .config import SettingsError, load_settings, validate
 from .logs import configure_logging
 
 
@@ -55,7 +56,12 @@ def main(argv: list[str] | None = None) -> int:
         for k, v in (("app_host", args.host), ("app_port", args.port), ("database_url", args.database))
         if v is not None
     }
-    settings = settings.replace(**overrides)
+    try:
+        settings = settings.replace(**overrides)
+        validate(settings)  # (--port, --database as their settings are: out of range, an unknown scheme)
+    except SettingsError as exc:
+        print(f"aitbc-coordinator: bad setting: {exc}", file=sys.stderr)
+        return 2
     from .server import serve as run_server
     from .store.base import StoreFenced, StoreInUse
 
@@ -104,7 +110,9 @@ def keys_command(args: argparse.Namespace) -> int:
               file=sys.stderr)  # fmt: skip
         return 2
     path = args.database[len("sqlite:///") :]
-    if args.database.startswith("sqlite:///") and not path.startswith("file:") and not os.path.isfile(path):
+    if path.startswith("file:"):  # a URI (as the store reads it): the file it names, percent-decoded
+        path = unquote(urlsplit(path).path)
+    if args.database.startswith("sqlite:///") and not os.path.isfile(path):
         # (opening it would make an empty store: a mistyped path, or the wrong working directory)
         print(f"aitbc-coordinator: no store at {args.database}: give the coordinator's DATABASE_URL",
               file=sys.stderr)  # fmt: skip

@@ -190,6 +190,28 @@ async def _start_on(settings: Settings, store: Store) -> Coordinator:
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
+    try:  # (before the gRPC ports: a listener bound by a server never started stays bound until the process ends)
+        await observability.start()  # /metrics (METRICS_PORT) answers from here on
+    except OSError as exc:
+        raise SettingsError(f"METRICS_HOST, METRICS_PORT: cannot listen on {settings.metrics_host}:"
+                            f"{settings.metrics_port}: {exc.strerror or exc}") from None  # fmt: skip
+    try:
+        port, miner_port = _listen(settings, server)
+        await scheduler.start()
+        await server.start()
+    except BaseException:
+        await observability.stop()
+        raise
+    for name in ("", *SERVICE_NAMES):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("coordinator %s serving on %s:%d (store %s)", settings.coordinator_id, settings.app_host, port,
+             redact_url(settings.database_url))  # fmt: skip
+    return Coordinator(settings, server, scheduler, issuer, health_servicer, port, keyring, miner_port,
+                       observability=observability, store_lost=store_lost)  # fmt: skip
+
+
+def _listen(settings: Settings, server: grpc.aio.Server) -> tuple[int, int]:
+    """Bind the gRPC listeners: the port, and the TLS miner port (0 without one)."""
     address = f"{settings.app_host}:{settings.app_port}"
     credentials = None
     if settings.tls_cert_file:  # mutual TLS here too unless miners have their own listener
@@ -216,23 +238,7 @@ async def _start_on(settings: Settings, store: Store) -> Coordinator:
         if miner_port == 0:
             raise SettingsError(f"TLS_MINER_ADDRESS: cannot listen on {settings.tls_miner_address} "
                                 "(in use by another process?)")  # fmt: skip
-    try:
-        await observability.start()  # /metrics (METRICS_PORT) answers from here on
-    except OSError as exc:
-        raise SettingsError(f"METRICS_HOST, METRICS_PORT: cannot listen on {settings.metrics_host}:"
-                            f"{settings.metrics_port}: {exc.strerror or exc}") from None  # fmt: skip
-    try:
-        await scheduler.start()
-        await server.start()
-    except BaseException:
-        await observability.stop()
-        raise
-    for name in ("", *SERVICE_NAMES):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("coordinator %s serving on %s:%d (store %s)", settings.coordinator_id, settings.app_host, port,
-             redact_url(settings.database_url))  # fmt: skip
-    return Coordinator(settings, server, scheduler, issuer, health_servicer, port, keyring, miner_port,
-                       observability=observability, store_lost=store_lost)  # fmt: skip
+    return port, miner_port
 
 
 def _watch_store(store: Store, health_servicer: health.aio.HealthServicer) -> asyncio.Future[StoreFenced]:

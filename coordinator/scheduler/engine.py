@@ -138,9 +138,10 @@ class Scheduler(UndoFailedCommits):
         # fleet of busy miners costs nothing per submit. Kept by _assign (full: out) and _fill (freed: in).
         self.available: dict[str, Session] = {}
         self.orphans: dict[str, dict[str, Held]] = {}  # miner -> jobs held before a restart or disconnect
-        # miner -> why it drains, for a miner drained by an operator whose stream dropped while it held jobs: back
-        # within the grace period, its new session drains too (a drain must not end at the first network blip)
-        self._drains: dict[str, str] = {}
+        # miner -> (why it drains, until when), for a miner drained by an operator whose stream dropped: back within
+        # the grace period, or while jobs of it wait for it, its new session drains too (a drain must not end at the
+        # first network blip; whether or not it held jobs then: its last result may have been being written)
+        self._drains: dict[str, tuple[str, int]] = {}
         self.idempotency: dict[tuple[str, str], str] = {}
         self._inflight_keys: dict[tuple[str, str], asyncio.Future] = {}
         self.watchers: dict[str, set[asyncio.Queue]] = {}
@@ -609,7 +610,9 @@ class Scheduler(UndoFailedCommits):
         now = now_us()
         pending = _Pending()
         inherited: dict[str, Held] = dict(self.orphans.pop(miner_id, {}))
-        drain_reason = self._drains.pop(miner_id, "")
+        drain_reason, drain_until = self._drains.pop(miner_id, ("", 0))
+        if drain_until <= now and not inherited:
+            drain_reason = ""  # not back in time: its drain is over
         previous = self.by_miner.get(miner_id)
         if previous is not None:
             if _drain_outlives_session(previous):
@@ -659,6 +662,9 @@ class Scheduler(UndoFailedCommits):
         if drain_reason:  # it was draining, and still is: no new job; it ends once its jobs are done
             session.draining, session.drain_reason = True, drain_reason
             self._tell_drain_once_written(session)
+            # (as in drain: changes that freed its slots are still being written; it ends once they land)
+            for other, _ in self._unsettled_frees.get(miner_id, {}).values():
+                other.always.append(functools.partial(self._close_if_drained, session))
         for observer in self.observers:
             observer("session_open", session, None)  # type: ignore[arg-type]
         info_later(log, "miner connected", {"event": "miner.connect", "miner_id": miner_id,
@@ -694,10 +700,17 @@ class Scheduler(UndoFailedCommits):
             self.orphans.setdefault(session.miner_id, {}).update(session.held)
             self.timers.schedule(grace_end, "orphans", session.miner_id)
             session.held = {}
-            if _drain_outlives_session(session):
-                self._drains[session.miner_id] = session.drain_reason
+        self._remember_drain(session, now)
         self._close(session, pending, reason, requeue=False)
         await self._commit(pending)
+
+    def _remember_drain(self, session: Session, now: int) -> None:
+        """An operator's drain of a session whose stream is lost holds for the miner's next session, if it comes
+        back within the grace period (see _drains)."""
+        if _drain_outlives_session(session) and not self.stopping and not session.closed:
+            grace_end = now + int(self.settings.grace_s * MICROS)
+            self._drains[session.miner_id] = (session.drain_reason, grace_end)
+            self.timers.schedule(grace_end, "orphans", session.miner_id)  # (forgotten then, if not back)
 
     def _close(self, session: Session, pending: _Pending, reason: str, *, requeue: bool) -> None:
         if session.closed:
@@ -725,6 +738,8 @@ class Scheduler(UndoFailedCommits):
 
     def drain(self, session: Session, reason: str) -> None:
         if session.draining:
+            if reason != "MINER_REQUESTED":  # an operator's drain, the identity's, outlives the miner's own
+                session.drain_reason = reason
             return
         session.draining = True
         session.drain_reason = reason
@@ -1235,6 +1250,7 @@ class Scheduler(UndoFailedCommits):
                 self.timers.schedule(deadline, "liveness", session.session_id)
                 return
             pending = _Pending()
+            self._remember_drain(session, now)
             self._close(session, pending, "HEARTBEAT_TIMEOUT", requeue=True)
             self._spawn_commit(pending)
         elif kind == "orphans":
@@ -1248,6 +1264,9 @@ class Scheduler(UndoFailedCommits):
         """Jobs of a miner that did not come back within the grace period go back to the queue."""
         orphans = self.orphans.get(miner_id)
         if not orphans:
+            drain = self._drains.get(miner_id)
+            if drain is not None and drain[1] <= now:
+                del self._drains[miner_id]  # not back in time: its drain is over
             return
         pending = _Pending()
         for job_id, held in list(orphans.items()):
