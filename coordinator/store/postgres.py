@@ -84,9 +84,13 @@ class PostgresStore(SqlReads):
         self._queue: asyncio.Queue[Any] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._conn: asyncpg.Connection | None = None
+        self._connecting: asyncpg.Connection | None = None  # the writer's next connection, taking the store
         self._pool: asyncpg.Pool | None = None
         self._closing = False
         self._writer_pid: int | None = None  # the backend of the writer's connection holding the store's lock
+        # the backends of the writer's connections since it last took the store: any may hold its lock (one whose
+        # grant was sent, and its answer lost with the connection), none is another process
+        self._own_backends: set[int] = set()
         self._epoch: int | None = None  # the holder epoch this process wrote as it took the store
         self._fenced: StoreFenced | None = None  # another process held the store meanwhile: no more writes
         self.commit_observer: Callable[[int, float], None] | None = None  # (group size, seconds)
@@ -164,6 +168,12 @@ class PostgresStore(SqlReads):
         if self._writer is not None:
             assert self._queue is not None
             self._queue.put_nowait(_STOP)
+            await asyncio.wait({self._writer}, timeout=CONNECT_TIMEOUT_S)
+            if not self._writer.done():  # a statement on a silent path (up to WRITE_TIMEOUT_S): cut it short
+                log.warning("store writer: PostgreSQL silent while closing; abandoning its connection")
+                for conn in (self._conn, self._connecting):
+                    if conn is not None and not conn.is_closed():
+                        conn.terminate()  # (what was on its way fails; the next start reads what landed)
             with contextlib.suppress(Exception):
                 await self._writer
             self._writer = None
@@ -231,13 +241,15 @@ class PostgresStore(SqlReads):
             raise self._fenced
         if self._conn is None or self._conn.is_closed():
             log.warning("store writer: reconnecting to PostgreSQL")
-            conn = await self._connect()
+            conn = self._connecting = await self._connect()
             try:
                 await self._hold_lock(conn)  # (if another holds the store now, StoreInUse after lock_wait_s)
                 await self._check_epoch(conn)  # (if another held it meanwhile, this one writes no more)
             except BaseException:
                 await conn.close()  # (and with it the lock: a fenced writer keeps no hold of the store)
                 raise
+            finally:
+                self._connecting = None
             self._conn = conn
         return self._conn
 
@@ -302,19 +314,21 @@ class PostgresStore(SqlReads):
         key = await conn.fetchval("SELECT hashtext($1)::bigint", f"aitbc-store:{schema}")
         deadline = time.monotonic() + self.lock_wait_s
         said = False
+        # (before the lock is asked for: if it is granted and the answer lost, this backend holds the store)
+        self._own_backends.add(conn.get_server_pid())
         while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
             holder = await conn.fetchval(
                 "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 "
                 "AND classid::bigint = $1 AND objid::bigint = $2",
                 (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF,
             )  # fmt: skip
-            if self._epoch is not None and holder != self._writer_pid:
+            if self._epoch is not None and holder not in self._own_backends:
                 # taking the store back, and another process has it now: fenced as soon as it bumped the epoch
                 await self._check_epoch(conn)
             if self._closing or time.monotonic() >= deadline:
                 raise StoreInUse(f"schema {schema} is open in another process (a running coordinator? "
                                  f"PostgreSQL pid {holder}): stop it first")  # fmt: skip
-            if holder is not None and holder == self._writer_pid:
+            if holder is not None and holder in self._own_backends:
                 log.warning("store writer: ending its previous session (pid %d), which still holds the store",
                             holder)  # fmt: skip
                 await conn.fetchval("SELECT pg_terminate_backend($1)", holder)
@@ -324,6 +338,7 @@ class PostgresStore(SqlReads):
                 said = True
             await asyncio.sleep(0.5)
         self._writer_pid = conn.get_server_pid()
+        self._own_backends = {self._writer_pid}
 
     async def _commit_group(self, group: list[tuple[UnitOfWork, asyncio.Future[None]]]) -> None:
         if self._fenced is not None:  # another process held the store meanwhile: nothing more is written
@@ -374,13 +389,18 @@ class PostgresStore(SqlReads):
                     decided[i] = True
             else:
                 unplace(placed)
+                unreachable: BaseException | None = None  # the server lost again for a unit alone
                 for i in live:  # isolate the culprit, and whatever builds on it
                     unit = group[i][0]
                     # no unit at fault (the server, or the store held by another): alone each would fail too
                     if self._closing or _about_the_server(exc) or isinstance(exc, StoreInUse):
                         outcomes[i] = exc
+                    elif unreachable is not None:  # (not each unit waiting CONNECT_TIMEOUT_S in turn)
+                        outcomes[i] = unreachable
                     else:
                         outcomes[i] = self._failed.blocking(unit) or await self._commit_alone(unit)
+                        if isinstance(outcomes[i], _CONNECTION_LOST):
+                            unreachable = outcomes[i]
                     decided[i] = True
                     if outcomes[i] is not None:
                         self._failed.add(unit)
@@ -445,11 +465,19 @@ class PostgresStore(SqlReads):
     # --- reads ------------------------------------------------------------------------------------
     async def _query(self, sql: str, *params: Any) -> list[asyncpg.Record]:
         assert self._pool is not None, "store not open"
-        return await self._pool.fetch(numbered(sql), *params)
+        for attempt in range(READ_ATTEMPTS):
+            try:
+                return await self._pool.fetch(numbered(sql), *params)
+            except _READ_LOST:  # its connection lost (a blip, a restart): a read may be asked again
+                if attempt + 1 == READ_ATTEMPTS or self._closing:
+                    raise
+                log.warning("store: a read's connection was lost; reading again", exc_info=True)
+        raise AssertionError("unreachable")
 
 
 LOCK_WAIT_S = 30.0  # how long a store held by another backend is waited for (its client may be gone)
 CONNECT_TIMEOUT_S = 10.0  # the writer's connects and outcome probes: close() must not wait on a silent server
+READ_ATTEMPTS = 3  # a read whose connection was lost is asked again (a silent server is not: no timeout here)
 WRITE_TIMEOUT_S = 60.0  # one statement of a group (up to 2,000 units): beyond, the server is taken as silent
 
 
@@ -462,6 +490,8 @@ def _about_the_server(exc: BaseException) -> bool:
 # Errors after which a transaction's outcome is unknown: the COMMIT may have been carried out. Any other error
 # (a constraint, say) means it was rolled back.
 _CONNECTION_LOST = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError, TimeoutError)
+# a read's connection lost (not a read past its time: asked again, it would wait as long again)
+_READ_LOST = (asyncpg.ConnectionDoesNotExistError, ConnectionError)
 
 
 def _resolve(
