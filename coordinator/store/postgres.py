@@ -72,6 +72,10 @@ def parse_url(url: str) -> tuple[str, str | None]:
     return urlunsplit(parts._replace(query=urlencode(rest))), schema
 
 
+# a backend, named by its pid and its start (a pid alone may be another session's since: see _own_backends)
+Backend = tuple[int, datetime | None]
+
+
 class PostgresStore(SqlReads):
     def __init__(self, url: str, *, schema: str | None = None, pool_size: int = 10,
                  lock_wait_s: float | None = None) -> None:  # fmt: skip
@@ -88,9 +92,11 @@ class PostgresStore(SqlReads):
         self._pool: asyncpg.Pool | None = None
         self._closing = False
         self._writer_pid: int | None = None  # the backend of the writer's connection holding the store's lock
+        self._writer_backend: Backend | None = None  # the same, named (a pid may be reused)
         # the backends of the writer's connections since it last took the store: any may hold its lock (one whose
-        # grant was sent, and its answer lost with the connection), none is another process
-        self._own_backends: set[int] = set()
+        # grant was sent, and its answer lost with the connection), none is another process. Named by pid and
+        # start: a pid is the operating system's, handed to another session once its backend is gone
+        self._own_backends: set[Backend] = set()
         self._epoch: int | None = None  # the holder epoch this process wrote as it took the store
         self._fenced: StoreFenced | None = None  # another process held the store meanwhile: no more writes
         self.commit_observer: Callable[[int, float], None] | None = None  # (group size, seconds)
@@ -284,19 +290,23 @@ class PostgresStore(SqlReads):
             asyncio.get_running_loop().call_soon(self.on_lost, self._fenced)
         raise self._fenced
 
-    async def _probe(self, probe: tuple[str, tuple], stale: int | None) -> bool:
+    async def _probe(self, probe: tuple[str, tuple], stale: Backend | None) -> bool:
         assert self._pool is not None
         if stale is not None:  # ended first, so that its transaction is decided
             await self._end_backend(stale)
         return await self._pool.fetchval(probe[0], *probe[1]) is not None
 
-    async def _end_backend(self, pid: int) -> None:
+    async def _end_backend(self, backend: Backend) -> None:
         """Terminate the writer's previous backend (its connection lost on this side only) and wait until it is
-        gone: its open transaction, if any, is rolled back, and its lock on the store released."""
+        gone: its open transaction, if any, is rolled back, and its lock on the store released. (Not a session
+        given its pid since: it may be another process'.)"""
         assert self._pool is not None
-        await self._pool.fetchval("SELECT pg_terminate_backend($1)", pid, timeout=CONNECT_TIMEOUT_S)
+        await self._pool.fetchval(_TERMINATE_BACKEND, *backend, timeout=CONNECT_TIMEOUT_S)
         for _ in range(100):
-            if not await self._pool.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid):
+            if not await self._pool.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND backend_start IS NOT DISTINCT FROM $2",
+                *backend,
+            ):
                 return
             await asyncio.sleep(0.05)
 
@@ -311,34 +321,41 @@ class PostgresStore(SqlReads):
         after its host crashed waits for the server to reap the dead one's backend)."""
         # the schema the tables are in: the named one (it may not exist yet), or the search path's first
         schema = self.schema or await conn.fetchval("SELECT current_schema()") or "public"
-        key = await conn.fetchval("SELECT hashtext($1)::bigint", f"aitbc-store:{schema}")
+        key, started = await conn.fetchrow(
+            "SELECT hashtext($1)::bigint, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+            f"aitbc-store:{schema}",
+        )
+        mine: Backend = (conn.get_server_pid(), started)
         deadline = time.monotonic() + self.lock_wait_s
         said = False
         # (before the lock is asked for: if it is granted and the answer lost, this backend holds the store)
-        self._own_backends.add(conn.get_server_pid())
+        self._own_backends.add(mine)
         while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
-            holder = await conn.fetchval(
-                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 "
-                "AND classid::bigint = $1 AND objid::bigint = $2",
+            row = await conn.fetchrow(
+                "SELECT l.pid, a.backend_start FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid "
+                "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+                "AND l.classid::bigint = $1 AND l.objid::bigint = $2",
                 (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF,
             )  # fmt: skip
-            if self._epoch is not None and holder not in self._own_backends:
+            holder = None if row is None else row["pid"]
+            own = row is not None and (row["pid"], row["backend_start"]) in self._own_backends
+            if self._epoch is not None and not own:
                 # taking the store back, and another process has it now: fenced as soon as it bumped the epoch
                 await self._check_epoch(conn)
             if self._closing or time.monotonic() >= deadline:
                 raise StoreInUse(f"schema {schema} is open in another process (a running coordinator? "
                                  f"PostgreSQL pid {holder}): stop it first")  # fmt: skip
-            if holder is not None and holder in self._own_backends:
+            if own:
                 log.warning("store writer: ending its previous session (pid %d), which still holds the store",
                             holder)  # fmt: skip
-                await conn.fetchval("SELECT pg_terminate_backend($1)", holder)
+                await conn.fetchval(_TERMINATE_BACKEND, row["pid"], row["backend_start"])
             elif not said:
                 log.warning("store: schema %s is held by PostgreSQL pid %s; waiting for it (%.0f s at most)",
                             schema, holder, self.lock_wait_s)  # fmt: skip
                 said = True
             await asyncio.sleep(0.5)
-        self._writer_pid = conn.get_server_pid()
-        self._own_backends = {self._writer_pid}
+        self._writer_pid, self._writer_backend = mine[0], mine
+        self._own_backends = {mine}
 
     async def _commit_group(self, group: list[tuple[UnitOfWork, asyncio.Future[None]]]) -> None:
         if self._fenced is not None:  # another process held the store meanwhile: nothing more is written
@@ -389,7 +406,7 @@ class PostgresStore(SqlReads):
                     decided[i] = True
             else:
                 unplace(placed)
-                unreachable: BaseException | None = None  # the server lost again for a unit alone
+                unreachable: BaseException | None = None  # the server not reached again for a unit alone
                 for i in live:  # isolate the culprit, and whatever builds on it
                     unit = group[i][0]
                     # no unit at fault (the server, or the store held by another): alone each would fail too
@@ -397,9 +414,13 @@ class PostgresStore(SqlReads):
                         outcomes[i] = exc
                     elif unreachable is not None:  # (not each unit waiting CONNECT_TIMEOUT_S in turn)
                         outcomes[i] = unreachable
+                    elif (blocked := self._failed.blocking(unit)) is not None:
+                        outcomes[i] = blocked
                     else:
-                        outcomes[i] = self._failed.blocking(unit) or await self._commit_alone(unit)
-                        if isinstance(outcomes[i], _CONNECTION_LOST):
+                        outcomes[i], began = await self._commit_alone(unit)
+                        # (not once connected: a connection lost then is a blip, the next unit reconnects; the
+                        # store held by another, each unit would wait lock_wait_s for it in turn)
+                        if not began and isinstance(outcomes[i], (*_CONNECTION_LOST, StoreInUse)):
                             unreachable = outcomes[i]
                     decided[i] = True
                     if outcomes[i] is not None:
@@ -424,7 +445,7 @@ class PostgresStore(SqlReads):
         # so that the probe's answer is final; the connection, in an unknown state, is not used again.
         if self._conn is not None and not self._conn.is_closed():
             self._conn.terminate()
-        stale = self._writer_pid
+        stale = self._writer_backend
         while True:  # "cannot tell" is not "it did not land": ask until the server answers (a failover)
             if self._closing:
                 log.error("store writer: closing without knowing whether a group landed (the next start "
@@ -438,7 +459,8 @@ class PostgresStore(SqlReads):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def _commit_alone(self, unit: UnitOfWork) -> BaseException | None:
+    async def _commit_alone(self, unit: UnitOfWork) -> tuple[BaseException | None, bool]:
+        """The unit's outcome, and whether its transaction began (the writer connected and held the store)."""
         placed: list = []
         began = False
         try:
@@ -448,13 +470,13 @@ class PostgresStore(SqlReads):
                 next_leaf, placed = assign_leaves([unit], await self._log_size(conn))
                 await _write_units(conn, [unit])
             self._next_leaf = next_leaf
-            return None
+            return None, began
         except Exception as exc:
             self._next_leaf = None
             if began and isinstance(exc, _CONNECTION_LOST) and await self._landed([unit]):
-                return None
+                return None, began
             unplace(placed)
-            return exc
+            return exc, began
 
     async def _log_size(self, conn: asyncpg.Connection) -> int:
         """The receipt log's next free place: counted by this writer, read from the log after a failure."""
@@ -474,6 +496,11 @@ class PostgresStore(SqlReads):
                 log.warning("store: a read's connection was lost; reading again", exc_info=True)
         raise AssertionError("unreachable")
 
+
+_TERMINATE_BACKEND = (
+    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+    "WHERE pid = $1 AND backend_start IS NOT DISTINCT FROM $2"
+)
 
 LOCK_WAIT_S = 30.0  # how long a store held by another backend is waited for (its client may be gone)
 CONNECT_TIMEOUT_S = 10.0  # the writer's connects and outcome probes: close() must not wait on a silent server
