@@ -1264,9 +1264,7 @@ class Scheduler(UndoFailedCommits):
         """Jobs of a miner that did not come back within the grace period go back to the queue."""
         orphans = self.orphans.get(miner_id)
         if not orphans:
-            drain = self._drains.get(miner_id)
-            if drain is not None and drain[1] <= now:
-                del self._drains[miner_id]  # not back in time: its drain is over
+            self._forget_drain_if_over(miner_id, now)
             return
         pending = _Pending()
         for job_id, held in list(orphans.items()):
@@ -1281,8 +1279,13 @@ class Scheduler(UndoFailedCommits):
             self.timers.schedule(min(h.lease_us for h in orphans.values()), "orphans", miner_id)
         else:
             del self.orphans[miner_id]
-            self._drains.pop(miner_id, None)  # not back in time: its drain is over
+            self._forget_drain_if_over(miner_id, now)  # (if not yet, its own timer forgets it)
         self._spawn_commit(pending)
+
+    def _forget_drain_if_over(self, miner_id: str, now: int) -> None:
+        drain = self._drains.get(miner_id)
+        if drain is not None and drain[1] <= now:
+            del self._drains[miner_id]  # not back in time: its drain is over
 
     def _on_job_deadline(self, kind: str, job_id: str, attempt: int, now: int) -> None:
         job = self.jobs.get(job_id)
