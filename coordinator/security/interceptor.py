@@ -39,7 +39,7 @@ from ..config import Settings, parse_rate_limits
 from ..domain.errors import CoordinatorError, Kind, invalid
 from ..observability.metrics import rate_limited
 from ..services.status import abort
-from ..store.base import StoreFenced
+from ..store.base import StoreFenced, store_unreachable
 from .bounds import check_bounds
 from .keys import REQUEST_GROUPS, Identity, KeyRing, KeyState
 from .limits import ReplayGuard, StreamThrottle, TokenBucket
@@ -439,6 +439,10 @@ async def _internal(context: grpc.aio.ServicerContext, method_name: str, exc: Ex
     if isinstance(exc, StoreFenced):  # (logged when found): this coordinator stops; a restarted one serves
         await abort(context, CoordinatorError(Kind.UNAVAILABLE, "STORE_LOST", "this coordinator lost its store to "
                                               "another process and is stopping; retry", retry_after_s=1.0))  # fmt: skip
+    if store_unreachable(exc):  # a blip, not a bug: nothing was stored, and the same call may be made again
+        log.warning("store unreachable in %s: %r", method_name, exc)
+        await abort(context, CoordinatorError(Kind.UNAVAILABLE, "STORE_UNAVAILABLE", "the coordinator could not "
+                                              "reach its store; nothing was changed: retry", retry_after_s=1.0))  # fmt: skip
     log.exception("unexpected error in %s", method_name, exc_info=exc)
     await abort(
         context, CoordinatorError(Kind.INTERNAL, "INTERNAL", "internal error; see the coordinator log")

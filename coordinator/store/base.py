@@ -177,6 +177,20 @@ class StoreFenced(StoreInUse):
     restarted, it reloads from the store."""
 
 
+# Predicates, one per store kind (registered by its module), telling whether an error is about reaching the
+# store (a connection lost or refused, its file locked or failing) rather than a bug: what failed with it was not
+# stored (an in-doubt commit is settled before a unit is failed), and the caller may call again.
+_UNREACHABLE: list[Callable[[BaseException], bool]] = []
+
+
+def register_unreachable(check: Callable[[BaseException], bool]) -> None:
+    _UNREACHABLE.append(check)
+
+
+def store_unreachable(exc: BaseException) -> bool:
+    return any(check(exc) for check in _UNREACHABLE)
+
+
 class DependencyFailed(Exception):
     """A unit was refused because an earlier unit it builds on failed to commit."""
 

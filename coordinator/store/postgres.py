@@ -43,6 +43,7 @@ from .base import (
     StoreInUse,
     UnitOfWork,
     assign_leaves,
+    register_unreachable,
     unplace,
 )
 from .schema import BUMP_EPOCH, POSTGRES_MIGRATIONS, holder_name
@@ -517,6 +518,7 @@ def _about_the_server(exc: BaseException) -> bool:
 # Errors after which a transaction's outcome is unknown: the COMMIT may have been carried out. Any other error
 # (a constraint, say) means it was rolled back.
 _CONNECTION_LOST = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError, TimeoutError)
+register_unreachable(lambda exc: isinstance(exc, _CONNECTION_LOST))
 # a read's connection lost (not a read past its time: asked again, it would wait as long again)
 _READ_LOST = (asyncpg.ConnectionDoesNotExistError, ConnectionError)
 

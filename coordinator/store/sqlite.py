@@ -30,6 +30,7 @@ from .base import (
     StoreInUse,
     UnitOfWork,
     assign_leaves,
+    register_unreachable,
     unplace,
 )
 from .schema import BUMP_EPOCH, MIGRATIONS, holder_name
@@ -257,6 +258,9 @@ _FILE_ERRORS = frozenset({5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 26})
 def _about_the_file(exc: BaseException) -> bool:
     code = getattr(exc, "sqlite_errorcode", None)
     return code is not None and code & 0xFF in _FILE_ERRORS
+
+
+register_unreachable(_about_the_file)
 
 
 def _stored_log_size(conn: sqlite3.Connection) -> int:
