@@ -796,17 +796,33 @@ class Scheduler(UndoFailedCommits):
         self._close(session, pending, "DRAINED", requeue=False)
         self._spawn_commit(pending)
 
-    def drain_miner(self, miner_id: str) -> Session:
+    def drain_miner(self, miner_id: str) -> Session | None:
+        """An operator's drain: of the miner's session, or, for a miner away within its grace period (None is
+        returned), of the session it comes back with."""
         session = self.by_miner.get(miner_id)
-        if session is None:
+        if session is not None:
+            self.drain(session, "ADMIN")
+            return session
+        if miner_id not in self.orphans and miner_id not in self._drains:
             raise CoordinatorError(
                 Kind.NOT_FOUND,
                 "MINER_NOT_FOUND",
                 f"miner {miner_id!r} has no session",
                 metadata={"miner_id": miner_id},
             )
-        self.drain(session, "ADMIN")
-        return session
+        now = now_us()
+        until = max(self._drains.get(miner_id, ("", 0))[1], now + int(self.settings.grace_s * MICROS))
+        self._drains[miner_id] = ("ADMIN", until)
+        self.timers.schedule(until, "orphans", miner_id)  # (forgotten then, if not back)
+        return None
+
+    def drains_pending(self) -> dict[str, str]:
+        """Miners away with an operator's drain their next session inherits: miner -> why."""
+        return {
+            miner_id: reason
+            for miner_id, (reason, _) in self._drains.items()
+            if miner_id not in self.by_miner
+        }
 
     # ------------------------------------------------------------------ miners: work
     def heartbeat(self, session: Session, running: list[tuple[str, int]]) -> None:

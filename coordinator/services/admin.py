@@ -95,15 +95,17 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
     async def ListMiners(
         self, request: pb.ListMinersRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListMinersResponse:
-        miners = [miner_info(s) for s in self.scheduler.by_miner.values()]
-        for miner_id, held in self.scheduler.orphans.items():
-            if miner_id not in self.scheduler.by_miner:
-                miners.append(
-                    pb.MinerInfo(
-                        miner_id=miner_id, status=pb.MINER_STATUS_DISCONNECTED, running_jobs=len(held)
-                    )
-                )
+        s = self.scheduler
+        miners = [miner_info(session) for session in s.by_miner.values()]
+        away = (s.orphans.keys() | s.drains_pending().keys()) - s.by_miner.keys()
+        miners += [self._away(miner_id) for miner_id in away]
         return pb.ListMinersResponse(miners=sorted(miners, key=lambda m: m.miner_id))
+
+    def _away(self, miner_id: str) -> pb.MinerInfo:
+        """A miner disconnected within its grace period: its jobs wait for it, and maybe a drain."""
+        return pb.MinerInfo(miner_id=miner_id, status=pb.MINER_STATUS_DISCONNECTED,
+                            running_jobs=len(self.scheduler.orphans.get(miner_id, {})),
+                            drain_pending=miner_id in self.scheduler.drains_pending())  # fmt: skip
 
     async def DrainMiner(
         self, request: pb.DrainMinerRequest, context: grpc.aio.ServicerContext
@@ -111,6 +113,8 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
         if not request.miner_id:
             raise invalid("miner_id is required", [("miner_id", "required")])
         session = self.scheduler.drain_miner(request.miner_id)
+        if session is None:  # away within its grace period: drained when it comes back
+            return pb.DrainMinerResponse(miner=self._away(request.miner_id))
         return pb.DrainMinerResponse(miner=miner_info(session))
 
     async def SetApiKeyEnabled(

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 
+import grpc
 import pytest
-from coord_support import Harness, eventually
+from aitbc.coordinator.v1 import admin_service_pb2 as apb
+from coord_support import Harness, eventually, rpc_error
 from test_failed_commit import held_lock
 
 
@@ -108,3 +110,41 @@ async def test_an_operator_drain_outlives_a_heartbeat_timeout(coord: Harness) ->
     await miner.connect()
     await asyncio.sleep(0.5)
     assert miner.pending("assignment") == 0, "the operator's drain was forgotten at the heartbeat timeout"
+
+
+@pytest.mark.coordinator(reconnect_grace_seconds=30.0, lease_seconds=30.0)
+async def test_an_operator_can_drain_a_miner_that_is_away_and_sees_the_drain_pending(coord: Harness) -> None:
+    """A miner disconnected within its grace period (its job waiting for it) is drained when it comes back, and
+    ListMiners shows the drain pending. DrainMiner used to answer MINER_NOT_FOUND, though ListMiners listed the
+    miner as DISCONNECTED, and a remembered drain was invisible: an operator saw no reason why the miner, back,
+    took no work and stopped."""
+    client = coord.client()
+    miner = await coord.stream_miner("miner-00", slots=2)
+    first = await client.submit({"n": 1})
+    a = await miner.next("assignment")
+    miner.accept(a)
+    await miner.kill()
+    scheduler = coord.coordinator.scheduler
+    await eventually(lambda: "miner-00" not in scheduler.by_miner, what="the miner away")
+
+    drained = (await coord.admin().drain("miner-00")).miner
+    assert (drained.status, drained.drain_pending) == (apb.MINER_STATUS_DISCONNECTED, True), drained
+    listed = (await coord.admin().miners())["miner-00"]
+    assert (listed.status, listed.drain_pending, listed.running_jobs) == (
+        apb.MINER_STATUS_DISCONNECTED,
+        True,
+        1,
+    )
+
+    await miner.connect(running_jobs=((first.job_id, a.attempt),))
+    assert (await coord.admin().miners())["miner-00"].status == apb.MINER_STATUS_DRAINING
+    await client.submit({"n": 2})
+    await asyncio.sleep(0.5)
+    assert miner.pending("assignment") == 0, "a drained miner got new work"
+    miner.result(a.job.job_id, a.attempt)
+    assert (await miner.next("go_away")).reason == "DRAINED"
+
+
+async def test_draining_a_miner_that_is_neither_connected_nor_away_is_not_found(coord: Harness) -> None:
+    err = await rpc_error(coord.admin().drain("miner-07"))
+    assert (err.code, err.reason) == (grpc.StatusCode.NOT_FOUND, "MINER_NOT_FOUND")

@@ -29,15 +29,15 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(aitbc/coordinator/v1/admin_service.proto\x12\x14\x61itbc.coordinator.v1\x1a\x1e\x61itbc/coordinator/v1/job.proto\x1a&aitbc/coordinator/v1/job_service.proto\x1a(aitbc/coordinator/v1/miner_service.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x11\n\x0fGetStatsRequest\"J\n\nStateCount\x12-\n\x05state\x18\x01 \x01(\x0e\x32\x1e.aitbc.coordinator.v1.JobState\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\"\x92\x01\n\x0cWindowCounts\x12)\n\x06window\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tsubmitted\x18\x02 \x01(\x04\x12\x11\n\tcompleted\x18\x03 \x01(\x04\x12\x0e\n\x06\x66\x61iled\x18\x04 \x01(\x04\x12\x10\n\x08\x63\x61nceled\x18\x05 \x01(\x04\x12\x0f\n\x07\x65xpired\x18\x06 \x01(\x04\"q\n\x0eLatencySummary\x12&\n\x03p50\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x03p95\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07samples\x18\x03 \x01(\x04\"\x8a\x03\n\x10GetStatsResponse\x12\x37\n\rjobs_by_state\x18\x01 \x03(\x0b\x32 .aitbc.coordinator.v1.StateCount\x12\x13\n\x0bqueue_depth\x18\x02 \x01(\x04\x12\x15\n\rminers_online\x18\x03 \x01(\r\x12\x17\n\x0fminers_draining\x18\x04 \x01(\r\x12\x12\n\nslots_free\x18\x05 \x01(\r\x12\x12\n\nslots_busy\x18\x06 \x01(\r\x12\x33\n\x07windows\x18\x07 \x03(\x0b\x32\".aitbc.coordinator.v1.WindowCounts\x12\x38\n\nqueue_wait\x18\x08 \x01(\x0b\x32$.aitbc.coordinator.v1.LatencySummary\x12\x36\n\x08run_time\x18\t \x01(\x0b\x32$.aitbc.coordinator.v1.LatencySummary\x12)\n\x05\x61s_of\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x99\x01\n\x1b\x41\x64minServiceListJobsRequest\x12.\n\x06states\x18\x01 \x03(\x0e\x32\x1e.aitbc.coordinator.v1.JobState\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x10\n\x08miner_id\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\"`\n\x1c\x41\x64minServiceListJobsResponse\x12\'\n\x04jobs\x18\x01 \x03(\x0b\x32\x19.aitbc.coordinator.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x13\n\x11ListMinersRequest\"\xd3\x02\n\tMinerInfo\x12\x10\n\x08miner_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x11\n\ttransport\x18\x03 \x01(\t\x12\x31\n\x06status\x18\x04 \x01(\x0e\x32!.aitbc.coordinator.v1.MinerStatus\x12=\n\x0c\x63\x61pabilities\x18\x05 \x01(\x0b\x32\'.aitbc.coordinator.v1.MinerCapabilities\x12\x14\n\x0crunning_jobs\x18\x06 \x01(\r\x12\x30\n\x0c\x63onnected_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clast_seen_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tcompleted\x18\t \x01(\x04\x12\x0e\n\x06\x66\x61iled\x18\n \x01(\x04\"E\n\x12ListMinersResponse\x12/\n\x06miners\x18\x01 \x03(\x0b\x32\x1f.aitbc.coordinator.v1.MinerInfo\"%\n\x11\x44rainMinerRequest\x12\x10\n\x08miner_id\x18\x01 \x01(\t\"D\n\x12\x44rainMinerResponse\x12.\n\x05miner\x18\x01 \x01(\x0b\x32\x1f.aitbc.coordinator.v1.MinerInfo\"F\n\x17SetApiKeyEnabledRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x03 \x01(\x08\"+\n\x18SetApiKeyEnabledResponse\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\"\x15\n\x13ListAccountsRequest\"G\n\x14ListAccountsResponse\x12/\n\x08\x61\x63\x63ounts\x18\x01 \x03(\x0b\x32\x1d.aitbc.coordinator.v1.Account*~\n\x0bMinerStatus\x12\x1c\n\x18MINER_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13MINER_STATUS_ONLINE\x10\x01\x12\x19\n\x15MINER_STATUS_DRAINING\x10\x02\x12\x1d\n\x19MINER_STATUS_DISCONNECTED\x10\x03\x32\xf8\x04\n\x0c\x41\x64minService\x12Y\n\x08GetStats\x12%.aitbc.coordinator.v1.GetStatsRequest\x1a&.aitbc.coordinator.v1.GetStatsResponse\x12q\n\x08ListJobs\x12\x31.aitbc.coordinator.v1.AdminServiceListJobsRequest\x1a\x32.aitbc.coordinator.v1.AdminServiceListJobsResponse\x12_\n\nListMiners\x12\'.aitbc.coordinator.v1.ListMinersRequest\x1a(.aitbc.coordinator.v1.ListMinersResponse\x12_\n\nDrainMiner\x12\'.aitbc.coordinator.v1.DrainMinerRequest\x1a(.aitbc.coordinator.v1.DrainMinerResponse\x12q\n\x10SetApiKeyEnabled\x12-.aitbc.coordinator.v1.SetApiKeyEnabledRequest\x1a..aitbc.coordinator.v1.SetApiKeyEnabledResponse\x12\x65\n\x0cListAccounts\x12).aitbc.coordinator.v1.ListAccountsRequest\x1a*.aitbc.coordinator.v1.ListAccountsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(aitbc/coordinator/v1/admin_service.proto\x12\x14\x61itbc.coordinator.v1\x1a\x1e\x61itbc/coordinator/v1/job.proto\x1a&aitbc/coordinator/v1/job_service.proto\x1a(aitbc/coordinator/v1/miner_service.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x11\n\x0fGetStatsRequest\"J\n\nStateCount\x12-\n\x05state\x18\x01 \x01(\x0e\x32\x1e.aitbc.coordinator.v1.JobState\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\"\x92\x01\n\x0cWindowCounts\x12)\n\x06window\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tsubmitted\x18\x02 \x01(\x04\x12\x11\n\tcompleted\x18\x03 \x01(\x04\x12\x0e\n\x06\x66\x61iled\x18\x04 \x01(\x04\x12\x10\n\x08\x63\x61nceled\x18\x05 \x01(\x04\x12\x0f\n\x07\x65xpired\x18\x06 \x01(\x04\"q\n\x0eLatencySummary\x12&\n\x03p50\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x03p95\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07samples\x18\x03 \x01(\x04\"\x8a\x03\n\x10GetStatsResponse\x12\x37\n\rjobs_by_state\x18\x01 \x03(\x0b\x32 .aitbc.coordinator.v1.StateCount\x12\x13\n\x0bqueue_depth\x18\x02 \x01(\x04\x12\x15\n\rminers_online\x18\x03 \x01(\r\x12\x17\n\x0fminers_draining\x18\x04 \x01(\r\x12\x12\n\nslots_free\x18\x05 \x01(\r\x12\x12\n\nslots_busy\x18\x06 \x01(\r\x12\x33\n\x07windows\x18\x07 \x03(\x0b\x32\".aitbc.coordinator.v1.WindowCounts\x12\x38\n\nqueue_wait\x18\x08 \x01(\x0b\x32$.aitbc.coordinator.v1.LatencySummary\x12\x36\n\x08run_time\x18\t \x01(\x0b\x32$.aitbc.coordinator.v1.LatencySummary\x12)\n\x05\x61s_of\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x99\x01\n\x1b\x41\x64minServiceListJobsRequest\x12.\n\x06states\x18\x01 \x03(\x0e\x32\x1e.aitbc.coordinator.v1.JobState\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x10\n\x08miner_id\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\"`\n\x1c\x41\x64minServiceListJobsResponse\x12\'\n\x04jobs\x18\x01 \x03(\x0b\x32\x19.aitbc.coordinator.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x13\n\x11ListMinersRequest\"\xea\x02\n\tMinerInfo\x12\x10\n\x08miner_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x11\n\ttransport\x18\x03 \x01(\t\x12\x31\n\x06status\x18\x04 \x01(\x0e\x32!.aitbc.coordinator.v1.MinerStatus\x12=\n\x0c\x63\x61pabilities\x18\x05 \x01(\x0b\x32\'.aitbc.coordinator.v1.MinerCapabilities\x12\x14\n\x0crunning_jobs\x18\x06 \x01(\r\x12\x30\n\x0c\x63onnected_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clast_seen_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tcompleted\x18\t \x01(\x04\x12\x0e\n\x06\x66\x61iled\x18\n \x01(\x04\x12\x15\n\rdrain_pending\x18\x0b \x01(\x08\"E\n\x12ListMinersResponse\x12/\n\x06miners\x18\x01 \x03(\x0b\x32\x1f.aitbc.coordinator.v1.MinerInfo\"%\n\x11\x44rainMinerRequest\x12\x10\n\x08miner_id\x18\x01 \x01(\t\"D\n\x12\x44rainMinerResponse\x12.\n\x05miner\x18\x01 \x01(\x0b\x32\x1f.aitbc.coordinator.v1.MinerInfo\"F\n\x17SetApiKeyEnabledRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x03 \x01(\x08\"+\n\x18SetApiKeyEnabledResponse\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\"\x15\n\x13ListAccountsRequest\"G\n\x14ListAccountsResponse\x12/\n\x08\x61\x63\x63ounts\x18\x01 \x03(\x0b\x32\x1d.aitbc.coordinator.v1.Account*~\n\x0bMinerStatus\x12\x1c\n\x18MINER_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13MINER_STATUS_ONLINE\x10\x01\x12\x19\n\x15MINER_STATUS_DRAINING\x10\x02\x12\x1d\n\x19MINER_STATUS_DISCONNECTED\x10\x03\x32\xf8\x04\n\x0c\x41\x64minService\x12Y\n\x08GetStats\x12%.aitbc.coordinator.v1.GetStatsRequest\x1a&.aitbc.coordinator.v1.GetStatsResponse\x12q\n\x08ListJobs\x12\x31.aitbc.coordinator.v1.AdminServiceListJobsRequest\x1a\x32.aitbc.coordinator.v1.AdminServiceListJobsResponse\x12_\n\nListMiners\x12\'.aitbc.coordinator.v1.ListMinersRequest\x1a(.aitbc.coordinator.v1.ListMinersResponse\x12_\n\nDrainMiner\x12\'.aitbc.coordinator.v1.DrainMinerRequest\x1a(.aitbc.coordinator.v1.DrainMinerResponse\x12q\n\x10SetApiKeyEnabled\x12-.aitbc.coordinator.v1.SetApiKeyEnabledRequest\x1a..aitbc.coordinator.v1.SetApiKeyEnabledResponse\x12\x65\n\x0cListAccounts\x12).aitbc.coordinator.v1.ListAccountsRequest\x1a*.aitbc.coordinator.v1.ListAccountsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'aitbc.coordinator.v1.admin_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MINERSTATUS']._serialized_start=2011
-  _globals['_MINERSTATUS']._serialized_end=2137
+  _globals['_MINERSTATUS']._serialized_start=2034
+  _globals['_MINERSTATUS']._serialized_end=2160
   _globals['_GETSTATSREQUEST']._serialized_start=245
   _globals['_GETSTATSREQUEST']._serialized_end=262
   _globals['_STATECOUNT']._serialized_start=264
@@ -55,21 +55,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTMINERSREQUEST']._serialized_start=1255
   _globals['_LISTMINERSREQUEST']._serialized_end=1274
   _globals['_MINERINFO']._serialized_start=1277
-  _globals['_MINERINFO']._serialized_end=1616
-  _globals['_LISTMINERSRESPONSE']._serialized_start=1618
-  _globals['_LISTMINERSRESPONSE']._serialized_end=1687
-  _globals['_DRAINMINERREQUEST']._serialized_start=1689
-  _globals['_DRAINMINERREQUEST']._serialized_end=1726
-  _globals['_DRAINMINERRESPONSE']._serialized_start=1728
-  _globals['_DRAINMINERRESPONSE']._serialized_end=1796
-  _globals['_SETAPIKEYENABLEDREQUEST']._serialized_start=1798
-  _globals['_SETAPIKEYENABLEDREQUEST']._serialized_end=1868
-  _globals['_SETAPIKEYENABLEDRESPONSE']._serialized_start=1870
-  _globals['_SETAPIKEYENABLEDRESPONSE']._serialized_end=1913
-  _globals['_LISTACCOUNTSREQUEST']._serialized_start=1915
-  _globals['_LISTACCOUNTSREQUEST']._serialized_end=1936
-  _globals['_LISTACCOUNTSRESPONSE']._serialized_start=1938
-  _globals['_LISTACCOUNTSRESPONSE']._serialized_end=2009
-  _globals['_ADMINSERVICE']._serialized_start=2140
-  _globals['_ADMINSERVICE']._serialized_end=2772
+  _globals['_MINERINFO']._serialized_end=1639
+  _globals['_LISTMINERSRESPONSE']._serialized_start=1641
+  _globals['_LISTMINERSRESPONSE']._serialized_end=1710
+  _globals['_DRAINMINERREQUEST']._serialized_start=1712
+  _globals['_DRAINMINERREQUEST']._serialized_end=1749
+  _globals['_DRAINMINERRESPONSE']._serialized_start=1751
+  _globals['_DRAINMINERRESPONSE']._serialized_end=1819
+  _globals['_SETAPIKEYENABLEDREQUEST']._serialized_start=1821
+  _globals['_SETAPIKEYENABLEDREQUEST']._serialized_end=1891
+  _globals['_SETAPIKEYENABLEDRESPONSE']._serialized_start=1893
+  _globals['_SETAPIKEYENABLEDRESPONSE']._serialized_end=1936
+  _globals['_LISTACCOUNTSREQUEST']._serialized_start=1938
+  _globals['_LISTACCOUNTSREQUEST']._serialized_end=1959
+  _globals['_LISTACCOUNTSRESPONSE']._serialized_start=1961
+  _globals['_LISTACCOUNTSRESPONSE']._serialized_end=2032
+  _globals['_ADMINSERVICE']._serialized_start=2163
+  _globals['_ADMINSERVICE']._serialized_end=2795
 # @@protoc_insertion_point(module_scope)

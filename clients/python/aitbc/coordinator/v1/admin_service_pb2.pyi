@@ -114,7 +114,7 @@ class ListMinersRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class MinerInfo(_message.Message):
-    __slots__ = ("miner_id", "session_id", "transport", "status", "capabilities", "running_jobs", "connected_at", "last_seen_at", "completed", "failed")
+    __slots__ = ("miner_id", "session_id", "transport", "status", "capabilities", "running_jobs", "connected_at", "last_seen_at", "completed", "failed", "drain_pending")
     MINER_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     TRANSPORT_FIELD_NUMBER: _ClassVar[int]
@@ -125,6 +125,7 @@ class MinerInfo(_message.Message):
     LAST_SEEN_AT_FIELD_NUMBER: _ClassVar[int]
     COMPLETED_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_PENDING_FIELD_NUMBER: _ClassVar[int]
     miner_id: str
     session_id: str
     transport: str
@@ -135,7 +136,8 @@ class MinerInfo(_message.Message):
     last_seen_at: _timestamp_pb2.Timestamp
     completed: int
     failed: int
-    def __init__(self, miner_id: _Optional[str] = ..., session_id: _Optional[str] = ..., transport: _Optional[str] = ..., status: _Optional[_Union[MinerStatus, str]] = ..., capabilities: _Optional[_Union[_miner_service_pb2.MinerCapabilities, _Mapping]] = ..., running_jobs: _Optional[int] = ..., connected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed: _Optional[int] = ..., failed: _Optional[int] = ...) -> None: ...
+    drain_pending: bool
+    def __init__(self, miner_id: _Optional[str] = ..., session_id: _Optional[str] = ..., transport: _Optional[str] = ..., status: _Optional[_Union[MinerStatus, str]] = ..., capabilities: _Optional[_Union[_miner_service_pb2.MinerCapabilities, _Mapping]] = ..., running_jobs: _Optional[int] = ..., connected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed: _Optional[int] = ..., failed: _Optional[int] = ..., drain_pending: _Optional[bool] = ...) -> None: ...
 
 class ListMinersResponse(_message.Message):
     __slots__ = ("miners",)

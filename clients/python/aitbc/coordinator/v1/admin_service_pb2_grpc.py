@@ -93,8 +93,9 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DrainMiner(self, request, context):
-        """Drains a miner: no new assignments; its running jobs finish; then its session closes.
-        Errors: NOT_FOUND (`MINER_NOT_FOUND`) when the miner has no session.
+        """Drains a miner: no new assignments; its running jobs finish; then its session closes. A miner disconnected
+        within its grace period is drained when it comes back (`MinerInfo.drain_pending`).
+        Errors: NOT_FOUND (`MINER_NOT_FOUND`) when the miner has no session and is not within its grace period.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
