@@ -16,11 +16,12 @@ from coord_support import Harness, eventually, sdk_miner
 async def test_a_dropped_result_does_not_leave_its_job_held_by_the_miner(
     coord: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from aitbc.miner import Miner, Outcome, job_input
+    import aitbc.miner
+    from aitbc.miner import Outcome, job_input
 
-    # an SDK that does not size its results against the coordinator's welcome (an older one): it sends the big
-    # result, and the coordinator ends each stream carrying it
-    monkeypatch.setattr(Miner, "_too_large", lambda self, result: "")
+    # an SDK that misjudges what a message adds to its result (an older one did not count it at all): it sends the
+    # big result, just over the coordinator's message limit, and the coordinator ends each stream carrying it
+    monkeypatch.setattr(aitbc.miner, "MESSAGE_FRAMING_BYTES", -4096)
 
     alice = coord.client("alice")
     calls = 0
