@@ -28,46 +28,24 @@ from coord_support import CLIENT_KEYS, MINER_NAMES, eventually, make_settings, m
 
 from coordinator.config import Settings
 from coordinator.server import Coordinator, start
+from tests.tcp_relay import Link, Relay
 
 
-class BlackholeProxy:
-    """Forwards TCP between its port and upstream until `blackhole()`; then swallows every byte both ways
-    and never closes a socket."""
+class BlackholeProxy(Relay):
+    """Relays TCP to the coordinator until `blackhole()`; then swallows every byte both ways, on every
+    connection (later ones too), and never closes a socket."""
+
+    silent = False
 
     def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
-        self.silent = False
-        self.server: asyncio.Server | None = None
-        self.writers: list[asyncio.StreamWriter] = []
-        self.tasks: set[asyncio.Task] = set()
+        super().__init__("127.0.0.1", upstream_port)
 
-    async def start(self) -> int:
-        self.server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        return self.server.sockets[0].getsockname()[1]
-
-    def blackhole(self) -> None:
+    def blackhole(self) -> int:
         self.silent = True
+        return super().blackhole()
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-        self.writers += [writer, up_writer]
-        for src, dst in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pipe(src, dst))
-            self.tasks.add(task)
-
-    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-        while data := await src.read(65536):
-            if not self.silent:
-                dst.write(data)
-                await dst.drain()
-
-    async def close(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-        for writer in self.writers:
-            writer.close()
-        if self.server is not None:
-            self.server.close()
+    async def passing(self, link: Link, direction: str, data: bytes) -> bytes | None:
+        return b"" if self.silent else data
 
 
 async def hold(job: job_pb2.Job) -> Outcome:

@@ -43,7 +43,6 @@ import random
 import re
 import signal
 import socket
-import struct as cstruct
 import sys
 import time
 import urllib.request
@@ -65,6 +64,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from coordinator.domain import states
 from coordinator.domain.model import JobState
+from tests.tcp_relay import Relay
 
 SEED = int(os.environ.get("AITBC_CHAOS_SEED") or random.SystemRandom().randrange(1, 10**9))
 CHAOS_SECONDS = float(os.environ.get("AITBC_CHAOS_SECONDS") or 12.0)
@@ -91,106 +91,11 @@ def seed_hex(name: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- the proxy
-class Link:
-    """One proxied TCP connection: the miner's side (down) and the coordinator's side (up)."""
-
-    def __init__(self, proxy: ChaosProxy, down: tuple[Any, Any], up: tuple[Any, Any]) -> None:
-        self.proxy = proxy
-        (self.down_r, self.down_w), (self.up_r, self.up_w) = down, up
-        self.dead = False  # blackholed for good: nothing flows, nothing closes (a NAT dropped its entry)
-        self.tasks = [asyncio.create_task(self._pipe(self.down_r, self.up_w)),
-                      asyncio.create_task(self._pipe(self.up_r, self.down_w))]  # fmt: skip
-        self.done = asyncio.ensure_future(asyncio.gather(*self.tasks, return_exceptions=True))
-        self.done.add_done_callback(lambda _: proxy.links.discard(self))
-
-    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                await self.proxy.flowing.wait()
-                data = await src.read(65536)
-                if not data:
-                    break
-                await self.proxy.flowing.wait()  # bytes read just before a stall wait for its end
-                if self.dead:
-                    continue
-                dst.write(data)
-                await dst.drain()
-            if self.dead:  # nor does a FIN: the link stays open, silent, until cut
-                await asyncio.Event().wait()
-            if dst.can_write_eof():
-                dst.write_eof()  # pass the FIN on (the other direction may still flow)
-        except (ConnectionError, OSError):
-            self.reset()
-
-    def reset(self) -> None:
-        """Both sockets closed with a TCP reset."""
-        for w in (self.down_w, self.up_w):
-            sock = w.get_extra_info("socket")
-            with contextlib.suppress(OSError):
-                if sock is not None and sock.fileno() >= 0:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, cstruct.pack("ii", 1, 0))
-            w.transport.abort()
-        for t in self.tasks:
-            t.cancel()
-
-    def close(self) -> None:
-        """Both sockets closed cleanly (FIN)."""
-        for w in (self.down_w, self.up_w):
-            w.close()
-        for t in self.tasks:
-            t.cancel()
-
-
-class ChaosProxy:
-    """Forwards TCP from its own port to the coordinator's; cuts (RST or FIN) and stalls on request."""
+class ChaosProxy(Relay):
+    """Relays TCP from its own port to the coordinator's; cuts (RST or FIN), stalls and blackholes on request."""
 
     def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
-        self.links: set[Link] = set()
-        self.flowing = asyncio.Event()
-        self.flowing.set()
-        self.server: asyncio.Server | None = None
-        self.port = 0
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-        except OSError:  # the coordinator is down: the miner sees a refused connection (a reset)
-            sock = writer.get_extra_info("socket")
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, cstruct.pack("ii", 1, 0))
-            writer.transport.abort()
-            return
-        self.links.add(Link(self, (reader, writer), up))
-
-    def cut(self, how: str) -> int:
-        links = list(self.links)
-        for link in links:
-            link.reset() if how == "rst" else link.close()
-        return len(links)
-
-    def stall(self) -> None:
-        self.flowing.clear()
-
-    def blackhole(self) -> int:
-        """The connections so far go silent for good (their sockets stay open); new ones work."""
-        links = [link for link in self.links if not link.dead]
-        for link in links:
-            link.dead = True
-        return len(links)
-
-    def heal(self) -> None:
-        self.flowing.set()
-
-    async def close(self) -> None:
-        self.heal()
-        self.cut("rst")
-        if self.server is not None:
-            self.server.close()
+        super().__init__("127.0.0.1", upstream_port)
 
 
 # ---------------------------------------------------------------------------------------------- miners
@@ -767,9 +672,9 @@ async def check_miners(coord: Harness, miners: list[InProcessMiner], proc: Proce
     if sorted(listed) != sorted(names) or any(m.status != apb.MINER_STATUS_ONLINE for m in listed.values()):
         book.problems.append(f"admin view: {[(n, m.status, m.running_jobs) for n, m in listed.items()]}")
     for s in scheduler.sessions.values():
-        if s.held or s.reserved or s.closed or s.disconnected_us:
+        if s.held or s.reserved or s.closed:
             book.problems.append(f"session {s.miner_id}: held {list(s.held)} reserved {s.reserved} closed "
-                                 f"{s.closed} disconnected {s.disconnected_us}")  # fmt: skip
+                                 f"{s.closed}")  # fmt: skip
     obs = coord.coordinator.observability
     if obs is not None and getattr(obs, "metrics_port", 0):
         text = await asyncio.to_thread(scrape, obs.metrics_port)
