@@ -260,12 +260,12 @@ class LiveStateCollector(Collector):
         sessions: list[Session] = list(s.by_miner.values())
         yield GaugeMetricFamily("aitbc_miners_connected", "Miners with a live session (draining included).",
                                 value=len(sessions))  # fmt: skip
-        yield GaugeMetricFamily("aitbc_miners_draining", "Connected miners that are draining.",
-                                value=sum(1 for x in sessions if x.draining))  # fmt: skip
+        yield GaugeMetricFamily("aitbc_miners_draining", "Miners whose drain is not over: connected and draining, "
+                                "or away with a drain pending.", value=s.miners_draining())  # fmt: skip
         yield GaugeMetricFamily(
             "aitbc_miners_disconnected",
-            "Miners gone within their reconnect grace period (their jobs wait for them).",
-            value=sum(1 for m in s.orphans if m not in s.by_miner),
+            "Miners gone within their reconnect grace period (their jobs, or a drain, wait for them).",
+            value=len(s.miners_away()),
         )
         slots = GaugeMetricFamily("aitbc_miner_slots", "Job slots of connected miners, free or busy "
                                   "(draining miners' free slots are not counted).", labels=["state"])  # fmt: skip

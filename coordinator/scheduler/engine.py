@@ -791,10 +791,30 @@ class Scheduler(UndoFailedCommits):
             or self._unsettled_frees.get(session.miner_id)
         ):
             return
-        pending = _Pending()
         self._tell_drain(session)  # (before its GoAway, had it waited for a write that failed)
+        if session.transport == "unary" and (_drain_outlives_session(session) or session.pending_cancels):
+            # No stream carries a GoAway: the session waits for the miner's next call to tell it (end_if_drained),
+            # and its cancels first (closed, they were lost: the miner ran on a job taken from it)
+            session.drained = True
+            session.wakeup.set()  # (a waiting poll tells it now)
+            return
+        pending = _Pending()
         self._close(session, pending, "DRAINED", requeue=False)
         self._spawn_commit(pending)
+
+    def end_if_drained(self, session: Session) -> None:
+        """A unary session drained with nothing left (an operator's drain, or cancels left to tell): ended DRAINED
+        now that its miner calls, and the call refused SESSION_DRAINED: the miner stops (as a stream's does on
+        its GoAway DRAINED) rather than register again and take new work. Its drain is over then."""
+        if not self.end_drained(session):
+            return
+        raise CoordinatorError(
+            Kind.FAILED_PRECONDITION,
+            "SESSION_DRAINED",
+            f"session {session.session_id!r} is drained ({session.drain_reason}): its jobs are done and it takes "
+            "no new work; stop (register again only to take work once more)",
+            metadata={"session_id": session.session_id, "drain_reason": session.drain_reason},
+        )
 
     def drain_miner(self, miner_id: str) -> Session | None:
         """An operator's drain: of the miner's session, or, for a miner away within its grace period (None is
@@ -816,6 +836,16 @@ class Scheduler(UndoFailedCommits):
         self.timers.schedule(until, "orphans", miner_id)  # (forgotten then, if not back)
         return None
 
+    def end_drained(self, session: Session) -> bool:
+        """Close a drained unary session (see end_if_drained), its miner's call to tell it so; whether it is over."""
+        if not session.drained or session.pending_cancels:  # (its last cancels are told first)
+            return False
+        if not session.closed:
+            pending = _Pending()
+            self._close(session, pending, "DRAINED", requeue=False)
+            self._spawn_commit(pending)
+        return True
+
     def drains_pending(self) -> dict[str, str]:
         """Miners away with an operator's drain their next session inherits: miner -> why."""
         return {
@@ -823,6 +853,15 @@ class Scheduler(UndoFailedCommits):
             for miner_id, (reason, _) in self._drains.items()
             if miner_id not in self.by_miner
         }
+
+    def miners_away(self) -> set[str]:
+        """Miners gone within their grace period: jobs of theirs, or an operator's drain, wait for them."""
+        return (self.orphans.keys() | self.drains_pending().keys()) - self.by_miner.keys()
+
+    def miners_draining(self) -> int:
+        """Miners whose drain is not over: connected and draining, or away with a drain pending (GetStats, the
+        gauge and ListMiners count the same)."""
+        return sum(1 for s in self.by_miner.values() if s.draining) + len(self.drains_pending())
 
     # ------------------------------------------------------------------ miners: work
     def heartbeat(self, session: Session, running: list[tuple[str, int]]) -> None:
@@ -1013,17 +1052,20 @@ class Scheduler(UndoFailedCommits):
     async def poll(
         self, session: Session, max_jobs: int, timeout_s: float
     ) -> tuple[list[AssignmentOut], list[CancelOut]]:
-        """Long-poll for the unary path: wait until work is assigned to session or timeout_s passes."""
+        """Long-poll for the unary path: wait until there is news for the miner (work assigned to session, a
+        cancel, its drain not yet told) or timeout_s passes; at most max_jobs assignments are taken (the rest
+        wait for another poll). Raises SESSION_DRAINED once an operator's drain is done (end_if_drained)."""
+        self.end_if_drained(session)
         deadline = asyncio.get_running_loop().time() + timeout_s
         session.poll_waiting += 1
         try:
             while True:
-                if not session.pending_assignments and not session.pending_cancels and not session.closed:
+                if not _poll_news(session) and not session.closed:
                     pending = _Pending()
                     self._fill(session, pending, now_us(), limit=max_jobs)
                     if pending.unit or pending.sends or pending.always:  # (always: a drained session's end)
                         await self._commit(pending)
-                if session.pending_assignments or session.pending_cancels or session.closed:
+                if _poll_news(session) or session.closed:
                     break
                 remaining = deadline - asyncio.get_running_loop().time()
                 if remaining <= 0:
@@ -1036,13 +1078,23 @@ class Scheduler(UndoFailedCommits):
         finally:
             session.poll_waiting -= 1
         session.last_seen_us = now_us()
-        assignments, session.pending_assignments = session.pending_assignments, []
-        cancels, session.pending_cancels = session.pending_cancels, []
-        return assignments, cancels
+        self.end_if_drained(session)
+        assignments = session.pending_assignments[:max_jobs]
+        del session.pending_assignments[:max_jobs]
+        if session.pending_assignments:
+            session.wakeup.set()  # for another poll of the session waiting meanwhile
+        return assignments, self.take_cancels(session)
 
     def take_cancels(self, session: Session) -> list[CancelOut]:
         cancels, session.pending_cancels = session.pending_cancels, []
         return cancels
+
+    @staticmethod
+    def report_drain(session: Session) -> bool:
+        """Whether a unary answer says the session drains (noted: a waiting poll no longer returns to say so)."""
+        if session.drain_told:
+            session.drain_reported = True
+        return session.drain_told
 
     # ------------------------------------------------------------------ matching and dispatch
     def _eligible(self, session: Session, constraints: Constraints) -> bool:
@@ -1102,13 +1154,18 @@ class Scheduler(UndoFailedCommits):
         """Give session queued work up to its free slots (one batched message); close a drained session.
 
         Every path that frees a slot ends here, so this is also where a session rejoins `available`."""
+        if limit is None and session.transport == "unary":
+            # A unary miner takes what its polls ask for (max_jobs), when they ask: a waiting poll fills itself.
+            # (Filled here, jobs waited unseen, their leases running, and a poll answered more than max_jobs.)
+            limit = 0
+            session.wakeup.set()
         try:
             self._fill_slots(session, pending, now, limit, exclude_job)
         finally:
             self._refresh_available(session)
 
     def _refresh_available(self, session: Session) -> None:
-        if session.free > 0 and not (session.closed or session.draining or session.disconnected_us):
+        if session.free > 0 and not (session.closed or session.draining):
             self.available[session.session_id] = session
         else:
             self.available.pop(session.session_id, None)
@@ -1118,7 +1175,7 @@ class Scheduler(UndoFailedCommits):
         if session.draining and not session.held and not session.reserved:
             # once this decision is settled (applied, or undone: its job may come back to the session)
             pending.always.append(functools.partial(self._close_if_drained, session))
-        if session.closed or session.draining or session.disconnected_us:
+        if session.closed or session.draining:
             return
         want = session.free if limit is None else min(limit, session.free)
         batch: list[AssignmentOut] = []
@@ -1259,7 +1316,9 @@ class Scheduler(UndoFailedCommits):
                 return
             # While the coordinator itself handles one of its messages (waiting for a slow store, say), the
             # stream is not read: the miner's heartbeats wait there, and its silence is ours.
-            deadline = now + timeout_us if session.handling else session.last_seen_us + timeout_us
+            # A unary miner's long-poll waiting here is the miner present, waiting for us, as well.
+            waiting = session.handling or session.poll_waiting
+            deadline = now + timeout_us if waiting else session.last_seen_us + timeout_us
             if blocked:
                 deadline = min(deadline, blocked + timeout_us)
             if deadline > now:
@@ -1334,6 +1393,13 @@ class Scheduler(UndoFailedCommits):
                                 f"attempt {attempt} ran longer than {job.execution_timeout_us / MICROS:g} s", now, pending)  # fmt: skip
         self._fill(session, pending, now)
         self._spawn_commit(pending)
+
+
+def _poll_news(session: Session) -> bool:
+    """What a waiting poll returns for: work, cancels, a drain the miner has not heard of, its drain done."""
+    if session.pending_assignments or session.pending_cancels or session.drained:
+        return True
+    return session.drain_told and not session.drain_reported
 
 
 def _code(failure: FailureIn) -> str:

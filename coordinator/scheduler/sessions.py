@@ -76,8 +76,14 @@ class Session:
     draining: bool = False
     drain_reason: str = ""  # why it drains; told to the miner once what was decided before it has left
     drain_told: bool = False
+    # unary path: whether an answer (Heartbeat, PollJob) has told the miner it drains: a waiting poll returns
+    # at once to tell it, once
+    drain_reported: bool = False
+    # unary path, an operator's drain (or cancels left to tell): nothing is left to the session, which stays open
+    # (taking no work) until the miner's next call is told SESSION_DRAINED; closed there and then, the miner
+    # would hear only SESSION_NOT_FOUND, register again, and take new work at once
+    drained: bool = False
     closed: bool = False
-    disconnected_us: int = 0  # stream gone, within the grace period
     write_blocked_since_us: int = 0  # a write to the stream has waited since then (0: none waiting)
     stream_task: asyncio.Task | None = None  # the Connect handler, cancelled when the stream stalls
     end_reason: str = ""  # why the scheduler ended the stream (for the disconnect line)
@@ -126,12 +132,8 @@ class Session:
         return self.caps.slots - len(self.held) - self.reserved
 
     @property
-    def online(self) -> bool:
-        return not self.closed and not self.disconnected_us
-
-    @property
     def takes_work(self) -> bool:
-        if self.closed or self.draining or self.disconnected_us or self.free <= 0:
+        if self.closed or self.draining or self.free <= 0:
             return False
         return self.transport == "stream" or self.poll_waiting > 0
 
@@ -141,9 +143,18 @@ class Session:
             return
         if isinstance(message, list):
             self.pending_assignments.extend(message)
-        elif isinstance(message, CancelOut):
+        elif isinstance(message, CancelOut) and not self._withdraw(message):
             self.pending_cancels.append(message)
         self.wakeup.set()
+
+    def _withdraw(self, cancel: CancelOut) -> bool:
+        """Take back an assignment no poll has handed out yet: the miner never hears of the job, nor of its cancel
+        (handed out after the cancel, it would start a job already taken from it)."""
+        for i, a in enumerate(self.pending_assignments):
+            if a.job.job_id == cancel.job_id and a.attempt == cancel.attempt:
+                del self.pending_assignments[i]
+                return True
+        return False
 
     def record_score(self) -> float:
         """Recent record: share of jobs completed (1.0 with no history)."""

@@ -74,7 +74,7 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
         return pb.GetStatsResponse(
             jobs_by_state=[pb.StateCount(state=int(st), count=counts.get(st, 0)) for st in JobState],
             queue_depth=s.queues.depth, miners_online=len(sessions),
-            miners_draining=sum(1 for x in sessions if x.draining),
+            miners_draining=s.miners_draining(),  # (away ones with a drain pending too: it is not over)
             slots_free=sum(max(0, x.free) for x in sessions if not x.draining),
             slots_busy=sum(len(x.held) for x in sessions), windows=windows,
             queue_wait=latency(s.samples_wait, hour_ago), run_time=latency(s.samples_run, hour_ago),
@@ -97,8 +97,7 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
     ) -> pb.ListMinersResponse:
         s = self.scheduler
         miners = [miner_info(session) for session in s.by_miner.values()]
-        away = (s.orphans.keys() | s.drains_pending().keys()) - s.by_miner.keys()
-        miners += [self._away(miner_id) for miner_id in away]
+        miners += [self._away(miner_id) for miner_id in s.miners_away()]
         return pb.ListMinersResponse(miners=sorted(miners, key=lambda m: m.miner_id))
 
     def _away(self, miner_id: str) -> pb.MinerInfo:

@@ -340,9 +340,11 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
         self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext
     ) -> pb.HeartbeatResponse:
         session = self._session(request.session_id)
+        self.scheduler.end_if_drained(session)
         self.scheduler.heartbeat(session, running(request.running_jobs))
         cancels = self.scheduler.take_cancels(session)
-        return pb.HeartbeatResponse(cancels=[cancel(c) for c in cancels], draining=session.drain_told)
+        return pb.HeartbeatResponse(cancels=[cancel(c) for c in cancels],
+                                    draining=self.scheduler.report_drain(session))  # fmt: skip
 
     async def PollJob(
         self, request: pb.PollJobRequest, context: grpc.aio.ServicerContext
@@ -353,7 +355,8 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
         assignments, cancels = await self.scheduler.poll(session, max(1, request.max_jobs), wait_s)
         obs.dispatched(assignments)
         return pb.PollJobResponse(assignments=[assignment(a) for a in assignments],
-                                  cancels=[cancel(c) for c in cancels])  # fmt: skip
+                                  cancels=[cancel(c) for c in cancels],
+                                  draining=self.scheduler.report_drain(session))  # fmt: skip
 
     async def SubmitResult(
         self, request: pb.SubmitResultRequest, context: grpc.aio.ServicerContext
@@ -378,9 +381,9 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
     async def Drain(self, request: pb.DrainRequest, context: grpc.aio.ServicerContext) -> pb.DrainResponse:
         session = self._session(request.session_id)
         self.scheduler.drain(session, "MINER_REQUESTED")
-        return pb.DrainResponse(
-            running_jobs=len(session.held) + session.reserved
-        )  # (reserved: being read back)
+        running_jobs = len(session.held) + session.reserved  # (reserved: being read back)
+        self.scheduler.end_drained(session)  # drained already by an operator: this answer (0 jobs) tells it
+        return pb.DrainResponse(running_jobs=running_jobs)
 
     @staticmethod
     def _accepted(a: AckOut) -> AckOut:

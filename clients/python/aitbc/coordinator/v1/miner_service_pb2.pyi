@@ -310,12 +310,14 @@ class PollJobRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., max_jobs: _Optional[int] = ...) -> None: ...
 
 class PollJobResponse(_message.Message):
-    __slots__ = ("assignments", "cancels")
+    __slots__ = ("assignments", "cancels", "draining")
     ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
     CANCELS_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
     assignments: _containers.RepeatedCompositeFieldContainer[Assignment]
     cancels: _containers.RepeatedCompositeFieldContainer[Cancel]
-    def __init__(self, assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., cancels: _Optional[_Iterable[_Union[Cancel, _Mapping]]] = ...) -> None: ...
+    draining: bool
+    def __init__(self, assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., cancels: _Optional[_Iterable[_Union[Cancel, _Mapping]]] = ..., draining: _Optional[bool] = ...) -> None: ...
 
 class SubmitResultRequest(_message.Message):
     __slots__ = ("session_id", "result")

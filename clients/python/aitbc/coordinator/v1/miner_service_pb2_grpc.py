@@ -143,15 +143,22 @@ class MinerServiceServicer:
 
     def Heartbeat(self, request, context):
         """Keeps a unary session alive and renews the leases of the jobs it lists. Errors: NOT_FOUND
-        (`SESSION_NOT_FOUND`) when the session expired: register again.
+        (`SESSION_NOT_FOUND`) when the session expired: register again; FAILED_PRECONDITION (`SESSION_DRAINED`)
+        when an operator drained the miner (DrainMiner) and nothing is left to it: the session ends with this
+        answer, as a stream ends with GoAway `DRAINED`; stop taking work (a new RegisterMiner takes work again).
+        Until then, a session drained by an operator stays open, taking no new work, whatever the miner's jobs:
+        a registration while it is (or within the grace period after it was lost) drains too.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def PollJob(self, request, context):
-        """Long-poll for work: returns as soon as at least one job is assigned to the session, or empty when the
-        call's deadline (at most 60 s is used) passes. Never returns more jobs than `max_jobs`.
+        """Long-poll for work: returns as soon as at least one job is assigned to the session (or a cancel, or the
+        news that the session drains, `draining`, is there), or empty when the call's deadline (at most 60 s is
+        used) passes. Never returns more jobs than `max_jobs`. A waiting poll keeps the session alive. Errors as
+        for Heartbeat: a poll waiting when the session's drain is done ends FAILED_PRECONDITION
+        (`SESSION_DRAINED`) at once.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -175,7 +182,9 @@ class MinerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Drain(self, request, context):
-        """Asks for no new assignments; running jobs finish, then the session ends.
+        """Asks for no new assignments; running jobs finish, then the session ends (at once when none runs:
+        `running_jobs` 0). Should cancels be left to tell when its last job ends (a client canceled it), the
+        session stays until the next Heartbeat or PollJob has them; the call after is refused `SESSION_DRAINED`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
