@@ -32,7 +32,17 @@ from typing import Any
 import pytest
 from aitbc import cli
 from aitbc.miner import python_runner, subprocess_runner
-from coord_support import ASSIGNED, COMPLETED, FAILED, RUNNING, Harness, eventually, miner_key, sdk_miner
+from coord_support import (
+    ASSIGNED,
+    COMPLETED,
+    FAILED,
+    RUNNING,
+    Harness,
+    eventually,
+    miner_key,
+    sdk_miner,
+    struct,
+)
 
 PY = sys.executable
 
@@ -67,7 +77,7 @@ async def run_one(coord: Harness, runner: Any, payload: Any, within: float = 10.
     miner = sdk_miner(coord.address, runner)
     task = coord.run_miner(miner)
     await eventually(lambda: miner.connects == 1)
-    job = await alice.submit(payload, max_attempts=1, **submit)
+    job = await alice.submit(payload, **{"max_attempts": 1, **submit})
     done = await coord.finished(alice, job.job_id, within=within)
     assert not task.done(), f"miner.run() ended: {task.exception()!r}"
     return done
@@ -183,7 +193,7 @@ async def test_the_readmes_cmd_example_finds_its_script(
     monkeypatch.chdir(tmp_path)
     done = await run_one(coord, cli._runner(f"cmd:{PY} my_worker.py", 30.0), {"a": "b"})
     assert done.state == COMPLETED, (done.terminal_reason, done.terminal_message)
-    assert (await coord.client("alice").result(done.job_id)).result.result_bytes == b'{"A":"B"}'
+    assert (await coord.client("alice").result(done.job_id)).result.result == struct({"A": "B"})  # JSON out
     done = await run_one(coord, cli._runner("cmd:bin/worker.sh", 30.0), {"a": "b"})
     assert done.state == COMPLETED, (done.terminal_reason, done.terminal_message)
 
@@ -202,7 +212,8 @@ async def test_an_async_callable_runs(coord: Harness) -> None:
 @pytest.mark.coordinator(lease_seconds=30.0)
 async def test_stuck_callables_do_not_starve_the_next_jobs(coord: Harness) -> None:
     """Callables that never return (canceled by the coordinator on their execution timeout) do not leave the
-    miner unable to run anything: more of them than asyncio's default thread pool has threads, then a job."""
+    miner unable to run anything: more of them than asyncio's default thread pool has threads, then a job on
+    the one slot they leave. (Each holds its slot: test_miner_sdk_stuck_runners.)"""
     release = threading.Event()
 
     def fn(data: Any) -> Any:
@@ -211,12 +222,13 @@ async def test_stuck_callables_do_not_starve_the_next_jobs(coord: Harness) -> No
         return data
 
     alice = coord.client("alice")
-    miner = sdk_miner(coord.address, python_runner(fn), slots=2)
+    n_stuck = min(32, (os.cpu_count() or 1) + 4) + 1  # ThreadPoolExecutor's default size, + 1
+    miner = sdk_miner(coord.address, python_runner(fn), slots=n_stuck + 1)
     coord.run_miner(miner)
     try:
         stuck = [
             await alice.submit({"stuck": True, "n": i}, max_attempts=1, execution_timeout_s=1.0)
-            for i in range(min(32, (os.cpu_count() or 1) + 4) + 1)  # ThreadPoolExecutor's default size, + 1
+            for i in range(n_stuck)
         ]
         for job in stuck:
             assert (await coord.finished(alice, job.job_id, within=20.0)).state == FAILED
@@ -242,11 +254,11 @@ def work(data):
 """
 
 
-def cli_miner(coord: Harness, tmp_path: Path) -> subprocess.Popen:
+def cli_miner(coord: Harness, tmp_path: Path, *options: str) -> subprocess.Popen:
     (tmp_path / "zz_worker_mod.py").write_text(textwrap.dedent(WORKER))
     return subprocess.Popen(
         [PY, "-m", "aitbc.cli", "miner", "run", "--address", coord.address, "--api-key", miner_key("miner-00"),
-         "--runner", "python:zz_worker_mod:work"],
+         "--runner", "python:zz_worker_mod:work", *options],
         cwd=tmp_path, env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))},
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
@@ -305,3 +317,24 @@ async def test_a_command_may_run_for_its_jobs_execution_timeout_unless_the_miner
     job.execution_timeout.FromSeconds(7200)
     with pytest.raises(JobFailed, match=r"longer than 0\.5 s"):  # the miner's, shorter than the job's
         await asyncio.wait_for(subprocess_runner(["sleep", "30"], timeout_s=0.5)(job), 20)
+
+
+@pytest.mark.coordinator(lease_seconds=30.0)
+async def test_the_cli_miner_exits_1_when_its_every_slot_is_stuck(coord: Harness, tmp_path: Path) -> None:
+    """Its one callable stuck past its job's execution timeout, for longer than --stuck-timeout: the miner drains
+    and exits 1 saying why, for a supervisor to start it again (its thread cannot be stopped). (Review round 28:
+    it took the next job on the slot the stuck thread still held.)"""
+    alice = coord.client("alice")
+    proc = cli_miner(coord, tmp_path, "--stuck-timeout", "1.5")
+    try:
+        job = await alice.submit({"block": True}, max_attempts=1, execution_timeout_s=1.0)
+        assert (await coord.finished(alice, job.job_id, within=15.0)).state == FAILED
+        await eventually(lambda: proc.poll() is not None, within=15.0, what="the miner exited")
+        assert proc.returncode == 1
+        assert (
+            "every slot (1) was held by the runners of canceled jobs for 1.5 s" in proc.stderr.read().decode()
+        )
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stderr.close()

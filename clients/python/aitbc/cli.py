@@ -93,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--label", action="append", default=[], help="KEY=VALUE; repeatable")
     run.add_argument("--timeout", type=_positive_seconds, default=None,
                      help="cmd runner: at most this many seconds per job (default: the job's execution timeout)")  # fmt: skip
+    run.add_argument("--raw-output", action="store_true",
+                     help="cmd runner: the result is stdout's bytes, even for a JSON job printing a JSON object")  # fmt: skip
+    run.add_argument("--stuck-timeout", type=_positive_seconds, default=60.0, metavar="SECONDS",
+                     help="python runner: drain and exit 1 once canceled jobs' callables have held every slot this "
+                          "long (default: 60)")  # fmt: skip
     run.add_argument("--give-up-after", type=_positive_seconds, default=None, metavar="SECONDS",
                      help="exit 1 when the coordinator stays unreachable this long (default: keep trying)")  # fmt: skip
     run.add_argument("--signing-key-hex", default=os.environ.get("AITBC_MINER_SIGNING_KEY_HEX", ""),
@@ -216,7 +221,7 @@ def _write(data: bytes, path: str | None) -> None:
         sys.stdout.write(data.decode() + "\n")
 
 
-def _runner(spec: str, timeout: float | None):  # type: ignore[no-untyped-def]
+def _runner(spec: str, timeout: float | None, raw_output: bool = False):  # type: ignore[no-untyped-def]
     from . import miner
 
     if spec == "echo":
@@ -229,7 +234,8 @@ def _runner(spec: str, timeout: float | None):  # type: ignore[no-untyped-def]
     if spec.startswith("cmd:"):
         import shlex
 
-        return miner.subprocess_runner(_paths_made_absolute(shlex.split(spec[len("cmd:") :])), timeout)
+        command = _paths_made_absolute(shlex.split(spec[len("cmd:") :]))
+        return miner.subprocess_runner(command, timeout, json_results=not raw_output)
     raise SystemExit(f"aitbc: unknown runner {spec!r}")
 
 
@@ -243,19 +249,24 @@ def _paths_made_absolute(words: list[str]) -> list[str]:
 
 
 async def _miner(args: argparse.Namespace) -> int:
-    from .miner import Miner, install_signal_handlers, probe_capabilities
+    from .miner import Miner, RunnersStuck, install_signal_handlers, probe_capabilities
     from .receipts import Signer
 
     overrides: dict[str, Any] = {"price": args.price, "region": args.region, "models": args.model,
                                  "cuda_version": args.cuda, "labels": dict(kv.split("=", 1) for kv in args.label)}  # fmt: skip
     if args.gpu:
         overrides["gpus"] = [(g.rsplit(":", 1)[0], int(g.rsplit(":", 1)[1])) for g in args.gpu]
-    miner = Miner(args.address, args.api_key, _runner(args.runner, args.timeout),
+    miner = Miner(args.address, args.api_key, _runner(args.runner, args.timeout, args.raw_output),
                   probe_capabilities(args.slots, **overrides),
                   signer=Signer(args.signing_key_hex) if args.signing_key_hex else None,
-                  unreachable_timeout_s=args.give_up_after, **connection_options(args))  # fmt: skip
+                  unreachable_timeout_s=args.give_up_after, stuck_timeout_s=args.stuck_timeout,
+                  **connection_options(args))  # fmt: skip
     install_signal_handlers(miner)
-    await miner.run()
+    try:
+        await miner.run()
+    except RunnersStuck as exc:  # for a supervisor to start the miner again (its stuck threads go with it)
+        print(f"aitbc: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import hashlib
 import inspect
+import json
 import logging
 import os
 import random
@@ -33,7 +35,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from .channel import auth_metadata, open_channel
 from .coordinator.v1 import job_pb2, miner_service_pb2, miner_service_pb2_grpc
-from .receipts import Signer, build_miner_report, canonical_struct, sign_miner_report
+from .receipts import Signer, build_miner_report, canonical_struct, decode_strict, sign_miner_report
 from .signing import SigningChannel
 from .tracing import job_span, with_trace_context
 
@@ -44,11 +46,14 @@ Output = dict[str, Any] | bytes
 
 @dataclass
 class Outcome:
-    """What a runner returns: the output and the units of work it took."""
+    """What a runner returns: the output and the units of work it took; raw: the same output as bytes, the
+    result instead should a structured output be larger than a result may be (a Struct holds a number in 9
+    bytes and more: a command's printed JSON can grow several times over)."""
 
     output: Output
     units: str = "0"
     unit_type: str = "gpu_seconds"
+    raw: bytes | None = None
 
 
 Runner = Callable[[job_pb2.Job], Awaitable[Outcome | Output]]
@@ -63,7 +68,11 @@ class JobFailed(Exception):
 
 
 def job_input(job: job_pb2.Job) -> Output:
-    return job.payload_bytes if job.WhichOneof("input") == "payload_bytes" else MessageToDict(job.payload)
+    """The job's input: its bytes, or its JSON as the cmd runner's command reads it (canonical JSON): a Struct
+    holds every number as a double, and the client's 3 is 3 again here, not 3.0."""
+    if job.WhichOneof("input") == "payload_bytes":
+        return job.payload_bytes
+    return json.loads(canonical_struct(MessageToDict(job.payload)))
 
 
 async def echo_runner(job: job_pb2.Job) -> Outcome:
@@ -77,9 +86,10 @@ def python_runner(fn: Callable[[Output], Any]) -> Runner:
 
     The thread is a daemon, not one of the loop's default pool: a call that never returns (its job canceled
     by the coordinator on its execution timeout) holds its thread, not one of a handful the next jobs queue
-    for, nor the process's exit. A BaseException out of fn (sys.exit(), KeyboardInterrupt: never a real signal
-    in a thread) fails its job; let out of the thread, asyncio would re-raise it from the loop, ending the
-    miner."""
+    for, nor the process's exit. A thread cannot be stopped: canceled, the runner returns only once fn has
+    (canceled again, at once), so that the miner counts the slot busy as long as fn runs. A BaseException out
+    of fn (sys.exit(), KeyboardInterrupt: never a real signal in a thread) fails its job; let out of the
+    thread, asyncio would re-raise it from the loop, ending the miner."""
 
     async def run(job: job_pb2.Job) -> Outcome:
         loop = asyncio.get_running_loop()
@@ -97,9 +107,12 @@ def python_runner(fn: Callable[[Output], Any]) -> Runner:
 async def _in_daemon_thread(fn: Callable[[Output], Any], arg: Output, name: str) -> Any:
     loop = asyncio.get_running_loop()
     future: asyncio.Future[Any] = loop.create_future()
+    ended: asyncio.Future[None] = loop.create_future()  # fn returned (or raised), whatever became of the job
     context = contextvars.copy_context()  # (as asyncio.to_thread: the job's trace span)
 
     def settle(value: Any, exc: BaseException | None) -> None:
+        if not ended.done():
+            ended.set_result(None)
         if future.done():  # the job was canceled meanwhile
             return
         if exc is None:
@@ -121,9 +134,14 @@ async def _in_daemon_thread(fn: Callable[[Output], Any], arg: Output, name: str)
             pass
 
     threading.Thread(target=work, name=name, daemon=True).start()
-    return await future
+    try:
+        return await future
+    except asyncio.CancelledError:
+        await ended  # the thread still holds its slot (a second cancel: given up on at once)
+        raise
 
 
+EX_DATAERR = 65  # sysexits.h: a command exiting with it says its input is wrong (INVALID_INPUT, for good)
 STDERR_TAIL_BYTES = 64 << 10  # the end of a command's stderr kept for its failure message
 PIPES_GRACE_S = 5.0  # the command and its process group gone: how long its pipes may take to close
 
@@ -183,21 +201,29 @@ def _time_limit(job: job_pb2.Job, timeout_s: float | None) -> float | None:
 
 
 def subprocess_runner(
-    command: list[str], timeout_s: float | None = None, max_output_bytes: int = (8 << 20) - (64 << 10)
+    command: list[str],
+    timeout_s: float | None = None,
+    max_output_bytes: int = (8 << 20) - (64 << 10),
+    json_results: bool = True,
 ) -> Runner:
     """Runs command in a fresh workspace per job: the input on stdin (JSON or bytes), the result from stdout.
+
+    JSON in, JSON out: for a job whose input is JSON, stdout holding one JSON object is the structured result
+    (see _stdout_result); anything else, and everything with json_results=False, is the result's bytes.
 
     It may run for the job's execution timeout, or timeout_s if that is shorter (None, 0 or less: the job's alone).
     The command runs in a process group of its own (a new session), SIGKILLed as a whole when the job ends:
     on its timeout, its cancellation, stdout past max_output_bytes (a RESULT_TOO_LARGE failure), and once the
-    command has exited (what it left running in the background goes with it, and holds no pipe open). Only
-    the last STDERR_TAIL_BYTES of stderr are kept (the end of them in a failure's message)."""
+    command has exited (what it left running in the background goes with it, and holds no pipe open). Exit
+    status 65 (EX_DATAERR) says the input is wrong: the job fails for good (INVALID_INPUT), any other but 0
+    fails it retryable (EXIT_STATUS). Only the last STDERR_TAIL_BYTES of stderr are kept (the end of them in a
+    failure's message)."""
 
     async def run(job: job_pb2.Job) -> Outcome:
         data = (
             job.payload_bytes
             if job.WhichOneof("input") == "payload_bytes"
-            else canonical_struct(job_input(job))
+            else canonical_struct(MessageToDict(job.payload))
         )
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -232,8 +258,15 @@ def subprocess_runner(
                 raise JobFailed("RESULT_TOO_LARGE", too_large, retryable=False)
             if returncode != 0:
                 tail = bytes(out.stderr[-2000:]).decode(errors="replace")[-500:]
+                if returncode == EX_DATAERR:  # the same input would fail on every miner: not run again
+                    raise JobFailed("INVALID_INPUT", f"exit {returncode} (its input refused): {tail}", False)
                 raise JobFailed("EXIT_STATUS", f"exit {returncode}: {tail}")
-            return Outcome(bytes(out.stdout), units=f"{loop.time() - started:.6f}", unit_type="cpu_seconds")
+            json_in = job.WhichOneof("input") != "payload_bytes"
+            output = _stdout_result(bytes(out.stdout)) if json_results and json_in else None
+            units = f"{loop.time() - started:.6f}"
+            if output is None:
+                return Outcome(bytes(out.stdout), units=units, unit_type="cpu_seconds")
+            return Outcome(output, units=units, unit_type="cpu_seconds", raw=bytes(out.stdout))
         finally:  # done, failed, timed out or canceled: the group goes, and the workspace
             if pgid:
                 _kill_group(pgid)
@@ -242,6 +275,34 @@ def subprocess_runner(
             shutil.rmtree(workspace, ignore_errors=True)
 
     return run
+
+
+def _stdout_result(stdout: bytes) -> dict[str, Any] | None:
+    """stdout as a structured result, if it is one JSON object (whitespace around it allowed) that a result's
+    Struct holds exactly; None otherwise (its bytes are the result). Not when it repeats a key, holds NaN or
+    an infinity, or a number a Struct's doubles would change (an integer past 2^53), or nests deeper than the
+    coordinator takes a result."""
+    if not stdout.lstrip().startswith(b"{"):
+        return None
+    try:
+        value = decode_strict(stdout)
+        if _depth(value) > MAX_STRUCT_DEPTH:
+            return None
+        struct = struct_pb2.Struct()
+        struct.update(value)
+        held = MessageToDict(struct_pb2.Struct.FromString(struct.SerializeToString()))
+        canonical_struct(held)  # (no NaN, no infinity)
+    except Exception:  # not JSON, not an object, too deep for protobuf, not Unicode
+        return None
+    return held if held == value else None
+
+
+def _depth(value: Any, level: int = 1) -> int:
+    """How deep value nests, as the coordinator counts (an object of scalars: 2)."""
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
+    if items is None:
+        return level
+    return max([level, *(_depth(item, level + 1) for item in items)])
 
 
 def probe_capabilities(slots: int = 1, **overrides: Any) -> miner_service_pb2.MinerCapabilities:
@@ -280,6 +341,11 @@ class CoordinatorUnreachable(ConnectionError):
     """The coordinator stayed unreachable longer than the miner's `unreachable_timeout_s`."""
 
 
+class RunnersStuck(RuntimeError):
+    """Every slot is held by the runner of a canceled job that did not return (a python callable stuck: a
+    thread cannot be stopped). The miner drained; run() raises this for a supervisor to start it again."""
+
+
 @dataclass
 class _Running:
     attempt: int
@@ -310,9 +376,18 @@ class Miner:
     # the largest result sent as such (larger: a RESULT_TOO_LARGE failure); open_channel's send limit less the
     # message's framing: raise it with a channel of your own that sends more
     max_result_bytes: int = (8 << 20) - (64 << 10)
+    # how long the runners of canceled jobs (python callables: a thread cannot be stopped) may hold every slot
+    # before the miner drains and run() raises RunnersStuck, for a supervisor to start it again
+    stuck_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         self.running: dict[str, _Running] = {}
+        # jobs canceled (by the coordinator, or not resumed by a welcome) whose runner has not returned yet, with
+        # when: each holds its slot (a python callable's thread runs on until it returns)
+        self._canceled: dict[asyncio.Task, float] = {}
+        self._offered_slots = 0  # what the current stream's hello offered
+        self._new_stream_wanted: asyncio.Future[None] | None = None  # set: end the stream, offer other slots
+        self.runners_stuck = False  # every slot held by a canceled job's runner: drained, run() raises
         # Results and failure reports sent and not yet acknowledged, by job: a stream lost before the ack lists
         # their jobs in the next hello (so the coordinator keeps them) and sends them again on the new stream.
         self.unacked: dict[str, tuple[int, miner_service_pb2.Result | miner_service_pb2.Failure]] = {}
@@ -321,6 +396,12 @@ class Miner:
         self._poisoned: dict[str, int] = {}
         self._on_stream: set[str] = set()  # the unacked ones sent on the current stream
         self._welcomed = False  # the current stream got its welcome
+        # the current stream ended with a go-away: its reconnect_after is the least wait before the next
+        self._went_away = False
+        self._welcomed_at = 0.0  # the loop's time of the current stream's welcome
+        self._heartbeat_waiting = False  # a heartbeat is in the current stream's outbox
+        if not self.stuck_timeout_s > 0:
+            raise ValueError(f"stuck_timeout_s must be more than 0, not {self.stuck_timeout_s}")
         if self.unreachable_timeout_s is not None and not self.unreachable_timeout_s > 0:
             raise ValueError(
                 f"unreachable_timeout_s must be more than 0 (or None), not {self.unreachable_timeout_s}"
@@ -346,8 +427,11 @@ class Miner:
         return self.capabilities.slots or 1
 
     def hello(self) -> miner_service_pb2.ConnectRequest:
+        capabilities = miner_service_pb2.MinerCapabilities()
+        capabilities.CopyFrom(self.capabilities)
+        capabilities.slots = self._offered_slots = max(1, self.slots - self._stuck_runners())
         return miner_service_pb2.ConnectRequest(hello=miner_service_pb2.Hello(
-            capabilities=self.capabilities, agent_version="aitbc-python-miner/0.1",
+            capabilities=capabilities, agent_version="aitbc-python-miner/0.1",
             receipt_public_key=self.signer.public_key if self.signer else b"", batched_acks=True,
             running_jobs=[miner_service_pb2.RunningJob(job_id=j, attempt=a) for j, a in self._held().items()],
         ))  # fmt: skip
@@ -361,7 +445,8 @@ class Miner:
         }
 
     async def run(self) -> None:
-        """Connect, work, and reconnect with jittered backoff until stop() or a completed drain."""
+        """Connect, work, and reconnect with jittered backoff until stop() or a completed drain (RunnersStuck when
+        the miner drained because canceled jobs' runners held every slot)."""
         failures = 0
         channel = self.channel or open_channel(self.address, own_connection=self.own_connection, tls_ca=self.tls_ca,
                                               tls_cert=self.tls_cert, tls_key=self.tls_key)  # fmt: skip
@@ -370,7 +455,11 @@ class Miner:
                 self._session_task = asyncio.create_task(self._session(channel))
                 try:
                     reason, delay = await self._session_task
-                    failures = 0
+                    if self._welcomed:
+                        failures = 0
+                    else:  # ended before its welcome (a proxy, a server not ready): backed off as a failure
+                        failures += 1
+                        delay = self._backoff(failures)
                 except asyncio.CancelledError:
                     if not self.stopped.is_set():
                         raise
@@ -385,17 +474,19 @@ class Miner:
                         exc.code() == grpc.StatusCode.INVALID_ARGUMENT and not self._welcomed
                     ):  # this miner's key or hello is wrong: no use trying again
                         raise
+                    if self._served_a_while():
+                        failures = 0  # the backoff starts over: this failure ended a stream that worked
                     failures += 1
                     reason = exc.code().name
                     if refused_by_coordinator(exc):
                         for job_id in self._on_stream & self.unacked.keys():
                             self._poisoned[job_id] = self._poisoned.get(job_id, 0) + 1
-                    delay = min(self.backoff_max_s, self.backoff_base_s * 2 ** min(failures, 10))
+                    delay = self._backoff(failures)
                 if reason == "DRAINED" or (self.draining and not self.running and not self.unacked):
                     break
                 if self.stopped.is_set():
                     break
-                wait = random.uniform(0.5, 1.0) * delay  # jitter: a fleet does not reconnect in lockstep
+                wait = self._jittered(delay)
                 log.info("miner session ended (%s); reconnecting in %.2f s", reason, wait)
                 try:
                     await asyncio.wait_for(self.stopped.wait(), wait)
@@ -408,6 +499,25 @@ class Miner:
                 r.task.cancel()
             if channel is not self.channel:
                 await channel.close()
+        if self.runners_stuck:
+            raise RunnersStuck(f"every slot ({self.slots}) was held by the runners of canceled jobs for "
+                               f"{self.stuck_timeout_s:g} s; the miner drained: start it again")  # fmt: skip
+
+    def _served_a_while(self) -> bool:
+        """Whether the stream just ended was welcomed and then lasted longer than the longest backoff: one that
+        fails at once, again and again, backs off further each time; one after hours of work does not."""
+        lasted = asyncio.get_running_loop().time() - self._welcomed_at
+        return self._welcomed and lasted >= self.backoff_max_s
+
+    def _backoff(self, failures: int) -> float:
+        return min(self.backoff_max_s, self.backoff_base_s * 2 ** min(failures, 10))
+
+    def _jittered(self, delay: float) -> float:
+        """The wait before the next stream, jittered so that a fleet does not reconnect in lockstep: delay and up
+        to half more when a go-away asked for it (the least it allows), half of delay to all of it otherwise."""
+        if self._went_away:
+            return delay * random.uniform(1.0, 1.5)
+        return delay * random.uniform(0.5, 1.0)
 
     def stop(self) -> None:
         self.stopped.set()
@@ -449,7 +559,7 @@ class Miner:
         await self._reachable(channel)
         self._drop_poisoned()  # before the hello, which would list their jobs
         self._on_stream = set()
-        self._welcomed = False
+        self._welcomed = self._went_away = False
         call = stub.Connect(metadata=with_trace_context(auth_metadata(self.api_key)))
         outbox: asyncio.Queue[miner_service_pb2.ConnectRequest] = asyncio.Queue()
         self._outbox = outbox
@@ -460,63 +570,89 @@ class Miner:
             return "NO_WELCOME", self.backoff_base_s
         welcome = first.welcome
         self._welcomed = True  # from now on, INVALID_ARGUMENT is about a message, not about this miner
+        self._welcomed_at = asyncio.get_running_loop().time()
         self.session_id = welcome.session_id
         self._coordinator_result_bytes = welcome.max_result_bytes
         self._coordinator_message_bytes = welcome.max_message_bytes
         self.connects += 1
         kept = {j.job_id for j in welcome.resumed_jobs}
         for job_id in [j for j in self.running if j not in kept]:
-            self.running.pop(job_id).task.cancel()
+            self._cancel(job_id)
         self._resend(outbox)
         if self.draining:
             outbox.put_nowait(
                 miner_service_pb2.ConnectRequest(drain=miner_service_pb2.MinerDrain(reason="draining"))
             )
         interval = max(0.05, welcome.heartbeat_interval.ToMilliseconds() / 1000)
+        self._new_stream_wanted = asyncio.get_running_loop().create_future()
+        reader = asyncio.create_task(self._read(call))
         tasks = [
             asyncio.create_task(self._send(call, outbox)),
             asyncio.create_task(self._heartbeat(outbox, interval)),
             asyncio.create_task(self._report(outbox)),
+            reader,
         ]
         try:
-            while True:
-                message = await call.read()
-                if message is grpc.aio.EOF:
-                    return "EOF", self.backoff_base_s
-                kind = message.WhichOneof("message")
-                if kind == "assignments":
-                    for a in message.assignments.assignments:
-                        self._start(a)
-                elif kind == "cancel":
-                    running = self.running.get(message.cancel.job_id)
-                    if running is not None and running.attempt == message.cancel.attempt:
-                        self.running.pop(message.cancel.job_id).task.cancel()
-                elif kind == "drain":
-                    self.draining = True
-                elif kind == "go_away":
-                    return message.go_away.reason, message.go_away.reconnect_after.ToMilliseconds() / 1000
-                elif kind == "result_ack":
-                    self._acked([message.result_ack])
-                elif kind == "result_acks":
-                    self._acked(message.result_acks.acks)
+            await asyncio.wait({reader, self._new_stream_wanted}, return_when=asyncio.FIRST_COMPLETED)
+            if reader.done():
+                return reader.result()
+            await self._close_sending(outbox, reader)
+            return "SLOTS_CHANGED", 0.0
         finally:
             self._outbox = None
+            self._new_stream_wanted = None
             for task in tasks:
                 task.cancel()
             call.cancel()
 
+    async def _read(self, call: Any) -> tuple[str, float]:
+        """Handle what the coordinator sends until the stream ends: (why, how long to wait before the next)."""
+        while True:
+            message = await call.read()
+            if message is grpc.aio.EOF:
+                return "EOF", self.backoff_base_s
+            kind = message.WhichOneof("message")
+            if kind == "assignments":
+                for a in message.assignments.assignments:
+                    self._start(a)
+            elif kind == "cancel":
+                running = self.running.get(message.cancel.job_id)
+                if running is not None and running.attempt == message.cancel.attempt:
+                    self._cancel(message.cancel.job_id)
+            elif kind == "drain":
+                self.draining = True
+            elif kind == "go_away":
+                self._went_away = True
+                return message.go_away.reason, message.go_away.reconnect_after.ToMilliseconds() / 1000
+            elif kind == "result_ack":
+                self._acked([message.result_ack])
+            elif kind == "result_acks":
+                self._acked(message.result_acks.acks)
+
+    async def _close_sending(self, outbox: asyncio.Queue, reader: asyncio.Task) -> None:
+        """End this stream in order, for a new one offering other slots: what is queued (a reject, results) is
+        sent, then the coordinator, seeing the end of it, answers what it got (acks) and ends the stream. Its jobs
+        stay this miner's: the next hello lists them."""
+        outbox.put_nowait(_CLOSE_SENDING)
+        await asyncio.wait({reader}, timeout=CLOSE_SENDING_TIMEOUT_S)
+
     def _resend(self, outbox: asyncio.Queue) -> None:
         """On a new stream: the results and failure reports whose acks the last one lost, again. If one had
         landed, the coordinator answers with the same ack; if the job is no longer this miner's, with a
-        refusal."""
+        refusal. They are measured against this stream's welcome (a coordinator restarted with lower limits): one
+        that no longer fits is reported as a RESULT_TOO_LARGE failure at once, the others go in messages under
+        the new limit."""
         self._on_stream |= self.unacked.keys()
-        for _, m in self.unacked.values():  # one per message: each fitted in one when it was first sent
-            if isinstance(m, miner_service_pb2.Result):
-                outbox.put_nowait(
-                    miner_service_pb2.ConnectRequest(results=miner_service_pb2.Results(results=[m]))
-                )
-            else:
+        results = []
+        for job_id, (attempt, m) in list(self.unacked.items()):
+            if not isinstance(m, miner_service_pb2.Result):
                 outbox.put_nowait(miner_service_pb2.ConnectRequest(failure=m))
+            elif too_large := self._too_large(m):
+                self._report_failure(outbox, job_id, attempt, JobFailed("RESULT_TOO_LARGE", too_large, False))
+            else:
+                results.append(m)
+        for message in self._results_messages(outbox, results):
+            outbox.put_nowait(message)
 
     def _drop_poisoned(self) -> None:
         """Unacked results that were on MAX_RESENDS streams the coordinator ended for a message it could not
@@ -554,8 +690,73 @@ class Miner:
         task = asyncio.create_task(self._execute(job, assignment.attempt))
         self.running[job.job_id] = _Running(assignment.attempt, task)
 
+    def _cancel(self, job_id: str) -> None:
+        """Cancel a running job. Its slot stays taken until its runner returns (at once, unless it is a python
+        callable, whose thread runs on)."""
+        task = self.running.pop(job_id).task
+        task.cancel()
+        loop = asyncio.get_running_loop()
+        self._canceled[task] = loop.time()
+        task.add_done_callback(self._runner_returned)
+        for after in (STUCK_AFTER_S, self.stuck_timeout_s):
+            loop.call_later(after + 0.01, self._check_slots)  # (a timer may fire a hair early)
+
+    def _runner_returned(self, task: asyncio.Task) -> None:
+        if self._canceled.pop(task, None) is not None:
+            self._check_slots()
+
+    def _stuck_runners(self, after: float | None = None) -> int:
+        """Canceled jobs whose runners have not returned after `after` seconds (by default STUCK_AFTER_S: the
+        slots not to offer)."""
+        if not self._canceled:
+            return 0
+        since = asyncio.get_running_loop().time() - (STUCK_AFTER_S if after is None else after)
+        return sum(1 for canceled_at in self._canceled.values() if canceled_at <= since)
+
+    def _free_slots(self) -> int:
+        """Slots neither running a job nor held by a canceled job's runner (less than 0: over)."""
+        return self.slots - len(self.running) - len(self._canceled)
+
+    def _check_slots(self) -> None:
+        """Offer the coordinator the slots this miner has: fewer while canceled jobs' runners are stuck (on a new
+        stream, whose hello says so), all again once they return. With every slot stuck: drain, then end."""
+        if self.draining or self.stopped.is_set():
+            return
+        if self._stuck_runners(self.stuck_timeout_s) >= self.slots:
+            log.error("every slot (%d) has been held for %g s by the runners of canceled jobs; draining, to be "
+                      "started again", self.slots, self.stuck_timeout_s)  # fmt: skip
+            self.runners_stuck = True
+            self.drain()
+            return
+        stuck = min(self._stuck_runners(), self.slots - 1)  # (one slot offered at least)
+        if self.slots - stuck != self._offered_slots and self._new_stream_wanted is not None:
+            log.warning("%d canceled jobs' runners have not returned; offering %d of %d slots",
+                        stuck, self.slots - stuck, self.slots)  # fmt: skip
+            if not self._new_stream_wanted.done():
+                self._new_stream_wanted.set_result(None)
+
+    async def _slot_taken(self, job_id: str, attempt: int) -> bool:
+        """Whether the job (counted in running) has a slot: if canceled jobs' runners hold the last ones (the
+        coordinator counted them free), they get STUCK_AFTER_S to return; then the job is rejected (no attempt
+        spent) and the miner offers fewer slots."""
+        if self._free_slots() >= 0:
+            return True
+        if self._canceled:
+            await asyncio.wait(set(self._canceled), timeout=STUCK_AFTER_S)
+        if self._free_slots() >= 0:
+            return True
+        self.running.pop(job_id, None)
+        if self._outbox is not None:
+            reason = f"no free slot: {len(self._canceled)} canceled jobs' runners still run"
+            self._outbox.put_nowait(miner_service_pb2.ConnectRequest(
+                reject=miner_service_pb2.Reject(job_id=job_id, attempt=attempt, reason=reason)))  # fmt: skip
+        self._check_slots()
+        return False
+
     async def _execute(self, job: job_pb2.Job, attempt: int) -> None:
         try:
+            if not await self._slot_taken(job.job_id, attempt):
+                return
             with job_span(job, attempt):  # joins the job's trace when the assignment carries one
                 outcome = await self.runner(job)
             if not isinstance(outcome, Outcome):
@@ -609,6 +810,10 @@ class Miner:
         except Exception as exc:  # not JSON (a set, an object), or nested past protobuf's limit
             return JobFailed("INVALID_RESULT", f"the result cannot be encoded: {exc!r}", retryable=False)
         if too_large := self._too_large(result):
+            if outcome.raw is not None and not isinstance(outcome.output, bytes):
+                return self._encoded(
+                    job_id, attempt, dataclasses.replace(outcome, output=outcome.raw, raw=None)
+                )
             return JobFailed("RESULT_TOO_LARGE", too_large, retryable=False)  # for good: no miner's would fit
         return result
 
@@ -676,10 +881,18 @@ class Miner:
         return r
 
     async def _heartbeat(self, outbox: asyncio.Queue, interval: float) -> None:
+        """A heartbeat every interval; at most one waits to be sent (the coordinator not reading: its store
+        slow), made when it leaves, so that it lists the jobs held then."""
+        self._heartbeat_waiting = False
         while True:
             await asyncio.sleep(interval)
-            outbox.put_nowait(miner_service_pb2.ConnectRequest(heartbeat=miner_service_pb2.MinerHeartbeat(
-                running_jobs=[miner_service_pb2.RunningJob(job_id=j, attempt=a) for j, a in self._held().items()])))  # fmt: skip
+            if not self._heartbeat_waiting:
+                self._heartbeat_waiting = True
+                outbox.put_nowait(_HEARTBEAT)
+
+    def _heartbeat_message(self) -> miner_service_pb2.ConnectRequest:
+        return miner_service_pb2.ConnectRequest(heartbeat=miner_service_pb2.MinerHeartbeat(
+            running_jobs=[miner_service_pb2.RunningJob(job_id=j, attempt=a) for j, a in self._held().items()]))  # fmt: skip
 
     async def _reachable(self, channel: grpc.aio.Channel) -> None:
         """Wait until the channel is connected, saying so now and then while the coordinator is unreachable.
@@ -714,10 +927,13 @@ class Miner:
         finally:
             ready.cancel()
 
-    @staticmethod
-    async def _send(call: Any, outbox: asyncio.Queue) -> None:
-        while True:
-            await call.write(await outbox.get())
+    async def _send(self, call: Any, outbox: asyncio.Queue) -> None:
+        while (message := await outbox.get()) is not _CLOSE_SENDING:
+            if message is _HEARTBEAT:
+                self._heartbeat_waiting = False
+                message = self._heartbeat_message()
+            await call.write(message)
+        await call.done_writing()
 
 
 RESULTS_MESSAGE_BYTES = 1 << 20  # results sent together stay under this (the coordinator's limit is 8 MiB)
@@ -727,6 +943,14 @@ MESSAGE_FRAMING_BYTES = 16
 # result the coordinator cannot take (too large, malformed) would be the same from any miner; a bad signature is
 # this miner's own key
 FAILED_BY_REFUSAL = {"INVALID_RESULT": False, "BAD_MINER_SIGNATURE": True}
+# a canceled job's runner not returned after this long is stuck (a python callable's thread): its slot is not
+# offered (the miner opens a new stream whose hello offers fewer), and an assignment waits no longer for it
+STUCK_AFTER_S = 1.0
+CLOSE_SENDING_TIMEOUT_S = 5.0  # a stream ended in order (to offer other slots): how long its end may take
+# in a stream's outbox: what was queued before it is sent, then the miner's side of the stream ends
+_CLOSE_SENDING = object()
+_HEARTBEAT = object()  # in a stream's outbox: a heartbeat, made as it is sent
+MAX_STRUCT_DEPTH = 32  # how deep the coordinator takes a structured result (its default)
 MAX_RESENDS = 3  # streams ended for a message the coordinator could not take, carrying one result: dropped
 RESULTS_PER_MESSAGE = 100
 MAX_FAILURE_CODE, MAX_FAILURE_MESSAGE, MAX_UNIT_FIELD = 64, 4096, 64  # characters the coordinator takes
