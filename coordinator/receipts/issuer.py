@@ -28,6 +28,7 @@ from aitbc.receipts import (
 )
 from aitbc.receipts.payload import RECEIPT_PAYLOAD_TYPE, miner_report_message
 
+from ..config import SettingsError
 from ..domain.clock import now_us
 from ..domain.errors import CoordinatorError, Kind, invalid
 from ..domain.ids import uuid7
@@ -93,6 +94,10 @@ class ReceiptIssuer(ReceiptHook):
         self._checkpoint_lock = asyncio.Lock()
         self.accounts: dict[tuple[str, str], dict] = {}
         self.issued = 0
+        # No receipt is issued, and no miner key starts, before this: the latest time a key began or a
+        # receipt was issued at, so that after the wall clock steps back every receipt lies in its keys'
+        # windows.
+        self._time_floor_us = max((r.valid_from_us for r in keys.rows), default=0)
 
     async def load(self) -> None:
         leaves, checkpoint = await self.store.load_log()
@@ -104,8 +109,24 @@ class ReceiptIssuer(ReceiptHook):
             or self.tree.root(checkpoint.tree_size) != checkpoint.root_hash
         ):
             raise RuntimeError("the receipt log does not match its last checkpoint: the store was altered")
+        if checkpoint is not None:
+            self._check_origin(checkpoint)
         for row in await self.store.load_accounts():
             self.accounts[(row["account_id"], row["kind"])] = row
+            self._time_floor_us = max(self._time_floor_us, row["updated_us"])  # (booked at issued_at)
+
+    def _check_origin(self, checkpoint: CheckpointRow) -> None:
+        """Refuse a COORDINATOR_ID other than the one the store's log was published under: its checkpoints
+        name their origin, so under another one every bundle served would fail to verify and every later
+        checkpoint would look, to a verifier holding an earlier one, like another log."""
+        published = checkpoint.note.split("\n", 1)[0]
+        if published != self.origin:
+            stored_id = published.removeprefix("aitbc.coordinator/")
+            raise SettingsError(
+                f"COORDINATOR_ID: the receipt log in this store is published as {published!r} (its "
+                f"checkpoints are signed under that name), not {self.origin!r}; set COORDINATOR_ID="
+                f"{stored_id} (a log cannot change its origin: verifiers would take it for another log)"
+            )
 
     # ------------------------------------------------------------------ issuing
     def issue(self, job: Job, result: JobResult, session: Session, unit: UnitOfWork) -> str:
@@ -115,7 +136,7 @@ class ReceiptIssuer(ReceiptHook):
         if session.receipt_public_key:
             report, signature = self._check_miner_report(job, result, session)
         receipt_id = uuid7()
-        now = now_us()
+        now = self._not_before_floor(now_us())
         payload = build_receipt_payload(
             receipt_id=receipt_id, job_id=job.job_id, attempt=job.attempt, provider=session.miner_id,
             client=job.client_id, units=result.units, unit_type=result.unit_type, price=price,
@@ -294,6 +315,11 @@ class ReceiptIssuer(ReceiptHook):
                     "RECEIPT_KEY_RETIRED",
                 )
 
+    def _not_before_floor(self, now: int) -> int:
+        """now, or the time floor if the clock stepped back below it; the floor rises to what is returned."""
+        self._time_floor_us = max(self._time_floor_us, now)
+        return self._time_floor_us
+
     def register_miner_key(self, miner_id: str, public_key: bytes) -> UnitOfWork:
         """A miner's receipt key, published (and the miner's previous key retired)."""
         unit = UnitOfWork()
@@ -301,6 +327,8 @@ class ReceiptIssuer(ReceiptHook):
         known = self.keys.rows
         if any(r.key_id == row.key_id and r.owner == miner_id for r in known):
             return unit
+        # (the previous key's receipts end where this key's begin: neither window may end before it starts)
+        row.valid_from_us = self._not_before_floor(row.valid_from_us)
         for r in known:
             if r.role == "miner" and r.owner == miner_id and r.status == "active":
                 r.status, r.valid_until_us = "retired", row.valid_from_us

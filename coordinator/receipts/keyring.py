@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from aitbc.receipts import Signer, jwk_thumbprint, verifier_key_string
@@ -22,11 +23,21 @@ class ActiveKeys:
     rows: list[KeyRow]
 
 
+async def rotation_time_us(store: Store, rows: Iterable[KeyRow]) -> int:
+    """When a retired key's window ends and its successor's begins: now, unless the wall clock stepped back
+    below the latest time a key began or a receipt was issued at (ledger entries are booked at it): then that
+    time, so that no published window ends before it starts or before a receipt its key signed."""
+    issued = max((a["updated_us"] for a in await store.load_accounts()), default=0)
+    return max(now_us(), issued, *(r.valid_from_us for r in rows))
+
+
 async def load_keys(store: Store, signing_hex: str, attestation_hex: str, origin: str) -> ActiveKeys:
     """The active signers, creating or rotating rows so the store publishes every key ever used."""
     rows = {r.key_id: r for r in await store.load_keys()}
     unit = UnitOfWork()
     now = now_us()
+    if rows and any(h and Signer(h).key_id not in rows for h in (signing_hex, attestation_hex)):
+        now = await rotation_time_us(store, rows.values())  # a newly configured key may retire one
 
     def active(role: str, wanted: Signer | None, generate: bool) -> Signer | None:
         current = [r for r in rows.values() if r.role == role and r.status == "active"]
@@ -75,9 +86,10 @@ async def load_keys(store: Store, signing_hex: str, attestation_hex: str, origin
 
 async def rotate(store: Store, role: str) -> KeyRow:
     """Retire the active key of role and make a new one (aitbc-coordinator keys rotate)."""
-    now = now_us()
+    rows = await store.load_keys()
+    now = await rotation_time_us(store, rows)
     unit = UnitOfWork()
-    for row in await store.load_keys():
+    for row in rows:
         if row.role == role and row.status == "active":
             row.status, row.valid_until_us = "retired", now
             unit.keys.append(row)

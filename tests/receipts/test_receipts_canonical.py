@@ -18,9 +18,11 @@ from aitbc.receipts import (
     decode_strict,
     format_time,
     parse_envelope,
+    result_bytes,
 )
 from aitbc.receipts.canonical import es_number
 from aitbc.receipts.times import check_receipt_time, format_time_us, parse_receipt_time, parse_time
+from google.protobuf import struct_pb2
 from hypothesis import given
 from hypothesis import strategies as st
 from receipts_helpers import COORD, OTHER
@@ -192,3 +194,20 @@ def test_check_receipt_time_refuses_impossible_dates() -> None:
             check_receipt_time(bad)  # type: ignore[arg-type]
         with pytest.raises(ValueError):
             parse_receipt_time(bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "n", [2**53, 2**53 + 1, -(2**60), 10**22, 2**1023], ids=["2^53", "2^53+1", "-2^60", "10^22", "2^1023"]
+)
+def test_struct_ints_past_2_53_are_written_as_the_double_a_struct_carries(n: int) -> None:
+    """A Struct number is a double: the digest of a dict holding a big int is the one the coordinator and the
+    Node client compute for the same Struct (JSON.stringify of the double), not one of the exact digits."""
+    struct = struct_pb2.Struct()
+    struct.update({"n": n})
+    assert canonical_struct({"n": n}) == canonical_struct({"n": float(n)}) == result_bytes(struct)
+    assert canonical_struct({"n": 2**60}) == b'{"n":1152921504606847000}'
+
+
+def test_struct_int_beyond_a_double_is_refused() -> None:
+    with pytest.raises(CanonicalError, match="beyond"):
+        canonical_struct({"n": 10**400})

@@ -18,7 +18,7 @@ from aitbc.receipts import (
     verifier_key_string,
     verify_strict,
 )
-from aitbc.receipts.canonical import legacy_canonical_json
+from aitbc.receipts.canonical import CanonicalError, legacy_canonical_json
 from aitbc.receipts.legacy import LegacyError, legacy_key_id, verify_legacy
 from receipts_helpers import load_vector
 
@@ -136,3 +136,13 @@ def test_aitbc_v1_sample_wrong_key_and_bad_signature_encoding() -> None:
     wrong_alg = dict(data["signature"], alg="ES256")
     with pytest.raises(LegacyError, match="unsupported"):
         verify_legacy({"payload": data["payload"], "signature": wrong_alg}, pub)
+
+
+def test_legacy_canonical_form_is_what_the_v1_signer_wrote() -> None:
+    """v1 signed json.dumps(sort_keys, compact) with its default ensure_ascii, None dropped from objects and
+    lists (aitbc_crypto.receipt.canonical_json); the bytes below are that output, written out."""
+    payload = {"\uff01": "Zürich\x7f", "é": "😀", "z": '"\\\n\x1f', "n": None, "l": [None, 1.5, [None]]}
+    expected = rb'{"l":[1.5,[]],"z":"\"\\\n\u001f","\u00e9":"\ud83d\ude00","\uff01":"Z\u00fcrich\u007f"}'
+    assert legacy_canonical_json(payload) == expected
+    with pytest.raises(CanonicalError):
+        legacy_canonical_json({"a": "half \ud83d pair"})  # not Unicode: refused, as the parsers refuse it

@@ -6,7 +6,7 @@
  *
  * The v1 signer was Python (`json.dumps(..., sort_keys=True, separators=(",", ":"))` with nulls dropped),
  * so numbers are written the way Python writes them: integers exactly, floats in repr() form (`4.2`,
- * `2.0`, `1e+16`). Give the receipt as JSON text to keep `2.0` apart from `2`; a parsed object cannot.
+ * `2.0`, `1e+16`), and text with json.dumps' default ensure_ascii (`"Z\u00fcrich"`). Give the receipt as JSON text to keep `2.0` apart from `2`; a parsed object cannot.
  */
 const ed25519 = require('./ed25519');
 const { VerificationError, decodeBase64Url } = require('./encoding');
@@ -44,20 +44,35 @@ function pythonNumber(n) {
 }
 
 /**
- * The v1 canonical JSON of a payload: sorted keys, no whitespace, object members that are null dropped.
+ * Python's json.dumps of a string with its default ensure_ascii: JSON.stringify's escapes (the same ones
+ * for `"`, `\\`, control characters), then everything past `~` as lowercase \uXXXX, one per UTF-16 unit
+ * (so a character beyond U+FFFF becomes its surrogate pair, as Python writes it).
+ * @param {string} text
+ * @returns {string}
+ */
+function pythonAsciiString(text) {
+  return JSON.stringify(text).replace(/[\u007f-\uffff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+}
+
+/** Null or absent: what the v1 signer dropped from objects and from arrays alike. */
+const isNone = (v) => v === null || v === undefined;
+
+/**
+ * The v1 canonical JSON of a payload, as the v1 signer (Python's aitbc_crypto) wrote it: sorted keys, no
+ * whitespace, nulls dropped from objects and arrays, non-ASCII text escaped (\u00fc, never raw UTF-8).
  * @param {*} value
  * @returns {string}
  */
 function legacyCanonical(value) {
-  if (value === null) return 'null'; // only reachable inside arrays
   if (typeof value === 'number' || value instanceof JsonNumber) return pythonNumber(value);
-  if (typeof value === 'string' || typeof value === 'boolean') return JSON.stringify(value);
-  if (Array.isArray(value)) return `[${value.map(legacyCanonical).join(',')}]`;
-  if (typeof value === 'object') {
-    const keys = Object.keys(value).filter((k) => value[k] !== null && value[k] !== undefined).sort(compareKeys);
-    return `{${keys.map((k) => `${JSON.stringify(k)}:${legacyCanonical(value[k])}`).join(',')}}`;
+  if (typeof value === 'string') return pythonAsciiString(value);
+  if (typeof value === 'boolean') return JSON.stringify(value);
+  if (Array.isArray(value)) return `[${value.filter((v) => !isNone(v)).map(legacyCanonical).join(',')}]`;
+  if (value !== null && typeof value === 'object') {
+    const keys = Object.keys(value).filter((k) => !isNone(value[k])).sort(compareKeys);
+    return `{${keys.map((k) => `${pythonAsciiString(k)}:${legacyCanonical(value[k])}`).join(',')}}`;
   }
-  throw new VerificationError('NOT_CANONICAL', `a ${typeof value} has no JSON form`);
+  throw new VerificationError('NOT_CANONICAL', `a ${value === null ? 'null' : typeof value} has no JSON form`);
 }
 
 /** A parsed value with its JsonNumbers turned into plain numbers, for the caller. */
@@ -82,7 +97,7 @@ function trustedLegacyKeys(trusted) {
 
 /**
  * Verifies a legacy v1 receipt against trusted public keys; throws VerificationError unless it holds.
- * Non-ASCII text is signed as UTF-8 (as the Python verifier computes it), never as \u escapes.
+ * Non-ASCII text is signed as \u escapes, as the v1 signer's json.dumps wrote it.
  * @param {string|Uint8Array|object} source the receipt as JSON text/bytes (parsed strictly) or an object
  * @param {Uint8Array|Uint8Array[]|import('./keys').KeySet} trustedKeys raw 32-byte public keys or a key set
  * @returns {{payload: object, keyId: string}}

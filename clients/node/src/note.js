@@ -9,7 +9,10 @@ const { VerificationError, decodeBase64 } = require('./encoding');
 
 const ALG_ED25519 = 0x01;
 const SIG_PREFIX = '\u2014 '; // em dash, space
-const NAME = /^[^\s+]+$/u;
+// A key name holds no '+' and no space as Go's note package has it (unicode.IsSpace, as Python's isspace()):
+// JavaScript's \s differs (it counts U+FEFF, not U+0085), and a name one verifier refuses and the other
+// ignores would make one note valid in one language only. (U+001C-U+001F: refused as control characters too.)
+const NAME = /^[^+\t\n\v\f\r \u001c-\u001f\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$/u;
 const MAX_SIGNATURES = 100; // as Go's note package: bounds the work a hostile note can cause
 const CONTROL = /[\u0000-\u0009\u000b-\u001f]/; // control characters other than the newline
 

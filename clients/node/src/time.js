@@ -7,6 +7,9 @@
  */
 const { VerificationError } = require('./encoding');
 
+/** 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z, the range of times the Python verifier takes. */
+const MIN_MS = -62135596800000;
+const MAX_MS = 253402300799000;
 const RFC3339 = /^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d{2}):(\d{2}))$/;
 
 /**
@@ -19,19 +22,24 @@ function parseRfc3339(text) {
   const m = typeof text === 'string' ? RFC3339.exec(text) : null;
   if (!m) throw new VerificationError('BAD_TIME', `not an RFC 3339 time: ${JSON.stringify(text)}`);
   const [year, month, day, hour, minute, second] = m.slice(1, 7).map(Number);
-  const ms = Date.UTC(year, month - 1, day, hour, minute, second);
-  const back = new Date(ms);
+  const date = new Date(0);
+  date.setUTCFullYear(year, month - 1, day); // (Date.UTC would read years 0-99 as 1900-1999)
+  const ms = date.getTime() + ((hour * 60 + minute) * 60 + second) * 1000;
   if (
-    back.getUTCFullYear() !== year || back.getUTCMonth() !== month - 1 || back.getUTCDate() !== day ||
+    year < 1 || date.getUTCFullYear() !== year || date.getUTCMonth() !== month - 1 || date.getUTCDate() !== day ||
     hour > 23 || minute > 59 || second > 59
   ) {
     throw new VerificationError('BAD_TIME', `no such time: ${text}`);
   }
   let offsetMinutes = 0;
-  if (!m[8]) offsetMinutes = (m[9] === '-' ? -1 : 1) * (Number(m[10]) * 60 + Number(m[11]));
+  if (!m[8]) {
+    if (Number(m[10]) > 23 || Number(m[11]) > 59) throw new VerificationError('BAD_TIME', `no such offset: ${text}`);
+    offsetMinutes = (m[9] === '-' ? -1 : 1) * (Number(m[10]) * 60 + Number(m[11]));
+  }
+  const utcMs = ms - offsetMinutes * 60000;
+  if (utcMs < MIN_MS || utcMs > MAX_MS) throw new VerificationError('BAD_TIME', `out of range (years 1-9999 UTC): ${text}`);
   const micros = BigInt((m[7] ?? '').slice(0, 6).padEnd(6, '0'));
-  const nanos = micros * 1000n;
-  return (BigInt(ms) - BigInt(offsetMinutes) * 60000n) * 1000000n + nanos;
+  return BigInt(utcMs) * 1000000n + micros * 1000n;
 }
 
 /**

@@ -428,8 +428,12 @@ test('legacy v1 numbers are written as Python writes them', () => {
   assert.equal(v.legacyCanonical(new JsonNumber('2.0')), '2.0');
   assert.equal(v.legacyCanonical(new JsonNumber('1E16')), '1e+16');
   assert.equal(v.legacyCanonical(new JsonNumber('-0')), '0');
-  // Nulls are dropped from objects at every depth, kept in arrays; keys sorted.
-  assert.equal(v.legacyCanonical({ b: null, a: { y: null, x: [null, 1.0] } }), '{"a":{"x":[null,1]}}');
+  // As the v1 signer (aitbc_crypto's canonical_json): nulls dropped from objects and arrays at every depth,
+  // keys sorted by code point, text with json.dumps' default ensure_ascii (lowercase \uXXXX, astral
+  // characters as surrogate pairs, DEL escaped too).
+  assert.equal(v.legacyCanonical({ b: null, a: { y: null, x: [null, 1.0, [null]] } }), '{"a":{"x":[1,[]]}}');
+  assert.equal(v.legacyCanonical({ '\uff01': 'Zürich\x7f', 'é': '😀', z: '"\\\n\x1f' }),
+    '{"z":"\\"\\\\\\n\\u001f","\\u00e9":"\\ud83d\\ude00","\\uff01":"Z\\u00fcrich\\u007f"}');
 });
 
 test('RFC 3339 times: offsets, precision, and impossible dates', () => {

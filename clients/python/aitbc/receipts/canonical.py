@@ -39,6 +39,10 @@ class DuplicateKeyError(CanonicalError):
 
 # One encoder for every call: json.dumps with options builds a new JSONEncoder each time.
 _ENCODE = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+# v1 receipts were signed over json.dumps' default output: non-ASCII escaped (section 8).
+_ENCODE_ASCII = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+).encode
 # A string as JSON with non-ASCII kept as is (json's own C function; what ensure_ascii=False uses).
 _quote: Any = json.encoder.encode_basestring  # type: ignore[attr-defined]
 
@@ -106,19 +110,26 @@ def canonical_json(value: Any) -> bytes:
 
 
 def _drop_nulls(value: Any) -> Any:
+    # As the v1 signer (aitbc_crypto.receipt.canonical_json): None goes from objects and from lists alike.
     if isinstance(value, dict):
         return {k: _drop_nulls(v) for k, v in value.items() if v is not None}
     if isinstance(value, list | tuple):
-        return [_drop_nulls(v) for v in value]
+        return [_drop_nulls(v) for v in value if v is not None]
     return value
 
 
 def legacy_canonical_json(value: Any) -> bytes:
-    """AITBC v1 canonical JSON: sorted keys, compact, nulls dropped, numbers as JSON numbers (Python repr).
+    """AITBC v1 canonical JSON: sorted keys, compact, nulls dropped (from objects and lists), numbers as JSON
+    numbers (Python repr), and non-ASCII as ``\\uXXXX`` escapes (json.dumps' default, which v1 signed with).
 
     Only for verifying legacy receipts (spec section 8); new payloads use :func:`canonical_json`.
     """
-    return _dumps(_drop_nulls(value))
+    cleaned = _drop_nulls(value)
+    _dumps(cleaned)  # refuses what is not Unicode (a lone surrogate), as the strict parsers do
+    try:
+        return _ENCODE_ASCII(cleaned).encode("ascii")
+    except (ValueError, TypeError) as exc:
+        raise CanonicalError(f"cannot encode as JSON: {exc}") from exc
 
 
 def es_number(x: float) -> str:
@@ -155,6 +166,13 @@ def es_number(x: float) -> str:
     return sign + out
 
 
+def _int_as_double(value: int, path: str) -> str:
+    try:
+        return es_number(float(value))
+    except OverflowError as exc:
+        raise CanonicalError(f"integer at {path} is beyond a double's range") from exc
+
+
 def _struct_parts(value: Any, out: list[str], path: str) -> None:
     # Hand-written because json.dumps always formats floats with float.__repr__.
     if value is None:
@@ -166,7 +184,11 @@ def _struct_parts(value: Any, out: list[str], path: str) -> None:
     elif isinstance(value, str):
         out.append(_quote(value))
     elif isinstance(value, int):
-        out.append(str(value))
+        # A Struct number is a double: an int past 2^53 is written as the double it becomes (2**60 ->
+        # 1152921504606847000), the digest every other producer computes for the same result.
+        out.append(
+            str(value) if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER else _int_as_double(value, path)
+        )
     elif isinstance(value, float):
         try:
             out.append(es_number(value))
@@ -198,7 +220,8 @@ def canonical_struct(value: Any) -> bytes:
     """Canonical JSON bytes of a protobuf-Struct-like value (a structured job result; spec section 1).
 
     Accepts dict/list/tuple/str/bool/None/int/float; numbers are written as :func:`es_number` (so 2.0 is
-    ``2``); NaN and infinities are rejected. Keys sorted by code point, no whitespace, UTF-8.
+    ``2``, and an int is written as the double a Struct would carry); NaN and infinities are rejected.
+    Keys sorted by code point, no whitespace, UTF-8.
     """
     parts: list[str] = []
     _struct_parts(value, parts, "$")

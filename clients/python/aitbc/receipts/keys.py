@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,6 +33,7 @@ __all__ = [
 ]
 
 ROLES = frozenset({"coordinator", "attestation", "log", "miner"})
+_HEX = re.compile(r"(?:[0-9a-fA-F]{2})*")
 STATUSES = frozenset({"active", "retired"})
 
 
@@ -193,12 +195,16 @@ class KeyEntry:
         for name, value in obj.items():
             if not isinstance(value, str):
                 raise KeySetError(f"key field {name} is not a string")
+        if not _HEX.fullmatch(obj["public_key"]):  # (bytes.fromhex would also take spaces between bytes)
+            raise KeySetError(f"key {obj['key_id']!r}: public_key is not hex")
         try:
             public_key = bytes.fromhex(obj["public_key"])
             valid_from = parse_time(obj["valid_from"])
             valid_until = parse_time(obj["valid_until"]) if "valid_until" in obj else None
         except ValueError as exc:
             raise KeySetError(f"key {obj['key_id']!r}: {exc}") from exc
+        if valid_until is not None and valid_until < valid_from:
+            raise KeySetError(f"key {obj['key_id']!r}: valid_until is before valid_from")
         return cls(
             obj["key_id"],
             obj["role"],

@@ -84,4 +84,10 @@ def parse_time(text: str) -> datetime:
     date, clock, frac, offset = m.groups()
     frac = (frac or "")[:6].ljust(6, "0")
     offset = "+00:00" if offset in ("Z", "z") else offset
-    return datetime.fromisoformat(f"{date}T{clock}.{frac}{offset}").astimezone(UTC)
+    # RFC 3339's time-hour and time-minute (fromisoformat would take "+00:60" as an hour)
+    if int(offset[1:3]) > 23 or int(offset[4:6]) > 59:
+        raise ValueError(f"not an RFC 3339 offset: {text!r}")
+    try:
+        return datetime.fromisoformat(f"{date}T{clock}.{frac}{offset}").astimezone(UTC)
+    except OverflowError as exc:  # in UTC before year 1 or after 9999: a key set's time, not a crash
+        raise ValueError(f"time out of range: {text!r}") from exc
