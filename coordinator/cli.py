@@ -103,7 +103,7 @@ def keys_command(args: argparse.Namespace) -> int:
         return 0
     from .receipts.keyring import rotate
     from .store import open_store
-    from .store.base import StoreInUse
+    from .store.base import StoreInUse, StoreMissing
 
     if not args.database.startswith(("sqlite:///", "postgres://", "postgresql://")):
         print("aitbc-coordinator: --database: expected sqlite:///PATH or postgresql://USER@HOST:PORT/DB[?schema=NAME]",
@@ -119,7 +119,8 @@ def keys_command(args: argparse.Namespace) -> int:
         return 2
 
     async def run() -> None:
-        store = open_store(args.database, wait_for_lock=False)  # (waiting, it could win a running one's blip)
+        # (waiting for the lock, it could win a running one's blip; PostgreSQL: no schema made, as no file is)
+        store = open_store(args.database, wait_for_lock=False, must_exist=True)
         await store.open()
         try:
             row = await rotate(store, args.role)
@@ -129,7 +130,7 @@ def keys_command(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(run())
-    except StoreInUse as exc:  # a running coordinator would go on signing with the key retired under it
+    except (StoreInUse, StoreMissing) as exc:  # in use: a running coordinator would sign with a retired key
         print(f"aitbc-coordinator: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -191,6 +191,11 @@ def store_unreachable(exc: BaseException) -> bool:
     return any(check(exc) for check in _UNREACHABLE)
 
 
+class StoreMissing(RuntimeError):
+    """The store was to be opened as it is (`keys rotate`), and DATABASE_URL names none: opening it would make an
+    empty one (a mistyped schema, the wrong database)."""
+
+
 class DependencyFailed(Exception):
     """A unit was refused because an earlier unit it builds on failed to commit."""
 

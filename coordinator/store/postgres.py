@@ -3,9 +3,11 @@
 The same design as the SQLite store. One writer task owns one connection; it takes every unit of work
 queued since its last commit, writes each table with one executemany inside one transaction, commits once,
 then wakes all waiters, so the round trips and the WAL flush of a commit are shared by the whole group. If
-the group fails, each unit is retried alone in its own transaction: only the culprit fails. If the
-connection was lost with the COMMIT sent, the group may have landed: one of its own rows tells, and then it
-is reported committed, not retried (the retry would fail on its own rows).
+the group fails, each unit is retried alone in its own transaction: only the culprit fails. If the COMMIT
+fails in any way once sent (its connection lost, its backend ended by a restart or pg_terminate_backend, an
+error in place of its answer), the group may have landed: one of its own rows tells (read on a connection of
+its own, not the read pool's), and then it is reported committed, not retried (the retry would fail on its own
+rows).
 
 DATABASE_URL is a libpq-style URL, `postgresql://user:password@host:5432/dbname`, with one option of ours:
 `?schema=NAME` puts every table in that schema (created if missing; the connections' search_path is set to
@@ -30,6 +32,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -39,8 +42,10 @@ import asyncpg
 from .base import (
     JOB_COLUMNS,
     FailedUnits,
+    ReceiptRow,
     StoreFenced,
     StoreInUse,
+    StoreMissing,
     UnitOfWork,
     assign_leaves,
     register_unreachable,
@@ -79,13 +84,14 @@ Backend = tuple[int, datetime | None]
 
 class PostgresStore(SqlReads):
     def __init__(self, url: str, *, schema: str | None = None, pool_size: int = 10,
-                 lock_wait_s: float | None = None) -> None:  # fmt: skip
+                 lock_wait_s: float | None = None, must_exist: bool = False) -> None:  # fmt: skip
         self.dsn, url_schema = parse_url(url)
         self.schema = schema or url_schema
         if self.schema is not None and not _SCHEMA_NAME.fullmatch(self.schema):
             raise ValueError(f"schema {self.schema!r} must be a plain identifier")
         self.pool_size = pool_size
         self.lock_wait_s = LOCK_WAIT_S if lock_wait_s is None else lock_wait_s
+        self.must_exist = must_exist  # open a store that is there, never make one (StoreMissing)
         self._queue: asyncio.Queue[Any] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._conn: asyncpg.Connection | None = None
@@ -116,8 +122,14 @@ class PostgresStore(SqlReads):
         return settings
 
     async def _connect(self) -> asyncpg.Connection:
-        return await asyncpg.connect(self.dsn, server_settings=self._settings(), timeout=CONNECT_TIMEOUT_S,
+        conn = await asyncpg.connect(self.dsn, server_settings=self._settings(), timeout=CONNECT_TIMEOUT_S,
                                      command_timeout=WRITE_TIMEOUT_S)  # fmt: skip
+        try:
+            await conn.execute(_KEEP_IDLE_SESSION, timeout=CONNECT_TIMEOUT_S)  # (part of connecting)
+        except BaseException:
+            conn.terminate()
+            raise
+        return conn
 
     async def open(self) -> None:
         self._closing = False
@@ -125,6 +137,8 @@ class PostgresStore(SqlReads):
         self._conn = await self._connect()
         try:
             await self._hold_lock(self._conn)  # before migrating: a second coordinator changes nothing
+            if self.must_exist:
+                await self._require_store(self._conn)
             await self._migrate(self._conn)
             async with self._conn.transaction():  # (committed before any unit is written)
                 self._epoch = await self._conn.fetchval(
@@ -140,6 +154,17 @@ class PostgresStore(SqlReads):
         self._queue = asyncio.Queue()
         self._writer = asyncio.create_task(self._write_loop(), name="postgres-writer")
         self._writer.add_done_callback(self._writer_exited)
+
+    async def _require_store(self, conn: asyncpg.Connection) -> None:
+        """StoreMissing unless the schema holds a store (its schema_version table): nothing is created."""
+        if await conn.fetchval("SELECT to_regclass('schema_version') IS NOT NULL"):
+            return
+        schema = self.schema or await conn.fetchval("SELECT current_schema()") or "public"
+        database = await conn.fetchval("SELECT current_database()")
+        raise StoreMissing(
+            f"no store at schema {schema} of database {database} (no coordinator ever opened it): "
+            "give the coordinator's DATABASE_URL"
+        )
 
     async def _migrate(self, conn: asyncpg.Connection) -> None:
         if self.schema is not None:
@@ -292,19 +317,25 @@ class PostgresStore(SqlReads):
         raise self._fenced
 
     async def _probe(self, probe: tuple[str, tuple], stale: Backend | None) -> bool:
-        assert self._pool is not None
-        if stale is not None:  # ended first, so that its transaction is decided
-            await self._end_backend(stale)
-        return await self._pool.fetchval(probe[0], *probe[1]) is not None
+        # On a connection of its own, not the read pool's: reads may hold every pool connection for long (waiting
+        # on a lock, or on a silent path, where a read has no timeout), and the writer must not wait for them.
+        conn = await asyncpg.connect(self.dsn, server_settings=self._settings(read_only=True),
+                                     timeout=CONNECT_TIMEOUT_S, command_timeout=CONNECT_TIMEOUT_S)  # fmt: skip
+        try:
+            if stale is not None:  # ended first, so that its transaction is decided
+                await self._end_backend(conn, stale)
+            return await conn.fetchval(probe[0], *probe[1]) is not None
+        finally:
+            conn.terminate()  # (at once: on a silent path, a polite close would wait)
 
-    async def _end_backend(self, backend: Backend) -> None:
+    @staticmethod
+    async def _end_backend(conn: asyncpg.Connection, backend: Backend) -> None:
         """Terminate the writer's previous backend (its connection lost on this side only) and wait until it is
         gone: its open transaction, if any, is rolled back, and its lock on the store released. (Not a session
         given its pid since: it may be another process'.)"""
-        assert self._pool is not None
-        await self._pool.fetchval(_TERMINATE_BACKEND, *backend, timeout=CONNECT_TIMEOUT_S)
+        await conn.fetchval(_TERMINATE_BACKEND, *backend)
         for _ in range(100):
-            if not await self._pool.fetchval(
+            if not await conn.fetchval(
                 "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND backend_start IS NOT DISTINCT FROM $2",
                 *backend,
             ):
@@ -383,30 +414,22 @@ class PostgresStore(SqlReads):
     async def _write_group(self, group: list[tuple[UnitOfWork, asyncio.Future[None]]], live: list[int],
                            outcomes: list, decided: list[bool]) -> None:  # fmt: skip
         units = [group[i][0] for i in live]
-        placed: list = []
-        began = False  # a transaction was opened: from then on, a lost connection leaves the outcome unknown
+        attempt = _Attempt()
         try:
             if units:
-                conn = await self._writer_connection()
-                began = True
-                async with conn.transaction():
-                    next_leaf, placed = assign_leaves(units, await self._log_size(conn))
-                    await _write_units(conn, units)
-                self._next_leaf = next_leaf
+                await self._transact(units, attempt)
             for i in live:
                 decided[i] = True
         except Exception as exc:
             self._next_leaf = None  # count again from what the log holds
-            if began and isinstance(exc, _CONNECTION_LOST) and await self._landed(units):
-                # The connection was lost during COMMIT, after the server had committed: the rows are
-                # there, so the group succeeded (retried, it would fail on its own rows, duplicate keys).
-                log.warning(
-                    "store writer: connection lost during COMMIT; the group of %d had landed", len(units)
-                )
+            if attempt.in_doubt(exc) and await self._landed(units):
+                # The COMMIT failed (its connection lost, its backend ended) after the server had committed: the
+                # rows are there, so the group succeeded (retried, it would fail on its own rows, duplicate keys).
+                log.warning("store writer: COMMIT failed (%r); the group of %d had landed", exc, len(units))
                 for i in live:
                     decided[i] = True
             else:
-                unplace(placed)
+                unplace(attempt.placed)
                 unreachable: BaseException | None = None  # the server not reached again for a unit alone
                 for i in live:  # isolate the culprit, and whatever builds on it
                     unit = group[i][0]
@@ -419,9 +442,7 @@ class PostgresStore(SqlReads):
                         outcomes[i] = blocked
                     else:
                         outcomes[i], began = await self._commit_alone(unit)
-                        # (not once connected: a connection lost then is a blip, the next unit reconnects; the
-                        # store held by another, each unit would wait lock_wait_s for it in turn)
-                        if not began and isinstance(outcomes[i], (*_CONNECTION_LOST, StoreInUse)):
+                        if _fails_every_unit(outcomes[i], began):
                             unreachable = outcomes[i]
                     decided[i] = True
                     if outcomes[i] is not None:
@@ -452,7 +473,7 @@ class PostgresStore(SqlReads):
                 log.error("store writer: closing without knowing whether a group landed (the next start "
                           "reads what did)")  # fmt: skip
                 return False
-            try:  # (through the read pool: reading needs no hold of the store, which may be lost for good)
+            try:  # (not on the writer's connection: reading needs no hold of the store, which may be lost for good)
                 return await asyncio.wait_for(self._probe(probe, stale), CONNECT_TIMEOUT_S)
             except Exception:
                 log.warning("store writer: cannot tell yet whether a group landed; asking again",
@@ -462,22 +483,35 @@ class PostgresStore(SqlReads):
 
     async def _commit_alone(self, unit: UnitOfWork) -> tuple[BaseException | None, bool]:
         """The unit's outcome, and whether its transaction began (the writer connected and held the store)."""
-        placed: list = []
-        began = False
+        attempt = _Attempt()
         try:
-            conn = await self._writer_connection()
-            began = True
-            async with conn.transaction():
-                next_leaf, placed = assign_leaves([unit], await self._log_size(conn))
-                await _write_units(conn, [unit])
-            self._next_leaf = next_leaf
-            return None, began
+            await self._transact([unit], attempt)
+            return None, attempt.began
         except Exception as exc:
             self._next_leaf = None
-            if began and isinstance(exc, _CONNECTION_LOST) and await self._landed([unit]):
-                return None, began
-            unplace(placed)
-            return exc, began
+            if attempt.in_doubt(exc) and await self._landed([unit]):
+                return None, attempt.began
+            unplace(attempt.placed)
+            return exc, attempt.began
+
+    async def _transact(self, units: list[UnitOfWork], attempt: _Attempt) -> None:
+        """Writes units in one transaction on the writer's connection; attempt records how far it got."""
+        conn = await self._writer_connection()
+        attempt.began = True
+        transaction = conn.transaction()
+        await transaction.start()
+        try:
+            next_leaf, attempt.placed = assign_leaves(units, await self._log_size(conn))
+            await _write_units(conn, units)
+        except BaseException:
+            try:
+                await transaction.rollback()
+            except Exception:  # (the error that failed the write is the one that tells)
+                conn.terminate()  # its state unknown: not used again (the next write reconnects)
+            raise
+        attempt.commit_sent = True
+        await transaction.commit()
+        self._next_leaf = next_leaf
 
     async def _log_size(self, conn: asyncpg.Connection) -> int:
         """The receipt log's next free place: counted by this writer, read from the log after a failure."""
@@ -498,6 +532,14 @@ class PostgresStore(SqlReads):
         raise AssertionError("unreachable")
 
 
+# The writer's connection holds the store's lock: a server's idle_session_timeout (PostgreSQL 14+, set for the
+# role or the database) would end it while idle, and let another process take the store. (Not a startup setting:
+# older servers refuse a parameter they do not know.)
+_KEEP_IDLE_SESSION = (
+    "SELECT set_config('idle_session_timeout', '0', false) "
+    "WHERE current_setting('server_version_num')::int >= 140000"
+)
+
 _TERMINATE_BACKEND = (
     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
     "WHERE pid = $1 AND backend_start IS NOT DISTINCT FROM $2"
@@ -509,18 +551,51 @@ READ_ATTEMPTS = 3  # a read whose connection was lost is asked again (a silent s
 WRITE_TIMEOUT_S = 60.0  # one statement of a group (up to 2,000 units): beyond, the server is taken as silent
 
 
+def _fails_every_unit(outcome: BaseException | None, began: bool) -> bool:
+    """Whether a unit tried alone failed in a way each unit after it would too, waiting as long in turn: the server
+    not reached, or the store held by another (each unit would wait lock_wait_s for it); a statement stopped past
+    its timeout (a silent path, or a table locked: each unit would wait as long). Not a connection lost once
+    connected: that is a blip, the next unit reconnects."""
+    if isinstance(outcome, _STATEMENT_STOPPED):
+        return True
+    return not began and isinstance(outcome, (*_CONNECTION_LOST, StoreInUse))
+
+
 def _about_the_server(exc: BaseException) -> bool:
     """Errors of the server rather than of some unit's rows: insufficient resources (a full disk, 53xxx),
     system errors (58xxx)."""
     return isinstance(exc, asyncpg.PostgresError) and (getattr(exc, "sqlstate", "") or "")[:2] in ("53", "58")
 
 
+# The server going away or not there yet (a restart, a failover, pg_terminate_backend): its backend ended
+# (57P01, 57P02), or the connection refused while it starts up or shuts down (57P03). Not an error of the rows.
+_SERVER_GONE = (asyncpg.AdminShutdownError, asyncpg.CrashShutdownError, asyncpg.CannotConnectNowError)
 # Errors after which a transaction's outcome is unknown: the COMMIT may have been carried out. Any other error
-# (a constraint, say) means it was rolled back.
-_CONNECTION_LOST = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError, TimeoutError)
-register_unreachable(lambda exc: isinstance(exc, _CONNECTION_LOST))
+# (a constraint, say) before the COMMIT was sent means it was rolled back.
+_CONNECTION_LOST = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError, TimeoutError,
+                    *_SERVER_GONE)  # fmt: skip
+# A statement stopped past a timeout, the writer's (WRITE_TIMEOUT_S) or the server's (statement_timeout,
+# lock_timeout: a DBA's), waiting on a silent path or a locked table: not an error of the rows; what it wrote was
+# rolled back (once the COMMIT was sent, the outcome is settled first).
+_STATEMENT_STOPPED = (TimeoutError, asyncpg.QueryCanceledError, asyncpg.LockNotAvailableError)
+register_unreachable(lambda exc: isinstance(exc, (*_CONNECTION_LOST, *_STATEMENT_STOPPED)))
 # a read's connection lost (not a read past its time: asked again, it would wait as long again)
 _READ_LOST = (asyncpg.ConnectionDoesNotExistError, ConnectionError)
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """How far one transaction of the writer got."""
+
+    began: bool = False  # connected, holding the store, the transaction opened
+    commit_sent: bool = False  # the COMMIT was on its way: it may have been carried out, whatever the error
+    placed: list[ReceiptRow] = field(default_factory=list)  # the receipts it gave a place in the log
+
+    def in_doubt(self, exc: BaseException) -> bool:
+        """Whether the transaction may have committed although it raised exc: any error once the COMMIT was
+        sent (its answer lost, its backend ended after committing: 57P01, 57P02, a forged or pooled reply), and
+        a lost connection at any point (its backend may live on: ended before the outcome is read)."""
+        return self.commit_sent or (self.began and isinstance(exc, _CONNECTION_LOST))
 
 
 def _resolve(

@@ -118,9 +118,10 @@ async def test_a_group_refused_store_in_use_waits_lock_wait_s_once_not_once_per_
 
 
 async def test_close_is_not_held_by_landed_waiting_for_a_busy_read_pool() -> None:
-    """_landed ends the stale backend and probes through the read pool, within CONNECT_TIMEOUT_S per try: with
-    every pool connection busy (here a read blocked by a lock; on a silent server, any read in flight), close()
-    still ends. (Without that bound the writer waited in the pool's acquire for good, and close() with it.)"""
+    """_landed ends the stale backend and probes within CONNECT_TIMEOUT_S per try (through the read pool then; on
+    a connection of its own since round 26): with every pool connection busy (here a read blocked by a lock; on a
+    silent server, any read in flight), close() still ends. (Without that bound the writer waited in the pool's
+    acquire for good, and close() with it.)"""
     admin = await pg_admin()
     locker = await pg_admin()
     schema = await create_schema()

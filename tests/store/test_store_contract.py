@@ -421,6 +421,15 @@ async def test_two_thousand_units_gathered_all_commit_in_groups(store: Store) ->
     assert await store.get_job("job-01999") == jobs[-1]
 
 
+async def test_a_unit_with_more_rows_than_a_statement_has_parameters_commits(store: Store) -> None:
+    """A SubmitJobs of the largest batch, and more: 1,500 jobs of 26 columns are 39,000 values, past the 32,767
+    bind parameters of one PostgreSQL statement (each row is bound apart, so none comes near it)."""
+    jobs = [make_job(f"batch-{i:05d}", created_us=T0 + i) for i in range(1500)]
+    await asyncio.wait_for(store.commit(new_jobs_unit(*jobs)), 60)
+    assert await store.count_by_state() == {JobState.QUEUED: 1500}
+    assert await store.get_job("batch-01499") == jobs[-1]
+
+
 async def test_a_cancelled_waiter_does_not_cancel_its_write(store: Store) -> None:
     waiter = asyncio.create_task(store.commit(new_jobs_unit(make_job("job-cancelled"))))
     await asyncio.sleep(0)  # the unit is queued
