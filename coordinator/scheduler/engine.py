@@ -23,7 +23,7 @@ from ..domain.ids import uuid7
 from ..domain.matching import eligible, split_price
 from ..domain.model import Capabilities, Constraints, Event, Job, JobResult, JobState, PayloadKind
 from ..logs import info_later
-from ..store.base import JobFilter, Store, UnitOfWork
+from ..store.base import DependencyFailed, JobFilter, Store, UnitOfWork
 from .pending import Pending as _Pending
 from .queues import ReadyQueues, Shape
 from .sessions import AckOut, AssignmentOut, CancelOut, DrainOut, GoAwayOut, Held, Session
@@ -643,7 +643,7 @@ class Scheduler(UndoFailedCommits):
                 kept.append((job_id, held.attempt))
             else:
                 pending.unheld.add(job_id)
-                self._lose_lease(job, "MINER_LOST_JOB", now, pending)
+                self._requeue_held(job, held, "MINER_LOST_JOB", now, pending)
         for job_id, attempt in running:
             if job_id in session.held:
                 continue
@@ -674,6 +674,21 @@ class Scheduler(UndoFailedCommits):
 
     async def commit_pending(self, pending: _Pending) -> None:
         await self._commit(pending)
+
+    async def commit_opening(self, pending: _Pending) -> None:
+        await self.finish_opening(pending, self.queue_commit(pending))
+
+    async def finish_opening(self, pending: _Pending, outcome: asyncio.Future | None) -> None:
+        """finish_commit for a session's opening decision (open_session). Refused only because an earlier write
+        it builds on failed (one of another session of the same miner, whose jobs it took over), with no row
+        of its own (a receipt key), the session stands: what it changed is undone and read back, as after any
+        failed commit. (It used to end: one connection's failed write ended the next one too.)"""
+        try:
+            await self.finish_commit(pending, outcome)
+        except DependencyFailed:
+            if pending.unit.keys:
+                raise  # its own key is not stored: its receipts would name a key nobody can look up
+            log.warning("a new session's changes to its miner's jobs built on a write that failed; read back")
 
     def session(self, session_id: str, miner_id: str) -> Session:
         session = self.sessions.get(session_id)
@@ -719,10 +734,10 @@ class Scheduler(UndoFailedCommits):
         session.closed = True
         self.available.pop(session.session_id, None)
         if requeue:
-            for job_id in list(session.held):
+            for job_id, held in list(session.held.items()):
                 job = self.jobs.get(job_id)
                 if job is not None:
-                    self._lose_lease(job, reason, now, pending)
+                    self._requeue_held(job, held, reason, now, pending, session)
         session.held.clear()
         self.sessions.pop(session.session_id, None)
         if self.by_miner.get(session.miner_id) is session:
@@ -894,10 +909,7 @@ class Scheduler(UndoFailedCommits):
         now = now_us()
         pending = _Pending()
         session.held.pop(job_id, None)
-        event = states.transition(job, JobState.QUEUED, "REJECTED", now, message=reason)
-        job.attempt -= 1  # a refusal spends no attempt; fencing still holds (the holder is checked too)
-        pending.record(job, dataclasses.replace(event, attempt=job.attempt))
-        pending.after.append(lambda: self._dispatch_or_queue(job, exclude=session))
+        self._give_back(job, held, "REJECTED", reason, now, pending, session)
         self._fill(session, pending, now, exclude_job=job_id)
         await self._commit(pending)
 
@@ -1058,11 +1070,14 @@ class Scheduler(UndoFailedCommits):
         self.end_if_drained(session)
         deadline = asyncio.get_running_loop().time() + timeout_s
         session.poll_waiting += 1
+        session.poll_asks += max_jobs
         try:
             while True:
                 if not _poll_news(session) and not session.closed:
                     pending = _Pending()
-                    self._fill(session, pending, now_us(), limit=max_jobs)
+                    # what the waiting polls ask for, less what is already decided for them
+                    room = max(0, session.poll_asks - session.untold())
+                    self._fill(session, pending, now_us(), limit=room)
                     if pending.unit or pending.sends or pending.always:  # (always: a drained session's end)
                         await self._commit(pending)
                 if _poll_news(session) or session.closed:
@@ -1077,10 +1092,12 @@ class Scheduler(UndoFailedCommits):
                     break
         finally:
             session.poll_waiting -= 1
+            session.poll_asks -= max_jobs
         session.last_seen_us = now_us()
         self.end_if_drained(session)
         assignments = session.pending_assignments[:max_jobs]
         del session.pending_assignments[:max_jobs]
+        session.tell(assignments)
         if session.pending_assignments:
             session.wakeup.set()  # for another poll of the session waiting meanwhile
         return assignments, self.take_cancels(session)
@@ -1139,7 +1156,8 @@ class Scheduler(UndoFailedCommits):
         )
         lease_us = now + int(self.settings.lease_s * MICROS)
         exec_us = now + job.execution_timeout_us
-        session.held[job.job_id] = Held(job, job.attempt, lease_us, exec_us)
+        told = session.transport == "stream"  # (a unary miner hears of it when a poll hands it out)
+        session.held[job.job_id] = Held(job, job.attempt, lease_us, exec_us, told=told)
         if session.free <= 0:
             self.available.pop(session.session_id, None)
         self.timers.schedule(lease_us, "lease", job.job_id, job.attempt)
@@ -1228,6 +1246,26 @@ class Scheduler(UndoFailedCommits):
         if session is not None and job.job_id in session.held:
             return session
         return None
+
+    def _requeue_held(self, job: Job, held: Held, reason: str, now: int, pending: _Pending,
+                      session: Session | None = None) -> None:  # fmt: skip
+        """A held job its miner lost: the attempt is spent, unless the miner never heard of it (a unary
+        assignment no poll handed out)."""
+        if held.told:
+            self._lose_lease(job, reason, now, pending)
+        else:
+            self._give_back(job, held, reason, "no poll took the assignment", now, pending, session)
+
+    def _give_back(self, job: Job, held: Held, reason: str, message: str, now: int, pending: _Pending,
+                   session: Session | None) -> None:  # fmt: skip
+        """The attempt held goes back unspent (the miner refused the job, or never heard of it): the job is
+        queued at once as it was before its assignment, for another miner first. Fencing still holds: the
+        holder is checked too."""
+        event = states.transition(job, JobState.QUEUED, reason, now, message=message)
+        job.attempt -= 1
+        pending.record(job, dataclasses.replace(event, attempt=job.attempt))
+        pending.given_back[job.job_id] = held.attempt  # (the attempt its miner held, should this write fail)
+        pending.after.append(lambda: self._dispatch_or_queue(job, exclude=session))
 
     def _lose_lease(self, job: Job, reason: str, now: int, pending: _Pending) -> None:
         """The miner lost the job (lease expired, stream gone past grace): requeue with attempt+1, or fail."""
@@ -1381,8 +1419,9 @@ class Scheduler(UndoFailedCommits):
                 self.timers.schedule(now + LEASE_RECHECK_US, "lease", job_id, attempt)
                 return
             del session.held[job_id]
+            # (an assignment no poll handed out is withdrawn by its cancel: the miner hears of neither)
             pending.sends.append((session, CancelOut(job_id, attempt, "LEASE_EXPIRED")))
-            self._lose_lease(job, "LEASE_EXPIRED", now, pending)
+            self._requeue_held(job, held, "LEASE_EXPIRED", now, pending, session)
         else:
             if held.exec_deadline_us > now:
                 return

@@ -23,6 +23,9 @@ class Pending:
     settled: asyncio.Future | None = None  # resolved once the writes are durable (or failed)
     unheld: set[str] = field(default_factory=set)  # held jobs it changes that no session held (orphans, lost)
     miners: list[str] = field(default_factory=list)  # miners whose slots it frees (see Scheduler._unsettle)
+    # job -> the attempt its miner held, for a job it queues again with that attempt unspent (its event names
+    # the attempt before): should the write fail, that miner may still hold it at that attempt
+    given_back: dict[str, int] = field(default_factory=dict)
     enqueued: bool = False  # handed to the store: from then on, its outcome undoes or applies it
     # job -> the unsettled decision about it queued before this one (cleared once this one settles)
     earlier: dict[str, Pending] = field(default_factory=dict)

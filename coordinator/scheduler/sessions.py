@@ -22,6 +22,9 @@ class Held:
     lease_us: int
     exec_deadline_us: int
     lost: str = "MINER_GONE"  # an orphan's requeue reason once its time runs out
+    # whether the miner has heard of it: a unary assignment is handed out by a poll (until then, its job is
+    # the session's only for the poll it waits for: taken back unspent if none comes)
+    told: bool = True
 
 
 @dataclass(slots=True)
@@ -89,7 +92,8 @@ class Session:
     end_reason: str = ""  # why the scheduler ended the stream (for the disconnect line)
     last_seen_us: int = 0
     handling: int = 0  # its messages (or unary calls) being handled now: a stream is not read meanwhile
-    handling_since_us: int = 0  # since when one has been
+    # when each of those began (overlapping unary calls): the oldest one still handled is what counts
+    handling_starts: list[int] = field(default_factory=list)
     answering: int = 0  # its messages answered in the background once their jobs are back: a drain waits
     opened_key: int = 0  # a unit key taken when it opened: units with smaller keys were decided before it
     # unit key -> an unsettled decision (scheduler Pending) that gives it assignments: a Drain waits for them
@@ -104,6 +108,7 @@ class Session:
     pending_assignments: list[AssignmentOut] = field(default_factory=list)
     pending_cancels: list[CancelOut] = field(default_factory=list)
     poll_waiting: int = 0
+    poll_asks: int = 0  # the waiting polls' max_jobs, summed: what they can take between them
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
@@ -114,14 +119,21 @@ class Session:
         """While the coordinator handles one of the miner's messages or calls (waiting for a slow store, say),
         the miner waits for it: its silence meanwhile is the coordinator's, not the miner's. The miner counts
         as seen when it ends (its heartbeats may have waited behind it)."""
-        if not self.handling:
-            self.handling_since_us = now_us()
+        started = now_us()
+        self.handling_starts.append(started)
         self.handling += 1
         try:
             yield
         finally:
             self.handling -= 1
+            self.handling_starts.remove(started)
             self.last_seen_us = now_us()
+
+    @property
+    def handling_since_us(self) -> int:
+        """When the oldest message or call still being handled began (0: none is). Not the first of a run of
+        overlapping ones: that one may be long over, while the one left began after a lease ran out."""
+        return min(self.handling_starts, default=0)
 
     @property
     def slots(self) -> int:
@@ -135,7 +147,22 @@ class Session:
     def takes_work(self) -> bool:
         if self.closed or self.draining or self.free <= 0:
             return False
-        return self.transport == "stream" or self.poll_waiting > 0
+        return self.transport == "stream" or self.untold() < self.poll_asks
+
+    def untold(self) -> int:
+        """Assignments its miner has not heard of: on the unary path, decided for its waiting polls (or waiting
+        for the next one). The polls waiting take no more than they ask for: a job beyond that would wait
+        unseen for another poll, its lease running, while another miner may be idle."""
+        if self.transport == "stream":
+            return 0
+        return sum(1 for held in self.held.values() if not held.told)
+
+    def tell(self, assignments: list[AssignmentOut]) -> None:
+        """A poll hands these out: the miner has them now."""
+        for a in assignments:
+            held = self.held.get(a.job.job_id)
+            if held is not None and held.attempt == a.attempt:
+                held.told = True
 
     def send(self, message: Outbound) -> None:
         if self.transport == "stream":

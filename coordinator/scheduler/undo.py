@@ -11,6 +11,7 @@ state built on one that never landed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -83,6 +84,8 @@ class UndoFailedCommits:
         unit = pending.unit
         first: dict[str, tuple[Job, Event]] = {}  # job -> its first change in this unit (what it was before)
         for job, event in pending.notes:
+            if job.job_id not in first and job.job_id in pending.given_back:  # what its miner held
+                event = dataclasses.replace(event, attempt=pending.given_back[job.job_id])
             first.setdefault(job.job_id, (job, event))
         detached = []
         freed: dict[str, Session] = {}  # live sessions a job was taken from (its slot, unless reserved)
@@ -221,7 +224,8 @@ class UndoFailedCommits:
             and not any(
                 job.job_id == job_id
                 and event.from_state in (JobState.ASSIGNED, JobState.RUNNING)
-                and (event.miner_id, event.attempt) == (session.miner_id, attempt)
+                and event.miner_id == session.miner_id
+                and pending.given_back.get(job_id, event.attempt) == attempt  # (the attempt it held)
                 for job, event in pending.notes
             )
         ):

@@ -19,6 +19,7 @@ from ..receipts.issuer import ReceiptIssuer
 from ..scheduler.engine import FailureIn, Scheduler
 from ..scheduler.sessions import AckOut, AssignmentOut, CancelOut, DrainOut, GoAwayOut, Session
 from ..security.interceptor import identity
+from ..store.base import StoreFenced, store_unreachable
 from .convert import capabilities_from, fill_job, result_in, set_time
 
 log = logging.getLogger("coordinator.miners")
@@ -176,7 +177,7 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
                 self.scheduler.abandon_commit(pending, committing)
                 raise
             obs.stream_sent("welcome")
-            await self.scheduler.finish_commit(pending, committing)
+            await self.scheduler.finish_opening(pending, committing)
             reason = await self._write(session, context, reader, hello.batched_acks)
         except asyncio.CancelledError:
             reason = session.end_reason or "STREAM_CANCELLED"
@@ -211,7 +212,9 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
             if message is _READER_DONE:
                 if not reader.cancelled() and reader.exception() is not None:
                     error = reader.exception()
-                    if isinstance(error, CoordinatorError):
+                    # a store lost or unreachable ends the call with its status (the interceptor's UNAVAILABLE
+                    # STORE_LOST / STORE_UNAVAILABLE, RetryInfo), as on unary calls: an OK close looks final
+                    if isinstance(error, CoordinatorError | StoreFenced) or store_unreachable(error):
                         raise error
                     log.warning("miner stream reader failed: %r", error)
                 return "STREAM_CLOSED"
@@ -326,7 +329,13 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
         caps = capabilities_from(request.hello.capabilities, self.limits)
         key = self._receipt_key(request.hello.receipt_public_key)
         session, kept, pending = self._open(request.hello, caps, "unary", key)
-        await self.scheduler.commit_pending(pending)
+        try:
+            await self.scheduler.commit_opening(pending)
+        except BaseException:
+            # The miner never hears of this session: it ends now, as a stream's does (it stayed open, listed,
+            # until its liveness check, and the jobs it kept were requeued then rather than wait out the grace)
+            await asyncio.shield(self.scheduler.disconnected(session, "STREAM_CLOSED"))
+            raise
         return pb.RegisterMinerResponse(welcome=self._welcome(session, kept))
 
     def _welcome(self, session: Session, kept: list[tuple[str, int]]) -> pb.Welcome:

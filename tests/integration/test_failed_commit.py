@@ -574,24 +574,23 @@ async def test_every_slot_freed_by_an_unsettled_change_counts_not_only_the_last(
 
 @pytest.mark.coordinator(lease_seconds=30.0)
 async def test_a_slot_freed_and_refilled_in_one_decision_still_counts_an_earlier_free(coord: Harness) -> None:
-    """A polling 2-slot miner holds x and w; x's cancel (it fails) frees a slot; w's failure frees the other
-    and fills both with queued jobs in one decision, which looked at its own free only."""
-    from coordinator.domain.model import Capabilities
+    """A 2-slot miner holds x and w, two jobs queued behind them; x's cancel (it fails) frees a slot and fills it;
+    w's failure frees the other and fills it, in one decision, which looked at its own free only. (A stream
+    miner: a unary one is filled by its polls only, never in the decision that freed its slot.)"""
     from coordinator.scheduler.engine import FailureIn
 
     alice = coord.client("alice")
     scheduler = coord.coordinator.scheduler
-    session, _, pending = scheduler.open_session("miner-00", Capabilities(slots=2), "unary", [])
-    await scheduler.commit_pending(pending)
+    await coord.stream_miner("miner-00", slots=2)
+    session = scheduler.by_miner["miner-00"]
     x, w = await alice.submit({"x": 1}), await alice.submit({"w": 1})
-    assigned, _ = await scheduler.poll(session, 2, 0.5)
-    assert {o.job.job_id for o in assigned} == {x.job_id, w.job_id}
+    assert set(session.held) == {x.job_id, w.job_id}
+    queued = [asyncio.ensure_future(alice.submit({"q": n})) for n in range(2)]
+    await eventually(lambda: scheduler.queues.depth == 2, what="two jobs queued (the miner is full)")
     refuse(coord, x.job_id, "job_events", "NEW.reason = 'CANCELED_BY_CLIENT'")
     blocker = held_lock(coord)
     fails = asyncio.create_task(scheduler.cancel(x.job_id, None, "fails"))
     await eventually(lambda: scheduler._unsettled.get(x.job_id) is not None, what="the cancel queued")
-    queued = [asyncio.ensure_future(alice.submit({"q": n})) for n in range(2)]
-    await eventually(lambda: scheduler.queues.depth == 2, what="two jobs queued (the miner is not polling)")
     attempt = session.held[w.job_id].attempt
     failure = asyncio.create_task(scheduler.fail(session, FailureIn(w.job_id, attempt, False, "BROKEN", "")))
     await eventually(lambda: len(session.held) == 2 and w.job_id not in session.held, what="refilled")
@@ -1124,8 +1123,8 @@ async def test_a_drained_session_waits_for_its_job_being_read_back(coord: Harnes
 @pytest.mark.coordinator(lease_seconds=30.0, reconnect_grace_seconds=0.5)
 async def test_a_job_read_back_is_not_put_on_a_session_that_listed_another_attempt(coord: Harness) -> None:
     """miner-00 runs J attempt 1, loses its stream, and J is requeued (MINER_GONE). It registers (unary)
-    listing attempt 1: told NOT_HELD, and given attempt 2 (both wait for its next poll). Before it polls,
-    J's cancel fails; it registers again, still listing attempt 1. Read back, J (attempt 2) was put on the
+    listing attempt 1: its poll is told NOT_HELD, and given attempt 2. J's cancel then fails; it registers
+    again, still listing attempt 1. Read back, J (attempt 2) was put on the
     new session because its miner listed *some* attempt: that session held an attempt its miner never had
     nor listed (told NOT_HELD for attempt 1 at the same time), its slot taken until the lease ran out
     (30 s), instead of J being requeued at once."""
@@ -1136,7 +1135,10 @@ async def test_a_job_read_back_is_not_put_on_a_session_that_listed_another_attem
     listed = [(job.job_id, a1.attempt)]
     s1, _, pending = scheduler.open_session("miner-00", Capabilities(slots=1), "unary", listed)
     await scheduler.commit_pending(pending)
-    assert s1.held[job.job_id].attempt == 2  # handed out on its next poll, with NOT_HELD for attempt 1
+    _, cancels = await scheduler.poll(s1, 1, 5.0)
+    assert [(c.job_id, c.attempt, c.reason) for c in cancels] == [(job.job_id, 1, "NOT_HELD")]
+    assigned, _ = await scheduler.poll(s1, 1, 5.0)
+    assert [(o.job.job_id, o.attempt) for o in assigned] == [(job.job_id, 2)]
     blocker = await fail_a_cancel(coord, job.job_id)
     try:
         s2, _, pending = scheduler.open_session("miner-00", Capabilities(slots=1), "unary", listed)

@@ -9,6 +9,9 @@ GoAway DRAINED); so does a draining one whose last job a client canceled (closed
 Also: a long-poll counts as the miner present (it was closed HEARTBEAT_TIMEOUT while it waited), a unary
 session is given no more jobs than its polls ask for (a freed slot was filled unasked, its job's lease running
 unseen), and an assignment no poll took is withdrawn with its cancel.
+Review round 31: jobs dispatched while a poll waits go to the session only as far as its waiting polls ask (a
+batch went to it whole, the rest waiting unseen); an assignment no poll took goes back with its attempt unspent
+(its lease run out, or its miner registered again: the miner never heard of it).
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ import pytest
 from aitbc.coordinator.v1 import admin_service_pb2 as apb
 from aitbc.coordinator.v1 import miner_service_pb2 as mpb
 from coord_support import (
-    ASSIGNED,
     QUEUED,
     Harness,
     capabilities,
@@ -33,6 +35,7 @@ from coord_support import (
     struct,
 )
 from test_auth_rate_limit import free_port, scrape
+from test_failed_commit import held_lock
 
 MD = (("x-api-key", miner_key("miner-00")),)
 
@@ -221,31 +224,74 @@ async def test_a_unary_miner_is_given_no_more_jobs_than_its_polls_ask_for(coord:
     assert [coord.db.job_state(j.job_id) for j in others[1:]] == [QUEUED] * 2
 
 
-async def test_an_assignment_no_poll_took_is_withdrawn_when_its_lease_runs_out(coord: Harness) -> None:
-    """Two jobs submitted together go to one waiting poll asking for one: it answers one; the other waits for
-    the next poll. Its lease runs out first (1 s here): the stale assignment is withdrawn with its cancel (the
-    next poll handed out both, the job's attempt 1 and its cancel), and the job comes back as attempt 2."""
+async def test_a_batch_submitted_while_a_poll_waits_gives_the_unary_miner_only_what_the_poll_asks_for(
+    coord: Harness,
+) -> None:
+    """Three jobs submitted together while a poll of a 3-slot unary miner waits asking for one: one is its; the
+    others stay queued for any miner (all three went to the session: two waited there unseen, their leases
+    running, for a poll that might never come)."""
     client = coord.client()
     miner = UnaryMiner(coord)
-    await miner.register(slots=2)
+    await miner.register(slots=3)
     waiting = asyncio.ensure_future(miner.poll(max_jobs=1))
     await eventually(
         lambda: coord.coordinator.scheduler.by_miner["miner-00"].poll_waiting, what="poll waiting"
     )
-    jobs = await client.submit_many([{"n": 1}, {"n": 2}])
+    jobs = await client.submit_many([{"n": 1}, {"n": 2}, {"n": 3}])
     [a] = (await waiting).assignments
-    [other] = [j for j in jobs if j.job_id != a.job.job_id]
-    assert coord.db.job_state(other.job_id) == ASSIGNED
+    others = [j.job_id for j in jobs if j.job_id != a.job.job_id]
+    assert [coord.db.job_state(job_id) for job_id in others] == [QUEUED] * 2
+    polled = await miner.poll(max_jobs=2)
+    assert sorted(b.job.job_id for b in polled.assignments) == sorted(others)
 
-    async def requeued() -> bool:  # (the job the poll answered keeps its lease)
-        await miner.heartbeat(((a.job.job_id, a.attempt),))
-        return coord.db.job_state(other.job_id) == QUEUED
 
-    await eventually(requeued, what="the other job's lease run out")
-    polled = await miner.poll(max_jobs=1)
-    assert [(b.job.job_id, b.attempt) for b in polled.assignments] == [(other.job_id, 2)]
+async def assignment_no_poll_took(coord: Harness, miner: UnaryMiner):  # type: ignore[no-untyped-def]
+    """A job (max_attempts 1) assigned to miner's waiting poll, which gave up while the assignment was being
+    written (the store slow): the assignment waits for the next poll. Returns the job."""
+    session = coord.coordinator.scheduler.by_miner["miner-00"]
+    waiting = asyncio.ensure_future(miner.poll(timeout=1.0))
+    await eventually(lambda: session.poll_waiting, what="poll waiting")
+    blocker = held_lock(coord)
+    try:
+        submit = asyncio.ensure_future(coord.client().submit({"n": 1}, max_attempts=1))
+        await eventually(lambda: session.held, what="the job assigned in memory (its write waiting)")
+        assert not (await waiting).assignments  # (gone before the write landed)
+    finally:
+        blocker.execute("COMMIT")
+        blocker.close()
+    return await submit
+
+
+async def test_an_assignment_no_poll_took_goes_back_unspent_when_its_lease_runs_out(coord: Harness) -> None:
+    """Its lease runs out (1 s here) before the next poll: it is withdrawn with its cancel (the next poll handed
+    out both) and, since the miner never heard of it, the job is queued again with its attempt unspent (it came
+    back as attempt 2; with max_attempts 1 it failed ATTEMPTS_EXHAUSTED, never run)."""
+    miner = UnaryMiner(coord)
+    await miner.register()
+    job = await assignment_no_poll_took(coord, miner)
+    await eventually(lambda: coord.db.job_state(job.job_id) == QUEUED, what="the assignment's lease run out")
+    polled = await miner.poll()
+    assert [(b.job.job_id, b.attempt) for b in polled.assignments] == [(job.job_id, 1)]
     assert not polled.cancels
-    assert not (await miner.heartbeat(((a.job.job_id, a.attempt),))).cancels
+    assert (await miner.result(job.job_id, 1)).ack.accepted
+    assert [e["reason"] for e in coord.db.events(job.job_id)] == [
+        "SUBMITTED", "ASSIGNED", "LEASE_EXPIRED", "ASSIGNED", "ACCEPTED", "COMPLETED"]  # fmt: skip
+
+
+@pytest.mark.coordinator(lease_seconds=30.0)
+async def test_an_assignment_no_poll_took_goes_back_unspent_when_its_miner_registers_again(
+    coord: Harness,
+) -> None:
+    """The miner registers again (a restart) before polling: the assignment it never heard of is not lost by it
+    (MINER_LOST_JOB, spending the job's only attempt: FAILED ATTEMPTS_EXHAUSTED): the job is queued again with
+    its attempt unspent, and the new session's poll gets it."""
+    miner = UnaryMiner(coord)
+    await miner.register()
+    job = await assignment_no_poll_took(coord, miner)
+    await miner.register()
+    polled = await miner.poll()
+    assert [(b.job.job_id, b.attempt) for b in polled.assignments] == [(job.job_id, 1)]
+    assert (await miner.result(job.job_id, 1)).ack.accepted
 
 
 async def test_two_polls_of_one_session_each_take_no_more_than_they_ask_for(coord: Harness) -> None:
