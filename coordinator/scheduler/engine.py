@@ -25,7 +25,7 @@ from ..domain.model import Capabilities, Constraints, Event, Job, JobResult, Job
 from ..logs import info_later
 from ..store.base import DependencyFailed, JobFilter, Store, UnitOfWork
 from .pending import Pending as _Pending
-from .queues import ReadyQueues, Shape
+from .queues import Reach, ReadyQueues
 from .sessions import AckOut, AssignmentOut, CancelOut, DrainOut, GoAwayOut, Held, Session
 from .timers import TimerHeap
 from .undo import Detached, UndoFailedCommits, exec_deadline
@@ -1138,10 +1138,19 @@ class Scheduler(UndoFailedCommits):
         best_key: tuple[float, float] | None = None
         c = job.constraints  # split once, not per session: hashing constraints is most of a cache lookup
         base, limit = split_price(c) if c.max_price else (c, None)
+        # whether base is met, once per capability set (sessions sharing a reach share it), not per session:
+        # an idle fleet that cannot take the job costs a lookup per miner, not a hash of the constraints
+        verdicts: dict[Reach, bool] = {}
         for session in self.available.values():
-            if session is exclude or not session.takes_work:
+            reach = session.reach
+            fits = None if reach is None else verdicts.get(reach)
+            if fits is None:
+                fits = self._eligible_base(session, base)
+                if reach is not None:
+                    verdicts[reach] = fits
+            if not fits or session is exclude or not session.takes_work:
                 continue
-            if (limit is not None and session.price > limit) or not self._eligible_base(session, base):
+            if limit is not None and session.price > limit:
                 continue
             key = (len(session.held) / session.slots, -session.record_score())
             if best_key is None or key < best_key:
@@ -1197,12 +1206,9 @@ class Scheduler(UndoFailedCommits):
             return
         want = session.free if limit is None else min(limit, session.free)
         batch: list[AssignmentOut] = []
-
-        def fits(shape: Shape) -> bool:
-            return self._eligible_base(session, shape.constraints)
-
+        reach = session.reach = self.queues.reach(session.caps, session.reach)  # its shapes, no others
         while len(batch) < want:
-            job = self.queues.pop_for(fits, session.price)
+            job = self.queues.pop_in(reach, session.price)
             if job is None:
                 break
             if job.job_id == exclude_job:

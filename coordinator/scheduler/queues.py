@@ -1,28 +1,37 @@
 """In-memory ready queues: by constraint shape, then priority, then round-robin over clients, then age.
 
 A shape holds the queued jobs whose constraints are alike but for their price limit (max_price): jobs that
-each carry their own limit share one shape, so finding work for a miner costs O(number of shapes), never
-O(queued jobs): neither queue depth nor the number of distinct price limits slows dispatch. Within a shape
-and priority each client has a lane, a FIFO indexed by price limit: the oldest job a miner at unit price p
-may take is found in O(1) when the lane's first job is within p, in O(log n) otherwise (a lane without
-limits keeps no index). Clients take turns, so one client's flood cannot starve another's jobs: a client
-joins a shape and priority's turn at its end, and goes to the end of every turn it is in (every shape and
-priority) when it is served, wherever that is. Removal is lazy: a job that left QUEUED
-(canceled, expired) is skipped when it is reached; a lane, a priority level or a shape is dropped the moment
-no queued job is left in it, stale entries with it. The counts (depth, depth by priority) are exact at all
-times, from each job's `in_queue` mark: reading them never scans the queues.
+each carry their own limit share one shape. A miner's capabilities have a `Reach`: the shapes it is eligible
+for, kept up to date as shapes come and go (a new shape is checked against the reaches that may take it: by
+the region it names, those of miners in that region; a shape naming none, every reach). Finding work for a
+miner costs O(shapes it is eligible for): neither queue depth, nor the number of distinct price limits, nor
+shapes the miner cannot take (20,000 regions, say) slow it. Reaches are bounded (REACHES, the least recently
+used goes), as clients choose the constraint sets and miners their capabilities. Within a shape and
+priority each client has a lane, a FIFO indexed by price limit: the oldest job a miner at unit price p may
+take is found in O(1) when the lane's first job is within p, in O(log n) otherwise (a lane without limits
+keeps no index).
+
+Clients take turns, so one client's flood cannot starve another's jobs. A client takes its place at the end
+of the turn when its first queued job arrives (having none before), goes to the end each time it is served,
+and leaves the turn with its last queued job: a client with nothing queued is forgotten (no credit for time
+with nothing queued; memory bounded by the clients with queued jobs). Within a shape and priority the same
+holds per level: a client joins a level's turn at its end, and goes to the end of every turn it is in when
+it is served, wherever that is (at no cost per level: see _Level); across shapes, the earlier place in the
+turn wins. Removal is lazy: a job
+that left QUEUED (canceled, expired) is skipped when it is reached; a lane, a priority level or a shape is
+dropped the moment no queued job is left in it, stale entries with it. The counts (depth, depth by
+priority) are exact at all times, from each job's `in_queue` mark: reading them never scans the queues.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Callable, Iterator
+import heapq
+from collections.abc import Callable, Iterable, Iterator
 from decimal import Decimal
 
-from ..domain.matching import split_price
-from ..domain.model import Constraints, Job, JobState
+from ..domain.matching import eligible, split_price
+from ..domain.model import Capabilities, Constraints, Gpu, Job, JobState
 
-PRIORITIES = range(9, -1, -1)
 _NO_LIMIT = Decimal("Infinity")  # a job without a price limit: any miner's price is within it
 _GONE = Decimal("-Infinity")  # the limit of an entry taken out: no price is within it
 _ANY_PRICE = Decimal(-1)  # below every limit (limits are non-negative): a pop without a miner price
@@ -33,11 +42,12 @@ class _Lane:
     a max-tree over the positions finds the first job within a miner's price in O(log n). A lane none of
     whose jobs has a limit (the usual case) keeps no tree: its first entry is within any price."""
 
-    __slots__ = ("cap", "client", "end", "head", "jobs", "level", "live", "priority", "shape", "tree")
+    __slots__ = ("cap", "client", "end", "head", "jobs", "joined", "level", "live", "priority", "shape", "tree")  # fmt: skip
 
-    def __init__(self, shape: Shape, priority: int, client: str) -> None:
+    def __init__(self, shape: Shape, priority: int, client: str, joined: int) -> None:
         self.shape, self.priority, self.client = shape, priority, client
         self.level = shape.levels[priority]
+        self.joined = joined  # the tick its client joined the level's turn (unique: a lane's id too)
         self.cap = 8  # positions (a power of two); the tree's leaves are tree[cap:]
         self.jobs: list[Job | None] = [None] * self.cap
         self.tree: list[Decimal] | None = None  # none while no entry has a limit
@@ -128,12 +138,19 @@ class _Lane:
 
 
 class _Level:
-    """One priority level of one shape: a lane per client, clients in round-robin order."""
+    """One priority level of one shape: a lane per client, and the clients' turn.
 
-    __slots__ = ("clients",)
+    A client's place in the turn is the tick it last went to its end: when its lane joined, or when it was
+    last served (anywhere), whichever is later. The turn is a heap of (place, lane id, lane) as each place was
+    when its entry was made: serving a client moves it to the end of every turn it is in without touching
+    them (an entry behind its client's place is put right when it reaches the top; a gone lane's is dropped
+    then)."""
+
+    __slots__ = ("clients", "turn")
 
     def __init__(self) -> None:
-        self.clients: OrderedDict[str, _Lane] = OrderedDict()
+        self.clients: dict[str, _Lane] = {}
+        self.turn: list[tuple[int, int, _Lane]] = []
 
 
 def _ready(job: Job) -> bool:
@@ -151,12 +168,41 @@ class Shape:
         self.live = 0  # its jobs in the queues
 
 
+# capability sets whose eligible shapes the queues keep up to date (the least recently used goes first)
+REACHES = 128
+
+ReachKey = tuple[str, tuple[Gpu, ...], str, frozenset[str], tuple[tuple[str, str], ...]]
+
+
+def reach_key(caps: Capabilities) -> ReachKey:
+    """What eligibility for a shape (constraints without a price limit) reads of a miner's capabilities."""
+    return caps.region, caps.gpus, caps.cuda_version, caps.models, caps.labels
+
+
+class Reach:
+    """The shapes miners with these capabilities are eligible for, kept while `live` (see ReadyQueues.reach)."""
+
+    __slots__ = ("caps", "key", "live", "shapes", "used")
+
+    def __init__(self, caps: Capabilities, key: ReachKey) -> None:
+        self.caps, self.key = caps, key
+        self.shapes: dict[Shape, None] = {}  # (an ordered set)
+        self.live = True  # false once evicted: no longer kept up to date
+        self.used = 0  # when it was last popped from (the least recently used is evicted)
+
+
 class ReadyQueues:
-    def __init__(self) -> None:
+    def __init__(self, reaches: int = REACHES) -> None:
         self.shapes: dict[Constraints, Shape] = {}
-        self.served: dict[str, int] = {}  # client -> dispatch counter at its last dispatch (fair share)
-        self.lanes: dict[str, list[_Lane]] = {}  # client -> its lanes (whose turns its dispatches end)
-        self._dispatches = 0
+        self.by_region: dict[str, dict[Shape, None]] = {}  # region a shape names ("": none) -> its shapes
+        self.reaches: dict[ReachKey, Reach] = {}
+        self.reaches_in: dict[str, dict[Reach, None]] = {}  # miners' region -> their reaches
+        self.max_reaches = reaches
+        # client with queued jobs -> the tick it last went to the end of the turn (joined it, or was served)
+        self.served: dict[str, int] = {}
+        self.lanes: dict[str, int] = {}  # client with queued jobs -> its lanes
+        self._ticks = 0  # a tick per lane joining a level's turn and per dispatch
+        self._pops = 0
         self.depth = 0  # jobs in the queues, QUEUED
         self.by_priority = [0] * 10  # the same by priority (0-9)
 
@@ -166,18 +212,92 @@ class ReadyQueues:
         base, limit = split_price(job.constraints) if job.constraints.max_price else (job.constraints, None)
         shape = self.shapes.get(base)
         if shape is None:
-            shape = self.shapes[base] = Shape(base)
+            shape = self._add_shape(base)
         level = shape.levels.get(job.priority)
         if level is None:
             level = shape.levels[job.priority] = _Level()
         lane = level.clients.get(job.client_id)
         if lane is None:
-            lane = level.clients[job.client_id] = _Lane(shape, job.priority, job.client_id)
-            self.lanes.setdefault(job.client_id, []).append(lane)
+            lane = self._add_lane(shape, level, job)
         lane.push(job, limit)
         lane.live += 1
         shape.live += 1
         self._count(job, True)
+
+    def _add_lane(self, shape: Shape, level: _Level, job: Job) -> _Lane:
+        """job's client joins the level's turn at its end, and the turn across shapes if it had no queued job."""
+        self._ticks += 1
+        client = job.client_id
+        lane = level.clients[client] = _Lane(shape, job.priority, client, self._ticks)
+        lanes = self.lanes.get(client, 0)
+        if not lanes:
+            self.served[client] = self._ticks
+        self.lanes[client] = lanes + 1
+        if len(level.turn) > 2 * len(level.clients) + 8:  # mostly gone lanes' entries: rebuilt
+            level.turn = [(max(ln.joined, self.served[c]), ln.joined, ln) for c, ln in level.clients.items()]
+            heapq.heapify(level.turn)
+        else:
+            heapq.heappush(level.turn, (self._ticks, self._ticks, lane))
+        return lane
+
+    def _add_shape(self, base: Constraints) -> Shape:
+        shape = self.shapes[base] = Shape(base)
+        self.by_region.setdefault(base.region, {})[shape] = None
+        for reach in self._reaches_for(base.region):
+            if eligible(base, reach.caps):
+                reach.shapes[shape] = None
+        return shape
+
+    def _drop_shape(self, shape: Shape) -> None:
+        base = shape.constraints
+        del self.shapes[base]
+        if not self.shapes:  # (a dict never shrinks as it empties: a burst's table goes with it)
+            self.shapes, self.by_region = {}, {}
+        else:
+            in_region = self.by_region[base.region]
+            del in_region[shape]
+            if not in_region:
+                del self.by_region[base.region]
+        for reach in self._reaches_for(base.region):
+            if shape in reach.shapes:
+                del reach.shapes[shape]
+                if not reach.shapes:
+                    reach.shapes = {}
+
+    def _reaches_for(self, region: str) -> Iterable[Reach]:
+        """The reaches a shape naming region may be in: a miner elsewhere never takes it."""
+        if region:
+            return self.reaches_in.get(region, ())
+        return self.reaches.values()
+
+    def reach(self, caps: Capabilities, known: Reach | None = None) -> Reach:
+        """The shapes a miner with caps is eligible for: known while it is kept up to date, else the kept
+        one for caps, else a new one (built from the shapes naming no region or the miner's)."""
+        if known is not None and known.live:
+            return known
+        key = reach_key(caps)
+        reach = self.reaches.get(key)
+        if reach is not None:
+            return reach
+        if len(self.reaches) >= self.max_reaches:
+            self._evict(min(self.reaches.values(), key=lambda r: r.used))
+        reach = self.reaches[key] = Reach(caps, key)
+        self.reaches_in.setdefault(caps.region, {})[reach] = None
+        for region in ("", caps.region) if caps.region else ("",):
+            for shape in self.by_region.get(region, ()):
+                if eligible(shape.constraints, caps):
+                    reach.shapes[shape] = None
+        reach.used = self._pops
+        return reach
+
+    def _evict(self, reach: Reach) -> None:
+        reach.live = False
+        reach.shapes = {}
+        del self.reaches[reach.key]
+        in_region = self.reaches_in[reach.caps.region]
+        del in_region[reach]
+        if not in_region:
+            del self.reaches_in[reach.caps.region]
 
     def discard(self, job: Job) -> None:
         """job left QUEUED by another way (cancel, expiry): count it out. A job that was not in the queues
@@ -200,13 +320,17 @@ class ReadyQueues:
             del level.clients[lane.client]
             if not level.clients and shape.levels.get(lane.priority) is level:
                 del shape.levels[lane.priority]
-            lanes = self.lanes[lane.client]
-            lanes.remove(lane)
-            if not lanes:
+            lanes = self.lanes[lane.client] - 1
+            if lanes:
+                self.lanes[lane.client] = lanes
+            else:  # its last queued job: it leaves the turn (forgotten)
                 del self.lanes[lane.client]
+                del self.served[lane.client]
+                if not self.served:
+                    self.served, self.lanes = {}, {}
         shape.live -= 1
         if shape.live <= 0 and self.shapes.get(shape.constraints) is shape:
-            del self.shapes[shape.constraints]
+            self._drop_shape(shape)
 
     def _count(self, job: Job, queued: bool) -> None:
         job.in_queue = queued
@@ -214,22 +338,33 @@ class ReadyQueues:
         self.depth += step
         self.by_priority[job.priority] += step
 
+    def pop_in(self, reach: Reach, price: Decimal | None = None) -> Job | None:
+        """Remove and return the best job for a miner with reach (see `reach`) at unit price `price` (None:
+        any job, whatever its limit), or None: `pop_for` over the shapes it is eligible for, found without
+        looking at any other."""
+        self._pops += 1
+        reach.used = self._pops
+        return self._pop(list(reach.shapes), price)  # (a shape left empty by a skipped job goes meanwhile)
+
     def pop_for(self, eligible: Callable[[Shape], bool], price: Decimal | None = None) -> Job | None:
         """Remove and return the best job for a miner at unit price `price` (None: any job, whatever its
         limit) among the shapes it is eligible for (`eligible` sees a shape's constraints without the price
-        limit), or None. Best: highest priority, then the client served longest ago, then the oldest; within
-        a shape and priority, the first client in turn with a job within price (its oldest such job)."""
+        limit; every shape is asked), or None. Best: highest priority, then the client earliest in turn, then
+        the oldest; within a shape and priority, the first client in the level's turn with a job within
+        price (its oldest such job)."""
+        return self._pop([shape for shape in self.shapes.values() if eligible(shape)], price)
+
+    def _pop(self, shapes: list[Shape], price: Decimal | None) -> Job | None:
         p = _ANY_PRICE if price is None else price
         best: tuple[_Lane, int] | None = None
         best_key: tuple[int, int, str] | None = None
-        for shape in list(self.shapes.values()):  # (a shape left empty by a skipped job goes meanwhile)
-            if not eligible(shape):
-                continue
+        served = self.served
+        for shape in shapes:
             found = self._shape_head(shape, p, None if best_key is None else -best_key[0])
             if found is None:
                 continue
             lane, position = found
-            key = (-lane.priority, self.served.get(lane.client, -1), lane.jobs[position].job_id)  # type: ignore[union-attr]
+            key = (-lane.priority, served[lane.client], lane.jobs[position].job_id)  # type: ignore[union-attr]
             if best_key is None or key < best_key:
                 best, best_key = found, key
         if best is None:
@@ -238,26 +373,50 @@ class ReadyQueues:
         job = lane.take(position)
         self._count(job, False)
         self._left(lane)
-        self._dispatches += 1
-        self.served[job.client_id] = self._dispatches
-        for other in self.lanes.get(job.client_id, ()):  # its turn ends in every shape and priority
-            other.level.clients.move_to_end(job.client_id)
+        self._ticks += 1
+        if job.client_id in self.served:  # to the end of every turn it is in (unless that was its last job)
+            self.served[job.client_id] = self._ticks
         return job
 
     def _shape_head(self, shape: Shape, price: Decimal, floor: int | None) -> tuple[_Lane, int] | None:
         """The job of shape a miner at price takes next, as (lane, position): at the highest priority (not
         below floor) with one within price, the first client in turn that has one."""
-        for priority in PRIORITIES:
+        levels = shape.levels
+        for priority in sorted(levels, reverse=True) if len(levels) > 1 else tuple(levels):
             if floor is not None and priority < floor:
                 return None  # lower priorities cannot win
-            level = shape.levels.get(priority)
-            if level is None:
-                continue
-            for lane in list(level.clients.values()):  # (a lane left with skipped jobs only goes meanwhile)
-                position = self._first_ready(lane, price)
-                if position >= 0:
-                    return lane, position
+            level = levels.get(priority)  # (a level left with skipped jobs only goes meanwhile)
+            if level is not None and (found := self._level_head(level, price)) is not None:
+                return found
         return None
+
+    def _level_head(self, level: _Level, price: Decimal) -> tuple[_Lane, int] | None:
+        """The first client in level's turn with a queued job within price: its lane and that job's position."""
+        turn, clients, served = level.turn, level.clients, self.served
+        passed = []  # clients with no job within price, taken off the heap meanwhile
+        found = None
+        while turn:
+            place, joined, lane = turn[0]
+            if clients.get(lane.client) is not lane:
+                heapq.heappop(turn)  # its lane is gone
+                continue
+            now = served[lane.client]
+            if now > place:  # served since the entry was made: at the end now
+                heapq.heapreplace(turn, (now, joined, lane))
+                continue
+            position = self._first_ready(lane, price)  # (skipped jobs may leave the lane gone)
+            if position >= 0:
+                found = lane, position
+                break
+            if clients.get(lane.client) is lane:
+                passed.append(heapq.heappop(turn))
+        for entry in passed:
+            heapq.heappush(turn, entry)
+        return found
+
+    def turn(self, level: _Level) -> list[str]:
+        """level's clients in turn (for inspection: the scheduler never sorts a turn)."""
+        return sorted(level.clients, key=lambda c: max(level.clients[c].joined, self.served[c]))
 
     def _first_ready(self, lane: _Lane, price: Decimal) -> int:
         """The lane's first position holding a queued job within price, or -1; skipped entries go."""

@@ -11,6 +11,7 @@ from decimal import Decimal
 from ..domain.clock import now_us
 from ..domain.matching import decimal
 from ..domain.model import Capabilities, Constraints, Job
+from .queues import Reach
 
 
 @dataclass(slots=True)
@@ -102,6 +103,7 @@ class Session:
     failed: int = 0
     # constraint set (without price limit) -> whether the miner meets it; bounded (Scheduler._eligible_base)
     eligibility: dict[Constraints, bool] = field(default_factory=dict)
+    reach: Reach | None = None  # the queue shapes it is eligible for (ReadyQueues.reach), from its first fill
     price: Decimal = field(init=False)  # caps.price as a number, for jobs' price limits
     outbox: asyncio.Queue = field(default_factory=asyncio.Queue)
     # unary path: what the next poll or heartbeat returns

@@ -38,3 +38,15 @@ def test_smoke_run_writes_every_figure(tmp_path: Path) -> None:
         assert math.isfinite(value), (key, value)
     assert figures["meta"]["smoke"] is True
     assert "end to end" in run.stdout and "ok" in run.stdout  # the table was printed
+
+
+@pytest.mark.timeout(120)
+def test_the_in_process_queues_bench_runs() -> None:
+    """`python -m bench.queues` (the ready queues alone), scaled down: it runs and prints its figures."""
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.queues", "--shapes", "300", "--fills", "200", "--jobs", "2000",
+         "--miners", "100", "--rounds", "1000"],
+        cwd=ROOT, capture_output=True, text=True, timeout=100,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert "fills/s" in run.stdout and "'entries_left': 0" in run.stdout, run.stdout

@@ -2,13 +2,20 @@
 
 The rule, as the model applies it by scanning every queued job: a miner takes, among the queued jobs of the
 shapes it is eligible for whose price limit is within its price, the one of the highest priority; within a
-shape and priority, the client first in turn; across shapes, the client served longest ago, then the oldest
+shape and priority, the client first in turn; across shapes, the client earliest in the turn, then the oldest
 job. Within a client, shape and priority, jobs go in push order. A client joins a level's turn at its end
 when its first queued job there arrives, leaves it with its last one, and goes to the end of every turn it
-is in when it is served. Jobs that left QUEUED unannounced are skipped, and counted out when reached.
+is in when it is served. Across shapes likewise: a client takes its place at the end of the turn when its
+first queued job arrives (with none before), goes to the end when served, and is forgotten with its last
+queued job. Jobs that left QUEUED unannounced are skipped, and counted out when reached.
 
-Checked at every step: the job popped, the counts (depth, by priority, per shape and lane), and that
-empty lanes, levels and shapes are gone (the turns as the queues hold them equal the model's)."""
+Miners pop either through their capabilities' reach (the shapes eligible() admits, kept up to date by the
+queues, with few reaches kept so that they are evicted and rebuilt) or with an arbitrary predicate.
+
+Checked at every step: the job popped, the counts (depth, by priority, per shape and lane), that empty
+lanes, levels and shapes are gone (the turns as the queues hold them equal the model's), that the turn
+across shapes holds exactly the clients with queued jobs, and that every kept reach holds exactly the
+shapes its capabilities are eligible for."""
 
 from __future__ import annotations
 
@@ -17,8 +24,9 @@ from decimal import Decimal
 
 import pytest
 
-from coordinator.domain.model import Constraints, Job, JobState
-from coordinator.scheduler.queues import ReadyQueues
+from coordinator.domain.matching import eligible
+from coordinator.domain.model import Capabilities, Constraints, Gpu, Job, JobState
+from coordinator.scheduler.queues import Reach, ReadyQueues
 from tests.unit.test_queues_and_matching import job
 
 BASES = [
@@ -26,6 +34,19 @@ BASES = [
     Constraints(region="eu"),
     Constraints(gpu="a100"),
     Constraints(region="us", cuda="12"),
+    Constraints(region="eu", min_vram_gb=40),
+    Constraints(min_vram_gb=80),
+    Constraints(region="ap"),
+    Constraints(models=("llama",), labels=(("tier", "gold"),)),
+]
+CAPS = [
+    Capabilities(),
+    Capabilities(region="eu", gpus=(Gpu("A100-SXM", 80),), cuda_version="12.1"),
+    Capabilities(region="eu", gpus=(Gpu("rtx4090", 24),), price="7"),
+    Capabilities(region="us", gpus=(Gpu("a100", 40),), cuda_version="12.0"),
+    Capabilities(region="us", cuda_version="11.8"),
+    Capabilities(region="ap", models=frozenset({"llama"}), labels=(("tier", "gold"),)),
+    Capabilities(gpus=(Gpu("h100", 80),), models=frozenset({"llama", "x"}), labels=(("tier", "gold"),)),
 ]
 LIMITS = ["", "", "", "", "0", "1", "1.0", "1.00", "1.5", "2", "0.5", "999999999999999999.999999999"]
 PRICES = [None, Decimal(0), Decimal(1), Decimal("1.0"), Decimal("1.5"), Decimal(2), Decimal(3)]
@@ -39,8 +60,8 @@ class Model:
         self.limits: dict[str, Decimal | None] = {}
         self.turn: dict[tuple[int, int], list[str]] = {}  # (shape, priority) -> clients in turn
         self.live: dict[tuple[int, int, str], int] = {}
-        self.served: dict[str, int] = {}
-        self.dispatches = 0
+        self.served: dict[str, int] = {}  # client with queued jobs -> its place in the turn across shapes
+        self.ticks = 0  # one per client joining a level's turn and per dispatch
         self.pushes = 0
 
     def push(self, j: Job, shape: int) -> None:
@@ -52,9 +73,16 @@ class Model:
         self.counted[j.job_id] = self.pushes
         self.keys[j.job_id] = key
         self.limits[j.job_id] = Decimal(j.constraints.max_price) if j.constraints.max_price else None
+        if key not in self.live:
+            self.ticks += 1
+            if not self.queued(j.client_id):  # its first queued job: it joins the turn at the end
+                self.served[j.client_id] = self.ticks
         self.live[key] = self.live.get(key, 0) + 1
         if self.live[key] == 1:
             self.turn.setdefault(key[:2], []).append(key[2])
+
+    def queued(self, client: str) -> bool:
+        return any(key[2] == client for key in self.live)
 
     def discard(self, j: Job) -> None:
         if j.job_id in self.counted:
@@ -70,6 +98,8 @@ class Model:
             order.remove(key[2])
             if not order:
                 del self.turn[key[:2]]
+            if not self.queued(key[2]):  # its last queued job: forgotten
+                del self.served[key[2]]
 
     def sync(self) -> None:
         """Count out the jobs that left unannounced once the queues reached them; forget stale entries."""
@@ -101,15 +131,16 @@ class Model:
                 continue
             client = next(c for c in self.turn[(shape, priority)] if c in by_client)
             j = by_client[client]
-            key = (-priority, self.served.get(client, -1), j.job_id)
+            key = (-priority, self.served[client], j.job_id)
             if best is None or key < best[0]:
                 best = (key, j)
         if best is None:
             return None
         j = best[1]
         self._out(j)
-        self.dispatches += 1
-        self.served[j.client_id] = self.dispatches
+        self.ticks += 1
+        if j.client_id in self.served:
+            self.served[j.client_id] = self.ticks
         for order in self.turn.values():  # its turn ends in every shape and priority
             if j.client_id in order:
                 order.remove(j.client_id)
@@ -128,15 +159,35 @@ def check_counts(q: ReadyQueues, m: Model, index: dict[Constraints, int]) -> Non
         i = index[base]
         assert shape.live == sum(n for key, n in m.live.items() if key[0] == i) > 0
         for priority, level in shape.levels.items():
-            turn[(i, priority)] = list(level.clients)
+            turn[(i, priority)] = q.turn(level)
             for client, lane in level.clients.items():
                 assert lane.live == m.live[(i, priority, client)]
     assert turn == m.turn
+    assert q.served == m.served  # only clients with queued jobs, in the model's turn
+    check_reaches(q)
+
+
+def check_reaches(q: ReadyQueues) -> None:
+    """Every kept reach holds exactly the shapes its capabilities are eligible for; the region index is exact."""
+    assert len(q.reaches) <= q.max_reaches
+    for reach in q.reaches.values():
+        assert reach.live
+        want = {id(s) for s in q.shapes.values() if eligible(s.constraints, reach.caps)}
+        assert {id(s) for s in reach.shapes} == want, reach.caps
+    by_region: dict[str, set[int]] = {}
+    for base, shape in q.shapes.items():
+        by_region.setdefault(base.region, set()).add(id(shape))
+    assert {region: {id(s) for s in shapes} for region, shapes in q.by_region.items()} == by_region
+    assert {r: set(reaches) for r, reaches in q.reaches_in.items()} == {
+        r: {reach for reach in q.reaches.values() if reach.caps.region == r}
+        for r in {reach.caps.region for reach in q.reaches.values()}
+    }
 
 
 def run(seed: int, ops: int = 2000) -> None:
     rng = random.Random(seed)
-    q, m = ReadyQueues(), Model()
+    q, m = ReadyQueues(reaches=rng.choice((1, 2, 3, 128))), Model()  # few kept: evicted and rebuilt
+    miners: dict[int, Reach | None] = {}  # miner (index in CAPS) -> the reach it holds, as a session does
     bases = BASES[: rng.randint(1, len(BASES))]
     index = {base: i for i, base in enumerate(bases)}
     clients = [f"c{i}" for i in range(rng.randint(1, 5))]
@@ -177,6 +228,18 @@ def run(seed: int, ops: int = 2000) -> None:
             for _ in range(rng.choice((1, 1, 2))):
                 q.push(j)
                 m.push(j, shape_of[j.job_id])
+        elif rng.random() < 0.6:  # a miner pops through its capabilities' reach
+            price = rng.choice(PRICES)
+            miner = rng.randrange(len(CAPS))
+            caps = CAPS[miner]
+            reach = miners[miner] = q.reach(caps, miners.get(miner))
+            got = q.pop_in(reach, price)
+            want = m.pop({i for i, b in enumerate(bases) if eligible(b, caps)}, price)
+            assert (got and got.job_id) == (want and want.job_id), (seed, step)
+            if got is not None:
+                assert not got.in_queue
+                got.state = JobState.ASSIGNED
+                taken.append(got)
         else:
             price = rng.choice(PRICES)
             allowed = {i for i in range(len(bases)) if rng.random() < 0.75}
@@ -197,6 +260,8 @@ def run(seed: int, ops: int = 2000) -> None:
     m.sync()
     assert m.pop(set(range(len(bases))), None) is None
     assert q.depth == 0 and q.by_priority == [0] * 10 and q.shapes == {} and q.lanes == {}
+    assert q.served == {} and q.by_region == {}  # nothing left of the clients or shapes seen
+    assert all(reach.shapes == {} for reach in q.reaches.values())
 
 
 @pytest.mark.parametrize("seeds", [range(k, 60, 4) for k in range(4)], ids=lambda s: f"seeds{s.start}")
