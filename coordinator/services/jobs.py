@@ -44,6 +44,16 @@ def as_of(job: Job, event: Event) -> Job:
     )  # fmt: skip
 
 
+def watch_message(job: Job, event: Event | None) -> pb.WatchJobResponse:
+    """A WatchJob message: the job as of event (the snapshot's own state when None), with the sequence a
+    watcher resumes after."""
+    if event is None:
+        return pb.WatchJobResponse(job=job_message(job), sequence=job.event_seq)
+    return pb.WatchJobResponse(
+        job=job_message(as_of(job, event)), event=event_message(event), sequence=event.sequence
+    )
+
+
 def page_size(requested: int) -> int:
     if requested > 1000:
         raise invalid("page_size is too large", [("page_size", "1 to 1000")])
@@ -184,9 +194,22 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
 
     async def WatchJob(self, request: pb.WatchJobRequest, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
         check_id("job_id", request.job_id)
+        after = request.after_sequence
         async for job, event in self.scheduler.watch(request.job_id, identity().name):
-            yield pb.WatchJobResponse(job=job_message(as_of(job, event) if event else job),
-                                      event=event_message(event) if event else None)  # fmt: skip
+            if event is None and after:  # a resumed watch: what it missed, not the snapshot
+                for missed in await self.events_between(job, after):
+                    yield watch_message(job, missed)
+            elif event is None or event.sequence > after:
+                yield watch_message(job, event)
+
+    async def events_between(self, snapshot: Job, after: int) -> list[Event]:
+        """The job's stored events after sequence `after` up to the snapshot's (all committed: the snapshot is
+        of the job as stored). The live ones come after, from the watch."""
+        if after > snapshot.event_seq:
+            raise invalid("after_sequence is past the job's last change",
+                          [("after_sequence", f"at most {snapshot.event_seq}")])  # fmt: skip
+        events = await self.scheduler.store.get_events(snapshot.job_id)
+        return [e for e in events if after < e.sequence <= snapshot.event_seq]
 
     async def QuoteCost(
         self, request: pb.QuoteCostRequest, context: grpc.aio.ServicerContext

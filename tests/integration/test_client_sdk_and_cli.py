@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from aitbc.cli import main
-from coord_support import Harness
+from coord_support import CLIENT_KEYS, Harness
 
 
 async def test_an_empty_object_is_a_payload(coord: Harness) -> None:
@@ -39,3 +41,33 @@ def test_bad_input_on_the_command_line_is_one_line_and_exit_2(
     err = capsys.readouterr().err
     assert code == 2, err
     assert says in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (("get", "01234567-89ab-7def-8123-456789abcdef"), "aitbc: NOT_FOUND (JOB_NOT_FOUND): job "),
+        (("submit", "{}", "--priority", "99"), "aitbc: INVALID_ARGUMENT (INVALID_REQUEST): the job is invalid: priority: 0 to 9"),
+        (("list", "--page-token", "forged"), "aitbc: INVALID_ARGUMENT (INVALID_PAGE_TOKEN): page_token was not issued"),
+    ],
+)  # fmt: skip
+async def test_a_refused_call_says_its_reason_on_one_line_and_exits_1(
+    coord: Harness, argv: tuple[str, ...], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The CLI printed only the status code and message: the ErrorInfo reason, the contract's stable name of
+    the error (what a script matches on), was not shown."""
+    code = await asyncio.to_thread(
+        main, [*argv, "--address", coord.address, "--api-key", CLIENT_KEYS["alice"]]
+    )
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert err.startswith(says) and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+async def test_a_submit_that_may_have_been_stored_says_how_to_retry_it_safely(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = await asyncio.to_thread(main, ["submit", "{}", "--address", "127.0.0.1:9", "--api-key", "k"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("aitbc: UNAVAILABLE: "), err
+    assert "--idempotency-key" in err, err

@@ -13,6 +13,7 @@ const { formatRfc3339 } = require('./time');
 const { makeBundle, verifyBundle } = require('./bundle');
 const { loadKeySet, KeySet } = require('./keys');
 const { signingEntries } = require('./signing');
+const { errorDetails, withDetails } = require('./status');
 
 /** Where the contract lives when this package sits in the repository (clients/node -> proto/). */
 const DEFAULT_PROTO_DIR = path.resolve(__dirname, '..', '..', '..', 'proto');
@@ -22,6 +23,17 @@ const CONTRACT_FILES = ['job_service.proto', 'receipt_service.proto', 'miner_ser
 
 const LOADER_OPTIONS = { keepCase: true, longs: String, enums: String, defaults: true, oneofs: true };
 const TERMINAL_STATES = new Set(['JOB_STATE_COMPLETED', 'JOB_STATE_FAILED', 'JOB_STATE_CANCELED', 'JOB_STATE_EXPIRED']);
+/** GetJobResult with `wait` and no timeout of the caller's: the coordinator waits at most 15 minutes. */
+const RESULT_WAIT_TIMEOUT_MS = 900000;
+/**
+ * Calls safe to repeat are made again after UNAVAILABLE (the coordinator unreachable or restarting, its store
+ * briefly out: STORE_UNAVAILABLE), waiting a RetryInfo delay when the error has one, else a jittered backoff;
+ * all tries of a call share its deadline. A submit is repeated only with an idempotency key (UNAVAILABLE may
+ * come after the job was stored). RESOURCE_EXHAUSTED (a rate limit) is the application's: `err.retryAfterMs`.
+ */
+const DEFAULT_RETRY = { attempts: 5, backoffMs: 200, backoffMaxMs: 5000 };
+const UNAVAILABLE = grpc.status.UNAVAILABLE;
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 /**
  * Loads the coordinator's services from the .proto files. The well-known google/protobuf imports resolve
@@ -47,6 +59,19 @@ function duration(seconds) {
 /** A google.protobuf.Timestamp message object as RFC 3339, or undefined when unset. */
 function timestampToRfc3339(ts) {
   return ts ? formatRfc3339(ts.seconds, ts.nanos) : undefined;
+}
+
+/** A SubmitJobRequest from a payload (JSON object or bytes) and submitJob's options. */
+function submitRequest(payload, options) {
+  const request = payload instanceof Uint8Array ? { payload_bytes: Buffer.from(payload) } : { payload: toStruct(payload) };
+  if (options.constraints) request.constraints = options.constraints;
+  if (options.priority !== undefined) request.priority = options.priority;
+  if (options.ttlSeconds !== undefined) request.ttl = duration(options.ttlSeconds);
+  if (options.maxAttempts !== undefined) request.max_attempts = options.maxAttempts;
+  if (options.executionTimeoutSeconds !== undefined) request.execution_timeout = duration(options.executionTimeoutSeconds);
+  if (options.idempotencyKey !== undefined) request.idempotency_key = options.idempotencyKey;
+  if (options.metadata) request.metadata = options.metadata;
+  return request;
 }
 
 /** A Job with its Struct payload turned back into JSON (`payload_json`), the rest untouched. */
@@ -107,7 +132,9 @@ class CoordinatorClient {
    * @param {string|Buffer} [options.hmacSecret] the key's signing secret: every call is signed (src/signing.js)
    * @param {grpc.ChannelCredentials} [options.credentials] default: plaintext (loopback, tests)
    * @param {string} [options.protoDir] the contract's root directory
-   * @param {number} [options.timeoutMs] deadline of unary calls (default 30 s)
+   * @param {number} [options.timeoutMs] deadline of unary calls, all their tries included (default 30 s)
+   * @param {{attempts?: number, backoffMs?: number, backoffMaxMs?: number}} [options.retry] see DEFAULT_RETRY
+   *   (`{attempts: 1}`: never again)
    */
   constructor(address, options = {}) {
     const credentials = options.credentials ?? grpc.credentials.createInsecure();
@@ -116,6 +143,7 @@ class CoordinatorClient {
     this.apiKey = options.apiKey;
     this.hmacSecret = options.hmacSecret;
     this.timeoutMs = options.timeoutMs ?? 30000;
+    this.retry = { ...DEFAULT_RETRY, ...options.retry };
     this.jobs = new v1.JobService(address, credentials);
     // The other stubs share the first one's channel: one connection per coordinator.
     const channelOverride = this.jobs.getChannel();
@@ -152,13 +180,45 @@ class CoordinatorClient {
     return { def, body, md };
   }
 
-  /** Calls a unary method and returns a promise of its response. */
-  unary(stub, method, request, timeoutMs = this.timeoutMs) {
+  /**
+   * Calls a unary method and returns a promise of its response; errors carry their google.rpc details
+   * (`err.reason`, `err.violations`, `err.retryAfterMs`). A call that is `repeatable` is made again after
+   * UNAVAILABLE within its deadline. settleRepeat(err): for a try made after an earlier one may have taken
+   * effect, the call's answer (not undefined) instead of err.
+   */
+  async unary(stub, method, request, timeoutMs = this.timeoutMs, { repeatable = false, settleRepeat } = {}) {
+    const deadline = Date.now() + timeoutMs;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.unaryOnce(stub, method, request, deadline);
+      } catch (err) {
+        withDetails(err);
+        if (attempt > 1 && settleRepeat) {
+          const answer = await settleRepeat(err);
+          if (answer !== undefined) return answer;
+        }
+        const pause = this.retryPause(err, repeatable, attempt);
+        if (pause === null || Date.now() + pause >= deadline) throw err;
+        await sleep(pause);
+      }
+    }
+  }
+
+  /** One try of a unary call (signed afresh: each try has a nonce of its own). */
+  unaryOnce(stub, method, request, deadline) {
     return new Promise((resolve, reject) => {
       const { def, body, md } = this.prepare(stub, method, request); // a throw here rejects the promise
-      stub.makeUnaryRequest(def.path, (b) => b, def.responseDeserialize, body, md, { deadline: Date.now() + timeoutMs },
+      stub.makeUnaryRequest(def.path, (b) => b, def.responseDeserialize, body, md, { deadline },
         (err, res) => (err ? reject(err) : resolve(res)));
     });
+  }
+
+  /** Milliseconds to wait before trying a failed call again, or null: not again. */
+  retryPause(err, repeatable, attempt) {
+    if (attempt >= this.retry.attempts || err.code !== UNAVAILABLE || !repeatable) return null;
+    const delay = errorDetails(err)?.retryAfterMs;
+    if (delay !== null && delay !== undefined) return delay;
+    return Math.min(this.retry.backoffMaxMs, this.retry.backoffMs * 2 ** (attempt - 1)) * (0.5 + Math.random() / 2);
   }
 
   /**
@@ -184,41 +244,80 @@ class CoordinatorClient {
    * @returns {Promise<object>} the stored Job (with `payload_json`), plus `created`
    */
   async submitJob(payload, options = {}) {
-    const request = payload instanceof Uint8Array ? { payload_bytes: Buffer.from(payload) } : { payload: toStruct(payload) };
-    if (options.constraints) request.constraints = options.constraints;
-    if (options.priority !== undefined) request.priority = options.priority;
-    if (options.ttlSeconds !== undefined) request.ttl = duration(options.ttlSeconds);
-    if (options.maxAttempts !== undefined) request.max_attempts = options.maxAttempts;
-    if (options.executionTimeoutSeconds !== undefined) request.execution_timeout = duration(options.executionTimeoutSeconds);
-    if (options.idempotencyKey !== undefined) request.idempotency_key = options.idempotencyKey;
-    if (options.metadata) request.metadata = options.metadata;
-    const res = await this.unary(this.jobs, 'SubmitJob', request);
+    const request = submitRequest(payload, options);
+    const res = await this.unary(this.jobs, 'SubmitJob', request, undefined, { repeatable: Boolean(request.idempotency_key) });
     return { ...decodeJob(res.job), created: res.created };
+  }
+
+  /**
+   * Submits several jobs in one call: all are stored or none. Made again after UNAVAILABLE only when every
+   * entry has an idempotency key.
+   * @param {{payload: object|Uint8Array, options?: object}[]} entries payload and submitJob options of each
+   * @returns {Promise<object[]>} the stored jobs (without payloads), each with `created`
+   */
+  async submitJobs(entries) {
+    const requests = entries.map((e) => submitRequest(e.payload, e.options ?? {}));
+    const repeatable = requests.length > 0 && requests.every((r) => r.idempotency_key);
+    const res = await this.unary(this.jobs, 'SubmitJobs', { requests }, undefined, { repeatable });
+    return res.responses.map((r) => ({ ...decodeJob(r.job), created: r.created }));
+  }
+
+  /**
+   * A page of the caller's jobs, newest first.
+   * @param {{states?: string[], pageSize?: number, pageToken?: string}} [options]
+   * @returns {Promise<{jobs: object[], next_page_token: string}>}
+   */
+  async listJobs({ states = [], pageSize = 0, pageToken = '' } = {}) {
+    const res = await this.unary(this.jobs, 'ListJobs', { states, page_size: pageSize, page_token: pageToken }, undefined, { repeatable: true });
+    return { jobs: res.jobs.map(decodeJob), next_page_token: res.next_page_token };
   }
 
   /** Returns a job. */
   async getJob(jobId) {
-    return decodeJob((await this.unary(this.jobs, 'GetJob', { job_id: jobId })).job);
+    return decodeJob((await this.unary(this.jobs, 'GetJob', { job_id: jobId }, undefined, { repeatable: true })).job);
   }
 
   /**
-   * Follows a job until it is terminal. Should the stream end before a terminal state (the contract says
-   * it ends after one, but a server may race), the job is polled with GetJob until it is terminal or the
-   * watch's deadline passes; the terminal job is then passed to onUpdate with a null event and
-   * `watch_ended_early` set.
+   * Follows a job until it is terminal. A stream cut on the way (UNAVAILABLE, or ended before the terminal
+   * state) is resumed after the last `sequence` received (WatchJobRequest.after_sequence): no change is
+   * missed or repeated. Gives up after `retry.attempts` cuts in a row without a message.
    * @param {string} jobId
-   * @param {(job: object, event: object|null) => void} [onUpdate] called for every message
+   * @param {(job: object, event: object|null, sequence: number) => void} [onUpdate] called for every message
+   *   (event null for the first: the job as it was when the watch began)
    * @param {{timeoutMs?: number}} [options] deadline of the whole watch (default 10 minutes)
    * @returns {Promise<object>} the job in its terminal state
    */
-  watchJob(jobId, onUpdate, options = {}) {
+  async watchJob(jobId, onUpdate, options = {}) {
+    const deadline = Date.now() + (options.timeoutMs ?? 600000);
+    const progress = { after: 0, failures: 0 };
+    for (;;) {
+      let failure;
+      try {
+        const job = await this.watchOnce(jobId, onUpdate, deadline, progress);
+        if (job) return job;
+        failure = Object.assign(new Error(`14 UNAVAILABLE: the watch of ${jobId} ended before the job was terminal`),
+          { code: UNAVAILABLE, details: 'the watch ended before the job was terminal', metadata: new grpc.Metadata() });
+      } catch (err) {
+        failure = withDetails(err);
+      }
+      progress.failures += 1;
+      const pause = this.retryPause(failure, true, progress.failures);
+      if (pause === null || Date.now() + pause >= deadline) throw failure;
+      await sleep(pause);
+    }
+  }
+
+  /**
+   * One WatchJob stream from `progress.after`: resolves with the terminal job, or null when the stream ended
+   * before it; rejects with the stream's error. Each message moves progress on.
+   */
+  watchOnce(jobId, onUpdate, deadline, progress) {
     return new Promise((resolve, reject) => {
-      const deadline = Date.now() + (options.timeoutMs ?? 600000);
-      const { def, body, md } = this.prepare(this.jobs, 'WatchJob', { job_id: jobId }); // a throw rejects
+      const request = { job_id: jobId, after_sequence: String(progress.after) };
+      const { def, body, md } = this.prepare(this.jobs, 'WatchJob', request); // a throw rejects
       const call = this.jobs.makeServerStreamRequest(def.path, (b) => b, def.responseDeserialize, body, md, { deadline });
       this.streams.add(call);
       let done = false;
-      let last = null;
       /** Settles once; the stream is no longer ours to cancel from then on. */
       const settle = () => {
         if (done) return false;
@@ -227,10 +326,13 @@ class CoordinatorClient {
         return true;
       };
       call.on('data', (msg) => {
-        last = decodeJob(msg.job);
-        if (onUpdate) onUpdate(last, msg.event ?? null);
-        if (TERMINAL_STATES.has(last.state) && settle()) {
-          resolve(last);
+        if (done) return;
+        const job = decodeJob(msg.job);
+        progress.after = Number(msg.sequence);
+        progress.failures = 0;
+        if (onUpdate) onUpdate(job, msg.event ?? null, progress.after);
+        if (TERMINAL_STATES.has(job.state) && settle()) {
+          resolve(job);
           call.cancel(); // the server ends the stream too; do not wait for it
         }
       });
@@ -238,12 +340,7 @@ class CoordinatorClient {
         if (settle()) reject(err);
       });
       call.on('end', () => {
-        if (!settle()) return;
-        this.pollUntilTerminal(jobId, deadline).then((job) => {
-          const final = { ...job, watch_ended_early: true };
-          if (onUpdate) onUpdate(final, null);
-          return final;
-        }).then(resolve, reject);
+        if (settle()) resolve(null);
       });
     });
   }
@@ -264,15 +361,25 @@ class CoordinatorClient {
 
   /** The job's result (GetJobResult), waiting for the job to finish when `wait` is true. */
   async getJobResult(jobId, { wait = false, timeoutMs } = {}) {
-    const res = await this.unary(this.jobs, 'GetJobResult', { job_id: jobId, wait }, timeoutMs);
+    const timeout = timeoutMs ?? (wait ? RESULT_WAIT_TIMEOUT_MS : this.timeoutMs);
+    const res = await this.unary(this.jobs, 'GetJobResult', { job_id: jobId, wait }, timeout, { repeatable: true });
     const result = res.result;
     if (result && result.output === 'result') result.result_json = fromStruct(result.result);
     return { job: decodeJob(res.job), result };
   }
 
-  /** Cancels a job. */
+  /**
+   * Cancels a job. Made again after UNAVAILABLE: should an earlier try have canceled it, the job (CANCELED)
+   * is the answer, not the JOB_TERMINAL of the repeat.
+   */
   async cancelJob(jobId, reason = '') {
-    return decodeJob((await this.unary(this.jobs, 'CancelJob', { job_id: jobId, reason })).job);
+    const settleRepeat = async (err) => {
+      if (err.reason !== 'JOB_TERMINAL') return undefined;
+      const job = await this.getJob(jobId);
+      return job.state === 'JOB_STATE_CANCELED' ? { job } : undefined;
+    };
+    const res = await this.unary(this.jobs, 'CancelJob', { job_id: jobId, reason }, undefined, { repeatable: true, settleRepeat });
+    return decodeJob(res.job); // (a job GetJob decoded decodes again to the same)
   }
 
   /**
@@ -280,7 +387,7 @@ class CoordinatorClient {
    * @returns {Promise<{envelope: Buffer, leafIndex: string, receipt: object, inclusionProof: object, checkpoint: object}>}
    */
   async getReceipt(jobId) {
-    const res = await this.unary(this.receipts, 'GetReceipt', { job_id: jobId });
+    const res = await this.unary(this.receipts, 'GetReceipt', { job_id: jobId }, undefined, { repeatable: true });
     if (res.receipt.leaf_index !== res.inclusion_proof.leaf_index) {
       throw new Error(`receipt leaf ${res.receipt.leaf_index} but proof for leaf ${res.inclusion_proof.leaf_index}`);
     }
@@ -295,18 +402,18 @@ class CoordinatorClient {
 
   /** Every signing key, as a key set in the JSON format of docs/receipts.md section 4. */
   async getSigningKeys() {
-    const res = await this.unary(this.receipts, 'GetSigningKeys', {});
+    const res = await this.unary(this.receipts, 'GetSigningKeys', {}, undefined, { repeatable: true });
     return { keys: res.keys.map(keyToJson) };
   }
 
   /** The latest checkpoint. */
   async getCheckpoint() {
-    return (await this.unary(this.receipts, 'GetCheckpoint', {})).checkpoint;
+    return (await this.unary(this.receipts, 'GetCheckpoint', {}, undefined, { repeatable: true })).checkpoint;
   }
 
   /** A consistency proof between two tree sizes (0 as second size: the latest). */
   async getConsistencyProof(firstSize, secondSize = 0) {
-    const res = await this.unary(this.receipts, 'GetConsistencyProof', { first_size: String(firstSize), second_size: String(secondSize) });
+    const res = await this.unary(this.receipts, 'GetConsistencyProof', { first_size: String(firstSize), second_size: String(secondSize) }, undefined, { repeatable: true });
     return res.proof;
   }
 
@@ -338,4 +445,6 @@ module.exports = {
   keyToJson,
   TERMINAL_STATES,
   DEFAULT_PROTO_DIR,
+  DEFAULT_RETRY,
+  errorDetails,
 };

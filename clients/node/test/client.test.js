@@ -124,3 +124,34 @@ test('a request that cannot be serialized rejects with a status code, as grpc-js
     client.close();
   }
 });
+
+test('errorDetails reads ErrorInfo, BadRequest and RetryInfo from grpc-status-details-bin', () => {
+  const grpc = require('@grpc/grpc-js');
+  const { errorDetails } = require('../src/status');
+  const varint = (n) => {
+    const out = [];
+    for (; n > 127; n = Math.floor(n / 128)) out.push((n % 128) | 128);
+    out.push(n);
+    return Buffer.from(out);
+  };
+  const field = (n, value) => (typeof value === 'number'
+    ? Buffer.concat([varint(n * 8), varint(value)])
+    : Buffer.concat([varint(n * 8 + 2), varint(Buffer.byteLength(value)), Buffer.from(value)]));
+  const any = (type, body) => field(3, Buffer.concat([field(1, `type.googleapis.com/google.rpc.${type}`), field(2, body)]));
+  const status = Buffer.concat([
+    field(1, 14), field(2, 'the store is out'),
+    any('ErrorInfo', Buffer.concat([field(1, 'STORE_UNAVAILABLE'), field(2, 'coordinator.aitbc'), field(3, Buffer.concat([field(1, 'job_id'), field(2, 'j1')]))])),
+    any('BadRequest', field(1, Buffer.concat([field(1, 'priority'), field(2, '0 to 9')]))),
+    any('RetryInfo', field(1, Buffer.concat([field(1, 1), field(2, 500000000)]))),
+  ]);
+  const metadata = new grpc.Metadata();
+  metadata.set('grpc-status-details-bin', status);
+  assert.deepEqual(errorDetails({ metadata }), {
+    reason: 'STORE_UNAVAILABLE', domain: 'coordinator.aitbc', metadata: { job_id: 'j1' },
+    violations: [{ field: 'priority', description: '0 to 9' }], retryAfterMs: 1500,
+  });
+  assert.equal(errorDetails({ metadata: new grpc.Metadata() }), null);
+  const garbage = new grpc.Metadata();
+  garbage.set('grpc-status-details-bin', Buffer.from([0x0a, 0xff]));
+  assert.equal(errorDetails({ metadata: garbage }), null);
+});

@@ -12,58 +12,17 @@ const crypto = require('node:crypto');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
-const { spawnSync } = require('node:child_process');
 const { CoordinatorClient, verifyReceiptResponse, receiptToBundle } = require('../src/client');
 const v = require('../src/verify');
-const { REPO_ROOT } = require('../testing/paths');
 const { freePort, start, stop, failOnExit } = require('../testing/processes');
-
-const BIN = process.env.AITBC_VENV_BIN ?? path.join(REPO_ROOT, '.venv', 'bin');
-const COORDINATOR = path.join(BIN, 'aitbc-coordinator');
-const AITBC = path.join(BIN, 'aitbc');
-
-/** Why the Python side cannot run here, or null when it can. */
-function unavailable() {
-  for (const [cmd, args] of [[COORDINATOR, ['serve', '--help']], [AITBC, ['miner', 'run', '--help']]]) {
-    const r = spawnSync(cmd, args, { encoding: 'utf8', timeout: 60000 });
-    if (r.error || r.status !== 0) {
-      const why = r.error ? r.error.message : (r.stderr || r.stdout).trim().split('\n').pop();
-      return `${path.basename(cmd)} ${args.join(' ')} does not run (${why})`;
-    }
-  }
-  return null;
-}
+const { unavailable, waitServing, COORDINATOR, AITBC } = require('../testing/coordinator');
 
 const reason = unavailable();
 const skip = reason && process.env.AITBC_REQUIRE_INTEGRATION !== '1' ? reason : false;
 
-/**
- * Watches a job to its end, noting (not failing) when the server ended the stream before sending the
- * terminal state and the client had to read the job with GetJob.
- */
+/** Watches a job to its end (a stream cut on the way is resumed by the client). */
 async function watchToEnd(t, client, jobId, seen = []) {
-  const done = await client.watchJob(jobId, (j) => seen.push(j.state), { timeoutMs: 90000 });
-  if (done.watch_ended_early) t.diagnostic(`WatchJob of ${jobId} ended before the terminal state (server race); GetJob used`);
-  return done;
-}
-
-/** Polls grpc.health.v1 Check until the server answers SERVING; gives up if the process exits. */
-async function waitServing(client, proc, deadlineMs) {
-  const end = Date.now() + deadlineMs;
-  let last;
-  while (Date.now() < end) {
-    if (proc.child.exitCode !== null || proc.child.signalCode !== null) {
-      throw new Error(`${proc.name} exited (code ${proc.child.exitCode}):\n${proc.output()}`);
-    }
-    try {
-      last = await client.checkHealth('', 1000);
-      if (last === 'SERVING') return;
-    } catch (err) {
-      last = err.message;
-    }
-    await new Promise((r) => setTimeout(r, 200));
-  }
-  throw new Error(`coordinator not SERVING after ${deadlineMs} ms (last: ${last})`);
+  return client.watchJob(jobId, (j) => seen.push(j.state), { timeoutMs: 90000 });
 }
 
 const sha256hex = (b) => crypto.createHash('sha256').update(b).digest('hex');

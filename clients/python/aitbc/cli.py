@@ -21,7 +21,7 @@ from google.protobuf.json_format import MessageToDict
 
 from .admin_cli import add_parser as add_admin_parser
 from .channel import connection_options
-from .client import Client
+from .client import Client, error_details
 from .receipts.cli import add_parser as add_receipts_parser
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
@@ -157,6 +157,16 @@ async def _jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _call_failed(exc: grpc.aio.AioRpcError, args: argparse.Namespace) -> str:
+    """What a failed call says (code, reason, field violations, retry delay), and for a submit without an
+    idempotency key that may have been stored, how to make it again safely."""
+    text = str(error_details(exc))
+    unsure = exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    if args.command == "submit" and unsure and not args.idempotency_key:
+        text += " (the job may have been stored: list your jobs, or submit with --idempotency-key to retry safely)"
+    return text
+
+
 class UsageError(Exception):
     """Bad input on the command line: one line on stderr, exit 2 (no traceback, nothing sent)."""
 
@@ -282,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_miner(args))
         return asyncio.run(_jobs(args))
     except grpc.aio.AioRpcError as exc:
-        print(f"aitbc: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        print(f"aitbc: {_call_failed(exc, args)}", file=sys.stderr)
         return 1
     except UsageError as exc:
         print(f"aitbc: {exc}", file=sys.stderr)

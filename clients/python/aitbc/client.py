@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
-from collections.abc import AsyncIterator
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any
 
 import grpc
 from google.protobuf import struct_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from .channel import auth_metadata, open_channel
 from .coordinator.v1 import (
@@ -30,6 +36,95 @@ TERMINAL = {
 }
 ROLE_NAMES = {1: "coordinator", 2: "attestation", 3: "log", 4: "miner"}
 STATUS_NAMES = {1: "active", 2: "retired"}
+DEFAULT_TIMEOUT_S = 30.0
+# GetJobResult(wait=True) without a deadline of the caller's: the coordinator waits at most 15 minutes, then
+# answers WAIT_TIMEOUT; the call's own deadline is that long, so that a lost connection cannot hang it.
+RESULT_WAIT_TIMEOUT_S = 900.0
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How a call is made again after UNAVAILABLE (the coordinator unreachable, restarting, or its store
+    briefly out: STORE_UNAVAILABLE), for a call that is safe to repeat: never a submit without an idempotency
+    key (UNAVAILABLE may come after it was stored: a repeat could store it twice). A RetryInfo delay is
+    waited; otherwise a jittered backoff from backoff_s doubling to backoff_max_s. All tries of a call share
+    its deadline. RESOURCE_EXHAUSTED (a rate limit) is the application's to handle: error_details(exc)
+    gives its retry_after_s."""
+
+    attempts: int = 5  # most tries of one call, the first included; 1: never again
+    backoff_s: float = 0.2
+    backoff_max_s: float = 5.0
+
+    def backoff(self, attempt: int) -> float:
+        """The pause after the attempt-th failed try (1-based), jittered to half to all of it."""
+        return min(self.backoff_max_s, self.backoff_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+
+
+DEFAULT_RETRY = RetryPolicy()
+NO_RETRY = RetryPolicy(attempts=1)
+
+
+@dataclass
+class ErrorDetails:
+    """The google.rpc details of a failed call: the ErrorInfo reason and metadata, the BadRequest field
+    violations, the RetryInfo delay (None without one)."""
+
+    code: grpc.StatusCode
+    message: str
+    reason: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+    violations: list[tuple[str, str]] = field(default_factory=list)
+    retry_after_s: float | None = None
+
+    def __str__(self) -> str:
+        """One line: CODE (REASON): message; each field violation; the retry delay."""
+        text = (
+            f"{self.code.name} ({self.reason}): {self.message}"
+            if self.reason
+            else f"{self.code.name}: {self.message}"
+        )
+        for name, description in self.violations:
+            if f"{name}: {description}" not in self.message:
+                text += f"; {name}: {description}"
+        if self.retry_after_s is not None:
+            text += f" (retry after {self.retry_after_s:g} s)"
+        return text
+
+
+def error_details(exc: grpc.aio.AioRpcError) -> ErrorDetails:
+    """What a failed call says, from its grpc-status-details-bin trailer (just code and message without it)."""
+    out = ErrorDetails(exc.code(), exc.details() or "")
+    try:
+        status = rpc_status.from_call(exc)
+    except ValueError:  # a status that disagrees with its details: keep the code and message
+        status = None
+    for detail in status.details if status else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            out.reason, out.metadata = info.reason, dict(info.metadata)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            out.violations += [(v.field, v.description) for v in bad.field_violations]
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info_retry = error_details_pb2.RetryInfo()
+            detail.Unpack(info_retry)
+            out.retry_after_s = info_retry.retry_delay.ToMilliseconds() / 1000
+    return out
+
+
+def retry_pause(
+    exc: grpc.aio.AioRpcError, repeatable: bool, attempt: int, policy: RetryPolicy
+) -> float | None:
+    """How long to wait before trying a failed call again; None: do not."""
+    if attempt >= policy.attempts or exc.code() is not grpc.StatusCode.UNAVAILABLE or not repeatable:
+        return None
+    delay = error_details(exc).retry_after_s
+    return policy.backoff(attempt) if delay is None else delay
+
+
+_DEFAULT: Any = object()  # "the client's default timeout" (None means no deadline)
 
 
 def _rfc3339(ts) -> str | None:  # type: ignore[no-untyped-def]
@@ -51,8 +146,16 @@ class Client:
         tls_ca: bytes | str | None = None,
         tls_cert: bytes | str | None = None,
         tls_key: bytes | str | None = None,
+        timeout_s: float | None = DEFAULT_TIMEOUT_S,
+        retry: RetryPolicy = DEFAULT_RETRY,
     ) -> None:
-        """hmac_secret: sign every call with the key's signing secret; tls_*: TLS (see open_channel)."""
+        """hmac_secret: sign every call with the key's signing secret; tls_*: TLS (see open_channel).
+
+        timeout_s: the deadline of each call (None: none), all its tries included; a waiting GetJobResult
+        defaults to RESULT_WAIT_TIMEOUT_S and a watch to no deadline. retry: see RetryPolicy (NO_RETRY: none).
+        """
+        self.timeout_s = timeout_s
+        self.retry = retry
         self.channel = channel or open_channel(address, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key)
         self._auth = auth_metadata(api_key)
         calls = SigningChannel(self.channel, hmac_secret) if hmac_secret else self.channel
@@ -77,6 +180,38 @@ class Client:
     async def close(self) -> None:
         await self.channel.close()
 
+    async def _unary(
+        self,
+        rpc: Callable[..., Awaitable[Any]],
+        request: Any,
+        *,
+        repeatable: bool,
+        timeout_s: float | None = _DEFAULT,
+        settle_repeat: Callable[[grpc.aio.AioRpcError], Awaitable[Any]] | None = None,
+    ) -> Any:
+        """One call, tried again as the retry policy allows within its deadline. settle_repeat: called with
+        the error of a try made after an earlier one may have taken effect; what it returns (not None) is
+        the call's answer (a cancel repeated after the first canceled the job)."""
+        timeout = self.timeout_s if timeout_s is _DEFAULT else timeout_s
+        deadline = None if timeout is None else time.monotonic() + timeout
+        attempt = 0
+        while True:
+            attempt += 1
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            try:
+                return await rpc(request, metadata=self.metadata, timeout=remaining)
+            except grpc.aio.AioRpcError as exc:
+                if (
+                    attempt > 1
+                    and settle_repeat is not None
+                    and (answer := await settle_repeat(exc)) is not None
+                ):
+                    return answer
+                pause = retry_pause(exc, repeatable, attempt, self.retry)
+                if pause is None or (deadline is not None and time.monotonic() + pause >= deadline):
+                    raise
+            await asyncio.sleep(pause)
+
     @staticmethod
     def request(payload: dict[str, Any] | bytes, **options: Any) -> job_service_pb2.SubmitJobRequest:
         req = job_service_pb2.SubmitJobRequest(
@@ -98,61 +233,118 @@ class Client:
         return req
 
     async def submit(self, payload: dict[str, Any] | bytes, **options: Any) -> job_pb2.Job:
-        response = await self.jobs.SubmitJob(self.request(payload, **options), metadata=self.metadata)
+        """Submits a job. Tried again after UNAVAILABLE only with an idempotency_key (one job, whatever
+        happened to the first try); without one, UNAVAILABLE may mean it was stored: a retry could store two."""
+        request = self.request(payload, **options)
+        response = await self._unary(self.jobs.SubmitJob, request, repeatable=bool(request.idempotency_key))
         return response.job
 
     async def submit_many(self, payloads: list[dict[str, Any] | bytes], **options: Any) -> list[job_pb2.Job]:
-        reqs = [self.request(p, **dict(options)) for p in payloads]
-        response = await self.jobs.SubmitJobs(
-            job_service_pb2.SubmitJobsRequest(requests=reqs), metadata=self.metadata
-        )
+        """Submits jobs in one call (all or none), with the same options for each (submit_requests: keys and
+        options of their own per job)."""
+        return await self.submit_requests([self.request(p, **dict(options)) for p in payloads])
+
+    async def submit_requests(self, requests: list[job_service_pb2.SubmitJobRequest]) -> list[job_pb2.Job]:
+        """SubmitJobs with requests made by Client.request; tried again after UNAVAILABLE only when every
+        request has an idempotency key."""
+        repeatable = all(r.idempotency_key for r in requests)
+        response = await self._unary(self.jobs.SubmitJobs, job_service_pb2.SubmitJobsRequest(requests=requests),
+                                     repeatable=repeatable)  # fmt: skip
         return [r.job for r in response.responses]
 
     async def get(self, job_id: str) -> job_pb2.Job:
         return (
-            await self.jobs.GetJob(job_service_pb2.GetJobRequest(job_id=job_id), metadata=self.metadata)
+            await self._unary(self.jobs.GetJob, job_service_pb2.GetJobRequest(job_id=job_id), repeatable=True)
         ).job
 
     async def result(
         self, job_id: str, *, wait: bool = False, deadline_s: float | None = None
     ) -> job_service_pb2.GetJobResultResponse:
-        return await self.jobs.GetJobResult(job_service_pb2.GetJobResultRequest(job_id=job_id, wait=wait),
-                                            metadata=self.metadata, timeout=deadline_s)  # fmt: skip
+        """The job's result; with wait, waits for the job to end until deadline_s (default: the coordinator's
+        longest wait, 15 minutes; it answers DEADLINE_EXCEEDED with reason WAIT_TIMEOUT just before)."""
+        timeout = (
+            deadline_s if deadline_s is not None else (RESULT_WAIT_TIMEOUT_S if wait else self.timeout_s)
+        )
+        request = job_service_pb2.GetJobResultRequest(job_id=job_id, wait=wait)
+        return await self._unary(self.jobs.GetJobResult, request, repeatable=True, timeout_s=timeout)
 
     async def cancel(self, job_id: str, reason: str = "") -> job_pb2.Job:
-        return (await self.jobs.CancelJob(job_service_pb2.CancelJobRequest(job_id=job_id, reason=reason),
-                                          metadata=self.metadata)).job  # fmt: skip
+        """Cancels a job. Tried again after UNAVAILABLE: should an earlier try have canceled it, the job
+        (CANCELED) is the answer, not the JOB_TERMINAL of the repeat."""
+
+        async def canceled_by_an_earlier_try(exc: grpc.aio.AioRpcError) -> job_pb2.Job | None:
+            if error_details(exc).reason != "JOB_TERMINAL":
+                return None
+            job = await self.get(job_id)
+            return job if job.state == job_pb2.JOB_STATE_CANCELED else None
+
+        request = job_service_pb2.CancelJobRequest(job_id=job_id, reason=reason)
+        response = await self._unary(
+            self.jobs.CancelJob, request, repeatable=True, settle_repeat=canceled_by_an_earlier_try
+        )
+        return response if isinstance(response, job_pb2.Job) else response.job
 
     async def list(
         self, states: list[int] | None = None, page_size: int = 0, page_token: str = ""
     ) -> job_service_pb2.ListJobsResponse:
-        return await self.jobs.ListJobs(job_service_pb2.ListJobsRequest(states=states or [], page_size=page_size,
-                                                                        page_token=page_token), metadata=self.metadata)  # fmt: skip
+        request = job_service_pb2.ListJobsRequest(
+            states=states or [], page_size=page_size, page_token=page_token
+        )
+        return await self._unary(self.jobs.ListJobs, request, repeatable=True)
 
     async def watch(self, job_id: str) -> AsyncIterator[job_service_pb2.WatchJobResponse]:
-        call = self.jobs.WatchJob(job_service_pb2.WatchJobRequest(job_id=job_id), metadata=self.metadata)
-        async for update in call:
-            yield update
+        """The job as it is now, then at each change until it is terminal. A stream cut on the way
+        (UNAVAILABLE, or ended before the terminal state) is resumed after the last sequence received: no
+        change is missed or repeated. Gives up as the retry policy says after failures in a row."""
+        after, failures = 0, 0
+        while True:
+            call = self.jobs.WatchJob(job_service_pb2.WatchJobRequest(job_id=job_id, after_sequence=after),
+                                      metadata=self.metadata)  # fmt: skip
+            try:
+                async for update in call:
+                    after, failures = update.sequence, 0
+                    yield update
+                    if update.job.state in TERMINAL:
+                        return
+                exc = None  # ended before the terminal state: a coordinator going away
+            except grpc.aio.AioRpcError as error:
+                exc = error
+            finally:
+                call.cancel()  # a consumer that stopped early: the stream goes with it
+            failures += 1
+            pause = self._watch_pause(exc, failures)
+            if pause is None:
+                assert exc is not None
+                raise exc
+            await asyncio.sleep(pause)
 
-    async def wait(self, job_id: str) -> job_pb2.Job:
-        """The job once terminal (follows WatchJob)."""
+    def _watch_pause(self, exc: grpc.aio.AioRpcError | None, failures: int) -> float | None:
+        """The pause before resuming a watch after its failures-th cut in a row; None: give up."""
+        if exc is not None:
+            return retry_pause(exc, True, failures, self.retry)
+        if failures >= self.retry.attempts:
+            raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                                       "the watch kept ending before the job was terminal")  # fmt: skip
+        return self.retry.backoff(failures)
+
+    async def wait(self, job_id: str, timeout_s: float | None = None) -> job_pb2.Job:
+        """The job once terminal (follows WatchJob, resuming cut streams); TimeoutError after timeout_s."""
         job = None
-        async for update in self.watch(job_id):
-            job = update.job
-        assert job is not None
+        async with asyncio.timeout(timeout_s):
+            async for update in self.watch(job_id):
+                job = update.job
+        assert job is not None and job.state in TERMINAL
         return job
 
     # ------------------------------------------------------------------ receipts
     async def receipt(self, job_id: str) -> receipt_service_pb2.GetReceiptResponse:
-        return await self.receipts.GetReceipt(
-            receipt_service_pb2.GetReceiptRequest(job_id=job_id), metadata=self.metadata
-        )
+        request = receipt_service_pb2.GetReceiptRequest(job_id=job_id)
+        return await self._unary(self.receipts.GetReceipt, request, repeatable=True)
 
     async def signing_keys(self) -> bytes:
         """The coordinator's keys as a key set file (docs/receipts.md section 4), to pin for offline checks."""
-        response = await self.receipts.GetSigningKeys(
-            receipt_service_pb2.GetSigningKeysRequest(), metadata=self.metadata
-        )
+        request = receipt_service_pb2.GetSigningKeysRequest()
+        response = await self._unary(self.receipts.GetSigningKeys, request, repeatable=True)
         keys = []
         for k in response.keys:
             entry: dict[str, Any] = {"key_id": k.key_id, "role": ROLE_NAMES[k.role], "status": STATUS_NAMES[k.status],

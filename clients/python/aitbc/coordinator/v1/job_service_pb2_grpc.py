@@ -143,7 +143,10 @@ class JobServiceServicer:
 
     def WatchJob(self, request, context):
         """Streams a job's state changes: first the job as it is now, then one message per change; the stream
-        ends (status OK) after the terminal state. Errors: NOT_FOUND (`JOB_NOT_FOUND`).
+        ends (status OK) after the terminal state. A watcher whose stream was cut resumes with `after_sequence`
+        (the last `sequence` it received): it gets every change since, none twice, and no first snapshot.
+        Errors: NOT_FOUND (`JOB_NOT_FOUND`); INVALID_ARGUMENT (`INVALID_REQUEST`) for an `after_sequence` past
+        the job's last change.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
