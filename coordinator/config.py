@@ -300,6 +300,12 @@ def validate(s: Settings) -> None:
         raise SettingsError("METRICS_PORT: a TCP port (1-65535), or 0 for no metrics endpoint")
     if s.metrics_port and s.metrics_port == s.app_port:
         raise SettingsError("METRICS_PORT: must differ from APP_PORT")
+    # (else found only at the bind, and said as a port "in use by another process")
+    miner_port = _port_of(s.tls_miner_address)
+    if miner_port and s.metrics_port == miner_port:
+        raise SettingsError("METRICS_PORT: must differ from the port of TLS_MINER_ADDRESS")
+    if miner_port and s.app_port == miner_port:
+        raise SettingsError("TLS_MINER_ADDRESS: its port must differ from APP_PORT")
     if s.metrics_port and not s.metrics_host:
         raise SettingsError("METRICS_HOST: an address to listen on, e.g. 127.0.0.1 or 0.0.0.0")
     for name, value in (("RECEIPT_SIGNING_KEY_HEX", s.receipt_signing_key_hex),
@@ -329,6 +335,12 @@ def validate(s: Settings) -> None:
         names[entry.key_hash] = entry.name
         identities.add((entry.role, entry.name))
     validate_security(s)
+
+
+def _port_of(address: str) -> int | None:
+    """The port of HOST:PORT ([V6]:PORT too); None when there is none to compare."""
+    _, sep, port = address.rpartition(":")
+    return int(port) if sep and port.isdigit() else None
 
 
 def validate_security(s: Settings) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import signal
@@ -38,7 +39,7 @@ from .services.jobs import JobServicer
 from .services.miners import MinerServicer
 from .services.receipts import ReceiptServicer
 from .store import Store, open_store
-from .store.base import StoreFenced
+from .store.base import StoreFenced, StoreUnusable
 
 log = logging.getLogger("coordinator")
 
@@ -135,13 +136,14 @@ async def start(settings: Settings) -> Coordinator:
     store = open_store(settings.database_url, settings.sqlite_synchronous)
     try:
         await store.open()
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as exc:  # (SQLite)
-        raise SettingsError(f"DATABASE_URL: cannot open {redact_url(settings.database_url)}: "
-                            f"{exc.strerror or exc}") from None  # fmt: skip
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, StoreUnusable) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise SettingsError(f"DATABASE_URL: cannot open {redact_url(settings.database_url)}: {why}") from None
     try:
         return await _start_on(settings, store)
     except BaseException:
-        await store.close()  # a failed start must not leave the store's threads holding the process open
+        # a failed start must not leave the store's threads holding the process open, nor a new empty store
+        await store.close_unused()
         raise
 
 
@@ -200,6 +202,8 @@ async def _start_on(settings: Settings, store: Store) -> Coordinator:
         await scheduler.start()
         await server.start()
     except BaseException:
+        await _release_listeners(server)
+        await scheduler.stop()
         await observability.stop()
         raise
     for name in ("", *SERVICE_NAMES):
@@ -241,6 +245,15 @@ def _listen(settings: Settings, server: grpc.aio.Server) -> tuple[int, int]:
     return port, miner_port
 
 
+async def _release_listeners(server: grpc.aio.Server) -> None:
+    """Free the ports a server not serving yet has bound: grpcio frees them only on a stop after a start
+    (a retry in the same process was refused its own leftover port). Nothing is answered meanwhile: health
+    is NOT_SERVING, and stop(None) cancels whatever came in."""
+    with contextlib.suppress(Exception):  # (already started: the stop alone does)
+        await server.start()
+    await server.stop(None)
+
+
 def _watch_store(store: Store, health_servicer: health.aio.HealthServicer) -> asyncio.Future[StoreFenced]:
     """The store refusing every write for good (StoreFenced): what this coordinator holds in memory may no
     longer match the store, so it must not serve on. Health turns NOT_SERVING at once (for good: a later
@@ -272,27 +285,78 @@ _background: set[asyncio.Future] = set()  # tasks nobody awaits, kept from the g
 GC_THRESHOLDS = (50_000, 20, 10)
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 async def serve(settings: Settings, env_file: str | None = ".env") -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully. SIGHUP reloads the API keys."""
+    """Run until SIGTERM or SIGINT, then shut down gracefully. SIGHUP reloads the API keys.
+
+    The signals are taken from the start on, rather than killing the process mid-way (their default action):
+    a stop signal during start-up (a PostgreSQL store's wait for its holder, a migration) ends it cleanly,
+    before serving; a SIGHUP then reloads the keys once the coordinator serves."""
     gc.set_threshold(*GC_THRESHOLDS)
-    coordinator = await start(settings)
-    gc.freeze()  # what start loaded (the store's live jobs, the keys) lives on: full collections skip it
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reload_keys, coordinator, env_file)
-    stopping = asyncio.ensure_future(stop.wait())
+    signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, signals.put_nowait, sig)
+    reload_asked = asyncio.Event()
+    loop.add_signal_handler(signal.SIGHUP, reload_asked.set)
+    try:
+        coordinator = await _start_unless_stopped(settings, signals)
+        if coordinator is None:
+            return
+        gc.freeze()  # what start loaded (the store's live jobs, the keys) lives on: full collections skip it
+        loop.add_signal_handler(signal.SIGHUP, reload_keys, coordinator, env_file)
+        if reload_asked.is_set():  # (a SIGHUP during start-up: the key files may have changed since read)
+            reload_keys(coordinator, env_file)
+        await _serve_until_stopped(coordinator, signals)
+    finally:
+        for sig in (*STOP_SIGNALS, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+
+
+async def _start_unless_stopped(
+    settings: Settings, signals: asyncio.Queue[signal.Signals]
+) -> Coordinator | None:
+    """start(settings), or None when a stop signal came first (the start undone: nothing left bound or open)."""
+    starting = asyncio.ensure_future(start(settings))
+    signalled = asyncio.ensure_future(signals.get())
+    await asyncio.wait({starting, signalled}, return_when=asyncio.FIRST_COMPLETED)
+    if not signalled.done():
+        signalled.cancel()
+        return starting.result()
+    log.warning("%s during start-up: stopping before serving", signalled.result().name)
+    starting.cancel()
+    await asyncio.wait({starting})
+    if not starting.cancelled():  # done starting as the signal came (or failed: its error is raised)
+        await starting.result().stop()
+    log.info("coordinator stopped")
+    return None
+
+
+async def _serve_until_stopped(coordinator: Coordinator, signals: asyncio.Queue[signal.Signals]) -> None:
+    signalled = asyncio.ensure_future(signals.get())
     lost = coordinator.store_lost
     assert lost is not None
-    await asyncio.wait({stopping, lost}, return_when=asyncio.FIRST_COMPLETED)
-    stopping.cancel()
+    await asyncio.wait({signalled, lost}, return_when=asyncio.FIRST_COMPLETED)
     if lost.done():
+        signalled.cancel()
         log.error("shutting down: the store was lost (see above); go-away to miners; exiting to be restarted")
-        await coordinator.stop()
+    else:
+        log.info("%s: shutting down: health NOT_SERVING, go-away to miners, in-flight calls get %g s",
+                 signalled.result().name, coordinator.settings.shutdown_grace_seconds)  # fmt: skip
+    stopping = asyncio.ensure_future(coordinator.stop())
+    while not stopping.done():  # a repeated signal changes nothing: said, so that nobody takes it for a hang
+        again = asyncio.ensure_future(signals.get())
+        await asyncio.wait({stopping, again}, return_when=asyncio.FIRST_COMPLETED)
+        if again.done():
+            log.warning("%s again: already shutting down", again.result().name)
+        else:
+            again.cancel()
+    stopping.result()
+    if lost.done():
         raise lost.result()
-    log.info("shutting down: health NOT_SERVING, go-away to miners")
-    await coordinator.stop()
+    log.info("coordinator stopped")
 
 
 def reload_keys(coordinator: Coordinator, env_file: str | None) -> None:

@@ -196,6 +196,11 @@ class StoreMissing(RuntimeError):
     empty one (a mistyped schema, the wrong database)."""
 
 
+class StoreUnusable(RuntimeError):
+    """DATABASE_URL names a store this coordinator cannot use as it is (a directory, a read-only file, a file
+    that is no SQLite database, a schema newer than this code): a setting to fix, not a failure to retry."""
+
+
 class DependencyFailed(Exception):
     """A unit was refused because an earlier unit it builds on failed to commit."""
 
@@ -327,6 +332,11 @@ class Store(ABC):
 
     @abstractmethod
     async def close(self) -> None: ...
+
+    async def close_unused(self) -> None:
+        """Close the store after a start that failed before serving: a store this open made (SQLite: a new
+        file) is removed, so that a refused start (a port in use) leaves no empty store behind."""
+        await self.close()
 
     @abstractmethod
     def enqueue(self, unit: UnitOfWork) -> asyncio.Future[None]:

@@ -46,6 +46,7 @@ from .base import (
     StoreFenced,
     StoreInUse,
     StoreMissing,
+    StoreUnusable,
     UnitOfWork,
     assign_leaves,
     register_unreachable,
@@ -181,7 +182,7 @@ class PostgresStore(SqlReads):
                 )
                 version = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version")
                 if version > len(POSTGRES_MIGRATIONS):
-                    raise RuntimeError(
+                    raise StoreUnusable(  # (a downgrade: this code would misread the store)
                         f"store schema version {version} is newer than this coordinator's "
                         f"({len(POSTGRES_MIGRATIONS)}): run the newer version"
                     )

@@ -28,6 +28,7 @@ from .base import (
     JOB_COLUMNS,
     FailedUnits,
     StoreInUse,
+    StoreUnusable,
     UnitOfWork,
     assign_leaves,
     register_unreachable,
@@ -55,16 +56,28 @@ class SqliteStore(SqlReads):
         self._failed = FailedUnits()  # the writer thread's own
         self._lock: IO[str] | None = None
         self._epoch: int | None = None  # the holder epoch this store wrote with its first commit
+        self._new_files: list[str] = []  # the files opening made (a new store): close_unused removes them
 
     # --- life cycle -------------------------------------------------------------------------------
     async def open(self) -> None:
-        self._lock = _hold_lock(self.path)
+        file = _file_of(self.path)
+        if file is not None and os.path.isdir(file):  # (SQLite only says "unable to open database file")
+            raise StoreUnusable("a directory, not a file")
+        # what opening creates, if the store is new: removed again if the start fails (close_unused)
+        self._new_files = _files_of_a_new_store(file)
+        try:
+            self._lock = _hold_lock(self.path)
+        except OSError as exc:  # a missing directory, a read-only file system, no permission
+            raise StoreUnusable(exc.strerror or str(exc)) from None
         try:
             await self._open()
-        except BaseException:
+        except BaseException as exc:
+            # (the writer thread may have started: it is stopped, then the lock freed)
             with contextlib.suppress(Exception):
-                await self.close()  # (the writer thread may have started: it is stopped, then the lock freed)
+                await self.close_unused()
             self._release_lock()
+            if isinstance(exc, sqlite3.Error):
+                raise _unusable(exc) from None
             raise
 
     async def _open(self) -> None:
@@ -79,6 +92,19 @@ class SqliteStore(SqlReads):
         await self._reader.execute("PRAGMA query_only = ON")
 
     async def close(self) -> None:
+        await self._close_connections()
+        self._release_lock()
+
+    async def close_unused(self) -> None:
+        await self._close_connections()
+        for path in self._new_files:  # (with the lock still held: nobody opens the store meanwhile)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+        if self._new_files:  # (the log said it migrated the store and kept keys in it)
+            log.info("start failed: removed what it made of the store at %s", self._new_files[0])
+        self._release_lock()
+
+    async def _close_connections(self) -> None:
         if self._writer is not None:
             writer, self._writer = self._writer, None  # from now on, enqueue refuses (nothing would write it)
             self._queue.put(_STOP)
@@ -86,7 +112,6 @@ class SqliteStore(SqlReads):
         if self._reader is not None:
             await self._reader.close()
             self._reader = None
-        self._release_lock()
 
     def _release_lock(self) -> None:
         if self._lock is not None:
@@ -99,9 +124,14 @@ class SqliteStore(SqlReads):
         conn.execute(f"PRAGMA synchronous = {self.synchronous}")
         conn.execute("PRAGMA foreign_keys = ON")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):  # written by a newer coordinator: this code would misread it
+            conn.close()
+            raise StoreUnusable(f"the store's schema is version {version}, newer than this coordinator's "
+                                f"({len(MIGRATIONS)}): run the newer version")  # fmt: skip
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
             log.info("store migrated to schema version %d", number)
+        _check_writable(conn)
         self._next_leaf = _stored_log_size(conn)
         return conn
 
@@ -228,24 +258,75 @@ class SqliteStore(SqlReads):
         return list(await self._reader.execute_fetchall(sql, params))
 
 
-def _hold_lock(path: str) -> IO[str] | None:
-    """An exclusive lock on PATH.lock, held while the store is open: two coordinators on one file would both
-    schedule its jobs, and a key rotation under a running coordinator would retire the key it signs with."""
-    if path.startswith("file:"):  # a URI: SQLite opens the file it names, percent-decoded
+def _file_of(path: str) -> str | None:
+    """The file SQLite opens for path (a URI's, percent-decoded); None for an in-memory database."""
+    if path.startswith("file:"):
         uri = urlsplit(path)
         if uri.netloc not in ("", "localhost") or "memory" in parse_qs(uri.query).get("mode", []):
             return None  # (another host's file SQLite refuses; an in-memory database is this process's own)
         path = unquote(uri.path)
     if not path or path == ":memory:":
         return None
+    return path
+
+
+def _lock_file_of(file: str) -> str:
     # by the file's real path: a symbolic or other path to the same file finds the same lock
-    lock = open(f"{os.path.realpath(path)}.lock", "a")  # held open until the store closes
+    return f"{os.path.realpath(file)}.lock"
+
+
+def _files_of_a_new_store(file: str | None) -> list[str]:
+    """The files opening the store at file makes: the store's when there is none there yet, and its lock file
+    when there is none (an existing store is left as it is)."""
+    if file is None:
+        return []
+    made = [] if os.path.lexists(file) else [file, f"{file}-wal", f"{file}-shm", f"{file}-journal"]
+    lock = _lock_file_of(file)
+    return made if os.path.lexists(lock) else [*made, lock]
+
+
+def _check_writable(conn: sqlite3.Connection) -> None:
+    """A write rolled back: a store opened read-only (mode=ro, immutable=1, the file's permissions) is refused at
+    start, not at its first write (a store already in WAL mode opens read-only without a word). SQLite checks
+    read-only before the write lock, so the probe does not wait for another connection's lock: busy, it is
+    not read-only, and the start goes on."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    timeout = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+    conn.execute("PRAGMA busy_timeout = 0")
+    try:
+        conn.execute("BEGIN")
+        conn.execute(f"PRAGMA user_version = {version}")
+    except sqlite3.OperationalError as exc:
+        if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+            raise
+    finally:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        conn.execute(f"PRAGMA busy_timeout = {timeout}")
+
+
+def _unusable(exc: sqlite3.Error) -> StoreUnusable:
+    """A store SQLite refuses to open for writing, said in a line."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    why = {8: "read-only (mode=ro, or the file's or directory's permissions): the coordinator writes its store",
+           14: "cannot open the file (a missing directory, or no permission)",
+           26: "the file is not a SQLite database"}.get(code, str(exc))  # fmt: skip
+    return StoreUnusable(why)
+
+
+def _hold_lock(path: str) -> IO[str] | None:
+    """An exclusive lock on PATH.lock, held while the store is open: two coordinators on one file would both
+    schedule its jobs, and a key rotation under a running coordinator would retire the key it signs with."""
+    file = _file_of(path)
+    if file is None:
+        return None
+    lock = open(_lock_file_of(file), "a")  # held open until the store closes
     try:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         lock.close()
         raise StoreInUse(
-            f"{path} is open in another process (a running coordinator?): stop it first"
+            f"{file} is open in another process (a running coordinator?): stop it first"
         ) from None
     return lock
 
