@@ -40,6 +40,8 @@ class Link:
         self.relay = relay
         (self.down_r, self.down_w), (self.up_r, self.up_w) = down, up
         self.dead = False  # blackholed for good: nothing flows, nothing closes (a NAT dropped its entry)
+        self.first = not relay.accepted  # the relay's first connection (a store's writer opens its own first)
+        self.notes: dict[str, object] = {}  # a subclass's hook's state for this link
         self.tasks = [
             asyncio.create_task(self._pipe(self.down_r, self.up_w, UP)),
             asyncio.create_task(self._pipe(self.up_r, self.down_w, DOWN)),
@@ -48,7 +50,7 @@ class Link:
         self.done.add_done_callback(lambda _: relay.links.discard(self))
 
     async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, direction: str) -> None:
-        flowing = self.relay.flowing
+        flowing = self.relay.flowing[direction]
         try:
             while True:
                 await flowing.wait()
@@ -59,7 +61,7 @@ class Link:
                 if self.dead:
                     continue
                 passed = await self.relay.passing(self, direction, data)
-                if passed is None:  # the hook cut the link
+                if passed is None:  # the hook ended the link
                     return
                 if passed:
                     dst.write(passed)
@@ -74,22 +76,25 @@ class Link:
             self.reset()
 
     def reset(self) -> None:
-        """Both sockets closed with a TCP reset."""
-        for w in (self.down_w, self.up_w):
+        """Both sockets closed with a TCP reset (the upstream's kept open if the relay keeps it)."""
+        for w in self._sides():
             abort_with_reset(w)
         self._stop()
 
     def close(self) -> None:
-        """Both sockets closed cleanly (FIN)."""
-        for w in (self.down_w, self.up_w):
+        """Both sockets closed cleanly, with a FIN (the upstream's kept open if the relay keeps it)."""
+        for w in self._sides():
             w.close()
         self._stop()
+
+    def _sides(self) -> tuple[asyncio.StreamWriter, ...]:
+        return (self.down_w,) if self.up_w in self.relay.kept_open else (self.down_w, self.up_w)
 
     def drop_client_side(self) -> None:
         """The client's socket closed, the upstream's left open and silent: what a dropped NAT entry looks
         like to a server, which never hears of it."""
         self.relay.kept_open.append(self.up_w)
-        self.down_w.transport.abort()
+        abort_with_reset(self.down_w)
         self._stop()
 
     def _stop(self) -> None:
@@ -107,9 +112,10 @@ class Relay:
     def __init__(self, host: str, port: int) -> None:
         self.target = (host, port)
         self.links: set[Link] = set()
-        self.kept_open: list[asyncio.StreamWriter] = []
-        self.flowing = asyncio.Event()
-        self.flowing.set()
+        self.accepted = 0  # connections relayed so far
+        self.kept_open: list[asyncio.StreamWriter] = []  # upstream sides left open by drop_client_side
+        self.flowing = {UP: asyncio.Event(), DOWN: asyncio.Event()}
+        self.heal()
         self.server: asyncio.Server | None = None
         self.port = 0
 
@@ -137,6 +143,7 @@ class Relay:
             abort_with_reset(writer)
             return
         self.links.add(Link(self, (reader, writer), up))
+        self.accepted += 1
 
     def each_link(self, act: Callable[[Link], None]) -> int:
         links = list(self.links)
@@ -145,15 +152,18 @@ class Relay:
         return len(links)
 
     def cut(self, how: str = "rst") -> int:
-        """Every link so far closed, with a reset ("rst") or a FIN ("fin"); the number cut."""
-        return self.each_link(Link.reset if how == "rst" else Link.close)
+        """Every link so far closed, with a reset ("rst"), a FIN ("fin"), or on the client's side only, the
+        upstream's left open ("half", see Link.drop_client_side); the number cut."""
+        return self.each_link({"rst": Link.reset, "fin": Link.close, "half": Link.drop_client_side}[how])
 
-    def stall(self) -> None:
-        """No byte flows on any link until heal()."""
-        self.flowing.clear()
+    def stall(self, *directions: str) -> None:
+        """No byte flows on any link, in the directions given (by default both), until heal()."""
+        for direction in directions or (UP, DOWN):
+            self.flowing[direction].clear()
 
     def heal(self) -> None:
-        self.flowing.set()
+        for event in self.flowing.values():
+            event.set()
 
     def blackhole(self) -> int:
         """The links so far go silent for good (their sockets stay open); new ones work."""
@@ -169,5 +179,5 @@ class Relay:
         if self.server is not None:
             self.server.close()
         for w in self.kept_open:
-            w.close()
+            w.transport.abort()
         await asyncio.gather(*(link.done for link in links), return_exceptions=True)

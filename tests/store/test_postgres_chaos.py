@@ -27,15 +27,12 @@ import contextlib
 import logging
 import os
 import random
-import socket
-import struct as cstruct
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
-from urllib.parse import urlsplit
 
 import grpc
 import pytest
@@ -49,8 +46,10 @@ from aitbc.receipts import KeySet, Policy, Signer, verify_bundle
 from coordinator.config import ApiKeyEntry, Settings, validate
 from coordinator.server import start
 from coordinator.store.postgres import PostgresStore
+from tests.tcp_relay import DOWN, UP, Link
 
-from .store_support import PG_URL, create_schema, drop_schema, pg_admin
+from .pg_relay import PgRelay
+from .store_support import create_schema, drop_schema, pg_admin
 
 SEED = int(os.environ.get("AITBC_CHAOS_SEED") or random.SystemRandom().randrange(1, 10**9))
 CHAOS_SECONDS = float(os.environ.get("AITBC_CHAOS_SECONDS") or 12.0)
@@ -80,107 +79,24 @@ def settings(database_url: str) -> Settings:
 
 
 # ---------------------------------------------------------------------------------------------- the proxy
-class Link:
-    """One proxied connection: the coordinator's side (down) and PostgreSQL's (up)."""
+class PgProxy(PgRelay):
+    """A relay to PostgreSQL (cut: rst, fin or half; stall; heal). Armed (`commit_armed`), it holds back the
+    server's answers once a COMMIT has passed, until heal()."""
 
-    def __init__(self, proxy: PgProxy, down: tuple[Any, Any], up: tuple[Any, Any]) -> None:
-        self.proxy = proxy
-        (self.down_r, self.down_w), (self.up_r, self.up_w) = down, up
-        self.tasks = [asyncio.create_task(self._pipe(self.down_r, self.up_w, proxy.to_server)),
-                      asyncio.create_task(self._pipe(self.up_r, self.down_w, proxy.to_client))]  # fmt: skip
-        self.done = asyncio.ensure_future(asyncio.gather(*self.tasks, return_exceptions=True))
-        self.done.add_done_callback(lambda _: proxy.links.discard(self))
-
-    async def _pipe(
-        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, flowing: asyncio.Event
-    ) -> None:
-        try:
-            while True:
-                await flowing.wait()
-                data = await src.read(65536)
-                if not data:
-                    break
-                await flowing.wait()  # bytes read just before a stall wait for its end
-                dst.write(data)
-                await dst.drain()
-                if flowing is self.proxy.to_server and self.proxy.commit_armed and b"COMMIT" in data:
-                    self.proxy.commit_armed = False  # the COMMIT is on its way: its answer is held back
-                    self.proxy.to_client.clear()
-                    self.proxy.commit_sent.set()
-            if dst.can_write_eof():
-                dst.write_eof()
-        except (ConnectionError, OSError):
-            self.cut("rst")
-
-    def cut(self, how: str) -> None:
-        """rst: both sides reset; fin: both closed cleanly; half: the coordinator's side reset, PostgreSQL's left
-        open (its backend lives on, as after a dropped NAT entry) until the proxy closes."""
-        sides = (self.down_w,) if how == "half" else (self.down_w, self.up_w)
-        for w in sides:
-            if how == "fin":
-                w.close()
-                continue
-            sock = w.get_extra_info("socket")
-            with contextlib.suppress(OSError):
-                if sock is not None and sock.fileno() >= 0:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, cstruct.pack("ii", 1, 0))
-            w.transport.abort()
-        if how == "half":
-            self.proxy.kept_open.append(self.up_w)
-        for t in self.tasks:
-            t.cancel()
-
-
-class PgProxy:
     def __init__(self) -> None:
-        target = urlsplit(PG_URL)
-        self.target = (target.hostname or "127.0.0.1", target.port or 5432)
-        self.links: set[Link] = set()
-        self.kept_open: list[asyncio.StreamWriter] = []
-        self.to_server, self.to_client = asyncio.Event(), asyncio.Event()
-        self.commit_armed = False  # hold back the answers once a COMMIT has passed
+        super().__init__()
+        self.commit_armed = False
         self.commit_sent = asyncio.Event()
-        self.heal()
-        self.port = 0
 
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
+    def stall(self, replies_only: bool = False) -> None:  # type: ignore[override]
+        super().stall(DOWN) if replies_only else super().stall()
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.transport.abort()
-            return
-        self.links.add(Link(self, (reader, writer), up))
-
-    def cut(self, how: str) -> int:
-        links = list(self.links)
-        for link in links:
-            link.cut(how)
-        return len(links)
-
-    def stall(self, replies_only: bool = False) -> None:
-        self.to_client.clear()
-        if not replies_only:
-            self.to_server.clear()
-
-    def heal(self) -> None:
-        self.to_server.set()
-        self.to_client.set()
-
-    def url(self, schema: str) -> str:
-        parts = urlsplit(PG_URL)
-        netloc = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
-        return parts._replace(netloc=f"{netloc}127.0.0.1:{self.port}").geturl() + f"?schema={schema}"
-
-    async def close(self) -> None:
-        self.heal()
-        self.cut("rst")
-        self.server.close()
-        for w in self.kept_open:
-            w.transport.abort()
+    async def passing(self, link: Link, direction: str, data: bytes) -> bytes | None:
+        if direction == UP and self.commit_armed and b"COMMIT" in data:
+            self.commit_armed = False  # the COMMIT is on its way: its answer is held back
+            self.flowing[DOWN].clear()
+            self.commit_sent.set()
+        return data
 
 
 # ---------------------------------------------------------------------------------------------- the run

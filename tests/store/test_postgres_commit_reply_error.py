@@ -8,13 +8,13 @@ reported failed although stored: a job both failed and completed, a receipt or a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import struct
 
 import pytest
 
 from coordinator.store.base import UnitOfWork
 from coordinator.store.postgres import PostgresStore
+from tests.tcp_relay import DOWN, UP, Link
 
 from .store_support import create_schema, drop_schema, make_job, pg_admin, submitted_event
 from .test_postgres_chaos import PgProxy
@@ -32,49 +32,23 @@ class CommitReplyProxy(PgProxy):
     """PgProxy; armed, it swallows the answer to the writer's next COMMIT (the first connection is the writer's),
     and sends `instead` in its place (nothing: what follows, if anything, flows as it comes)."""
 
+    half_close = False
+
     def __init__(self) -> None:
         super().__init__()
-        self.writer_link: object | None = None
         self.armed = False
         self.instead = b""
         self.swallowed = asyncio.Event()
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_r, up_w = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.transport.abort()
-            return
-        first = self.writer_link is None
-        if first:
-            self.writer_link = writer
-        swallow = False
-
-        async def to_server() -> None:
-            nonlocal swallow
-            while data := await reader.read(65536):
-                if first and self.armed and b"COMMIT" in data:
-                    self.armed, swallow = False, True
-                up_w.write(data)
-                await up_w.drain()
-
-        async def to_client() -> None:
-            nonlocal swallow
-            while data := await up_r.read(65536):
-                if swallow:  # (the answer to COMMIT: CommandComplete and ReadyForQuery, one small packet)
-                    swallow = False
-                    data = self.instead
-                    self.swallowed.set()
-                writer.write(data)
-                await writer.drain()
-
-        pipes = [asyncio.ensure_future(to_server()), asyncio.ensure_future(to_client())]
-        with contextlib.suppress(Exception):
-            await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
-        for pipe in pipes:
-            pipe.cancel()
-        writer.transport.abort()
-        up_w.transport.abort()
+    async def passing(self, link: Link, direction: str, data: bytes) -> bytes | None:
+        if direction == UP and link.first and self.armed and b"COMMIT" in data:
+            self.armed = False
+            link.notes["swallow"] = True
+        elif direction == DOWN and link.notes.pop("swallow", False):
+            # (the answer to COMMIT: CommandComplete and ReadyForQuery, one small packet)
+            self.swallowed.set()
+            return self.instead
+        return data
 
 
 def submit_unit(job_id: str) -> UnitOfWork:

@@ -14,69 +14,40 @@ import pytest
 from coordinator.store import postgres as pgmod
 from coordinator.store.base import UnitOfWork
 from coordinator.store.postgres import PostgresStore
+from tests.store.pg_relay import PgRelay
 from tests.store.store_support import PG_URL, create_schema, drop_schema, pg_admin
+from tests.tcp_relay import UP, Link
 
 
-class HoldingProxy:
-    """A TCP proxy to PostgreSQL. Armed, it holds back (buffers) what the first connection (the writer's)
-    sends from a COMMIT on, as a congested or partitioned path does; release() delivers it. The client closing
-    its side does not close the server's side (the server never hears of it)."""
+class HoldingProxy(PgRelay):
+    """A relay to PostgreSQL. Armed, it holds back (buffers) what the first connection (the writer's) sends from a
+    COMMIT on, as a congested or partitioned path does; release() delivers it. The client closing its side does
+    not close the server's side (the server never hears of it)."""
+
+    half_close = False
 
     def __init__(self) -> None:
-        t = urlsplit(PG_URL)
-        self.target = (t.hostname or "127.0.0.1", t.port or 5432)
+        super().__init__()
         self.armed = False
         self.held: list[bytes] = []
-        self.writer_up: asyncio.StreamWriter | None = None
-        self.tasks: set[asyncio.Task] = set()
-        self.ups: list[asyncio.StreamWriter] = []
+        self.writer_link: Link | None = None
 
-    async def start(self) -> int:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return self.server.sockets[0].getsockname()[1]
-
-    async def _serve(self, down_r: asyncio.StreamReader, down_w: asyncio.StreamWriter) -> None:
-        up_r, up_w = await asyncio.open_connection(*self.target)
-        self.ups.append(up_w)
-        first = self.writer_up is None
-        if first:
-            self.writer_up = up_w
-
-        async def up() -> None:
-            with contextlib.suppress(Exception):
-                while data := await down_r.read(65536):
-                    if first and (self.held or (self.armed and b"COMMIT" in data)):
-                        self.held.append(data)
-                        continue
-                    up_w.write(data)
-                    await up_w.drain()
-
-        async def down() -> None:
-            with contextlib.suppress(Exception):
-                while data := await up_r.read(65536):
-                    down_w.write(data)
-                    await down_w.drain()
-
-        tasks = [asyncio.ensure_future(up()), asyncio.ensure_future(down())]
-        self.tasks.update(tasks)
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        down_w.transport.abort()
-        if not first:
-            up_w.close()
+    async def passing(self, link: Link, direction: str, data: bytes) -> bytes | None:
+        if link.first and self.writer_link is None:
+            self.writer_link = link
+            self.kept_open.append(link.up_w)  # (the server's side outlives the client's)
+        if direction == UP and link.first and (self.held or (self.armed and b"COMMIT" in data)):
+            self.held.append(data)
+            return b""
+        return data
 
     async def release(self) -> None:
-        assert self.writer_up is not None
+        assert self.writer_link is not None
+        up = self.writer_link.up_w
         for data in self.held:
-            self.writer_up.write(data)
+            up.write(data)
         self.held = []
-        await self.writer_up.drain()
-
-    async def close(self) -> None:
-        self.server.close()
-        for t in self.tasks:
-            t.cancel()
-        for w in self.ups:
-            w.close()
+        await up.drain()
 
 
 async def test_a_unit_reported_failed_after_a_commit_timeout_does_not_land(

@@ -6,13 +6,13 @@ trying them: up to MAX_GROUP commits refused for one blip.)"""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from urllib.parse import urlsplit
 
 from coordinator.store.base import KeyRow, UnitOfWork
 from coordinator.store.postgres import PostgresStore
+from tests.tcp_relay import UP, Link
 
-from .store_support import PG_URL, create_schema, drop_schema
+from .pg_relay import PgRelay
+from .store_support import create_schema, drop_schema
 
 
 def unit(key_id: str, role: str | None = "miner") -> UnitOfWork:
@@ -21,65 +21,31 @@ def unit(key_id: str, role: str | None = "miner") -> UnitOfWork:
     return u
 
 
-class CutOnSecondSight:
-    """A TCP proxy to PostgreSQL that resets the connection carrying `marker` towards the server the second time
-    it passes (the first: in the group; the second: in its unit tried alone)."""
+class CutOnSecondSight(PgRelay):
+    """A relay to PostgreSQL that resets the connection carrying `marker` towards the server the second time it
+    passes (the first: in the group; the second: in its unit tried alone)."""
+
+    half_close = False
 
     def __init__(self, marker: bytes) -> None:
-        t = urlsplit(PG_URL)
-        self.target = (t.hostname or "127.0.0.1", t.port or 5432)
+        super().__init__()
         self.marker = marker
         self.seen = 0
-        self.tasks: set[asyncio.Task] = set()
-        self.writers: list[asyncio.StreamWriter] = []
 
-    async def start(self) -> str:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        port = self.server.sockets[0].getsockname()[1]
-        parts = urlsplit(PG_URL)
-        netloc = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
-        return parts._replace(netloc=f"{netloc}127.0.0.1:{port}").geturl()
-
-    async def _serve(self, down_r: asyncio.StreamReader, down_w: asyncio.StreamWriter) -> None:
-        up_r, up_w = await asyncio.open_connection(*self.target)
-        self.writers += [down_w, up_w]
-
-        async def up() -> None:
-            with contextlib.suppress(Exception):
-                while data := await down_r.read(65536):
-                    if self.marker in data:
-                        self.seen += 1
-                        if self.seen == 2:
-                            return  # (not forwarded: both sides reset below)
-                    up_w.write(data)
-                    await up_w.drain()
-
-        async def down() -> None:
-            with contextlib.suppress(Exception):
-                while data := await up_r.read(65536):
-                    down_w.write(data)
-                    await down_w.drain()
-
-        tasks = [asyncio.ensure_future(up()), asyncio.ensure_future(down())]
-        self.tasks.update(tasks)
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for t in tasks:
-            t.cancel()
-        down_w.transport.abort()
-        up_w.transport.abort()
-
-    async def close(self) -> None:
-        self.server.close()
-        for t in self.tasks:
-            t.cancel()
-        for w in self.writers:
-            w.transport.abort()
+    async def passing(self, link: Link, direction: str, data: bytes) -> bytes | None:
+        if direction == UP and self.marker in data:
+            self.seen += 1
+            if self.seen == 2:  # not passed on: both sides reset
+                link.reset()
+                return None
+        return data
 
 
 async def test_one_blip_as_a_unit_is_tried_alone_does_not_fail_the_rest_of_the_group() -> None:
     schema = await create_schema()
     proxy = CutOnSecondSight(b"zz-key-A")
-    url = await proxy.start()
+    await proxy.start()
+    url = proxy.url()
     store = PostgresStore(f"{url}?schema={schema}", lock_wait_s=5)
     await store.open()
     try:

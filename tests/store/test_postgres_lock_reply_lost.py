@@ -13,75 +13,37 @@ from urllib.parse import urlsplit
 import pytest
 
 from coordinator.store.postgres import PostgresStore
+from tests.tcp_relay import DOWN, Link
 
+from .pg_relay import PgRelay
 from .store_support import PG_URL, pg_admin
 from .test_postgres_writer_lock import key_unit
 
 
-class LockReplyProxy:
+class LockReplyProxy(PgRelay):
+    """A relay to PostgreSQL. Armed, it passes the writer's next pg_try_advisory_lock on, drops the server's
+    answer (the lock granted), and 0.2 s later closes the client's side, PostgreSQL's left open: its backend,
+    holding the lock, lives on."""
+
+    half_close = False
+
     def __init__(self) -> None:
-        t = urlsplit(PG_URL)
-        self.target = (t.hostname or "127.0.0.1", t.port or 5432)
+        super().__init__()
         self.armed = False
-        self.links: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = []
-        self.kept: list[asyncio.StreamWriter] = []
-        self.tasks: set[asyncio.Task] = set()
 
-    async def start(self) -> int:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return self.server.sockets[0].getsockname()[1]
-
-    async def _serve(self, down_r: asyncio.StreamReader, down_w: asyncio.StreamWriter) -> None:
-        up_r, up_w = await asyncio.open_connection(*self.target)
-        self.links.append((down_w, up_w))
-        cut = asyncio.Event()
-        parsed = False
-
-        async def up() -> None:
-            nonlocal parsed
-            with contextlib.suppress(Exception):
-                while data := await down_r.read(65536):
-                    up_w.write(data)
-                    await up_w.drain()
-                    if self.armed and parsed and data[:1] == b"B":  # the statement's execution
-                        self.armed = False
-                        cut.set()  # the server's answer (granted) never comes back
-                    if self.armed and b"pg_try_advisory_lock" in data:
-                        parsed = True  # (prepared first: Parse, Describe; then Bind, Execute)
-
-        async def down() -> None:
-            with contextlib.suppress(Exception):
-                while data := await up_r.read(65536):
-                    if cut.is_set():
-                        break
-                    down_w.write(data)
-                    await down_w.drain()
-
-        tasks = [
-            asyncio.ensure_future(up()),
-            asyncio.ensure_future(down()),
-            asyncio.ensure_future(cut.wait()),
-        ]
-        self.tasks.update(tasks)
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        if cut.is_set():
-            await asyncio.sleep(0.2)  # (the server has granted the lock)
-            self.kept.append(up_w)  # PostgreSQL's side stays open: its backend lives on
-        down_w.transport.abort()
-        if up_w not in self.kept:
-            up_w.close()
+    async def passing(self, link: Link, direction: str, data: bytes) -> bytes | None:
+        if direction == DOWN:
+            return b"" if link.notes.get("cut") else data
+        if self.armed and link.notes.get("parsed") and data[:1] == b"B":  # the statement's execution
+            self.armed = False
+            link.notes["cut"] = True  # the server's answer (granted) never comes back
+            asyncio.get_running_loop().call_later(0.2, link.drop_client_side)  # (the server has granted it)
+        elif self.armed and b"pg_try_advisory_lock" in data:
+            link.notes["parsed"] = True  # (prepared first: Parse, Describe; then Bind, Execute)
+        return data
 
     def reset_all(self) -> None:
-        for down_w, up_w in self.links:
-            down_w.transport.abort()
-            up_w.transport.abort()
-
-    async def close(self) -> None:
-        self.server.close()
-        for t in self.tasks:
-            t.cancel()
-        for w in self.kept:
-            w.transport.abort()
+        self.cut("rst")
 
 
 async def test_writer_reconnects_when_the_reply_to_its_lock_was_lost() -> None:

@@ -4,11 +4,9 @@ TRUNCATE refused on append-only tables, and a writer that survives losing its co
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import secrets
 from collections.abc import AsyncIterator
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -16,7 +14,9 @@ from coordinator.store import open_store
 from coordinator.store.base import StoreInUse
 from coordinator.store.postgres import PostgresStore, parse_url
 from coordinator.store.schema import APPEND_ONLY, POSTGRES_MIGRATIONS
+from tests.tcp_relay import DOWN, UP, Link
 
+from .pg_relay import PgRelay
 from .store_support import PG_URL, create_schema, drop_schema, make_job, pg_admin, pg_url
 from .test_store_contract import new_jobs_unit, receipt
 
@@ -138,68 +138,26 @@ async def test_commit_after_close_is_refused(schema: str) -> None:
         await store.commit(new_jobs_unit(make_job("job-late")))
 
 
-class CommitCutter:
-    """A TCP proxy to PostgreSQL. Armed, it lets the next COMMIT through, and when the server answers (it has
+class CommitCutter(PgRelay):
+    """A relay to PostgreSQL. Armed, it lets the next COMMIT through, and when the server answers (it has
     committed) cuts the connection instead of passing the answer on: the outcome the client sees is unknown."""
 
+    half_close = False
+
     def __init__(self) -> None:
-        target = urlsplit(PG_URL)
-        self.target = (target.hostname or "127.0.0.1", target.port or 5432)
+        super().__init__()
         self.armed = False
         self.cuts = 0
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task] = set()
 
-    def url(self, schema: str) -> str:
-        parts = urlsplit(pg_url(schema))
-        netloc = parts.netloc.rsplit("@", 1)[0] + f"@127.0.0.1:{self.port}"
-        return parts._replace(netloc=netloc).geturl()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def close(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def _serve(self, down_r: asyncio.StreamReader, down_w: asyncio.StreamWriter) -> None:
-        up_r, up_w = await asyncio.open_connection(*self.target)
-        cut = asyncio.Event()
-
-        async def upward() -> None:
-            while data := await down_r.read(65536):
-                up_w.write(data)
-                await up_w.drain()
-                if self.armed and b"COMMIT" in data:
-                    self.armed = False
-                    cut.set()
-
-        async def downward() -> None:
-            while data := await up_r.read(65536):
-                if (
-                    cut.is_set()
-                ):  # the COMMIT's answer: it is done on the server, and never reaches the client
-                    self.cuts += 1
-                    down_w.transport.abort()
-                    up_w.close()
-                    return
-                down_w.write(data)
-                await down_w.drain()
-
-        tasks = [asyncio.ensure_future(upward()), asyncio.ensure_future(downward())]
-        self._tasks.update(tasks)
-        with contextlib.suppress(Exception):
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in tasks:
-            task.cancel()
-            self._tasks.discard(task)
-        down_w.transport.abort()
-        up_w.close()
+    async def passing(self, link: Link, direction: str, data: bytes) -> bytes | None:
+        if direction == UP and self.armed and b"COMMIT" in data:
+            self.armed = False
+            link.notes["cut"] = True
+        elif direction == DOWN and link.notes.get("cut"):
+            self.cuts += 1  # the COMMIT's answer: it is done on the server, and never reaches the client
+            link.reset()
+            return None
+        return data
 
 
 async def test_a_commit_cut_off_after_the_server_committed_is_reported_as_landed(schema: str) -> None:
@@ -235,11 +193,8 @@ async def test_a_cut_commit_is_looked_up_until_the_server_answers_again(schema: 
     class DownAfterCut(CommitCutter):
         refusing = 0.0
 
-        async def _serve(self, down_r: asyncio.StreamReader, down_w: asyncio.StreamWriter) -> None:
-            if self.cuts and asyncio.get_running_loop().time() < self.refusing:
-                down_w.transport.abort()
-                return
-            await super()._serve(down_r, down_w)
+        def accepting(self) -> bool:
+            return not (self.cuts and asyncio.get_running_loop().time() < self.refusing)
 
     proxy = DownAfterCut()
     await proxy.start()

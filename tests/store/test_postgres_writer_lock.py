@@ -19,54 +19,19 @@ import pytest
 from coordinator.store.base import KeyRow, UnitOfWork
 from coordinator.store.postgres import PostgresStore
 
+from .pg_relay import PgRelay
+
 PG_URL = os.environ.get("AITBC_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
-class HalfOpenProxy:
-    """A TCP proxy to PostgreSQL; cut() closes the client side of every connection so far and keeps the server
-    side open (what a dropped NAT entry looks like: the server never hears of it)."""
+class HalfOpenProxy(PgRelay):
+    """A relay to PostgreSQL; cut() closes the client side of every connection so far and keeps the server side
+    open (what a dropped NAT entry looks like: the server never hears of it)."""
 
-    def __init__(self) -> None:
-        target = urlsplit(PG_URL)
-        self.target = (target.hostname or "127.0.0.1", target.port or 5432)
-        self.links: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = []
-        self.tasks: set[asyncio.Task] = set()
-        self.kept_open: list[asyncio.StreamWriter] = []
+    half_close = False
 
-    async def start(self) -> int:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return self.server.sockets[0].getsockname()[1]
-
-    async def _serve(self, down_r: asyncio.StreamReader, down_w: asyncio.StreamWriter) -> None:
-        up_r, up_w = await asyncio.open_connection(*self.target)
-        self.links.append((down_w, up_w))
-
-        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(Exception):
-                while data := await r.read(65536):
-                    w.write(data)
-                    await w.drain()
-
-        tasks = [asyncio.ensure_future(pipe(down_r, up_w)), asyncio.ensure_future(pipe(up_r, down_w))]
-        self.tasks.update(tasks)
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for t in tasks:
-            t.cancel()
-        down_w.transport.abort()
-        if up_w not in self.kept_open:
-            up_w.close()
-
-    def cut(self) -> None:
-        for down_w, up_w in self.links:
-            self.kept_open.append(up_w)  # the server's side stays open
-            down_w.transport.abort()
-
-    async def close(self) -> None:
-        self.server.close()
-        for t in self.tasks:
-            t.cancel()
-        for w in self.kept_open:
-            w.close()
+    def cut(self, how: str = "half") -> int:
+        return super().cut(how)
 
 
 def key_unit(n: int) -> UnitOfWork:
