@@ -87,6 +87,9 @@ class FailureIn:
 ACTIVE = (JobState.QUEUED, JobState.ASSIGNED, JobState.RUNNING)
 LEASE_RECHECK_US = 1_000_000
 ELIGIBILITY_CACHE = 4096  # constraint sets whose eligibility a session remembers
+MIN_REJECT_PAUSE_S = (
+    0.1  # a rejected job offered to its miner again, at the soonest (RETRY_BACKOFF_BASE_SECONDS)
+)
 _HELD = (JobState.ASSIGNED, JobState.RUNNING)  # states in which a job takes a slot of its miner
 
 
@@ -912,6 +915,10 @@ class Scheduler(UndoFailedCommits):
         self._give_back(job, held, "REJECTED", reason, now, pending, session)
         self._fill(session, pending, now, exclude_job=job_id)
         await self._commit(pending)
+        # The job went to another miner first. Should none take it, this one is offered it again after a pause:
+        # a refusal is often for a moment (a slot still busy), and nothing else may fill its slot meanwhile.
+        pause_us = int(max(self.settings.retry_backoff_base_s, MIN_REJECT_PAUSE_S) * MICROS)
+        self.timers.schedule(now + pause_us, "refill", session.session_id)
 
     async def complete(
         self,

@@ -3,17 +3,22 @@ holds is not free. The SDK miner never runs more callables than its slots: it of
 it has left (a new stream whose hello says so), all of them again once the callable returns, and, with every
 slot stuck, drains and ends with RunnersStuck (`aitbc miner run` exits 1) for a supervisor to start it again.
 (Review round 28: the slot counted free at the cancel; the coordinator filled it, and a miner of 2 slots ran 3
-callables, then 4, as more got stuck.)"""
+callables, then 4, as more got stuck.) Review round 32: the switches between streams (a reject with no stream, a
+callable returning before a welcome, many returning at once, a go-away read while switching)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from typing import Any
 
 import pytest
-from aitbc.miner import RunnersStuck, python_runner
+from aitbc.miner import RunnersStuck, echo_runner, python_runner
 from coord_support import COMPLETED, FAILED, Harness, eventually, sdk_miner
+from test_miner_sdk_backoff import waits
+
+from tests.tcp_relay import DOWN, Link, Relay
 
 
 class Callables:
@@ -91,3 +96,178 @@ async def test_a_miner_whose_every_slot_is_stuck_drains_and_ends_for_a_restart(c
     finally:
         calls.release.set()
         calls.go.set()
+
+
+class Refusing(Relay):
+    """A relay whose network can be taken away: cut() ends the links so far, and while `refuse` is set every
+    new connection is reset (the miner waits, between streams, for its channel to connect again)."""
+
+    refuse = False
+
+    def accepting(self) -> bool:
+        return not self.refuse
+
+
+@pytest.mark.coordinator(lease_seconds=30.0, heartbeat_timeout_seconds=5.0, reconnect_grace_seconds=30.0)
+async def test_a_job_rejected_for_a_stuck_slot_between_streams_keeps_its_attempt(coord: Harness) -> None:
+    """The reject of a job that found its slot held (a stuck callable) while the miner had no stream: it is
+    listed in the next hello and sent on that stream, and its attempt goes back unspent. (Review round 32: it
+    was dropped, and the next hello did not list the job: lost by the miner, its only attempt was spent.)"""
+    calls = Callables()
+    alice = coord.client("alice")
+    relay = Refusing("127.0.0.1", coord.coordinator.port)
+    await relay.start()
+    miner = sdk_miner(f"127.0.0.1:{relay.port}", python_runner(calls), slots=1)
+    coord.run_miner(miner)
+    try:
+        await eventually(lambda: miner.connects == 1)
+        stuck = await alice.submit({"stuck": True}, max_attempts=1, execution_timeout_s=1.0)
+        assert (await coord.finished(alice, stuck.job_id)).state == FAILED  # canceled; its thread runs on
+        later = await alice.submit({"n": 1}, max_attempts=1)  # the slot the coordinator counts free
+        await eventually(lambda: later.job_id in miner.running, what="the job assigned, waiting for its slot")
+        relay.refuse = True
+        relay.cut()
+        await eventually(lambda: later.job_id not in miner.running, what="the job rejected, with no stream")
+        relay.refuse = False
+        await eventually(lambda: miner.connects == 2, within=15.0, what="a new stream")
+        await eventually(lambda: "REJECTED" in [e["reason"] for e in coord.db.events(later.job_id)],
+                         what="the reject, on the new stream")  # fmt: skip
+        miner.stop()  # (a rejected job goes to another miner first: the next session of miner-00 here)
+        coord.run_miner(sdk_miner(coord.address, echo_runner))
+        done = await coord.finished(alice, later.job_id, within=15.0)
+        assert (done.state, done.attempt) == (COMPLETED, 1), (done.terminal_reason, done.terminal_message)
+    finally:
+        calls.release.set()
+        calls.go.set()
+        await relay.close()
+
+
+class HoldingDown(Relay):
+    """A relay that holds back what the coordinator sends (its welcomes, the ends of streams) while `down` is
+    clear; what the miner sends flows."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(host, port)
+        self.down = asyncio.Event()
+        self.down.set()
+
+    async def passing(self, link: Link, direction: str, data: bytes) -> bytes | None:
+        if direction == DOWN:
+            await self.down.wait()
+        return data
+
+
+@pytest.mark.coordinator(lease_seconds=30.0, heartbeat_timeout_seconds=30.0, reconnect_grace_seconds=30.0)
+async def test_a_callable_returning_while_a_welcome_is_awaited_gets_its_slot_offered_again(
+    coord: Harness,
+) -> None:
+    """The stuck callable returns after the miner sent a hello offering fewer slots, before that stream's
+    welcome: the miner offers all its slots again (one more stream). (Review round 32: a stream whose welcome
+    had not come yet could not be ended to offer other slots, and the miner offered fewer for good.)"""
+    calls = Callables()
+    alice = coord.client("alice")
+    relay = HoldingDown("127.0.0.1", coord.coordinator.port)
+    await relay.start()
+    miner = sdk_miner(f"127.0.0.1:{relay.port}", python_runner(calls), slots=2)
+    coord.run_miner(miner)
+    try:
+        await eventually(lambda: miner.connects == 1)
+        stuck = await alice.submit({"stuck": True}, max_attempts=1, execution_timeout_s=1.0)
+        assert (await coord.finished(alice, stuck.job_id)).state == FAILED  # canceled; its thread runs on
+        relay.down.clear()  # the end of this stream, and the next one's welcome, held back
+        await eventually(lambda: offers(coord, 1), within=15.0, what="the hello offering 1 slot")
+        calls.release.set()
+        await eventually(lambda: not miner._canceled, what="the stuck callable returned")
+        relay.down.set()
+        await eventually(lambda: offers(coord, 2), within=15.0, what="the miner offering 2 slots again")
+    finally:
+        relay.down.set()
+        calls.release.set()
+        calls.go.set()
+        await relay.close()
+
+
+class OneByOne(Callables):
+    """Callables whose stuck calls return one at a time: `release_one()` lets one go."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.one = threading.Semaphore(0)
+
+    def __call__(self, data: Any) -> Any:
+        if not data.get("stuck"):
+            return super().__call__(data)
+        with self.lock:
+            self.now += 1
+        try:
+            self.one.acquire()
+            return data
+        finally:
+            with self.lock:
+                self.now -= 1
+
+    def release_one(self) -> None:
+        self.one.release()
+
+
+@pytest.mark.coordinator(lease_seconds=30.0, heartbeat_timeout_seconds=30.0, reconnect_grace_seconds=30.0)
+async def test_stuck_callables_returning_one_after_another_do_not_open_a_stream_each(coord: Harness) -> None:
+    """Eight canceled callables return one after another, within moments: the miner opens a stream to offer
+    its slots again at most once a second, not once per callable (review round 32: a stream each, so a mass
+    cancel on a miner of many slots opened as many streams, each a new session for the coordinator)."""
+    calls = OneByOne()
+    alice = coord.client("alice")
+    miner = sdk_miner(coord.address, python_runner(calls), slots=8)
+    coord.run_miner(miner)
+    try:
+        await eventually(lambda: miner.connects == 1)
+        stuck = [
+            await alice.submit({"stuck": True}, max_attempts=1, execution_timeout_s=1.0) for _ in range(8)
+        ]
+        for job in stuck:
+            assert (await coord.finished(alice, job.job_id)).state == FAILED  # canceled; its thread runs on
+        await eventually(lambda: offers(coord, 1), within=15.0, what="the miner offering 1 slot")
+        before = miner.connects
+        for left in range(7, -1, -1):
+            calls.release_one()
+            await eventually(lambda left=left: len(miner._canceled) == left, what=f"{left} callables stuck")
+        await eventually(lambda: offers(coord, 8), within=15.0, what="the miner offering 8 slots again")
+        assert miner.connects - before <= 3, f"{miner.connects - before} streams for 8 callables returning"
+    finally:
+        for _ in range(8):
+            calls.release_one()
+        calls.release.set()
+        calls.go.set()
+
+
+@pytest.mark.coordinator(lease_seconds=30.0, heartbeat_timeout_seconds=30.0, reconnect_grace_seconds=30.0)
+async def test_a_go_away_read_while_switching_streams_is_obeyed(
+    coord: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A go-away the coordinator sent as the miner began ending its stream to offer other slots: its
+    reconnect_after is waited, as after any go-away (review round 32: the switch's "reconnect now" won)."""
+    caplog.set_level(logging.INFO, logger="aitbc.miner")
+    calls = Callables()
+    alice = coord.client("alice")
+    relay = HoldingDown("127.0.0.1", coord.coordinator.port)
+    await relay.start()
+    miner = sdk_miner(f"127.0.0.1:{relay.port}", python_runner(calls), slots=2)
+    coord.run_miner(miner)
+    try:
+        await eventually(lambda: miner.connects == 1)
+        stuck = await alice.submit({"stuck": True}, max_attempts=1, execution_timeout_s=1.0)
+        assert (await coord.finished(alice, stuck.job_id)).state == FAILED  # canceled; its thread runs on
+        relay.down.clear()
+        await coord.stream_miner(
+            "miner-00"
+        )  # replaces the SDK miner's session: go-away SESSION_REPLACED, 1 s
+        await eventually(lambda: any("offering 1 of 2" in r.getMessage() for r in caplog.records),
+                         what="the switch to offer 1 slot")  # fmt: skip
+        relay.down.set()
+        await eventually(lambda: waits(caplog), what="the stream's end")
+        assert waits(caplog)[0][0] == "SESSION_REPLACED" and waits(caplog)[0][1] >= 1.0, waits(caplog)
+    finally:
+        relay.down.set()
+        calls.release.set()
+        calls.go.set()
+        await relay.close()

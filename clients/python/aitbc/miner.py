@@ -94,7 +94,8 @@ def python_runner(fn: Callable[[Output], Any]) -> Runner:
     async def run(job: job_pb2.Job) -> Outcome:
         loop = asyncio.get_running_loop()
         started = loop.time()
-        out = await _in_daemon_thread(fn, job_input(job), f"aitbc-job-{job.job_id[:8]}")
+        # (its input decoded in the thread too: seconds for MBs of JSON, off the loop, which serves the stream)
+        out = await _in_daemon_thread(lambda: fn(job_input(job)), f"aitbc-job-{job.job_id[:8]}")
         if inspect.isawaitable(out):
             out = await out
         if isinstance(out, Outcome):
@@ -104,7 +105,7 @@ def python_runner(fn: Callable[[Output], Any]) -> Runner:
     return run
 
 
-async def _in_daemon_thread(fn: Callable[[Output], Any], arg: Output, name: str) -> Any:
+async def _in_daemon_thread(call: Callable[[], Any], name: str) -> Any:
     loop = asyncio.get_running_loop()
     future: asyncio.Future[Any] = loop.create_future()
     ended: asyncio.Future[None] = loop.create_future()  # fn returned (or raised), whatever became of the job
@@ -125,7 +126,7 @@ async def _in_daemon_thread(fn: Callable[[Output], Any], arg: Output, name: str)
     def work() -> None:
         value, exc = None, None
         try:
-            value = context.run(fn, arg)
+            value = context.run(call)
         except BaseException as e:  # handed to the loop, which decides
             exc = e
         try:
@@ -220,11 +221,9 @@ def subprocess_runner(
     failure's message)."""
 
     async def run(job: job_pb2.Job) -> Outcome:
-        data = (
-            job.payload_bytes
-            if job.WhichOneof("input") == "payload_bytes"
-            else canonical_struct(MessageToDict(job.payload))
-        )
+        data = job.payload_bytes
+        if job.WhichOneof("input") != "payload_bytes":  # (seconds for MBs of JSON: off the loop)
+            data = await asyncio.to_thread(lambda: canonical_struct(MessageToDict(job.payload)))
         loop = asyncio.get_running_loop()
         started = loop.time()
         workspace = tempfile.mkdtemp(prefix=f"aitbc-job-{job.job_id[:8]}-")
@@ -262,7 +261,9 @@ def subprocess_runner(
                     raise JobFailed("INVALID_INPUT", f"exit {returncode} (its input refused): {tail}", False)
                 raise JobFailed("EXIT_STATUS", f"exit {returncode}: {tail}")
             json_in = job.WhichOneof("input") != "payload_bytes"
-            output = _stdout_result(bytes(out.stdout)) if json_results and json_in else None
+            output = None
+            if json_results and json_in:  # (seconds of CPU for MBs of JSON: off the loop, serving the stream)
+                output = await asyncio.to_thread(_stdout_result, bytes(out.stdout), max_output_bytes)
             units = f"{loop.time() - started:.6f}"
             if output is None:
                 return Outcome(bytes(out.stdout), units=units, unit_type="cpu_seconds")
@@ -277,11 +278,11 @@ def subprocess_runner(
     return run
 
 
-def _stdout_result(stdout: bytes) -> dict[str, Any] | None:
+def _stdout_result(stdout: bytes, max_bytes: int) -> dict[str, Any] | None:
     """stdout as a structured result, if it is one JSON object (whitespace around it allowed) that a result's
-    Struct holds exactly; None otherwise (its bytes are the result). Not when it repeats a key, holds NaN or
-    an infinity, or a number a Struct's doubles would change (an integer past 2^53), or nests deeper than the
-    coordinator takes a result."""
+    Struct holds exactly, in max_bytes at most; None otherwise (its bytes are the result). Not when it repeats a
+    key, holds NaN or an infinity, or a number a Struct's doubles would change (an integer past 2^53), or nests
+    deeper than the coordinator takes a result."""
     if not stdout.lstrip().startswith(b"{"):
         return None
     try:
@@ -290,6 +291,8 @@ def _stdout_result(stdout: bytes) -> dict[str, Any] | None:
             return None
         struct = struct_pb2.Struct()
         struct.update(value)
+        if struct.ByteSize() > max_bytes:  # no result may be that large: spared reading it back
+            return None
         held = MessageToDict(struct_pb2.Struct.FromString(struct.SerializeToString()))
         canonical_struct(held)  # (no NaN, no infinity)
     except Exception:  # not JSON, not an object, too deep for protobuf, not Unicode
@@ -386,8 +389,13 @@ class Miner:
         # when: each holds its slot (a python callable's thread runs on until it returns)
         self._canceled: dict[asyncio.Task, float] = {}
         self._offered_slots = 0  # what the current stream's hello offered
+        self._slots_timer: asyncio.TimerHandle | None = None  # a switch held back: _slots_stream_too_young
         self._new_stream_wanted: asyncio.Future[None] | None = None  # set: end the stream, offer other slots
         self.runners_stuck = False  # every slot held by a canceled job's runner: drained, run() raises
+        # jobs rejected (no free slot), by attempt, until a welcome no longer lists them: the stream a reject was
+        # put on may end before the coordinator read it (or there was none); the next hello lists the job, kept
+        # so, and the reject goes again (else the job, missing from the hello, would be lost: an attempt spent)
+        self._rejects: dict[str, tuple[int, str]] = {}  # job id -> (attempt, why)
         # Results and failure reports sent and not yet acknowledged, by job: a stream lost before the ack lists
         # their jobs in the next hello (so the coordinator keeps them) and sends them again on the new stream.
         self.unacked: dict[str, tuple[int, miner_service_pb2.Result | miner_service_pb2.Failure]] = {}
@@ -420,7 +428,8 @@ class Miner:
         self._coordinator_result_bytes = 0
         self._coordinator_message_bytes = 0
         self._session_task: asyncio.Task | None = None
-        self._finished: asyncio.Queue[tuple[str, int, Any]] = asyncio.Queue()
+        # finished jobs: (job id, attempt, outcome, its Result or the failure to report)
+        self._finished: asyncio.Queue[tuple[str, int, Any, Any]] = asyncio.Queue()
 
     @property
     def slots(self) -> int:
@@ -433,8 +442,13 @@ class Miner:
         return miner_service_pb2.ConnectRequest(hello=miner_service_pb2.Hello(
             capabilities=capabilities, agent_version="aitbc-python-miner/0.1",
             receipt_public_key=self.signer.public_key if self.signer else b"", batched_acks=True,
-            running_jobs=[miner_service_pb2.RunningJob(job_id=j, attempt=a) for j, a in self._held().items()],
+            running_jobs=[miner_service_pb2.RunningJob(job_id=j, attempt=a) for j, a in self._listed().items()],
         ))  # fmt: skip
+
+    def _listed(self) -> dict[str, int]:
+        """The jobs a hello lists, by attempt: those held, and those rejected the coordinator may not have read the
+        reject of (kept for this miner so, they are rejected again: see _reject_again)."""
+        return {**{j: a for j, (a, _) in self._rejects.items()}, **self._held()}
 
     def _held(self) -> dict[str, int]:
         """The jobs this miner still answers for, by attempt: those running, and those whose result or failure
@@ -579,12 +593,14 @@ class Miner:
         for job_id in [j for j in self.running if j not in kept]:
             self._cancel(job_id)
         self._resend(outbox)
+        self._reject_again(outbox, {(j.job_id, j.attempt) for j in welcome.resumed_jobs})
         if self.draining:
             outbox.put_nowait(
                 miner_service_pb2.ConnectRequest(drain=miner_service_pb2.MinerDrain(reason="draining"))
             )
         interval = max(0.05, welcome.heartbeat_interval.ToMilliseconds() / 1000)
         self._new_stream_wanted = asyncio.get_running_loop().create_future()
+        self._check_slots()  # (a runner returned, or got stuck, since the hello: it offers other slots now)
         reader = asyncio.create_task(self._read(call))
         tasks = [
             asyncio.create_task(self._send(call, outbox)),
@@ -597,6 +613,8 @@ class Miner:
             if reader.done():
                 return reader.result()
             await self._close_sending(outbox, reader)
+            if reader.done() and (self._went_away or reader.exception() is not None):
+                return reader.result()  # a go-away's wait, or the stream's error, as on any stream's end
             return "SLOTS_CHANGED", 0.0
         finally:
             self._outbox = None
@@ -614,7 +632,10 @@ class Miner:
             kind = message.WhichOneof("message")
             if kind == "assignments":
                 for a in message.assignments.assignments:
-                    self._start(a)
+                    if self.draining:  # (a new stream's session is filled before it reads the drain)
+                        self._reject(a.job.job_id, a.attempt, "draining")
+                    else:
+                        self._start(a)
             elif kind == "cancel":
                 running = self.running.get(message.cancel.job_id)
                 if running is not None and running.attempt == message.cancel.attempt:
@@ -654,6 +675,21 @@ class Miner:
         for message in self._results_messages(outbox, results):
             outbox.put_nowait(message)
 
+    def _reject_again(self, outbox: asyncio.Queue, kept: set[tuple[str, int]]) -> None:
+        """On a new stream: the rejects the coordinator may not have read (it kept their jobs), again; the others
+        landed (or their jobs went elsewhere) and are forgotten."""
+        for job_id, (attempt, reason) in list(self._rejects.items()):
+            if (job_id, attempt) in kept:
+                outbox.put_nowait(_reject_message(job_id, attempt, reason))
+            else:
+                del self._rejects[job_id]
+
+    def _reject(self, job_id: str, attempt: int, reason: str) -> None:
+        """Give an assignment back, its attempt unspent; kept in _rejects until a welcome no longer lists it."""
+        self._rejects[job_id] = (attempt, reason)
+        if self._outbox is not None:  # (none between streams: the next hello lists the job, kept for it)
+            self._outbox.put_nowait(_reject_message(job_id, attempt, reason))
+
     def _drop_poisoned(self) -> None:
         """Unacked results that were on MAX_RESENDS streams the coordinator ended for a message it could not
         take: the result is the cause. Dropped, their jobs no longer listed: the coordinator runs them again."""
@@ -687,6 +723,7 @@ class Miner:
 
     def _start(self, assignment: miner_service_pb2.Assignment) -> None:
         job = assignment.job
+        self._rejects.pop(job.job_id, None)  # assigned again: its reject landed
         task = asyncio.create_task(self._execute(job, assignment.attempt))
         self.running[job.job_id] = _Running(assignment.attempt, task)
 
@@ -729,11 +766,26 @@ class Miner:
             self.drain()
             return
         stuck = min(self._stuck_runners(), self.slots - 1)  # (one slot offered at least)
-        if self.slots - stuck != self._offered_slots and self._new_stream_wanted is not None:
-            log.warning("%d canceled jobs' runners have not returned; offering %d of %d slots",
-                        stuck, self.slots - stuck, self.slots)  # fmt: skip
-            if not self._new_stream_wanted.done():
-                self._new_stream_wanted.set_result(None)
+        wanted = self._new_stream_wanted
+        if self.slots - stuck == self._offered_slots or wanted is None or wanted.done():
+            return
+        if self._slots_stream_too_young():
+            return
+        log.warning("%d canceled jobs' runners have not returned; offering %d of %d slots",
+                    stuck, self.slots - stuck, self.slots)  # fmt: skip
+        wanted.set_result(None)
+
+    def _slots_stream_too_young(self) -> bool:
+        """Whether the current stream is younger than SLOTS_STREAM_MIN_S: the switch to offer other slots waits
+        for then (runners returning one after another, a mass cancel's, share one new stream, not one each)."""
+        loop = asyncio.get_running_loop()
+        wait = self._welcomed_at + SLOTS_STREAM_MIN_S - loop.time()
+        if wait <= 0:
+            return False
+        if self._slots_timer is None or self._slots_timer.when() < loop.time():
+            # (+0.01: a timer may fire a hair early)
+            self._slots_timer = loop.call_later(wait + 0.01, self._check_slots)
+        return True
 
     async def _slot_taken(self, job_id: str, attempt: int) -> bool:
         """Whether the job (counted in running) has a slot: if canceled jobs' runners hold the last ones (the
@@ -746,10 +798,7 @@ class Miner:
         if self._free_slots() >= 0:
             return True
         self.running.pop(job_id, None)
-        if self._outbox is not None:
-            reason = f"no free slot: {len(self._canceled)} canceled jobs' runners still run"
-            self._outbox.put_nowait(miner_service_pb2.ConnectRequest(
-                reject=miner_service_pb2.Reject(job_id=job_id, attempt=attempt, reason=reason)))  # fmt: skip
+        self._reject(job_id, attempt, f"no free slot: {len(self._canceled)} canceled jobs' runners still run")
         self._check_slots()
         return False
 
@@ -761,14 +810,18 @@ class Miner:
                 outcome = await self.runner(job)
             if not isinstance(outcome, Outcome):
                 outcome = Outcome(outcome)
-            await self._finished.put((job.job_id, attempt, outcome))
+            # off the loop: a large structured result takes seconds (its Struct, its digest), while the loop
+            # must go on serving the stream (heartbeats; else the coordinator takes the miner for gone)
+            encoded = await asyncio.to_thread(self._encoded, job.job_id, attempt, outcome)
+            await self._finished.put((job.job_id, attempt, outcome, encoded))
         except asyncio.CancelledError:
             raise
         except JobFailed as exc:
-            await self._finished.put((job.job_id, attempt, exc))
+            await self._finished.put((job.job_id, attempt, exc, exc))
         except Exception as exc:  # a runner bug is the job's failure, not the miner's crash
             log.exception("job %s failed", job.job_id)
-            await self._finished.put((job.job_id, attempt, JobFailed("RUNNER_ERROR", repr(exc)[:4000])))
+            failed = JobFailed("RUNNER_ERROR", repr(exc)[:4000])
+            await self._finished.put((job.job_id, attempt, failed, failed))
 
     async def _report(self, outbox: asyncio.Queue) -> None:
         """Turn finished jobs into Results messages, batching whatever finished together."""
@@ -777,12 +830,14 @@ class Miner:
             while not self._finished.empty():
                 items.append(self._finished.get_nowait())
             results = []
-            for job_id, attempt, outcome in items:
+            for job_id, attempt, outcome, encoded in items:
                 running = self.running.get(job_id)
                 if running is None or running.attempt != attempt:
                     continue
                 del self.running[job_id]
-                result = self._encoded(job_id, attempt, outcome)
+                result = encoded
+                if isinstance(encoded, miner_service_pb2.Result) and self._too_large(encoded):
+                    result = self._encoded(job_id, attempt, outcome)  # a new stream's welcome took less
                 if isinstance(result, JobFailed):
                     self._report_failure(outbox, job_id, attempt, result)
                 else:
@@ -800,7 +855,8 @@ class Miner:
 
     def _encoded(self, job_id: str, attempt: int, outcome: Any) -> miner_service_pb2.Result | JobFailed:
         """The Result message of outcome, or the failure to report (outcome's own, or why no message could carry
-        it: this must not raise, as the task calling it reports every job of the stream)."""
+        it: this must not raise, as the task reporting every job of the stream may call it). Thread-safe: it
+        runs in a worker thread, off the loop."""
         if isinstance(outcome, JobFailed):
             return outcome
         if wrong := _unit_fields_wrong(outcome):
@@ -946,6 +1002,7 @@ FAILED_BY_REFUSAL = {"INVALID_RESULT": False, "BAD_MINER_SIGNATURE": True}
 # a canceled job's runner not returned after this long is stuck (a python callable's thread): its slot is not
 # offered (the miner opens a new stream whose hello offers fewer), and an assignment waits no longer for it
 STUCK_AFTER_S = 1.0
+SLOTS_STREAM_MIN_S = 1.0  # a stream lasts this long at least before a switch to offer other slots
 CLOSE_SENDING_TIMEOUT_S = 5.0  # a stream ended in order (to offer other slots): how long its end may take
 # in a stream's outbox: what was queued before it is sent, then the miner's side of the stream ends
 _CLOSE_SENDING = object()
@@ -958,6 +1015,12 @@ ERROR_DOMAIN = "coordinator.aitbc"  # the domain of the coordinator's google.rpc
 # RESOURCE_EXHAUSTED reasons about the caller's pace or its calls, not about a message it sent
 _NOT_ABOUT_A_MESSAGE = frozenset({"RATE_LIMITED", "STREAM_RATE_EXCEEDED", "TOO_MANY_CONCURRENT_CALLS",
                                   "TOO_MANY_STREAMS", "AUTH_RATE_LIMITED"})  # fmt: skip
+
+
+def _reject_message(job_id: str, attempt: int, reason: str) -> miner_service_pb2.ConnectRequest:
+    return miner_service_pb2.ConnectRequest(
+        reject=miner_service_pb2.Reject(job_id=job_id, attempt=attempt, reason=reason)
+    )
 
 
 def _text(value: str, limit: int) -> str:
