@@ -44,6 +44,8 @@ class Settings:
     app_port: int = 50051
     database_url: str = "sqlite:///aitbc-coordinator.db"
     sqlite_synchronous: str = "FULL"
+    database_pool_size: int = 10  # PostgreSQL: read connections
+    database_read_timeout_seconds: float = 5.0  # PostgreSQL: a call's read (tried twice), then UNAVAILABLE
     client_api_keys: tuple[ApiKeyEntry, ...] = ()
     miner_api_keys: tuple[ApiKeyEntry, ...] = ()
     admin_api_keys: tuple[ApiKeyEntry, ...] = ()
@@ -261,6 +263,7 @@ def _number(name: str, raw: str, kind: type) -> int | float:
         raise SettingsError(f"{name}: expected a number, got {raw!r}") from None
 
 
+_DATABASE_RANGES = {"DATABASE_POOL_SIZE": " (1 to 1000)", "DATABASE_READ_TIMEOUT_SECONDS": " (0.1 to 300)"}
 MAX_JOB_SECONDS = 7 * 24 * 3600  # a job's time to live and execution timeout (domain.validation.Limits)
 
 
@@ -282,12 +285,16 @@ def validate(s: Settings) -> None:
         "RETRY_BACKOFF_BASE_SECONDS": s.retry_backoff_base_seconds >= 0,
         "RETRY_BACKOFF_MAX_SECONDS": s.retry_backoff_max_seconds >= s.retry_backoff_base_seconds,
         "SHUTDOWN_GRACE_SECONDS": s.shutdown_grace_seconds >= 0,
+        "DATABASE_POOL_SIZE": 1 <= s.database_pool_size <= 1000,
+        # (tried twice: past about half a client's deadline, the client gives up before the coordinator answers)
+        "DATABASE_READ_TIMEOUT_SECONDS": 0.1 <= s.database_read_timeout_seconds <= 300,
     }
     for name, ok in positive.items():
         if not ok:
             hint = (
                 " (must exceed HEARTBEAT_INTERVAL_SECONDS)" if "HEARTBEAT" in name or "LEASE" in name
-                else " (1 s to 7 days)" if name in ("JOB_TTL_SECONDS", "JOB_EXECUTION_TIMEOUT_SECONDS") else ""
+                else " (1 s to 7 days)" if name in ("JOB_TTL_SECONDS", "JOB_EXECUTION_TIMEOUT_SECONDS")
+                else _DATABASE_RANGES.get(name, "")
             )  # fmt: skip
             raise SettingsError(f"{name}: value out of range{hint}")
     if s.sqlite_synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):

@@ -133,7 +133,8 @@ class Coordinator:
 
 async def start(settings: Settings) -> Coordinator:
     """Open the store, rebuild the queues, and serve; health turns SERVING only when all of it is ready."""
-    store = open_store(settings.database_url, settings.sqlite_synchronous)
+    store = open_store(settings.database_url, settings.sqlite_synchronous, pool_size=settings.database_pool_size,
+                       read_timeout_s=settings.database_read_timeout_seconds)  # fmt: skip
     try:
         await store.open()
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, StoreUnusable) as exc:

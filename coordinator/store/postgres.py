@@ -9,6 +9,10 @@ error in place of its answer), the group may have landed: one of its own rows te
 its own, not the read pool's), and then it is reported committed, not retried (the retry would fail on its own
 rows).
 
+Reads run on a pool (DATABASE_POOL_SIZE), each within a timeout (DATABASE_READ_TIMEOUT_SECONDS; a start's bulk
+reads get LOAD_TIMEOUT_FACTOR times as long): one past it has its connection dropped and is asked once more on a
+fresh one, then fails as the store unreachable (StoreReadTimeout: UNAVAILABLE). Every connection has TCP keepalive.
+
 DATABASE_URL is a libpq-style URL, `postgresql://user:password@host:5432/dbname`, with one option of ours:
 `?schema=NAME` puts every table in that schema (created if missing; the connections' search_path is set to
 it), so several coordinators or test runs can share a database without seeing each other. Other query
@@ -30,6 +34,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -60,6 +65,17 @@ log = logging.getLogger(__name__)
 MAX_GROUP = 2000  # units per transaction: bounds a group's latency
 _STOP = object()
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+POOL_SIZE = 10  # read connections (DATABASE_POOL_SIZE)
+# One read of a call (a job, a page of jobs, a result), a free connection included (DATABASE_READ_TIMEOUT_SECONDS):
+# with its one retry, well below a client's deadline (30 s by default), so that a silent path or a table locked
+# by maintenance is answered UNAVAILABLE (retry later), not a hang until TCP gives up (~15 minutes).
+READ_TIMEOUT_S = 5.0
+READ_TIMEOUT_ATTEMPTS = 2  # a read past its time is asked once more, on a fresh connection
+# a start's bulk reads (every live job, the receipt log) may take this many times longer
+LOAD_TIMEOUT_FACTOR = 24
+# TCP keepalive, on both sides of every connection: a dead path (no FIN, no RST: a NAT entry dropped, a host
+# gone) is found in ~25 s even while the connection is idle
+KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_PROBES = 10, 5, 3
 
 
 def parse_url(url: str) -> tuple[str, str | None]:
@@ -84,13 +100,15 @@ Backend = tuple[int, datetime | None]
 
 
 class PostgresStore(SqlReads):
-    def __init__(self, url: str, *, schema: str | None = None, pool_size: int = 10,
-                 lock_wait_s: float | None = None, must_exist: bool = False) -> None:  # fmt: skip
+    def __init__(self, url: str, *, schema: str | None = None, pool_size: int = POOL_SIZE,
+                 read_timeout_s: float = READ_TIMEOUT_S, lock_wait_s: float | None = None,
+                 must_exist: bool = False) -> None:  # fmt: skip
         self.dsn, url_schema = parse_url(url)
         self.schema = schema or url_schema
         if self.schema is not None and not _SCHEMA_NAME.fullmatch(self.schema):
             raise ValueError(f"schema {self.schema!r} must be a plain identifier")
         self.pool_size = pool_size
+        self.read_timeout_s = read_timeout_s  # a call's read (bulk reads: LOAD_TIMEOUT_FACTOR times)
         self.lock_wait_s = LOCK_WAIT_S if lock_wait_s is None else lock_wait_s
         self.must_exist = must_exist  # open a store that is there, never make one (StoreMissing)
         self._queue: asyncio.Queue[Any] | None = None
@@ -113,9 +131,10 @@ class PostgresStore(SqlReads):
 
     # --- life cycle -------------------------------------------------------------------------------
     def _settings(self, read_only: bool = False) -> dict[str, str]:
-        settings = {"application_name": "aitbc-coordinator"}
-        if not read_only:  # the server reaps a lost writer's backend, and its lock, in ~25 s
-            settings.update(tcp_keepalives_idle="10", tcp_keepalives_interval="5", tcp_keepalives_count="3")
+        # the server reaps a backend whose client is gone in ~25 s (a lost writer's: and its lock)
+        settings = {"application_name": "aitbc-coordinator", "tcp_keepalives_idle": str(KEEPALIVE_IDLE_S),
+                    "tcp_keepalives_interval": str(KEEPALIVE_INTERVAL_S),
+                    "tcp_keepalives_count": str(KEEPALIVE_PROBES)}  # fmt: skip
         if self.schema is not None:
             settings["search_path"] = f'"{self.schema}"'
         if read_only:
@@ -126,6 +145,7 @@ class PostgresStore(SqlReads):
         conn = await asyncpg.connect(self.dsn, server_settings=self._settings(), timeout=CONNECT_TIMEOUT_S,
                                      command_timeout=WRITE_TIMEOUT_S)  # fmt: skip
         try:
+            keep_alive(conn)
             await conn.execute(_KEEP_IDLE_SESSION, timeout=CONNECT_TIMEOUT_S)  # (part of connecting)
         except BaseException:
             conn.terminate()
@@ -145,9 +165,7 @@ class PostgresStore(SqlReads):
                 self._epoch = await self._conn.fetchval(
                     numbered(BUMP_EPOCH), holder_name(), time.time_ns() // 1000
                 )
-            self._pool = await asyncpg.create_pool(
-                self.dsn, min_size=1, max_size=self.pool_size, server_settings=self._settings(read_only=True)
-            )
+            self._pool = await self._create_pool()
         except BaseException:
             await self._conn.close()
             self._conn = None
@@ -155,6 +173,22 @@ class PostgresStore(SqlReads):
         self._queue = asyncio.Queue()
         self._writer = asyncio.create_task(self._write_loop(), name="postgres-writer")
         self._writer.add_done_callback(self._writer_exited)
+
+    async def _create_pool(self) -> asyncpg.Pool:
+        # The server gives a read up too as this side does (else its backend, the connection dropped here, would
+        # wait on: reads asked again and again during maintenance would pile up backends up to max_connections).
+        # A lock is waited for as long as a call's read; a statement runs as long as a bulk read may.
+        settings = {
+            **self._settings(read_only=True),
+            "lock_timeout": str(int(self.read_timeout_s * 1000)),
+            "statement_timeout": str(int(self._load_timeout_s * 1000)),
+        }
+        return await asyncpg.create_pool(self.dsn, min_size=1, max_size=self.pool_size, server_settings=settings,
+                                         init=_opened, timeout=CONNECT_TIMEOUT_S)  # fmt: skip
+
+    @property
+    def _load_timeout_s(self) -> float:
+        return self.read_timeout_s * LOAD_TIMEOUT_FACTOR
 
     async def _require_store(self, conn: asyncpg.Connection) -> None:
         """StoreMissing unless the schema holds a store (its schema_version table): nothing is created."""
@@ -318,11 +352,12 @@ class PostgresStore(SqlReads):
         raise self._fenced
 
     async def _probe(self, probe: tuple[str, tuple], stale: Backend | None) -> bool:
-        # On a connection of its own, not the read pool's: reads may hold every pool connection for long (waiting
-        # on a lock, or on a silent path, where a read has no timeout), and the writer must not wait for them.
+        # On a connection of its own, not the read pool's: reads may hold every pool connection (each up to its
+        # timeout, waiting on a lock or a silent path), and the writer must not wait for them.
         conn = await asyncpg.connect(self.dsn, server_settings=self._settings(read_only=True),
                                      timeout=CONNECT_TIMEOUT_S, command_timeout=CONNECT_TIMEOUT_S)  # fmt: skip
         try:
+            keep_alive(conn)
             if stale is not None:  # ended first, so that its transaction is decided
                 await self._end_backend(conn, stale)
             return await conn.fetchval(probe[0], *probe[1]) is not None
@@ -522,15 +557,58 @@ class PostgresStore(SqlReads):
 
     # --- reads ------------------------------------------------------------------------------------
     async def _query(self, sql: str, *params: Any) -> list[asyncpg.Record]:
-        assert self._pool is not None, "store not open"
-        for attempt in range(READ_ATTEMPTS):
+        return await self._read(numbered(sql), params, self.read_timeout_s)
+
+    async def _load(self, sql: str, *params: Any) -> list[asyncpg.Record]:
+        return await self._read(numbered(sql), params, self._load_timeout_s)
+
+    async def _read(self, sql: str, params: tuple, timeout_s: float) -> list[asyncpg.Record]:
+        """A read, asked again (it changes nothing) when its connection was lost (a blip, a restart), and once
+        more on a fresh connection when it got no answer in time (a silent path; a lock held by maintenance)."""
+        lost = timed_out = 0
+        while True:
             try:
-                return await self._pool.fetch(numbered(sql), *params)
-            except _READ_LOST:  # its connection lost (a blip, a restart): a read may be asked again
-                if attempt + 1 == READ_ATTEMPTS or self._closing:
+                return await self._read_once(sql, params, timeout_s)
+            except _READ_LOST:
+                lost += 1
+                if lost == READ_ATTEMPTS or self._closing:
                     raise
                 log.warning("store: a read's connection was lost; reading again", exc_info=True)
-        raise AssertionError("unreachable")
+            except TimeoutError:
+                timed_out += 1
+                if timed_out == READ_TIMEOUT_ATTEMPTS or self._closing:
+                    raise StoreReadTimeout(
+                        f"PostgreSQL answered no read within {timeout_s:g} s ({timed_out} tries): the path to it "
+                        "may be down, or a table locked (maintenance)"
+                    ) from None
+                log.warning("store: a read got no answer within %g s; reading again on a fresh connection",
+                            timeout_s)  # fmt: skip
+                await self._renew_connections()
+
+    async def _renew_connections(self) -> None:
+        """The pool's other connections, opened over the same path, may be as silent: each is replaced as it is
+        next taken or given back (the retry is on a fresh one)."""
+        if self._pool is not None:
+            await self._pool.expire_connections()
+
+    async def _read_once(self, sql: str, params: tuple, timeout_s: float) -> list[asyncpg.Record]:
+        """One try, within timeout_s in all (a free connection, or a new one, and the answer)."""
+        assert self._pool is not None, "store not open"
+        deadline = time.monotonic() + timeout_s
+        conn = await self._pool.acquire(timeout=timeout_s)
+        try:
+            return await conn.fetch(sql, *params, timeout=max(deadline - time.monotonic(), 0.001))
+        except asyncpg.PostgresError:
+            raise  # the server answered (a canceled statement too): the connection is in step, and is kept
+        except BaseException:
+            # Past its time, cancelled or lost: the connection's state is unknown (on a silent path, a polite
+            # release would wait for the cancel's answer forever), so it is dropped, not given back.
+            conn.terminate()
+            raise
+        finally:
+            # (its reset, a round trip, bounded too: past it, or failing, the connection is dropped, not the answer)
+            with contextlib.suppress(Exception):
+                await self._pool.release(conn, timeout=timeout_s)
 
 
 # The writer's connection holds the store's lock: a server's idle_session_timeout (PostgreSQL 14+, set for the
@@ -541,6 +619,37 @@ _KEEP_IDLE_SESSION = (
     "WHERE current_setting('server_version_num')::int >= 140000"
 )
 
+
+class StoreReadTimeout(RuntimeError):
+    """PostgreSQL answered no read in time, on two connections: the store is unreachable for now (UNAVAILABLE).
+    (Not a TimeoutError: a caller's own wait, GetJobResult's, must not take it for its deadline.)"""
+
+
+def keep_alive(conn: asyncpg.Connection) -> None:
+    """TCP keepalive on conn's socket (asyncpg has no option for it), and TCP_USER_TIMEOUT: data sent and left
+    unacknowledged as long ends the connection too (else the kernel retransmits for ~15 minutes)."""
+    transport = getattr(conn, "_transport", None)
+    sock = None if transport is None else transport.get_extra_info("socket")
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return  # (a Unix socket: no network path to lose)
+    options = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+    if hasattr(socket, "TCP_KEEPIDLE"):  # (Linux; other systems keep their defaults)
+        options += [(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_S),
+                    (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL_S),
+                    (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)]  # fmt: skip
+    if hasattr(socket, "TCP_USER_TIMEOUT"):
+        dead_after_ms = (KEEPALIVE_IDLE_S + KEEPALIVE_INTERVAL_S * KEEPALIVE_PROBES) * 1000
+        options.append((socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, dead_after_ms))
+    for level, option, value in options:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(level, option, value)
+
+
+async def _opened(conn: asyncpg.Connection) -> None:
+    """The pool's hook for each connection it opens."""
+    keep_alive(conn)
+
+
 _TERMINATE_BACKEND = (
     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
     "WHERE pid = $1 AND backend_start IS NOT DISTINCT FROM $2"
@@ -548,7 +657,7 @@ _TERMINATE_BACKEND = (
 
 LOCK_WAIT_S = 30.0  # how long a store held by another backend is waited for (its client may be gone)
 CONNECT_TIMEOUT_S = 10.0  # the writer's connects and outcome probes: close() must not wait on a silent server
-READ_ATTEMPTS = 3  # a read whose connection was lost is asked again (a silent server is not: no timeout here)
+READ_ATTEMPTS = 3  # a read whose connection was lost is asked again
 WRITE_TIMEOUT_S = 60.0  # one statement of a group (up to 2,000 units): beyond, the server is taken as silent
 
 
@@ -579,7 +688,7 @@ _CONNECTION_LOST = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSE
 # lock_timeout: a DBA's), waiting on a silent path or a locked table: not an error of the rows; what it wrote was
 # rolled back (once the COMMIT was sent, the outcome is settled first).
 _STATEMENT_STOPPED = (TimeoutError, asyncpg.QueryCanceledError, asyncpg.LockNotAvailableError)
-register_unreachable(lambda exc: isinstance(exc, (*_CONNECTION_LOST, *_STATEMENT_STOPPED)))
+register_unreachable(lambda exc: isinstance(exc, (*_CONNECTION_LOST, *_STATEMENT_STOPPED, StoreReadTimeout)))
 # a read's connection lost (not a read past its time: asked again, it would wait as long again)
 _READ_LOST = (asyncpg.ConnectionDoesNotExistError, ConnectionError)
 

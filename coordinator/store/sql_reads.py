@@ -1,6 +1,7 @@
 """The read side of the Store, written once in SQL both backends run.
 
-Queries use `?` placeholders; a backend's `_query` runs them (PostgreSQL numbers them `$1, $2, ...`).
+Queries use `?` placeholders; a backend's `_query` runs them (PostgreSQL numbers them `$1, $2, ...`), and its
+`_load` the bulk reads of a start (every live job, the whole receipt log), which may take far longer than a call's.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ class SqlReads(Store):
     async def _query(self, sql: str, *params: Any) -> Sequence[Sequence[Any]]:
         raise NotImplementedError
 
+    async def _load(self, sql: str, *params: Any) -> Sequence[Sequence[Any]]:
+        """A bulk read (the whole of a table's live part): by default, as any read."""
+        return await self._query(sql, *params)
+
     async def get_job(self, job_id: str) -> Job | None:
         rows = await self._query(f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = ?", job_id)
         return job_from_row(rows[0]) if rows else None
@@ -67,7 +72,7 @@ class SqlReads(Store):
         return [job_from_row(r) for r in rows]
 
     async def load_active_jobs(self) -> list[Job]:
-        rows = await self._query(f"SELECT {JOB_COLUMNS} FROM jobs WHERE state IN (1, 2, 3) ORDER BY job_id")
+        rows = await self._load(f"SELECT {JOB_COLUMNS} FROM jobs WHERE state IN (1, 2, 3) ORDER BY job_id")
         return [job_from_row(r) for r in rows]
 
     async def get_result(self, job_id: str) -> JobResult | None:
@@ -108,14 +113,14 @@ class SqlReads(Store):
         return [ReceiptRow(*r) for r in rows]
 
     async def load_log(self) -> tuple[list[bytes], CheckpointRow | None]:
-        leaves = await self._query("SELECT leaf_hash FROM log_leaves ORDER BY leaf_index")
+        leaves = await self._load("SELECT leaf_hash FROM log_leaves ORDER BY leaf_index")
         cps = await self._query(
             "SELECT tree_size, root_hash, note, signed_us FROM checkpoints ORDER BY tree_size DESC LIMIT 1"
         )
         return [row[0] for row in leaves], (CheckpointRow(*cps[0]) if cps else None)
 
     async def load_keys(self) -> list[KeyRow]:
-        rows = await self._query(
+        rows = await self._load(
             "SELECT key_id, role, status, public_key, private_seed, valid_from_us, valid_until_us, owner "
             "FROM signing_keys ORDER BY valid_from_us"
         )
@@ -125,7 +130,7 @@ class SqlReads(Store):
         # A balance may pass 2^63 - 1 nano units (each entry is bounded, balances are not), and SQLite's sum()
         # of INTEGERs then raises "integer overflow": summed as two parts, whole units and the nano remainder
         # (truncating division, in SQLite and PostgreSQL alike: (a / n) * n + a % n == a), joined in Python.
-        rows = await self._query(
+        rows = await self._load(
             f"SELECT account_id, kind, sum(amount_nano / {_SPLIT}), sum(amount_nano % {_SPLIT}), count(*), "
             f"sum(units_nano / {_SPLIT}), sum(units_nano % {_SPLIT}), max(booked_us) "
             "FROM ledger_entries GROUP BY account_id, kind"
