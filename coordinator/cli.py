@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"aitbc-coordinator: bad setting: {exc}", file=sys.stderr)
         return 2
     from .server import serve as run_server
-    from .store.base import StoreFenced, StoreInUse
+    from .store.base import StoreFenced, StoreInUse, store_unreachable
 
     try:
         asyncio.run(run_server(settings, env_file=getattr(args, "env_file", ".env")))
@@ -76,6 +76,14 @@ def main(argv: list[str] | None = None) -> int:
     except StoreInUse as exc:  # another coordinator serves from this store
         print(f"aitbc-coordinator: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if not store_unreachable(exc):
+            raise
+        # (nothing was changed: a supervisor starts it again, and it serves once the store answers)
+        print(
+            f"aitbc-coordinator: the store could not be reached: {type(exc).__name__}: {exc}", file=sys.stderr
+        )
+        return 1
     except KeyboardInterrupt:
         pass
     return 0

@@ -113,6 +113,18 @@ async def test_a_postgres_store_with_a_schema_newer_than_the_code_is_refused(tmp
         await drop_schema(schema)
 
 
+def test_a_postgres_store_that_cannot_be_reached_at_start_is_said_in_one_line(tmp_path: Path) -> None:
+    """A start whose store refuses the connection (PostgreSQL down) exits 1 with one line: no traceback."""
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    done = serve(tmp_path, f"postgresql://postgres@127.0.0.1:{port}/test")
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("aitbc-coordinator: the store could not be reached: "), last
+
+
 async def test_a_start_refused_for_a_port_in_use_leaves_no_new_store_behind(tmp_path: Path) -> None:
     with socket.socket() as held:
         held.bind(("127.0.0.1", 0))
