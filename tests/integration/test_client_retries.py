@@ -9,6 +9,7 @@ import asyncio
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 
 import grpc
 import pytest
@@ -19,6 +20,17 @@ from coord_support import CANCELED, CLIENT_KEYS, QUEUED, Harness, eventually
 from tests.tcp_relay import DOWN, Link, Relay
 
 FAST_RETRY = RetryPolicy(attempts=100, backoff_s=0.05, backoff_max_s=0.2)
+
+
+@dataclass(frozen=True)
+class LongPause(RetryPolicy):
+    """A policy whose pause before the next try is a minute, and that says when a call starts waiting it."""
+
+    pausing: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def backoff(self, attempt: int) -> float:
+        self.pausing.set()
+        return 60.0
 
 
 class ReplyCutter(Relay):
@@ -173,3 +185,41 @@ async def test_a_keyed_submit_is_made_again_after_the_store_was_out(
         blocker.close()
     job = await submit
     assert job.state == QUEUED and jobs_stored(coord) == 1
+
+
+async def closed_while_pausing(client: Client, call: asyncio.Task, policy: LongPause) -> grpc.aio.AioRpcError:
+    """Closes client once call waits to try again; the error call ends with."""
+    await asyncio.wait_for(policy.pausing.wait(), 30)
+    await client.close()
+    with pytest.raises(grpc.aio.AioRpcError) as closed:
+        await asyncio.wait_for(call, 30)  # (it waited out the pause, then failed on the closed channel)
+    return closed.value
+
+
+async def test_a_call_waiting_to_try_again_ends_cancelled_when_the_client_is_closed(
+    coord: Harness, relay: ReplyCutter
+) -> None:
+    policy = LongPause()
+    client = client_through(coord, relay, retry=policy, timeout_s=300)
+    await client.list()
+    relay.arm(lambda: True)
+    listing = asyncio.create_task(client.list())
+    closed = await closed_while_pausing(client, listing, policy)
+    assert closed.code() == grpc.StatusCode.CANCELLED
+
+
+async def test_a_watch_waiting_to_resume_ends_cancelled_when_the_client_is_closed(
+    coord: Harness, relay: ReplyCutter
+) -> None:
+    job = await coord.client().submit({"n": 1})
+    policy = LongPause()
+    client = client_through(coord, relay, retry=policy)
+    await client.list()
+    relay.arm(lambda: True)
+
+    async def watch() -> None:
+        async for _ in client.watch(job.job_id):
+            pass
+
+    closed = await closed_while_pausing(client, asyncio.create_task(watch()), policy)
+    assert closed.code() == grpc.StatusCode.CANCELLED

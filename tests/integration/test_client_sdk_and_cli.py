@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 from aitbc.cli import main
-from coord_support import CLIENT_KEYS, Harness
+from coord_support import CLIENT_KEYS, Harness, eventually
 
 
 async def test_an_empty_object_is_a_payload(coord: Harness) -> None:
@@ -71,3 +71,34 @@ async def test_a_submit_that_may_have_been_stored_says_how_to_retry_it_safely(
     err = capsys.readouterr().err
     assert code == 1 and err.startswith("aitbc: UNAVAILABLE: "), err
     assert "--idempotency-key" in err, err
+
+
+async def test_a_submit_wait_whose_wait_fails_names_the_stored_job_instead_of_suggesting_a_resubmit(
+    coord: Harness, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The job was stored, then the coordinator went away during the wait: the CLI said the job "may have been
+    stored" and to submit again (a second job), without the first one's id, printed nowhere."""
+    argv = ["submit", "{}", "--wait", "--address", coord.address, "--api-key", CLIENT_KEYS["alice"]]
+    cli = asyncio.create_task(asyncio.to_thread(main, argv))
+    await eventually(lambda: coord.db.scalar("SELECT COUNT(*) FROM jobs") == 1, what="the stored job")
+    job_id = coord.db.scalar("SELECT job_id FROM jobs")
+    await coord.stop()  # (the watch resumes as its retry policy allows, then gives up)
+    code = await asyncio.wait_for(cli, 60)
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("aitbc: UNAVAILABLE"), err
+    assert f"job {job_id} was submitted: follow it with `aitbc wait {job_id}`" in err, err
+    assert "--idempotency-key" not in err and err.count("\n") == 1, err
+
+
+async def test_wait_exits_1_for_a_job_that_did_not_complete_as_submit_wait_does(
+    coord: Harness, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`aitbc wait` exited 0 for a failed or canceled job (`submit --wait` exits 1): `aitbc wait ID && ...`
+    went on as if it had completed."""
+    client = coord.client()
+    job = await client.submit({})
+    await client.cancel(job.job_id)
+    argv = ["wait", job.job_id, "--address", coord.address, "--api-key", CLIENT_KEYS["alice"]]
+    code = await asyncio.to_thread(main, argv)
+    out = capsys.readouterr().out
+    assert code == 1 and job.job_id in out and "CANCELED" in out, out

@@ -128,3 +128,43 @@ async def test_many_watchers_of_one_job_each_see_every_change_once(coord: Harnes
     sequences = await asyncio.wait_for(asyncio.gather(*watchers), 10)
     for seq in sequences:
         assert seq == sorted(set(seq)) and seq[-1] == 4, sequences
+
+
+async def test_a_watch_resumes_across_a_coordinator_restart_with_its_sequence_numbering_intact(
+    coord: Harness, gate: Gate
+) -> None:
+    """The sequence is the job's stored event number: a new coordinator on the same store goes on from it (the
+    changes made while the watcher was away, the restart's own included, replayed once each)."""
+    miner = await coord.stream_miner("miner-00")
+    job = await coord.client().submit({"x": 1})
+    await miner.next("assignment")
+    channel = open_channel(f"127.0.0.1:{gate.port}")
+    client = Client(f"127.0.0.1:{gate.port}", CLIENT_KEYS["alice"], channel=channel, retry=FAST_RETRY)
+    seen: list[jpb.WatchJobResponse] = []
+    first = asyncio.Event()
+
+    async def watch() -> None:
+        async for update in client.watch(job.job_id):
+            seen.append(update)
+            first.set()
+
+    watching = asyncio.create_task(watch())
+    try:
+        await asyncio.wait_for(first.wait(), 5)
+        gate.open = False
+        await coord.restart()  # the miner's stream goes with it
+        gate.target = ("127.0.0.1", coord.coordinator.port)  # type: ignore[union-attr]
+        gate.cut("rst")
+        after_restart = await coord.stream_miner("miner-01")
+        a = await after_restart.next("assignment")
+        gate.open = True
+        after_restart.result(a.job.job_id, a.attempt)
+        await asyncio.wait_for(watching, 15)
+    finally:
+        watching.cancel()
+        await channel.close()
+    sequences = [u.sequence for u in seen]
+    assert sequences == list(range(2, sequences[-1] + 1)), sequences  # none missed, none twice
+    assert seen[-1].job.state == COMPLETED
+    stored = coord.db.events(job.job_id)
+    assert len(stored) == sequences[-1], stored

@@ -33,7 +33,12 @@ const RESULT_WAIT_TIMEOUT_MS = 900000;
  */
 const DEFAULT_RETRY = { attempts: 5, backoffMs: 200, backoffMaxMs: 5000 };
 const UNAVAILABLE = grpc.status.UNAVAILABLE;
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** The error of a call ended by close() between its tries: CANCELLED, as grpc-js ends a call in flight. */
+function closedError() {
+  return Object.assign(new Error('1 CANCELLED: the client was closed'),
+    { code: grpc.status.CANCELLED, details: 'the client was closed', metadata: new grpc.Metadata() });
+}
 
 /**
  * Loads the coordinator's services from the .proto files. The well-known google/protobuf imports resolve
@@ -152,6 +157,10 @@ class CoordinatorClient {
     this.health = new Health(address, credentials, { channelOverride });
     /** Open watch streams, canceled by close(). */
     this.streams = new Set();
+    /** Unary calls in flight and pauses before a next try, ended by close() (CANCELLED). */
+    this.calls = new Set();
+    this.pauses = new Set();
+    this.closed = false;
   }
 
   /** Per-call metadata: the API key. */
@@ -199,17 +208,35 @@ class CoordinatorClient {
         }
         const pause = this.retryPause(err, repeatable, attempt);
         if (pause === null || Date.now() + pause >= deadline) throw err;
-        await sleep(pause);
+        await this.pause(pause);
       }
     }
+  }
+
+  /**
+   * Waits ms before a call's next try. close() ends the wait at once with CANCELLED: a closed client's calls
+   * end as those in flight do (not after the pause, and no timer keeps the process alive).
+   */
+  pause(ms) {
+    if (this.closed) return Promise.reject(closedError());
+    return new Promise((resolve, reject) => {
+      const wait = { reject, timer: setTimeout(() => { this.pauses.delete(wait); resolve(); }, ms) };
+      this.pauses.add(wait);
+    });
   }
 
   /** One try of a unary call (signed afresh: each try has a nonce of its own). */
   unaryOnce(stub, method, request, deadline) {
     return new Promise((resolve, reject) => {
+      if (this.closed) throw closedError();
       const { def, body, md } = this.prepare(stub, method, request); // a throw here rejects the promise
-      stub.makeUnaryRequest(def.path, (b) => b, def.responseDeserialize, body, md, { deadline },
-        (err, res) => (err ? reject(err) : resolve(res)));
+      const call = stub.makeUnaryRequest(def.path, (b) => b, def.responseDeserialize, body, md, { deadline },
+        (err, res) => {
+          this.calls.delete(call);
+          if (err) reject(err);
+          else resolve(res);
+        });
+      this.calls.add(call);
     });
   }
 
@@ -303,7 +330,7 @@ class CoordinatorClient {
       progress.failures += 1;
       const pause = this.retryPause(failure, true, progress.failures);
       if (pause === null || Date.now() + pause >= deadline) throw failure;
-      await sleep(pause);
+      await this.pause(pause);
     }
   }
 
@@ -313,6 +340,7 @@ class CoordinatorClient {
    */
   watchOnce(jobId, onUpdate, deadline, progress) {
     return new Promise((resolve, reject) => {
+      if (this.closed) throw closedError();
       const request = { job_id: jobId, after_sequence: String(progress.after) };
       const { def, body, md } = this.prepare(this.jobs, 'WatchJob', request); // a throw rejects
       const call = this.jobs.makeServerStreamRequest(def.path, (b) => b, def.responseDeserialize, body, md, { deadline });
@@ -429,9 +457,15 @@ class CoordinatorClient {
     return { receipt, bundle: receiptToBundle(receipt), verification: verifyReceiptResponse(receipt, keySet, options) };
   }
 
-  /** Cancels open watches and closes the channel. */
+  /** Cancels open watches and calls (CANCELLED, not tried again), ends their pauses, closes the channel. */
   close() {
-    for (const call of this.streams) call.cancel();
+    this.closed = true;
+    for (const wait of this.pauses) {
+      clearTimeout(wait.timer);
+      wait.reject(closedError());
+    }
+    this.pauses.clear();
+    for (const call of [...this.streams, ...this.calls]) call.cancel();
     this.jobs.close();
   }
 }

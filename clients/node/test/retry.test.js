@@ -59,6 +59,16 @@ test('a keyed submit whose answer was lost is made again and gives the one job; 
   assert.equal(await jobsStored(), 4);
 });
 
+test('a batch with a key on some entries only, its answer lost, is not made again', { skip, timeout: 120000 }, async (t) => {
+  const { relay, through, jobsStored } = await setUp(t);
+  relay.arm(async () => (await jobsStored()) === 2);
+  const entries = [{ payload: { n: 1 }, options: { idempotencyKey: 'part-1' } }, { payload: { n: 2 } }];
+  await assert.rejects(through.submitJobs(entries), (err) => err.code === 14);
+  assert.ok(relay.fired);
+  await new Promise((r) => setTimeout(r, 300)); // time for a wrongful repeat to land
+  assert.equal(await jobsStored(), 2, 'the unkeyed entry would be stored twice');
+});
+
 test('a cancel whose answer was lost answers the canceled job, not JOB_TERMINAL', { skip, timeout: 120000 }, async (t) => {
   const { relay, direct, through } = await setUp(t);
   const job = await direct.submitJob({ n: 1 });
@@ -108,4 +118,40 @@ test('a watch cut while the job moves on resumes after its last sequence: nothin
     [3, 'JOB_STATE_RUNNING', 'JOB_STATE_RUNNING'],
     [4, 'JOB_STATE_COMPLETED', 'JOB_STATE_COMPLETED'],
   ]);
+});
+
+/** Resolves once cond() holds (polled every 20 ms). */
+async function until(cond) {
+  while (!cond()) await new Promise((r) => setTimeout(r, 20));
+}
+
+test('close() ends a call waiting to try again, and one in flight, CANCELLED at once (not tried again)', { skip, timeout: 120000 }, async (t) => {
+  const { relay, direct, through } = await setUp(t, { retry: { attempts: 5, backoffMs: 60000, backoffMaxMs: 60000 }, timeoutMs: 300000 });
+  relay.arm(async () => true); // the next answer is lost: UNAVAILABLE, then a minute's pause
+  const listing = through.listJobs();
+  await until(() => through.pauses.size === 1);
+  const job = await direct.submitJob({ n: 1 }); // no miner: a waiting GetJobResult stays in flight
+  const second = new CoordinatorClient(`127.0.0.1:${relay.server.address().port}`, { apiKey: 'client-key-1' });
+  t.after(() => second.close());
+  await second.listJobs();
+  const waiting = second.getJobResult(job.job_id, { wait: true });
+  await until(() => second.calls.size === 1);
+  through.close();
+  second.close();
+  await assert.rejects(listing, (err) => err.code === 1);
+  await assert.rejects(waiting, (err) => err.code === 1);
+  assert.equal(through.pauses.size + second.calls.size, 0);
+});
+
+test('close() ends a watch waiting to resume CANCELLED at once', { skip, timeout: 120000 }, async (t) => {
+  const { relay, direct, through } = await setUp(t, { retry: { attempts: 5, backoffMs: 60000, backoffMaxMs: 60000 } });
+  const job = await direct.submitJob({ n: 1 });
+  let first;
+  const started = new Promise((r) => { first = r; });
+  const watching = through.watchJob(job.job_id, () => first());
+  await started;
+  relay.cut(); // the watch is cut: UNAVAILABLE, then a minute's pause before it resumes
+  await until(() => through.pauses.size === 1);
+  through.close();
+  await assert.rejects(watching, (err) => err.code === 1);
 });

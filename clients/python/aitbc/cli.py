@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--wait", action="store_true")
     job_commands = {
         "get": "get a job", "result": "get a completed job's result", "cancel": "cancel a job",
-        "watch": "print a job at each change until it finishes", "wait": "wait for a job to finish; print it",
+        "watch": "print a job at each change until it finishes",
+        "wait": "wait for a job to finish; print it (exit 1 unless it completed)",
     }  # fmt: skip
     for name, text in job_commands.items():
         p = commands.add_parser(name, help=text)
@@ -131,6 +132,7 @@ async def _jobs(args: argparse.Namespace) -> int:
             if not args.wait:
                 _print(job)
                 return 0
+            args.submitted_job_id = job.job_id  # a failure from here on is the wait's: the job is stored
             job = await client.wait(job.job_id)
             _print(await client.result(job.job_id) if job.state == 4 else job)
             return 0 if job.state == 4 else 1
@@ -140,8 +142,10 @@ async def _jobs(args: argparse.Namespace) -> int:
             _print(await client.result(args.job_id))
         elif args.command == "cancel":
             _print(await client.cancel(args.job_id))
-        elif args.command == "wait":
-            _print(await client.wait(args.job_id))
+        elif args.command == "wait":  # exits as submit --wait does: a script can chain on success
+            job = await client.wait(args.job_id)
+            _print(job)
+            return 0 if job.state == 4 else 1
         elif args.command == "watch":
             async for update in client.watch(args.job_id):
                 _print(update)
@@ -158,11 +162,15 @@ async def _jobs(args: argparse.Namespace) -> int:
 
 
 def _call_failed(exc: grpc.aio.AioRpcError, args: argparse.Namespace) -> str:
-    """What a failed call says (code, reason, field violations, retry delay), and for a submit without an
-    idempotency key that may have been stored, how to make it again safely."""
+    """What a failed call says (code, reason, field violations, retry delay); for a submit --wait whose job
+    was stored, the job's id (to follow it, not submit it again); for a submit without an idempotency key that
+    may have been stored, how to make it again safely."""
     text = str(error_details(exc))
     unsure = exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-    if args.command == "submit" and unsure and not args.idempotency_key:
+    # submit --wait failing in its wait: the job is stored, and its id is nowhere else
+    if submitted := getattr(args, "submitted_job_id", None):
+        text += f" (job {submitted} was submitted: follow it with `aitbc wait {submitted}`)"
+    elif args.command == "submit" and unsure and not args.idempotency_key:
         text += " (the job may have been stored: list your jobs, or submit with --idempotency-key to retry safely)"
     return text
 

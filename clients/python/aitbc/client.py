@@ -124,6 +124,12 @@ def retry_pause(
     return policy.backoff(attempt) if delay is None else delay
 
 
+def closed_error() -> grpc.aio.AioRpcError:
+    """The error of a call ended by Client.close() between its tries (CANCELLED, as one ended in flight)."""
+    return grpc.aio.AioRpcError(grpc.StatusCode.CANCELLED, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                                "the client was closed")  # fmt: skip
+
+
 _DEFAULT: Any = object()  # "the client's default timeout" (None means no deadline)
 
 
@@ -156,6 +162,7 @@ class Client:
         """
         self.timeout_s = timeout_s
         self.retry = retry
+        self._closed = asyncio.Event()  # set by close(): a call waiting to try again ends CANCELLED
         self.channel = channel or open_channel(address, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key)
         self._auth = auth_metadata(api_key)
         calls = SigningChannel(self.channel, hmac_secret) if hmac_secret else self.channel
@@ -178,7 +185,19 @@ class Client:
         await self.close()
 
     async def close(self) -> None:
+        self._closed.set()
         await self.channel.close()
+
+    async def _pause(self, seconds: float) -> None:
+        """Waits before a call's next try; a close() meanwhile ends the call CANCELLED, as it ends the calls
+        in flight (not after the pause, with the closed channel's UsageError)."""
+        if self._closed.is_set():
+            raise closed_error()
+        try:
+            await asyncio.wait_for(self._closed.wait(), seconds)
+        except TimeoutError:
+            return
+        raise closed_error()
 
     async def _unary(
         self,
@@ -210,7 +229,7 @@ class Client:
                 pause = retry_pause(exc, repeatable, attempt, self.retry)
                 if pause is None or (deadline is not None and time.monotonic() + pause >= deadline):
                     raise
-            await asyncio.sleep(pause)
+            await self._pause(pause)
 
     @staticmethod
     def request(payload: dict[str, Any] | bytes, **options: Any) -> job_service_pb2.SubmitJobRequest:
@@ -316,7 +335,7 @@ class Client:
             if pause is None:
                 assert exc is not None
                 raise exc
-            await asyncio.sleep(pause)
+            await self._pause(pause)
 
     def _watch_pause(self, exc: grpc.aio.AioRpcError | None, failures: int) -> float | None:
         """The pause before resuming a watch after its failures-th cut in a row; None: give up."""
