@@ -41,6 +41,8 @@ from .keyring import ActiveKeys, miner_key_row
 log = logging.getLogger("coordinator.receipts")
 
 NANO = Decimal("0.000000001")
+# the receipt log read back after a failed commit: retried while the store fails, as the scheduler's read-back
+REBUILD_FIRST_DELAY_S, REBUILD_MAX_DELAY_S = 0.05, 5.0
 
 
 def to_nano(value: str) -> int:
@@ -257,13 +259,31 @@ class ReceiptIssuer(ReceiptHook):
 
     async def _rebuild(self) -> None:
         try:
-            leaves, _ = await self.store.load_log()
+            leaves = await self._read_log_back()
+            if leaves is None:  # stopping: the next start reads the log
+                return
             self.tree = MerkleTree(leaves)
             self._arrived = {i: h for i, h in self._arrived.items() if i >= self.tree.size}
             log.warning("receipt log rebuilt from the store after a failed commit: %d leaves", self.tree.size)
         finally:
             self._resync = None
             self._extend()
+
+    async def _read_log_back(self) -> list[bytes] | None:
+        """The stored leaves, read until the store answers (the failed commit's cause, a full disk or a lost
+        server, may fail this read too), with a backoff; None once stopping. Given up, the tree would wait for
+        ever for a leaf the store holds and memory does not (every inclusion proof: LOG_CATCHING_UP)."""
+        delay = REBUILD_FIRST_DELAY_S
+        while not self._stopped:
+            try:
+                leaves, _ = await self.store.load_log()
+                return leaves
+            except Exception:
+                log.warning("cannot read the receipt log back after a failed commit; retrying in %g s", delay,
+                            exc_info=True)  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, REBUILD_MAX_DELAY_S)
+        return None
 
     async def _holding(self, size: int) -> None:
         """Wait until the tree holds size leaves: a leaf read back from the store is committed, and the

@@ -574,13 +574,16 @@ class PostgresStore(SqlReads):
                 if lost == READ_ATTEMPTS or self._closing:
                     raise
                 log.warning("store: a read's connection was lost; reading again", exc_info=True)
-            except TimeoutError:
+            except TimeoutError as exc:
                 timed_out += 1
                 if timed_out == READ_TIMEOUT_ATTEMPTS or self._closing:
                     raise StoreReadTimeout(
                         f"PostgreSQL answered no read within {timeout_s:g} s ({timed_out} tries): the path to it "
                         "may be down, or a table locked (maintenance)"
                     ) from None
+                if isinstance(exc, _NoFreeConnection):  # (every connection busy: no sign of a silent path)
+                    log.warning("store: a read got no connection within %g s; reading again", timeout_s)
+                    continue
                 log.warning("store: a read got no answer within %g s; reading again on a fresh connection",
                             timeout_s)  # fmt: skip
                 await self._renew_connections()
@@ -595,7 +598,10 @@ class PostgresStore(SqlReads):
         """One try, within timeout_s in all (a free connection, or a new one, and the answer)."""
         assert self._pool is not None, "store not open"
         deadline = time.monotonic() + timeout_s
-        conn = await self._pool.acquire(timeout=timeout_s)
+        try:
+            conn = await self._pool.acquire(timeout=timeout_s)
+        except TimeoutError:
+            raise _NoFreeConnection from None
         try:
             return await conn.fetch(sql, *params, timeout=max(deadline - time.monotonic(), 0.001))
         except asyncpg.PostgresError:
@@ -618,6 +624,11 @@ _KEEP_IDLE_SESSION = (
     "SELECT set_config('idle_session_timeout', '0', false) "
     "WHERE current_setting('server_version_num')::int >= 140000"
 )
+
+
+class _NoFreeConnection(TimeoutError):
+    """A read found no pool connection free, nor made a new one, in time: the pool's connections are busy (or a
+    new one's path silent); none is known silent, so none is renewed (healthy ones would be reopened under load)."""
 
 
 class StoreReadTimeout(RuntimeError):

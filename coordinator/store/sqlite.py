@@ -63,12 +63,14 @@ class SqliteStore(SqlReads):
         file = _file_of(self.path)
         if file is not None and os.path.isdir(file):  # (SQLite only says "unable to open database file")
             raise StoreUnusable("a directory, not a file")
-        # what opening creates, if the store is new: removed again if the start fails (close_unused)
-        self._new_files = _files_of_a_new_store(file)
+        lock_is_new = file is not None and not os.path.lexists(_lock_file_of(file))
         try:
             self._lock = _hold_lock(self.path)
         except OSError as exc:  # a missing directory, a read-only file system, no permission
             raise StoreUnusable(exc.strerror or str(exc)) from None
+        # What opening creates, if the store is new: removed again if the start fails (close_unused). Looked at
+        # with the lock held: before it, another process may still make the store, serve it, and stop.
+        self._new_files = _files_of_a_new_store(file, lock_is_new)
         try:
             await self._open()
         except BaseException as exc:
@@ -149,9 +151,9 @@ class SqliteStore(SqlReads):
         try:
             conn = self._connect_writer()
         except Exception as exc:  # start-up failure is reported to open()
-            loop.call_soon_threadsafe(ready.set_exception, exc)
+            loop.call_soon_threadsafe(_tell_opened, ready, exc)
             return
-        loop.call_soon_threadsafe(ready.set_result, None)
+        loop.call_soon_threadsafe(_tell_opened, ready, None)
         stopping = False
         while not stopping:
             item = self._queue.get()
@@ -258,6 +260,16 @@ class SqliteStore(SqlReads):
         return list(await self._reader.execute_fetchall(sql, params))
 
 
+def _tell_opened(ready: asyncio.Future[None], error: Exception | None) -> None:
+    """The writer's start told to open(), unless open() stopped waiting (a start cancelled by a stop signal)."""
+    if ready.done():
+        return
+    if error is None:
+        ready.set_result(None)
+    else:
+        ready.set_exception(error)
+
+
 def _file_of(path: str) -> str | None:
     """The file SQLite opens for path (a URI's, percent-decoded); None for an in-memory database."""
     if path.startswith("file:"):
@@ -275,14 +287,13 @@ def _lock_file_of(file: str) -> str:
     return f"{os.path.realpath(file)}.lock"
 
 
-def _files_of_a_new_store(file: str | None) -> list[str]:
+def _files_of_a_new_store(file: str | None, lock_is_new: bool) -> list[str]:
     """The files opening the store at file makes: the store's when there is none there yet, and its lock file
-    when there is none (an existing store is left as it is)."""
+    when this start made it (an existing store is left as it is)."""
     if file is None:
         return []
     made = [] if os.path.lexists(file) else [file, f"{file}-wal", f"{file}-shm", f"{file}-journal"]
-    lock = _lock_file_of(file)
-    return made if os.path.lexists(lock) else [*made, lock]
+    return [*made, _lock_file_of(file)] if lock_is_new else made
 
 
 def _check_writable(conn: sqlite3.Connection) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 import pytest
 from aitbc.client import NO_RETRY, Client, error_details
-from aitbc.coordinator.v1 import job_pb2
+from aitbc.coordinator.v1 import job_pb2, job_service_pb2
 from aitbc.receipts import Signer
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -91,6 +91,35 @@ async def test_calls_whose_reads_go_unanswered_are_unavailable_then_answered_onc
             relay.silence_reads("", times=0)  # the path heals
             assert (await quiet.get(done.job_id)).state == job_pb2.JOB_STATE_COMPLETED
             assert [j.job_id for j in (await quiet.list()).jobs] == [done.job_id]
+        finally:
+            await quiet.close()
+    finally:
+        await coordinator.stop()
+
+
+async def watch_to_the_end(client: Client, job_id: str, after_sequence: int = 0) -> None:
+    """A WatchJob stream read to its end (the SDK's watch() would resume it)."""
+    request = job_service_pb2.WatchJobRequest(job_id=job_id, after_sequence=after_sequence)
+    async for _ in client.jobs.WatchJob(request, metadata=client.metadata):
+        pass
+
+
+async def test_waits_and_watches_whose_reads_go_unanswered_are_unavailable_not_a_deadline(
+    relay: SilentReadsRelay, schema: str
+) -> None:
+    """StoreReadTimeout during GetJobResult(wait) and WatchJob: UNAVAILABLE STORE_UNAVAILABLE (retry), not the
+    wait's DEADLINE_EXCEEDED WAIT_TIMEOUT nor INTERNAL."""
+    coordinator = await start(settings(relay, schema, read_timeout_s=0.5))
+    try:
+        done, _ = await run_one_job(coordinator, Signer.generate(), {"prompt": "hi"})
+        quiet = Client(f"127.0.0.1:{coordinator.port}", CLIENT, retry=NO_RETRY)  # (the SDK's retries off)
+        try:
+            relay.silence_reads("FROM job_results")
+            await refused_unavailable(quiet.result(done.job_id, wait=True))
+            relay.silence_reads("FROM jobs ")  # the watch's snapshot of a finished job
+            await refused_unavailable(watch_to_the_end(quiet, done.job_id))
+            relay.silence_reads("FROM job_events")  # a resumed watch: the changes it missed
+            await refused_unavailable(watch_to_the_end(quiet, done.job_id, after_sequence=1))
         finally:
             await quiet.close()
     finally:

@@ -173,3 +173,28 @@ async def test_the_writers_and_the_pools_connections_have_tcp_keepalive_and_the_
             assert keepalive_of(proxy._con) == (1, KEEPALIVE_IDLE_S)
     finally:
         await store.close()
+
+
+async def test_a_read_finding_every_connection_busy_leaves_the_healthy_connections_open(schema: str) -> None:
+    """A read that got no free connection in time (every one busy with another read: a healthy server under load)
+    is no sign of a silent path: the busy connections are kept, not reopened as they are given back. (They were
+    all expired: under load, each read's timeout on the pool reopened every connection.)"""
+    store = PostgresStore(pg_url(schema), pool_size=1, read_timeout_s=0.2)
+    await store.open()
+    try:
+        assert store._pool is not None
+        busy = await store._pool.acquire()  # (the one connection, held as a long read holds it)
+        pid = busy.get_server_pid()
+        try:
+            refused = await outcome(asyncio.ensure_future(store.get_job("j")))
+            assert isinstance(refused, StoreReadTimeout) and store_unreachable(refused), refused
+        finally:
+            await store._pool.release(busy)
+        same = await store._pool.acquire()
+        try:
+            assert same.get_server_pid() == pid, "a healthy connection was reopened"
+        finally:
+            await store._pool.release(same)
+        assert await store.get_job("j") is None  # reads go on
+    finally:
+        await store.close()
