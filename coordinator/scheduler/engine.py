@@ -90,6 +90,7 @@ ELIGIBILITY_CACHE = 4096  # constraint sets whose eligibility a session remember
 MIN_REJECT_PAUSE_S = (
     0.1  # a rejected job offered to its miner again, at the soonest (RETRY_BACKOFF_BASE_SECONDS)
 )
+_NO_REFUSAL = (0, 0)  # (refusals, until when): a miner that never refused the job
 _HELD = (JobState.ASSIGNED, JobState.RUNNING)  # states in which a job takes a slot of its miner
 
 
@@ -134,6 +135,10 @@ class Scheduler(UndoFailedCommits):
         self._listings: dict[str, tuple[Session, int]] = {}
         self._write_failures: dict[str, int] = {}  # job -> failed commits in a row (backoff on restore)
         self._failed_in_a_row = 0  # commits failed since one last landed (the refill of freed slots waits)
+        # job -> miner that rejected it -> (times it did, until when it is not offered the job again): the job
+        # goes to other miners meanwhile (two miners rejecting at once passed it back and forth, hundreds of
+        # times a second). Kept while the job lives.
+        self._refusals: dict[str, dict[str, tuple[int, int]]] = {}
         self.queues = ReadyQueues()
         self.sessions: dict[str, Session] = {}  # by session id
         self.by_miner: dict[str, Session] = {}  # live session per miner identity
@@ -743,6 +748,9 @@ class Scheduler(UndoFailedCommits):
                     self._requeue_held(job, held, reason, now, pending, session)
         session.held.clear()
         self.sessions.pop(session.session_id, None)
+        if session.reach is not None:
+            self.queues.release(session.reach)
+            session.reach = None
         if self.by_miner.get(session.miner_id) is session:
             del self.by_miner[session.miner_id]
         # After the commit, like every message: sent now, the stream would end (and its reader be canceled)
@@ -912,13 +920,28 @@ class Scheduler(UndoFailedCommits):
         now = now_us()
         pending = _Pending()
         session.held.pop(job_id, None)
+        until = self._refused(job, session.miner_id, now)
         self._give_back(job, held, "REJECTED", reason, now, pending, session)
-        self._fill(session, pending, now, exclude_job=job_id)
+        self._fill(session, pending, now)
         await self._commit(pending)
-        # The job went to another miner first. Should none take it, this one is offered it again after a pause:
-        # a refusal is often for a moment (a slot still busy), and nothing else may fill its slot meanwhile.
-        pause_us = int(max(self.settings.retry_backoff_base_s, MIN_REJECT_PAUSE_S) * MICROS)
-        self.timers.schedule(now + pause_us, "refill", session.session_id)
+        # The job goes to other miners meanwhile. Should none take it, this miner (whichever session it has
+        # then) is offered it again once the pause is over: a refusal is often for a moment (a slot still busy),
+        # and nothing else may fill its slot meanwhile.
+        self.timers.schedule(until, "refusal_over", session.miner_id)
+
+    def _refused(self, job: Job, miner_id: str, now: int) -> int:
+        """Note that miner_id rejected job: until when it is not offered the job again (the pause doubles with
+        each of its refusals of the job, as a retry's backoff does with each attempt)."""
+        refusals = self._refusals.setdefault(job.job_id, {})
+        count = refusals.get(miner_id, _NO_REFUSAL)[0] + 1
+        until = now + int(reject_pause_s(self.settings, count) * MICROS)
+        refusals[miner_id] = (count, until)
+        return until
+
+    def _refuses(self, job: Job, miner_id: str, now: int) -> bool:
+        """Whether miner_id rejected job and its pause is not over."""
+        refusals = self._refusals.get(job.job_id)
+        return refusals is not None and refusals.get(miner_id, _NO_REFUSAL)[1] > now
 
     async def complete(
         self,
@@ -1148,6 +1171,9 @@ class Scheduler(UndoFailedCommits):
         # whether base is met, once per capability set (sessions sharing a reach share it), not per session:
         # an idle fleet that cannot take the job costs a lookup per miner, not a hash of the constraints
         verdicts: dict[Reach, bool] = {}
+        # rejected by some miner: those in their pause are passed over
+        refused = job.job_id in self._refusals
+        now = now_us() if refused else 0
         for session in self.available.values():
             reach = session.reach
             fits = None if reach is None else verdicts.get(reach)
@@ -1158,6 +1184,8 @@ class Scheduler(UndoFailedCommits):
             if not fits or session is exclude or not session.takes_work:
                 continue
             if limit is not None and session.price > limit:
+                continue
+            if refused and self._refuses(job, session.miner_id, now):
                 continue
             key = (len(session.held) / session.slots, -session.record_score())
             if best_key is None or key < best_key:
@@ -1183,8 +1211,7 @@ class Scheduler(UndoFailedCommits):
         pending.sends.append((session, [out]))
         return out
 
-    def _fill(self, session: Session, pending: _Pending, now: int, *, limit: int | None = None,
-              exclude_job: str | None = None) -> None:  # fmt: skip
+    def _fill(self, session: Session, pending: _Pending, now: int, *, limit: int | None = None) -> None:
         """Give session queued work up to its free slots (one batched message); close a drained session.
 
         Every path that frees a slot ends here, so this is also where a session rejoins `available`."""
@@ -1194,7 +1221,7 @@ class Scheduler(UndoFailedCommits):
             limit = 0
             session.wakeup.set()
         try:
-            self._fill_slots(session, pending, now, limit, exclude_job)
+            self._fill_slots(session, pending, now, limit)
         finally:
             self._refresh_available(session)
 
@@ -1204,8 +1231,7 @@ class Scheduler(UndoFailedCommits):
         else:
             self.available.pop(session.session_id, None)
 
-    def _fill_slots(self, session: Session, pending: _Pending, now: int, limit: int | None,
-                    exclude_job: str | None) -> None:  # fmt: skip
+    def _fill_slots(self, session: Session, pending: _Pending, now: int, limit: int | None) -> None:
         if session.draining and not session.held and not session.reserved:
             # once this decision is settled (applied, or undone: its job may come back to the session)
             pending.always.append(functools.partial(self._close_if_drained, session))
@@ -1214,16 +1240,19 @@ class Scheduler(UndoFailedCommits):
         want = session.free if limit is None else min(limit, session.free)
         batch: list[AssignmentOut] = []
         reach = session.reach = self.queues.reach(session.caps, session.reach)  # its shapes, no others
+        refused: list[Job] = []  # jobs the miner rejected, in their pause: back in the queues for others
         while len(batch) < want:
             job = self.queues.pop_in(reach, session.price)
             if job is None:
                 break
-            if job.job_id == exclude_job:
-                self.queues.push(job)
-                break
+            if self._refusals and self._refuses(job, session.miner_id, now):
+                refused.append(job)
+                continue
             out = self._assign(job, session, pending, now)
             pending.sends.pop()  # merged into one message below
             batch.append(out)
+        for job in refused:  # (at the end of their lanes: they were this miner's turn)
+            self.queues.push(job)
         if batch:
             pending.sends.append((session, batch))
 
@@ -1327,6 +1356,7 @@ class Scheduler(UndoFailedCommits):
     def _forget(self, job: Job) -> None:
         if self.jobs.get(job.job_id) is job:
             del self.jobs[job.job_id]
+            self._refusals.pop(job.job_id, None)
             key = (job.client_id, job.idempotency_key)
             if job.idempotency_key and self.idempotency.get(key) == job.job_id:
                 # the store's unique index answers for it from now on (kept, the map grew with every key used)
@@ -1383,6 +1413,10 @@ class Scheduler(UndoFailedCommits):
             self._expire_orphans(args[0], now)
         elif kind == "refill":
             session = self.sessions.get(args[0])
+            if session is not None:
+                self._refill([session], now)
+        elif kind == "refusal_over":  # (by miner: its session may have been replaced meanwhile)
+            session = self.by_miner.get(args[0])
             if session is not None:
                 self._refill([session], now)
 
@@ -1445,6 +1479,14 @@ class Scheduler(UndoFailedCommits):
                                 f"attempt {attempt} ran longer than {job.execution_timeout_us / MICROS:g} s", now, pending)  # fmt: skip
         self._fill(session, pending, now)
         self._spawn_commit(pending)
+
+
+def reject_pause_s(settings: SchedulerSettings, refusals: int) -> float:
+    """How long a miner is not offered a job it rejected, after its nth refusal of it: RETRY_BACKOFF_BASE_SECONDS
+    (0.1 s at the soonest), doubling with each refusal up to RETRY_BACKOFF_MAX_SECONDS (a miner rejecting a
+    job forever sees it ever more rarely, and none of its attempts spent, until its time to live runs out)."""
+    base = max(settings.retry_backoff_base_s, MIN_REJECT_PAUSE_S)
+    return min(base * 2 ** min(refusals - 1, 30), max(settings.retry_backoff_max_s, base))
 
 
 def _poll_news(session: Session) -> bool:

@@ -6,7 +6,8 @@ for, kept up to date as shapes come and go (a new shape is checked against the r
 the region it names, those of miners in that region; a shape naming none, every reach). Finding work for a
 miner costs O(shapes it is eligible for): neither queue depth, nor the number of distinct price limits, nor
 shapes the miner cannot take (20,000 regions, say) slow it. Reaches are bounded (REACHES, the least recently
-used goes), as clients choose the constraint sets and miners their capabilities. Within a shape and
+used goes), as clients choose the constraint sets and miners their capabilities, and a reach no session holds
+goes at once (each kept is checked against every new shape). Within a shape and
 priority each client has a lane, a FIFO indexed by price limit: the oldest job a miner at unit price p may
 take is found in O(1) when the lane's first job is within p, in O(log n) otherwise (a lane without limits
 keeps no index).
@@ -182,13 +183,14 @@ def reach_key(caps: Capabilities) -> ReachKey:
 class Reach:
     """The shapes miners with these capabilities are eligible for, kept while `live` (see ReadyQueues.reach)."""
 
-    __slots__ = ("caps", "key", "live", "shapes", "used")
+    __slots__ = ("caps", "holders", "key", "live", "shapes", "used")
 
     def __init__(self, caps: Capabilities, key: ReachKey) -> None:
         self.caps, self.key = caps, key
         self.shapes: dict[Shape, None] = {}  # (an ordered set)
         self.live = True  # false once evicted: no longer kept up to date
         self.used = 0  # when it was last popped from (the least recently used is evicted)
+        self.holders = 0  # sessions it was handed to (see ReadyQueues.release)
 
 
 class ReadyQueues:
@@ -272,12 +274,14 @@ class ReadyQueues:
 
     def reach(self, caps: Capabilities, known: Reach | None = None) -> Reach:
         """The shapes a miner with caps is eligible for: known while it is kept up to date, else the kept
-        one for caps, else a new one (built from the shapes naming no region or the miner's)."""
+        one for caps, else a new one (built from the shapes naming no region or the miner's). A reach handed
+        out so (not known) counts its holder: `release` it once that session is gone."""
         if known is not None and known.live:
             return known
         key = reach_key(caps)
         reach = self.reaches.get(key)
         if reach is not None:
+            reach.holders += 1
             return reach
         if len(self.reaches) >= self.max_reaches:
             self._evict(min(self.reaches.values(), key=lambda r: r.used))
@@ -288,7 +292,18 @@ class ReadyQueues:
                 if eligible(shape.constraints, caps):
                     reach.shapes[shape] = None
         reach.used = self._pops
+        reach.holders = 1
         return reach
+
+    def release(self, reach: Reach) -> None:
+        """A session `reach` was handed to is gone: a reach no session holds goes at once. Kept, each would be
+        checked against every new shape (of its region) until evicted, as miners come back with other
+        capabilities (labels, drivers) and leave; a miner back with the same ones has it rebuilt."""
+        if not reach.live:
+            return
+        reach.holders -= 1
+        if reach.holders <= 0:
+            self._evict(reach)
 
     def _evict(self, reach: Reach) -> None:
         reach.live = False

@@ -136,6 +136,7 @@ class UndoFailedCommits:
         if self.jobs.get(job.job_id) is not job:
             return
         del self.jobs[job.job_id]
+        self._refusals.pop(job.job_id, None)
         self.queues.discard(job)
         session = self.by_miner.get(job.miner_id)  # assigned in the same unit: the miner never heard of it
         if session is not None and session.held.pop(job.job_id, None) is not None:
@@ -152,6 +153,7 @@ class UndoFailedCommits:
         if self.jobs.get(job.job_id) is not job:
             return False  # already taken out (a later unit built on the same failed one)
         del self.jobs[job.job_id]
+        self._refusals.pop(job.job_id, None)  # (read back, it may be offered to them at once)
         self.queues.discard(job)  # counted out: the queues skip it
         holder = self.by_miner.get(job.miner_id)  # as memory has it
         kept_attempt = -1  # the attempt holder runs, if it holds the job

@@ -11,6 +11,7 @@ import pytest
 from coordinator.domain import matching
 from coordinator.domain.model import Capabilities, Constraints, Gpu
 from coordinator.scheduler import engine, queues
+from coordinator.scheduler.pending import Pending
 from coordinator.scheduler.queues import ReadyQueues
 from coordinator.scheduler.sessions import Session
 from tests.unit.test_price_shapes import fill, scheduler_with
@@ -141,3 +142,36 @@ def test_a_submit_checks_each_capability_set_once_not_each_idle_miner(checks: li
     us = job("us", constraints=Constraints(region="us"))
     assert s._pick_session(us) is first
     assert s._pick_session(us, exclude=first) is not None
+
+
+def test_the_reaches_of_miners_gone_are_dropped(checks: list[Constraints]) -> None:
+    """Miners come and go with capabilities of their own (a host label, say): once they are gone, a new
+    constraint set is checked against none of theirs (128 were kept, and checked against every new shape)."""
+    s, _ = scheduler_with("1", slots=1)
+    gone = []
+    for i in range(200):
+        caps = Capabilities(region="eu", price="1", labels=(("host", f"h{i}"),))
+        session, _, _ = s.open_session(f"m{i}", caps, "stream", [])
+        assert session.reach is not None  # (its first fill gave it one)
+        gone.append(session)
+    for session in gone:
+        s._close(session, Pending(), "STREAM_CLOSED", requeue=True)
+    assert s.queues.reaches == {} and s.queues.reaches_in == {}
+    checks.clear()
+    s.queues.push(job("new", constraints=Constraints(gpu="a100")))
+    assert checks == []
+
+
+def test_a_reach_two_sessions_share_stays_while_one_of_them_is_open() -> None:
+    s, _ = scheduler_with("1", slots=1)
+    caps = Capabilities(region="eu", price="1", labels=(("pool", "a"),))
+    first, _, _ = s.open_session("m1", caps, "stream", [])
+    second, _, _ = s.open_session("m2", caps, "stream", [])
+    shared = first.reach
+    assert shared is not None and second.reach is shared
+    s._close(first, Pending(), "STREAM_CLOSED", requeue=True)
+    assert shared.live and s.queues.reaches == {shared.key: shared}
+    s.queues.push(job("later", constraints=Constraints(region="eu")))
+    assert fill(s, second) == ["later"]  # it still sees new shapes
+    s._close(second, Pending(), "STREAM_CLOSED", requeue=True)
+    assert not shared.live and s.queues.reaches == {}

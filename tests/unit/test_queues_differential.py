@@ -10,7 +10,10 @@ first queued job arrives (with none before), goes to the end when served, and is
 queued job. Jobs that left QUEUED unannounced are skipped, and counted out when reached.
 
 Miners pop either through their capabilities' reach (the shapes eligible() admits, kept up to date by the
-queues, with few reaches kept so that they are evicted and rebuilt) or with an arbitrary predicate.
+queues, with few reaches kept so that they are evicted and rebuilt) or with an arbitrary predicate. Miners
+come back with other capabilities (drawn from a small pool: sessions share reaches), holding on to the reach
+they had until their next pop, as a session does, and releasing it when they go: a reach is kept while a
+miner holds it, and no longer.
 
 Checked at every step: the job popped, the counts (depth, by priority, per shape and lane), that empty
 lanes, levels and shapes are gone (the turns as the queues hold them equal the model's), that the turn
@@ -50,6 +53,19 @@ CAPS = [
 ]
 LIMITS = ["", "", "", "", "0", "1", "1.0", "1.00", "1.5", "2", "0.5", "999999999999999999.999999999"]
 PRICES = [None, Decimal(0), Decimal(1), Decimal("1.0"), Decimal("1.5"), Decimal(2), Decimal(3)]
+GPUS = [Gpu("a100", 40), Gpu("A100-SXM", 80), Gpu("rtx4090", 24), Gpu("h100", 80)]
+
+
+def random_caps(rng: random.Random) -> Capabilities:
+    """A miner's capabilities on a new connection: from a pool small enough for sessions to share them."""
+    return Capabilities(
+        region=rng.choice(("", "eu", "us", "ap")),
+        gpus=tuple(g for g in GPUS if rng.random() < 0.3),
+        cuda_version=rng.choice(("", "11.8", "12.0", "12.1")),
+        models=frozenset(m for m in ("llama", "x") if rng.random() < 0.4),
+        labels=rng.choice(((), (("tier", "gold"),), (("tier", "silver"),))),
+        price=rng.choice(("0", "1", "7")),
+    )
 
 
 class Model:
@@ -187,7 +203,8 @@ def check_reaches(q: ReadyQueues) -> None:
 def run(seed: int, ops: int = 2000) -> None:
     rng = random.Random(seed)
     q, m = ReadyQueues(reaches=rng.choice((1, 2, 3, 128))), Model()  # few kept: evicted and rebuilt
-    miners: dict[int, Reach | None] = {}  # miner (index in CAPS) -> the reach it holds, as a session does
+    # miner -> its capabilities and the reach it holds, as a session does (from its first pop)
+    miners: dict[int, tuple[Capabilities, Reach | None]] = {i: (caps, None) for i, caps in enumerate(CAPS)}
     bases = BASES[: rng.randint(1, len(BASES))]
     index = {base: i for i, base in enumerate(bases)}
     clients = [f"c{i}" for i in range(rng.randint(1, 5))]
@@ -228,11 +245,18 @@ def run(seed: int, ops: int = 2000) -> None:
             for _ in range(rng.choice((1, 1, 2))):
                 q.push(j)
                 m.push(j, shape_of[j.job_id])
+        elif r < pushing + 0.24:  # a miner back on a new connection, with other capabilities (or the same)
+            miner = rng.randrange(len(miners))
+            held = miners[miner][1]
+            if held is not None:
+                q.release(held)  # (its old session is gone)
+            miners[miner] = (random_caps(rng), None)
         elif rng.random() < 0.6:  # a miner pops through its capabilities' reach
             price = rng.choice(PRICES)
-            miner = rng.randrange(len(CAPS))
-            caps = CAPS[miner]
-            reach = miners[miner] = q.reach(caps, miners.get(miner))
+            miner = rng.randrange(len(miners))
+            caps, held = miners[miner]
+            reach = q.reach(caps, held)
+            miners[miner] = (caps, reach)
             got = q.pop_in(reach, price)
             want = m.pop({i for i, b in enumerate(bases) if eligible(b, caps)}, price)
             assert (got and got.job_id) == (want and want.job_id), (seed, step)
@@ -253,6 +277,10 @@ def run(seed: int, ops: int = 2000) -> None:
                 taken.append(got)
         m.sync()
         check_counts(q, m, index)
+        holding = [reach for _, reach in miners.values() if reach is not None and reach.live]
+        assert {key: reach.holders for key, reach in q.reaches.items()} == {
+            reach.key: holding.count(reach) for reach in holding
+        }  # a reach is kept while a miner holds it, and no longer
     while (got := q.pop_for(lambda shape: True)) is not None:
         want = m.pop(set(range(len(bases))), None)
         assert want is not None and got.job_id == want.job_id, seed
