@@ -50,7 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from .demo import run_demo
 
-        return asyncio.run(run_demo())
+        try:
+            return asyncio.run(run_demo())
+        except KeyboardInterrupt:  # Ctrl-C: the demo's coordinator was stopped, its temporary store removed
+            print("aitbc-coordinator: demo interrupted", file=sys.stderr)
+            return 130  # (the shell's code for a process ended by SIGINT)
     overrides = {
         k: v
         for k, v in (("app_host", args.host), ("app_port", args.port), ("database_url", args.database))

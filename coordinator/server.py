@@ -195,7 +195,10 @@ async def _start_on(settings: Settings, store: Store) -> Coordinator:
     )
     try:  # (before the gRPC ports: a listener bound by a server never started stays bound until the process ends)
         await observability.start()  # /metrics (METRICS_PORT) answers from here on
-    except OSError as exc:
+    except BaseException as exc:  # (a port in use, or a stop signal during start-up: nothing left listening)
+        await observability.stop()
+        if not isinstance(exc, OSError):
+            raise
         raise SettingsError(f"METRICS_HOST, METRICS_PORT: cannot listen on {settings.metrics_host}:"
                             f"{settings.metrics_port}: {exc.strerror or exc}") from None  # fmt: skip
     try:

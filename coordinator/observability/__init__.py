@@ -49,8 +49,8 @@ class Observability:
             server = MetricsServer(
                 self.metrics.registry, self.settings.metrics_host, self.settings.metrics_port
             )
+            self._server = server  # (before its start: stop() closes it even if the start is cancelled)
             self.metrics_port = await server.start()  # a port in use stops start-up here
-            self._server = server
         metrics.activate(self.metrics)
         tracing.activate(self.tracer)
 

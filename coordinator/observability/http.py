@@ -27,8 +27,13 @@ class MetricsServer:
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self) -> int:
-        self._server = await asyncio.start_server(self._handle, self.host, self.port, reuse_address=True)
+        # kept before it serves: start_server(start_serving=True) yields once after binding, and a start cancelled
+        # there (a stop signal during start-up) left the listener open, held by nobody, its port bound
+        self._server = await asyncio.start_server(
+            self._handle, self.host, self.port, reuse_address=True, start_serving=False
+        )
         self.port = self._server.sockets[0].getsockname()[1]
+        await self._server.start_serving()
         log.info("metrics on http://%s:%d/metrics", self.host, self.port,
                  extra={"event": "metrics.listen", "port": self.port})  # fmt: skip
         return self.port

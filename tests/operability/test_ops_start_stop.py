@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import socket
 import sqlite3
@@ -307,3 +308,71 @@ def test_a_sqlite_store_on_a_full_disk_is_refused_in_one_line_and_leaves_nothing
         left = sorted(p.name for p in directory.iterdir())
     refused_in_one_line(done, "full")
     assert left == ["filler"]
+
+
+def port_bound(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+async def test_a_start_stopped_as_its_metrics_listener_opens_leaves_the_port_free(tmp_path: Path) -> None:
+    """A stop signal during start-up cancels the start: cancelled in asyncio's start_server after it had bound
+    METRICS_PORT (it yields once, already serving), the listener was left open and nobody's: a retry in the
+    same process was refused 'METRICS_HOST, METRICS_PORT: cannot listen' on its own leftover."""
+    settings = make_settings(tmp_path, metrics_port=free_port())
+    starting = asyncio.ensure_future(start(settings))
+    loop = asyncio.get_running_loop()
+
+    def stop_once_bound() -> None:  # each loop turn: the first turn the port is bound, the start is cancelled
+        if starting.done():
+            return
+        if port_bound(settings.metrics_port):
+            starting.cancel()
+        else:
+            loop.call_soon(stop_once_bound)
+
+    loop.call_soon(stop_once_bound)
+    with pytest.raises(asyncio.CancelledError):
+        await starting
+    assert not port_bound(settings.metrics_port)
+    assert sqlite_files(tmp_path) == []
+    coordinator = await start(settings)
+    await coordinator.stop(grace=0)
+
+
+async def test_a_start_stopped_during_the_store_migration_reports_no_error_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    """A stop signal while the SQLite writer migrated a new store: the start stopped cleanly, but the writer,
+    done migrating, set the start's cancelled wait, and asyncio logged 'Exception in callback
+    Future.set_result(None) ... InvalidStateError' with a traceback."""
+    loop = asyncio.get_running_loop()
+    errors: list[dict] = []
+    loop.set_exception_handler(lambda _, context: errors.append(context))
+    starting = asyncio.ensure_future(start(make_settings(tmp_path)))
+
+    class StopAtFirstMigration(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:  # (in the writer thread)
+            if record.getMessage() == "store migrated to schema version 1":
+                loop.call_soon_threadsafe(starting.cancel)
+
+    store_log = logging.getLogger("coordinator.store.sqlite")
+    handler = StopAtFirstMigration()
+    store_log.addHandler(handler)
+    level = store_log.level
+    store_log.setLevel(logging.INFO)
+    try:
+        with pytest.raises(asyncio.CancelledError):
+            await starting
+        for _ in range(3):  # (the writer's last callbacks, queued as it ended)
+            await asyncio.sleep(0)
+    finally:
+        store_log.removeHandler(handler)
+        store_log.setLevel(level)
+        loop.set_exception_handler(None)
+    assert errors == []
+    assert sqlite_files(tmp_path) == []
