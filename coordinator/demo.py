@@ -9,8 +9,8 @@ from pathlib import Path
 
 from aitbc.client import Client
 from aitbc.coordinator.v1 import job_pb2
-from aitbc.miner import Miner, Outcome, probe_capabilities
-from aitbc.receipts import KeySet, Policy, Signer, verify_bundle
+from aitbc.miner import Miner, Outcome, job_input, probe_capabilities
+from aitbc.receipts import KeySet, Policy, Signer, canonical_struct, verify_bundle
 from google.protobuf.json_format import MessageToDict
 
 from .config import ApiKeyEntry, Settings
@@ -25,7 +25,7 @@ JOBS = [
 
 async def demo_runner(job: job_pb2.Job) -> Outcome:
     await asyncio.sleep(0.05)  # stands in for real work
-    data = MessageToDict(job.payload)
+    data = job_input(job)  # the JSON as the client sent it: 20 stays 20
     if "values" in data:
         return Outcome({"sum": sum(data["values"])}, units="0.05", unit_type="gpu_seconds")
     return Outcome({"echo": data, "model": "demo"}, units="0.05", unit_type="gpu_seconds")
@@ -70,7 +70,10 @@ async def run_demo() -> int:
                 for job, watch in zip(jobs, watches, strict=True):
                     print(f"job {job.job_id}: {' -> '.join(await watch)}")
                     result = await client.result(job.job_id)
-                    print(f"  result from {result.result.miner_id}: {MessageToDict(result.result.result)}")
+                    shown = canonical_struct(
+                        MessageToDict(result.result.result)
+                    ).decode()  # (as JSON, 6 not 6.0)
+                    print(f"  result from {result.result.miner_id}: {shown}")
                 keys = KeySet.load(await client.signing_keys())
                 for job in jobs:
                     bundle = await client.bundle(job.job_id)
