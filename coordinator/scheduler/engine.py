@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from ..domain import states
 from ..domain.clock import MICROS, now_us
-from ..domain.errors import CoordinatorError, Kind, job_not_found
+from ..domain.errors import CoordinatorError, Kind, invalid, job_not_found
 from ..domain.ids import uuid7
 from ..domain.matching import eligible, split_price
 from ..domain.model import Capabilities, Constraints, Event, Job, JobResult, JobState, PayloadKind
@@ -520,14 +520,21 @@ class Scheduler(UndoFailedCommits):
             raise CoordinatorError(Kind.NOT_FOUND, "RESULT_NOT_FOUND", f"job {job_id} has no stored result")
         return job, result
 
-    async def watch(self, job_id: str, client_id: str | None) -> AsyncIterator[tuple[Job, Event | None]]:
-        """The job now, then after each change, ending after the terminal state."""
+    async def watch(
+        self, job_id: str, client_id: str | None, after: int = 0
+    ) -> AsyncIterator[tuple[Job, Event | None]]:
+        """The job now, then after each change, ending after the terminal state. Resuming a cut watch (after: the
+        sequence of the last change it saw), the stored changes since take the place of the first snapshot."""
         q: asyncio.Queue = asyncio.Queue()
         self.watchers.setdefault(job_id, set()).add(q)
         try:
             job = await self.get_job(job_id, client_id)
             snapshot = dataclasses.replace(job)
-            yield snapshot, None
+            if after:
+                for missed in await self._events_after(snapshot, after):
+                    yield snapshot, missed
+            else:
+                yield snapshot, None
             if snapshot.state.terminal:  # not the live job: it may have finished while the snapshot was sent,
                 return  # and then its terminal event waits in q
             seen = snapshot.event_seq
@@ -544,6 +551,15 @@ class Scheduler(UndoFailedCommits):
                 queues.discard(q)
                 if not queues:
                     del self.watchers[job_id]
+
+    async def _events_after(self, snapshot: Job, after: int) -> list[Event]:
+        """The job's stored changes after sequence `after` up to the snapshot's (all committed: the snapshot is of
+        the job as stored); the live ones follow from the watch."""
+        if after > snapshot.event_seq:
+            raise invalid("after_sequence is past the job's last change",
+                          [("after_sequence", f"at most {snapshot.event_seq}")])  # fmt: skip
+        events = await self.store.get_events(snapshot.job_id)
+        return [e for e in events if after < e.sequence <= snapshot.event_seq]
 
     async def cancel(self, job_id: str, client_id: str | None, reason: str) -> Job:
         job = self.jobs.get(job_id)

@@ -194,22 +194,8 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
 
     async def WatchJob(self, request: pb.WatchJobRequest, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
         check_id("job_id", request.job_id)
-        after = request.after_sequence
-        async for job, event in self.scheduler.watch(request.job_id, identity().name):
-            if event is None and after:  # a resumed watch: what it missed, not the snapshot
-                for missed in await self.events_between(job, after):
-                    yield watch_message(job, missed)
-            elif event is None or event.sequence > after:
-                yield watch_message(job, event)
-
-    async def events_between(self, snapshot: Job, after: int) -> list[Event]:
-        """The job's stored events after sequence `after` up to the snapshot's (all committed: the snapshot is
-        of the job as stored). The live ones come after, from the watch."""
-        if after > snapshot.event_seq:
-            raise invalid("after_sequence is past the job's last change",
-                          [("after_sequence", f"at most {snapshot.event_seq}")])  # fmt: skip
-        events = await self.scheduler.store.get_events(snapshot.job_id)
-        return [e for e in events if after < e.sequence <= snapshot.event_seq]
+        async for job, event in self.scheduler.watch(request.job_id, identity().name, request.after_sequence):
+            yield watch_message(job, event)
 
     async def QuoteCost(
         self, request: pb.QuoteCostRequest, context: grpc.aio.ServicerContext
