@@ -1256,19 +1256,15 @@ class Scheduler(UndoFailedCommits):
         want = session.free if limit is None else min(limit, session.free)
         batch: list[AssignmentOut] = []
         reach = session.reach = self.queues.reach(session.caps, session.reach)  # its shapes, no others
-        refused: list[Job] = []  # jobs the miner rejected, in their pause: back in the queues for others
+        # jobs the miner rejected, in their pause, are passed over: left in their place for other miners
+        refused = functools.partial(self._refuses, miner_id=session.miner_id, now=now) if self._refusals else None
         while len(batch) < want:
-            job = self.queues.pop_in(reach, session.price)
+            job = self.queues.pop_in(reach, session.price, refused)
             if job is None:
                 break
-            if self._refusals and self._refuses(job, session.miner_id, now):
-                refused.append(job)
-                continue
             out = self._assign(job, session, pending, now)
             pending.sends.pop()  # merged into one message below
             batch.append(out)
-        for job in refused:  # (at the end of their lanes: they were this miner's turn)
-            self.queues.push(job)
         if batch:
             pending.sends.append((session, batch))
 

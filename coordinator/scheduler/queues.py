@@ -10,7 +10,8 @@ used goes), as clients choose the constraint sets and miners their capabilities,
 goes at once (each kept is checked against every new shape). Within a shape and
 priority each client has a lane, a FIFO indexed by price limit: the oldest job a miner at unit price p may
 take is found in O(1) when the lane's first job is within p, in O(log n) otherwise (a lane without limits
-keeps no index).
+keeps no index). A pop may pass over given jobs (a miner's own refusals, in their pause): they keep their place
+in their lane and their client its turn, for every other miner.
 
 Clients take turns, so one client's flood cannot starve another's jobs. A client takes its place at the end
 of the turn when its first queued job arrives (having none before), goes to the end each time it is served,
@@ -36,6 +37,7 @@ from ..domain.model import Capabilities, Constraints, Gpu, Job, JobState
 _NO_LIMIT = Decimal("Infinity")  # a job without a price limit: any miner's price is within it
 _GONE = Decimal("-Infinity")  # the limit of an entry taken out: no price is within it
 _ANY_PRICE = Decimal(-1)  # below every limit (limits are non-negative): a pop without a miner price
+Skip = Callable[["Job"], bool] | None  # jobs a pop passes over (see ReadyQueues.pop_for)
 
 
 class _Lane:
@@ -79,7 +81,32 @@ class _Lane:
             return self.head  # the usual case: the oldest entry is within price
         if not tree[1] >= price:
             return -1
-        node = 1
+        return self._descend(1, price)
+
+    def after(self, position: int, price: Decimal) -> int:
+        """The first position after `position` holding an entry whose limit admits price, or -1."""
+        start, tree, cap = position + 1, self.tree, self.cap
+        if start >= self.end:
+            return -1
+        if tree is None:
+            jobs, end = self.jobs, self.end
+            while start < end and jobs[start] is None:
+                start += 1
+            return start if start < end else -1
+        node = start + cap
+        if tree[node] >= price:
+            return start
+        # up until a right sibling's subtree holds one, then down to its first (positions after start only)
+        while node > 1:
+            if not node & 1 and tree[node + 1] >= price:
+                return self._descend(node + 1, price)
+            node >>= 1
+        return -1
+
+    def _descend(self, node: int, price: Decimal) -> int:
+        """The first position under node (whose subtree holds one) with a limit admitting price."""
+        tree, cap = self.tree, self.cap
+        assert tree is not None
         while node < cap:
             node <<= 1
             if not tree[node] >= price:
@@ -353,29 +380,35 @@ class ReadyQueues:
         self.depth += step
         self.by_priority[job.priority] += step
 
-    def pop_in(self, reach: Reach, price: Decimal | None = None) -> Job | None:
+    def pop_in(self, reach: Reach, price: Decimal | None = None, passed_over: Skip = None) -> Job | None:
         """Remove and return the best job for a miner with reach (see `reach`) at unit price `price` (None:
         any job, whatever its limit), or None: `pop_for` over the shapes it is eligible for, found without
         looking at any other."""
         self._pops += 1
         reach.used = self._pops
-        return self._pop(list(reach.shapes), price)  # (a shape left empty by a skipped job goes meanwhile)
+        # (a shape left empty by a skipped job goes meanwhile)
+        return self._pop(list(reach.shapes), price, passed_over)
 
-    def pop_for(self, eligible: Callable[[Shape], bool], price: Decimal | None = None) -> Job | None:
+    def pop_for(
+        self, eligible: Callable[[Shape], bool], price: Decimal | None = None, passed_over: Skip = None
+    ) -> Job | None:
         """Remove and return the best job for a miner at unit price `price` (None: any job, whatever its
         limit) among the shapes it is eligible for (`eligible` sees a shape's constraints without the price
         limit; every shape is asked), or None. Best: highest priority, then the client earliest in turn, then
         the oldest; within a shape and priority, the first client in the level's turn with a job within
-        price (its oldest such job)."""
-        return self._pop([shape for shape in self.shapes.values() if eligible(shape)], price)
+        price (its oldest such job).
 
-    def _pop(self, shapes: list[Shape], price: Decimal | None) -> Job | None:
+        Jobs for which `passed_over` is true (a miner's own refusals, in their pause) are not this miner's:
+        they keep their place in their lane and their client its turn, as if they were not there."""
+        return self._pop([shape for shape in self.shapes.values() if eligible(shape)], price, passed_over)
+
+    def _pop(self, shapes: list[Shape], price: Decimal | None, passed_over: Skip) -> Job | None:
         p = _ANY_PRICE if price is None else price
         best: tuple[_Lane, int] | None = None
         best_key: tuple[int, int, str] | None = None
         served = self.served
         for shape in shapes:
-            found = self._shape_head(shape, p, None if best_key is None else -best_key[0])
+            found = self._shape_head(shape, p, None if best_key is None else -best_key[0], passed_over)
             if found is None:
                 continue
             lane, position = found
@@ -393,7 +426,9 @@ class ReadyQueues:
             self.served[job.client_id] = self._ticks
         return job
 
-    def _shape_head(self, shape: Shape, price: Decimal, floor: int | None) -> tuple[_Lane, int] | None:
+    def _shape_head(
+        self, shape: Shape, price: Decimal, floor: int | None, passed_over: Skip
+    ) -> tuple[_Lane, int] | None:
         """The job of shape a miner at price takes next, as (lane, position): at the highest priority (not
         below floor) with one within price, the first client in turn that has one."""
         levels = shape.levels
@@ -401,11 +436,11 @@ class ReadyQueues:
             if floor is not None and priority < floor:
                 return None  # lower priorities cannot win
             level = levels.get(priority)  # (a level left with skipped jobs only goes meanwhile)
-            if level is not None and (found := self._level_head(level, price)) is not None:
+            if level is not None and (found := self._level_head(level, price, passed_over)) is not None:
                 return found
         return None
 
-    def _level_head(self, level: _Level, price: Decimal) -> tuple[_Lane, int] | None:
+    def _level_head(self, level: _Level, price: Decimal, passed_over: Skip) -> tuple[_Lane, int] | None:
         """The first client in level's turn with a queued job within price: its lane and that job's position."""
         turn, clients, served = level.turn, level.clients, self.served
         passed = []  # clients with no job within price, taken off the heap meanwhile
@@ -419,7 +454,7 @@ class ReadyQueues:
             if now > place:  # served since the entry was made: at the end now
                 heapq.heapreplace(turn, (now, joined, lane))
                 continue
-            position = self._first_ready(lane, price)  # (skipped jobs may leave the lane gone)
+            position = self._first_ready(lane, price, passed_over)  # (skipped jobs may leave the lane gone)
             if position >= 0:
                 found = lane, position
                 break
@@ -433,15 +468,19 @@ class ReadyQueues:
         """level's clients in turn (for inspection: the scheduler never sorts a turn)."""
         return sorted(level.clients, key=lambda c: max(level.clients[c].joined, self.served[c]))
 
-    def _first_ready(self, lane: _Lane, price: Decimal) -> int:
-        """The lane's first position holding a queued job within price, or -1; skipped entries go."""
-        while (position := lane.first(price)) >= 0:
+    def _first_ready(self, lane: _Lane, price: Decimal, passed_over: Skip) -> int:
+        """The lane's first position holding a queued job within price and not passed over, or -1; skipped
+        entries go."""
+        position = lane.first(price)
+        while position >= 0:
             job = lane.jobs[position]
             assert job is not None
-            if _ready(job):
+            if not _ready(job):
+                lane.take(position)
+                self.discard(job)  # counted out already, unless it left unannounced
+            elif passed_over is None or not passed_over(job):
                 return position
-            lane.take(position)
-            self.discard(job)  # counted out already, unless it left unannounced
+            position = lane.after(position, price)
         return -1
 
     def depth_by_priority(self) -> dict[int, int]:

@@ -129,10 +129,12 @@ class Model:
                     self._out(j)
         self.entries = kept
 
-    def pop(self, shapes: set[int], price: Decimal | None) -> Job | None:
+    def pop(self, shapes: set[int], price: Decimal | None, passed_over: set[str] = frozenset()) -> Job | None:
         firsts: dict[tuple[int, int], dict[str, Job]] = {}  # (shape, priority) -> client -> its first job
         for number, j in self.entries:
             if self.counted.get(j.job_id) != number or j.state is not JobState.QUEUED:
+                continue
+            if j.job_id in passed_over:  # as if it were not there
                 continue
             shape, priority, client = self.keys[j.job_id]
             limit = self.limits[j.job_id]
@@ -162,6 +164,13 @@ class Model:
                 order.remove(j.client_id)
                 order.append(j.client_id)
         return j
+
+
+def refusals(rng: random.Random, jobs: list[Job]) -> set[str]:
+    """Jobs a popping miner rejected, in their pause (passed over), for a third of the pops: none otherwise."""
+    if rng.random() < 2 / 3:
+        return set()
+    return {j.job_id for j in jobs if j.state is JobState.QUEUED and rng.random() < 0.3}
 
 
 def check_counts(q: ReadyQueues, m: Model, index: dict[Constraints, int]) -> None:
@@ -257,8 +266,9 @@ def run(seed: int, ops: int = 2000) -> None:
             caps, held = miners[miner]
             reach = q.reach(caps, held)
             miners[miner] = (caps, reach)
-            got = q.pop_in(reach, price)
-            want = m.pop({i for i, b in enumerate(bases) if eligible(b, caps)}, price)
+            refused = refusals(rng, jobs)
+            got = q.pop_in(reach, price, (lambda j: j.job_id in refused) if refused else None)  # noqa: B023
+            want = m.pop({i for i, b in enumerate(bases) if eligible(b, caps)}, price, refused)
             assert (got and got.job_id) == (want and want.job_id), (seed, step)
             if got is not None:
                 assert not got.in_queue
@@ -268,8 +278,10 @@ def run(seed: int, ops: int = 2000) -> None:
             price = rng.choice(PRICES)
             allowed = {i for i in range(len(bases)) if rng.random() < 0.75}
             fits = {bases[i] for i in allowed}
-            got = q.pop_for(lambda shape: shape.constraints in fits, price)  # noqa: B023
-            want = m.pop(allowed, price)
+            refused = refusals(rng, jobs)
+            passed_over = (lambda j: j.job_id in refused) if refused else None  # noqa: B023
+            got = q.pop_for(lambda shape: shape.constraints in fits, price, passed_over)  # noqa: B023
+            want = m.pop(allowed, price, refused)
             assert (got and got.job_id) == (want and want.job_id), (seed, step)
             if got is not None:
                 assert not got.in_queue

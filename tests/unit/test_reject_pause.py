@@ -44,3 +44,36 @@ def test_a_miner_is_offered_a_job_it_rejected_again_once_its_pause_is_over() -> 
     s._fill(session, pending, until)
     assert [out.job.job_id for _, batch in pending.sends for out in batch] == ["j0"]  # type: ignore[union-attr]
     assert s._refused(refused, session.miner_id, until) - until == 2 * until  # its second: twice as long
+
+
+def other_miner(slots: int) -> Session:
+    return Session(session_id="s1", miner_id="m1", caps=Capabilities(price="1", region="eu", slots=slots),
+                   transport="stream", connected_us=0)  # fmt: skip
+
+
+def queued(s, *jobs) -> None:  # type: ignore[no-untyped-def]
+    for j in jobs:
+        s.jobs[j.job_id] = j
+        s.queues.push(j)
+
+
+def test_a_job_passed_over_keeps_its_place_for_other_miners() -> None:
+    # It went to the end of its client's lane each time its miner filled during the pause: behind every job
+    # the client submitted after it, for every other miner (FIFO lost, over and over, while the pause lasts).
+    s, session = scheduler_with("1", slots=1)
+    refused, later, last = job("a0"), job("a1"), job("a2")
+    queued(s, refused, later, last)
+    s._refused(refused, session.miner_id, 0)
+    assert fill(s, session) == ["a1"]
+    assert fill(s, other_miner(slots=2)) == ["a0", "a2"]
+
+
+def test_a_job_passed_over_does_not_cost_its_client_its_turn() -> None:
+    # Popping the refused job counted as serving its client: the rejecting miner took another client's job,
+    # and the client whose job it refused went to the end of the turn at each of that miner's fills.
+    s, session = scheduler_with("1", slots=1)
+    queued(s, job("a0", client="alice"), job("a1", client="alice"), job("b0", client="bob"),
+           job("b1", client="bob"))  # fmt: skip
+    s._refused(s.jobs["a0"], session.miner_id, 0)
+    assert fill(s, session) == ["a1"]  # alice's turn: her next job that this miner may take
+    assert fill(s, other_miner(slots=3)) == ["b0", "a0", "b1"]  # then turns alternate, a0 in its place
