@@ -1257,7 +1257,9 @@ class Scheduler(UndoFailedCommits):
         batch: list[AssignmentOut] = []
         reach = session.reach = self.queues.reach(session.caps, session.reach)  # its shapes, no others
         # jobs the miner rejected, in their pause, are passed over: left in their place for other miners
-        refused = functools.partial(self._refuses, miner_id=session.miner_id, now=now) if self._refusals else None
+        refused = (
+            functools.partial(self._refuses, miner_id=session.miner_id, now=now) if self._refusals else None
+        )
         while len(batch) < want:
             job = self.queues.pop_in(reach, session.price, refused)
             if job is None:
