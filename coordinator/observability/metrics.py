@@ -44,6 +44,7 @@ STREAM_IN_TYPES = (
     "failure",
     "progress",
     "drain",
+    "capacity",
     "empty",
 )
 STREAM_OUT_TYPES = ("welcome", "assignments", "cancel", "result_ack", "drain", "go_away")

@@ -313,7 +313,7 @@ class Scheduler(UndoFailedCommits):
             session = self.by_miner.get(miner)
             returning = sum(n for _, n in others)
             if others and (
-                session is None or len(session.held) + session.reserved + returning > session.slots
+                session is None or len(session.held) + session.reserved + returning > session.offered
             ):
                 requires.update(key for key, _ in others)
         if requires:
@@ -917,6 +917,17 @@ class Scheduler(UndoFailedCommits):
 
     def progress(self, session: Session, job_id: str, attempt: int) -> None:
         self.heartbeat(session, [(job_id, attempt)])
+
+    async def offer(self, session: Session, slots: int) -> None:
+        """A stream's Capacity: the miner takes `slots` jobs at once from now on. Raised, the slots freed are
+        filled now (as after a finished job); lowered, the session leaves `available` until its jobs are fewer."""
+        session.last_seen_us = now_us()
+        if not session.offer(slots):
+            self._refresh_available(session)
+            return
+        pending = _Pending()
+        self._fill(session, pending, now_us())
+        await self._commit(pending)
 
     async def accept(self, session: Session, job_id: str, attempt: int) -> None:
         await self._unless_detached(session, job_id)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from ..domain.clock import now_us
+from ..domain.errors import invalid
 from ..domain.matching import decimal
 from ..domain.model import Capabilities, Constraints, Job
 from .queues import Reach
@@ -105,6 +106,9 @@ class Session:
     eligibility: dict[Constraints, bool] = field(default_factory=dict)
     reach: Reach | None = None  # the queue shapes it is eligible for (ReadyQueues.reach), from its first fill
     price: Decimal = field(init=False)  # caps.price as a number, for jobs' price limits
+    # jobs it takes at once now (a stream's Capacity message), at most caps.slots, the hello's count: the
+    # ceiling, kept apart so that capacity may rise again; held jobs beyond it stay (free goes below 0)
+    offered: int = field(init=False)
     outbox: asyncio.Queue = field(default_factory=asyncio.Queue)
     # unary path: what the next poll or heartbeat returns
     pending_assignments: list[AssignmentOut] = field(default_factory=list)
@@ -115,6 +119,7 @@ class Session:
 
     def __post_init__(self) -> None:
         self.price = decimal(self.caps.price)
+        self.offered = self.caps.slots
 
     @contextlib.contextmanager
     def handling_one(self) -> Iterator[None]:
@@ -139,11 +144,22 @@ class Session:
 
     @property
     def slots(self) -> int:
+        """The hello's count: the most it may offer."""
         return self.caps.slots
 
     @property
     def free(self) -> int:
-        return self.caps.slots - len(self.held) - self.reserved
+        return self.offered - len(self.held) - self.reserved
+
+    def offer(self, slots: int) -> bool:
+        """Take `slots` jobs at once from now on (0 to the hello's count; 0: none new, not a drain). Returns
+        whether slots were freed (the caller fills them now, as after a finished job)."""
+        if slots > self.caps.slots:
+            raise invalid(f"capacity.slots is {slots}; this stream's hello offered {self.caps.slots} at most",
+                          [("capacity.slots", f"0 to {self.caps.slots} (the hello's slots)")])  # fmt: skip
+        raised = slots > self.offered
+        self.offered = slots
+        return raised
 
     @property
     def takes_work(self) -> bool:

@@ -40,7 +40,7 @@ def miner_info(s: Session) -> pb.MinerInfo:
     return pb.MinerInfo(
         miner_id=s.miner_id, session_id=s.session_id, transport=s.transport, status=status,
         capabilities=capabilities_message(s.caps), running_jobs=len(s.held) + s.reserved, connected_at=timestamp(s.connected_us),
-        last_seen_at=timestamp(s.last_seen_us), completed=s.completed, failed=s.failed,
+        last_seen_at=timestamp(s.last_seen_us), completed=s.completed, failed=s.failed, offered_slots=s.offered,
     )  # fmt: skip
 
 

@@ -32,7 +32,8 @@ def welcome(session: Session, kept: list[tuple[str, int]], heartbeat_s: float, l
             limits: Limits) -> pb.Welcome:  # fmt: skip
     msg = pb.Welcome(session_id=session.session_id, miner_id=session.miner_id,
                      resumed_jobs=[pb.RunningJob(job_id=j, attempt=a) for j, a in kept],
-                     max_result_bytes=limits.max_result_bytes, max_message_bytes=limits.max_message_bytes)  # fmt: skip
+                     max_result_bytes=limits.max_result_bytes, max_message_bytes=limits.max_message_bytes,
+                     capacity_updates=session.transport == "stream")  # (unary: PollJob's max_jobs asks)  # fmt: skip
     msg.heartbeat_interval.FromMilliseconds(int(heartbeat_s * 1000))
     msg.lease_duration.FromMilliseconds(int(lease_s * 1000))
     return msg
@@ -281,6 +282,8 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
             s.progress(session, req.progress.job_id, req.progress.attempt)
         elif kind == "drain":
             s.drain(session, "MINER_REQUESTED")
+        elif kind == "capacity":
+            await s.offer(session, req.capacity.slots)
         elif kind == "hello":
             raise CoordinatorError(
                 Kind.FAILED_PRECONDITION, "HELLO_REPEATED", "hello is sent once per stream"

@@ -1,10 +1,11 @@
 """A python callable stuck for good, its job canceled (its execution timeout): the thread runs on, and the slot it
 holds is not free. The SDK miner never runs more callables than its slots: it offers the coordinator the slots
-it has left (a new stream whose hello says so), all of them again once the callable returns, and, with every
+it has left (a Capacity message on its live stream), all of them again once the callable returns, and, with every
 slot stuck, drains and ends with RunnersStuck (`aitbc miner run` exits 1) for a supervisor to start it again.
 (Review round 28: the slot counted free at the cancel; the coordinator filled it, and a miner of 2 slots ran 3
-callables, then 4, as more got stuck.) Review round 32: the switches between streams (a reject with no stream, a
-callable returning before a welcome, many returning at once, a go-away read while switching)."""
+callables, then 4, as more got stuck.) Review round 32: a reject with no stream, many runners returning at once;
+and (capacity on the live stream, which replaced a new stream per change) a stuck runner across a reconnect.
+More in test_miner_capacity.py."""
 
 from __future__ import annotations
 
@@ -15,10 +16,10 @@ from typing import Any
 
 import pytest
 from aitbc.miner import RunnersStuck, echo_runner, python_runner
-from coord_support import COMPLETED, FAILED, Harness, eventually, sdk_miner
+from coord_support import COMPLETED, FAILED, QUEUED, Harness, eventually, sdk_miner
 from test_miner_sdk_backoff import waits
 
-from tests.tcp_relay import DOWN, Link, Relay
+from tests.tcp_relay import Relay
 
 
 class Callables:
@@ -43,9 +44,9 @@ class Callables:
 
 
 async def offers(coord: Harness, slots: int) -> bool:
-    """Whether miner-00 is online offering `slots` slots (ListMiners)."""
+    """Whether miner-00 is online offering `slots` slots (ListMiners; its hello's count stays its ceiling)."""
     info = (await coord.admin().miners()).get("miner-00")
-    return info is not None and info.status == 1 and info.capabilities.slots == slots  # (1: ONLINE)
+    return info is not None and info.status == 1 and info.offered_slots == slots  # (1: ONLINE)
 
 
 @pytest.mark.coordinator(lease_seconds=30.0, heartbeat_timeout_seconds=5.0, reconnect_grace_seconds=30.0)
@@ -92,7 +93,7 @@ async def test_a_miner_whose_every_slot_is_stuck_drains_and_ends_for_a_restart(c
         assert coord.db.job_state(later.job_id) in (
             1,
             2,
-        )  # QUEUED, or held (ASSIGNED) until its lease: never run
+        )  # QUEUED (the miner offering no slot), or held (ASSIGNED) until its lease: never run
     finally:
         calls.release.set()
         calls.go.set()
@@ -142,49 +143,42 @@ async def test_a_job_rejected_for_a_stuck_slot_between_streams_keeps_its_attempt
         await relay.close()
 
 
-class HoldingDown(Relay):
-    """A relay that holds back what the coordinator sends (its welcomes, the ends of streams) while `down` is
-    clear; what the miner sends flows."""
-
-    def __init__(self, host: str, port: int) -> None:
-        super().__init__(host, port)
-        self.down = asyncio.Event()
-        self.down.set()
-
-    async def passing(self, link: Link, direction: str, data: bytes) -> bytes | None:
-        if direction == DOWN:
-            await self.down.wait()
-        return data
-
-
 @pytest.mark.coordinator(lease_seconds=30.0, heartbeat_timeout_seconds=30.0, reconnect_grace_seconds=30.0)
-async def test_a_callable_returning_while_a_welcome_is_awaited_gets_its_slot_offered_again(
-    coord: Harness,
+async def test_a_callable_stuck_across_a_reconnect_is_offered_less_on_the_new_stream_and_then_all(
+    coord: Harness, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The stuck callable returns after the miner sent a hello offering fewer slots, before that stream's
-    welcome: the miner offers all its slots again (one more stream). (Review round 32: a stream whose welcome
-    had not come yet could not be ended to offer other slots, and the miner offered fewer for good.)"""
+    """The stream ends (here a go-away: another session of the miner) while a callable is stuck: the new hello
+    offers every slot (its count is the stream's ceiling), a Capacity right after its welcome offers those
+    left, and once the callable returns, all again on that stream, with no other stream."""
+    caplog.set_level(logging.INFO, logger="aitbc.miner")
     calls = Callables()
     alice = coord.client("alice")
-    relay = HoldingDown("127.0.0.1", coord.coordinator.port)
-    await relay.start()
-    miner = sdk_miner(f"127.0.0.1:{relay.port}", python_runner(calls), slots=2)
+    miner = sdk_miner(coord.address, python_runner(calls), slots=2)
     coord.run_miner(miner)
     try:
         await eventually(lambda: miner.connects == 1)
         stuck = await alice.submit({"stuck": True}, max_attempts=1, execution_timeout_s=1.0)
         assert (await coord.finished(alice, stuck.job_id)).state == FAILED  # canceled; its thread runs on
-        relay.down.clear()  # the end of this stream, and the next one's welcome, held back
-        await eventually(lambda: offers(coord, 1), within=15.0, what="the hello offering 1 slot")
+        await eventually(lambda: offers(coord, 1), what="the miner offering 1 slot")
+        hand = await coord.stream_miner("miner-00", slots=1)  # replaces it: go-away SESSION_REPLACED, 1 s
+        await eventually(lambda: waits(caplog), what="the stream's end")
+        assert waits(caplog)[0][0] == "SESSION_REPLACED" and waits(caplog)[0][1] >= 1.0, waits(caplog)
+        await eventually(lambda: miner.connects == 2, within=10.0, what="the miner's next stream")
+        await hand.close()
+        await eventually(lambda: offers(coord, 1), what="the new stream offering 1 slot")
+        info = (await coord.admin().miners())["miner-00"]
+        assert (info.session_id, info.capabilities.slots) == (miner.session_id, 2)
+        queued = [await alice.submit({"n": n}, max_attempts=1) for n in range(2)]
         calls.release.set()
-        await eventually(lambda: not miner._canceled, what="the stuck callable returned")
-        relay.down.set()
-        await eventually(lambda: offers(coord, 2), within=15.0, what="the miner offering 2 slots again")
+        await eventually(lambda: offers(coord, 2), what="the miner offering 2 slots again")
+        calls.go.set()
+        for job in queued:
+            done = await coord.finished(alice, job.job_id)
+            assert (done.state, done.attempt) == (COMPLETED, 1), (done.terminal_reason, done.terminal_message)
+        assert miner.connects == 2 and calls.peak == 2
     finally:
-        relay.down.set()
         calls.release.set()
         calls.go.set()
-        await relay.close()
 
 
 class OneByOne(Callables):
@@ -211,10 +205,10 @@ class OneByOne(Callables):
 
 
 @pytest.mark.coordinator(lease_seconds=30.0, heartbeat_timeout_seconds=30.0, reconnect_grace_seconds=30.0)
-async def test_stuck_callables_returning_one_after_another_do_not_open_a_stream_each(coord: Harness) -> None:
-    """Eight canceled callables return one after another, within moments: the miner opens a stream to offer
-    its slots again at most once a second, not once per callable (review round 32: a stream each, so a mass
-    cancel on a miner of many slots opened as many streams, each a new session for the coordinator)."""
+async def test_stuck_callables_returning_one_after_another_keep_one_stream(coord: Harness) -> None:
+    """Eight canceled callables return one after another, within moments: the miner offers its slots again on
+    the same stream, ending at all 8 (review round 32: a stream each, so a mass cancel on a miner of many slots
+    opened as many streams, each a new session for the coordinator; then one a second at most)."""
     calls = OneByOne()
     alice = coord.client("alice")
     miner = sdk_miner(coord.address, python_runner(calls), slots=8)
@@ -226,48 +220,19 @@ async def test_stuck_callables_returning_one_after_another_do_not_open_a_stream_
         ]
         for job in stuck:
             assert (await coord.finished(alice, job.job_id)).state == FAILED  # canceled; its thread runs on
-        await eventually(lambda: offers(coord, 1), within=15.0, what="the miner offering 1 slot")
-        before = miner.connects
+        await eventually(lambda: offers(coord, 0), within=15.0, what="the miner offering no slot")
+        queued = await alice.submit({"n": 1}, max_attempts=1)
+        assert coord.db.job_state(queued.job_id) == QUEUED
         for left in range(7, -1, -1):
             calls.release_one()
             await eventually(lambda left=left: len(miner._canceled) == left, what=f"{left} callables stuck")
         await eventually(lambda: offers(coord, 8), within=15.0, what="the miner offering 8 slots again")
-        assert miner.connects - before <= 3, f"{miner.connects - before} streams for 8 callables returning"
+        assert miner.connects == 1, f"{miner.connects} streams for 8 callables returning"
+        calls.go.set()
+        done = await coord.finished(alice, queued.job_id)
+        assert (done.state, done.attempt) == (COMPLETED, 1), (done.terminal_reason, done.terminal_message)
     finally:
         for _ in range(8):
             calls.release_one()
         calls.release.set()
         calls.go.set()
-
-
-@pytest.mark.coordinator(lease_seconds=30.0, heartbeat_timeout_seconds=30.0, reconnect_grace_seconds=30.0)
-async def test_a_go_away_read_while_switching_streams_is_obeyed(
-    coord: Harness, caplog: pytest.LogCaptureFixture
-) -> None:
-    """A go-away the coordinator sent as the miner began ending its stream to offer other slots: its
-    reconnect_after is waited, as after any go-away (review round 32: the switch's "reconnect now" won)."""
-    caplog.set_level(logging.INFO, logger="aitbc.miner")
-    calls = Callables()
-    alice = coord.client("alice")
-    relay = HoldingDown("127.0.0.1", coord.coordinator.port)
-    await relay.start()
-    miner = sdk_miner(f"127.0.0.1:{relay.port}", python_runner(calls), slots=2)
-    coord.run_miner(miner)
-    try:
-        await eventually(lambda: miner.connects == 1)
-        stuck = await alice.submit({"stuck": True}, max_attempts=1, execution_timeout_s=1.0)
-        assert (await coord.finished(alice, stuck.job_id)).state == FAILED  # canceled; its thread runs on
-        relay.down.clear()
-        await coord.stream_miner(
-            "miner-00"
-        )  # replaces the SDK miner's session: go-away SESSION_REPLACED, 1 s
-        await eventually(lambda: any("offering 1 of 2" in r.getMessage() for r in caplog.records),
-                         what="the switch to offer 1 slot")  # fmt: skip
-        relay.down.set()
-        await eventually(lambda: waits(caplog), what="the stream's end")
-        assert waits(caplog)[0][0] == "SESSION_REPLACED" and waits(caplog)[0][1] >= 1.0, waits(caplog)
-    finally:
-        relay.down.set()
-        calls.release.set()
-        calls.go.set()
-        await relay.close()

@@ -453,9 +453,9 @@ class Miner:
         # jobs canceled (by the coordinator, or not resumed by a welcome) whose runner has not returned yet, with
         # when: each holds its slot (a python callable's thread runs on until it returns)
         self._canceled: dict[asyncio.Task, float] = {}
-        self._offered_slots = 0  # what the current stream's hello offered
-        self._slots_timer: asyncio.TimerHandle | None = None  # a switch held back: _slots_stream_too_young
-        self._new_stream_wanted: asyncio.Future[None] | None = None  # set: end the stream, offer other slots
+        self._offered_slots = 0  # what the coordinator was told last: the hello's slots, then Capacity
+        self._capacity_updates = False  # the current stream's welcome takes Capacity messages
+        self._capacity_waiting = False  # a Capacity is in the current stream's outbox
         self.runners_stuck = False  # every slot held by a canceled job's runner: drained, run() raises
         # jobs rejected (no free slot), by attempt, until a welcome no longer lists them: the stream a reject was
         # put on may end before the coordinator read it (or there was none); the next hello lists the job, kept
@@ -503,7 +503,9 @@ class Miner:
     def hello(self) -> miner_service_pb2.ConnectRequest:
         capabilities = miner_service_pb2.MinerCapabilities()
         capabilities.CopyFrom(self.capabilities)
-        capabilities.slots = self._offered_slots = max(1, self.slots - self._stuck_runners())
+        # every slot, always: the hello's count is the most a Capacity message may offer on the stream (fewer
+        # while runners are stuck: sent once welcomed, see _check_slots)
+        capabilities.slots = self._offered_slots = self.slots
         return miner_service_pb2.ConnectRequest(hello=miner_service_pb2.Hello(
             capabilities=capabilities, agent_version="aitbc-python-miner/0.1",
             receipt_public_key=self.signer.public_key if self.signer else b"", batched_acks=True,
@@ -657,6 +659,10 @@ class Miner:
         kept = {j.job_id for j in welcome.resumed_jobs}
         for job_id in [j for j in self.running if j not in kept]:
             self._cancel(job_id)
+        self._capacity_updates, self._capacity_waiting = welcome.capacity_updates, False
+        # runners stuck: the hello offered every slot, this offers those left; first, so that the slots the rejects
+        # and results below free are not filled beyond it
+        self._check_slots()
         self._resend(outbox)
         self._reject_again(outbox, {(j.job_id, j.attempt) for j in welcome.resumed_jobs})
         if self.draining:
@@ -664,8 +670,6 @@ class Miner:
                 miner_service_pb2.ConnectRequest(drain=miner_service_pb2.MinerDrain(reason="draining"))
             )
         interval = max(0.05, welcome.heartbeat_interval.ToMilliseconds() / 1000)
-        self._new_stream_wanted = asyncio.get_running_loop().create_future()
-        self._check_slots()  # (a runner returned, or got stuck, since the hello: it offers other slots now)
         reader = asyncio.create_task(self._read(call))
         tasks = [
             asyncio.create_task(self._send(call, outbox)),
@@ -674,16 +678,10 @@ class Miner:
             reader,
         ]
         try:
-            await asyncio.wait({reader, self._new_stream_wanted}, return_when=asyncio.FIRST_COMPLETED)
-            if reader.done():
-                return reader.result()
-            await self._close_sending(outbox, reader)
-            if reader.done() and (self._went_away or reader.exception() is not None):
-                return reader.result()  # a go-away's wait, or the stream's error, as on any stream's end
-            return "SLOTS_CHANGED", 0.0
+            return await reader
         finally:
             self._outbox = None
-            self._new_stream_wanted = None
+            self._capacity_updates = False
             for task in tasks:
                 task.cancel()
             call.cancel()
@@ -714,13 +712,6 @@ class Miner:
                 self._acked([message.result_ack])
             elif kind == "result_acks":
                 self._acked(message.result_acks.acks)
-
-    async def _close_sending(self, outbox: asyncio.Queue, reader: asyncio.Task) -> None:
-        """End this stream in order, for a new one offering other slots: what is queued (a reject, results) is
-        sent, then the coordinator, seeing the end of it, answers what it got (acks) and ends the stream. Its jobs
-        stay this miner's: the next hello lists them."""
-        outbox.put_nowait(_CLOSE_SENDING)
-        await asyncio.wait({reader}, timeout=CLOSE_SENDING_TIMEOUT_S)
 
     def _resend(self, outbox: asyncio.Queue) -> None:
         """On a new stream: the results and failure reports whose acks the last one lost, again. If one had
@@ -820,8 +811,9 @@ class Miner:
         return self.slots - len(self.running) - len(self._canceled)
 
     def _check_slots(self) -> None:
-        """Offer the coordinator the slots this miner has: fewer while canceled jobs' runners are stuck (on a new
-        stream, whose hello says so), all again once they return. With every slot stuck: drain, then end."""
+        """Offer the coordinator the slots this miner has, with a Capacity message on the live stream: fewer
+        while canceled jobs' runners are stuck (none at all with every slot stuck), all again once they return.
+        With every slot stuck for stuck_timeout_s: drain, then end."""
         if self.draining or self.stopped.is_set():
             return
         if self._stuck_runners(self.stuck_timeout_s) >= self.slots:
@@ -830,41 +822,50 @@ class Miner:
             self.runners_stuck = True
             self.drain()
             return
-        stuck = min(self._stuck_runners(), self.slots - 1)  # (one slot offered at least)
-        wanted = self._new_stream_wanted
-        if self.slots - stuck == self._offered_slots or wanted is None or wanted.done():
+        outbox = self._outbox
+        if outbox is None or not self._capacity_updates:
+            # between streams (the next welcome brings it here again), or a coordinator that takes no Capacity:
+            # an assignment finding no slot is rejected (_slot_taken), its attempt unspent
             return
-        if self._slots_stream_too_young():
-            return
-        log.warning("%d canceled jobs' runners have not returned; offering %d of %d slots",
-                    stuck, self.slots - stuck, self.slots)  # fmt: skip
-        wanted.set_result(None)
+        if not self._capacity_waiting and self._offer() != self._offered_slots:
+            # at most one waits to be sent, made as it leaves: runners returning together (a mass cancel's)
+            # make one message, not one each against the stream's message budget
+            self._capacity_waiting = True
+            outbox.put_nowait(_CAPACITY)
 
-    def _slots_stream_too_young(self) -> bool:
-        """Whether the current stream is younger than SLOTS_STREAM_MIN_S: the switch to offer other slots waits
-        for then (runners returning one after another, a mass cancel's, share one new stream, not one each)."""
-        loop = asyncio.get_running_loop()
-        wait = self._welcomed_at + SLOTS_STREAM_MIN_S - loop.time()
-        if wait <= 0:
-            return False
-        if self._slots_timer is None or self._slots_timer.when() < loop.time():
-            # (+0.01: a timer may fire a hair early)
-            self._slots_timer = loop.call_later(wait + 0.01, self._check_slots)
-        return True
+    def _offer(self) -> int:
+        """The slots to offer: those not held by a stuck runner."""
+        return self.slots - min(self._stuck_runners(), self.slots)
+
+    def _capacity_message(self) -> miner_service_pb2.ConnectRequest | None:
+        """The Capacity to send now (None: the coordinator was told this already)."""
+        self._capacity_waiting = False
+        offer = self._offer()
+        if offer == self._offered_slots:
+            return None
+        if offer < self.slots:
+            log.warning("%d canceled jobs' runners have not returned; offering %d of %d slots",
+                        self.slots - offer, offer, self.slots)  # fmt: skip
+        else:
+            log.info("the runners of canceled jobs returned; offering all %d slots again", self.slots)
+        self._offered_slots = offer
+        return miner_service_pb2.ConnectRequest(capacity=miner_service_pb2.Capacity(slots=offer))
 
     async def _slot_taken(self, job_id: str, attempt: int) -> bool:
         """Whether the job (counted in running) has a slot: if canceled jobs' runners hold the last ones (the
-        coordinator counted them free), they get STUCK_AFTER_S to return; then the job is rejected (no attempt
-        spent) and the miner offers fewer slots."""
+        coordinator counted them free), they get STUCK_AFTER_S to return; then the miner offers fewer slots and
+        the job is rejected (no attempt spent)."""
         if self._free_slots() >= 0:
             return True
         if self._canceled:
-            await asyncio.wait(set(self._canceled), timeout=STUCK_AFTER_S)
+            # (+0.01: a timer may fire a hair early, and the runners waited for must count as stuck below)
+            await asyncio.wait(set(self._canceled), timeout=STUCK_AFTER_S + 0.01)
         if self._free_slots() >= 0:
             return True
         self.running.pop(job_id, None)
-        self._reject(job_id, attempt, f"no free slot: {len(self._canceled)} canceled jobs' runners still run")
+        # the fewer slots first: read after the reject, the slot it frees would be filled with another job
         self._check_slots()
+        self._reject(job_id, attempt, f"no free slot: {len(self._canceled)} canceled jobs' runners still run")
         return False
 
     async def _execute(self, job: job_pb2.Job, attempt: int) -> None:
@@ -1053,12 +1054,16 @@ class Miner:
             ready.cancel()
 
     async def _send(self, call: Any, outbox: asyncio.Queue) -> None:
-        while (message := await outbox.get()) is not _CLOSE_SENDING:
+        while True:
+            message = await outbox.get()
             if message is _HEARTBEAT:
                 self._heartbeat_waiting = False
                 message = self._heartbeat_message()
+            elif message is _CAPACITY:
+                message = self._capacity_message()
+                if message is None:  # (back to what the coordinator was told last)
+                    continue
             await call.write(message)
-        await call.done_writing()
 
 
 RESULTS_MESSAGE_BYTES = 1 << 20  # results sent together stay under this (the coordinator's limit is 8 MiB)
@@ -1069,13 +1074,10 @@ MESSAGE_FRAMING_BYTES = 16
 # this miner's own key
 FAILED_BY_REFUSAL = {"INVALID_RESULT": False, "BAD_MINER_SIGNATURE": True}
 # a canceled job's runner not returned after this long is stuck (a python callable's thread): its slot is not
-# offered (the miner opens a new stream whose hello offers fewer), and an assignment waits no longer for it
+# offered (a Capacity message says fewer), and an assignment waits no longer for it
 STUCK_AFTER_S = 1.0
-SLOTS_STREAM_MIN_S = 1.0  # a stream lasts this long at least before a switch to offer other slots
-CLOSE_SENDING_TIMEOUT_S = 5.0  # a stream ended in order (to offer other slots): how long its end may take
-# in a stream's outbox: what was queued before it is sent, then the miner's side of the stream ends
-_CLOSE_SENDING = object()
 _HEARTBEAT = object()  # in a stream's outbox: a heartbeat, made as it is sent
+_CAPACITY = object()  # in a stream's outbox: a Capacity, made as it is sent (if the offer changed)
 MAX_STRUCT_DEPTH = 32  # how deep the coordinator takes a structured result (its default)
 MAX_RESENDS = 3  # streams ended for a message the coordinator could not take, carrying one result: dropped
 RESULTS_PER_MESSAGE = 100

@@ -114,7 +114,7 @@ class ListMinersRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class MinerInfo(_message.Message):
-    __slots__ = ("miner_id", "session_id", "transport", "status", "capabilities", "running_jobs", "connected_at", "last_seen_at", "completed", "failed", "drain_pending")
+    __slots__ = ("miner_id", "session_id", "transport", "status", "capabilities", "running_jobs", "connected_at", "last_seen_at", "completed", "failed", "drain_pending", "offered_slots")
     MINER_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     TRANSPORT_FIELD_NUMBER: _ClassVar[int]
@@ -126,6 +126,7 @@ class MinerInfo(_message.Message):
     COMPLETED_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
     DRAIN_PENDING_FIELD_NUMBER: _ClassVar[int]
+    OFFERED_SLOTS_FIELD_NUMBER: _ClassVar[int]
     miner_id: str
     session_id: str
     transport: str
@@ -137,7 +138,8 @@ class MinerInfo(_message.Message):
     completed: int
     failed: int
     drain_pending: bool
-    def __init__(self, miner_id: _Optional[str] = ..., session_id: _Optional[str] = ..., transport: _Optional[str] = ..., status: _Optional[_Union[MinerStatus, str]] = ..., capabilities: _Optional[_Union[_miner_service_pb2.MinerCapabilities, _Mapping]] = ..., running_jobs: _Optional[int] = ..., connected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed: _Optional[int] = ..., failed: _Optional[int] = ..., drain_pending: _Optional[bool] = ...) -> None: ...
+    offered_slots: int
+    def __init__(self, miner_id: _Optional[str] = ..., session_id: _Optional[str] = ..., transport: _Optional[str] = ..., status: _Optional[_Union[MinerStatus, str]] = ..., capabilities: _Optional[_Union[_miner_service_pb2.MinerCapabilities, _Mapping]] = ..., running_jobs: _Optional[int] = ..., connected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed: _Optional[int] = ..., failed: _Optional[int] = ..., drain_pending: _Optional[bool] = ..., offered_slots: _Optional[int] = ...) -> None: ...
 
 class ListMinersResponse(_message.Message):
     __slots__ = ("miners",)

@@ -72,7 +72,7 @@ class Hello(_message.Message):
     def __init__(self, capabilities: _Optional[_Union[MinerCapabilities, _Mapping]] = ..., receipt_public_key: _Optional[bytes] = ..., running_jobs: _Optional[_Iterable[_Union[RunningJob, _Mapping]]] = ..., agent_version: _Optional[str] = ..., batched_acks: _Optional[bool] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("session_id", "miner_id", "heartbeat_interval", "lease_duration", "resumed_jobs", "max_result_bytes", "max_message_bytes")
+    __slots__ = ("session_id", "miner_id", "heartbeat_interval", "lease_duration", "resumed_jobs", "max_result_bytes", "max_message_bytes", "capacity_updates")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     MINER_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
@@ -80,6 +80,7 @@ class Welcome(_message.Message):
     RESUMED_JOBS_FIELD_NUMBER: _ClassVar[int]
     MAX_RESULT_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_UPDATES_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     miner_id: str
     heartbeat_interval: _duration_pb2.Duration
@@ -87,7 +88,8 @@ class Welcome(_message.Message):
     resumed_jobs: _containers.RepeatedCompositeFieldContainer[RunningJob]
     max_result_bytes: int
     max_message_bytes: int
-    def __init__(self, session_id: _Optional[str] = ..., miner_id: _Optional[str] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., resumed_jobs: _Optional[_Iterable[_Union[RunningJob, _Mapping]]] = ..., max_result_bytes: _Optional[int] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
+    capacity_updates: bool
+    def __init__(self, session_id: _Optional[str] = ..., miner_id: _Optional[str] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., resumed_jobs: _Optional[_Iterable[_Union[RunningJob, _Mapping]]] = ..., max_result_bytes: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., capacity_updates: _Optional[bool] = ...) -> None: ...
 
 class Assignment(_message.Message):
     __slots__ = ("job", "attempt", "lease_deadline", "execution_deadline")
@@ -171,6 +173,12 @@ class MinerHeartbeat(_message.Message):
     running_jobs: _containers.RepeatedCompositeFieldContainer[RunningJob]
     def __init__(self, running_jobs: _Optional[_Iterable[_Union[RunningJob, _Mapping]]] = ...) -> None: ...
 
+class Capacity(_message.Message):
+    __slots__ = ("slots",)
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    slots: int
+    def __init__(self, slots: _Optional[int] = ...) -> None: ...
+
 class MinerDrain(_message.Message):
     __slots__ = ("reason",)
     REASON_FIELD_NUMBER: _ClassVar[int]
@@ -178,7 +186,7 @@ class MinerDrain(_message.Message):
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class ConnectRequest(_message.Message):
-    __slots__ = ("hello", "accept", "reject", "progress", "results", "failure", "heartbeat", "drain")
+    __slots__ = ("hello", "accept", "reject", "progress", "results", "failure", "heartbeat", "drain", "capacity")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     ACCEPT_FIELD_NUMBER: _ClassVar[int]
     REJECT_FIELD_NUMBER: _ClassVar[int]
@@ -187,6 +195,7 @@ class ConnectRequest(_message.Message):
     FAILURE_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     DRAIN_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     accept: Accept
     reject: Reject
@@ -195,7 +204,8 @@ class ConnectRequest(_message.Message):
     failure: Failure
     heartbeat: MinerHeartbeat
     drain: MinerDrain
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., accept: _Optional[_Union[Accept, _Mapping]] = ..., reject: _Optional[_Union[Reject, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., results: _Optional[_Union[Results, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., heartbeat: _Optional[_Union[MinerHeartbeat, _Mapping]] = ..., drain: _Optional[_Union[MinerDrain, _Mapping]] = ...) -> None: ...
+    capacity: Capacity
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., accept: _Optional[_Union[Accept, _Mapping]] = ..., reject: _Optional[_Union[Reject, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., results: _Optional[_Union[Results, _Mapping]] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., heartbeat: _Optional[_Union[MinerHeartbeat, _Mapping]] = ..., drain: _Optional[_Union[MinerDrain, _Mapping]] = ..., capacity: _Optional[_Union[Capacity, _Mapping]] = ...) -> None: ...
 
 class Results(_message.Message):
     __slots__ = ("results",)

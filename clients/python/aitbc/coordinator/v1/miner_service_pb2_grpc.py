@@ -30,8 +30,13 @@ class MinerServiceStub:
 
     The preferred path is one `Connect` stream held for as long as the miner runs:
     miner: Hello -> coordinator: Welcome -> coordinator: Assignments (pushed whenever the miner has free
-    slots) -> miner: Accept / Reject, Progress, Result, Failure, Heartbeat (every `heartbeat_interval`) ->
-    coordinator: ResultAck, Cancel, Drain / GoAway.
+    slots) -> miner: Accept / Reject, Progress, Result, Failure, Heartbeat (every `heartbeat_interval`),
+    Capacity -> coordinator: ResultAck, Cancel, Drain / GoAway.
+
+    Capacity: a miner whose slots come and go (a canceled job whose work cannot be stopped at once still holds
+    its slot) says how many jobs it takes at once with a `Capacity` message on the live stream, when the
+    welcome says `capacity_updates`: no new stream, session or resume. The hello's slot count stays the most it
+    may offer; a new stream starts again from its own hello's count.
     The unary RPCs serve miners that cannot hold a stream, with the same scheduler, leases and fencing.
 
     Fencing: every assignment carries an attempt number; a result or failure naming a stale attempt, a job
@@ -98,8 +103,13 @@ class MinerServiceServicer:
 
     The preferred path is one `Connect` stream held for as long as the miner runs:
     miner: Hello -> coordinator: Welcome -> coordinator: Assignments (pushed whenever the miner has free
-    slots) -> miner: Accept / Reject, Progress, Result, Failure, Heartbeat (every `heartbeat_interval`) ->
-    coordinator: ResultAck, Cancel, Drain / GoAway.
+    slots) -> miner: Accept / Reject, Progress, Result, Failure, Heartbeat (every `heartbeat_interval`),
+    Capacity -> coordinator: ResultAck, Cancel, Drain / GoAway.
+
+    Capacity: a miner whose slots come and go (a canceled job whose work cannot be stopped at once still holds
+    its slot) says how many jobs it takes at once with a `Capacity` message on the live stream, when the
+    welcome says `capacity_updates`: no new stream, session or resume. The hello's slot count stays the most it
+    may offer; a new stream starts again from its own hello's count.
     The unary RPCs serve miners that cannot hold a stream, with the same scheduler, leases and fencing.
 
     Fencing: every assignment carries an attempt number; a result or failure naming a stale attempt, a job
@@ -241,8 +251,13 @@ class MinerService:
 
     The preferred path is one `Connect` stream held for as long as the miner runs:
     miner: Hello -> coordinator: Welcome -> coordinator: Assignments (pushed whenever the miner has free
-    slots) -> miner: Accept / Reject, Progress, Result, Failure, Heartbeat (every `heartbeat_interval`) ->
-    coordinator: ResultAck, Cancel, Drain / GoAway.
+    slots) -> miner: Accept / Reject, Progress, Result, Failure, Heartbeat (every `heartbeat_interval`),
+    Capacity -> coordinator: ResultAck, Cancel, Drain / GoAway.
+
+    Capacity: a miner whose slots come and go (a canceled job whose work cannot be stopped at once still holds
+    its slot) says how many jobs it takes at once with a `Capacity` message on the live stream, when the
+    welcome says `capacity_updates`: no new stream, session or resume. The hello's slot count stays the most it
+    may offer; a new stream starts again from its own hello's count.
     The unary RPCs serve miners that cannot hold a stream, with the same scheduler, leases and fencing.
 
     Fencing: every assignment carries an attempt number; a result or failure naming a stale attempt, a job
