@@ -36,10 +36,10 @@ import logging
 import re
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
@@ -128,6 +128,8 @@ class PostgresStore(SqlReads):
         self.commit_observer: Callable[[int, float], None] | None = None  # (group size, seconds)
         self._next_leaf: int | None = None  # the receipt log's next free place; None: read it from the log
         self._failed = FailedUnits()  # the writer's own
+        self._close_asked: asyncio.Event | None = None  # set by close(): ends an in-doubt commit's settling
+        self._made: _Made | None = None  # the store this open made, if it did: close_unused drops it again
 
     # --- life cycle -------------------------------------------------------------------------------
     def _settings(self, read_only: bool = False) -> dict[str, str]:
@@ -142,8 +144,8 @@ class PostgresStore(SqlReads):
         return settings
 
     async def _connect(self) -> asyncpg.Connection:
-        conn = await asyncpg.connect(self.dsn, server_settings=self._settings(), timeout=CONNECT_TIMEOUT_S,
-                                     command_timeout=WRITE_TIMEOUT_S)  # fmt: skip
+        conn = await _connect_whole(self.dsn, server_settings=self._settings(), timeout=CONNECT_TIMEOUT_S,
+                                    command_timeout=WRITE_TIMEOUT_S)  # fmt: skip
         try:
             keep_alive(conn)
             await conn.execute(_KEEP_IDLE_SESSION, timeout=CONNECT_TIMEOUT_S)  # (part of connecting)
@@ -154,21 +156,25 @@ class PostgresStore(SqlReads):
 
     async def open(self) -> None:
         self._closing = False
+        self._close_asked = asyncio.Event()
         self._epoch = self._fenced = None  # (taken anew: the caller loads its state from the store again)
+        self._made = None
         self._conn = await self._connect()
         try:
             await self._hold_lock(self._conn)  # before migrating: a second coordinator changes nothing
             if self.must_exist:
                 await self._require_store(self._conn)
-            await self._migrate(self._conn)
-            async with self._conn.transaction():  # (committed before any unit is written)
-                self._epoch = await self._conn.fetchval(
-                    numbered(BUMP_EPOCH), holder_name(), time.time_ns() // 1000
-                )
+            await self._migrate(self._conn)  # (the holder epoch bumped in the same transaction)
             self._pool = await self._create_pool()
         except BaseException:
-            await self._conn.close()
-            self._conn = None
+            try:
+                await (
+                    self._remove_made()
+                )  # a store this start made is dropped again: it leaves nothing behind
+            finally:  # (cancelled again meanwhile: the connection, and the lock, are let go all the same)
+                conn, self._conn = self._conn, None
+                if conn is not None:
+                    await _let_go(conn)
             raise
         self._queue = asyncio.Queue()
         self._writer = asyncio.create_task(self._write_loop(), name="postgres-writer")
@@ -184,7 +190,7 @@ class PostgresStore(SqlReads):
             "statement_timeout": str(int(self._load_timeout_s * 1000)),
         }
         return await asyncpg.create_pool(self.dsn, min_size=1, max_size=self.pool_size, server_settings=settings,
-                                         init=_opened, timeout=CONNECT_TIMEOUT_S)  # fmt: skip
+                                         init=_opened, timeout=CONNECT_TIMEOUT_S, connect=_connect_whole)  # fmt: skip
 
     @property
     def _load_timeout_s(self) -> float:
@@ -202,58 +208,127 @@ class PostgresStore(SqlReads):
         )
 
     async def _migrate(self, conn: asyncpg.Connection) -> None:
-        if self.schema is not None:
-            with contextlib.suppress(asyncpg.UniqueViolationError):  # another process created it just now
-                await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
-        for number, script in enumerate(POSTGRES_MIGRATIONS, start=1):
-            async with conn.transaction():
-                # one migrating process per schema at a time; the others wait, then find it done
-                await conn.execute(
-                    "SELECT pg_advisory_xact_lock(hashtext('aitbc-migrate:' || coalesce(current_schema(), '')))"
+        """The schema if missing, every pending migration and the holder epoch's bump, in one transaction: a start
+        that fails part way (its connection lost, a statement refused, a stop signal) leaves the database as it
+        found it, and the next start migrates from the same version. A store it made is noted (self._made), for
+        a start refused later to drop it again (close_unused)."""
+        made_schema = False
+        async with conn.transaction():
+            if self.schema is not None and not await conn.fetchval(
+                "SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = $1)", self.schema
+            ):
+                try:
+                    async with conn.transaction():  # (a savepoint: the race below leaves the rest standing)
+                        await conn.execute(f'CREATE SCHEMA "{self.schema}"')
+                    made_schema = True
+                except (asyncpg.DuplicateSchemaError, asyncpg.UniqueViolationError):
+                    pass  # another process made it just now
+            # one migrating process per schema at a time; the others wait, then find it done
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtext('aitbc-migrate:' || coalesce(current_schema(), '')))"
+            )
+            schema = await conn.fetchval("SELECT current_schema()") or "public"
+            new_store = await conn.fetchval("SELECT to_regclass('schema_version') IS NULL")
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version (version BIGINT PRIMARY KEY, applied_us BIGINT NOT NULL)"
+            )
+            version = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version")
+            if version > len(POSTGRES_MIGRATIONS):
+                raise StoreUnusable(  # (a downgrade: this code would misread the store)
+                    f"store schema version {version} is newer than this coordinator's "
+                    f"({len(POSTGRES_MIGRATIONS)}): run the newer version"
                 )
-                await conn.execute(
-                    "CREATE TABLE IF NOT EXISTS schema_version (version BIGINT PRIMARY KEY, applied_us BIGINT NOT NULL)"
-                )
-                version = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version")
-                if version > len(POSTGRES_MIGRATIONS):
-                    raise StoreUnusable(  # (a downgrade: this code would misread the store)
-                        f"store schema version {version} is newer than this coordinator's "
-                        f"({len(POSTGRES_MIGRATIONS)}): run the newer version"
-                    )
-                if version >= number:
-                    continue
+            for number, script in enumerate(POSTGRES_MIGRATIONS[version:], start=version + 1):
                 await conn.execute(script)
                 await conn.execute(
-                    "INSERT INTO schema_version (version, applied_us) VALUES ($1, $2)",
-                    number,
-                    time.time_ns() // 1000,
+                    "INSERT INTO schema_version VALUES ($1, $2)", number, time.time_ns() // 1000
                 )
+            # (committed before any unit is written)
+            epoch = await conn.fetchval(numbered(BUMP_EPOCH), holder_name(), time.time_ns() // 1000)
+            if new_store:  # (noted before the COMMIT: lost on its way, it may have landed; the epoch tells)
+                self._made = _Made(schema, made_schema, epoch)
+        self._epoch = epoch
+        for number in range(version + 1, len(POSTGRES_MIGRATIONS) + 1):
             log.info("store migrated to schema version %d", number)
 
+    async def _remove_made(self) -> None:
+        """Drops the store this open made (its tables, and its schema if it made that too), after a start that
+        failed: on the writer's connection, which holds the store's lock; else on a new one, if it gets the lock at
+        once. Only while the holder epoch is still the one this open wrote: a store another process took since
+        (and may have written) is kept. Nothing is dropped if the open's migration never landed."""
+        made, self._made = self._made, None
+        if made is None:
+            return
+        conn = self._conn if self._conn is not None and not self._conn.is_closed() else None
+        own = conn is None
+        try:
+            if conn is None:
+                conn = await self._connect()
+                key = f"aitbc-store:{self.schema or made.schema}"
+                if not await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1)::bigint)", key):
+                    raise StoreInUse("the store is held by another process")
+            async with conn.transaction():
+                await conn.execute("SET LOCAL lock_timeout = '5s'")  # (a read on a table: not waited for)
+                holder = f'"{made.schema}".store_holder'
+                if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", holder):
+                    return  # its migration did not land: nothing to drop
+                epoch = await conn.fetchval(f"SELECT epoch FROM {holder} WHERE id = 1")
+                if epoch != made.epoch:
+                    raise StoreInUse(f"another process took the store since (holder epoch {epoch})")
+                tables = ", ".join(f'"{made.schema}"."{t}"' for t in ("schema_version", *_MIGRATION_TABLES))
+                await conn.execute(f"DROP TABLE IF EXISTS {tables}")
+                for function in _MIGRATION_FUNCTIONS:
+                    await conn.execute(f'DROP FUNCTION IF EXISTS "{made.schema}".{function}')
+                if made.schema_too:
+                    try:
+                        async with conn.transaction():  # (what another put in it meanwhile keeps it)
+                            await conn.execute(f'DROP SCHEMA "{made.schema}"')
+                    except asyncpg.DependentObjectsStillExistError:
+                        log.warning("start failed: schema %s holds other objects now; kept", made.schema)
+            log.info("start failed: removed what it made of the store at schema %s", made.schema)
+        except Exception as exc:
+            log.warning(
+                "start failed: the store it made at schema %s is left in place (%r)", made.schema, exc
+            )
+        finally:
+            if own and conn is not None:
+                conn.terminate()  # (and with it the lock)
+
     async def close(self) -> None:
+        await self._close(remove_made=False)
+
+    async def close_unused(self) -> None:
+        await self._close(remove_made=True)
+
+    async def _close(self, remove_made: bool) -> None:
         self._closing = True
-        if self._writer is not None:
+        if self._close_asked is not None:
+            self._close_asked.set()  # (the settling of an in-doubt commit stops asking at once)
+        if (writer := self._writer) is not None:  # (held here: a close() meanwhile sets it to None)
             assert self._queue is not None
             self._queue.put_nowait(_STOP)
-            await asyncio.wait({self._writer}, timeout=CONNECT_TIMEOUT_S)
-            if not self._writer.done():  # a statement on a silent path (up to WRITE_TIMEOUT_S): cut it short
+            await asyncio.wait({writer}, timeout=CONNECT_TIMEOUT_S)
+            if not writer.done():  # a statement on a silent path (up to WRITE_TIMEOUT_S): cut it short
                 log.warning("store writer: PostgreSQL silent while closing; abandoning its connection")
                 for conn in (self._conn, self._connecting):
                     if conn is not None and not conn.is_closed():
                         conn.terminate()  # (what was on its way fails; the next start reads what landed)
             with contextlib.suppress(Exception):
-                await self._writer
+                await writer
             self._writer = None
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                await self._conn.close(timeout=5)
-            self._conn = None
-        if self._pool is not None:
+        # the pool first: a read in flight would hold up the drop of a store made in vain
+        if (pool := self._pool) is not None:
             try:
-                await asyncio.wait_for(self._pool.close(), 10)
+                await asyncio.wait_for(pool.close(), 10)
             except (TimeoutError, asyncpg.InterfaceError):
-                self._pool.terminate()
+                pool.terminate()
             self._pool = None
+        if remove_made:
+            await self._remove_made()
+        self._made = None
+        if self._conn is not None:
+            await _let_go(self._conn)
+            self._conn = None
 
     # --- writes -----------------------------------------------------------------------------------
     def enqueue(self, unit: UnitOfWork) -> asyncio.Future[None]:
@@ -354,8 +429,8 @@ class PostgresStore(SqlReads):
     async def _probe(self, probe: tuple[str, tuple], stale: Backend | None) -> bool:
         # On a connection of its own, not the read pool's: reads may hold every pool connection (each up to its
         # timeout, waiting on a lock or a silent path), and the writer must not wait for them.
-        conn = await asyncpg.connect(self.dsn, server_settings=self._settings(read_only=True),
-                                     timeout=CONNECT_TIMEOUT_S, command_timeout=CONNECT_TIMEOUT_S)  # fmt: skip
+        conn = await _connect_whole(self.dsn, server_settings=self._settings(read_only=True),
+                                    timeout=CONNECT_TIMEOUT_S, command_timeout=CONNECT_TIMEOUT_S)  # fmt: skip
         try:
             keep_alive(conn)
             if stale is not None:  # ended first, so that its transaction is decided
@@ -510,12 +585,33 @@ class PostgresStore(SqlReads):
                           "reads what did)")  # fmt: skip
                 return False
             try:  # (not on the writer's connection: reading needs no hold of the store, which may be lost for good)
-                return await asyncio.wait_for(self._probe(probe, stale), CONNECT_TIMEOUT_S)
+                probing = asyncio.wait_for(self._probe(probe, stale), CONNECT_TIMEOUT_S)
+                return await self._unless_closing(probing)
+            except _Closing:
+                continue  # (said above)
             except Exception:
                 log.warning("store writer: cannot tell yet whether a group landed; asking again",
                             exc_info=True)  # fmt: skip
-                await asyncio.sleep(delay)
+                with contextlib.suppress(_Closing):
+                    await self._unless_closing(asyncio.sleep(delay))
                 delay = min(delay * 2, 5.0)
+
+    async def _unless_closing(self, awaitable: Awaitable[_T]) -> _T:
+        """awaitable's outcome; _Closing as soon as close() is called, awaitable then cancelled (and waited for:
+        a probe's connection is closed, a connect in flight discarded)."""
+        assert self._close_asked is not None, "store not open"
+        task = asyncio.ensure_future(awaitable)
+        asked = asyncio.ensure_future(self._close_asked.wait())
+        try:
+            await asyncio.wait({task, asked}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            asked.cancel()
+            if not task.done():
+                task.cancel()
+                await asyncio.wait({task})
+        if task.cancelled():
+            raise _Closing
+        return task.result()
 
     async def _commit_alone(self, unit: UnitOfWork) -> tuple[BaseException | None, bool]:
         """The unit's outcome, and whether its transaction began (the writer connected and held the store)."""
@@ -624,6 +720,70 @@ _KEEP_IDLE_SESSION = (
     "SELECT set_config('idle_session_timeout', '0', false) "
     "WHERE current_setting('server_version_num')::int >= 140000"
 )
+
+
+_T = TypeVar("_T")
+
+
+class _Closing(Exception):
+    """close() was called while the writer waited to learn a commit's outcome: it stops asking."""
+
+
+@dataclass(slots=True)
+class _Made:
+    """A store an open made (no schema_version table before it): a start refused later drops it again."""
+
+    schema: str  # where its tables are
+    schema_too: bool  # the open created the schema itself
+    epoch: int  # the holder epoch it wrote: another one means another process took the store since
+
+
+# What the migrations make (every one of them ran for a store an open made): plain CREATE TABLE / CREATE FUNCTION,
+# which would have failed had the object been there already, so none of them is another's.
+_MIGRATION_TABLES = tuple(
+    dict.fromkeys(re.findall(r"CREATE TABLE (?!IF\b)(\w+)", "".join(POSTGRES_MIGRATIONS)))
+)
+_MIGRATION_FUNCTIONS = tuple(
+    dict.fromkeys(re.findall(r"CREATE FUNCTION (\w+\s*\([^)]*\))", "".join(POSTGRES_MIGRATIONS)))
+)
+
+CANCEL_GRACE_S = 0.1  # a connect cancelled goes on this long first (see _connect_whole)
+
+
+async def _connect_whole(*args: Any, **kwargs: Any) -> asyncpg.Connection:
+    """asyncpg.connect, never cancelled in its first moment. With sslmode prefer (the default) asyncpg first asks
+    the server for SSL through a protocol of its own, whose future fails when its transport is closed early: a
+    connect cancelled in the loop turn between its TCP connection made and create_connection returning (a stop
+    during start, a read's call cancelled as its pool connection is made) left that future failed and unread, and
+    asyncio logged "Future exception was never retrieved". So a cancel lets the connect go on for CANCEL_GRACE_S
+    (past that turn: waiting for the server, it ends cleanly when cancelled), then cancels it; a connection it
+    made meanwhile is closed. The caller's cancel is raised all the same."""
+    task = asyncio.ensure_future(asyncpg.connect(*args, **kwargs))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if not task.done():
+            with contextlib.suppress(asyncio.CancelledError):  # (cancelled again: the first cancel is raised)
+                await asyncio.wait({task}, timeout=CANCEL_GRACE_S)
+            task.cancel()
+        task.add_done_callback(_discard_connection)
+        raise
+
+
+def _discard_connection(task: asyncio.Future[asyncpg.Connection]) -> None:
+    """A connect whose caller was cancelled: its error read (not logged as never retrieved), its connection closed."""
+    if not task.cancelled() and task.exception() is None:
+        task.result().terminate()
+
+
+async def _let_go(conn: asyncpg.Connection) -> None:
+    """Close conn (and free the store's lock it may hold), politely but within bounds: on a silent path, at once."""
+    try:
+        with contextlib.suppress(Exception):
+            await conn.close(timeout=5)
+    finally:  # (cancelled meanwhile too)
+        if not conn.is_closed():
+            conn.terminate()
 
 
 class _NoFreeConnection(TimeoutError):
