@@ -59,6 +59,8 @@ ROWS: list[tuple[str, str, str, str, Any]] = [
     ("streams_rss_kib_per_stream", "5   RSS per stream", "KiB", "", None),
     ("reconnect_all_back_s", "5   restart: all back after SIGTERM", "s", "<= 30", lambda v: v <= 30),
     ("reconnect_failed", "5   restart: failed for good", "miners", "0", lambda v: v == 0),
+    ("reconnect_attempts_failed", "5   restart: Connects failed on the way", "attempts", "", None),
+    ("reconnect_attempts_internal", "5     of which INTERNAL", "attempts", "", None),
     ("backlog_rate_small_jobs_per_s", "6 dispatch rate, small backlog", "jobs/s", "", None),
     ("backlog_rate_large_jobs_per_s", "6 dispatch rate, large backlog", "jobs/s", "", None),
     ("backlog_rate_ratio_100k_vs_1k", "6   ratio large / small", "", ">= 0.9", lambda v: v >= 0.9),

@@ -52,6 +52,15 @@ def child_env() -> dict[str, str]:
     return env
 
 
+def traced_env(env: dict[str, str], name: str) -> dict[str, str]:
+    """env with gRPC's tracing on when BENCH_GRPC_TRACE_PROCS names this process (see README, "Profiling")."""
+    names = {n.strip() for n in os.environ.get("BENCH_GRPC_TRACE_PROCS", "").split(",") if n.strip()}
+    if name in names:
+        env = env | {"GRPC_TRACE": os.environ.get("BENCH_GRPC_TRACE", "subchannel,connectivity_state"),
+                     "GRPC_VERBOSITY": "debug"}  # fmt: skip
+    return env
+
+
 def tail(path: Path, lines: int = 15) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -90,7 +99,7 @@ class Worker:
             path.write_text(raw)
             raw = f"@{path}"
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bench.worker", self.role, raw, cwd=ROOT, env=child_env(),
+            sys.executable, "-m", "bench.worker", self.role, raw, cwd=ROOT, env=traced_env(child_env(), self.name),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=self.log.open("wb"),
             limit=1 << 26,
         )  # fmt: skip
@@ -179,7 +188,8 @@ class CoordinatorProcess:
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "coordinator", "serve", "--host", "127.0.0.1",
             "--port", str(self.port), "--database", f"sqlite:///{self.db}", "--env-file", str(self.env_file),
-            cwd=self.workdir, env=self._env(), stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
+            cwd=self.workdir, env=traced_env(self._env(), self.name), stdin=asyncio.subprocess.DEVNULL, stdout=log,
+            stderr=log,
         )  # fmt: skip
         await self.wait_serving(within)
         elapsed = time.monotonic() - started

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import sqlite3
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,13 +116,16 @@ class Fleet:
                   [r["ended"] for r in ready], [r["failures"] for r in ready], file=sys.stderr)  # fmt: skip
         return connected
 
-    async def stats(self) -> dict[str, Any]:
-        replies = await asyncio.gather(*(w.call("stats") for w in self.workers))
+    async def stats(self, attempt_errors: bool = False) -> dict[str, Any]:
+        replies = await asyncio.gather(
+            *(w.call("stats", attempt_errors=attempt_errors) for w in self.workers)
+        )
         out: dict[str, Any] = {
             k: sum(r[k] for r in replies) for k in ("acked", "completed", "connected", "back", "failed")
         }
         out["last_ack_at"] = max(r["last_ack_at"] for r in replies)
         out["failures"] = [f for r in replies for f in r["failures"]]
+        out["attempt_errors"] = sorted(e for r in replies for e in r.get("attempt_errors", []))
         out["ended"] = {}
         for r in replies:
             for k, v in r["ended"].items():
@@ -362,6 +367,7 @@ async def streams(workdir: Path, sizes: Sizes) -> dict[str, float]:
                 break
             await asyncio.sleep(0.05)
         now = time.monotonic()
+        t_stopped, t_serving = t_spawn, t_spawn + out["reconnect_restart_serving_s"]
         out["reconnect_all_back_s"] = now - t0
         out["reconnect_after_serving_s"] = now - t_spawn - out["reconnect_restart_serving_s"]
         out["reconnect_back"] = s["back"]
@@ -370,6 +376,16 @@ async def streams(workdir: Path, sizes: Sizes) -> dict[str, float]:
         out["reconnect_attempts_failed"] = sum(v for k, v in ended.items() if k != "SHUTTING_DOWN")
         out["reconnect_attempts_cancelled"] = ended.get("CANCELLED", 0) + ended.get("RESOURCE_EXHAUSTED", 0)
         out["reconnect_failed"] = n - s["back"]
+        # Failed Connect attempts by phase: against the stopping coordinator (SIGTERM until its process
+        # exited), while none ran, and against the new one (from SERVING on), by status code.
+        errors = (await holders.stats(attempt_errors=True))["attempt_errors"]
+        phases = {"stopping": (t0, t_stopped), "down": (t_stopped, t_serving), "new": (t_serving, math.inf)}
+        for phase, (lo, hi) in phases.items():
+            codes = Counter(code for t, code, _ in errors if lo <= t < hi)
+            print(f"bench: streams: failed attempts, {phase} coordinator: {dict(codes)}", file=sys.stderr)
+            out[f"reconnect_attempts_failed_{phase}"] = sum(codes.values())
+            out[f"reconnect_attempts_internal_{phase}"] = codes.get("INTERNAL", 0)
+        out["reconnect_attempts_internal"] = sum(1 for _, code, _ in errors if code == "INTERNAL")
         out["streams_rss_mib_after_reconnect"] = coord.rss_mib()
     finally:
         await holders.stop()

@@ -323,11 +323,32 @@ async def miners(args: dict[str, Any]) -> None:
 
     ack_times: list[float] = []  # time.monotonic() of every accepted result, in order
 
+    # Connect attempts that ended in an error: (time.monotonic(), status code, channel index), so that the
+    # orchestrator can tell those against the stopping coordinator from those against the new one; the first
+    # few of each code are logged with gRPC's debug string (what ended them).
+    attempt_errors: list[tuple[float, str, int]] = []
+    logged: Counter[str] = Counter()
+
     class TimedMiner(Miner):
+        channel_index = -1
+
         def _acked(self, acks) -> None:  # type: ignore[no-untyped-def]
             super()._acked(acks)
             now = time.monotonic()
             ack_times.extend(now for a in acks if a.accepted)
+
+        async def _session(self, channel: grpc.aio.Channel) -> tuple[str, float]:
+            try:
+                return await super()._session(channel)
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code().name
+                attempt_errors.append((time.monotonic(), code, self.channel_index))
+                if logged[code] < 5:
+                    logged[code] += 1
+                    print(f"miners: connect ended {code} at {time.monotonic():.3f} on channel "
+                          f"{self.channel_index} ({channel.get_state().name}): {exc.details()!r} "
+                          f"{exc.debug_error_string()}", file=sys.stderr, flush=True)  # fmt: skip
+                raise
 
     address = args["address"]
     n_channels = args.get("channels", 0)
@@ -345,6 +366,7 @@ async def miners(args: dict[str, Any]) -> None:
                 own_connection=not channels,
             )
         )
+        fleet[-1].channel_index = i % n_channels if channels else i  # type: ignore[attr-defined]
     tasks: list[asyncio.Task] = []
     failures: dict[str, str] = {}
 
@@ -370,7 +392,8 @@ async def miners(args: dict[str, Any]) -> None:
         emit("stats", acked=sum(m.acked for m in fleet), last_ack_at=max(m.last_ack_at for m in fleet),
              completed=sum(m.completed for m in fleet), connected=sum(1 for m in fleet if m.connects),
              back=sum(1 for m, c in zip(fleet, marks, strict=True) if m.connects > c), failed=len(failures),
-             failures=list(failures.values())[:3], ended=dict(session_ends))  # fmt: skip
+             failures=list(failures.values())[:3], ended=dict(session_ends),
+             attempt_errors=attempt_errors if cmd.get("attempt_errors") else [])  # fmt: skip
 
     async def mark(cmd: dict[str, Any]) -> None:
         marks[:] = [m.connects for m in fleet]

@@ -51,6 +51,8 @@ SERVICE_NAMES = (
 )
 
 MAX_MESSAGE_BYTES = 8 << 20
+# On shutdown, added to the grace of calls in flight: time for the go-away messages to reach the miners.
+GO_AWAY_SEND_S = 0.05
 
 # Keepalive: the server pings idle connections to find half-open ones, and accepts client pings every 5 s
 # or more (the miner runtime pings every 20 s), strictly below the clients' interval: no too_many_pings.
@@ -117,13 +119,23 @@ class Coordinator:
     store_lost: asyncio.Future[StoreFenced] | None = None
 
     async def stop(self, grace: float | None = None) -> None:
-        """Health NOT_SERVING, go-away to every miner, then stop; jobs stay safe in the store."""
+        """Health NOT_SERVING, no new calls taken, go-away to every miner, then stop; jobs stay safe in the
+        store."""
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
         try:
             await self.health.enter_graceful_shutdown()
-            await self.scheduler.stop()
-            await asyncio.sleep(0.05)  # let the go-away messages reach the streams
-            await self.server.stop(grace)
+            # gRPC stops taking calls (an HTTP/2 GOAWAY on every connection, the listeners closed) before any
+            # miner is told to go away: a miner reconnects 1 s after its go-away, over the connection it has,
+            # and with thousands of streams the go-aways took longer than that to send, so Connects reached
+            # this stopping process and were cut off as it stopped (bench scenario 5: hundreds to thousands per
+            # restart, ending INTERNAL "Failed execute_batch", CANCELLED, UNAVAILABLE). Calls in flight, the
+            # miners' streams among them, run on for the grace; GO_AWAY_SEND_S more for the go-aways.
+            stopping = asyncio.ensure_future(self.server.stop(grace + GO_AWAY_SEND_S))
+            try:
+                await asyncio.sleep(0)  # the stop's first step: gRPC's shutdown begins
+                await self.scheduler.stop()
+            finally:
+                await stopping
             await self.issuer.stop()
         finally:  # whatever failed above, the store is closed (and its lock freed for the next coordinator)
             await self.scheduler.store.close()
