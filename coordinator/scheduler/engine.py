@@ -23,7 +23,7 @@ from ..domain.ids import uuid7
 from ..domain.matching import eligible, split_price
 from ..domain.model import Capabilities, Constraints, Event, Job, JobResult, JobState, PayloadKind
 from ..logs import info_later
-from ..store.base import DependencyFailed, JobFilter, Store, UnitOfWork
+from ..store.base import DependencyFailed, DrainRow, JobFilter, Store, UnitOfWork
 from .pending import Pending as _Pending
 from .queues import Reach, ReadyQueues
 from .sessions import AckOut, AssignmentOut, CancelOut, DrainOut, GoAwayOut, Held, Session
@@ -150,6 +150,10 @@ class Scheduler(UndoFailedCommits):
         # the grace period, or while jobs of it wait for it, its new session drains too (a drain must not end at the
         # first network blip; whether or not it held jobs then: its last result may have been being written)
         self._drains: dict[str, tuple[str, int]] = {}
+        # miner -> created_us of its operator's drain as stored (table operator_drains: it outlives a restart), from
+        # the drain's write landing until the drain is over (its row deleted then); and the drain writes in flight
+        self._stored_drains: dict[str, int] = {}
+        self._drain_writes: dict[str, asyncio.Future[None]] = {}
         self.idempotency: dict[tuple[str, str], str] = {}
         self._inflight_keys: dict[tuple[str, str], asyncio.Future] = {}
         self.watchers: dict[str, set[asyncio.Queue]] = {}
@@ -177,6 +181,7 @@ class Scheduler(UndoFailedCommits):
                 self.orphans.setdefault(job.miner_id, {})[job.job_id] = held
         for miner_id in self.orphans:
             self.timers.schedule(now + grace_us, "orphans", miner_id)
+        await self._load_drains(now + grace_us)
         self.timers.start()
         log.info("scheduler started: %d active jobs, %d queued", len(self.jobs), self.queues.depth)
 
@@ -644,6 +649,8 @@ class Scheduler(UndoFailedCommits):
             inherited.update(previous.held)
             previous.held.clear()
             self._close(previous, pending, "SESSION_REPLACED", requeue=False)
+        if not drain_reason:
+            self._drain_over(miner_id)  # (back past its grace period: its stored drain goes too)
         session = Session(
             session_id=uuid7(), miner_id=miner_id, caps=caps, transport=transport, connected_us=now,
             receipt_public_key=receipt_public_key, last_seen_us=now, opened_key=next(self._unit_keys),
@@ -842,6 +849,7 @@ class Scheduler(UndoFailedCommits):
             return
         pending = _Pending()
         self._close(session, pending, "DRAINED", requeue=False)
+        self._drain_over(session.miner_id)  # drained to the end
         self._spawn_commit(pending)
 
     def end_if_drained(self, session: Session) -> None:
@@ -858,25 +866,113 @@ class Scheduler(UndoFailedCommits):
             metadata={"session_id": session.session_id, "drain_reason": session.drain_reason},
         )
 
-    def drain_miner(self, miner_id: str) -> Session | None:
+    async def drain_miner(self, miner_id: str) -> Session | None:
         """An operator's drain: of the miner's session, or, for a miner away within its grace period (None is
-        returned), of the session it comes back with."""
-        session = self.by_miner.get(miner_id)
-        if session is not None:
-            self.drain(session, "ADMIN")
-            return session
-        if miner_id not in self.orphans and miner_id not in self._drains:
+        returned), of the session it comes back with. Stored before it takes effect (table operator_drains: it
+        outlives a restart); a write that fails changes nothing and raises its error. A miner already drained by
+        an operator is drained as it is (an away one's grace period renewed), with no write."""
+        if self.stopping:
+            raise CoordinatorError(Kind.UNAVAILABLE, "SHUTTING_DOWN", "the coordinator is shutting down")
+        if miner_id not in self.by_miner and miner_id not in self.orphans and miner_id not in self._drains:
             raise CoordinatorError(
                 Kind.NOT_FOUND,
                 "MINER_NOT_FOUND",
                 f"miner {miner_id!r} has no session",
                 metadata={"miner_id": miner_id},
             )
+        if miner_id in self._stored_drains:
+            return self._apply_drain(miner_id)
+        applied = self._drain_writes.get(miner_id)  # (two calls at once: one write, both wait for it)
+        if applied is None:
+            applied = self._store_drain(DrainRow(miner_id, "ADMIN", now_us()))
+        # (shielded: a caller that goes away leaves the write, and its taking effect once it lands, as they are)
+        return await asyncio.shield(applied)
+
+    def _store_drain(self, row: DrainRow) -> asyncio.Future[Session | None]:
+        """Queue the drain's row; the future returned tells what _apply_drain did once it landed, or the error."""
+        unit = UnitOfWork()
+        unit.drains.append(row)
+        written = self.store.enqueue(unit)
+        applied: asyncio.Future[Session | None] = asyncio.get_running_loop().create_future()
+        applied.add_done_callback(_retrieved)  # (its callers may all have gone away)
+        self._drain_writes[row.miner_id] = applied
+        written.add_done_callback(functools.partial(self._drain_stored, row, applied))
+        return applied
+
+    def _drain_stored(
+        self, row: DrainRow, applied: asyncio.Future[Session | None], written: asyncio.Future[None]
+    ) -> None:
+        """The drain's write settled: landed, the drain takes effect (even if its callers went away meanwhile);
+        failed, nothing changed (its callers hear the error)."""
+        if self._drain_writes.get(row.miner_id) is applied:
+            del self._drain_writes[row.miner_id]
+        error = RuntimeError("the write was cancelled") if written.cancelled() else written.exception()
+        if error is not None:
+            applied.set_exception(error)
+        elif self.stopping:  # (the next start loads the drain from the store)
+            applied.set_result(None)
+        else:
+            self._stored_drains[row.miner_id] = row.created_us
+            applied.set_result(self._apply_drain(row.miner_id))
+
+    def _apply_drain(self, miner_id: str) -> Session | None:
+        session = self.by_miner.get(miner_id)
+        if session is not None:
+            self.drain(session, "ADMIN")
+            return session
         now = now_us()
         until = max(self._drains.get(miner_id, ("", 0))[1], now + int(self.settings.grace_s * MICROS))
         self._drains[miner_id] = ("ADMIN", until)
         self.timers.schedule(until, "orphans", miner_id)  # (forgotten then, if not back)
         return None
+
+    async def _load_drains(self, until: int) -> None:
+        """Operators' drains stored by an earlier process (start): each waits for its miner's next session as
+        after a lost stream, until the grace period's end counted from this start (the coordinator was down)."""
+        rows = await self.store.load_drains()
+        for row in rows:
+            self._stored_drains[row.miner_id] = row.created_us
+            self._drains[row.miner_id] = (row.reason, until)
+            self.timers.schedule(until, "orphans", row.miner_id)  # (forgotten then, if not back)
+        if rows:
+            log.info("scheduler: %d operator drains kept from before the start", len(rows))
+
+    def _drain_over(self, miner_id: str) -> None:
+        """The operator's drain of miner_id (if one is stored) is over: its row is deleted, in a write of its own
+        tried again until it lands (a row left would drain the miner again after a restart)."""
+        created_us = self._stored_drains.pop(miner_id, None)
+        if created_us is None:
+            return
+        unit = UnitOfWork()
+        unit.drains_over.append(DrainRow(miner_id, "", created_us))
+        # queued now, not from a task: a stop right after still writes it (a closed store: the next start gives
+        # the drain a grace period, and ends it)
+        try:
+            written = self.store.enqueue(unit)
+        except RuntimeError:
+            log.warning("the end of miner %s's drain is not stored: the store is closed", miner_id)
+            return
+        task = asyncio.get_running_loop().create_task(self._delete_drain(unit, written), name="drain-over")
+        self._restoring.add(task)  # (stop() cancels its retries; what it queued is written all the same)
+        task.add_done_callback(self._restoring.discard)
+
+    async def _delete_drain(self, unit: UnitOfWork, written: asyncio.Future[None]) -> None:
+        delay = 0.05
+        while True:
+            try:
+                await written
+                return
+            except Exception:
+                if self.stopping:  # (left to the next start: the drain then waits a grace period, and ends)
+                    return
+                log.warning("cannot store the end of miner %s's drain; retrying", unit.drains_over[0].miner_id,
+                            exc_info=True)  # fmt: skip
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            try:
+                written = self.store.enqueue(unit)
+            except RuntimeError:  # (the store closed)
+                return
 
     def end_drained(self, session: Session) -> bool:
         """Close a drained unary session (see end_if_drained), its miner's call to tell it so; whether it is over."""
@@ -885,6 +981,7 @@ class Scheduler(UndoFailedCommits):
         if not session.closed:
             pending = _Pending()
             self._close(session, pending, "DRAINED", requeue=False)
+            self._drain_over(session.miner_id)  # drained to the end
             self._spawn_commit(pending)
         return True
 
@@ -1471,6 +1568,7 @@ class Scheduler(UndoFailedCommits):
         drain = self._drains.get(miner_id)
         if drain is not None and drain[1] <= now:
             del self._drains[miner_id]  # not back in time: its drain is over
+            self._drain_over(miner_id)
 
     def _on_job_deadline(self, kind: str, job_id: str, attempt: int, now: int) -> None:
         job = self.jobs.get(job_id)
@@ -1523,6 +1621,12 @@ def _poll_news(session: Session) -> bool:
 
 def _code(failure: FailureIn) -> str:
     return failure.code or "MINER_FAILURE"
+
+
+def _retrieved(future: asyncio.Future) -> None:
+    """Marks a future's error as seen: those who wait for it hear it; if none does, asyncio need not log it."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _log_failure(task: asyncio.Task) -> None:

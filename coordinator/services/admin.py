@@ -111,7 +111,9 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
     ) -> pb.DrainMinerResponse:
         if not request.miner_id:
             raise invalid("miner_id is required", [("miner_id", "required")])
-        session = self.scheduler.drain_miner(request.miner_id)
+        # (stored first: a write that fails drains nothing, and is answered as any store error, UNAVAILABLE
+        # STORE_UNAVAILABLE when the store cannot be reached)
+        session = await self.scheduler.drain_miner(request.miner_id)
         if session is None:  # away within its grace period: drained when it comes back
             return pb.DrainMinerResponse(miner=self._away(request.miner_id))
         return pb.DrainMinerResponse(miner=miner_info(session))

@@ -80,6 +80,19 @@ class KeyRow:
     owner: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class DrainRow:
+    """An operator's drain of a miner identity (table operator_drains), kept across restarts."""
+
+    miner_id: str
+    reason: str  # the drain's reason, as its sessions tell it ("ADMIN")
+    created_us: int  # when the operator drained the miner (UTC microseconds); names this drain of the miner
+
+
+# Every stored drain, for a start to load (either store).
+LOAD_DRAINS = "SELECT miner_id, reason, created_us FROM operator_drains ORDER BY miner_id"
+
+
 @dataclass(slots=True)
 class UnitOfWork:
     """Every row one decision writes, committed atomically (and grouped with others)."""
@@ -92,6 +105,10 @@ class UnitOfWork:
     ledger: list[LedgerEntry] = field(default_factory=list)
     checkpoints: list[CheckpointRow] = field(default_factory=list)
     keys: list[KeyRow] = field(default_factory=list)
+    # operators' drains: stored (a miner's row replaced), then those over deleted, each only if its row is still
+    # that drain's (same created_us: a later drain of the miner, written meanwhile, stays)
+    drains: list[DrainRow] = field(default_factory=list)
+    drains_over: list[DrainRow] = field(default_factory=list)
     # job id -> (inserted by this unit, index in new_jobs or job_updates): one jobs row per job per unit
     _rows: dict[str, tuple[bool, int]] = field(default_factory=dict, repr=False, compare=False)
     # Set by the caller: this unit's key, and the keys of earlier units, not yet settled when it was built,
@@ -162,6 +179,8 @@ class UnitOfWork:
                 self.ledger,
                 self.checkpoints,
                 self.keys,
+                self.drains,
+                self.drains_over,
             )
         )
 
@@ -391,6 +410,10 @@ class Store(ABC):
 
     @abstractmethod
     async def receipt_booked(self, receipt_id: str) -> bool: ...
+
+    @abstractmethod
+    async def load_drains(self) -> list[DrainRow]:
+        """Every operator's drain not over (a start gives each its miner's grace period again)."""
 
 
 def flatten(rows: Sequence[Sequence[tuple]]) -> list[tuple]:

@@ -46,6 +46,8 @@ import asyncpg
 
 from .base import (
     JOB_COLUMNS,
+    LOAD_DRAINS,
+    DrainRow,
     FailedUnits,
     ReceiptRow,
     StoreFenced,
@@ -658,6 +660,9 @@ class PostgresStore(SqlReads):
     async def _load(self, sql: str, *params: Any) -> list[asyncpg.Record]:
         return await self._read(numbered(sql), params, self._load_timeout_s)
 
+    async def load_drains(self) -> list[DrainRow]:
+        return [DrainRow(*r) for r in await self._load(LOAD_DRAINS)]
+
     async def _read(self, sql: str, params: tuple, timeout_s: float) -> list[asyncpg.Record]:
         """A read, asked again (it changes nothing) when its connection was lost (a blip, a restart), and once
         more on a fresh connection when it got no answer in time (a silent path; a lock held by maintenance)."""
@@ -955,3 +960,20 @@ async def _write_units(conn: asyncpg.Connection, units: list[UnitOfWork]) -> Non
                 for k in keys
             ],
         )
+    await _write_drains(conn, units)
+
+
+async def _write_drains(conn: asyncpg.Connection, units: list[UnitOfWork]) -> None:
+    """Operators' drains: stored in the units' order (a miner's latest wins), then those over deleted, each only
+    if the row is still its own (see UnitOfWork.drains_over). Both may be written again (a retry after a failed
+    group changes nothing more)."""
+    drains = [(d.miner_id, d.reason, d.created_us) for u in units for d in u.drains]
+    if drains:
+        await conn.executemany(
+            "INSERT INTO operator_drains VALUES ($1,$2,$3) ON CONFLICT (miner_id) DO UPDATE SET "
+            "reason = EXCLUDED.reason, created_us = EXCLUDED.created_us",
+            drains,
+        )
+    over = [(d.miner_id, d.created_us) for u in units for d in u.drains_over]
+    if over:
+        await conn.executemany("DELETE FROM operator_drains WHERE miner_id = $1 AND created_us = $2", over)

@@ -135,6 +135,17 @@ CREATE TABLE store_holder (
 );
 INSERT INTO store_holder VALUES (1, 0, '', 0);
 """,
+    # 4: operators' drains of miners (AdminService.DrainMiner), kept across restarts: a row from the drain until it
+    # is over (the miner's session drained to the end, or the miner away past its grace period). created_us, when
+    # the operator drained it (UTC microseconds), names the drain: the end of an earlier drain of the same miner
+    # deletes only its own row.
+    """
+CREATE TABLE operator_drains (
+  miner_id TEXT PRIMARY KEY,
+  reason TEXT NOT NULL,
+  created_us INTEGER NOT NULL
+) WITHOUT ROWID;
+""",
 ]
 
 
@@ -276,6 +287,14 @@ CREATE TABLE store_holder (
   taken_us BIGINT NOT NULL
 );
 INSERT INTO store_holder VALUES (1, 0, '', 0);
+""",
+    # 4: operators' drains of miners, kept across restarts
+    """
+CREATE TABLE operator_drains (
+  miner_id TEXT PRIMARY KEY,
+  reason TEXT NOT NULL,
+  created_us BIGINT NOT NULL
+);
 """,
 ]
 

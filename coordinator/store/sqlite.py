@@ -26,6 +26,8 @@ import aiosqlite
 
 from .base import (
     JOB_COLUMNS,
+    LOAD_DRAINS,
+    DrainRow,
     FailedUnits,
     StoreInUse,
     StoreUnusable,
@@ -259,6 +261,9 @@ class SqliteStore(SqlReads):
         # made after a commit was acknowledged could then miss it (a WatchJob of a job just finished hung).
         return list(await self._reader.execute_fetchall(sql, params))
 
+    async def load_drains(self) -> list[DrainRow]:
+        return [DrainRow(*r) for r in await self._load(LOAD_DRAINS)]
+
 
 def _tell_opened(ready: asyncio.Future[None], error: Exception | None) -> None:
     """The writer's start told to open(), unless open() stopped waiting (a start cancelled by a stop signal)."""
@@ -449,3 +454,19 @@ def _write_units(conn: sqlite3.Connection, units: list[UnitOfWork]) -> None:
                 for k in keys
             ],
         )
+    _write_drains(conn, units)
+
+
+def _write_drains(conn: sqlite3.Connection, units: list[UnitOfWork]) -> None:
+    """Operators' drains: stored in the units' order (a miner's latest wins), then those over deleted, each only
+    if the row is still its own (see UnitOfWork.drains_over)."""
+    drains = [(d.miner_id, d.reason, d.created_us) for u in units for d in u.drains]
+    if drains:
+        conn.executemany(
+            "INSERT INTO operator_drains VALUES (?,?,?) ON CONFLICT(miner_id) DO UPDATE SET "
+            "reason=excluded.reason, created_us=excluded.created_us",
+            drains,
+        )
+    over = [(d.miner_id, d.created_us) for u in units for d in u.drains_over]
+    if over:
+        conn.executemany("DELETE FROM operator_drains WHERE miner_id = ? AND created_us = ?", over)

@@ -1005,7 +1005,8 @@ async def drain_then_release(coord: Harness, session, blocker: sqlite3.Connectio
     """Drain miner-00 while the file lock is held, then let the writes go; whether the drain closed the
     session at once."""
     try:
-        await coord.admin().drain("miner-00")
+        # (in memory, as DrainMiner's once its row is stored: the RPC's own write would wait behind the lock)
+        coord.coordinator.scheduler.drain(session, "ADMIN")
         await asyncio.sleep(0.2)
         return session.closed
     finally:
@@ -1219,7 +1220,9 @@ async def test_a_drained_session_whose_only_job_is_undone_is_closed(coord: Harne
     told of J) is left connected, drained and idle, for good."""
     _, miner, session, blocker, submit = await assigned_behind_the_lock(coord)
     try:
-        await coord.admin().drain("miner-00")  # (told once the write of its job has settled)
+        # (told once the write of its job has settled; in memory, as DrainMiner's once its row is
+        # stored: the RPC's own write would wait behind the lock)
+        coord.coordinator.scheduler.drain(session, "ADMIN")
         await asyncio.sleep(0.1)
         assert not session.closed
         blocker.execute(
@@ -1314,7 +1317,9 @@ async def test_a_drained_session_whose_only_assignment_fails_is_closed(coord: Ha
     try:
         await eventually(lambda: session.held, what="J handed to miner-00 again, in memory")
         assert coord.db.job_state(job.job_id) == QUEUED  # (its assignment waits for the lock)
-        await coord.admin().drain("miner-00")  # (told once the write of its job has settled)
+        # (told once the write of its job has settled; in memory, as DrainMiner's once its row is
+        # stored: the RPC's own write would wait behind the lock)
+        scheduler.drain(session, "ADMIN")
         await asyncio.sleep(0.1)
         assert not session.closed
     finally:
@@ -1366,9 +1371,10 @@ async def test_a_drained_stream_is_not_given_a_job_after_its_drain(coord: Harnes
     """A job handed to the miner in memory while its write waits, then a drain: the Drain left at once and
     the assignment once durable, so the miner was told to take no new work and then given some. Found by
     the randomized test with drains."""
-    _, miner, _, blocker, submit = await assigned_behind_the_lock(coord)
+    _, miner, session, blocker, submit = await assigned_behind_the_lock(coord)
     try:
-        await coord.admin().drain("miner-00")
+        # (in memory, as DrainMiner's once its row is stored: the RPC's own write would wait behind the lock)
+        coord.coordinator.scheduler.drain(session, "ADMIN")
         await asyncio.sleep(0.2)
     finally:
         blocker.execute("COMMIT")

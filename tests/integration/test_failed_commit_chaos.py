@@ -346,16 +346,19 @@ class Chaos:
                     self.refuse_held(*rng.choice(held))
                 else:
                     self.add("job_events", None, None, rng.uniform(0.02, 0.08))
-            try:
-                await self.coord.admin().drain(m.name)
-                self.added[f"drain{' locked' if locked else ''}, {len(held)} held"] += 1
-            except grpc.aio.AioRpcError as exc:  # between two streams: no session
-                self.book.error("drain", exc, (grpc.StatusCode.NOT_FOUND,))
+            # (its row is stored before it takes effect: while locked, the call waits behind the lock, and the
+            # writes decided meanwhile race with it)
+            drain = asyncio.ensure_future(self.coord.admin().drain(m.name))
             if locked:
                 await asyncio.sleep(rng.uniform(0.01, 0.05))
         finally:
             if locked:
                 self.conn.execute("COMMIT")
+        try:
+            await drain
+            self.added[f"drain{' locked' if locked else ''}, {len(held)} held"] += 1
+        except grpc.aio.AioRpcError as exc:  # between two streams: no session
+            self.book.error("drain", exc, (grpc.StatusCode.NOT_FOUND,))
 
     async def run(self) -> None:
         rounds = 0

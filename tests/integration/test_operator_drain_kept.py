@@ -29,12 +29,13 @@ async def test_an_operator_drain_outlives_a_blip_while_its_last_result_is_writte
     miner.accept(a)
     session = scheduler.by_miner["miner-00"]
     await eventually(lambda: session.held[a.job.job_id].job.state.name == "RUNNING", what="running")
+    # (drained first: the drain is stored before it takes effect, and its write would wait behind the lock)
+    await coord.admin().drain("miner-00")
+    await eventually(lambda: session.draining, what="draining")
     blocker = held_lock(coord)
     try:
         miner.result(a.job.job_id, a.attempt)
         await eventually(lambda: not session.held, what="the result decided, its write waiting")
-        await coord.admin().drain("miner-00")
-        await eventually(lambda: session.draining, what="draining")
         assert not session.closed
         await miner.kill()
         await eventually(lambda: session.closed, what="the stream's session closed")

@@ -94,8 +94,12 @@ class AdminServiceServicer:
 
     def DrainMiner(self, request, context):
         """Drains a miner: no new assignments; its running jobs finish; then its session closes. A miner disconnected
-        within its grace period is drained when it comes back (`MinerInfo.drain_pending`).
-        Errors: NOT_FOUND (`MINER_NOT_FOUND`) when the miner has no session and is not within its grace period.
+        within its grace period is drained when it comes back (`MinerInfo.drain_pending`). The drain is stored before
+        the call returns: it outlives a coordinator restart (a miner back within its grace period, counted from the new
+        start, is drained still), until the miner's session has drained to the end or it stays away past its grace.
+        Errors: NOT_FOUND (`MINER_NOT_FOUND`) when the miner has no session and is not within its grace period;
+        UNAVAILABLE (`STORE_UNAVAILABLE`) when the store cannot be reached (nothing drained: call again), or
+        (`SHUTTING_DOWN`) when the coordinator is stopping.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
