@@ -26,7 +26,7 @@ from ..logs import info_later
 from ..store.base import DependencyFailed, DrainRow, JobFilter, Store, UnitOfWork
 from .pending import Pending as _Pending
 from .queues import Reach, ReadyQueues
-from .sessions import AckOut, AssignmentOut, CancelOut, DrainOut, GoAwayOut, Held, Session
+from .sessions import AckOut, AssignmentOut, CancelOut, DrainOut, GoAwayOut, Held, Session, check_capacity
 from .timers import TimerHeap
 from .undo import Detached, UndoFailedCommits, exec_deadline
 
@@ -628,14 +628,18 @@ class Scheduler(UndoFailedCommits):
         transport: str,
         running: list[tuple[str, int]],
         receipt_public_key: bytes = b"",
+        offered: int | None = None,
     ) -> tuple[Session, list[tuple[str, int]], _Pending]:
         """A new session for miner_id. Returns it, the running jobs it keeps, and writes to commit.
 
         A live session of the same identity is replaced (told to go away); the jobs it or a previous
         session held move to the new session if the miner lists them as running, and are requeued if not.
+        `offered`: the jobs it takes at once from the start (the hello's capacity; None: caps.slots).
         """
         if self.stopping:
             raise CoordinatorError(Kind.UNAVAILABLE, "SHUTTING_DOWN", "the coordinator is shutting down")
+        if offered is not None:  # (refused before anything changes: a previous session is replaced below)
+            check_capacity(offered, caps, "hello.capacity.slots")
         now = now_us()
         pending = _Pending()
         inherited: dict[str, Held] = dict(self.orphans.pop(miner_id, {}))
@@ -655,6 +659,8 @@ class Scheduler(UndoFailedCommits):
             session_id=uuid7(), miner_id=miner_id, caps=caps, transport=transport, connected_us=now,
             receipt_public_key=receipt_public_key, last_seen_us=now, opened_key=next(self._unit_keys),
         )  # fmt: skip
+        if offered is not None:  # before the fill below (a Capacity read after it takes no assignment back)
+            session.offered = offered
         self.sessions[session.session_id] = session
         self.by_miner[miner_id] = session
         listed = dict(running)
@@ -1311,7 +1317,9 @@ class Scheduler(UndoFailedCommits):
                 continue
             if refused and self._refuses(job, session.miner_id, now):
                 continue
-            key = (len(session.held) / session.slots, -session.record_score())
+            # load by the slots it offers now (takes_work: at least 1), not its hello's: a miner offering 2 of 8
+            # and holding 1 is half loaded, not an eighth
+            key = (len(session.held) / session.offered, -session.record_score())
             if best_key is None or key < best_key:
                 best, best_key = session, key
                 if key[0] == 0.0 and key[1] == -1.0:

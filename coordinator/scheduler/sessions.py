@@ -68,6 +68,13 @@ class GoAwayOut:
 Outbound = list[AssignmentOut] | CancelOut | AckOut | DrainOut | GoAwayOut
 
 
+def check_capacity(slots: int, caps: Capabilities, field_name: str) -> None:
+    """A miner's offer of `slots` jobs at once (a Capacity message, or its hello's): 0 to its hello's count."""
+    if slots > caps.slots:
+        raise invalid(f"{field_name} is {slots}; this stream's hello offered {caps.slots} slots at most",
+                      [(field_name, f"0 to {caps.slots} (the hello's capabilities.slots)")])  # fmt: skip
+
+
 @dataclass(eq=False, slots=True)
 class Session:
     session_id: str
@@ -154,9 +161,7 @@ class Session:
     def offer(self, slots: int) -> bool:
         """Take `slots` jobs at once from now on (0 to the hello's count; 0: none new, not a drain). Returns
         whether slots were freed (the caller fills them now, as after a finished job)."""
-        if slots > self.caps.slots:
-            raise invalid(f"capacity.slots is {slots}; this stream's hello offered {self.caps.slots} at most",
-                          [("capacity.slots", f"0 to {self.caps.slots} (the hello's slots)")])  # fmt: skip
+        check_capacity(slots, self.caps, "capacity.slots")
         raised = slots > self.offered
         self.offered = slots
         return raised

@@ -308,8 +308,10 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
         miner_id = identity().name
         if key:
             self.issuer.check_miner_key(miner_id, key)  # before the session opens (it would replace the last)
+        # the hello's capacity: the stream's (a unary miner asks for what it takes: PollJobRequest.max_jobs)
+        offered = hello.capacity.slots if transport == "stream" and hello.HasField("capacity") else None
         session, kept, pending = self.scheduler.open_session(
-            miner_id, caps, transport, running(hello.running_jobs), key
+            miner_id, caps, transport, running(hello.running_jobs), key, offered
         )
         if key:
             pending.unit.keys.extend(self.issuer.register_miner_key(miner_id, key).keys)

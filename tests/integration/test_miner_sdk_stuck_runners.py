@@ -148,8 +148,8 @@ async def test_a_callable_stuck_across_a_reconnect_is_offered_less_on_the_new_st
     coord: Harness, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The stream ends (here a go-away: another session of the miner) while a callable is stuck: the new hello
-    offers every slot (its count is the stream's ceiling), a Capacity right after its welcome offers those
-    left, and once the callable returns, all again on that stream, with no other stream."""
+    offers every slot (its count is the stream's ceiling) and, in its capacity, those left; once the callable
+    returns, all again on that stream, with no other stream."""
     caplog.set_level(logging.INFO, logger="aitbc.miner")
     calls = Callables()
     alice = coord.client("alice")

@@ -129,8 +129,11 @@ def job_dict(j: job_pb2.Job) -> dict[str, Any]:
 
 def miner_dict(m: pb.MinerInfo) -> dict[str, Any]:
     caps = m.capabilities
+    # the slots it offers now (a Capacity message may lower them below the hello's); none while disconnected
+    offered = None if m.status == pb.MINER_STATUS_DISCONNECTED else m.offered_slots
     return {"miner_id": m.miner_id, "status": MINER_STATUS.get(m.status, "unknown"), "transport": m.transport or None,
             "session_id": m.session_id or None, "running_jobs": m.running_jobs, "slots": caps.slots,
+            "offered_slots": offered,
             "completed": m.completed, "failed": m.failed, "region": caps.region or None, "price": caps.price or None,
             "models": list(caps.models), "gpus": [f"{g.model}:{g.memory_gb}" for g in caps.gpus],
             "connected_at": _time(m.connected_at), "last_seen_at": _time(m.last_seen_at)}  # fmt: skip
@@ -186,9 +189,17 @@ def jobs_text(jobs: list[dict[str, Any]], now: float) -> str:
                    _age(j["created_at"], now), _age(j["updated_at"], now), j["terminal_reason"]] for j in jobs])  # fmt: skip
 
 
+def _slots(m: dict[str, Any]) -> str:
+    """The hello's slots, and the fewer it offers now when it offers fewer ("1 of 4": a Capacity message)."""
+    offered = m.get("offered_slots")
+    if offered is None or offered == m["slots"]:
+        return str(m["slots"])
+    return f"{offered} of {m['slots']}"
+
+
 def miners_text(miners: list[dict[str, Any]], now: float) -> str:
     return table(["MINER", "STATUS", "TRANSPORT", "RUNNING", "SLOTS", "DONE", "FAILED", "REGION", "PRICE", "SEEN"],
-                 [[m["miner_id"], m["status"], m["transport"], m["running_jobs"], m["slots"], m["completed"],
+                 [[m["miner_id"], m["status"], m["transport"], m["running_jobs"], _slots(m), m["completed"],
                    m["failed"], m["region"], m["price"], _age(m["last_seen_at"], now)] for m in miners])  # fmt: skip
 
 

@@ -503,13 +503,21 @@ class Miner:
     def hello(self) -> miner_service_pb2.ConnectRequest:
         capabilities = miner_service_pb2.MinerCapabilities()
         capabilities.CopyFrom(self.capabilities)
-        # every slot, always: the hello's count is the most a Capacity message may offer on the stream (fewer
-        # while runners are stuck: sent once welcomed, see _check_slots)
-        capabilities.slots = self._offered_slots = self.slots
+        # every slot, always: the hello's count is the most a Capacity message may offer on the stream; fewer
+        # while runners are stuck, in its capacity, which the coordinator applies before it fills the session (a
+        # Capacity after the welcome came too late: every slot was filled, the assignments rejected 1 s later)
+        capabilities.slots = self.slots
+        offer = self._offered_slots = self._offer()
+        capacity = None
+        if offer < self.slots:
+            capacity = miner_service_pb2.Capacity(slots=offer)
+            log.warning("%d canceled jobs' runners have not returned; the new stream offers %d of %d slots",
+                        self.slots - offer, offer, self.slots)  # fmt: skip
         return miner_service_pb2.ConnectRequest(hello=miner_service_pb2.Hello(
             capabilities=capabilities, agent_version="aitbc-python-miner/0.1",
             receipt_public_key=self.signer.public_key if self.signer else b"", batched_acks=True,
             running_jobs=[miner_service_pb2.RunningJob(job_id=j, attempt=a) for j, a in self._listed().items()],
+            capacity=capacity,
         ))  # fmt: skip
 
     def _listed(self) -> dict[str, int]:
@@ -660,8 +668,10 @@ class Miner:
         for job_id in [j for j in self.running if j not in kept]:
             self._cancel(job_id)
         self._capacity_updates, self._capacity_waiting = welcome.capacity_updates, False
-        # runners stuck: the hello offered every slot, this offers those left; first, so that the slots the rejects
-        # and results below free are not filled beyond it
+        if not welcome.capacity_updates:
+            self._offered_slots = self.slots  # (an older coordinator ignored the hello's capacity)
+        # a runner returned, or got stuck, since the hello: this offers the slots left; first, so that the slots
+        # the rejects and results below free are not filled beyond it
         self._check_slots()
         self._resend(outbox)
         self._reject_again(outbox, {(j.job_id, j.attempt) for j in welcome.resumed_jobs})

@@ -58,18 +58,20 @@ class RunningJob(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("capabilities", "receipt_public_key", "running_jobs", "agent_version", "batched_acks")
+    __slots__ = ("capabilities", "receipt_public_key", "running_jobs", "agent_version", "batched_acks", "capacity")
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     RECEIPT_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     RUNNING_JOBS_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     BATCHED_ACKS_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
     capabilities: MinerCapabilities
     receipt_public_key: bytes
     running_jobs: _containers.RepeatedCompositeFieldContainer[RunningJob]
     agent_version: str
     batched_acks: bool
-    def __init__(self, capabilities: _Optional[_Union[MinerCapabilities, _Mapping]] = ..., receipt_public_key: _Optional[bytes] = ..., running_jobs: _Optional[_Iterable[_Union[RunningJob, _Mapping]]] = ..., agent_version: _Optional[str] = ..., batched_acks: _Optional[bool] = ...) -> None: ...
+    capacity: Capacity
+    def __init__(self, capabilities: _Optional[_Union[MinerCapabilities, _Mapping]] = ..., receipt_public_key: _Optional[bytes] = ..., running_jobs: _Optional[_Iterable[_Union[RunningJob, _Mapping]]] = ..., agent_version: _Optional[str] = ..., batched_acks: _Optional[bool] = ..., capacity: _Optional[_Union[Capacity, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("session_id", "miner_id", "heartbeat_interval", "lease_duration", "resumed_jobs", "max_result_bytes", "max_message_bytes", "capacity_updates")

@@ -36,7 +36,7 @@ class MinerServiceStub:
     Capacity: a miner whose slots come and go (a canceled job whose work cannot be stopped at once still holds
     its slot) says how many jobs it takes at once with a `Capacity` message on the live stream, when the
     welcome says `capacity_updates`: no new stream, session or resume. The hello's slot count stays the most it
-    may offer; a new stream starts again from its own hello's count.
+    may offer; a new stream starts again from its own hello's (`Hello.capacity` if set, else `capabilities.slots`).
     The unary RPCs serve miners that cannot hold a stream, with the same scheduler, leases and fencing.
 
     Fencing: every assignment carries an attempt number; a result or failure naming a stale attempt, a job
@@ -109,7 +109,7 @@ class MinerServiceServicer:
     Capacity: a miner whose slots come and go (a canceled job whose work cannot be stopped at once still holds
     its slot) says how many jobs it takes at once with a `Capacity` message on the live stream, when the
     welcome says `capacity_updates`: no new stream, session or resume. The hello's slot count stays the most it
-    may offer; a new stream starts again from its own hello's count.
+    may offer; a new stream starts again from its own hello's (`Hello.capacity` if set, else `capabilities.slots`).
     The unary RPCs serve miners that cannot hold a stream, with the same scheduler, leases and fencing.
 
     Fencing: every assignment carries an attempt number; a result or failure naming a stale attempt, a job
@@ -257,7 +257,7 @@ class MinerService:
     Capacity: a miner whose slots come and go (a canceled job whose work cannot be stopped at once still holds
     its slot) says how many jobs it takes at once with a `Capacity` message on the live stream, when the
     welcome says `capacity_updates`: no new stream, session or resume. The hello's slot count stays the most it
-    may offer; a new stream starts again from its own hello's count.
+    may offer; a new stream starts again from its own hello's (`Hello.capacity` if set, else `capabilities.slots`).
     The unary RPCs serve miners that cannot hold a stream, with the same scheduler, leases and fencing.
 
     Fencing: every assignment carries an attempt number; a result or failure naming a stale attempt, a job
