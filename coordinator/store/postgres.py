@@ -246,9 +246,11 @@ class PostgresStore(SqlReads):
                     "INSERT INTO schema_version VALUES ($1, $2)", number, time.time_ns() // 1000
                 )
             # (committed before any unit is written)
-            epoch = await conn.fetchval(numbered(BUMP_EPOCH), holder_name(), time.time_ns() // 1000)
-            if new_store:  # (noted before the COMMIT: lost on its way, it may have landed; the epoch tells)
-                self._made = _Made(schema, made_schema, epoch)
+            holder, taken_us = holder_name(), time.time_ns() // 1000
+            epoch = await conn.fetchval(numbered(BUMP_EPOCH), holder, taken_us)
+            # (noted before the COMMIT: lost on its way, it may have landed; the holder row tells)
+            if new_store:
+                self._made = _Made(schema, made_schema, epoch, holder, taken_us)
         self._epoch = epoch
         for number in range(version + 1, len(POSTGRES_MIGRATIONS) + 1):
             log.info("store migrated to schema version %d", number)
@@ -256,27 +258,49 @@ class PostgresStore(SqlReads):
     async def _remove_made(self) -> None:
         """Drops the store this open made (its tables, and its schema if it made that too), after a start that
         failed: on the writer's connection, which holds the store's lock; else on a new one, if it gets the lock at
-        once. Only while the holder epoch is still the one this open wrote: a store another process took since
-        (and may have written) is kept. Nothing is dropped if the open's migration never landed."""
+        once (after ending this open's own earlier session, if that still holds it). Only while the holder row
+        (epoch, holder, time) is still the one this open wrote: a store another process took, or made anew, since
+        (and may have written) is kept. Nothing is dropped if the open's migration never landed; all or nothing
+        is dropped (one transaction)."""
         made, self._made = self._made, None
         if made is None:
             return
         conn = self._conn if self._conn is not None and not self._conn.is_closed() else None
+        if conn is not None and conn.is_in_transaction():
+            # a COMMIT cut short (a stop signal as it went up): this connection cannot tell what landed, nor take
+            # another transaction; let go, its backend is ended below from a new one, which reads what landed
+            conn.terminate()
+            conn = None
         own = conn is None
         try:
             if conn is None:
                 conn = await self._connect()
-                key = f"aitbc-store:{self.schema or made.schema}"
-                if not await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1)::bigint)", key):
-                    raise StoreInUse("the store is held by another process")
+                key = await conn.fetchval(
+                    "SELECT hashtext($1)::bigint", f"aitbc-store:{self.schema or made.schema}"
+                )
+                if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+                    # the holder may be this start's own backend, its connection lost on this side only (the
+                    # COMMIT's answer lost with it): ended, as the writer ends it (never another's session)
+                    row = await conn.fetchrow(_LOCK_HOLDER, (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF)
+                    mine = None if row is None else (row["pid"], row["backend_start"])
+                    if mine is None or mine not in self._own_backends:
+                        raise StoreInUse("the store is held by another process")
+                    await self._end_backend(conn, mine)
+                    if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+                        raise StoreInUse("the store is held by another process")
             async with conn.transaction():
                 await conn.execute("SET LOCAL lock_timeout = '5s'")  # (a read on a table: not waited for)
                 holder = f'"{made.schema}".store_holder'
                 if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", holder):
                     return  # its migration did not land: nothing to drop
-                epoch = await conn.fetchval(f"SELECT epoch FROM {holder} WHERE id = 1")
-                if epoch != made.epoch:
-                    raise StoreInUse(f"another process took the store since (holder epoch {epoch})")
+                # The whole row, not the epoch alone: a store made anew by another process (this start's COMMIT
+                # lost before it landed; the schema emptied and made again) counts from 1 again. FOR UPDATE: a
+                # taker bumping it meanwhile waits, and then finds no store.
+                row = await conn.fetchrow(
+                    f"SELECT epoch, holder, taken_us FROM {holder} WHERE id = 1 FOR UPDATE"
+                )
+                if row is None or tuple(row) != (made.epoch, made.holder, made.taken_us):
+                    raise StoreInUse(f"another process took the store since (holder {dict(row or {})})")
                 tables = ", ".join(f'"{made.schema}"."{t}"' for t in ("schema_version", *_MIGRATION_TABLES))
                 await conn.execute(f"DROP TABLE IF EXISTS {tables}")
                 for function in _MIGRATION_FUNCTIONS:
@@ -288,10 +312,12 @@ class PostgresStore(SqlReads):
                     except asyncpg.DependentObjectsStillExistError:
                         log.warning("start failed: schema %s holds other objects now; kept", made.schema)
             log.info("start failed: removed what it made of the store at schema %s", made.schema)
-        except Exception as exc:
+        except BaseException as exc:  # (cancelled too: the operator is told all the same)
             log.warning(
                 "start failed: the store it made at schema %s is left in place (%r)", made.schema, exc
             )
+            if not isinstance(exc, Exception):
+                raise
         finally:
             if own and conn is not None:
                 conn.terminate()  # (and with it the lock)
@@ -325,12 +351,14 @@ class PostgresStore(SqlReads):
             except (TimeoutError, asyncpg.InterfaceError):
                 pool.terminate()
             self._pool = None
-        if remove_made:
-            await self._remove_made()
-        self._made = None
-        if self._conn is not None:
-            await _let_go(self._conn)
-            self._conn = None
+        try:
+            if remove_made:
+                await self._remove_made()
+        finally:  # (cancelled meanwhile, a second stop signal: the drop is rolled back; the lock let go all the same)
+            self._made = None
+            if (conn := self._conn) is not None:
+                self._conn = None
+                await _let_go(conn)
 
     # --- writes -----------------------------------------------------------------------------------
     def enqueue(self, unit: UnitOfWork) -> asyncio.Future[None]:
@@ -476,12 +504,7 @@ class PostgresStore(SqlReads):
         # (before the lock is asked for: if it is granted and the answer lost, this backend holds the store)
         self._own_backends.add(mine)
         while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
-            row = await conn.fetchrow(
-                "SELECT l.pid, a.backend_start FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid "
-                "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
-                "AND l.classid::bigint = $1 AND l.objid::bigint = $2",
-                (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF,
-            )  # fmt: skip
+            row = await conn.fetchrow(_LOCK_HOLDER, (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF)
             holder = None if row is None else row["pid"]
             own = row is not None and (row["pid"], row["backend_start"]) in self._own_backends
             if self._epoch is not None and not own:
@@ -721,6 +744,13 @@ class PostgresStore(SqlReads):
 # The writer's connection holds the store's lock: a server's idle_session_timeout (PostgreSQL 14+, set for the
 # role or the database) would end it while idle, and let another process take the store. (Not a startup setting:
 # older servers refuse a parameter they do not know.)
+# the backend holding a session advisory lock (its bigint key given as its two halves), named (see Backend)
+_LOCK_HOLDER = (
+    "SELECT l.pid, a.backend_start FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid "
+    "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+    "AND l.classid::bigint = $1 AND l.objid::bigint = $2"
+)
+
 _KEEP_IDLE_SESSION = (
     "SELECT set_config('idle_session_timeout', '0', false) "
     "WHERE current_setting('server_version_num')::int >= 140000"
@@ -740,7 +770,10 @@ class _Made:
 
     schema: str  # where its tables are
     schema_too: bool  # the open created the schema itself
-    epoch: int  # the holder epoch it wrote: another one means another process took the store since
+    # the holder row it wrote (store_holder): another one means another process took, or made, the store since
+    epoch: int
+    holder: str
+    taken_us: int
 
 
 # What the migrations make (every one of them ran for a store an open made): plain CREATE TABLE / CREATE FUNCTION,
