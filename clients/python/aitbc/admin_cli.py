@@ -20,6 +20,7 @@ from typing import Any, TextIO
 import grpc
 
 from .channel import auth_metadata, connection_options, open_channel
+from .client import error_details
 from .coordinator.v1 import admin_service_pb2 as pb
 from .coordinator.v1 import admin_service_pb2_grpc, job_pb2
 from .signing import SigningChannel
@@ -41,6 +42,10 @@ MINER_STATUS = {
 }
 MAX_PAGE = 1000
 CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear screen
+
+
+class AdminUsageError(Exception):
+    """Bad input on the command line: one line on stderr, exit 2 (as `aitbc`'s; 1 is a refused call)."""
 
 
 class AdminClient:
@@ -295,9 +300,7 @@ def parse_state(name: str) -> int:
     try:
         return job_pb2.JobState.Value(key)
     except ValueError:
-        raise SystemExit(
-            f"aitbc admin: unknown state {name!r} (one of {', '.join(STATES.values())})"
-        ) from None
+        raise AdminUsageError(f"unknown state {name!r} (one of {', '.join(STATES.values())})") from None
 
 
 async def run(args: argparse.Namespace, out: TextIO) -> int:
@@ -309,7 +312,7 @@ async def run(args: argparse.Namespace, out: TextIO) -> int:
             out.write((json.dumps(d, indent=1) if args.json else stats_text(d)) + "\n")
         elif command == "jobs":
             if args.limit < 1:
-                raise SystemExit("aitbc admin: --limit must be at least 1")
+                raise AdminUsageError("--limit must be at least 1")
             states = [parse_state(s) for s in args.state]
             jobs = [job_dict(j) for j in await admin.jobs(states, args.client, args.miner, args.limit)]
             out.write((json.dumps(jobs, indent=1) if args.json else jobs_text(jobs, now)) + "\n")
@@ -325,7 +328,7 @@ async def run(args: argparse.Namespace, out: TextIO) -> int:
                           "then its session closes\n")  # fmt: skip
         elif command == "top":
             if args.interval <= 0:
-                raise SystemExit("aitbc admin: --interval must be positive")
+                raise AdminUsageError("--interval must be positive")
             await top(admin, args.address, args.interval, args.iterations, args.json, out)
     return 0
 
@@ -333,8 +336,11 @@ async def run(args: argparse.Namespace, out: TextIO) -> int:
 def main(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(run(args, sys.stdout))
-    except grpc.aio.AioRpcError as exc:
-        print(f"aitbc admin: {exc.code().name}: {exc.details()}", file=sys.stderr)
+    except grpc.aio.AioRpcError as exc:  # one line, with the ErrorInfo reason, as `aitbc` prints it
+        print(f"aitbc admin: {error_details(exc)}", file=sys.stderr)
         return 1
+    except AdminUsageError as exc:
+        print(f"aitbc admin: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130

@@ -248,13 +248,25 @@ def _runner(spec: str, timeout: float | None, raw_output: bool = False):  # type
         import importlib
 
         module, _, function = spec[len("python:") :].rpartition(":")
-        return miner.python_runner(getattr(importlib.import_module(module), function))
+        if not module or not function:
+            raise UsageError(f"--runner: python:MODULE:FUNCTION is needed, not {spec!r}")
+        # As `python -m` does: a module beside where the miner starts is found (the console script's
+        # sys.path has its own directory instead).
+        if os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        try:
+            loaded = importlib.import_module(module)
+        except ImportError as exc:
+            raise UsageError(f"--runner: cannot import {module}: {exc}") from None
+        if not callable(target := getattr(loaded, function, None)):
+            raise UsageError(f"--runner: module {module} has no {function} to call")
+        return miner.python_runner(target)
     if spec.startswith("cmd:"):
         import shlex
 
         command = _paths_made_absolute(shlex.split(spec[len("cmd:") :]))
         return miner.subprocess_runner(command, timeout, json_results=not raw_output)
-    raise SystemExit(f"aitbc: unknown runner {spec!r}")
+    raise UsageError(f"unknown runner {spec!r} (echo, python:MODULE:FUNCTION or cmd:COMMAND)")
 
 
 def _paths_made_absolute(words: list[str]) -> list[str]:
@@ -266,14 +278,23 @@ def _paths_made_absolute(words: list[str]) -> list[str]:
     return [os.path.abspath(w) if r else w for w, r in zip(words, relative, strict=True)]
 
 
+def _gpu(text: str) -> tuple[str, int]:
+    model, _, memory = text.rpartition(":")
+    if not model or not memory.isdigit():
+        raise UsageError(f"--gpu: MODEL:MEMORY_GB is needed (e.g. A100:80), not {text!r}")
+    return model, int(memory)
+
+
 async def _miner(args: argparse.Namespace) -> int:
     from .miner import Miner, RunnersStuck, install_signal_handlers, probe_capabilities
     from .receipts import Signer
 
+    if bad := [kv for kv in args.label if "=" not in kv]:
+        raise UsageError(f"--label: KEY=VALUE is needed, not {bad[0]!r}")
     overrides: dict[str, Any] = {"price": args.price, "region": args.region, "models": args.model,
                                  "cuda_version": args.cuda, "labels": dict(kv.split("=", 1) for kv in args.label)}  # fmt: skip
     if args.gpu:
-        overrides["gpus"] = [(g.rsplit(":", 1)[0], int(g.rsplit(":", 1)[1])) for g in args.gpu]
+        overrides["gpus"] = [_gpu(g) for g in args.gpu]
     miner = Miner(args.address, args.api_key, _runner(args.runner, args.timeout, args.raw_output),
                   probe_capabilities(args.slots, **overrides),
                   signer=Signer(args.signing_key_hex) if args.signing_key_hex else None,
