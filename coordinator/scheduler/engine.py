@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from ..domain import states
 from ..domain.clock import MICROS, now_us
-from ..domain.errors import CoordinatorError, Kind, invalid, job_not_found
+from ..domain.errors import CoordinatorError, Kind, job_not_found
 from ..domain.ids import uuid7
 from ..domain.matching import eligible, split_price
 from ..domain.model import Capabilities, Constraints, Event, Job, JobResult, JobState, PayloadKind
@@ -559,10 +559,20 @@ class Scheduler(UndoFailedCommits):
 
     async def _events_after(self, snapshot: Job, after: int) -> list[Event]:
         """The job's stored changes after sequence `after` up to the snapshot's (all committed: the snapshot is of
-        the job as stored); the live ones follow from the watch."""
+        the job as stored); the live ones follow from the watch. A sequence past the job's last change was never
+        sent for this job (sequences are the job's own, 1 its submission): OUT_OF_RANGE (gRPC's code for a read
+        past the current end), not a silent wait for changes that may never come. The watcher got it elsewhere:
+        another job's watch, or a store since restored from an older copy. (A sequence of another job that is
+        within this job's range cannot be told apart: it replays this job's own changes after it.)"""
         if after > snapshot.event_seq:
-            raise invalid("after_sequence is past the job's last change",
-                          [("after_sequence", f"at most {snapshot.event_seq}")])  # fmt: skip
+            raise CoordinatorError(
+                Kind.OUT_OF_RANGE, "SEQUENCE_OUT_OF_RANGE",
+                f"after_sequence {after} is past job {snapshot.job_id}'s last change ({snapshot.event_seq}): "
+                "resume with a sequence this job's watch sent, or 0 for the job as it is now",
+                field_violations=[("after_sequence", f"at most {snapshot.event_seq}")],
+                metadata={"job_id": snapshot.job_id, "after_sequence": str(after),
+                          "last_sequence": str(snapshot.event_seq)},
+            )  # fmt: skip
         events = await self.store.get_events(snapshot.job_id)
         return [e for e in events if after < e.sequence <= snapshot.event_seq]
 

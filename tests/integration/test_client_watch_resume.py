@@ -103,7 +103,7 @@ async def test_after_sequence_replays_the_stored_changes_of_a_finished_job(coord
     assert not resumed[1].job.HasField("finished_at")  # each as of its change
     assert await watch_all(stub, job.job_id, after=4) == []  # it had everything: nothing, and the end
     past = await rpc_error(watch_all(stub, job.job_id, after=5))
-    expect_error(past, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST")
+    expect_error(past, grpc.StatusCode.OUT_OF_RANGE, "SEQUENCE_OUT_OF_RANGE")  # (past the end: not malformed)
     assert [f for f, _ in past.violations] == ["after_sequence"]
 
 

@@ -28,11 +28,37 @@ const RESULT_WAIT_TIMEOUT_MS = 900000;
 /**
  * Calls safe to repeat are made again after UNAVAILABLE (the coordinator unreachable or restarting, its store
  * briefly out: STORE_UNAVAILABLE), waiting a RetryInfo delay when the error has one, else a jittered backoff;
- * all tries of a call share its deadline. A submit is repeated only with an idempotency key (UNAVAILABLE may
- * come after the job was stored). RESOURCE_EXHAUSTED (a rate limit) is the application's: `err.retryAfterMs`.
+ * all tries of a call share its deadline, and by default only the deadline ends them (`attempts`: a cap on
+ * the tries, or on a watch's failures in a row; a cap of 5 gave up on a coordinator down for about 3 s). A
+ * submit is repeated only with an idempotency key (UNAVAILABLE may come after the job was stored).
+ * RESOURCE_EXHAUSTED (a rate limit) is the application's: `err.retryAfterMs`.
  */
-const DEFAULT_RETRY = { attempts: 5, backoffMs: 200, backoffMaxMs: 5000 };
+const DEFAULT_RETRY = { attempts: Infinity, backoffMs: 200, backoffMaxMs: 5000 };
 const UNAVAILABLE = grpc.status.UNAVAILABLE;
+
+/**
+ * Whether a failed try was cut on its way, its outcome unknown: UNAVAILABLE, or a stream the coordinator's
+ * process closed (stopping) without a gRPC status, which grpc-js reports as INTERNAL "Received RST_STREAM with
+ * code 0 (Call ended without gRPC status)" (not an answer: the coordinator's own INTERNAL carries a reason).
+ * A watch threw it and gave up on a restarting coordinator about one time in six.
+ */
+function wasCut(err) {
+  if (err.code === UNAVAILABLE) return true;
+  return err.code === grpc.status.INTERNAL && !err.reason && /^Received RST_STREAM with code 0\b/.test(err.details ?? '');
+}
+
+/**
+ * The error of a watch whose deadline passed: DEADLINE_EXCEEDED, saying the job's last state seen and the cut
+ * it was waiting out (`lastJob`, `cause`), not the bare status of the stream or of its last try.
+ */
+function watchTimedOut(jobId, timeoutMs, progress, failure) {
+  const seen = progress.job ? `last seen ${progress.job.state.replace(/^JOB_STATE_/, '')}, sequence ${progress.after}` : 'not seen';
+  const cut = progress.cut ? `; last cut: ${progress.cut.message}` : '';
+  const details = `job ${jobId} not terminal within ${timeoutMs / 1000} s (${seen})${cut}`;
+  // (the cut, not the last try: a try made as the deadline passes ends DEADLINE_EXCEEDED itself)
+  return Object.assign(new Error(`4 DEADLINE_EXCEEDED: ${details}`, { cause: progress.cut ?? failure }),
+    { code: grpc.status.DEADLINE_EXCEEDED, details, metadata: failure.metadata ?? new grpc.Metadata(), lastJob: progress.job });
+}
 
 /** The error of a call ended by close() between its tries: CANCELLED, as grpc-js ends a call in flight. */
 function closedError() {
@@ -139,7 +165,7 @@ class CoordinatorClient {
    * @param {string} [options.protoDir] the contract's root directory
    * @param {number} [options.timeoutMs] deadline of unary calls, all their tries included (default 30 s)
    * @param {{attempts?: number, backoffMs?: number, backoffMaxMs?: number}} [options.retry] see DEFAULT_RETRY
-   *   (`{attempts: 1}`: never again)
+   *   (`{attempts: 1}`: never again; default: until the call's deadline)
    */
   constructor(address, options = {}) {
     const credentials = options.credentials ?? grpc.credentials.createInsecure();
@@ -149,6 +175,7 @@ class CoordinatorClient {
     this.hmacSecret = options.hmacSecret;
     this.timeoutMs = options.timeoutMs ?? 30000;
     this.retry = { ...DEFAULT_RETRY, ...options.retry };
+    this.retry.attempts ??= Infinity; // (null or undefined given: no cap, as by default)
     this.jobs = new v1.JobService(address, credentials);
     // The other stubs share the first one's channel: one connection per coordinator.
     const channelOverride = this.jobs.getChannel();
@@ -192,8 +219,8 @@ class CoordinatorClient {
   /**
    * Calls a unary method and returns a promise of its response; errors carry their google.rpc details
    * (`err.reason`, `err.violations`, `err.retryAfterMs`). A call that is `repeatable` is made again after
-   * UNAVAILABLE within its deadline. settleRepeat(err): for a try made after an earlier one may have taken
-   * effect, the call's answer (not undefined) instead of err.
+   * UNAVAILABLE within its deadline. settleRepeat(err, deadline): for a try made after an earlier one may have
+   * taken effect, the call's answer (not undefined) instead of err; any call it makes keeps to `deadline`.
    */
   async unary(stub, method, request, timeoutMs = this.timeoutMs, { repeatable = false, settleRepeat } = {}) {
     const deadline = Date.now() + timeoutMs;
@@ -203,7 +230,7 @@ class CoordinatorClient {
       } catch (err) {
         withDetails(err);
         if (attempt > 1 && settleRepeat) {
-          const answer = await settleRepeat(err);
+          const answer = await settleRepeat(err, deadline);
           if (answer !== undefined) return answer;
         }
         const pause = this.retryPause(err, repeatable, attempt);
@@ -242,7 +269,7 @@ class CoordinatorClient {
 
   /** Milliseconds to wait before trying a failed call again, or null: not again. */
   retryPause(err, repeatable, attempt) {
-    if (attempt >= this.retry.attempts || err.code !== UNAVAILABLE || !repeatable) return null;
+    if (attempt >= this.retry.attempts || !wasCut(err) || !repeatable) return null;
     const delay = errorDetails(err)?.retryAfterMs;
     if (delay !== null && delay !== undefined) return delay;
     return Math.min(this.retry.backoffMaxMs, this.retry.backoffMs * 2 ** (attempt - 1)) * (0.5 + Math.random() / 2);
@@ -299,15 +326,24 @@ class CoordinatorClient {
     return { jobs: res.jobs.map(decodeJob), next_page_token: res.next_page_token };
   }
 
-  /** Returns a job. */
-  async getJob(jobId) {
-    return decodeJob((await this.unary(this.jobs, 'GetJob', { job_id: jobId }, undefined, { repeatable: true })).job);
+  /**
+   * Returns a job.
+   * @param {string} jobId
+   * @param {{deadline?: number}} [options] epoch milliseconds to end by (default: `timeoutMs` from now)
+   */
+  async getJob(jobId, { deadline } = {}) {
+    const timeoutMs = deadline === undefined ? undefined : Math.max(deadline - Date.now(), 0);
+    return decodeJob((await this.unary(this.jobs, 'GetJob', { job_id: jobId }, timeoutMs, { repeatable: true })).job);
   }
 
   /**
    * Follows a job until it is terminal. A stream cut on the way (UNAVAILABLE, or ended before the terminal
    * state) is resumed after the last `sequence` received (WatchJobRequest.after_sequence): no change is
-   * missed or repeated. Gives up after `retry.attempts` cuts in a row without a message.
+   * missed or repeated. A coordinator down for a while is waited out until the watch's deadline (or
+   * `retry.attempts` cuts in a row, if capped); the deadline passing ends it DEADLINE_EXCEEDED with the job's
+   * last state seen and the last cut in its message (`err.lastJob`, `err.cause`). A coordinator whose history
+   * of the job ends before the last sequence received (its store restored from an older copy) answers
+   * OUT_OF_RANGE (`SEQUENCE_OUT_OF_RANGE`), thrown as it is.
    * @param {string} jobId
    * @param {(job: object, event: object|null, sequence: number) => void} [onUpdate] called for every message
    *   (event null for the first: the job as it was when the watch began)
@@ -315,8 +351,9 @@ class CoordinatorClient {
    * @returns {Promise<object>} the job in its terminal state
    */
   async watchJob(jobId, onUpdate, options = {}) {
-    const deadline = Date.now() + (options.timeoutMs ?? 600000);
-    const progress = { after: 0, failures: 0 };
+    const timeoutMs = options.timeoutMs ?? 600000;
+    const deadline = Date.now() + timeoutMs;
+    const progress = { after: 0, failures: 0, job: null, cut: null };
     for (;;) {
       let failure;
       try {
@@ -327,9 +364,12 @@ class CoordinatorClient {
       } catch (err) {
         failure = withDetails(err);
       }
+      if (failure.code === grpc.status.DEADLINE_EXCEEDED) throw watchTimedOut(jobId, timeoutMs, progress, failure);
       progress.failures += 1;
+      progress.cut = failure;
       const pause = this.retryPause(failure, true, progress.failures);
-      if (pause === null || Date.now() + pause >= deadline) throw failure;
+      if (pause === null) throw failure;
+      if (Date.now() + pause >= deadline) throw watchTimedOut(jobId, timeoutMs, progress, failure);
       await this.pause(pause);
     }
   }
@@ -358,6 +398,8 @@ class CoordinatorClient {
         const job = decodeJob(msg.job);
         progress.after = Number(msg.sequence);
         progress.failures = 0;
+        progress.job = job;
+        progress.cut = null;
         if (onUpdate) onUpdate(job, msg.event ?? null, progress.after);
         if (TERMINAL_STATES.has(job.state) && settle()) {
           resolve(job);
@@ -374,16 +416,17 @@ class CoordinatorClient {
   }
 
   /**
-   * Reads a job with GetJob until it is terminal, backing off from 50 ms to 1 s between reads.
+   * Reads a job with GetJob until it is terminal, backing off from 50 ms to 1 s between reads; every read
+   * within the deadline, every pause ended by close().
    * @param {string} jobId
    * @param {number} deadline epoch milliseconds
    */
   async pollUntilTerminal(jobId, deadline) {
     for (let pause = 50; ; pause = Math.min(pause * 2, 1000)) {
-      const job = await this.getJob(jobId);
+      const job = await this.getJob(jobId, { deadline });
       if (TERMINAL_STATES.has(job.state)) return job;
       if (Date.now() + pause > deadline) throw new Error(`job ${jobId} not terminal by the deadline (${job.state})`);
-      await new Promise((r) => setTimeout(r, pause));
+      await this.pause(pause);
     }
   }
 
@@ -401,9 +444,10 @@ class CoordinatorClient {
    * is the answer, not the JOB_TERMINAL of the repeat.
    */
   async cancelJob(jobId, reason = '') {
-    const settleRepeat = async (err) => {
+    const settleRepeat = async (err, deadline) => {
       if (err.reason !== 'JOB_TERMINAL') return undefined;
-      const job = await this.getJob(jobId);
+      // read within what is left of the cancel's deadline (a deadline of its own outlived the caller's)
+      const job = await this.getJob(jobId, { deadline });
       return job.state === 'JOB_STATE_CANCELED' ? { job } : undefined;
     };
     const res = await this.unary(this.jobs, 'CancelJob', { job_id: jobId, reason }, undefined, { repeatable: true, settleRepeat });

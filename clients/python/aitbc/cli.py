@@ -48,6 +48,12 @@ def _print(message: Any) -> None:
     print(json.dumps(MessageToDict(message, preserving_proto_field_name=True), indent=1))
 
 
+def _timeout(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--timeout", type=_positive_seconds, default=None, metavar="SECONDS",
+                        help="waiting for the job: exit 1 after this long (default: until it ends, waiting out a "
+                             "coordinator that is down)")  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aitbc", description="AITBC coordinator client, miner and receipt tools"
@@ -64,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--constraints", default="{}", help='JSON, e.g. {"region": "eu-west", "min_vram_gb": 24}'
     )
     submit.add_argument("--wait", action="store_true")
+    _timeout(submit)
     job_commands = {
         "get": "get a job", "result": "get a completed job's result", "cancel": "cancel a job",
         "watch": "print a job at each change until it finishes",
@@ -72,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in job_commands.items():
         p = commands.add_parser(name, help=text)
         p.add_argument("job_id")
+        if name in ("watch", "wait"):
+            _timeout(p)
     jobs = commands.add_parser("list", help="list your jobs")
     jobs.add_argument("--state", action="append", default=[], help="JOB_STATE_... name; repeatable")
     jobs.add_argument("--page-size", type=int, default=20)
@@ -133,7 +142,7 @@ async def _jobs(args: argparse.Namespace) -> int:
                 _print(job)
                 return 0
             args.submitted_job_id = job.job_id  # a failure from here on is the wait's: the job is stored
-            job = await client.wait(job.job_id)
+            job = await client.wait(job.job_id, args.timeout)
             _print(await client.result(job.job_id) if job.state == 4 else job)
             return 0 if job.state == 4 else 1
         if args.command == "get":
@@ -143,12 +152,16 @@ async def _jobs(args: argparse.Namespace) -> int:
         elif args.command == "cancel":
             _print(await client.cancel(args.job_id))
         elif args.command == "wait":  # exits as submit --wait does: a script can chain on success
-            job = await client.wait(args.job_id)
+            job = await client.wait(args.job_id, args.timeout)
             _print(job)
             return 0 if job.state == 4 else 1
         elif args.command == "watch":
-            async for update in client.watch(args.job_id):
-                _print(update)
+            try:
+                async with asyncio.timeout(args.timeout):
+                    async for update in client.watch(args.job_id):
+                        _print(update)
+            except TimeoutError:
+                raise TimeoutError(f"job {args.job_id} not terminal after {args.timeout:g} s") from None
         elif args.command == "list":
             from .coordinator.v1 import job_pb2
 
@@ -161,12 +174,15 @@ async def _jobs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _call_failed(exc: grpc.aio.AioRpcError, args: argparse.Namespace) -> str:
-    """What a failed call says (code, reason, field violations, retry delay); for a submit --wait whose job
-    was stored, the job's id (to follow it, not submit it again); for a submit without an idempotency key that
-    may have been stored, how to make it again safely."""
-    text = str(error_details(exc))
-    unsure = exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+def _call_failed(exc: grpc.aio.AioRpcError | TimeoutError, args: argparse.Namespace) -> str:
+    """What a failed call says (code, reason, field violations, retry delay; a wait's --timeout: the job's
+    last state seen); for a submit --wait whose job was stored, the job's id (to follow it, not submit it
+    again); for a submit without an idempotency key that may have been stored, how to make it again safely."""
+    if isinstance(exc, TimeoutError):
+        text, unsure = str(exc), False
+    else:
+        text = str(error_details(exc))
+        unsure = exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
     # submit --wait failing in its wait: the job is stored, and its id is nowhere else
     if submitted := getattr(args, "submitted_job_id", None):
         text += f" (job {submitted} was submitted: follow it with `aitbc wait {submitted}`)"
@@ -320,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "miner":
             return asyncio.run(_miner(args))
         return asyncio.run(_jobs(args))
-    except grpc.aio.AioRpcError as exc:
+    except (grpc.aio.AioRpcError, TimeoutError) as exc:  # (TimeoutError: a wait's --timeout)
         print(f"aitbc: {_call_failed(exc, args)}", file=sys.stderr)
         return 1
     except UsageError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -28,6 +29,8 @@ from .coordinator.v1 import (
 from .signing import SigningChannel
 from .tracing import with_trace_context
 
+log = logging.getLogger("aitbc.client")
+
 TERMINAL = {
     job_pb2.JOB_STATE_COMPLETED,
     job_pb2.JOB_STATE_FAILED,
@@ -48,10 +51,13 @@ class RetryPolicy:
     briefly out: STORE_UNAVAILABLE), for a call that is safe to repeat: never a submit without an idempotency
     key (UNAVAILABLE may come after it was stored: a repeat could store it twice). A RetryInfo delay is
     waited; otherwise a jittered backoff from backoff_s doubling to backoff_max_s. All tries of a call share
-    its deadline. RESOURCE_EXHAUSTED (a rate limit) is the application's to handle: error_details(exc)
-    gives its retry_after_s."""
+    its deadline, and by default only the deadline ends them: a coordinator down for minutes is waited out
+    by a call whose deadline is longer (a watch, without one, waits as long as it takes). RESOURCE_EXHAUSTED
+    (a rate limit) is the application's to handle: error_details(exc) gives its retry_after_s."""
 
-    attempts: int = 5  # most tries of one call, the first included; 1: never again
+    # most tries of one call (or failures in a row of a watch), the first included; 1: never again; None: no
+    # cap, the deadline decides (a cap of 5 gave up on a coordinator down for more than about 3 s)
+    attempts: int | None = None
     backoff_s: float = 0.2
     backoff_max_s: float = 5.0
 
@@ -118,7 +124,8 @@ def retry_pause(
     exc: grpc.aio.AioRpcError, repeatable: bool, attempt: int, policy: RetryPolicy
 ) -> float | None:
     """How long to wait before trying a failed call again; None: do not."""
-    if attempt >= policy.attempts or exc.code() is not grpc.StatusCode.UNAVAILABLE or not repeatable:
+    spent = policy.attempts is not None and attempt >= policy.attempts
+    if spent or exc.code() is not grpc.StatusCode.UNAVAILABLE or not repeatable:
         return None
     delay = error_details(exc).retry_after_s
     return policy.backoff(attempt) if delay is None else delay
@@ -131,6 +138,25 @@ def closed_error() -> grpc.aio.AioRpcError:
 
 
 _DEFAULT: Any = object()  # "the client's default timeout" (None means no deadline)
+
+
+@dataclass
+class _Followed:
+    """How far a watch got: its last update and the last failure that cut it since (a resumed stream that has
+    sent nothing yet cannot be told from one still cut)."""
+
+    update: job_service_pb2.WatchJobResponse | None = None
+    failure: grpc.aio.AioRpcError | None = None
+
+    def timeout_message(self, job_id: str, timeout_s: float | None) -> str:
+        if self.update is None:
+            text = f"job {job_id} not seen in {timeout_s:g} s"
+        else:
+            state = job_pb2.JobState.Name(self.update.job.state).removeprefix("JOB_STATE_")
+            text = f"job {job_id} not terminal after {timeout_s:g} s (last seen {state}, sequence {self.update.sequence})"
+        if self.failure is not None:
+            text += f"; last cut: {error_details(self.failure)}"
+        return text
 
 
 def _rfc3339(ts) -> str | None:  # type: ignore[no-untyped-def]
@@ -206,24 +232,28 @@ class Client:
         *,
         repeatable: bool,
         timeout_s: float | None = _DEFAULT,
-        settle_repeat: Callable[[grpc.aio.AioRpcError], Awaitable[Any]] | None = None,
+        settle_repeat: Callable[[grpc.aio.AioRpcError, float | None], Awaitable[Any]] | None = None,
     ) -> Any:
         """One call, tried again as the retry policy allows within its deadline. settle_repeat: called with
-        the error of a try made after an earlier one may have taken effect; what it returns (not None) is
+        the error of a try made after an earlier one may have taken effect, and the seconds left of the
+        call's deadline (None: none), which any call it makes must keep to; what it returns (not None) is
         the call's answer (a cancel repeated after the first canceled the job)."""
         timeout = self.timeout_s if timeout_s is _DEFAULT else timeout_s
         deadline = None if timeout is None else time.monotonic() + timeout
+
+        def remaining() -> float | None:
+            return None if deadline is None else max(deadline - time.monotonic(), 0.0)
+
         attempt = 0
         while True:
             attempt += 1
-            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             try:
-                return await rpc(request, metadata=self.metadata, timeout=remaining)
+                return await rpc(request, metadata=self.metadata, timeout=remaining())
             except grpc.aio.AioRpcError as exc:
                 if (
                     attempt > 1
                     and settle_repeat is not None
-                    and (answer := await settle_repeat(exc)) is not None
+                    and (answer := await settle_repeat(exc, remaining())) is not None
                 ):
                     return answer
                 pause = retry_pause(exc, repeatable, attempt, self.retry)
@@ -272,9 +302,11 @@ class Client:
         return [r.job for r in response.responses]
 
     async def get(self, job_id: str) -> job_pb2.Job:
-        return (
-            await self._unary(self.jobs.GetJob, job_service_pb2.GetJobRequest(job_id=job_id), repeatable=True)
-        ).job
+        return await self._get(job_id)
+
+    async def _get(self, job_id: str, timeout_s: float | None = _DEFAULT) -> job_pb2.Job:
+        request = job_service_pb2.GetJobRequest(job_id=job_id)
+        return (await self._unary(self.jobs.GetJob, request, repeatable=True, timeout_s=timeout_s)).job
 
     async def result(
         self, job_id: str, *, wait: bool = False, deadline_s: float | None = None
@@ -291,10 +323,13 @@ class Client:
         """Cancels a job. Tried again after UNAVAILABLE: should an earlier try have canceled it, the job
         (CANCELED) is the answer, not the JOB_TERMINAL of the repeat."""
 
-        async def canceled_by_an_earlier_try(exc: grpc.aio.AioRpcError) -> job_pb2.Job | None:
+        async def canceled_by_an_earlier_try(
+            exc: grpc.aio.AioRpcError, left_s: float | None
+        ) -> job_pb2.Job | None:
             if error_details(exc).reason != "JOB_TERMINAL":
                 return None
-            job = await self.get(job_id)
+            # read within what is left of the cancel's deadline (a deadline of its own outlived the caller's)
+            job = await self._get(job_id, timeout_s=left_s)
             return job if job.state == job_pb2.JOB_STATE_CANCELED else None
 
         request = job_service_pb2.CancelJobRequest(job_id=job_id, reason=reason)
@@ -314,7 +349,17 @@ class Client:
     async def watch(self, job_id: str) -> AsyncIterator[job_service_pb2.WatchJobResponse]:
         """The job as it is now, then at each change until it is terminal. A stream cut on the way
         (UNAVAILABLE, or ended before the terminal state) is resumed after the last sequence received: no
-        change is missed or repeated. Gives up as the retry policy says after failures in a row."""
+        change is missed or repeated. A watch has no deadline: it waits out a coordinator that is down for as
+        long as it takes (bound it with wait(timeout_s) or asyncio.timeout), unless the retry policy caps
+        the failures in a row. A coordinator whose history of the job ends before the last sequence received
+        (a store restored from an older copy) answers OUT_OF_RANGE (SEQUENCE_OUT_OF_RANGE), raised."""
+        async for update in self._follow(job_id, _Followed()):
+            yield update
+
+    async def _follow(
+        self, job_id: str, followed: _Followed
+    ) -> AsyncIterator[job_service_pb2.WatchJobResponse]:
+        """watch(), noting in followed the last update and the last failure (for wait()'s timeout error)."""
         after, failures = 0, 0
         while True:
             call = self.jobs.WatchJob(job_service_pb2.WatchJobRequest(job_id=job_id, after_sequence=after),
@@ -322,6 +367,7 @@ class Client:
             try:
                 async for update in call:
                     after, failures = update.sequence, 0
+                    followed.update, followed.failure = update, None
                     yield update
                     if update.job.state in TERMINAL:
                         return
@@ -331,29 +377,31 @@ class Client:
             finally:
                 call.cancel()  # a consumer that stopped early: the stream goes with it
             failures += 1
-            pause = self._watch_pause(exc, failures)
+            if exc is None:  # ended early: as a cut (UNAVAILABLE), and said so should the policy give up
+                exc = grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                                           "the watch kept ending before the job was terminal")  # fmt: skip
+            followed.failure = exc
+            pause = retry_pause(exc, True, failures, self.retry)
             if pause is None:
-                assert exc is not None
                 raise exc
+            if failures == 1:  # once per outage: a watch waiting out a coordinator that is down says so
+                log.warning("watch of job %s cut (%s): resuming after sequence %d once the coordinator answers",
+                            job_id, error_details(exc), after)  # fmt: skip
             await self._pause(pause)
 
-    def _watch_pause(self, exc: grpc.aio.AioRpcError | None, failures: int) -> float | None:
-        """The pause before resuming a watch after its failures-th cut in a row; None: give up."""
-        if exc is not None:
-            return retry_pause(exc, True, failures, self.retry)
-        if failures >= self.retry.attempts:
-            raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
-                                       "the watch kept ending before the job was terminal")  # fmt: skip
-        return self.retry.backoff(failures)
-
     async def wait(self, job_id: str, timeout_s: float | None = None) -> job_pb2.Job:
-        """The job once terminal (follows WatchJob, resuming cut streams); TimeoutError after timeout_s."""
-        job = None
-        async with asyncio.timeout(timeout_s):
-            async for update in self.watch(job_id):
-                job = update.job
-        assert job is not None and job.state in TERMINAL
-        return job
+        """The job once terminal (follows WatchJob, resuming cut streams and waiting out a coordinator that is
+        down); TimeoutError after timeout_s, saying the job's last state seen and the failure that was being
+        waited out, if any."""
+        followed = _Followed()
+        try:
+            async with asyncio.timeout(timeout_s):
+                async for _ in self._follow(job_id, followed):
+                    pass
+        except TimeoutError as exc:
+            raise TimeoutError(followed.timeout_message(job_id, timeout_s)) from exc
+        assert followed.update is not None and followed.update.job.state in TERMINAL
+        return followed.update.job
 
     # ------------------------------------------------------------------ receipts
     async def receipt(self, job_id: str) -> receipt_service_pb2.GetReceiptResponse:

@@ -145,8 +145,9 @@ class JobServiceServicer:
         """Streams a job's state changes: first the job as it is now, then one message per change; the stream
         ends (status OK) after the terminal state. A watcher whose stream was cut resumes with `after_sequence`
         (the last `sequence` it received): it gets every change since, none twice, and no first snapshot.
-        Errors: NOT_FOUND (`JOB_NOT_FOUND`); INVALID_ARGUMENT (`INVALID_REQUEST`) for an `after_sequence` past
-        the job's last change.
+        Errors: NOT_FOUND (`JOB_NOT_FOUND`); OUT_OF_RANGE (`SEQUENCE_OUT_OF_RANGE`, ErrorInfo metadata
+        `last_sequence`) for an `after_sequence` past the job's last change: never sent for this job (another
+        job's, or the coordinator's store restored from an older copy); resume from 0 to start over.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
