@@ -586,7 +586,7 @@ class PostgresStore(SqlReads):
 
     async def _landed(self, units: list[UnitOfWork]) -> bool:
         """Whether a group whose commit raised is in the database all the same: its transaction is atomic, so
-        one of its rows that only it writes tells (its first job event, or else its first checkpoint)."""
+        one of its rows that only it writes tells (its first job event, or else its first checkpoint or drain)."""
         probe: tuple[str, tuple] | None = None
         for unit in units:
             if unit.events:
@@ -595,8 +595,13 @@ class PostgresStore(SqlReads):
             if unit.checkpoints:
                 probe = ("SELECT 1 FROM checkpoints WHERE tree_size = $1", (unit.checkpoints[0].tree_size,))
                 break
+            if unit.drains:  # (an operator's drain: its row's end is queued only once it landed)
+                drain = unit.drains[0]
+                probe = ("SELECT 1 FROM operator_drains WHERE miner_id = $1 AND created_us = $2",
+                         (drain.miner_id, drain.created_us))  # fmt: skip
+                break
         if probe is None:
-            return False  # nothing to tell by (signing keys only: their upsert can simply be retried)
+            return False  # nothing to tell by (keys, ends of drains only: their writes can simply be retried)
         delay = 0.1
         # The writer's backend may live on, its transaction open and its COMMIT still on the way (a connection
         # lost on this side; a COMMIT past its timeout, the connection still open here): ended before the probe,

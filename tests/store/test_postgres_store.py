@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from coordinator.store import open_store
-from coordinator.store.base import StoreInUse
+from coordinator.store.base import DrainRow, StoreInUse, UnitOfWork
 from coordinator.store.postgres import PostgresStore, parse_url
 from coordinator.store.schema import APPEND_ONLY, POSTGRES_MIGRATIONS
 from tests.tcp_relay import DOWN, UP, Link
@@ -205,6 +205,33 @@ async def test_a_cut_commit_is_looked_up_until_the_server_answers_again(schema: 
         proxy.armed = True
         await store.commit(new_jobs_unit(make_job("job-cut")))
         assert proxy.cuts == 1 and await store.get_job("job-cut") is not None
+    finally:
+        await store.close()
+        await proxy.close()
+
+
+async def test_a_cut_commit_of_a_drain_alone_is_looked_up_too(schema: str) -> None:
+    """An operator's drain is a group of its own (DrainMiner's write): with no job event to look up, a cut
+    commit of it counted as not landed, and with the server away for a moment its retry failed too: the drain
+    was reported failed though stored (the next start applied it)."""
+
+    class DownAfterCut(CommitCutter):
+        refusing = 0.0
+
+        def accepting(self) -> bool:
+            return not (self.cuts and asyncio.get_running_loop().time() < self.refusing)
+
+    proxy = DownAfterCut()
+    await proxy.start()
+    store = PostgresStore(proxy.url(schema))
+    await store.open()
+    try:
+        proxy.refusing = asyncio.get_running_loop().time() + 1.0
+        proxy.armed = True
+        unit = UnitOfWork()
+        unit.drains.append(DrainRow("gpu-cut", "ADMIN", 1_750_000_000_000_000))
+        await store.commit(unit)
+        assert proxy.cuts == 1 and await store.load_drains() == unit.drains
     finally:
         await store.close()
         await proxy.close()
