@@ -153,7 +153,7 @@ class Scheduler(UndoFailedCommits):
         # miner -> created_us of its operator's drain as stored (table operator_drains: it outlives a restart), from
         # the drain's write landing until the drain is over (its row deleted then); and the drain writes in flight
         self._stored_drains: dict[str, int] = {}
-        self._drain_writes: dict[str, asyncio.Future[None]] = {}
+        self._drain_writes: dict[str, asyncio.Future[Session | None]] = {}
         self.idempotency: dict[tuple[str, str], str] = {}
         self._inflight_keys: dict[tuple[str, str], asyncio.Future] = {}
         self.watchers: dict[str, set[asyncio.Queue]] = {}
@@ -889,7 +889,9 @@ class Scheduler(UndoFailedCommits):
         an operator is drained as it is (an away one's grace period renewed), with no write."""
         if self.stopping:
             raise CoordinatorError(Kind.UNAVAILABLE, "SHUTTING_DOWN", "the coordinator is shutting down")
-        if miner_id not in self.by_miner and miner_id not in self.orphans and miner_id not in self._drains:
+        # (a drain of it being written counts: its miner may have gone meanwhile, and it takes effect all the same)
+        known = (self.by_miner, self.orphans, self._drains, self._drain_writes)
+        if not any(miner_id in m for m in known):
             raise CoordinatorError(
                 Kind.NOT_FOUND,
                 "MINER_NOT_FOUND",
@@ -925,8 +927,10 @@ class Scheduler(UndoFailedCommits):
         error = RuntimeError("the write was cancelled") if written.cancelled() else written.exception()
         if error is not None:
             applied.set_exception(error)
-        elif self.stopping:  # (the next start loads the drain from the store)
-            applied.set_result(None)
+        elif self.stopping:  # not applied here: the next start loads it (said so, not answered "away")
+            applied.set_exception(CoordinatorError(
+                Kind.UNAVAILABLE, "SHUTTING_DOWN",
+                "the coordinator is shutting down: the drain is stored, and takes effect at the next start"))  # fmt: skip
         else:
             self._stored_drains[row.miner_id] = row.created_us
             applied.set_result(self._apply_drain(row.miner_id))
