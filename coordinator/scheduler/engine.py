@@ -190,6 +190,9 @@ class Scheduler(UndoFailedCommits):
         self.stopping = True
         for session in list(self.sessions.values()):
             session.send(GoAwayOut("SHUTTING_DOWN", 1.0))
+        for queues in self.watchers.values():
+            for q in queues:
+                q.put_nowait(None)
         for task in list(self._restoring):
             task.cancel()
         await asyncio.gather(*self._restoring, return_exceptions=True)
@@ -544,7 +547,16 @@ class Scheduler(UndoFailedCommits):
                 return  # and then its terminal event waits in q
             seen = snapshot.event_seq
             while True:
-                snapshot, event = await q.get()
+                # A stop (its None wakes the wait) ends a watch with nothing left to send, UNAVAILABLE at once: the
+                # client resumes it at the next coordinator, rather than be cut by gRPC at the grace's end.
+                if self.stopping and q.empty():
+                    raise CoordinatorError(
+                        Kind.UNAVAILABLE, "SHUTTING_DOWN", "the coordinator is shutting down"
+                    )
+                item = await q.get()
+                if item is None:
+                    continue
+                snapshot, event = item
                 if event.sequence <= seen:
                     continue  # already in the first snapshot (it waited for that commit to land)
                 yield snapshot, event
@@ -1247,6 +1259,11 @@ class Scheduler(UndoFailedCommits):
         session.poll_asks += max_jobs
         try:
             while True:
+                if self.stopping and not _poll_news(session) and not session.closed:
+                    # (stop()'s go-away wakes it: waiting on, it was cut only at the grace's end, holding the stop)
+                    raise CoordinatorError(
+                        Kind.UNAVAILABLE, "SHUTTING_DOWN", "the coordinator is shutting down"
+                    )
                 if not _poll_news(session) and not session.closed:
                     pending = _Pending()
                     # what the waiting polls ask for, less what is already decided for them

@@ -83,6 +83,10 @@ async def test_a_submit_wait_whose_wait_fails_names_the_stored_job_instead_of_su
     cli = asyncio.create_task(asyncio.to_thread(main, argv))
     await eventually(lambda: coord.db.scalar("SELECT COUNT(*) FROM jobs") == 1, what="the stored job")
     job_id = coord.db.scalar("SELECT job_id FROM jobs")
+    # (the watch under way first: a stop refuses calls from its start, one not yet started ends CANCELLED)
+    assert coord.coordinator is not None
+    watchers = coord.coordinator.scheduler.watchers
+    await eventually(lambda: job_id in watchers, what="the CLI's watch")
     await coord.stop()  # (the watch waits the coordinator out until --timeout)
     code = await asyncio.wait_for(cli, 60)
     err = capsys.readouterr().err

@@ -4,18 +4,36 @@ NOT_SERVING again as soon as shutdown begins."""
 from __future__ import annotations
 
 import asyncio
+import random
+import socket
 from pathlib import Path
 
 import grpc
 from aitbc.admin_cli import AdminClient
 from aitbc.channel import open_channel
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from ops_support import ADMIN_KEY, free_port, make_settings, running
+from ops_support import ADMIN_KEY, make_settings, running
 
 from coordinator.server import SERVICE_NAMES, start
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def _port_outside_the_ephemeral_range() -> int:
+    """A free port the coordinator binds later. Outside the kernel's ephemeral range, which other processes take
+    from (connections' local ports, binds to port 0: other tests' coordinators), so that none takes it meanwhile:
+    the probe then talked to another coordinator, or to none, the start failing "in use"."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        low = int(f.read().split()[0])
+    for port in random.sample(range(max(1024, low - 12_000), low), 200):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port below the ephemeral range")
 
 
 async def _check(stub: health_pb2_grpc.HealthStub, service: str = "") -> int | str:
@@ -31,7 +49,7 @@ async def test_serving_only_once_the_queues_are_rebuilt(tmp_path: Path) -> None:
         client = ops.client()
         for batch in range(5):
             await client.submit_many([{"i": batch * 100 + i} for i in range(100)])
-    port = free_port()
+    port = _port_outside_the_ephemeral_range()
     settings = make_settings(tmp_path, app_port=port)
     channel = open_channel(f"127.0.0.1:{port}")
     stub = health_pb2_grpc.HealthStub(channel)
@@ -48,18 +66,21 @@ async def test_serving_only_once_the_queues_are_rebuilt(tmp_path: Path) -> None:
                 depth_when_serving = stats.queue_depth
                 break
             assert status in ("UNAVAILABLE", "DEADLINE_EXCEEDED", NOT_SERVING), status
+            if starting.done():  # (failed: its error, not probes until the test's timeout)
+                starting.result()
             await asyncio.sleep(0.002)
-        coordinator = await starting
-        try:
-            assert depth_when_serving == 500, "health said SERVING before the queues were rebuilt"
-            assert seen[0] != SERVING  # the probe began before the coordinator could serve
-            for name in ("", *SERVICE_NAMES):
-                assert await _check(stub, name) == SERVING, name
-        finally:
-            await coordinator.stop(grace=0.5)
+        await starting
+        assert depth_when_serving == 500, "health said SERVING before the queues were rebuilt"
+        assert seen[0] != SERVING  # the probe began before the coordinator could serve
+        for name in ("", *SERVICE_NAMES):
+            assert await _check(stub, name) == SERVING, name
     finally:
+        # stopped whatever failed, once started (its store's threads would keep the test process alive)
         if not starting.done():
             starting.cancel()
+        await asyncio.wait({starting})
+        if not starting.cancelled() and starting.exception() is None:
+            await starting.result().stop(grace=0.5)
         await channel.close()
 
 
