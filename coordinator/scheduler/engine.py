@@ -461,10 +461,21 @@ class Scheduler(UndoFailedCommits):
                                    "the same idempotency key appears twice in one batch")  # fmt: skip
         while True:
             hits: dict[int, Job] = {}
-            for i, _ in keys:
-                existing = await self._idempotent_hit(client_id, specs[i])
+            unknown: list[int] = []  # keys of no job in memory: looked up in the store, all in one read
+            for i, key in keys:
+                existing = await self._idempotent_hit_in_memory(key)
                 if existing is not None:
-                    hits[i] = existing
+                    hits[i] = _same_request(existing, specs[i])
+                else:
+                    unknown.append(i)
+            if unknown:
+                stored = await self.store.find_by_idempotency_keys(
+                    client_id, [specs[i].idempotency_key for i in unknown]
+                )
+                for i in unknown:
+                    existing = stored.get(specs[i].idempotency_key)
+                    if existing is not None:
+                        hits[i] = _same_request(existing, specs[i])
             if not any(
                 i not in hits and (key in self._inflight_keys or key in self.idempotency) for i, key in keys
             ):
@@ -476,8 +487,8 @@ class Scheduler(UndoFailedCommits):
         if not future.done():
             future.set_result(None)
 
-    async def _idempotent_hit(self, client_id: str, spec: JobSpec) -> Job | None:
-        key = (client_id, spec.idempotency_key)
+    async def _idempotent_hit_in_memory(self, key: tuple[str, str]) -> Job | None:
+        """The job of an active job's key (a copy, as landed), once a submit in flight with it is decided."""
         inflight = self._inflight_keys.get(key)
         if inflight is not None:
             await asyncio.shield(inflight)
@@ -485,20 +496,7 @@ class Scheduler(UndoFailedCommits):
         if job_id:
             await self._settled(job_id)  # a change being written may fail: answer with what has landed
         job = self.jobs.get(job_id) if job_id else None
-        if job is not None:
-            job = dataclasses.replace(job)
-        else:
-            job = await self.store.find_by_idempotency_key(client_id, spec.idempotency_key)
-        if job is None:
-            return None
-        if job.request_fingerprint != spec.fingerprint:
-            raise CoordinatorError(
-                Kind.ALREADY_EXISTS,
-                "IDEMPOTENCY_KEY_REUSED",
-                f"idempotency key {spec.idempotency_key!r} was used for a different request (job {job.job_id})",
-                metadata={"job_id": job.job_id},
-            )
-        return job
+        return None if job is None else dataclasses.replace(job)
 
     async def get_job(self, job_id: str, client_id: str | None) -> Job:
         """The job as durably stored (or later); NOT_FOUND for unknown ids and for another client's jobs
@@ -1641,6 +1639,18 @@ class Scheduler(UndoFailedCommits):
                                 f"attempt {attempt} ran longer than {job.execution_timeout_us / MICROS:g} s", now, pending)  # fmt: skip
         self._fill(session, pending, now)
         self._spawn_commit(pending)
+
+
+def _same_request(job: Job, spec: JobSpec) -> Job:
+    """job, found under spec's idempotency key, if it was submitted with the same request."""
+    if job.request_fingerprint != spec.fingerprint:
+        raise CoordinatorError(
+            Kind.ALREADY_EXISTS,
+            "IDEMPOTENCY_KEY_REUSED",
+            f"idempotency key {spec.idempotency_key!r} was used for a different request (job {job.job_id})",
+            metadata={"job_id": job.job_id},
+        )
+    return job
 
 
 def reject_pause_s(settings: SchedulerSettings, refusals: int) -> float:

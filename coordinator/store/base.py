@@ -371,7 +371,8 @@ class Store(ABC):
     async def get_job(self, job_id: str) -> Job | None: ...
 
     @abstractmethod
-    async def find_by_idempotency_key(self, client_id: str, key: str) -> Job | None: ...
+    async def find_by_idempotency_keys(self, client_id: str, keys: Sequence[str]) -> dict[str, Job]:
+        """client_id's jobs stored under any of keys, by key (one read for a whole batch)."""
 
     @abstractmethod
     async def list_jobs(self, flt: JobFilter, limit: int, before_job_id: str | None) -> list[Job]:

@@ -32,6 +32,11 @@ def numbered(sql: str) -> str:
     return "".join(f"{part}${i}" for i, part in enumerate(parts[:-1], start=1)) + parts[-1]
 
 
+KEYS_PER_LOOKUP = (
+    500  # idempotency keys per query (well within SQLite's and PostgreSQL's bound on parameters)
+)
+
+
 class SqlReads(Store):
     async def _query(self, sql: str, *params: Any) -> Sequence[Sequence[Any]]:
         raise NotImplementedError
@@ -44,11 +49,20 @@ class SqlReads(Store):
         rows = await self._query(f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = ?", job_id)
         return job_from_row(rows[0]) if rows else None
 
-    async def find_by_idempotency_key(self, client_id: str, key: str) -> Job | None:
-        rows = await self._query(
-            f"SELECT {JOB_COLUMNS} FROM jobs WHERE client_id = ? AND idempotency_key = ?", client_id, key
-        )
-        return job_from_row(rows[0]) if rows else None
+    async def find_by_idempotency_keys(self, client_id: str, keys: Sequence[str]) -> dict[str, Job]:
+        found: dict[str, Job] = {}
+        for i in range(0, len(keys), KEYS_PER_LOOKUP):
+            chunk = list(keys[i : i + KEYS_PER_LOOKUP])
+            rows = await self._query(
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE client_id = ? AND idempotency_key IN "
+                f"({','.join('?' * len(chunk))})",
+                client_id,
+                *chunk,
+            )
+            for row in rows:
+                job = job_from_row(row)
+                found[job.idempotency_key] = job
+        return found
 
     async def list_jobs(self, flt: JobFilter, limit: int, before_job_id: str | None) -> list[Job]:
         where: list[str] = []

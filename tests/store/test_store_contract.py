@@ -51,9 +51,22 @@ async def test_new_jobs_and_events_read_back_equal(store: Store) -> None:
     assert await store.get_job("job-missing") is None
     assert await store.get_events("job-a") == [submitted_event(a)]
     assert await store.get_events("job-missing") == []
-    assert await store.find_by_idempotency_key("alice", "idem-1") == a
-    assert await store.find_by_idempotency_key("bob", "idem-1") is None
-    assert await store.find_by_idempotency_key("alice", "other") is None
+    assert await store.find_by_idempotency_keys("alice", ["idem-1"]) == {"idem-1": a}
+    assert await store.find_by_idempotency_keys("bob", ["idem-1"]) == {}
+    assert await store.find_by_idempotency_keys("alice", ["other", "idem-1"]) == {"idem-1": a}
+
+
+async def test_a_batch_of_idempotency_keys_is_found_in_one_read_past_a_chunk(store: Store) -> None:
+    # a SubmitJobs batch's keys, more than one query's worth, some another client's
+    mine = [
+        make_job(f"job-{i:04d}", idempotency_key=f"key-{i}", created_us=T0 + i) for i in range(0, 1200, 2)
+    ]
+    theirs = make_job("job-bob", client_id="bob", idempotency_key="key-1")
+    await store.commit(new_jobs_unit(*mine, theirs))
+    asked = [f"key-{i}" for i in range(1200)]
+    found = await store.find_by_idempotency_keys("alice", asked)
+    assert found == {job.idempotency_key: job for job in mine}
+    assert await store.find_by_idempotency_keys("alice", []) == {}
 
 
 async def test_updates_replace_the_mutable_fields_and_events_append(store: Store) -> None:
