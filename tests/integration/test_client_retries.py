@@ -95,8 +95,8 @@ async def test_a_keyed_submit_whose_answer_was_lost_is_made_again_and_gives_the_
 async def test_a_submit_without_a_key_whose_answer_was_lost_is_not_made_again(
     coord: Harness, relay: ReplyCutter
 ) -> None:
-    """UNAVAILABLE after the job was stored: a repeat would store a second one."""
-    client = client_through(coord, relay, retry=FAST_RETRY)
+    """UNAVAILABLE after the job was stored: a repeat would store a second one (keys not generated)."""
+    client = client_through(coord, relay, retry=FAST_RETRY, generate_idempotency_keys=False)
     await client.list()
     relay.arm(lambda: jobs_stored(coord) == 1)
     with pytest.raises(grpc.aio.AioRpcError) as lost:
@@ -109,7 +109,7 @@ async def test_a_submit_without_a_key_whose_answer_was_lost_is_not_made_again(
 async def test_a_batch_without_keys_is_not_made_again_and_one_with_keys_is(
     coord: Harness, relay: ReplyCutter
 ) -> None:
-    client = client_through(coord, relay, retry=FAST_RETRY)
+    client = client_through(coord, relay, retry=FAST_RETRY, generate_idempotency_keys=False)
     await client.list()
     relay.arm(lambda: jobs_stored(coord) == 2)
     with pytest.raises(grpc.aio.AioRpcError):

@@ -13,7 +13,6 @@ import asyncio
 from pathlib import Path
 
 import grpc
-import pytest
 from aitbc.channel import open_channel
 from aitbc.coordinator.v1 import job_service_pb2 as jpb
 from aitbc.coordinator.v1 import job_service_pb2_grpc, miner_service_pb2_grpc
@@ -193,11 +192,6 @@ async def test_health_watchers_are_told_not_serving_before_their_stream_ends_wit
         call.cancel()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gRPC ends the calls it received but had not started when the stop began CANCELLED (nothing of them "
-    "was done); the Python SDK resumes or repeats a call only after UNAVAILABLE, so these waits fail",
-)
 async def test_sdk_waits_started_as_the_stop_begins_resume_at_the_next_coordinator(coord: Harness) -> None:
     client = coord.client()
     job = await client.submit({"n": 3})

@@ -32,9 +32,9 @@ def failure(
     return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailers, "it failed")
 
 
-def test_a_retry_info_delay_is_waited_as_given() -> None:
+def test_a_retry_info_delay_is_waited_at_least_as_given() -> None:
     exc = failure(grpc.StatusCode.UNAVAILABLE, "STORE_UNAVAILABLE", retry_after_ms=1500)
-    assert retry_pause(exc, True, 1, POLICY) == 1.5
+    assert 1.5 <= retry_pause(exc, True, 1, POLICY) <= 1.5 * 1.2  # type: ignore[operator]  # (jittered)
     assert error_details(exc).reason == "STORE_UNAVAILABLE"
 
 

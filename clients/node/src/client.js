@@ -6,6 +6,7 @@
  * (snake_case fields, enums as their names, 64-bit integers as decimal strings).
  */
 const path = require('node:path');
+const crypto = require('node:crypto');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
 const { toStruct, fromStruct } = require('./struct');
@@ -30,11 +31,62 @@ const RESULT_WAIT_TIMEOUT_MS = 900000;
  * briefly out: STORE_UNAVAILABLE), waiting a RetryInfo delay when the error has one, else a jittered backoff;
  * all tries of a call share its deadline, and by default only the deadline ends them (`attempts`: a cap on
  * the tries, or on a watch's failures in a row; a cap of 5 gave up on a coordinator down for about 3 s). A
- * submit is repeated only with an idempotency key (UNAVAILABLE may come after the job was stored).
+ * submit is repeated only with an idempotency key (UNAVAILABLE may come after the job was stored), which the
+ * client generates for a job without one unless `generateIdempotencyKeys: false`.
  * RESOURCE_EXHAUSTED (a rate limit) is the application's: `err.retryAfterMs`.
  */
 const DEFAULT_RETRY = { attempts: Infinity, backoffMs: 200, backoffMaxMs: 5000 };
 const UNAVAILABLE = grpc.status.UNAVAILABLE;
+/**
+ * A RetryInfo delay is the coordinator's "not before": never shortened (full jitter would retry early), only
+ * lengthened by up to a fifth, so that the clients one STORE_UNAVAILABLE answered (1 s) do not all come back
+ * at the same instant but over 200 ms.
+ */
+const RETRY_INFO_JITTER = 1.2;
+
+/** A RetryInfo delay as waited: `delayMs` times a random factor in [1, RETRY_INFO_JITTER]. */
+function jittered(delayMs) {
+  return delayMs * (1 + Math.random() * (RETRY_INFO_JITTER - 1));
+}
+
+const GENERATED_KEY_PREFIX = 'auto-';
+
+/**
+ * A key for a submit whose caller gave none: `auto-` and a UUIDv7 (RFC 9562: 48 bits of Unix milliseconds, 74
+ * random bits), as the Python SDK makes. Time-ordered, so the store's unique (client, key) index takes new
+ * keys at its end; random enough never to meet another call's key (which would answer that call's job, or
+ * IDEMPOTENCY_KEY_REUSED). 41 characters (the coordinator takes 128).
+ */
+function newIdempotencyKey() {
+  const raw = Buffer.alloc(16);
+  raw.writeUIntBE(Date.now(), 0, 6);
+  crypto.randomFillSync(raw, 6);
+  raw[6] = 0x70 | (raw[6] & 0x0f); // version 7
+  raw[8] = 0x80 | (raw[8] & 0x3f); // variant 10
+  const hex = raw.toString('hex');
+  return `${GENERATED_KEY_PREFIX}${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
+
+/**
+ * Channel keepalive, as the Python SDK's (clients/python/aitbc/channel.py): a ping every 20 s, one unanswered
+ * for 10 s ends the connection and its calls UNAVAILABLE (a watch then resumes), idle or not. grpc-js sends
+ * none by default: a coordinator host gone silent (packets dropped) held a watch until its deadline. The
+ * coordinator accepts pings every 5 s or more (below it: GOAWAY too_many_pings).
+ */
+const SERVER_MIN_PING_INTERVAL_MS = 5000;
+const DEFAULT_KEEPALIVE = { timeMs: 20000, timeoutMs: 10000 };
+
+/** The grpc-js channel options of a keepalive ({timeMs, timeoutMs}); refuses one the coordinator would not. */
+function keepaliveOptions({ timeMs, timeoutMs }) {
+  if (!(timeMs > SERVER_MIN_PING_INTERVAL_MS) || !(timeoutMs > 0)) {
+    throw new RangeError(`keepalive timeMs must exceed ${SERVER_MIN_PING_INTERVAL_MS} (the coordinator's minimum), timeoutMs be > 0`);
+  }
+  return {
+    'grpc.keepalive_time_ms': timeMs,
+    'grpc.keepalive_timeout_ms': timeoutMs,
+    'grpc.keepalive_permit_without_calls': 1,
+  };
+}
 
 /**
  * Whether a failed try was cut on its way, its outcome unknown: UNAVAILABLE, or a stream the coordinator's
@@ -44,6 +96,9 @@ const UNAVAILABLE = grpc.status.UNAVAILABLE;
  */
 function wasCut(err) {
   if (err.code === UNAVAILABLE) return true;
+  // what gRPC answers a call a stopping coordinator had received but not started (nothing of it was done);
+  // not this client's own: close() ends the retries
+  if (err.code === grpc.status.CANCELLED) return true;
   return err.code === grpc.status.INTERNAL && !err.reason && /^Received RST_STREAM with code 0\b/.test(err.details ?? '');
 }
 
@@ -166,6 +221,12 @@ class CoordinatorClient {
    * @param {number} [options.timeoutMs] deadline of unary calls, all their tries included (default 30 s)
    * @param {{attempts?: number, backoffMs?: number, backoffMaxMs?: number}} [options.retry] see DEFAULT_RETRY
    *   (`{attempts: 1}`: never again; default: until the call's deadline)
+   * @param {boolean} [options.generateIdempotencyKeys] a job submitted without an `idempotencyKey` gets one
+   *   (`auto-` and a UUIDv7) made once per call, so that its submit is made again after UNAVAILABLE like any
+   *   call safe to repeat (default true; false: sent without, never made again)
+   * @param {{timeMs?: number, timeoutMs?: number}} [options.keepalive] the channel's pings (DEFAULT_KEEPALIVE:
+   *   every 20 s, 10 s to answer; timeMs above 5000, the coordinator's minimum)
+   * @param {object} [options.channelOptions] further grpc-js channel options
    */
   constructor(address, options = {}) {
     const credentials = options.credentials ?? grpc.credentials.createInsecure();
@@ -176,7 +237,10 @@ class CoordinatorClient {
     this.timeoutMs = options.timeoutMs ?? 30000;
     this.retry = { ...DEFAULT_RETRY, ...options.retry };
     this.retry.attempts ??= Infinity; // (null or undefined given: no cap, as by default)
-    this.jobs = new v1.JobService(address, credentials);
+    this.generateIdempotencyKeys = options.generateIdempotencyKeys ?? true;
+    const keepalive = { timeMs: options.keepalive?.timeMs ?? DEFAULT_KEEPALIVE.timeMs, timeoutMs: options.keepalive?.timeoutMs ?? DEFAULT_KEEPALIVE.timeoutMs };
+    const channelOptions = { ...keepaliveOptions(keepalive), ...options.channelOptions };
+    this.jobs = new v1.JobService(address, credentials, channelOptions);
     // The other stubs share the first one's channel: one connection per coordinator.
     const channelOverride = this.jobs.getChannel();
     this.receipts = new v1.ReceiptService(address, credentials, { channelOverride });
@@ -271,7 +335,7 @@ class CoordinatorClient {
   retryPause(err, repeatable, attempt) {
     if (attempt >= this.retry.attempts || !wasCut(err) || !repeatable) return null;
     const delay = errorDetails(err)?.retryAfterMs;
-    if (delay !== null && delay !== undefined) return delay;
+    if (delay !== null && delay !== undefined) return jittered(delay);
     return Math.min(this.retry.backoffMaxMs, this.retry.backoffMs * 2 ** (attempt - 1)) * (0.5 + Math.random() / 2);
   }
 
@@ -293,27 +357,35 @@ class CoordinatorClient {
    * @param {number} [options.ttlSeconds]
    * @param {number} [options.maxAttempts]
    * @param {number} [options.executionTimeoutSeconds]
-   * @param {string} [options.idempotencyKey]
+   * @param {string} [options.idempotencyKey] default: one generated for this call (see generateIdempotencyKeys)
    * @param {Object<string,string>} [options.metadata]
    * @returns {Promise<object>} the stored Job (with `payload_json`), plus `created`
    */
   async submitJob(payload, options = {}) {
-    const request = submitRequest(payload, options);
+    const { request, generated } = this.keyed(submitRequest(payload, options));
     const res = await this.unary(this.jobs, 'SubmitJob', request, undefined, { repeatable: Boolean(request.idempotency_key) });
-    return { ...decodeJob(res.job), created: res.created };
+    // a key of this call's own was never sent before it: the job is this call's even when a repeat answered it
+    return { ...decodeJob(res.job), created: generated || res.created };
   }
 
   /**
-   * Submits several jobs in one call: all are stored or none. Made again after UNAVAILABLE only when every
-   * entry has an idempotency key.
+   * Submits several jobs in one call: all are stored or none. Each entry without an idempotency key gets one
+   * for this call (as by submitJob); made again after UNAVAILABLE only when every entry has a key.
    * @param {{payload: object|Uint8Array, options?: object}[]} entries payload and submitJob options of each
    * @returns {Promise<object[]>} the stored jobs (without payloads), each with `created`
    */
   async submitJobs(entries) {
-    const requests = entries.map((e) => submitRequest(e.payload, e.options ?? {}));
+    const keyed = entries.map((e) => this.keyed(submitRequest(e.payload, e.options ?? {})));
+    const requests = keyed.map((k) => k.request);
     const repeatable = requests.length > 0 && requests.every((r) => r.idempotency_key);
     const res = await this.unary(this.jobs, 'SubmitJobs', { requests }, undefined, { repeatable });
-    return res.responses.map((r) => ({ ...decodeJob(r.job), created: r.created }));
+    return res.responses.map((r, i) => ({ ...decodeJob(r.job), created: keyed[i].generated || r.created }));
+  }
+
+  /** A SubmitJobRequest as sent: with a key generated for this call when it has none (and generation is on). */
+  keyed(request) {
+    if (request.idempotency_key || !this.generateIdempotencyKeys) return { request, generated: false };
+    return { request: { ...request, idempotency_key: newIdempotencyKey() }, generated: true };
   }
 
   /**
@@ -524,5 +596,10 @@ module.exports = {
   TERMINAL_STATES,
   DEFAULT_PROTO_DIR,
   DEFAULT_RETRY,
+  DEFAULT_KEEPALIVE,
+  RETRY_INFO_JITTER,
   errorDetails,
+  newIdempotencyKey,
+  jittered,
+  keepaliveOptions,
 };

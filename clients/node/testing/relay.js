@@ -34,6 +34,12 @@ class Relay {
     const link = { down, up };
     this.links.add(link);
     const end = () => {
+      // stalled, the coordinator's side closing (its keepalive gave up) reaches the client no more than its
+      // bytes do: a host gone silent closes nothing the client sees, until the client gives up or a cut
+      if (this.stalled && !down.destroyed) {
+        up.destroy();
+        return;
+      }
       this.links.delete(link);
       down.destroy();
       up.destroy();
@@ -83,6 +89,15 @@ class Relay {
   /** Nothing flows any more (the bytes are dropped: a coordinator that never answers). */
   stall() {
     this.stalled = true;
+  }
+
+  /**
+   * Traffic flows again, on new connections: those open during the stall are reset (the bytes they dropped
+   * would garble their streams; a real network would have resent them).
+   */
+  resume() {
+    this.cut();
+    this.stalled = false;
   }
 
   close() {

@@ -21,7 +21,7 @@ from google.protobuf.json_format import MessageToDict
 
 from .admin_cli import add_parser as add_admin_parser
 from .channel import connection_options
-from .client import Client, error_details
+from .client import Client, error_details, new_idempotency_key
 from .receipts.cli import add_parser as add_receipts_parser
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
@@ -65,7 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--priority", type=int, default=0)
     submit.add_argument("--ttl", type=float, help="seconds in the queue before it expires")
     submit.add_argument("--max-attempts", type=_not_negative, default=0, help="0: the coordinator's default")
-    submit.add_argument("--idempotency-key", default="")
+    submit.add_argument(
+        "--idempotency-key",
+        default="",
+        help="default: a new one (auto-...), so that the submit is safely tried again",
+    )
     submit.add_argument(
         "--constraints", default="{}", help='JSON, e.g. {"region": "eu-west", "min_vram_gb": 24}'
     )
@@ -135,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
 async def _jobs(args: argparse.Namespace) -> int:
     async with Client(args.address, args.api_key, **connection_options(args)) as client:
         if args.command == "submit":
+            # the key made here, not by the client: should the submit fail unsure, the message can name it
+            args.idempotency_key = args.idempotency_key or new_idempotency_key()
             job = await client.submit(_payload(args.payload), priority=args.priority, ttl_s=args.ttl,
                                       max_attempts=args.max_attempts, idempotency_key=args.idempotency_key,
                                       constraints=_constraints(args.constraints))  # fmt: skip
@@ -177,7 +183,7 @@ async def _jobs(args: argparse.Namespace) -> int:
 def _call_failed(exc: grpc.aio.AioRpcError | TimeoutError, args: argparse.Namespace) -> str:
     """What a failed call says (code, reason, field violations, retry delay; a wait's --timeout: the job's
     last state seen); for a submit --wait whose job was stored, the job's id (to follow it, not submit it
-    again); for a submit without an idempotency key that may have been stored, how to make it again safely."""
+    again); for a submit that may have been stored, how to make it again safely (with its key)."""
     if isinstance(exc, TimeoutError):
         text, unsure = str(exc), False
     else:
@@ -186,8 +192,10 @@ def _call_failed(exc: grpc.aio.AioRpcError | TimeoutError, args: argparse.Namesp
     # submit --wait failing in its wait: the job is stored, and its id is nowhere else
     if submitted := getattr(args, "submitted_job_id", None):
         text += f" (job {submitted} was submitted: follow it with `aitbc wait {submitted}`)"
-    elif args.command == "submit" and unsure and not args.idempotency_key:
-        text += " (the job may have been stored: list your jobs, or submit with --idempotency-key to retry safely)"
+    elif args.command == "submit" and unsure and args.idempotency_key:
+        # its tries ran out at the deadline (DEADLINE_EXCEEDED, or UNAVAILABLE with no time left for another)
+        text += (f" (the job may have been stored: submit again with --idempotency-key {args.idempotency_key}"
+                 " to get it, not a second one)")  # fmt: skip
     return text
 
 

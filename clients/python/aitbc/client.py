@@ -7,7 +7,9 @@ import base64
 import json
 import logging
 import random
+import secrets
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC
@@ -49,8 +51,9 @@ RESULT_WAIT_TIMEOUT_S = 900.0
 class RetryPolicy:
     """How a call is made again after UNAVAILABLE (the coordinator unreachable, restarting, or its store
     briefly out: STORE_UNAVAILABLE), for a call that is safe to repeat: never a submit without an idempotency
-    key (UNAVAILABLE may come after it was stored: a repeat could store it twice). A RetryInfo delay is
-    waited; otherwise a jittered backoff from backoff_s doubling to backoff_max_s. All tries of a call share
+    key (UNAVAILABLE may come after it was stored: a repeat could store it twice; the client gives every submit
+    one unless told not to). A RetryInfo delay is waited, jittered to 1 to RETRY_INFO_JITTER times itself;
+    otherwise a jittered backoff from backoff_s doubling to backoff_max_s. All tries of a call share
     its deadline, and by default only the deadline ends them: a coordinator down for minutes is waited out
     by a call whose deadline is longer (a watch, without one, waits as long as it takes). RESOURCE_EXHAUSTED
     (a rate limit) is the application's to handle: error_details(exc) gives its retry_after_s."""
@@ -68,6 +71,29 @@ class RetryPolicy:
 
 DEFAULT_RETRY = RetryPolicy()
 NO_RETRY = RetryPolicy(attempts=1)
+# A RetryInfo delay is the coordinator's "not before": never shortened (full jitter would retry early), only
+# lengthened by up to a fifth, so that the clients one STORE_UNAVAILABLE answered (1 s) do not all come back at
+# the same instant; spread over 200 ms, their tries no longer land as one burst on a store just back.
+RETRY_INFO_JITTER = 1.2
+
+
+def jittered(delay_s: float) -> float:
+    """A RetryInfo delay as waited: delay_s times a random factor in [1, RETRY_INFO_JITTER]."""
+    return delay_s * random.uniform(1.0, RETRY_INFO_JITTER)
+
+
+GENERATED_KEY_PREFIX = "auto-"
+
+
+def new_idempotency_key() -> str:
+    """A key for a submit whose caller gave none: GENERATED_KEY_PREFIX and a UUIDv7 (RFC 9562: 48 bits of Unix
+    milliseconds, 74 random bits). Time-ordered, so the store's unique (client_id, idempotency_key) index
+    takes new keys at its end rather than all over; random enough never to meet another call's key (which
+    would answer that call's job, or IDEMPOTENCY_KEY_REUSED). 41 characters (the coordinator takes 128)."""
+    raw = bytearray((time.time_ns() // 1_000_000).to_bytes(6, "big") + secrets.token_bytes(10))
+    raw[6] = 0x70 | (raw[6] & 0x0F)  # version 7
+    raw[8] = 0x80 | (raw[8] & 0x3F)  # variant 10
+    return GENERATED_KEY_PREFIX + str(uuid.UUID(bytes=bytes(raw)))
 
 
 @dataclass
@@ -120,15 +146,20 @@ def error_details(exc: grpc.aio.AioRpcError) -> ErrorDetails:
     return out
 
 
+# A try cut on its way: UNAVAILABLE, or CANCELLED, which is what gRPC answers a call a stopping coordinator had
+# received but not started (nothing of it was done). Not this client's own cancel: close() ends the retries.
+_CUT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+
+
 def retry_pause(
     exc: grpc.aio.AioRpcError, repeatable: bool, attempt: int, policy: RetryPolicy
 ) -> float | None:
     """How long to wait before trying a failed call again; None: do not."""
     spent = policy.attempts is not None and attempt >= policy.attempts
-    if spent or exc.code() is not grpc.StatusCode.UNAVAILABLE or not repeatable:
+    if spent or exc.code() not in _CUT or not repeatable:
         return None
     delay = error_details(exc).retry_after_s
-    return policy.backoff(attempt) if delay is None else delay
+    return policy.backoff(attempt) if delay is None else jittered(delay)
 
 
 def closed_error() -> grpc.aio.AioRpcError:
@@ -180,14 +211,19 @@ class Client:
         tls_key: bytes | str | None = None,
         timeout_s: float | None = DEFAULT_TIMEOUT_S,
         retry: RetryPolicy = DEFAULT_RETRY,
+        generate_idempotency_keys: bool = True,
     ) -> None:
         """hmac_secret: sign every call with the key's signing secret; tls_*: TLS (see open_channel).
 
         timeout_s: the deadline of each call (None: none), all its tries included; a waiting GetJobResult
         defaults to RESULT_WAIT_TIMEOUT_S and a watch to no deadline. retry: see RetryPolicy (NO_RETRY: none).
+        generate_idempotency_keys: a submitted job without an idempotency_key gets one (new_idempotency_key),
+        made once per call, so that its submit is tried again after UNAVAILABLE like any call safe to repeat;
+        False: jobs without a key are sent without one, and such a submit is never tried again.
         """
         self.timeout_s = timeout_s
         self.retry = retry
+        self.generate_idempotency_keys = generate_idempotency_keys
         self._closed = asyncio.Event()  # set by close(): a call waiting to try again ends CANCELLED
         self.channel = channel or open_channel(address, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key)
         self._auth = auth_metadata(api_key)
@@ -281,10 +317,22 @@ class Client:
             raise TypeError(f"unknown options: {sorted(options)}")
         return req
 
+    def _keyed(self, request: job_service_pb2.SubmitJobRequest) -> job_service_pb2.SubmitJobRequest:
+        """The request as sent: with a key of its own generated for this call when it has none (a copy: the
+        caller's request stays keyless, and sent again by another call makes another job, as it always did)."""
+        if request.idempotency_key or not self.generate_idempotency_keys:
+            return request
+        keyed = job_service_pb2.SubmitJobRequest()
+        keyed.CopyFrom(request)
+        keyed.idempotency_key = new_idempotency_key()
+        return keyed
+
     async def submit(self, payload: dict[str, Any] | bytes, **options: Any) -> job_pb2.Job:
-        """Submits a job. Tried again after UNAVAILABLE only with an idempotency_key (one job, whatever
-        happened to the first try); without one, UNAVAILABLE may mean it was stored: a retry could store two."""
-        request = self.request(payload, **options)
+        """Submits a job. Tried again after UNAVAILABLE with its idempotency_key (one job, whatever happened
+        to the first try): the caller's, else one generated for this call (shown as the job's idempotency_key;
+        see generate_idempotency_keys). Without a key (generation turned off), UNAVAILABLE may mean it was
+        stored: a retry could store two, so it is not tried again."""
+        request = self._keyed(self.request(payload, **options))
         response = await self._unary(self.jobs.SubmitJob, request, repeatable=bool(request.idempotency_key))
         return response.job
 
@@ -294,8 +342,9 @@ class Client:
         return await self.submit_requests([self.request(p, **dict(options)) for p in payloads])
 
     async def submit_requests(self, requests: list[job_service_pb2.SubmitJobRequest]) -> list[job_pb2.Job]:
-        """SubmitJobs with requests made by Client.request; tried again after UNAVAILABLE only when every
-        request has an idempotency key."""
+        """SubmitJobs with requests made by Client.request, each without a key given one for this call (as by
+        submit); tried again after UNAVAILABLE only when every request has an idempotency key."""
+        requests = [self._keyed(r) for r in requests]
         repeatable = all(r.idempotency_key for r in requests)
         response = await self._unary(self.jobs.SubmitJobs, job_service_pb2.SubmitJobsRequest(requests=requests),
                                      repeatable=repeatable)  # fmt: skip
