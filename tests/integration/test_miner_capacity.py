@@ -35,8 +35,7 @@ from coord_support import (
     sdk_miner,
     struct,
 )
-
-from tests.tcp_relay import Relay
+from test_miner_sdk_stuck_runners import Refusing
 
 ONLINE = admin_service_pb2.MINER_STATUS_ONLINE
 
@@ -464,16 +463,6 @@ async def test_capacity_flapping_assigns_nothing_beyond_the_jobs_held(coord: Har
 
 
 # ------------------------------------------------------------------------------ the SDK across a reconnect
-class Refusing(Relay):
-    """A relay whose network can be taken away: cut() ends the links so far, and while `refuse` is set every
-    new connection is reset (the miner waits, between streams, for its channel to connect again)."""
-
-    refuse = False
-
-    def accepting(self) -> bool:
-        return not self.refuse
-
-
 class Held(Callables):
     """Callables as above, whose {"hold": true} calls block until `go` is set."""
 

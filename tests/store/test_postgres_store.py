@@ -186,15 +186,18 @@ async def test_a_commit_cut_off_after_the_server_committed_is_reported_as_landed
         await proxy.close()
 
 
+class DownAfterCut(CommitCutter):
+    """After the cut, the server is unreachable until `refusing` (a restart, a failover)."""
+
+    refusing = 0.0
+
+    def accepting(self) -> bool:
+        return not (self.cuts and asyncio.get_running_loop().time() < self.refusing)
+
+
 async def test_a_cut_commit_is_looked_up_until_the_server_answers_again(schema: str) -> None:
     """After the cut the server is unreachable for a while (a restart, a failover): "cannot tell" is not
     "did not land". The group, stored, was reported failed."""
-
-    class DownAfterCut(CommitCutter):
-        refusing = 0.0
-
-        def accepting(self) -> bool:
-            return not (self.cuts and asyncio.get_running_loop().time() < self.refusing)
 
     proxy = DownAfterCut()
     await proxy.start()
@@ -214,12 +217,6 @@ async def test_a_cut_commit_of_a_drain_alone_is_looked_up_too(schema: str) -> No
     """An operator's drain is a group of its own (DrainMiner's write): with no job event to look up, a cut
     commit of it counted as not landed, and with the server away for a moment its retry failed too: the drain
     was reported failed though stored (the next start applied it)."""
-
-    class DownAfterCut(CommitCutter):
-        refusing = 0.0
-
-        def accepting(self) -> bool:
-            return not (self.cuts and asyncio.get_running_loop().time() < self.refusing)
 
     proxy = DownAfterCut()
     await proxy.start()
