@@ -564,7 +564,9 @@ class HandMiner:
                 if (job_id, job.attempt) in had:
                     found[job_id] = f"held ({job.state.name} attempt {job.attempt})"
         for job_id, held in scheduler.orphans.get(name, {}).items():
-            if (job_id, held.attempt) in had:
+            # (not one its miner lost or dropped, a NOT_STORED answer's job whose requeue failed: it waits out
+            # the write backoff to be requeued, held for no stream; undo.py's restore)
+            if (job_id, held.attempt) in had and held.lost != "MINER_LOST_JOB":
                 found[job_id] = f"orphaned (attempt {held.attempt})"
         for job_id, marker in list(scheduler._detached.items()):
             mine = marker.miner_id == name and (job_id, marker.attempt) in had
