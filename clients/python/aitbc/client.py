@@ -7,9 +7,7 @@ import base64
 import json
 import logging
 import random
-import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC
@@ -28,6 +26,7 @@ from .coordinator.v1 import (
     receipt_service_pb2,
     receipt_service_pb2_grpc,
 )
+from .ids import uuid7
 from .signing import SigningChannel
 from .tracing import with_trace_context
 
@@ -86,14 +85,12 @@ GENERATED_KEY_PREFIX = "auto-"
 
 
 def new_idempotency_key() -> str:
-    """A key for a submit whose caller gave none: GENERATED_KEY_PREFIX and a UUIDv7 (RFC 9562: 48 bits of Unix
-    milliseconds, 74 random bits). Time-ordered, so the store's unique (client_id, idempotency_key) index
-    takes new keys at its end rather than all over; random enough never to meet another call's key (which
-    would answer that call's job, or IDEMPOTENCY_KEY_REUSED). 41 characters (the coordinator takes 128)."""
-    raw = bytearray((time.time_ns() // 1_000_000).to_bytes(6, "big") + secrets.token_bytes(10))
-    raw[6] = 0x70 | (raw[6] & 0x0F)  # version 7
-    raw[8] = 0x80 | (raw[8] & 0x3F)  # variant 10
-    return GENERATED_KEY_PREFIX + str(uuid.UUID(bytes=bytes(raw)))
+    """A key for a submit whose caller gave none: GENERATED_KEY_PREFIX and a UUIDv7 (as the coordinator's ids:
+    48 bits of Unix milliseconds, a counter, 62 random bits). Time-ordered, so the store's unique (client_id,
+    idempotency_key) index takes new keys at its end rather than all over; random enough never to meet another
+    call's key (which would answer that call's job, or IDEMPOTENCY_KEY_REUSED). 41 characters (the
+    coordinator takes 128)."""
+    return GENERATED_KEY_PREFIX + uuid7()
 
 
 @dataclass
