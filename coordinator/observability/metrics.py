@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, disable_created_metrics
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ..domain.clock import MICROS, now_us
@@ -268,6 +268,14 @@ class LiveStateCollector(Collector):
             "Miners gone within their reconnect grace period (their jobs, or a drain, wait for them).",
             value=len(s.miners_away()),
         )
+        keys = s.stored_keys
+        lookups = CounterMetricFamily(
+            "aitbc_idempotency_store_lookups", "Idempotency keys of submits not held in memory, by whether the "
+            "store was read for them (read) or the key was surely new (skipped).", labels=["outcome"],
+        )  # fmt: skip
+        lookups.add_metric(["read"], keys.read)
+        lookups.add_metric(["skipped"], keys.skipped)
+        yield lookups
         slots = GaugeMetricFamily("aitbc_miner_slots", "Job slots of connected miners, free or busy "
                                   "(draining miners' free slots are not counted).", labels=["state"])  # fmt: skip
         slots.add_metric(["free"], sum(max(0, x.free) for x in sessions if not x.draining))

@@ -27,6 +27,7 @@ from ..store.base import DependencyFailed, DrainRow, JobFilter, Store, UnitOfWor
 from .pending import Pending as _Pending
 from .queues import Reach, ReadyQueues
 from .sessions import AckOut, AssignmentOut, CancelOut, DrainOut, GoAwayOut, Held, Session, check_capacity
+from .stored_keys import StoredKeys
 from .timers import TimerHeap
 from .undo import Detached, UndoFailedCommits, exec_deadline
 
@@ -156,6 +157,8 @@ class Scheduler(UndoFailedCommits):
         self._drain_writes: dict[str, asyncio.Future[Session | None]] = {}
         self.idempotency: dict[tuple[str, str], str] = {}
         self._inflight_keys: dict[tuple[str, str], asyncio.Future] = {}
+        # the keys the store may hold: a key surely new is not looked up there (keys being written count)
+        self.stored_keys = StoredKeys(store, lambda: list(self._inflight_keys))
         self.watchers: dict[str, set[asyncio.Queue]] = {}
         self.timers = TimerHeap(self._on_timer)
         self.observers: list[Callable[[str, Job, Event], None]] = []
@@ -182,6 +185,7 @@ class Scheduler(UndoFailedCommits):
         for miner_id in self.orphans:
             self.timers.schedule(now + grace_us, "orphans", miner_id)
         await self._load_drains(now + grace_us)
+        self.stored_keys.start()  # in the background: until it is complete, every key is looked up
         self.timers.start()
         log.info("scheduler started: %d active jobs, %d queued", len(self.jobs), self.queues.depth)
 
@@ -196,6 +200,7 @@ class Scheduler(UndoFailedCommits):
         for task in list(self._restoring):
             task.cancel()
         await asyncio.gather(*self._restoring, return_exceptions=True)
+        await self.stored_keys.stop()
         await self.timers.stop()
 
     # ------------------------------------------------------------------ commits
@@ -404,6 +409,7 @@ class Scheduler(UndoFailedCommits):
                     key = (client_id, spec.idempotency_key)
                     future = asyncio.get_running_loop().create_future()
                     self._inflight_keys[key] = future
+                    self.stored_keys.add(key)
                     pending.always.append(functools.partial(self._release_key, key, future))
                 job = Job(
                     job_id=uuid7(), client_id=client_id, state=JobState.QUEUED, payload=spec.payload,
@@ -461,12 +467,12 @@ class Scheduler(UndoFailedCommits):
                                    "the same idempotency key appears twice in one batch")  # fmt: skip
         while True:
             hits: dict[int, Job] = {}
-            unknown: list[int] = []  # keys of no job in memory: looked up in the store, all in one read
+            unknown: list[int] = []  # keys of no job in memory the store may hold: looked up in one read
             for i, key in keys:
                 existing = await self._idempotent_hit_in_memory(key)
                 if existing is not None:
                     hits[i] = _same_request(existing, specs[i])
-                else:
+                elif self.stored_keys.may_hold(key):
                     unknown.append(i)
             if unknown:
                 stored = await self.store.find_by_idempotency_keys(

@@ -375,6 +375,17 @@ class Store(ABC):
         """client_id's jobs stored under any of keys, by key (one read for a whole batch)."""
 
     @abstractmethod
+    async def count_idempotency_keys(self) -> int:
+        """How many jobs carry an idempotency key."""
+
+    @abstractmethod
+    async def idempotency_keys_after(
+        self, after: tuple[str, str] | None, limit: int
+    ) -> list[tuple[str, str]]:
+        """Up to limit (client_id, idempotency_key) pairs of stored jobs, in order, after `after` (a page of a
+        scan of them all)."""
+
+    @abstractmethod
     async def list_jobs(self, flt: JobFilter, limit: int, before_job_id: str | None) -> list[Job]:
         """Jobs matching flt, newest first, with job_id < before_job_id when given."""
 

@@ -64,6 +64,30 @@ class SqlReads(Store):
                 found[job.idempotency_key] = job
         return found
 
+    async def count_idempotency_keys(self) -> int:
+        rows = await self._query("SELECT count(*) FROM jobs WHERE idempotency_key IS NOT NULL")
+        return int(rows[0][0])
+
+    async def idempotency_keys_after(
+        self, after: tuple[str, str] | None, limit: int
+    ) -> list[tuple[str, str]]:
+        # Pages in the order of the unique index (client_id, idempotency_key): each page is one short read.
+        if after is None:
+            rows = await self._query(
+                "SELECT client_id, idempotency_key FROM jobs WHERE idempotency_key IS NOT NULL "
+                "ORDER BY client_id, idempotency_key LIMIT ?",
+                limit,
+            )
+        else:
+            rows = await self._query(
+                "SELECT client_id, idempotency_key FROM jobs WHERE idempotency_key IS NOT NULL "
+                "AND (client_id, idempotency_key) > (?, ?) ORDER BY client_id, idempotency_key LIMIT ?",
+                after[0],
+                after[1],
+                limit,
+            )
+        return [(r[0], r[1]) for r in rows]
+
     async def list_jobs(self, flt: JobFilter, limit: int, before_job_id: str | None) -> list[Job]:
         where: list[str] = []
         params: list[Any] = []

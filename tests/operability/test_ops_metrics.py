@@ -35,6 +35,7 @@ EXPECTED_FAMILIES = {
     "aitbc_rate_limited_requests": "counter",
     "aitbc_miner_connections": "counter",
     "aitbc_miner_disconnections": "counter",
+    "aitbc_idempotency_store_lookups": "counter",
     "aitbc_job_queue_wait_seconds": "histogram",
     "aitbc_job_dispatch_latency_seconds": "histogram",
     "aitbc_job_run_seconds": "histogram",
