@@ -1060,7 +1060,14 @@ class Scheduler(UndoFailedCommits):
             return
         pending = _Pending()
         self._fill(session, pending, now_us())
-        await self._commit(pending)
+        try:
+            await self._commit(pending)
+        except Exception:  # (undone already: its jobs are read back, the slots it freed refilled)
+            # The Capacity itself needs no write: a failed fill is the coordinator's, not the miner's. Raised, it
+            # ended the stream, while the refill of the slots it freed went to that stream: never told, the job
+            # was lost when the miner came back without it (its attempt spent).
+            log.warning("the jobs for miner %s's raised capacity could not be written; read back",
+                        session.miner_id, exc_info=True)  # fmt: skip
 
     async def accept(self, session: Session, job_id: str, attempt: int) -> None:
         await self._unless_detached(session, job_id)
@@ -1328,7 +1335,9 @@ class Scheduler(UndoFailedCommits):
         return cached
 
     def _pick_session(self, job: Job, exclude: Session | None = None) -> Session | None:
-        """The idle eligible miner for job: least loaded, then best record."""
+        """The idle eligible miner for job: least loaded, then best record. None once the coordinator stops."""
+        if self.stopping:
+            return None  # (every miner was told to go away: an assignment sent after that is never read)
         best: Session | None = None
         best_key: tuple[float, float] | None = None
         c = job.constraints  # split once, not per session: hashing constraints is most of a cache lookup
@@ -1402,8 +1411,8 @@ class Scheduler(UndoFailedCommits):
         if session.draining and not session.held and not session.reserved:
             # once this decision is settled (applied, or undone: its job may come back to the session)
             pending.always.append(functools.partial(self._close_if_drained, session))
-        if session.closed or session.draining:
-            return
+        if session.closed or session.draining or self.stopping:
+            return  # (stopping: its GoAway is the last message its stream sends; a job decided after it is lost)
         want = session.free if limit is None else min(limit, session.free)
         batch: list[AssignmentOut] = []
         reach = session.reach = self.queues.reach(session.caps, session.reach)  # its shapes, no others
