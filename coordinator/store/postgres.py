@@ -212,8 +212,9 @@ class PostgresStore(SqlReads):
     async def _migrate(self, conn: asyncpg.Connection) -> None:
         """The schema if missing, every pending migration and the holder epoch's bump, in one transaction: a start
         that fails part way (its connection lost, a statement refused, a stop signal) leaves the database as it
-        found it, and the next start migrates from the same version. A store it made is noted (self._made), for
-        a start refused later to drop it again (close_unused)."""
+        found it, and the next start migrates from the same version. A store it made is noted (self._made), with
+        the objects this very transaction made (as the catalog has them, not as the scripts' text reads), for a
+        start refused later to drop them again (close_unused)."""
         made_schema = False
         async with conn.transaction():
             if self.schema is not None and not await conn.fetchval(
@@ -250,18 +251,19 @@ class PostgresStore(SqlReads):
             epoch = await conn.fetchval(numbered(BUMP_EPOCH), holder, taken_us)
             # (noted before the COMMIT: lost on its way, it may have landed; the holder row tells)
             if new_store:
-                self._made = _Made(schema, made_schema, epoch, holder, taken_us)
+                objects = tuple((r["classid"], r["objid"]) for r in await conn.fetch(_MADE_HERE, schema))
+                self._made = _Made(schema, made_schema, epoch, holder, taken_us, objects)
         self._epoch = epoch
         for number in range(version + 1, len(POSTGRES_MIGRATIONS) + 1):
             log.info("store migrated to schema version %d", number)
 
     async def _remove_made(self) -> None:
-        """Drops the store this open made (its tables, and its schema if it made that too), after a start that
-        failed: on the writer's connection, which holds the store's lock; else on a new one, if it gets the lock at
-        once (after ending this open's own earlier session, if that still holds it). Only while the holder row
-        (epoch, holder, time) is still the one this open wrote: a store another process took, or made anew, since
-        (and may have written) is kept. Nothing is dropped if the open's migration never landed; all or nothing
-        is dropped (one transaction)."""
+        """Drops the store this open made (the objects its migration made, and its schema if it made that too; the
+        user's objects beside them are kept), after a start that failed: on the writer's connection, which holds
+        the store's lock; else on a new one, if it gets the lock at once (after ending this open's own earlier
+        session, if that still holds it). Only while the holder row (epoch, holder, time) is still the one this
+        open wrote: a store another process took, or made anew, since (and may have written) is kept. Nothing is
+        dropped if the open's migration never landed; all or nothing is dropped (one transaction)."""
         made, self._made = self._made, None
         if made is None:
             return
@@ -290,7 +292,7 @@ class PostgresStore(SqlReads):
                         raise StoreInUse("the store is held by another process")
             async with conn.transaction():
                 await conn.execute("SET LOCAL lock_timeout = '5s'")  # (a read on a table: not waited for)
-                holder = f'"{made.schema}".store_holder'
+                holder = f"{_quoted(made.schema)}.store_holder"
                 if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", holder):
                     return  # its migration did not land: nothing to drop
                 # The whole row, not the epoch alone: a store made anew by another process (this start's COMMIT
@@ -301,14 +303,11 @@ class PostgresStore(SqlReads):
                 )
                 if row is None or tuple(row) != (made.epoch, made.holder, made.taken_us):
                     raise StoreInUse(f"another process took the store since (holder {dict(row or {})})")
-                tables = ", ".join(f'"{made.schema}"."{t}"' for t in ("schema_version", *_MIGRATION_TABLES))
-                await conn.execute(f"DROP TABLE IF EXISTS {tables}")
-                for function in _MIGRATION_FUNCTIONS:
-                    await conn.execute(f'DROP FUNCTION IF EXISTS "{made.schema}".{function}')
+                await _drop_made(conn, made)
                 if made.schema_too:
                     try:
                         async with conn.transaction():  # (what another put in it meanwhile keeps it)
-                            await conn.execute(f'DROP SCHEMA "{made.schema}"')
+                            await conn.execute(f"DROP SCHEMA {_quoted(made.schema)}")
                     except asyncpg.DependentObjectsStillExistError:
                         log.warning("start failed: schema %s holds other objects now; kept", made.schema)
             log.info("start failed: removed what it made of the store at schema %s", made.schema)
@@ -779,16 +778,74 @@ class _Made:
     epoch: int
     holder: str
     taken_us: int
+    # what its migration transaction made there, as (catalog, oid): tables, functions, ... (see _MADE_HERE)
+    objects: tuple[tuple[int, int], ...] = ()
 
 
-# What the migrations make (every one of them ran for a store an open made): plain CREATE TABLE / CREATE FUNCTION,
-# which would have failed had the object been there already, so none of them is another's.
-_MIGRATION_TABLES = tuple(
-    dict.fromkeys(re.findall(r"CREATE TABLE (?!IF\b)(\w+)", "".join(POSTGRES_MIGRATIONS)))
-)
-_MIGRATION_FUNCTIONS = tuple(
-    dict.fromkeys(re.findall(r"CREATE FUNCTION (\w+\s*\([^)]*\))", "".join(POSTGRES_MIGRATIONS)))
-)
+# The objects the current transaction (a new store's migration, run just before) made in schema $1: each object
+# put in a schema is recorded as depending on it (pg_depend, deptype 'n'), and that row, written as the object is
+# made, carries the id of the transaction that made it as its xmin. Read through pg_depend's index on what is
+# depended on: as many rows as the schema holds objects, however large the database's catalog. Not read from the
+# scripts' text, which could name what they do not make (a comment) or make what a pattern misses (a view, a
+# type, `create table`); nor every object of the schema, which holds the user's too, some made by other sessions
+# while the migration ran (with their own transactions' ids), or altered since. Only objects that stand alone:
+# those part of another (an index, a row or array type, an identity sequence, a range's constructor: an internal,
+# auto or extension dependency) go with it. A migration makes its objects in this transaction itself, not in a
+# subtransaction (a SAVEPOINT, a DO block's EXCEPTION clause): one made there has another id, and a refused start
+# would leave it behind (the safe way: never is another's object dropped).
+_MADE_HERE = """
+SELECT d.classid, d.objid FROM pg_namespace n, pg_depend d
+WHERE n.nspname = $1 AND d.refclassid = 'pg_namespace'::regclass AND d.refobjid = n.oid AND d.deptype = 'n'
+  AND d.xmin = (txid_current() % 4294967296)::text::xid
+  AND NOT EXISTS (SELECT FROM pg_depend part WHERE part.classid = d.classid AND part.objid = d.objid
+                  AND part.objsubid = 0 AND part.deptype IN ('i', 'a', 'e'))
+"""
+
+# What of a store made is still there, in its schema, as (kind, qualified name): `DROP <KIND> <name>` drops it
+_STILL_MADE = """
+SELECT i.type, i.identity FROM unnest($1::oid[], $2::oid[]) AS m (classid, objid),
+  LATERAL pg_identify_object(m.classid, m.objid, 0) AS i
+WHERE i.identity IS NOT NULL AND i.schema = quote_ident($3)  -- (pg_identify_object quotes the name as needed)
+"""
+
+# The kinds of object first dropped, in order: what may use another goes before it (a view over a table, a table
+# whose trigger calls a function or whose column is of a type). Any other kind comes last.
+_DROP_ORDER = ("materialized view", "view", "foreign table", "table", "sequence", "aggregate", "procedure",
+               "function", "type")  # fmt: skip
+
+
+async def _drop_made(conn: asyncpg.Connection, made: _Made) -> None:
+    """Drops what made notes (inside the caller's transaction): one DROP per kind, never CASCADE. A DROP that
+    another object of made still needs is tried again once that one is gone; one that an object of someone else
+    needs (a user's view over the jobs) fails the whole cleanup, which then keeps the store whole."""
+    rows = await conn.fetch(
+        _STILL_MADE, [c for c, _ in made.objects], [o for _, o in made.objects], made.schema
+    )
+    pending: dict[str, list[str]] = {}
+    for kind, identity in rows:
+        pending.setdefault(kind, []).append(identity)
+    while pending:
+        blocked: dict[str, list[str]] = {}
+        refusal: asyncpg.DependentObjectsStillExistError | None = None
+        for kind in sorted(pending, key=_drop_rank):
+            try:
+                async with conn.transaction():  # (a savepoint: a DROP refused leaves the others' standing)
+                    await conn.execute(f"DROP {kind.upper()} {', '.join(pending[kind])}")
+            except asyncpg.DependentObjectsStillExistError as exc:
+                blocked[kind], refusal = pending[kind], exc
+        if refusal is not None and len(blocked) == len(pending):
+            raise refusal  # (no progress: something not made by the start depends on the store)
+        pending = blocked
+
+
+def _quoted(name: str) -> str:
+    """name as an SQL identifier, whatever it holds (a schema the search path names may hold a double quote)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _drop_rank(kind: str) -> int:
+    return _DROP_ORDER.index(kind) if kind in _DROP_ORDER else len(_DROP_ORDER)
+
 
 CANCEL_GRACE_S = 0.1  # a connect cancelled goes on this long first (see _connect_whole)
 

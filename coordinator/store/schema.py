@@ -151,7 +151,10 @@ CREATE TABLE operator_drains (
 
 # --- PostgreSQL ---------------------------------------------------------------------------------------
 # The same tables, migration for migration (POSTGRES_MIGRATIONS[i] is the twin of MIGRATIONS[i]): INTEGER
-# becomes BIGINT, BLOB becomes BYTEA. The table schema_version records the migrations applied.
+# becomes BIGINT, BLOB becomes BYTEA. The table schema_version records the migrations applied. A start runs every
+# pending one in one transaction; a start refused after making a new store drops what that transaction made, as
+# the catalog records it (postgres.py, _MADE_HERE): make objects in the store's schema (names unqualified), and not
+# inside a SAVEPOINT or a DO block's EXCEPTION clause (a subtransaction: a refused start would leave them behind).
 
 PG_APPEND_ONLY_FUNCTION = """
 CREATE FUNCTION aitbc_append_only() RETURNS trigger LANGUAGE plpgsql AS $$

@@ -13,6 +13,10 @@ that holds another process' data, nor leave part of one (helper pg-drop-review).
 
 The other cases pass as they are; they pin what the cleanup must keep (the user's objects, public, a view over
 the store, a store being rotated, the other of two starts at once) and that a failed migration changes nothing.
+
+What is dropped is what the start's migration transaction made, as the catalog records it (helper h3; before, a
+regex over the migrations' text): the objects another session made in the schema meanwhile are kept, the store's
+tables altered since by the user are dropped all the same, and a schema named with capitals is no obstacle.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import AsyncIterator
+from urllib.parse import quote
 
 import asyncpg
 import pytest
@@ -210,16 +215,117 @@ async def objects_in(schema: str) -> list[str]:
         await admin.close()
 
 
-async def test_the_drop_list_is_exactly_what_the_migrations_make(schema: str) -> None:
-    """The tables and functions the cleanup drops (found by a regex over the migrations' text) are those a new
-    store has, no more (a name in a comment would drop a table of the user's of that name) and no fewer (a
-    CREATE the regex misses, a view, a sequence, a type, would be left behind)."""
+async def store_tables() -> set[str]:
+    """The tables of a new store (made in a schema of its own, dropped again)."""
+    schema = await create_schema()
+    try:
+        store = PostgresStore(pg_url(schema))
+        await store.open()
+        await store.close()
+        return await tables_in(schema) or set()
+    finally:
+        await drop_schema(schema)
+
+
+async def noted_as_made(store: PostgresStore) -> set[str]:
+    """What the store's start noted it made (to drop again if refused), by qualified name."""
+    assert store._made is not None, "the start made no store"
+    admin = await pg_admin()
+    try:
+        rows = await admin.fetch(
+            "SELECT i.identity FROM unnest($1::oid[], $2::oid[]) m (c, o), LATERAL pg_identify_object(m.c, m.o, 0) i",
+            [c for c, _ in store._made.objects],
+            [o for _, o in store._made.objects],
+        )
+        return {r[0] for r in rows}
+    finally:
+        await admin.close()
+
+
+async def test_a_start_notes_exactly_what_its_migrations_made(schema: str) -> None:
+    """What a start notes it made (read from the catalog in its migration transaction, for a refused start to drop
+    it again) is every object of the new store that stands alone: its tables and its function, nothing of the
+    user's (a table there before it); dropped, they leave nothing behind (no index, sequence, row type)."""
+    admin = await pg_admin()
+    try:
+        await admin.execute(f'CREATE TABLE "{schema}".mine (x int)')
+        store = PostgresStore(pg_url(schema))
+        await store.open()
+        noted = await noted_as_made(store)
+        tables = (await tables_in(schema) or set()) - {"mine"}
+        await store.close_unused()
+        assert noted == {f"{schema}.{t}" for t in tables} | {f"{schema}.aitbc_append_only()"}
+        assert tables == await store_tables() and "jobs" in tables
+        assert await objects_in(schema) == ["rel r mine", "type _mine", "type mine"], "part of the store left"
+    finally:
+        await admin.close()
+
+
+class UserMakesObjectsDuringMigration(PgRelay):
+    """As the second migration's script goes up (the migration transaction open), a session of the user's makes a
+    table and a function in the store's schema, and commits, before the script goes on."""
+
+    def __init__(self, schema: str) -> None:
+        super().__init__()
+        self.schema = schema
+        self.made = False
+
+    async def passing(self, link: Link, direction: str, data: bytes) -> bytes | None:
+        if direction == UP and b"CREATE TABLE receipts" in data and not self.made:
+            user = await pg_admin()
+            try:
+                await user.execute(
+                    f'CREATE TABLE "{self.schema}".made_meanwhile (x int); '
+                    f'INSERT INTO "{self.schema}".made_meanwhile VALUES (7); '
+                    f'CREATE FUNCTION "{self.schema}".also_meanwhile() RETURNS int LANGUAGE sql AS $$ SELECT 7 $$'
+                )
+            finally:
+                await user.close()
+            self.made = True
+        return data
+
+
+async def test_a_refused_start_keeps_what_another_session_made_while_it_migrated(schema: str) -> None:
+    """Objects another session made in the store's schema while the start's migration transaction was open (and
+    committed before it) are the user's, not the start's: its cleanup keeps them, and drops the rest."""
+    relay = UserMakesObjectsDuringMigration(schema)
+    await relay.start()
+    try:
+        store = PostgresStore(relay.url(schema))
+        await store.open()
+        assert relay.made, "made during the migration (the situation under test)"
+        await store.close_unused()
+    finally:
+        await relay.close()
+    assert await objects_in(schema) == [
+        "proc also_meanwhile",
+        "rel r made_meanwhile",
+        "type _made_meanwhile",
+        "type made_meanwhile",
+    ]
+    admin = await pg_admin()
+    try:
+        assert await admin.fetchval(f'SELECT x FROM "{schema}".made_meanwhile') == 7
+    finally:
+        await admin.close()
+
+
+async def test_a_refused_start_drops_its_tables_the_user_altered_since(schema: str) -> None:
+    """The store's tables, altered since by the user (a column added, a grant, a comment, an index: their catalog
+    rows written anew by other transactions), are still the start's own: all dropped."""
     store = PostgresStore(pg_url(schema))
     await store.open()
-    made = await tables_in(schema)
+    admin = await pg_admin()
+    try:
+        await admin.execute(
+            f'ALTER TABLE "{schema}".jobs ADD COLUMN note text; GRANT SELECT ON "{schema}".receipts TO PUBLIC; '
+            f"COMMENT ON TABLE \"{schema}\".checkpoints IS 'x'; "
+            f'CREATE INDEX ON "{schema}".job_events (reason); ANALYZE "{schema}".jobs'
+        )
+    finally:
+        await admin.close()
     await store.close_unused()
-    assert made == {"schema_version", *pg._MIGRATION_TABLES}
-    assert await objects_in(schema) == [], "a refused start left part of the store it made"
+    assert await objects_in(schema) == []
 
 
 class CancelAtDrop(PgRelay):
@@ -253,7 +359,7 @@ async def test_a_cleanup_cancelled_lets_the_store_go_whole(schema: str) -> None:
     finally:
         await relay.close()
     tables = await tables_in(schema) or set()
-    assert tables in (set(), {"schema_version", *pg._MIGRATION_TABLES}), f"half dropped: {sorted(tables)}"
+    assert tables in (set(), await store_tables()), f"half dropped: {sorted(tables)}"
     after = PostgresStore(pg_url(schema), lock_wait_s=0)
     await after.open()  # (the lock is free)
     await after.close()
@@ -435,10 +541,31 @@ async def test_a_cleanup_that_cannot_lock_a_table_keeps_the_store_whole(schema: 
     try:
         await reader.execute(f'BEGIN; SELECT count(*) FROM "{schema}".jobs')
         await store.close_unused()
-        assert await tables_in(schema) == {"schema_version", *pg._MIGRATION_TABLES}
+        assert await tables_in(schema) == await store_tables()
         await reader.execute("ROLLBACK")
     finally:
         await reader.close()
     after = PostgresStore(pg_url(schema), lock_wait_s=0)
     await after.open()
     await after.close()
+
+
+async def test_a_refused_start_drops_its_store_in_a_schema_named_with_capitals() -> None:
+    """A schema named with capitals (?schema=, or the search path's first schema): quoted, by the catalog too, in
+    the names the cleanup drops; the refused start drops its store there all the same, and keeps the schema it did
+    not make. (A name with a double quote: tests/integration/test_zz_repro_pg_cleanup_drift.py.)"""
+    name = f"Store_Test_{secrets.token_hex(4)}"
+    admin = await pg_admin()
+    try:
+        await admin.execute(f'CREATE SCHEMA "{name}"')
+        search_path = f"{PG_URL}{'&' if '?' in PG_URL else '?'}search_path={quote(chr(34) + name + chr(34))}"
+        for url in (pg_url(name), search_path):
+            store = PostgresStore(url)
+            await store.open()
+            assert store._made is not None and store._made.schema == name, "made in that schema"
+            await store.close_unused()
+            assert await objects_in(name) == [], f"the refused start left the store it made ({url})"
+            assert await tables_in(name) == set(), "the schema it did not make is kept"
+    finally:
+        await admin.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+        await admin.close()

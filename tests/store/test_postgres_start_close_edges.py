@@ -376,3 +376,40 @@ async def test_a_read_cancelled_while_its_pool_connection_is_made_logs_no_unretr
     finally:
         await store.close()
         await drop_schema(schema)
+
+
+async def test_a_start_against_a_newer_store_changes_nothing_and_lets_it_go() -> None:
+    """A store a newer version migrated further (a version this code does not know): the start is refused before
+    it writes anything (no epoch bump, no migration, nothing dropped: it made no store), and lets the lock go, for
+    the newer version to start at once."""
+    schema = await create_schema()
+    admin = await pg_admin()
+    try:
+        made = PostgresStore(pg_url(schema))
+        await made.open()
+        await made.commit(submit_unit("job-of-the-newer-version"))
+        await made.close()
+        await admin.execute(
+            f'INSERT INTO "{schema}".schema_version VALUES ($1, 0)', len(pg.POSTGRES_MIGRATIONS) + 1
+        )
+        before = await holder_and_versions(admin, schema)
+        older = PostgresStore(pg_url(schema))
+        with pytest.raises(RuntimeError, match="is newer than this coordinator's"):
+            await older.open()
+        assert older._made is None and older._conn is None
+        assert await holder_and_versions(admin, schema) == before
+        assert await admin.fetchval(f'SELECT count(*) FROM "{schema}".jobs') == 1
+        # (the lock is free: a store of its own version would open at once)
+        assert await admin.fetchval(
+            "SELECT pg_try_advisory_lock(hashtext($1)::bigint)", f"aitbc-store:{schema}"
+        )
+    finally:
+        await admin.close()
+        await drop_schema(schema)
+
+
+async def holder_and_versions(admin: asyncpg.Connection, schema: str) -> tuple[tuple, list[int]]:
+    """The store's holder row (epoch, holder, taken_us) and the schema versions it records."""
+    holder = await admin.fetchrow(f'SELECT epoch, holder, taken_us FROM "{schema}".store_holder')
+    versions = await admin.fetch(f'SELECT version FROM "{schema}".schema_version ORDER BY version')
+    return tuple(holder), [r[0] for r in versions]
