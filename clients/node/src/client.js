@@ -115,6 +115,13 @@ function watchTimedOut(jobId, timeoutMs, progress, failure) {
     { code: grpc.status.DEADLINE_EXCEEDED, details, metadata: failure.metadata ?? new grpc.Metadata(), lastJob: progress.job });
 }
 
+/** What a watch's onUpdate threw, carried out of the stream's listener to end the watch with it. */
+class OnUpdateFailed {
+  constructor(error) {
+    this.error = error;
+  }
+}
+
 /** The error of a call ended by close() between its tries: CANCELLED, as grpc-js ends a call in flight. */
 function closedError() {
   return Object.assign(new Error('1 CANCELLED: the client was closed'),
@@ -331,10 +338,16 @@ class CoordinatorClient {
     });
   }
 
-  /** Milliseconds to wait before trying a failed call again, or null: not again. */
-  retryPause(err, repeatable, attempt) {
-    if (attempt >= this.retry.attempts || !wasCut(err) || !repeatable) return null;
+  /**
+   * Milliseconds to wait before trying a failed call again, or null: not again. waitsOutLimits: a
+   * RESOURCE_EXHAUSTED whose RetryInfo says when to come back (a rate or a count; a size has none) is waited
+   * out too: a watch's, which the client resumes by itself (every watch of an application at once after an
+   * outage). Elsewhere a rate limit is the application's to handle (`err.retryAfterMs`).
+   */
+  retryPause(err, repeatable, attempt, { waitsOutLimits = false } = {}) {
     const delay = errorDetails(err)?.retryAfterMs;
+    const limited = waitsOutLimits && err.code === grpc.status.RESOURCE_EXHAUSTED && delay !== null && delay !== undefined;
+    if (attempt >= this.retry.attempts || !((wasCut(err) && repeatable) || limited)) return null;
     if (delay !== null && delay !== undefined) return jittered(delay);
     return Math.min(this.retry.backoffMaxMs, this.retry.backoffMs * 2 ** (attempt - 1)) * (0.5 + Math.random() / 2);
   }
@@ -434,12 +447,13 @@ class CoordinatorClient {
         failure = Object.assign(new Error(`14 UNAVAILABLE: the watch of ${jobId} ended before the job was terminal`),
           { code: UNAVAILABLE, details: 'the watch ended before the job was terminal', metadata: new grpc.Metadata() });
       } catch (err) {
+        if (err instanceof OnUpdateFailed) throw err.error; // the caller's, not a cut: never tried again
         failure = withDetails(err);
       }
       if (failure.code === grpc.status.DEADLINE_EXCEEDED) throw watchTimedOut(jobId, timeoutMs, progress, failure);
       progress.failures += 1;
       progress.cut = failure;
-      const pause = this.retryPause(failure, true, progress.failures);
+      const pause = this.retryPause(failure, true, progress.failures, { waitsOutLimits: true });
       if (pause === null) throw failure;
       if (Date.now() + pause >= deadline) throw watchTimedOut(jobId, timeoutMs, progress, failure);
       await this.pause(pause);
@@ -472,7 +486,15 @@ class CoordinatorClient {
         progress.failures = 0;
         progress.job = job;
         progress.cut = null;
-        if (onUpdate) onUpdate(job, msg.event ?? null, progress.after);
+        try {
+          if (onUpdate) onUpdate(job, msg.event ?? null, progress.after);
+        } catch (err) {
+          // the caller's own failure ends the watch with it, as a Python consumer's exception does (thrown
+          // from this listener it was an unhandled rejection, and the watch went on to its deadline)
+          if (settle()) reject(new OnUpdateFailed(err));
+          call.cancel();
+          return;
+        }
         if (TERMINAL_STATES.has(job.state) && settle()) {
           resolve(job);
           call.cancel(); // the server ends the stream too; do not wait for it

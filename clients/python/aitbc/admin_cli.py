@@ -2,7 +2,8 @@
 
 Tables for people; `--json` for scripts (plain numbers, seconds as floats, times as RFC 3339 UTC).
 `aitbc admin top` redraws a live view in the terminal every --interval seconds until Ctrl-C (or
---iterations refreshes).
+--iterations refreshes). Every call has a deadline (--timeout, 30 s); the reads wait out a coordinator that is
+restarting until then, a drain does not (see AdminClient).
 """
 
 from __future__ import annotations
@@ -19,12 +20,11 @@ from typing import Any, TextIO
 
 import grpc
 
-from .channel import auth_metadata, connection_options, open_channel
-from .client import error_details
+from .channel import connection_options, open_channel
+from .client import DEFAULT_RETRY, DEFAULT_TIMEOUT_S, RetryingCalls, RetryPolicy, error_details
 from .coordinator.v1 import admin_service_pb2 as pb
 from .coordinator.v1 import admin_service_pb2_grpc, job_pb2
 from .signing import SigningChannel
-from .tracing import with_trace_context
 
 STATES = {
     job_pb2.JOB_STATE_QUEUED: "queued",
@@ -48,39 +48,45 @@ class AdminUsageError(Exception):
     """Bad input on the command line: one line on stderr, exit 2 (as `aitbc`'s; 1 is a refused call)."""
 
 
-class AdminClient:
-    """AdminService over one channel. Use as `async with AdminClient(address, key) as admin:`."""
+def _nothing_was_done(exc: grpc.aio.AioRpcError) -> bool:
+    """A drain's failure after which it is safe to make it again: the coordinator could not reach its store
+    and says nothing was changed (the drain is stored before it takes effect: a failed write drains nothing)."""
+    return error_details(exc).reason == "STORE_UNAVAILABLE"
+
+
+class AdminClient(RetryingCalls):
+    """AdminService over one channel. Use as `async with AdminClient(address, key) as admin:`.
+
+    Each call has a deadline (timeout_s, all its tries included). The reads (stats, jobs, miners) are made
+    again after UNAVAILABLE (the coordinator restarting, its store briefly out) or a CANCELLED of a stopping
+    coordinator, as the client's calls are (see RetryPolicy). A drain is made again only after
+    STORE_UNAVAILABLE (nothing was stored): after a cut connection it may have landed, and once its miner has
+    drained to its end and left, a repeat drains the session it comes back with (or answers MINER_NOT_FOUND)."""
 
     def __init__(self, address: str, api_key: str, *, channel: grpc.aio.Channel | None = None,
                  hmac_secret: str | bytes | None = None, tls_ca: bytes | str | None = None,
-                 tls_cert: bytes | str | None = None, tls_key: bytes | str | None = None) -> None:  # fmt: skip
-        self.channel = channel or open_channel(address, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key)
-        self._auth = auth_metadata(api_key)
+                 tls_cert: bytes | str | None = None, tls_key: bytes | str | None = None,
+                 timeout_s: float | None = DEFAULT_TIMEOUT_S, retry: RetryPolicy = DEFAULT_RETRY) -> None:  # fmt: skip
+        channel = channel or open_channel(address, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key)
+        super().__init__(channel, api_key, timeout_s=timeout_s, retry=retry)
         calls = SigningChannel(self.channel, hmac_secret) if hmac_secret else self.channel
         self.stub = admin_service_pb2_grpc.AdminServiceStub(calls)
 
     async def __aenter__(self) -> AdminClient:
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.channel.close()
-
-    @property
-    def metadata(self) -> tuple[tuple[str, str], ...]:
-        return with_trace_context(self._auth)
-
     async def stats(self) -> pb.GetStatsResponse:
-        return await self.stub.GetStats(pb.GetStatsRequest(), metadata=self.metadata)
+        return await self._unary(self.stub.GetStats, pb.GetStatsRequest(), repeatable=True)
 
     async def jobs(self, states: Sequence[int] = (), client_id: str = "", miner_id: str = "",
                    limit: int = 20) -> list[job_pb2.Job]:  # fmt: skip
-        """Newest first, up to limit, following pages as needed."""
+        """Newest first, up to limit, following pages as needed (each page a call with its own deadline)."""
         jobs: list[job_pb2.Job] = []
         token = ""
         while len(jobs) < limit:
             request = pb.AdminServiceListJobsRequest(states=list(states), client_id=client_id, miner_id=miner_id,
                                                      page_size=min(MAX_PAGE, limit - len(jobs)), page_token=token)  # fmt: skip
-            page = await self.stub.ListJobs(request, metadata=self.metadata)
+            page = await self._unary(self.stub.ListJobs, request, repeatable=True)
             jobs.extend(page.jobs)
             token = page.next_page_token
             if not token:
@@ -88,11 +94,11 @@ class AdminClient:
         return jobs[:limit]
 
     async def miners(self) -> list[pb.MinerInfo]:
-        return list((await self.stub.ListMiners(pb.ListMinersRequest(), metadata=self.metadata)).miners)
+        return list((await self._unary(self.stub.ListMiners, pb.ListMinersRequest(), repeatable=True)).miners)
 
     async def drain(self, miner_id: str) -> pb.MinerInfo:
-        response = await self.stub.DrainMiner(pb.DrainMinerRequest(miner_id=miner_id), metadata=self.metadata)
-        return response.miner
+        request = pb.DrainMinerRequest(miner_id=miner_id)
+        return (await self._unary(self.stub.DrainMiner, request, repeatable=_nothing_was_done)).miner
 
 
 # ---------------------------------------------------------------------- plain data for --json
@@ -290,8 +296,18 @@ def add_parser(commands: Any, common: Callable[[argparse.ArgumentParser], None])
     for p in (stats, jobs, miners, drain, live):
         common(p)
         p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.add_argument("--timeout", type=_positive_seconds, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                       help="deadline of each call, its tries included: a read waits out a coordinator that is "
+                            f"restarting until then (default {DEFAULT_TIMEOUT_S:g})")  # fmt: skip
     admin.set_defaults(func=main)
     return admin
+
+
+def _positive_seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {text}")
+    return value
 
 
 def parse_state(name: str) -> int:
@@ -305,7 +321,8 @@ def parse_state(name: str) -> int:
 
 async def run(args: argparse.Namespace, out: TextIO) -> int:
     now = time.time()
-    async with AdminClient(args.address, args.api_key, **connection_options(args)) as admin:
+    options = connection_options(args)
+    async with AdminClient(args.address, args.api_key, timeout_s=args.timeout, **options) as admin:
         command = args.admin_command
         if command == "stats":
             d = stats_dict(await admin.stats())

@@ -188,12 +188,14 @@ def _call_failed(exc: grpc.aio.AioRpcError | TimeoutError, args: argparse.Namesp
         text, unsure = str(exc), False
     else:
         text = str(error_details(exc))
-        unsure = exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+        # (CANCELLED: a stopping coordinator cut the call at its grace's end, perhaps after storing the job)
+        unsure = exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                                grpc.StatusCode.CANCELLED)  # fmt: skip
     # submit --wait failing in its wait: the job is stored, and its id is nowhere else
     if submitted := getattr(args, "submitted_job_id", None):
         text += f" (job {submitted} was submitted: follow it with `aitbc wait {submitted}`)"
     elif args.command == "submit" and unsure and args.idempotency_key:
-        # its tries ran out at the deadline (DEADLINE_EXCEEDED, or UNAVAILABLE with no time left for another)
+        # its tries ran out at the deadline (DEADLINE_EXCEEDED, or a cut with no time left for another)
         text += (f" (the job may have been stored: submit again with --idempotency-key {args.idempotency_key}"
                  " to get it, not a second one)")  # fmt: skip
     return text

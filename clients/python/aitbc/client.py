@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC
-from typing import Any
+from typing import Any, Self
 
 import grpc
 from google.protobuf import struct_pb2
@@ -55,7 +55,8 @@ class RetryPolicy:
     otherwise a jittered backoff from backoff_s doubling to backoff_max_s. All tries of a call share
     its deadline, and by default only the deadline ends them: a coordinator down for minutes is waited out
     by a call whose deadline is longer (a watch, without one, waits as long as it takes). RESOURCE_EXHAUSTED
-    (a rate limit) is the application's to handle: error_details(exc) gives its retry_after_s."""
+    (a rate limit) is the application's to handle: error_details(exc) gives its retry_after_s; but a watch
+    (wait() with it) waits out its RetryInfo delay, as it waits out a cut."""
 
     # most tries of one call (or failures in a row of a watch), the first included; 1: never again; None: no
     # cap, the deadline decides (a cap of 5 gave up on a coordinator down for more than about 3 s)
@@ -148,14 +149,29 @@ def error_details(exc: grpc.aio.AioRpcError) -> ErrorDetails:
 _CUT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 
 
+# Whether a call may be made again after this failure: a flag, or a test of the error (a mutation safe to repeat
+# only after an answer saying nothing was done, e.g. STORE_UNAVAILABLE).
+Repeatable = bool | Callable[[grpc.aio.AioRpcError], bool]
+
+
 def retry_pause(
-    exc: grpc.aio.AioRpcError, repeatable: bool, attempt: int, policy: RetryPolicy
+    exc: grpc.aio.AioRpcError,
+    repeatable: Repeatable,
+    attempt: int,
+    policy: RetryPolicy,
+    *,
+    waits_out_limits: bool = False,
 ) -> float | None:
-    """How long to wait before trying a failed call again; None: do not."""
+    """How long to wait before trying a failed call again; None: do not. waits_out_limits: a RESOURCE_EXHAUSTED
+    whose RetryInfo says when to come back (a rate or a count; a size has none) is waited out too: a watch's,
+    which the SDK resumes by itself (every watch of an application at once after an outage) and which has no
+    deadline of its own to keep to. Elsewhere a rate limit is the application's to handle."""
     spent = policy.attempts is not None and attempt >= policy.attempts
-    if spent or exc.code() not in _CUT or not repeatable:
-        return None
     delay = error_details(exc).retry_after_s
+    limited = waits_out_limits and exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and delay is not None
+    cut = exc.code() in _CUT and (repeatable(exc) if callable(repeatable) else repeatable)
+    if spent or not (cut or limited):
+        return None
     return policy.backoff(attempt) if delay is None else jittered(delay)
 
 
@@ -193,40 +209,19 @@ def _rfc3339(ts) -> str | None:  # type: ignore[no-untyped-def]
     return ts.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-class Client:
-    """An asyncio client of JobService and ReceiptService. Use as `async with Client(address, key) as c:`."""
+class RetryingCalls:
+    """Unary calls over one channel with a deadline each (all its tries included), made again as the retry
+    policy allows; close() ends the calls in flight and those waiting to try again (CANCELLED). The base of
+    Client and of the admin CLI's AdminClient."""
 
     def __init__(
-        self,
-        address: str,
-        api_key: str,
-        *,
-        channel: grpc.aio.Channel | None = None,
-        hmac_secret: str | bytes | None = None,
-        tls_ca: bytes | str | None = None,
-        tls_cert: bytes | str | None = None,
-        tls_key: bytes | str | None = None,
-        timeout_s: float | None = DEFAULT_TIMEOUT_S,
-        retry: RetryPolicy = DEFAULT_RETRY,
-        generate_idempotency_keys: bool = True,
+        self, channel: grpc.aio.Channel, api_key: str, *, timeout_s: float | None, retry: RetryPolicy
     ) -> None:
-        """hmac_secret: sign every call with the key's signing secret; tls_*: TLS (see open_channel).
-
-        timeout_s: the deadline of each call (None: none), all its tries included; a waiting GetJobResult
-        defaults to RESULT_WAIT_TIMEOUT_S and a watch to no deadline. retry: see RetryPolicy (NO_RETRY: none).
-        generate_idempotency_keys: a submitted job without an idempotency_key gets one (new_idempotency_key),
-        made once per call, so that its submit is tried again after UNAVAILABLE like any call safe to repeat;
-        False: jobs without a key are sent without one, and such a submit is never tried again.
-        """
         self.timeout_s = timeout_s
         self.retry = retry
-        self.generate_idempotency_keys = generate_idempotency_keys
         self._closed = asyncio.Event()  # set by close(): a call waiting to try again ends CANCELLED
-        self.channel = channel or open_channel(address, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key)
+        self.channel = channel
         self._auth = auth_metadata(api_key)
-        calls = SigningChannel(self.channel, hmac_secret) if hmac_secret else self.channel
-        self.jobs = job_service_pb2_grpc.JobServiceStub(calls)
-        self.receipts = receipt_service_pb2_grpc.ReceiptServiceStub(calls)
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
@@ -237,7 +232,7 @@ class Client:
     def metadata(self, value: tuple[tuple[str, str], ...]) -> None:
         self._auth = value
 
-    async def __aenter__(self) -> Client:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -263,7 +258,7 @@ class Client:
         rpc: Callable[..., Awaitable[Any]],
         request: Any,
         *,
-        repeatable: bool,
+        repeatable: Repeatable,
         timeout_s: float | None = _DEFAULT,
         settle_repeat: Callable[[grpc.aio.AioRpcError, float | None], Awaitable[Any]] | None = None,
     ) -> Any:
@@ -293,6 +288,42 @@ class Client:
                 if pause is None or (deadline is not None and time.monotonic() + pause >= deadline):
                     raise
             await self._pause(pause)
+
+
+class Client(RetryingCalls):
+    """An asyncio client of JobService and ReceiptService. Use as `async with Client(address, key) as c:`."""
+
+    def __init__(
+        self,
+        address: str,
+        api_key: str,
+        *,
+        channel: grpc.aio.Channel | None = None,
+        hmac_secret: str | bytes | None = None,
+        tls_ca: bytes | str | None = None,
+        tls_cert: bytes | str | None = None,
+        tls_key: bytes | str | None = None,
+        timeout_s: float | None = DEFAULT_TIMEOUT_S,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        generate_idempotency_keys: bool = True,
+    ) -> None:
+        """hmac_secret: sign every call with the key's signing secret; tls_*: TLS (see open_channel).
+
+        timeout_s: the deadline of each call (None: none), all its tries included; a waiting GetJobResult
+        defaults to RESULT_WAIT_TIMEOUT_S and a watch to no deadline. retry: see RetryPolicy (NO_RETRY: none).
+        generate_idempotency_keys: a submitted job without an idempotency_key gets one (new_idempotency_key),
+        made once per call, so that its submit is tried again after UNAVAILABLE like any call safe to repeat;
+        False: jobs without a key are sent without one, and such a submit is never tried again.
+        """
+        channel = channel or open_channel(address, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key)
+        super().__init__(channel, api_key, timeout_s=timeout_s, retry=retry)
+        self.generate_idempotency_keys = generate_idempotency_keys
+        calls = SigningChannel(self.channel, hmac_secret) if hmac_secret else self.channel
+        self.jobs = job_service_pb2_grpc.JobServiceStub(calls)
+        self.receipts = receipt_service_pb2_grpc.ReceiptServiceStub(calls)
+
+    async def __aenter__(self) -> Client:
+        return self
 
     @staticmethod
     def request(payload: dict[str, Any] | bytes, **options: Any) -> job_service_pb2.SubmitJobRequest:
@@ -397,7 +428,8 @@ class Client:
         (UNAVAILABLE, or ended before the terminal state) is resumed after the last sequence received: no
         change is missed or repeated. A watch has no deadline: it waits out a coordinator that is down for as
         long as it takes (bound it with wait(timeout_s) or asyncio.timeout), unless the retry policy caps
-        the failures in a row. A coordinator whose history of the job ends before the last sequence received
+        the failures in a row; a resume refused by a rate limit (RESOURCE_EXHAUSTED with RetryInfo) waits
+        that delay. A coordinator whose history of the job ends before the last sequence received
         (a store restored from an older copy) answers OUT_OF_RANGE (SEQUENCE_OUT_OF_RANGE), raised."""
         async for update in self._follow(job_id, _Followed()):
             yield update
@@ -427,7 +459,7 @@ class Client:
                 exc = grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
                                            "the watch kept ending before the job was terminal")  # fmt: skip
             followed.failure = exc
-            pause = retry_pause(exc, True, failures, self.retry)
+            pause = retry_pause(exc, True, failures, self.retry, waits_out_limits=True)
             if pause is None:
                 raise exc
             if failures == 1:  # once per outage: a watch waiting out a coordinator that is down says so
