@@ -38,6 +38,12 @@ def test_a_retry_info_delay_is_waited_at_least_as_given() -> None:
     assert error_details(exc).reason == "STORE_UNAVAILABLE"
 
 
+def test_a_retry_info_delay_of_zero_is_no_try_again_at_once() -> None:
+    """A proxy's RetryInfo of 0 made every try follow the last at once, until the deadline."""
+    exc = failure(grpc.StatusCode.UNAVAILABLE, "STORE_UNAVAILABLE", retry_after_ms=0)
+    assert POLICY.backoff_s <= retry_pause(exc, True, 1, POLICY) <= POLICY.backoff_s * 1.2  # type: ignore[operator]
+
+
 def test_without_retry_info_the_pause_is_a_jittered_backoff() -> None:
     exc = failure(grpc.StatusCode.UNAVAILABLE)
     assert 0.1 <= retry_pause(exc, True, 1, POLICY) <= 0.2  # type: ignore[operator]

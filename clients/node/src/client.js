@@ -348,7 +348,8 @@ class CoordinatorClient {
     const delay = errorDetails(err)?.retryAfterMs;
     const limited = waitsOutLimits && err.code === grpc.status.RESOURCE_EXHAUSTED && delay !== null && delay !== undefined;
     if (attempt >= this.retry.attempts || !((wasCut(err) && repeatable) || limited)) return null;
-    if (delay !== null && delay !== undefined) return jittered(delay);
+    // (a delay of 0, from a proxy say, is taken as the first backoff's: no try again at once, until the deadline)
+    if (delay !== null && delay !== undefined) return jittered(Math.max(delay, this.retry.backoffMs));
     return Math.min(this.retry.backoffMaxMs, this.retry.backoffMs * 2 ** (attempt - 1)) * (0.5 + Math.random() / 2);
   }
 

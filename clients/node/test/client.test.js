@@ -155,3 +155,22 @@ test('errorDetails reads ErrorInfo, BadRequest and RetryInfo from grpc-status-de
   garbage.set('grpc-status-details-bin', Buffer.from([0x0a, 0xff]));
   assert.equal(errorDetails({ metadata: garbage }), null);
 });
+
+test('a RetryInfo delay of 0 (a proxy\'s, say) is waited as the first backoff, not retried at once', () => {
+  const grpc = require('@grpc/grpc-js');
+  // google.rpc.Status{code: 14, details: [Any{RetryInfo{retry_delay: {}}}]}, encoded by hand (lengths < 128)
+  const typeUrl = Buffer.from('type.googleapis.com/google.rpc.RetryInfo');
+  const retryInfo = Buffer.from([0x0a, 0x00]);
+  const any = Buffer.concat([Buffer.from([0x0a, typeUrl.length]), typeUrl, Buffer.from([0x12, retryInfo.length]), retryInfo]);
+  const status = Buffer.concat([Buffer.from([0x08, 14, 0x1a, any.length]), any]);
+  const metadata = new grpc.Metadata();
+  metadata.set('grpc-status-details-bin', status);
+  const err = Object.assign(new Error('14 UNAVAILABLE: store'), { code: grpc.status.UNAVAILABLE, metadata });
+  const client = new CoordinatorClient('127.0.0.1:9', 'key', { retry: { attempts: Infinity, backoffMs: 200, backoffMaxMs: 5000 } });
+  try {
+    const pause = client.retryPause(err, true, 1);
+    assert.ok(pause >= 200 && pause <= 240, `paused ${pause} ms`);
+  } finally {
+    client.close();
+  }
+});

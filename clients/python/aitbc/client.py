@@ -51,7 +51,7 @@ class RetryPolicy:
     """How a call is made again after UNAVAILABLE (the coordinator unreachable, restarting, or its store
     briefly out: STORE_UNAVAILABLE), for a call that is safe to repeat: never a submit without an idempotency
     key (UNAVAILABLE may come after it was stored: a repeat could store it twice; the client gives every submit
-    one unless told not to). A RetryInfo delay is waited, jittered to 1 to RETRY_INFO_JITTER times itself;
+    one unless told not to). A RetryInfo delay (at least backoff_s) is waited, jittered to 1 to RETRY_INFO_JITTER times itself;
     otherwise a jittered backoff from backoff_s doubling to backoff_max_s. All tries of a call share
     its deadline, and by default only the deadline ends them: a coordinator down for minutes is waited out
     by a call whose deadline is longer (a watch, without one, waits as long as it takes). RESOURCE_EXHAUSTED
@@ -172,7 +172,8 @@ def retry_pause(
     cut = exc.code() in _CUT and (repeatable(exc) if callable(repeatable) else repeatable)
     if spent or not (cut or limited):
         return None
-    return policy.backoff(attempt) if delay is None else jittered(delay)
+    # (a delay of 0, from a proxy say, is taken as the first backoff's: no try again at once, until the deadline)
+    return policy.backoff(attempt) if delay is None else jittered(max(delay, policy.backoff_s))
 
 
 def closed_error() -> grpc.aio.AioRpcError:
