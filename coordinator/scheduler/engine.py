@@ -136,6 +136,9 @@ class Scheduler(UndoFailedCommits):
         self._listings: dict[str, tuple[Session, int]] = {}
         self._write_failures: dict[str, int] = {}  # job -> failed commits in a row (backoff on restore)
         self._failed_in_a_row = 0  # commits failed since one last landed (the refill of freed slots waits)
+        self._failed_at_us = 0  # when the last of them failed (that wait counts from then)
+        self._refills_due: dict[str, int] = {}  # session -> when its refill put off by that wait is due
+        self._ends_stream: dict[int, Session] = {}  # id(decision) -> the stream its failed write ends
         # job -> miner that rejected it -> (times it did, until when it is not offered the job again): the job
         # goes to other miners meanwhile (two miners rejecting at once passed it back and forth, hundreds of
         # times a second). Kept while the job lives.
@@ -1058,8 +1061,16 @@ class Scheduler(UndoFailedCommits):
         if not session.offer(slots):
             self._refresh_available(session)
             return
+        now = now_us()
+        if self._refill_wait_until() > now:
+            # Commits keep failing (a full disk): filled now, the raised slots' write would fail too, taking
+            # queued jobs out with it, once per raise of a miner that flaps its capacity (0, N, 0, N...): a
+            # failing write per message. They are filled as the undo's refills are, after its backoff.
+            self._refresh_available(session)
+            self._refill_after_failure([session])
+            return
         pending = _Pending()
-        self._fill(session, pending, now_us())
+        self._fill(session, pending, now)
         try:
             await self._commit(pending)
         except Exception:  # (undone already: its jobs are read back, the slots it freed refilled)
@@ -1078,7 +1089,7 @@ class Scheduler(UndoFailedCommits):
         pending = _Pending()
         now = now_us()
         pending.record(job, states.transition(job, JobState.RUNNING, "ACCEPTED", now))
-        await self._commit(pending)
+        await self._commit_message(session, pending)
 
     async def reject(self, session: Session, job_id: str, attempt: int, reason: str) -> None:
         await self._unless_detached(session, job_id)
@@ -1090,7 +1101,7 @@ class Scheduler(UndoFailedCommits):
         until = self._refused(job, session.miner_id, now)
         self._give_back(job, held, "REJECTED", reason, now, pending, session)
         self._fill(session, pending, now)
-        await self._commit(pending)
+        await self._commit_message(session, pending)
         # The job goes to other miners meanwhile. Should none take it, this miner (whichever session it has
         # then) is offered it again once the pause is over: a refusal is often for a moment (a slot still busy),
         # and nothing else may fill its slot meanwhile.
@@ -1166,7 +1177,7 @@ class Scheduler(UndoFailedCommits):
         # must not end the stream, with no answer: it is refused NOT_STORED after WRITE_TRIES, as otherwise).
         coming = {r.job_id for r in unmatched if later is not None and self._coming_back(session, r.job_id)}
         self._fill(session, pending, now)
-        await self._commit(pending)
+        await self._commit_message(session, pending)
         acks.extend(decided)
         for r in unmatched:
             if later is not None and (r.job_id in coming or self._coming_back(session, r.job_id)):
@@ -1244,7 +1255,7 @@ class Scheduler(UndoFailedCommits):
         session.failed += 1
         self._retry_or_fail(job, failure.retryable, _code(failure), failure.message, now, pending)
         self._fill(session, pending, now)
-        await self._commit(pending)
+        await self._commit_message(session, pending)
         return AckOut(job.job_id, failure.attempt, True)
 
     def _fenced(self, session: Session, job_id: str, attempt: int) -> Held:

@@ -76,6 +76,7 @@ class UndoFailedCommits:
         forgotten, and the jobs it changed are taken out at once and read back from the store."""
         self._settle(pending)  # readers must not wait on a write that failed
         self._failed_in_a_row += 1
+        self._failed_at_us = now_us()
         if self.receipts is not None and (pending.unit.receipts or pending.unit.keys):
             self.receipts.commit_failed(pending.unit)
         for session, message in pending.sends:
@@ -102,6 +103,10 @@ class UndoFailedCommits:
             session = self.by_miner.get(miner)
             if session is not None and session.draining:  # its only job undone (an assignment that failed)
                 self._close_if_drained(session)
+        ending = self._ends_stream.get(id(pending))
+        if ending is not None:  # this failure ends that stream (see _commit_message): nothing new goes there
+            freed.pop(ending.session_id, None)
+            self.available.pop(ending.session_id, None)
         if not self.stopping:
             self._refill_after_failure(freed.values())
         if detached and not self.stopping:  # at the next start, everything is loaded from the store anyway
@@ -111,19 +116,50 @@ class UndoFailedCommits:
             for job_id in detached:
                 self._detached[job_id].task = task
 
+    async def _commit_message(self: Scheduler, session: Session, pending: Pending) -> None:
+        """Commit the decision of a miner's message about its job (an accept, a reject, a result, a failure
+        report). On a stream its write's error ends the stream (the reader raises it), unless the message is
+        answered in the background once its job is back (_when_back). Then the undo refills nothing there:
+        the slots it frees may outnumber those it keeps for the jobs the miner may still run (a slot whose
+        fill was put off, beside queued jobs, was filled by the failed decision too). A job refilled onto the
+        ending stream was never sent: lost when its miner came back without it, its attempt spent."""
+        if session.transport != "stream" or asyncio.current_task() in self._restoring:
+            await self._commit(pending)
+            return
+        self._ends_stream[id(pending)] = session
+        try:
+            await self._commit(pending)
+        finally:
+            del self._ends_stream[id(pending)]
+
     def _refill_after_failure(self: Scheduler, sessions: Iterable[Session]) -> None:
         """Queued work for slots an undone decision freed: nothing else may touch these sessions for a while
         (a quiet system), and a job queued behind the undone one would wait beside an idle miner. At once
         after one failed commit; while commits keep failing (a full disk), after a backoff (0.05 s doubling
-        up to 30 s): each refill's own write would fail too, and take the next queued job out with it."""
+        up to 30 s): each refill's own write would fail too, and take the next queued job out with it. (A
+        miner's Capacity raise waits the same: see Scheduler.offer.)"""
         now = now_us()
-        failures = self._failed_in_a_row
-        if failures <= 1:
+        until = self._refill_wait_until()
+        if until <= now:
             self._refill(sessions, now)
             return
-        wait_us = int(min(0.05 * 2 ** min(failures - 2, 10), 30.0) * MICROS)
         for session in sessions:
-            self.timers.schedule(now + wait_us, "refill", session.session_id)
+            due = self._refills_due.get(session.session_id, 0)
+            if now < due <= until:
+                continue  # one is due already (a flapping miner's raises add no timer each)
+            if len(self._refills_due) >= len(self.sessions):  # (entries of closed sessions, of past refills)
+                self._refills_due = {sid: at for sid, at in self._refills_due.items() if at > now}
+            self._refills_due[session.session_id] = until
+            self.timers.schedule(until, "refill", session.session_id)
+
+    def _refill_wait_until(self: Scheduler) -> int:
+        """Until when slots are not filled from the queue after failed commits: 0 after one (at once); while
+        they keep failing, the last one's time plus 0.05 s doubling up to 30 s. From the last failure, not
+        from now: a store that failed, then fell quiet, does not hold up the next fill for long."""
+        failures = self._failed_in_a_row
+        if failures <= 1:
+            return 0
+        return self._failed_at_us + int(min(0.05 * 2 ** min(failures - 2, 10), 30.0) * MICROS)
 
     def _refill(self: Scheduler, sessions: Iterable[Session], now: int) -> None:
         for session in sessions:
