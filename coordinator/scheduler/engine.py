@@ -774,12 +774,22 @@ class Scheduler(UndoFailedCommits):
         now = now_us()
         pending = _Pending()
         if session.held and not self.stopping:
+            # An assignment its stream never wrote (decided as the stream ended, or queued behind a write that
+            # never finished): the miner never heard of it. Back to the queue now, its attempt unspent; it
+            # waited out the grace period for a miner that could not come back with it, and cost an attempt.
+            for job_id, held in [(j, h) for j, h in session.held.items() if not h.told]:
+                del session.held[job_id]
+                job = self.jobs.get(job_id)
+                if job is not None:
+                    self._give_back(job, held, "MINER_GONE", "its stream ended before the assignment was sent",
+                                    now, pending, session)  # fmt: skip
             grace_end = now + int(self.settings.grace_s * MICROS)
             for held in session.held.values():
                 held.lease_us = grace_end
                 held.lost = "MINER_GONE"
-            self.orphans.setdefault(session.miner_id, {}).update(session.held)
-            self.timers.schedule(grace_end, "orphans", session.miner_id)
+            if session.held:
+                self.orphans.setdefault(session.miner_id, {}).update(session.held)
+                self.timers.schedule(grace_end, "orphans", session.miner_id)
             session.held = {}
         self._remember_drain(session, now)
         self._close(session, pending, reason, requeue=False)
@@ -1387,8 +1397,9 @@ class Scheduler(UndoFailedCommits):
         )
         lease_us = now + int(self.settings.lease_s * MICROS)
         exec_us = now + job.execution_timeout_us
-        told = session.transport == "stream"  # (a unary miner hears of it when a poll hands it out)
-        session.held[job.job_id] = Held(job, job.attempt, lease_us, exec_us, told=told)
+        # Not told yet: a unary miner hears of it when a poll hands it out, a stream's once the stream's writer
+        # begins to write it (Session.tell); until then, a lost session gives it back with its attempt unspent.
+        session.held[job.job_id] = Held(job, job.attempt, lease_us, exec_us, told=False)
         if session.free <= 0:
             self.available.pop(session.session_id, None)
         self.timers.schedule(lease_us, "lease", job.job_id, job.attempt)
@@ -1477,9 +1488,11 @@ class Scheduler(UndoFailedCommits):
     def _requeue_held(self, job: Job, held: Held, reason: str, now: int, pending: _Pending,
                       session: Session | None = None) -> None:  # fmt: skip
         """A held job its miner lost: the attempt is spent, unless the miner never heard of it (a unary
-        assignment no poll handed out)."""
+        assignment no poll handed out, a stream's its writer never wrote)."""
         if held.told:
             self._lose_lease(job, reason, now, pending)
+        elif session is not None and session.transport == "stream":
+            self._give_back(job, held, reason, "its stream never sent the assignment", now, pending, session)
         else:
             self._give_back(job, held, reason, "no poll took the assignment", now, pending, session)
 

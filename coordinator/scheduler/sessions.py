@@ -24,8 +24,9 @@ class Held:
     lease_us: int
     exec_deadline_us: int
     lost: str = "MINER_GONE"  # an orphan's requeue reason once its time runs out
-    # whether the miner has heard of it: a unary assignment is handed out by a poll (until then, its job is
-    # the session's only for the poll it waits for: taken back unspent if none comes)
+    # whether the miner may have heard of it: a unary assignment is handed out by a poll, a stream's is being
+    # written by its writer (until then, its job is the session's only for that: taken back unspent if it never
+    # happens)
     told: bool = True
 
 
@@ -181,7 +182,7 @@ class Session:
         return sum(1 for held in self.held.values() if not held.told)
 
     def tell(self, assignments: list[AssignmentOut]) -> None:
-        """A poll hands these out: the miner has them now."""
+        """A poll hands these out, or the stream's writer has written them: the miner has them now."""
         for a in assignments:
             held = self.held.get(a.job.job_id)
             if held is not None and held.attempt == a.attempt:

@@ -229,6 +229,7 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
                     queued = outbox.get_nowait()
                     if isinstance(queued, list):
                         for part in _by_size(queued):
+                            session.tell(part)
                             await _send(session, context, outbound(part))
                     elif not isinstance(queued, GoAwayOut) and queued is not _READER_DONE:
                         await _send(session, context, outbound(queued))
@@ -236,6 +237,9 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
                 return message.reason
             if isinstance(message, list):
                 for part in _by_size(message):  # one fill can hold more payload than one message may carry
+                    # from the write's start the miner may have them (a write cut short may have left): a lost
+                    # stream spends their attempts; what never left the outbox it gives back
+                    session.tell(part)
                     await _send(session, context, outbound(part))
             else:
                 await _send(session, context, outbound(message))

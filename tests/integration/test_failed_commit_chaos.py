@@ -103,6 +103,9 @@ HELD_REASONS = ["COMPLETED"] * 3 + ["ACCEPTED", "CANCELED_BY_CLIENT", "CANCELED_
                 "REJECTED", "LEASE_EXPIRED", "MINER_GONE", "MINER_LOST_JOB", "HEARTBEAT_TIMEOUT",
                 None, None]  # fmt: skip
 QUEUED_REASONS = ["ASSIGNED"] * 4 + ["CANCELED_BY_CLIENT", "TTL_EXPIRED", None, None]
+# the messages of a requeue that gives the attempt back: the miner never heard of the assignment
+GIVEN_BACK = {"its stream ended before the assignment was sent", "its stream never sent the assignment",
+              "no poll took the assignment"}  # fmt: skip
 
 
 class Phase:
@@ -1032,7 +1035,7 @@ def check_everything(coord: Harness, book: Book, hand: list[HandMiner], caplog) 
         problems.append(f"stored jobs never told to a client: {sorted(set(jobs) - set(book.told))[:5]}; "
                         f"told but not stored: {sorted(set(book.told) - set(jobs))[:5]}")  # fmt: skip
     events: dict[str, list[tuple]] = defaultdict(list)
-    for row in db.query("SELECT job_id, sequence, from_state, to_state, attempt, miner_id, reason "
+    for row in db.query("SELECT job_id, sequence, from_state, to_state, attempt, miner_id, reason, message "
                         "FROM job_events ORDER BY job_id, sequence"):  # fmt: skip
         events[row[0]].append(row[1:])
     results = defaultdict(list)
@@ -1055,8 +1058,9 @@ def check_everything(coord: Harness, book: Book, hand: list[HandMiner], caplog) 
             problems.append(f"does not start SUBMITTED: {where}")
         for prev, e in itertools.pairwise(chain):
             legal = JobState(e[2]) in states.ALLOWED.get(JobState(prev[2]), frozenset())
-            # an assignment starts the next attempt; a reject gives it back; nothing else changes it
-            step = 1 if e[2] == ASSIGNED else -1 if e[5] == "REJECTED" else 0
+            # an assignment starts the next attempt; a reject, or an assignment its miner never heard of, gives
+            # it back; nothing else changes it
+            step = 1 if e[2] == ASSIGNED else -1 if e[5] == "REJECTED" or e[6] in GIVEN_BACK else 0
             if e[1] != prev[2] or not legal or e[3] - prev[3] != step:
                 problems.append(f"illegal step {prev[5]} -> {e[5]}: {where}")
                 break
