@@ -65,7 +65,8 @@ class SqlReads(Store):
         return found
 
     async def count_idempotency_keys(self) -> int:
-        rows = await self._query("SELECT count(*) FROM jobs WHERE idempotency_key IS NOT NULL")
+        # a bulk read: it counts the whole index (seconds on a large or cold PostgreSQL store)
+        rows = await self._load("SELECT count(*) FROM jobs WHERE idempotency_key IS NOT NULL")
         return int(rows[0][0])
 
     async def idempotency_keys_after(

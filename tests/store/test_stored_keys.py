@@ -100,3 +100,29 @@ async def test_a_scan_the_store_refuses_leaves_every_key_a_maybe(store: Store) -
         assert keys.may_hold(("alice", "k")) and keys.may_hold(("alice", "new"))
     finally:
         await keys.stop()
+
+
+def scans_running() -> list[asyncio.Task]:
+    """The event loop's tasks that run a StoredKeys scan (or wait to try one again)."""
+    return [
+        t for t in asyncio.all_tasks()
+        if not t.done() and getattr(t.get_coro(), "__qualname__", "").startswith("StoredKeys.")
+    ]  # fmt: skip
+
+
+async def test_keys_added_after_the_stop_start_no_scan(store: Store) -> None:
+    """Scheduler.stop stops the filter while the server's calls run on for the grace: a submit that passed the
+    stopping check before still claims its keys (add). A full filter must not start a scan then: it would
+    outlive the stop, read a store being closed, and try again every 30 s for as long as the process lives."""
+    await store_keys(store, [("alice", f"k-{i}") for i in range(5)], "a")
+    keys = StoredKeys(store, list, min_capacity=10)
+    keys.start()
+    await until(lambda: keys.complete, "the stored keys read in")
+    await keys.stop()
+    for i in range(20):  # past the filter's capacity (10)
+        keys.add(("alice", f"late-{i}"))
+    leaked = scans_running()
+    for task in leaked:
+        task.cancel()
+    assert leaked == []
+    assert keys.may_hold(("alice", "late-3")) and keys.may_hold(("alice", "k-3"))  # it still answers
