@@ -469,8 +469,6 @@ class Miner:
         self._poisoned: dict[str, int] = {}
         self._on_stream: set[str] = set()  # the unacked ones sent on the current stream
         self._welcomed = False  # the current stream got its welcome
-        # the current stream ended with a go-away: its reconnect_after is the least wait before the next
-        self._went_away = False
         self._welcomed_at = 0.0  # the loop's time of the current stream's welcome
         self._heartbeat_waiting = False  # a heartbeat is in the current stream's outbox
         if not self.stuck_timeout_s > 0:
@@ -542,13 +540,10 @@ class Miner:
         try:
             while not self.stopped.is_set():
                 self._session_task = asyncio.create_task(self._session(channel))
+                error = False
                 try:
-                    reason, delay = await self._session_task
-                    if self._welcomed:
-                        failures = 0
-                    else:  # ended before its welcome (a proxy, a server not ready): backed off as a failure
-                        failures += 1
-                        delay = self._backoff(failures)
+                    # least: what the coordinator asked to be waited at least (a go-away's reconnect_after)
+                    reason, least = await self._session_task
                 except asyncio.CancelledError:
                     if not self.stopped.is_set():
                         raise
@@ -563,19 +558,17 @@ class Miner:
                         exc.code() == grpc.StatusCode.INVALID_ARGUMENT and not self._welcomed
                     ):  # this miner's key or hello is wrong: no use trying again
                         raise
-                    if self._served_a_while():
-                        failures = 0  # the backoff starts over: this failure ended a stream that worked
-                    failures += 1
-                    reason = exc.code().name
+                    error, reason = True, exc.code().name
+                    least = retry_delay_s(exc)  # a rate limit's "not before": tried sooner, refused again
                     if refused_by_coordinator(exc):
                         for job_id in self._on_stream & self.unacked.keys():
                             self._poisoned[job_id] = self._poisoned.get(job_id, 0) + 1
-                    delay = self._backoff(failures)
+                failures, delay = self._after_stream(failures, error)
                 if reason == "DRAINED" or (self.draining and not self.running and not self.unacked):
                     break
                 if self.stopped.is_set():
                     break
-                wait = self._jittered(delay)
+                wait = self._jittered(delay, least)
                 log.info("miner session ended (%s); reconnecting in %.2f s", reason, wait)
                 try:
                     await asyncio.wait_for(self.stopped.wait(), wait)
@@ -584,13 +577,38 @@ class Miner:
         finally:
             if self._drain_timer is not None:
                 self._drain_timer.cancel()
-            for r in self.running.values():
-                r.task.cancel()
+            await self._end_jobs()
             if channel is not self.channel:
                 await channel.close()
         if self.runners_stuck:
             raise RunnersStuck(f"every slot ({self.slots}) was held by the runners of canceled jobs for "
                                f"{self.stuck_timeout_s:g} s; the miner drained: start it again")  # fmt: skip
+
+    async def _end_jobs(self) -> None:
+        """The jobs still running, and canceled jobs' runners not returned yet, canceled and waited for: run()
+        leaves no task behind (their commands killed, their workspaces removed). Their results are given up, as
+        are those awaiting acks: the coordinator runs those jobs again. A python callable's thread cannot be
+        stopped: its task, canceled again, gives up on it (a daemon thread, it ends with the process)."""
+        tasks = [r.task for r in self.running.values()] + list(self._canceled)
+        for task in tasks:
+            task.cancel()
+        await asyncio.sleep(0)  # (each sees its cancel: a python callable's task then waits for its thread)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _after_stream(self, failures: int, error: bool) -> tuple[int, float]:
+        """The failures in a row, the stream just ended counted, and the backoff before the next. A stream that
+        served longer than the longest backoff starts it over: ended by the coordinator (EOF, a go-away), it waits
+        only the shortest backoff. Any other counts as a failure: an error, no welcome, or an end soon after its
+        welcome (a coordinator that ends each stream at once, another miner of the same identity taking the
+        session each time) backs off further each time rather than coming back at once, for good."""
+        if self._served_a_while():
+            if not error:
+                return 0, self.backoff_base_s
+            failures = 0
+        failures += 1
+        return failures, self._backoff(failures)
 
     def _served_a_while(self) -> bool:
         """Whether the stream just ended was welcomed and then lasted longer than the longest backoff: one that
@@ -601,12 +619,12 @@ class Miner:
     def _backoff(self, failures: int) -> float:
         return min(self.backoff_max_s, self.backoff_base_s * 2 ** min(failures, 10))
 
-    def _jittered(self, delay: float) -> float:
-        """The wait before the next stream, jittered so that a fleet does not reconnect in lockstep: delay and up
-        to half more when a go-away asked for it (the least it allows), half of delay to all of it otherwise."""
-        if self._went_away:
-            return delay * random.uniform(1.0, 1.5)
-        return delay * random.uniform(0.5, 1.0)
+    @staticmethod
+    def _jittered(delay: float, least: float) -> float:
+        """The wait before the next stream, jittered so that a fleet does not reconnect in lockstep: half of the
+        backoff delay to all of it, but never less than least, what the coordinator asked for (a go-away's
+        reconnect_after, a refusal's RetryInfo delay), which is waited and up to half more."""
+        return max(delay * random.uniform(0.5, 1.0), least * random.uniform(1.0, 1.5))
 
     def stop(self) -> None:
         self.stopped.set()
@@ -648,7 +666,7 @@ class Miner:
         await self._reachable(channel)
         self._drop_poisoned()  # before the hello, which would list their jobs
         self._on_stream = set()
-        self._welcomed = self._went_away = False
+        self._welcomed = False
         call = stub.Connect(metadata=with_trace_context(auth_metadata(self.api_key)))
         outbox: asyncio.Queue[miner_service_pb2.ConnectRequest] = asyncio.Queue()
         self._outbox = outbox
@@ -656,7 +674,7 @@ class Miner:
         first = await call.read()
         if first is grpc.aio.EOF or first.WhichOneof("message") != "welcome":
             await call.done_writing()
-            return "NO_WELCOME", self.backoff_base_s
+            return "NO_WELCOME", 0.0
         welcome = first.welcome
         self._welcomed = True  # from now on, INVALID_ARGUMENT is about a message, not about this miner
         self._welcomed_at = asyncio.get_running_loop().time()
@@ -697,11 +715,11 @@ class Miner:
             call.cancel()
 
     async def _read(self, call: Any) -> tuple[str, float]:
-        """Handle what the coordinator sends until the stream ends: (why, how long to wait before the next)."""
+        """Handle what the coordinator sends until the stream ends: (why, the least to wait before the next)."""
         while True:
             message = await call.read()
             if message is grpc.aio.EOF:
-                return "EOF", self.backoff_base_s
+                return "EOF", 0.0
             kind = message.WhichOneof("message")
             if kind == "assignments":
                 for a in message.assignments.assignments:
@@ -716,7 +734,6 @@ class Miner:
             elif kind == "drain":
                 self.draining = True
             elif kind == "go_away":
-                self._went_away = True
                 return message.go_away.reason, message.go_away.reconnect_after.ToMilliseconds() / 1000
             elif kind == "result_ack":
                 self._acked([message.result_ack])
@@ -774,6 +791,7 @@ class Miner:
                 continue  # a repeated ack (a result sent again had landed before)
             del self.unacked[a.job_id]
             self._poisoned.pop(a.job_id, None)
+            self._on_stream.discard(a.job_id)  # (else one more id for each job a days-long stream carries)
             if a.accepted:
                 self.acked += 1
                 self.last_ack_at = time.monotonic()
@@ -1120,21 +1138,36 @@ def _unit_fields_wrong(outcome: Outcome) -> str:
     return ""
 
 
-def coordinator_reason(exc: grpc.aio.AioRpcError) -> str:
-    """The reason of the coordinator's google.rpc.ErrorInfo on exc; "" when it carries none (a status made by
-    gRPC itself, by a proxy, or in this process)."""
+def _status_details(exc: grpc.aio.AioRpcError) -> list[Any]:
+    """The google.rpc details (Any messages) of exc's grpc-status-details-bin trailer; none without it (a status
+    made by gRPC itself, by a proxy, or in this process) or when it does not parse."""
     for key, value in exc.trailing_metadata() or ():
         if key != "grpc-status-details-bin" or not isinstance(value, bytes):
             continue
         try:
-            status = status_pb2.Status.FromString(value)
+            return list(status_pb2.Status.FromString(value).details)
         except DecodeError:
-            return ""
-        for detail in status.details:
-            info = error_details_pb2.ErrorInfo()
-            if detail.Unpack(info) and info.domain == ERROR_DOMAIN:
-                return info.reason
+            return []
+    return []
+
+
+def coordinator_reason(exc: grpc.aio.AioRpcError) -> str:
+    """The reason of the coordinator's google.rpc.ErrorInfo on exc; "" when it carries none."""
+    for detail in _status_details(exc):
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info) and info.domain == ERROR_DOMAIN:
+            return info.reason
     return ""
+
+
+def retry_delay_s(exc: grpc.aio.AioRpcError) -> float:
+    """The RetryInfo delay on exc, in seconds (0.0 without one): the coordinator's "not before" on a refusal
+    that waiting helps (a rate limit, too many streams, its store unreachable)."""
+    for detail in _status_details(exc):
+        info = error_details_pb2.RetryInfo()
+        if detail.Unpack(info):
+            return max(0.0, info.retry_delay.ToMilliseconds() / 1000)
+    return 0.0
 
 
 def refused_by_coordinator(exc: grpc.aio.AioRpcError) -> bool:
