@@ -163,7 +163,7 @@ class Scheduler(UndoFailedCommits):
         # the keys the store may hold: a key surely new is not looked up there (keys being written count)
         self.stored_keys = StoredKeys(store, lambda: list(self._inflight_keys))
         self.watchers: dict[str, set[asyncio.Queue]] = {}
-        self.timers = TimerHeap(self._on_timer)
+        self.timers = TimerHeap(self._on_timer, self._timer_live, renewing=frozenset({"lease", "liveness"}))
         self.observers: list[Callable[[str, Job, Event], None]] = []
         self.samples_wait: deque[tuple[int, int]] = deque(maxlen=50_000)  # (at, queue wait us)
         self.samples_run: deque[tuple[int, int]] = deque(maxlen=50_000)
@@ -1559,6 +1559,22 @@ class Scheduler(UndoFailedCommits):
             if job.idempotency_key and self.idempotency.get(key) == job.job_id:
                 # the store's unique index answers for it from now on (kept, the map grew with every key used)
                 del self.idempotency[key]
+
+    def _timer_live(self, at_us: int, kind: str, args: tuple) -> bool:
+        """Whether a timer may still act when it fires (TimerHeap sweeps the others): its job is live (or being
+        read back), at the attempt it names for a lease or deadline, and its session open. Whatever comes back
+        later (a job read back, a miner reconnecting) schedules timers of its own."""
+        if kind in ("ttl", "ready"):
+            return args[0] in self.jobs or args[0] in self._detached
+        if kind in ("lease", "exec"):
+            job = self.jobs.get(args[0])
+            held = job is not None and job.attempt == args[1] and job.state in _HELD
+            return held or args[0] in self._detached
+        if kind in ("liveness", "refill"):
+            return args[0] in self.sessions
+        if kind == "orphans":
+            return args[0] in self.orphans or args[0] in self._drains
+        return True  # refusal_over (a pause over soon), and any kind added later
 
     def _on_timer(self, kind: str, args: tuple) -> None:
         now = now_us()

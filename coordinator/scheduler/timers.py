@@ -1,7 +1,11 @@
 """One timer heap for every deadline (leases, TTL, execution timeouts, backoff, grace periods).
 
-No task per job: one task sleeps until the earliest deadline. Entries are never removed; a fired entry
-whose owner moved on (lease renewed, job finished) is recognised as stale by its handler and ignored.
+No task per job: one task sleeps until the earliest deadline. An entry is not removed when its owner moves on
+(lease renewed, job finished): fired, it is recognised as stale by its handler and ignored. Until then it is
+swept: whenever the heap has doubled since the last sweep (and holds SWEEP_MIN entries at least), the entries
+the owner's `live` test calls stale go, and so do duplicates (a self-renewing kind keeps its earliest entry of
+each args, an entry identical to another goes). Without it the heap grew with traffic, not with live work: a
+job finished in a second kept its TTL and its execution deadline (up to a week each) in the heap until due.
 """
 
 from __future__ import annotations
@@ -17,11 +21,21 @@ from ..domain.clock import MICROS, now_us
 log = logging.getLogger(__name__)
 
 Handler = Callable[[str, tuple], None]
+# (due at, kind, args) -> whether the entry may still act when it fires
+Live = Callable[[int, str, tuple], bool]
+SWEEP_MIN = 256  # entries before the first sweep (amortized: one sweep per doubling)
 
 
 class TimerHeap:
-    def __init__(self, handler: Handler) -> None:
+    def __init__(
+        self, handler: Handler, live: Live | None = None, renewing: frozenset[str] = frozenset()
+    ) -> None:
+        """live: the owner's test of an entry (None: nothing is swept). renewing: kinds whose handler, fired
+        early, schedules the entry again for when it is due: of those, the earliest entry of each args suffices."""
         self._heap: list[tuple[int, int, str, tuple]] = []
+        self._live = live
+        self._renewing = renewing
+        self._sweep_at = SWEEP_MIN
         self._seq = itertools.count()
         self._handler = handler
         self._wake = asyncio.Event()
@@ -36,6 +50,31 @@ class TimerHeap:
         heapq.heappush(self._heap, (at_us, next(self._seq), kind, args))
         if first is None or at_us < first:
             self._wake.set()
+        if self._live is not None and len(self._heap) >= self._sweep_at:
+            self._sweep(self._live)
+
+    def _sweep(self, live: Live) -> None:
+        """Drop the entries that would do nothing when they fire (see the module). O(n), once per doubling."""
+        # of each renewing (kind, args): its first (at, seq)
+        earliest: dict[tuple[str, tuple], tuple[int, int]] = {}
+        for at, seq, kind, args in self._heap:
+            if kind in self._renewing:
+                key = (kind, args)
+                if earliest.get(key, (at, seq)) >= (at, seq):
+                    earliest[key] = (at, seq)
+        seen: set[tuple[int, str, tuple]] = set()
+        kept = []
+        for entry in self._heap:
+            at, seq, kind, args = entry
+            if kind in self._renewing and earliest[(kind, args)] != (at, seq):
+                continue
+            if (at, kind, args) in seen or not live(at, kind, args):
+                continue
+            seen.add((at, kind, args))
+            kept.append(entry)
+        heapq.heapify(kept)
+        self._heap[:] = kept  # (in place: the running loop reads the same list)
+        self._sweep_at = max(SWEEP_MIN, 2 * len(kept))
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="timer-heap")

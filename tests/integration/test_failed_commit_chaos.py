@@ -562,14 +562,17 @@ class HandMiner:
         dropped = {(c.job_id, c.attempt) for way, k, c in stream.log if way == "in" and k == "cancel"}
         had = (stream.assigned | set(stream.listed)) - dropped
         found: dict[str, str] = {}
+        # (not one its miner lost or dropped, a NOT_STORED answer's job whose requeue failed: it waits out the
+        # write backoff to be requeued, held for no stream (undo.py's restore), still ASSIGNED in memory)
+        orphans = scheduler.orphans.get(name, {})
+        dropped_by_miner = {job_id for job_id, held in orphans.items() if held.lost == "MINER_LOST_JOB"}
         for job_id, job in list(scheduler.jobs.items()):
             if job.state in (JobState.ASSIGNED, JobState.RUNNING) and job.miner_id == name:
-                if (job_id, job.attempt) in had:
-                    found[job_id] = f"held ({job.state.name} attempt {job.attempt})"
-        for job_id, held in scheduler.orphans.get(name, {}).items():
-            # (not one its miner lost or dropped, a NOT_STORED answer's job whose requeue failed: it waits out
-            # the write backoff to be requeued, held for no stream; undo.py's restore)
-            if (job_id, held.attempt) in had and held.lost != "MINER_LOST_JOB":
+                if (job_id, job.attempt) in had and job_id not in dropped_by_miner:
+                    holders = [x.session_id for x in scheduler.sessions.values() if job_id in x.held]
+                    found[job_id] = f"held ({job.state.name} attempt {job.attempt}; by sessions {holders})"
+        for job_id, held in orphans.items():
+            if (job_id, held.attempt) in had and job_id not in dropped_by_miner:
                 found[job_id] = f"orphaned (attempt {held.attempt})"
         for job_id, marker in list(scheduler._detached.items()):
             mine = marker.miner_id == name and (job_id, marker.attempt) in had
