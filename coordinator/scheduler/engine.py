@@ -185,6 +185,8 @@ class Scheduler(UndoFailedCommits):
             else:
                 held = Held(job, job.attempt, now + grace_us, exec_deadline(job))
                 self.orphans.setdefault(job.miner_id, {})[job.job_id] = held
+                # (it does nothing while the job is held: requeued before its time to live runs out, it expires)
+                self.timers.schedule(job.expires_us, "ttl", job.job_id)
         for miner_id in self.orphans:
             self.timers.schedule(now + grace_us, "orphans", miner_id)
         await self._load_drains(now + grace_us)
