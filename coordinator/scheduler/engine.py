@@ -167,7 +167,9 @@ class Scheduler(UndoFailedCommits):
         self.observers: list[Callable[[str, Job, Event], None]] = []
         self.samples_wait: deque[tuple[int, int]] = deque(maxlen=50_000)  # (at, queue wait us)
         self.samples_run: deque[tuple[int, int]] = deque(maxlen=50_000)
-        self._restoring: set[asyncio.Task] = set()  # reloads of jobs after a failed commit
+        # work the scheduler runs on its own, cancelled by stop(): read-backs of jobs after a failed commit, answers
+        # to miners once their job is back (when-back-*), deletions of drains that ended (drain-over)
+        self._background: set[asyncio.Task] = set()
         self.stopping = False
 
     # ------------------------------------------------------------------ life cycle
@@ -202,9 +204,9 @@ class Scheduler(UndoFailedCommits):
         for queues in self.watchers.values():
             for q in queues:
                 q.put_nowait(None)
-        for task in list(self._restoring):
+        for task in list(self._background):
             task.cancel()
-        await asyncio.gather(*self._restoring, return_exceptions=True)
+        await asyncio.gather(*self._background, return_exceptions=True)
         await self.stored_keys.stop()
         await self.timers.stop()
 
@@ -1004,8 +1006,8 @@ class Scheduler(UndoFailedCommits):
             log.warning("the end of miner %s's drain is not stored: the store is closed", miner_id)
             return
         task = asyncio.get_running_loop().create_task(self._delete_drain(unit, written), name="drain-over")
-        self._restoring.add(task)  # (stop() cancels its retries; what it queued is written all the same)
-        task.add_done_callback(self._restoring.discard)
+        self._background.add(task)  # (stop() cancels its retries; what it queued is written all the same)
+        task.add_done_callback(self._background.discard)
 
     async def _delete_drain(self, unit: UnitOfWork, written: asyncio.Future[None]) -> None:
         delay = 0.05

@@ -50,7 +50,8 @@ class TimerHeap:
         heapq.heappush(self._heap, (at_us, next(self._seq), kind, args))
         if first is None or at_us < first:
             self._wake.set()
-        if self._live is not None and len(self._heap) >= self._sweep_at:
+        # (not before start: what a start schedules, reloading live work, is live; sweeping it slowed the start)
+        if self._live is not None and self._task is not None and len(self._heap) >= self._sweep_at:
             self._sweep(self._live)
 
     def _sweep(self, live: Live) -> None:

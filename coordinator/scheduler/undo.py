@@ -111,8 +111,8 @@ class UndoFailedCommits:
             self._refill_after_failure(freed.values())
         if detached and not self.stopping:  # at the next start, everything is loaded from the store anyway
             task = asyncio.get_running_loop().create_task(self._restore(detached))
-            self._restoring.add(task)
-            task.add_done_callback(self._restoring.discard)
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
             for job_id in detached:
                 self._detached[job_id].task = task
 
@@ -123,7 +123,7 @@ class UndoFailedCommits:
         the slots it frees may outnumber those it keeps for the jobs the miner may still run (a slot whose
         fill was put off, beside queued jobs, was filled by the failed decision too). A job refilled onto the
         ending stream was never sent: lost when its miner came back without it, its attempt spent."""
-        if session.transport != "stream" or asyncio.current_task() in self._restoring:
+        if session.transport != "stream" or asyncio.current_task() in self._background:
             await self._commit(pending)
             return
         self._ends_stream[id(pending)] = session
@@ -487,7 +487,7 @@ class UndoFailedCommits:
                 return
 
         def answered(task: asyncio.Task) -> None:
-            self._restoring.discard(task)
+            self._background.discard(task)
             session.answering -= 1
             if not self.stopping:
                 self._close_if_drained(session)  # (it waited for this answer)
@@ -496,7 +496,7 @@ class UndoFailedCommits:
         # uncounted by the done callback, which runs even for a task cancelled before it started.
         session.answering += 1
         task = asyncio.create_task(answer(), name=f"when-back-{job_id}")
-        self._restoring.add(task)  # (cancelled with the read-backs when the scheduler stops)
+        self._background.add(task)  # (cancelled with the read-backs when the scheduler stops)
         task.add_done_callback(answered)
 
     def _dropped(self: Scheduler, session: Session, job_id: str, attempt: int) -> None:

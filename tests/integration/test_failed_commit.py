@@ -177,7 +177,7 @@ async def test_a_cancel_retried_while_the_job_is_read_back_waits_for_it(coord: H
     try:
         blocker.execute("BEGIN IMMEDIATE")  # the restore's barrier write now waits for this lock
         blocker.execute("DROP TRIGGER test_refuse_job_events")
-        assert job.job_id not in scheduler.jobs and scheduler._restoring
+        assert job.job_id not in scheduler.jobs and scheduler._background
         retry = asyncio.create_task(alice.cancel(job.job_id, reason="second try"))
         await asyncio.sleep(0.3)
         assert not retry.done()

@@ -1001,7 +1001,7 @@ async def settle(coord: Harness, book: Book) -> None:
         rows = coord.db.query(f"SELECT job_id, state FROM jobs WHERE state NOT IN ({','.join('?' * len(terminal))})",
                               terminal)  # fmt: skip
         draining = [s.miner_id for s in scheduler.sessions.values() if s.draining]
-        quiet = not (scheduler.jobs or scheduler._detached or scheduler._restoring or scheduler._unsettled
+        quiet = not (scheduler.jobs or scheduler._detached or scheduler._background or scheduler._unsettled
                      or scheduler.orphans or draining)  # fmt: skip
         if not rows and quiet:
             return
@@ -1019,7 +1019,7 @@ async def settle(coord: Harness, book: Book) -> None:
     raise AssertionError(
         f"seed {SEED}: {len(rows)} jobs not terminal {SETTLE_SECONDS:g} s after the failures stopped "
         f"(scheduler: {len(scheduler.jobs)} jobs, {len(scheduler._detached)} detached, "
-        f"{len(scheduler._restoring)} read-backs, {len(scheduler._unsettled)} unsettled, orphans "
+        f"{len(scheduler._background)} background tasks, {len(scheduler._unsettled)} unsettled, orphans "
         f"{ {m: sorted(o) for m, o in scheduler.orphans.items()} }; draining sessions "
         f"{ {s.miner_id: (sorted(s.held), s.reserved) for s in scheduler.sessions.values() if s.draining} }):\n"
         + "\n".join(lines)
@@ -1181,7 +1181,7 @@ def check_everything(coord: Harness, book: Book, hand: list[HandMiner], caplog) 
     if scheduler.queues.depth != queued_in_memory or scheduler.jobs:
         problems.append(f"queue depth {scheduler.queues.depth}, {queued_in_memory} queued in memory; "
                         f"jobs left in memory {sorted(scheduler.jobs)[:5]}")  # fmt: skip
-    leftovers = {name: getattr(scheduler, name) for name in ("_detached", "_restoring", "_unsettled",
+    leftovers = {name: getattr(scheduler, name) for name in ("_detached", "_background", "_unsettled",
                  "_unsettled_frees", "_write_failures", "_inflight_keys", "orphans")}  # fmt: skip
     if any(leftovers.values()):
         problems.append(f"scheduler bookkeeping left over: { {k: v for k, v in leftovers.items() if v} }")

@@ -28,7 +28,7 @@ async def test_a_drained_miner_gets_an_answer_to_its_last_result(coord: Harness)
         await eventually(lambda: job.job_id in scheduler._unsettled and not session.held,
                          what="the cancel decided, its write waiting")  # fmt: skip
         runner.gate.set()  # the miner's result crosses the cancel
-        await eventually(lambda: any(t.get_name() == f"when-back-{job.job_id}" for t in scheduler._restoring),
+        await eventually(lambda: any(t.get_name() == f"when-back-{job.job_id}" for t in scheduler._background),
                          what="the result waiting for the cancel to land")  # fmt: skip
         miner.drain()  # SIGTERM: no job running, one result awaiting its ack
         await eventually(lambda: session.draining, what="the session draining")

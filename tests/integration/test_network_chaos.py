@@ -663,7 +663,7 @@ async def check_miners(coord: Harness, miners: list[InProcessMiner], proc: Proce
     if scheduler.orphans or scheduler.jobs:
         book.problems.append(f"orphans {scheduler.orphans}, jobs in memory {list(scheduler.jobs)[:5]}")
     left = {name: len(getattr(scheduler, name)) for name in ("idempotency", "watchers", "_unsettled", "_listings",
-            "_detached", "_inflight_keys", "_unsettled_frees", "_restoring")}  # fmt: skip
+            "_detached", "_inflight_keys", "_unsettled_frees", "_background")}  # fmt: skip
     if any(left.values()) or scheduler.queues.depth:
         book.problems.append(f"left in the scheduler: {left}, queue depth {scheduler.queues.depth}")
     if sorted(scheduler.available) != sorted(scheduler.sessions):

@@ -44,7 +44,8 @@ async def test_a_sweep_keeps_every_live_entry_and_the_earliest_of_a_renewing_cha
     dead = {f"gone-{i}" for i in range(400)}
     heap = TimerHeap(lambda kind, args: fired.append((kind, args)),
                      lambda at, kind, args: args[0] not in dead, renewing=frozenset({"lease"}))  # fmt: skip
-    now = now_us()
+    heap.start()  # (a heap is swept once started: before, its owner's start reloads live work only)
+    now = now_us() + 200_000  # (everything due after the scheduling is done)
     for i in range(400):
         heap.schedule(now + 10_000 + i, "ttl", f"gone-{i}")
     for n in range(3):  # a chain scheduled again and again: only its earliest entry needs to stay
@@ -55,8 +56,7 @@ async def test_a_sweep_keeps_every_live_entry_and_the_earliest_of_a_renewing_cha
     for i in range(300):  # past the next doubling: a second sweep
         heap.schedule(now + 10_000 + i, "ttl", f"gone-{i}")
     assert len(heap) <= SWEEP_MIN  # 700 dead entries scheduled: swept each time the heap reached the bound
-    heap.start()
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.35)
     await heap.stop()
     live = [(kind, args) for kind, args in fired if args[0] not in dead]  # (dead ones not yet swept fire too)
     assert live == [("lease", ("job-1", 1)), ("exec", ("job-1", 1)), ("ttl", ("job-1",))]
