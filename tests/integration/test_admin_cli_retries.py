@@ -13,22 +13,9 @@ import sqlite3
 import pytest
 from aitbc.cli import main
 from coord_support import ADMIN_KEY, Harness, eventually
+from test_client_outage import coordinator_down, coordinator_up
 
 OUTAGE_S = 3.0  # several backoff periods of the default policy (0.2 s doubling)
-
-
-async def coordinator_down(coord: Harness) -> int:
-    """Stops the coordinator (its port closed); returns the port to start the next one on."""
-    assert coord.coordinator is not None
-    port = coord.coordinator.port
-    await coord.coordinator.stop(grace=0.2)
-    coord.coordinator = None
-    return port
-
-
-async def coordinator_up(coord: Harness, port: int) -> None:
-    coord.overrides["app_port"] = port
-    await coord.start()
 
 
 def admin_cli(*argv: str) -> asyncio.Task[int]:

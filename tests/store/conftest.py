@@ -1,5 +1,6 @@
 """Fixtures of the store suites: `backend` runs a test once on SQLite (a tmp file) and once on PostgreSQL
-(a fresh schema of the local database, dropped afterwards); `store` is an open store on that backend."""
+(a fresh schema of the local database, dropped afterwards); `store` is an open store on that backend;
+`schema` a fresh PostgreSQL schema alone."""
 
 from __future__ import annotations
 
@@ -34,3 +35,13 @@ async def store(backend: Backend) -> AsyncIterator[Store]:
         yield s
     finally:
         await s.close()
+
+
+@pytest.fixture
+async def schema() -> AsyncIterator[str]:
+    """A fresh schema of the local PostgreSQL database, dropped afterwards."""
+    name = await create_schema()
+    try:
+        yield name
+    finally:
+        await drop_schema(name)

@@ -4,7 +4,6 @@ a job completed with a verifiable receipt, then a restart on the same schema tha
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 from aitbc.client import Client, struct_to_dict
@@ -16,18 +15,9 @@ from coordinator.config import ApiKeyEntry, Settings, validate
 from coordinator.server import Coordinator, start
 from coordinator.store.postgres import PostgresStore
 
-from .store_support import create_schema, drop_schema, pg_admin, pg_url
+from .store_support import pg_admin, pg_url
 
 CLIENT, MINER, ADMIN = "client-key-0001", "miner-key-0001", "admin-key-0001"
-
-
-@pytest.fixture
-async def schema() -> AsyncIterator[str]:
-    name = await create_schema()
-    try:
-        yield name
-    finally:
-        await drop_schema(name)
 
 
 def settings(database_url: str) -> Settings:

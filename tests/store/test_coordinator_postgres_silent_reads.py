@@ -24,7 +24,6 @@ from coordinator.server import start
 from coordinator.store.base import store_unreachable
 
 from .pg_silent_reads_support import SilentReadsRelay
-from .store_support import create_schema, drop_schema
 from .test_coordinator_on_postgres import CLIENT, run_one_job
 from .test_coordinator_on_postgres import settings as pg_settings
 
@@ -39,15 +38,6 @@ async def relay() -> AsyncIterator[SilentReadsRelay]:
         yield relay
     finally:
         await relay.close()
-
-
-@pytest.fixture
-async def schema() -> AsyncIterator[str]:
-    name = await create_schema()
-    try:
-        yield name
-    finally:
-        await drop_schema(name)
 
 
 def settings(relay: SilentReadsRelay, schema: str, read_timeout_s: float) -> Settings:

@@ -29,13 +29,11 @@ import os
 import random
 import time
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 import grpc
-import pytest
 from aitbc.channel import open_channel
 from aitbc.client import Client
 from aitbc.coordinator.v1 import admin_service_pb2 as apb
@@ -49,7 +47,7 @@ from coordinator.store.postgres import PostgresStore
 from tests.tcp_relay import DOWN, UP, Link
 
 from .pg_relay import PgRelay
-from .store_support import create_schema, drop_schema, pg_admin
+from .store_support import pg_admin
 
 SEED = int(os.environ.get("AITBC_CHAOS_SEED") or random.SystemRandom().randrange(1, 10**9))
 CHAOS_SECONDS = float(os.environ.get("AITBC_CHAOS_SECONDS") or 12.0)
@@ -213,15 +211,6 @@ async def chaos(proxy: PgProxy, rng: random.Random, book: Book) -> None:
             if then != "heal":
                 proxy.cut(then)
             proxy.heal()
-
-
-@pytest.fixture
-async def schema() -> AsyncIterator[str]:
-    name = await create_schema()
-    try:
-        yield name
-    finally:
-        await drop_schema(name)
 
 
 async def test_coordinator_on_postgres_under_connection_chaos(schema: str, caplog) -> None:  # type: ignore[no-untyped-def]

@@ -16,7 +16,6 @@ Real PostgreSQL (127.0.0.1:5432, database test), a schema per test.
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
 from urllib.parse import quote
 
 import pytest
@@ -24,7 +23,7 @@ import pytest
 import coordinator.store.postgres as pg
 from coordinator.store.postgres import PostgresStore
 
-from .store_support import PG_URL, create_schema, drop_schema, pg_admin, pg_url
+from .store_support import PG_URL, drop_schema, pg_admin, pg_url
 from .test_postgres_drop_safety import objects_in
 
 # Objects the regex did not see: lower case, quoted, IF NOT EXISTS, OR REPLACE, and kinds other than a table.
@@ -49,15 +48,6 @@ CREATE TABLE extra_notes (note TEXT NOT NULL);
 def with_one_more_migration(monkeypatch: pytest.MonkeyPatch, script: str) -> None:
     """The store's migrations and one more, as a later version of the code would have them."""
     monkeypatch.setattr(pg, "POSTGRES_MIGRATIONS", [*pg.POSTGRES_MIGRATIONS, script])
-
-
-@pytest.fixture
-async def schema() -> AsyncIterator[str]:
-    name = await create_schema()
-    try:
-        yield name
-    finally:
-        await drop_schema(name)
 
 
 async def test_a_refused_start_drops_everything_its_migrations_made(

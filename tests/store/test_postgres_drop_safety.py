@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator
 from urllib.parse import quote
 
 import asyncpg
@@ -38,15 +37,6 @@ from .store_support import PG_URL, create_schema, drop_schema, pg_admin, pg_url
 from .test_postgres_commit_reply_error import submit_unit
 from .test_postgres_keys_rotate_missing import keys_rotate
 from .test_postgres_start_close_edges import tables_in
-
-
-@pytest.fixture
-async def schema() -> AsyncIterator[str]:
-    name = await create_schema()
-    try:
-        yield name
-    finally:
-        await drop_schema(name)
 
 
 class CommitLostThenCleanupHeld(PgRelay):

@@ -19,7 +19,7 @@ from coordinator.store.base import JobFilter, store_unreachable
 from coordinator.store.postgres import KEEPALIVE_IDLE_S, PostgresStore, StoreReadTimeout
 
 from .pg_silent_reads_support import SilentReadsRelay
-from .store_support import create_schema, drop_schema, make_job, pg_admin, pg_url, submitted_event
+from .store_support import make_job, pg_admin, pg_url, submitted_event
 
 HANG_GUARD_S = 60.0  # far past any timeout of the store's: a read still pending then hangs
 
@@ -32,15 +32,6 @@ async def relay() -> AsyncIterator[SilentReadsRelay]:
         yield relay
     finally:
         await relay.close()
-
-
-@pytest.fixture
-async def schema() -> AsyncIterator[str]:
-    name = await create_schema()
-    try:
-        yield name
-    finally:
-        await drop_schema(name)
 
 
 async def commit_job(store: PostgresStore, job_id: str) -> None:

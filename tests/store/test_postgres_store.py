@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import secrets
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -17,17 +16,8 @@ from coordinator.store.schema import APPEND_ONLY, POSTGRES_MIGRATIONS
 from tests.tcp_relay import DOWN, UP, Link
 
 from .pg_relay import PgRelay
-from .store_support import PG_URL, create_schema, drop_schema, make_job, pg_admin, pg_url
+from .store_support import PG_URL, drop_schema, make_job, pg_admin, pg_url
 from .test_store_contract import new_jobs_unit, receipt
-
-
-@pytest.fixture
-async def schema() -> AsyncIterator[str]:
-    name = await create_schema()
-    try:
-        yield name
-    finally:
-        await drop_schema(name)
 
 
 def test_open_store_selects_postgres_for_both_schemes() -> None:

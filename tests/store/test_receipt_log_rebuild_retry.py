@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -21,16 +20,7 @@ from coordinator.receipts.keyring import load_keys
 from coordinator.store.base import ReceiptRow, UnitOfWork
 from coordinator.store.postgres import PostgresStore
 
-from .store_support import T0, create_schema, drop_schema, pg_admin, pg_url
-
-
-@pytest.fixture
-async def schema() -> AsyncIterator[str]:
-    name = await create_schema()
-    try:
-        yield name
-    finally:
-        await drop_schema(name)
+from .store_support import T0, pg_admin, pg_url
 
 
 def receipt_unit(n: int) -> UnitOfWork:

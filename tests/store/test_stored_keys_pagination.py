@@ -14,9 +14,10 @@ import pytest
 
 from coordinator.domain.validation import Limits
 from coordinator.scheduler.stored_keys import StoredKeys
-from coordinator.store import Store, UnitOfWork
+from coordinator.store import Store
 
-from .store_support import Backend, make_job, submitted_event
+from .store_support import Backend
+from .test_stored_keys import store_keys
 
 LONGEST = Limits().max_short_string  # the longest idempotency key a submit may carry (characters)
 
@@ -47,15 +48,6 @@ def every_key() -> list[tuple[str, str]]:
     return [(c, k) for n, c in enumerate(CLIENTS) for i, k in enumerate(KEYS) if (i + n) % 3 or n % 4 == 0]
 
 
-async def store_keys(store: Store, keys: list[tuple[str, str]]) -> None:
-    unit = UnitOfWork()
-    for n, (client, key) in enumerate(keys):
-        job = make_job(f"job-{n:05d}", client, idempotency_key=key)
-        unit.add_new_job(job)
-        unit.add_event(submitted_event(job))
-    await store.commit(unit)
-
-
 async def scan(store: Store, page: int, bound: int) -> list[tuple[str, str]]:
     """Every page, as StoredKeys reads them; fails instead of looping past bound pages."""
     seen: list[tuple[str, str]] = []
@@ -79,7 +71,7 @@ async def every_page_size_reads_each_key_once(store: Store, stored: list[tuple[s
 
 async def test_every_stored_key_is_read_once_in_pages_of_any_size(store: Store) -> None:
     stored = every_key()
-    await store_keys(store, stored)
+    await store_keys(store, stored, "job")
     await every_page_size_reads_each_key_once(store, stored)
     keys = StoredKeys(store, list, min_capacity=1_000, page=3)
     keys.start()
@@ -105,7 +97,7 @@ async def test_an_icu_collation_unlike_byte_order_neither_skips_nor_loops(
     for column in ("client_id", "idempotency_key"):
         await backend.raw_execute(f'ALTER TABLE jobs ALTER COLUMN {column} TYPE text COLLATE "en-x-icu"')
     stored = every_key()
-    await store_keys(store, stored)
+    await store_keys(store, stored, "job")
     order = await backend.raw_fetch(
         "SELECT client_id, idempotency_key FROM jobs ORDER BY client_id, idempotency_key"
     )
