@@ -44,6 +44,9 @@ class KeySource(Protocol):
 
 
 class StoredKeys:
+    """The filter of stored keys (see the module). add() each key before its write is queued; being_written()
+    names the keys whose write is queued and has not landed (a scan may pass their place before it does)."""
+
     def __init__(
         self,
         source: KeySource,
