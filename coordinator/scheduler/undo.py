@@ -41,6 +41,7 @@ class Detached:
     listed: tuple[Session, int] | None = None  # a session of that miner that said it runs that attempt
     holder: Session | None = None  # the live session that held it when it was taken out
     dropped_by: Session | None = None  # a session whose miner dropped that attempt (refused NOT_STORED)
+    announced: int = 0  # the job's last change that watchers and observers heard of (its sequence)
 
     def kept_by(self, session: Session, attempt: int) -> bool:
         """Whether session may still be running the job's attempt: it held it then, or its miner says so
@@ -221,7 +222,11 @@ class UndoFailedCommits:
             else:
                 reserved = None
         self._detached[job.job_id] = Detached(
-            reserved, first.miner_id if ran else "", first.attempt, holder=reserved
+            reserved,
+            first.miner_id if ran else "",
+            first.attempt,
+            holder=reserved,
+            announced=first.sequence - 1,
         )
         self._write_failures[job.job_id] = self._write_failures.get(job.job_id, 0) + 1
         return True
@@ -352,6 +357,7 @@ class UndoFailedCommits:
                     UnitOfWork()
                 )  # the writer commits in order: earlier writes are settled
                 stored = [await self.store.get_job(job_id) for job_id in job_ids]
+                unannounced = await self._unannounced_changes(stored)
                 break
             except Exception:
                 if self.stopping:
@@ -369,6 +375,8 @@ class UndoFailedCommits:
             if marker.reserved is not None:
                 marker.reserved.reserved -= 1
                 freed[marker.reserved.session_id] = marker.reserved
+            if job is not None and job_id not in self.jobs:
+                self._announce(job, unannounced.get(job_id, ()), marker)
             if job is None or job.state.terminal or job_id in self.jobs:
                 self._write_failures.pop(job_id, None)
             else:
@@ -388,6 +396,32 @@ class UndoFailedCommits:
                 self._fill(session, pending, now)
                 self._spawn_commit(pending)
         log.warning("after a failed commit, %d of %d jobs restored from the store", restored, len(job_ids))
+
+    async def _unannounced_changes(self: Scheduler, stored: list[Job | None]) -> dict[str, list[Event]]:
+        """The stored changes of jobs read back that memory never announced: a write reported failed may have
+        landed all the same (PostgreSQL: a COMMIT whose answer was lost, its outcome not settled). Read only
+        for jobs whose stored sequence is past what was announced (as a rule, none)."""
+        changes: dict[str, list[Event]] = {}
+        for job in stored:
+            marker = self._detached.get(job.job_id) if job is not None else None
+            if job is not None and marker is not None and job.event_seq > marker.announced:
+                events = await self.store.get_events(job.job_id)
+                changes[job.job_id] = [e for e in events if marker.announced < e.sequence <= job.event_seq]
+        return changes
+
+    def _announce(self: Scheduler, job: Job, changes: Iterable[Event], marker: Detached) -> None:
+        """Tell watchers and observers of a job read back the changes that landed unannounced (as a resumed
+        watch replays them, each with the job as stored): a watcher of a job whose end landed so hears of it
+        and ends, rather than wait until its deadline; the observers' per-job state and the live counts
+        follow the job's stored state. A terminal job is then forgotten, as after its own commit."""
+        for event in changes:
+            if event.sequence > marker.announced:
+                marker.announced = event.sequence
+                self._notify(job, event)
+        if job.state.terminal:
+            key = (job.client_id, job.idempotency_key)
+            if job.idempotency_key and self.idempotency.get(key) == job.job_id:
+                del self.idempotency[key]  # (the store's unique index answers for it, as in _forget)
 
     def _place(self: Scheduler, job: Job, now: int, marker: Detached) -> None:
         self.jobs[job.job_id] = job
