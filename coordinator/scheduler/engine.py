@@ -1324,7 +1324,7 @@ class Scheduler(UndoFailedCommits):
         self.end_if_drained(session)
         assignments = session.pending_assignments[:max_jobs]
         del session.pending_assignments[:max_jobs]
-        session.tell(assignments)
+        assignments = session.tell(assignments)  # (only those it still holds: see Session.tell)
         if session.pending_assignments:
             session.wakeup.set()  # for another poll of the session waiting meanwhile
         return assignments, self.take_cancels(session)
