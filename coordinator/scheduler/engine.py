@@ -1324,7 +1324,7 @@ class Scheduler(UndoFailedCommits):
         self.end_if_drained(session)
         assignments = session.pending_assignments[:max_jobs]
         del session.pending_assignments[:max_jobs]
-        assignments = session.tell(assignments)  # (only those it still holds: see Session.tell)
+        assignments = self.deliverable(session, assignments)
         if session.pending_assignments:
             session.wakeup.set()  # for another poll of the session waiting meanwhile
         return assignments, self.take_cancels(session)
@@ -1358,6 +1358,18 @@ class Scheduler(UndoFailedCommits):
                 del cache[next(iter(cache))]
             cached = cache[base] = eligible(base, session.caps)
         return cached
+
+    def deliverable(self, session: Session, assignments: list[AssignmentOut]) -> list[AssignmentOut]:
+        """Of assignments about to leave for session's miner (a poll's answer, a stream write), those to send:
+        the ones it still holds at their attempt (told from now on), and those it held at that attempt when a
+        failed commit took their job out to be read back (the miner may as well have them: the read-back puts a
+        job still its own back on its session). Not one given back meanwhile (its session replaced, its lease
+        run out before it left): its attempt unspent, it would run twice at that attempt."""
+        return [a for a in assignments if session.tell(a) or self._held_when_detached(session, a)]
+
+    def _held_when_detached(self, session: Session, a: AssignmentOut) -> bool:
+        marker = self._detached.get(a.job.job_id)
+        return marker is not None and marker.holder is session and marker.attempt == a.attempt
 
     def _pick_session(self, job: Job, exclude: Session | None = None) -> Session | None:
         """The idle eligible miner for job: least loaded, then best record. None once the coordinator stops."""

@@ -181,18 +181,14 @@ class Session:
             return 0
         return sum(1 for held in self.held.values() if not held.told)
 
-    def tell(self, assignments: list[AssignmentOut]) -> list[AssignmentOut]:
-        """A poll is about to hand these out, or the stream's writer to write them: the miner has them from
-        now on. Returns those the session still holds at their attempt, the only ones to hand out: one taken
-        from it meanwhile (its session replaced, its lease run out before it left) went back to the queue with
-        its attempt unspent, and handed out here all the same, it ran twice at that attempt."""
-        kept: list[AssignmentOut] = []
-        for a in assignments:
-            held = self.held.get(a.job.job_id)
-            if held is not None and held.attempt == a.attempt:
-                held.told = True
-                kept.append(a)
-        return kept
+    def tell(self, a: AssignmentOut) -> bool:
+        """A poll is about to hand a out, or the stream's writer to write it: the miner has it from now on.
+        Whether the session still holds it at that attempt (see Scheduler.deliverable)."""
+        held = self.held.get(a.job.job_id)
+        if held is None or held.attempt != a.attempt:
+            return False
+        held.told = True
+        return True
 
     def send(self, message: Outbound) -> None:
         if self.transport == "stream":

@@ -229,7 +229,7 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
                     queued = outbox.get_nowait()
                     if isinstance(queued, list):
                         for part in _by_size(queued):
-                            if part := session.tell(part):  # (those it still holds: see Session.tell)
+                            if part := self.scheduler.deliverable(session, part):
                                 await _send(session, context, outbound(part))
                     elif not isinstance(queued, GoAwayOut) and queued is not _READER_DONE:
                         await _send(session, context, outbound(queued))
@@ -238,9 +238,9 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
             if isinstance(message, list):
                 for part in _by_size(message):  # one fill can hold more payload than one message may carry
                     # from the write's start the miner may have them (a write cut short may have left): a lost
-                    # stream spends their attempts; what never left the outbox it gives back. Only those the
-                    # session still holds leave: one given back meanwhile would run twice at its attempt.
-                    if part := session.tell(part):
+                    # stream spends their attempts; what never left the outbox it gives back. One given back
+                    # meanwhile does not leave (Scheduler.deliverable): it would run twice at its attempt.
+                    if part := self.scheduler.deliverable(session, part):
                         await _send(session, context, outbound(part))
             else:
                 await _send(session, context, outbound(message))
