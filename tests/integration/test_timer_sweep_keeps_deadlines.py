@@ -29,11 +29,12 @@ async def swept(
     sweeps = [0]
     sweep = timers.TimerHeap._sweep
 
-    def counted(heap: timers.TimerHeap, live: timers.Live) -> None:
+    async def counted(heap: timers.TimerHeap, live: timers.Live) -> None:
         sweeps[0] += 1
-        sweep(heap, live)
+        await sweep(heap, live)
 
     monkeypatch.setattr(timers, "SWEEP_MIN", 1)
+    monkeypatch.setattr(timers, "SWEEP_SLICE", 2)  # (each sweep spread over loop turns, fired entries between)
     monkeypatch.setattr(timers.TimerHeap, "_sweep", counted)
     marker = request.node.get_closest_marker("coordinator")
     harness = Harness(tmp_path, dict(marker.kwargs) if marker else {})
