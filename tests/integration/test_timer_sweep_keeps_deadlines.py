@@ -34,7 +34,8 @@ async def swept(
         await sweep(heap, live)
 
     monkeypatch.setattr(timers, "SWEEP_MIN", 1)
-    monkeypatch.setattr(timers, "SWEEP_SLICE", 2)  # (each sweep spread over loop turns, fired entries between)
+    # each sweep spread over loop turns, entries firing between its slices
+    monkeypatch.setattr(timers, "SWEEP_SLICE", 2)
     monkeypatch.setattr(timers.TimerHeap, "_sweep", counted)
     marker = request.node.get_closest_marker("coordinator")
     harness = Harness(tmp_path, dict(marker.kwargs) if marker else {})
