@@ -84,9 +84,10 @@ async def test_readme_grpcurl_commands_work_as_written(tmp_path: Path) -> None:
         code, _, err = await run(f"{GRPCURL} -plaintext -H 'x-api-key: {client_key}' -d '{{\"job_id\": \"nope\"}}' "
                                  f"{address} aitbc.coordinator.v1.JobService/GetJob")  # fmt: skip
         assert code != 0 and '"reason":"JOB_NOT_FOUND"' in err.replace(" ", "")
+        usage = f"{GRPCURL} -plaintext -H 'x-api-key: {client_key}' -d '{{}}' {address} aitbc.coordinator.v1.JobService/GetUsage"
         commands = readme_commands()
         assert len(commands) >= 20
-        # the drain and key-disabling examples go last: they change what the others would see
+        # the drain and key-disabling examples go last (in the README's order): they change what the others see
         commands.sort(key=lambda c: ("DrainMiner" in c) + 2 * ("SetApiKeyEnabled" in c))
         for command in commands:
             job_id = waiting.job_id if "CancelJob" in command else done.job_id
@@ -105,11 +106,14 @@ async def test_readme_grpcurl_commands_work_as_written(tmp_path: Path) -> None:
                 assert json.loads(out)["job"]["state"] == "JOB_STATE_CANCELED"
             if "DrainMiner" in command:
                 assert json.loads(out)["miner"]["status"] == "MINER_STATUS_DRAINING"
-        code, _, err = await run(f"{GRPCURL} -plaintext -H 'x-api-key: {client_key}' -d '{{}}' {address} "
-                                 "aitbc.coordinator.v1.JobService/GetUsage")  # fmt: skip
-        assert code != 0 and "Unauthenticated" in err, (
-            "the README's SetApiKeyEnabled example disables alice's key"
-        )
+            if '"enabled": false' in command:
+                code, _, err = await run(usage)
+                assert code != 0 and "Unauthenticated" in err, (
+                    "the README's first SetApiKeyEnabled disables alice"
+                )
+        # ...and its next one enables her again: a reader running every command in turn is not locked out
+        code, out, err = await run(usage)
+        assert code == 0 and json.loads(out)["account"]["account_id"] == "alice", err
     finally:
         miner.stop()
         await miner_task
