@@ -457,9 +457,11 @@ class Miner:
         self._capacity_updates = False  # the current stream's welcome takes Capacity messages
         self._capacity_waiting = False  # a Capacity is in the current stream's outbox
         self.runners_stuck = False  # every slot held by a canceled job's runner: drained, run() raises
-        # jobs rejected (no free slot), by attempt, until a welcome no longer lists them: the stream a reject was
-        # put on may end before the coordinator read it (or there was none); the next hello lists the job, kept
-        # so, and the reject goes again (else the job, missing from the hello, would be lost: an attempt spent)
+        # jobs rejected (no free slot), by attempt, in the order their rejects are written, until the coordinator
+        # has read them for sure (an assignment proves all but the last few read: _forget_read_rejects; at most
+        # 2 x slots kept) or a welcome no longer lists them: the stream a reject was put on may end before the
+        # coordinator read it (or there was none); the next hello lists the job, kept so, and the reject goes
+        # again (else the job, missing from the hello, would be lost: an attempt spent)
         self._rejects: dict[str, tuple[int, str]] = {}  # job id -> (attempt, why)
         # Results and failure reports sent and not yet acknowledged, by job: a stream lost before the ack lists
         # their jobs in the next hello (so the coordinator keeps them) and sends them again on the new stream.
@@ -545,7 +547,8 @@ class Miner:
                     # least: what the coordinator asked to be waited at least (a go-away's reconnect_after)
                     reason, least = await self._session_task
                 except asyncio.CancelledError:
-                    if not self.stopped.is_set():
+                    # stop() canceled the session; a cancel of run() itself (stopped or not) goes on up
+                    if not self.stopped.is_set() or _cancel_requested():
                         raise
                     break
                 except CoordinatorUnreachable:
@@ -668,14 +671,25 @@ class Miner:
         self._on_stream = set()
         self._welcomed = False
         call = stub.Connect(metadata=with_trace_context(auth_metadata(self.api_key)))
-        outbox: asyncio.Queue[miner_service_pb2.ConnectRequest] = asyncio.Queue()
-        self._outbox = outbox
-        await call.write(self.hello())
-        first = await call.read()
-        if first is grpc.aio.EOF or first.WhichOneof("message") != "welcome":
-            await call.done_writing()
-            return "NO_WELCOME", 0.0
-        welcome = first.welcome
+        tasks: list[asyncio.Task] = []
+        try:
+            await call.write(self.hello())
+            first = await call.read()
+            if first is grpc.aio.EOF or first.WhichOneof("message") != "welcome":
+                await call.done_writing()
+                return "NO_WELCOME", 0.0
+            reader = self._welcomed_stream(call, first.welcome, tasks)
+            return await reader
+        finally:
+            self._outbox = None
+            self._capacity_updates = False
+            call.cancel()
+            await _cancel_and_wait(tasks)  # nothing of the session outlives it
+
+    def _welcomed_stream(
+        self, call: Any, welcome: miner_service_pb2.Welcome, tasks: list[asyncio.Task]
+    ) -> asyncio.Task:
+        """Take up the stream the welcome opened: its tasks, added to `tasks`; returns its reader's."""
         self._welcomed = True  # from now on, INVALID_ARGUMENT is about a message, not about this miner
         self._welcomed_at = asyncio.get_running_loop().time()
         self.session_id = welcome.session_id
@@ -688,6 +702,10 @@ class Miner:
         self._capacity_updates, self._capacity_waiting = welcome.capacity_updates, False
         if not welcome.capacity_updates:
             self._offered_slots = self.slots  # (an older coordinator ignored the hello's capacity)
+        # From the welcome on, not before: a reject made meanwhile waits for _reject_again, and every reject is
+        # written once, in the order of _rejects (see _forget_read_rejects).
+        outbox: asyncio.Queue[miner_service_pb2.ConnectRequest] = asyncio.Queue()
+        self._outbox = outbox
         # a runner returned, or got stuck, since the hello: this offers the slots left; first, so that the slots
         # the rejects and results below free are not filled beyond it
         self._check_slots()
@@ -699,20 +717,13 @@ class Miner:
             )
         interval = max(0.05, welcome.heartbeat_interval.ToMilliseconds() / 1000)
         reader = asyncio.create_task(self._read(call))
-        tasks = [
+        tasks += [
             asyncio.create_task(self._send(call, outbox)),
             asyncio.create_task(self._heartbeat(outbox, interval)),
             asyncio.create_task(self._report(outbox)),
             reader,
         ]
-        try:
-            return await reader
-        finally:
-            self._outbox = None
-            self._capacity_updates = False
-            for task in tasks:
-                task.cancel()
-            call.cancel()
+        return reader
 
     async def _read(self, call: Any) -> tuple[str, float]:
         """Handle what the coordinator sends until the stream ends: (why, the least to wait before the next)."""
@@ -722,6 +733,7 @@ class Miner:
                 return "EOF", 0.0
             kind = message.WhichOneof("message")
             if kind == "assignments":
+                self._forget_read_rejects(len(message.assignments.assignments))
                 for a in message.assignments.assignments:
                     if self.draining:  # (a new stream's session is filled before it reads the drain)
                         self._reject(a.job.job_id, a.attempt, "draining")
@@ -731,6 +743,8 @@ class Miner:
                 running = self.running.get(message.cancel.job_id)
                 if running is not None and running.attempt == message.cancel.attempt:
                     self._cancel(message.cancel.job_id)
+                if self._rejects.get(message.cancel.job_id, (None,))[0] == message.cancel.attempt:
+                    del self._rejects[message.cancel.job_id]  # let go of (not by the reject): it is moot
             elif kind == "drain":
                 self.draining = True
             elif kind == "go_away":
@@ -768,10 +782,25 @@ class Miner:
                 del self._rejects[job_id]
 
     def _reject(self, job_id: str, attempt: int, reason: str) -> None:
-        """Give an assignment back, its attempt unspent; kept in _rejects until a welcome no longer lists it."""
+        """Give an assignment back, its attempt unspent; kept in _rejects until the coordinator has read it."""
+        self._rejects.pop(job_id, None)  # (last in _rejects, as on the stream)
         self._rejects[job_id] = (attempt, reason)
         if self._outbox is not None:  # (none between streams: the next hello lists the job, kept for it)
             self._outbox.put_nowait(_reject_message(job_id, attempt, reason))
+
+    def _forget_read_rejects(self, assigned: int) -> None:
+        """An assignment of `assigned` jobs arrived: forget the rejects the coordinator has read for sure.
+
+        It gives a stream no more jobs than its slots, counting the new ones and every job whose reject it has
+        not read yet; a job it let go of otherwise was canceled on the stream before, and left _rejects then
+        (_read). It reads the stream in order, and _rejects is in the order its rejects are written (once each,
+        from the welcome on; those not written yet last). So at most the last `slots - assigned` rejects may be
+        unread; the others were read, and their decisions stored before this assignment left. Without this,
+        on a stream of days the rejects for slots held by stuck runners (each job given back, then taken
+        elsewhere) piled up, all listed in the next hello."""
+        unread_at_most = max(0, self.slots - assigned)
+        for job_id in list(self._rejects)[: max(0, len(self._rejects) - unread_at_most)]:
+            del self._rejects[job_id]
 
     def _drop_poisoned(self) -> None:
         """Unacked results that were on MAX_RESENDS streams the coordinator ended for a message it could not
@@ -1079,7 +1108,7 @@ class Miner:
                             self.address, waited, channel.get_state().name)  # fmt: skip
                 every = min(every * 2, 300.0)
         finally:
-            ready.cancel()
+            await _cancel_and_wait([ready])
 
     async def _send(self, call: Any, outbox: asyncio.Queue) -> None:
         while True:
@@ -1114,6 +1143,30 @@ ERROR_DOMAIN = "coordinator.aitbc"  # the domain of the coordinator's google.rpc
 # RESOURCE_EXHAUSTED reasons about the caller's pace or its calls, not about a message it sent
 _NOT_ABOUT_A_MESSAGE = frozenset({"RATE_LIMITED", "STREAM_RATE_EXCEEDED", "TOO_MANY_CONCURRENT_CALLS",
                                   "TOO_MANY_STREAMS", "AUTH_RATE_LIMITED"})  # fmt: skip
+
+
+async def _cancel_and_wait(tasks: list[asyncio.Task]) -> None:
+    """Cancel tasks and wait until each has ended, so that none outlives what started it. Their errors are
+    retrieved: a write on a stream that ended is expected (the reader reports the end); any other is logged. A
+    cancel of the caller meanwhile goes on up (the tasks are canceled already)."""
+    for task in tasks:
+        task.cancel()
+    if not tasks:
+        return
+    await asyncio.wait(tasks)
+    for task in tasks:
+        if task.cancelled() or (exc := task.exception()) is None:
+            continue
+        if isinstance(exc, grpc.aio.AioRpcError | asyncio.InvalidStateError):
+            log.debug("%s ended with the stream: %r", task.get_name(), exc)
+        else:
+            log.error("%s failed", task.get_name(), exc_info=exc)
+
+
+def _cancel_requested() -> bool:
+    """Whether the current task was asked to cancel (not only handed a CancelledError from a task it awaited)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _reject_message(job_id: str, attempt: int, reason: str) -> miner_service_pb2.ConnectRequest:
