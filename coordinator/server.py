@@ -38,6 +38,7 @@ from .services.admin import AdminServicer
 from .services.jobs import JobServicer
 from .services.miners import MinerServicer
 from .services.receipts import ReceiptServicer
+from .services.registration import generic_only
 from .store import Store, open_store
 from .store.base import StoreFenced, StoreUnusable
 
@@ -188,19 +189,22 @@ async def _start_on(settings: Settings, store: Store) -> Coordinator:
                              options=server_options(settings), maximum_concurrent_rpcs=None)  # fmt: skip
     observability = setup_observability(settings, scheduler, issuer)  # observers: before any transition
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    registry = generic_only(server)  # no registered method handlers: see services/registration.py
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, registry)
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     store_lost = _watch_store(store, health_servicer)
     job_service_pb2_grpc.add_JobServiceServicer_to_server(
-        JobServicer(scheduler, limits, issuer.accounts), server
+        JobServicer(scheduler, limits, issuer.accounts), registry
     )
     miner_service_pb2_grpc.add_MinerServiceServicer_to_server(
-        MinerServicer(scheduler, limits, issuer), server
+        MinerServicer(scheduler, limits, issuer), registry
     )
-    receipt_service_pb2_grpc.add_ReceiptServiceServicer_to_server(ReceiptServicer(scheduler, issuer), server)
+    receipt_service_pb2_grpc.add_ReceiptServiceServicer_to_server(
+        ReceiptServicer(scheduler, issuer), registry
+    )
     admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
-        AdminServicer(scheduler, issuer, keyring), server
+        AdminServicer(scheduler, issuer, keyring), registry
     )
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server

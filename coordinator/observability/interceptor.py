@@ -9,9 +9,9 @@ from typing import Any
 
 import grpc
 from aitbc.randomness import random_hex
-from grpc_interceptor.server import AsyncServerInterceptor
 
 from ..logs import request_id
+from ..security.intercepting import CachingServerInterceptor
 from . import tracing
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -21,7 +21,7 @@ def new_request_id() -> str:
     return random_hex(8)
 
 
-class RequestContextInterceptor(AsyncServerInterceptor):
+class RequestContextInterceptor(CachingServerInterceptor):
     """Sets the request id (the caller's `x-request-id` when well formed, else a fresh one)."""
 
     async def intercept(

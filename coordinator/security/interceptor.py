@@ -3,16 +3,17 @@ whether it may (role per service), and how much (failed authentications per peer
 rate per key and RPC group, calls and streams in flight per key, messages per stream). Maps errors to
 statuses with google.rpc details.
 
-Built on grpc-interceptor's AsyncServerInterceptor, which passes both async-generator and read/write style
-streaming handlers through. Cancellation is never swallowed: asyncio.CancelledError propagates untouched.
+Built on grpc-interceptor's AsyncServerInterceptor (through security/intercepting.py, which keeps each
+method's wrapped handler), which passes both async-generator and read/write style streaming handlers through.
+Cancellation is never swallowed: asyncio.CancelledError propagates untouched.
 
 Request signing is checked against the request bytes as received. For every RPC of our package with a unary
-request, intercept_service hands gRPC a handler without a request deserializer, so intercept() receives the
-raw message bytes: it authenticates, checks the size and the signature over exactly those bytes, and only
-then parses them (an unparseable body is INVALID_ARGUMENT, not an exception inside gRPC). Re-serializing a
-parsed message instead would make signatures depend on two protobuf implementations (the caller's and ours)
-producing the same bytes, which protobuf does not promise (map order, unknown fields, field order).
-Streamed requests keep gRPC's deserializer (so read/write style handlers still work) and are signed per call.
+request, the handler kept for it has no request deserializer, so intercept() receives the raw message bytes: it
+authenticates, checks the size and the signature over exactly those bytes, and only then parses them (an
+unparseable body is INVALID_ARGUMENT, not an exception inside gRPC). Re-serializing a parsed message instead would
+make signatures depend on two protobuf implementations (the caller's and ours) producing the same bytes, which
+protobuf does not promise (map order, unknown fields, field order). Streamed requests keep gRPC's deserializer (so
+read/write style handlers still work) and are signed per call.
 Interceptors placed before this one see the unary request as bytes.
 """
 
@@ -33,7 +34,6 @@ import grpc
 from aitbc.signing import NONCE, SIGNATURE, TIMESTAMP, body_digest, signature
 from google.protobuf.message import DecodeError
 from google.protobuf.message_factory import GetMessageClass
-from grpc_interceptor.server import AsyncServerInterceptor
 
 from ..config import Settings, parse_rate_limits
 from ..domain.errors import CoordinatorError, Kind, invalid
@@ -41,6 +41,7 @@ from ..observability.metrics import rate_limited
 from ..services.status import abort
 from ..store.base import StoreFenced, store_unreachable
 from .bounds import check_bounds
+from .intercepting import CachingServerInterceptor
 from .keys import REQUEST_GROUPS, Identity, KeyRing, KeyState
 from .limits import ReplayGuard, StreamThrottle, TokenBucket
 from .peers import AuthFailures, peer_key
@@ -156,8 +157,9 @@ def _exhausted(reason: str, message: str, retry_after_s: float | None, **metadat
                             retry_after_s=retry_after_s)  # fmt: skip
 
 
-class AuthInterceptor(AsyncServerInterceptor):
+class AuthInterceptor(CachingServerInterceptor):
     def __init__(self, keyring: KeyRing, policy: Policy | None = None) -> None:
+        super().__init__()
         self.keyring = keyring
         self.policy = policy or Policy()
         self.methods = method_table()
@@ -168,11 +170,8 @@ class AuthInterceptor(AsyncServerInterceptor):
         )
         self._exhausted_logs = TokenBucket(1.0, 10.0, time.monotonic())
 
-    async def intercept_service(
-        self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails
-    ) -> Any:
-        handler = await super().intercept_service(continuation, handler_call_details)
-        if handler is None or handler.request_streaming or handler_call_details.method not in self.methods:
+    def adapt(self, handler: grpc.RpcMethodHandler, method_name: str) -> grpc.RpcMethodHandler:
+        if handler.request_streaming or method_name not in self.methods:
             return handler
         return handler._replace(request_deserializer=None)  # intercept() gets the request bytes
 
