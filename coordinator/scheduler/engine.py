@@ -625,7 +625,7 @@ class Scheduler(UndoFailedCommits):
         if was is JobState.QUEUED:
             self.queues.discard(job)
         if holder is not None:
-            holder.held.pop(job.job_id, None)
+            self._untold_if_so(holder.held.pop(job.job_id), pending)
             pending.sends.append((holder, CancelOut(job.job_id, job.attempt, "CANCELED_BY_CLIENT")))
             self._fill(holder, pending, now)
         elif was in _HELD:  # an orphan: should this fail, no session's slot is the job's
@@ -707,6 +707,7 @@ class Scheduler(UndoFailedCommits):
                 continue
             if listed.get(job_id) == held.attempt:
                 held.lease_us = lease_us
+                held.told = True  # (its miner lists it: it heard of it)
                 session.held[job_id] = held
                 self.timers.schedule(lease_us, "lease", job_id, held.attempt)
                 self.timers.schedule(held.exec_deadline_us, "exec", job_id, held.attempt)
@@ -785,8 +786,7 @@ class Scheduler(UndoFailedCommits):
                 del session.held[job_id]
                 job = self.jobs.get(job_id)
                 if job is not None:
-                    self._give_back(job, held, "MINER_GONE", "its stream ended before the assignment was sent",
-                                    now, pending, session)  # fmt: skip
+                    self._give_back(job, held, "MINER_GONE", held.unsent, now, pending, session)
             grace_end = now + int(self.settings.grace_s * MICROS)
             for held in session.held.values():
                 held.lease_us = grace_end
@@ -1141,13 +1141,16 @@ class Scheduler(UndoFailedCommits):
         results: list[ResultIn],
         acks: list[AckOut] | None = None,
         later: Callable[[AckOut], None] | None = None,
+        *,
+        in_background: bool = False,
     ) -> list[AckOut]:
         """Accept results (fenced), issue one receipt each, refill the freed slots; all in one commit.
 
         The acks are appended to acks (returned) once their results are durable: should a later write fail (a
         result waiting for a read-back, retried), the caller still has those of the results that landed, to
         send before the error. With `later` (a stream), a result for a job coming back to this miner after a
-        failed commit is answered through it once the job is back, and the call does not wait for that."""
+        failed commit is answered through it once the job is back, and the call does not wait for that.
+        `in_background`: called so, by that answer (_when_back): its write failing does not end the stream."""
         now = now_us()
         session.last_seen_us = now
         pending = _Pending()
@@ -1191,17 +1194,17 @@ class Scheduler(UndoFailedCommits):
         # must not end the stream, with no answer: it is refused NOT_STORED after WRITE_TRIES, as otherwise).
         coming = {r.job_id for r in unmatched if later is not None and self._coming_back(session, r.job_id)}
         self._fill(session, pending, now)
-        await self._commit_message(session, pending)
+        await self._commit_message(session, pending, in_background=in_background)
         acks.extend(decided)
         for r in unmatched:
             if later is not None and (r.job_id in coming or self._coming_back(session, r.job_id)):
                 self._when_back(session, r.job_id, r.attempt, "result",
-                                functools.partial(self.complete, session, [r]), later)  # fmt: skip
+                                functools.partial(self.complete, session, [r], in_background=True), later)  # fmt: skip
                 continue
             await self._unless_detached(session, r.job_id)
             # read back meanwhile (while this call waited for it, or for the commit above): try it again
             if self._running(session, r.job_id, r.attempt) is not None:
-                await self.complete(session, [r], acks)
+                await self.complete(session, [r], acks, in_background=in_background)
             else:
                 acks.append(await self._refusal_or_repeat(session, r.job_id, r.attempt))
         return acks
@@ -1238,14 +1241,20 @@ class Scheduler(UndoFailedCommits):
                       message=f"this miner does not hold job {job_id} attempt {attempt}")  # fmt: skip
 
     async def fail(
-        self, session: Session, failure: FailureIn, later: Callable[[AckOut], None] | None = None
+        self,
+        session: Session,
+        failure: FailureIn,
+        later: Callable[[AckOut], None] | None = None,
+        *,
+        in_background: bool = False,
     ) -> AckOut | None:
         """A miner's failure report. With `later` (a stream), one about a job coming back to this miner after a
-        failed commit is answered through it once the job is back (None now)."""
+        failed commit is answered through it once the job is back (None now). `in_background`: called so, by
+        that answer (_when_back): its write failing does not end the stream."""
         if later is not None and self._coming_back(session, failure.job_id):
 
             async def again() -> list[AckOut]:
-                ack = await self.fail(session, failure)
+                ack = await self.fail(session, failure, in_background=True)
                 return [] if ack is None else [ack]
 
             self._when_back(session, failure.job_id, failure.attempt, "failure report", again, later)
@@ -1261,7 +1270,7 @@ class Scheduler(UndoFailedCommits):
                 # its stream), its job already queued again and back on this miner at the next attempt. What
                 # lands decides: the report is then recorded (a repeat), or it failed and the job is as before.
                 await self._settled(failure.job_id)
-                return await self.fail(session, failure, later)
+                return await self.fail(session, failure, later, in_background=in_background)
             return await self._refusal_or_repeat(session, failure.job_id, failure.attempt, failure)
         job = held.job
         pending = _Pending()
@@ -1269,7 +1278,7 @@ class Scheduler(UndoFailedCommits):
         session.failed += 1
         self._retry_or_fail(job, failure.retryable, _code(failure), failure.message, now, pending)
         self._fill(session, pending, now)
-        await self._commit_message(session, pending)
+        await self._commit_message(session, pending, in_background=in_background)
         return AckOut(job.job_id, failure.attempt, True)
 
     def _fenced(self, session: Session, job_id: str, attempt: int) -> Held:
@@ -1365,11 +1374,15 @@ class Scheduler(UndoFailedCommits):
         failed commit took their job out to be read back (the miner may as well have them: the read-back puts a
         job still its own back on its session). Not one given back meanwhile (its session replaced, its lease
         run out before it left): its attempt unspent, it would run twice at that attempt."""
+        session.unsent.difference_update((a.job.job_id, a.attempt) for a in assignments)
         return [a for a in assignments if session.tell(a) or self._held_when_detached(session, a)]
 
     def _held_when_detached(self, session: Session, a: AssignmentOut) -> bool:
         marker = self._detached.get(a.job.job_id)
-        return marker is not None and marker.holder is session and marker.attempt == a.attempt
+        if marker is None or marker.holder is not session or marker.attempt != a.attempt:
+            return False
+        marker.told = True  # (read back, it spends its attempt if lost: its miner may run it)
+        return True
 
     def _pick_session(self, job: Job, exclude: Session | None = None) -> Session | None:
         """The idle eligible miner for job: least loaded, then best record. None once the coordinator stops."""
@@ -1415,7 +1428,9 @@ class Scheduler(UndoFailedCommits):
         exec_us = now + job.execution_timeout_us
         # Not told yet: a unary miner hears of it when a poll hands it out, a stream's once the stream's writer
         # begins to write it (Session.tell); until then, a lost session gives it back with its attempt unspent.
-        session.held[job.job_id] = Held(job, job.attempt, lease_us, exec_us, told=False)
+        session.held[job.job_id] = Held(
+            job, job.attempt, lease_us, exec_us, told=False, transport=session.transport
+        )
         if session.free <= 0:
             self.available.pop(session.session_id, None)
         self.timers.schedule(lease_us, "lease", job.job_id, job.attempt)
@@ -1504,13 +1519,12 @@ class Scheduler(UndoFailedCommits):
     def _requeue_held(self, job: Job, held: Held, reason: str, now: int, pending: _Pending,
                       session: Session | None = None) -> None:  # fmt: skip
         """A held job its miner lost: the attempt is spent, unless the miner never heard of it (a unary
-        assignment no poll handed out, a stream's its writer never wrote)."""
+        assignment no poll handed out, a stream's its writer never wrote: given back unspent, to another miner
+        than session's first)."""
         if held.told:
             self._lose_lease(job, reason, now, pending)
-        elif session is not None and session.transport == "stream":
-            self._give_back(job, held, reason, "its stream never sent the assignment", now, pending, session)
         else:
-            self._give_back(job, held, reason, "no poll took the assignment", now, pending, session)
+            self._give_back(job, held, reason, held.unsent, now, pending, session)
 
     def _give_back(self, job: Job, held: Held, reason: str, message: str, now: int, pending: _Pending,
                    session: Session | None) -> None:  # fmt: skip
@@ -1521,7 +1535,15 @@ class Scheduler(UndoFailedCommits):
         job.attempt -= 1
         pending.record(job, dataclasses.replace(event, attempt=job.attempt))
         pending.given_back[job.job_id] = held.attempt  # (the attempt its miner held, should this write fail)
+        self._untold_if_so(held, pending)
         pending.after.append(lambda: self._dispatch_or_queue(job, exclude=session))
+
+    @staticmethod
+    def _untold_if_so(held: Held, pending: _Pending) -> None:
+        """Note in pending that it takes held's job from a session whose miner never heard of it (should the
+        write fail, the job read back is still untold there: see UndoFailedCommits._detach)."""
+        if not held.told:
+            pending.untold[held.job.job_id] = held.transport
 
     def _lose_lease(self, job: Job, reason: str, now: int, pending: _Pending) -> None:
         """The miner lost the job (lease expired, stream gone past grace): requeue with attempt+1, or fail."""
@@ -1664,7 +1686,8 @@ class Scheduler(UndoFailedCommits):
             job = self.jobs.get(job_id)
             if job is not None and job.attempt == held.attempt and not job.state.terminal:
                 pending.unheld.add(job_id)
-                self._lose_lease(job, held.lost, now, pending)
+                # (one untold: a job read back after a failed commit whose miner never heard of it)
+                self._requeue_held(job, held, held.lost, now, pending)
         if orphans:
             self.timers.schedule(min(h.lease_us for h in orphans.values()), "orphans", miner_id)
         else:
@@ -1704,6 +1727,7 @@ class Scheduler(UndoFailedCommits):
             if held.exec_deadline_us > now:
                 return
             del session.held[job_id]
+            self._untold_if_so(held, pending)
             session.failed += 1
             pending.sends.append((session, CancelOut(job_id, attempt, "EXECUTION_TIMEOUT")))
             self._retry_or_fail(job, True, "EXECUTION_TIMEOUT",

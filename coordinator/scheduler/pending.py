@@ -26,6 +26,9 @@ class Pending:
     # job -> the attempt its miner held, for a job it queues again with that attempt unspent (its event names
     # the attempt before): should the write fail, that miner may still hold it at that attempt
     given_back: dict[str, int] = field(default_factory=dict)
+    # job -> the transport of the session it takes the job from before its miner heard of it (Held.told false):
+    # should the write fail, the job read back is still untold there (given back unspent if it never leaves)
+    untold: dict[str, str] = field(default_factory=dict)
     enqueued: bool = False  # handed to the store: from then on, its outcome undoes or applies it
     # job -> the unsettled decision about it queued before this one (cleared once this one settles)
     earlier: dict[str, Pending] = field(default_factory=dict)

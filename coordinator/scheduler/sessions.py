@@ -14,6 +14,10 @@ from ..domain.matching import decimal
 from ..domain.model import Capabilities, Constraints, Job
 from .queues import Reach
 
+# Why an assignment its miner never heard of goes back unspent (the event's message), by its session's transport
+UNSENT_ON_STREAM = "its stream never sent the assignment"
+UNSENT_ON_POLL = "no poll took the assignment"
+
 
 @dataclass(slots=True)
 class Held:
@@ -28,6 +32,12 @@ class Held:
     # written by its writer (until then, its job is the session's only for that: taken back unspent if it never
     # happens)
     told: bool = True
+    transport: str = ""  # that of the session it was assigned on ("": not known, a job loaded at a start)
+
+    @property
+    def unsent(self) -> str:
+        """Why it goes back unspent if it is taken from its miner untold (the event's message)."""
+        return UNSENT_ON_STREAM if self.transport == "stream" else UNSENT_ON_POLL
 
 
 @dataclass(slots=True)
@@ -120,6 +130,9 @@ class Session:
     outbox: asyncio.Queue = field(default_factory=asyncio.Queue)
     # unary path: what the next poll or heartbeat returns
     pending_assignments: list[AssignmentOut] = field(default_factory=list)
+    # (job, attempt) of assignments queued for its miner (the outbox, the next poll) not yet through
+    # Scheduler.deliverable: whether an untold assignment may still leave
+    unsent: set[tuple[str, int]] = field(default_factory=set)
     pending_cancels: list[CancelOut] = field(default_factory=list)
     poll_waiting: int = 0
     poll_asks: int = 0  # the waiting polls' max_jobs, summed: what they can take between them
@@ -191,6 +204,8 @@ class Session:
         return True
 
     def send(self, message: Outbound) -> None:
+        if isinstance(message, list):
+            self.unsent.update((a.job.job_id, a.attempt) for a in message)
         if self.transport == "stream":
             self.outbox.put_nowait(message)
             return
@@ -206,6 +221,7 @@ class Session:
         for i, a in enumerate(self.pending_assignments):
             if a.job.job_id == cancel.job_id and a.attempt == cancel.attempt:
                 del self.pending_assignments[i]
+                self.unsent.discard((a.job.job_id, a.attempt))
                 return True
         return False
 

@@ -42,6 +42,10 @@ class Detached:
     holder: Session | None = None  # the live session that held it when it was taken out
     dropped_by: Session | None = None  # a session whose miner dropped that attempt (refused NOT_STORED)
     announced: int = 0  # the job's last change that watchers and observers heard of (its sequence)
+    # whether its miner may have heard of the assignment (Held.told): one it never heard of goes back unspent
+    # when read back without a session to keep it (or later, if its session loses it before it leaves)
+    told: bool = True
+    transport: str = ""  # that of the session it was assigned on (Held.transport)
 
     def kept_by(self, session: Session, attempt: int) -> bool:
         """Whether session may still be running the job's attempt: it held it then, or its miner says so
@@ -94,7 +98,7 @@ class UndoFailedCommits:
         for job_id, (job, event) in first.items():
             if unit.inserts(job_id):
                 self._forget_failed_insert(job, freed)
-            elif self._detach(job, event, unit.key, job_id in pending.unheld, freed):
+            elif self._detach(job, event, unit.key, job_id in pending.unheld, freed, pending.untold):
                 detached.append(job_id)
             elif job_id not in pending.unheld:
                 self._held_meanwhile(job_id, event, unit.key)
@@ -117,14 +121,17 @@ class UndoFailedCommits:
             for job_id in detached:
                 self._detached[job_id].task = task
 
-    async def _commit_message(self: Scheduler, session: Session, pending: Pending) -> None:
+    async def _commit_message(
+        self: Scheduler, session: Session, pending: Pending, *, in_background: bool = False
+    ) -> None:
         """Commit the decision of a miner's message about its job (an accept, a reject, a result, a failure
         report). On a stream its write's error ends the stream (the reader raises it), unless the message is
-        answered in the background once its job is back (_when_back). Then the undo refills nothing there:
-        the slots it frees may outnumber those it keeps for the jobs the miner may still run (a slot whose
-        fill was put off, beside queued jobs, was filled by the failed decision too). A job refilled onto the
-        ending stream was never sent: lost when its miner came back without it, its attempt spent."""
-        if session.transport != "stream" or asyncio.current_task() in self._background:
+        answered in the background once its job is back (`in_background`: see _when_back). Then the undo
+        refills nothing there: the slots it frees may outnumber those it keeps for the jobs the miner may still
+        run (a slot whose fill was put off, beside queued jobs, was filled by the failed decision too). A job
+        refilled onto the ending stream was never sent: lost when its miner came back without it, its attempt
+        spent."""
+        if session.transport != "stream" or in_background:
             await self._commit(pending)
             return
         self._ends_stream[id(pending)] = session
@@ -181,12 +188,21 @@ class UndoFailedCommits:
             freed[session.session_id] = session
 
     def _detach(
-        self: Scheduler, job: Job, first: Event, key: int, unheld: bool, freed: dict[str, Session]
+        self: Scheduler,
+        job: Job,
+        first: Event,
+        key: int,
+        unheld: bool,
+        freed: dict[str, Session],
+        untold: dict[str, str],
     ) -> bool:
         """Take a job whose in-memory state may be ahead of the store out of every structure that acts on it.
         Until it is read back, reads of it go to the store and timers find nothing to do; if the live
         session that held it before the failed change (first, in unit key) is still open, its slot stays
-        reserved: its miner may still run it."""
+        reserved: its miner may still run it. Whether its miner heard of the assignment the store has is kept:
+        as the failed change noted when it took the job from its session (`untold`: job -> transport), or as
+        its orphan has it. (Not the held job's: memory may have assigned it again since, in a change built on
+        the failed one.)"""
         if self.jobs.get(job.job_id) is not job:
             return False  # already taken out (a later unit built on the same failed one)
         del self.jobs[job.job_id]
@@ -194,6 +210,7 @@ class UndoFailedCommits:
         self.queues.discard(job)  # counted out: the queues skip it
         holder = self.by_miner.get(job.miner_id)  # as memory has it
         kept_attempt = -1  # the attempt holder runs, if it holds the job
+        told, transport = job.job_id not in untold, untold.get(job.job_id, "")
         if holder is not None and (held := holder.held.get(job.job_id)) is not None and held.job is job:
             kept_attempt = held.attempt
             del holder.held[job.job_id]
@@ -202,6 +219,8 @@ class UndoFailedCommits:
         orphans = self.orphans.get(job.miner_id)
         if orphans is not None and (held := orphans.get(job.job_id)) is not None and held.job is job:
             del orphans[job.job_id]
+            if not held.told and held.attempt == first.attempt:  # (read back untold before: see _place)
+                told, transport = False, held.transport
             if not orphans:
                 del self.orphans[job.miner_id]
             unheld = True  # no session held it when the change was decided (a cancel of an orphan, say)
@@ -227,6 +246,8 @@ class UndoFailedCommits:
             first.attempt,
             holder=reserved,
             announced=first.sequence - 1,
+            told=told,
+            transport=transport,
         )
         self._write_failures[job.job_id] = self._write_failures.get(job.job_id, 0) + 1
         return True
@@ -303,6 +324,7 @@ class UndoFailedCommits:
             and attempt == marker.attempt
         ):
             marker.listed = listing
+            marker.told = True  # (its miner lists it)
             if marker.reserved is None:
                 marker.reserved = marker.holder = session  # (the slot reserved when it listed the job)
                 return
@@ -330,6 +352,7 @@ class UndoFailedCommits:
             old = marker.reserved
             if marker.runs(session, listed, job_id):
                 marker.listed = (session, listed[job_id])
+                marker.told = True  # (its miner lists it)
                 if old is not session:
                     if old is not None:
                         old.reserved -= 1
@@ -437,36 +460,45 @@ class UndoFailedCommits:
             else:
                 self._dispatch_or_queue(job)
             return
-        held = Held(job, job.attempt, 0, exec_deadline(job))
+        held = Held(job, job.attempt, 0, exec_deadline(job), told=marker.told, transport=marker.transport)
         session = self.by_miner.get(job.miner_id)
-        if session is not None and not session.closed and not marker.kept_by(session, job.attempt):
-            # A session opened meanwhile, whose miner did not list the job: it lost it (as open_session rules).
-            # Or the session's miner dropped it (its message about it refused NOT_STORED: see _dropped).
-            if (
-                wait_until > now
-            ):  # its requeue failed before: requeued by the orphans' timer, after the backoff
-                held.lease_us = wait_until
-                held.lost = "MINER_LOST_JOB"  # (its miner is not gone: it lost the job, or dropped it)
-                self.orphans.setdefault(job.miner_id, {})[job.job_id] = held
-                self.timers.schedule(wait_until, "orphans", job.miner_id)
+        if session is not None and session.closed:
+            session = None
+        if session is not None and marker.kept_by(session, job.attempt):
+            if held.told or (job.job_id, job.attempt) in session.unsent:  # (untold: it leaves, as usual)
+                self._place_held(held, session, now, wait_until)
                 return
-            pending = Pending()
-            pending.unheld.add(job.job_id)
-            self._lose_lease(job, "MINER_LOST_JOB", now, pending)
-            self._spawn_commit(pending)
+        # A session opened meanwhile, whose miner did not list the job: it lost it (as open_session rules). Or
+        # the session's miner dropped it (its message about it refused NOT_STORED: see _dropped). Or it never
+        # heard of it and never will (its assignment was passed over while the failed change was written). Or
+        # none is open: its miner may come back with it within the grace period, unless it never heard of it.
+        until = wait_until  # (past a backoff: its requeue failed before)
+        if session is not None:
+            held.lost = "MINER_LOST_JOB"  # (its miner is not gone: it lost the job, or dropped it)
+        elif held.told:
+            until = max(now + int(self.settings.grace_s * MICROS), wait_until)
+        if until > now:  # the orphans' timer requeues it then (unspent if untold: see _requeue_held)
+            held.lease_us = until
+            self.orphans.setdefault(job.miner_id, {})[job.job_id] = held
+            self.timers.schedule(until, "orphans", job.miner_id)
             return
-        if session is not None and not session.closed:
-            # The miner may still run it (a cancel failed to commit) or not (its result failed to commit):
-            # its heartbeats keep the lease, or the lease runs out and the job is requeued.
-            held.lease_us = max(now + int(self.settings.lease_s * MICROS), wait_until)
-            session.held[job.job_id] = held
-            self.timers.schedule(held.lease_us, "lease", job.job_id, job.attempt)
-            self.timers.schedule(max(held.exec_deadline_us, wait_until), "exec", job.job_id, job.attempt)
-            self._refresh_available(session)
-            return
-        held.lease_us = max(now + int(self.settings.grace_s * MICROS), wait_until)
-        self.orphans.setdefault(job.miner_id, {})[job.job_id] = held
-        self.timers.schedule(held.lease_us, "orphans", job.miner_id)
+        pending = Pending()
+        pending.unheld.add(job.job_id)
+        self._requeue_held(job, held, held.lost, now, pending)
+        self._spawn_commit(pending)
+
+    def _place_held(self: Scheduler, held: Held, session: Session, now: int, wait_until: int) -> None:
+        """A job read back onto the live session that holds it. The miner may still run it (a cancel failed to
+        commit) or not (its result failed to commit): its heartbeats keep the lease, or the lease runs out and
+        the job is requeued. One its miner never heard of whose assignment is still to leave (the stream's
+        outbox, the next poll) stays untold: delivered then (Scheduler.deliverable); if the lease runs out
+        first, or the session ends, it goes back unspent, as any untold assignment."""
+        job = held.job
+        held.lease_us = max(now + int(self.settings.lease_s * MICROS), wait_until)
+        session.held[job.job_id] = held
+        self.timers.schedule(held.lease_us, "lease", job.job_id, job.attempt)
+        self.timers.schedule(max(held.exec_deadline_us, wait_until), "exec", job.job_id, job.attempt)
+        self._refresh_available(session)
 
     def _write_backoff_us(self: Scheduler, job_id: str) -> int:
         """0 after one failed write; then 0.05 s, doubling, up to 30 s."""

@@ -67,6 +67,7 @@ from coord_support import (
 
 from coordinator.domain import states
 from coordinator.domain.model import JobState
+from coordinator.scheduler.sessions import UNSENT_ON_POLL, UNSENT_ON_STREAM
 from coordinator.store.base import DependencyFailed
 
 SEED = int(os.environ.get("AITBC_CHAOS_SEED") or random.SystemRandom().randrange(1, 10**9))
@@ -104,8 +105,7 @@ HELD_REASONS = ["COMPLETED"] * 3 + ["ACCEPTED", "CANCELED_BY_CLIENT", "CANCELED_
                 None, None]  # fmt: skip
 QUEUED_REASONS = ["ASSIGNED"] * 4 + ["CANCELED_BY_CLIENT", "TTL_EXPIRED", None, None]
 # the messages of a requeue that gives the attempt back: the miner never heard of the assignment
-GIVEN_BACK = {"its stream ended before the assignment was sent", "its stream never sent the assignment",
-              "no poll took the assignment"}  # fmt: skip
+GIVEN_BACK = {UNSENT_ON_STREAM, UNSENT_ON_POLL}
 
 
 class Phase:
