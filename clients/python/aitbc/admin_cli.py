@@ -1,6 +1,8 @@
-"""`aitbc admin`: the operator's commands (stats, jobs, miners, drain, top). Needs an admin API key.
+"""`aitbc admin`: the operator's commands (stats, jobs, miners, drain, top, accounts, keys). Needs an admin
+API key.
 
-Tables for people; `--json` for scripts (plain numbers, seconds as floats, times as RFC 3339 UTC).
+Tables for people; `--json` for scripts (plain numbers, seconds as floats, times as RFC 3339 UTC with `Z`, as
+protobuf's JSON mapping and the rest of `aitbc` write them).
 `aitbc admin top` redraws a live view in the terminal every --interval seconds until Ctrl-C (or
 --iterations refreshes). Every call has a deadline (--timeout, 30 s); the reads wait out a coordinator that is
 restarting until then, a drain does not (see AdminClient).
@@ -23,7 +25,7 @@ import grpc
 from .channel import connection_options, open_channel
 from .client import DEFAULT_RETRY, DEFAULT_TIMEOUT_S, RetryingCalls, RetryPolicy, error_details
 from .coordinator.v1 import admin_service_pb2 as pb
-from .coordinator.v1 import admin_service_pb2_grpc, job_pb2
+from .coordinator.v1 import admin_service_pb2_grpc, job_pb2, job_service_pb2
 from .signing import SigningChannel
 
 STATES = {
@@ -41,6 +43,7 @@ MINER_STATUS = {
     pb.MINER_STATUS_DISCONNECTED: "disconnected",
 }
 MAX_PAGE = 1000
+KEY_ROLES = ("client", "miner", "admin")  # a key is named by its role and identity name
 CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear screen
 
 
@@ -100,12 +103,22 @@ class AdminClient(RetryingCalls):
         request = pb.DrainMinerRequest(miner_id=miner_id)
         return (await self._unary(self.stub.DrainMiner, request, repeatable=_nothing_was_done)).miner
 
+    async def accounts(self) -> list[job_service_pb2.Account]:
+        response = await self._unary(self.stub.ListAccounts, pb.ListAccountsRequest(), repeatable=True)
+        return list(response.accounts)
+
+    async def set_key_enabled(self, role: str, name: str, enabled: bool) -> bool:
+        """The key's state now. Made again as the reads are: setting a state twice is setting it once."""
+        request = pb.SetApiKeyEnabledRequest(name=name, role=role, enabled=enabled)
+        return (await self._unary(self.stub.SetApiKeyEnabled, request, repeatable=True)).enabled
+
 
 # ---------------------------------------------------------------------- plain data for --json
 def _time(ts: Any) -> str | None:
     if not ts.seconds and not ts.nanos:
         return None
-    return datetime.fromtimestamp(ts.seconds + ts.nanos / 1e9, tz=UTC).isoformat(timespec="milliseconds")
+    moment = datetime.fromtimestamp(ts.seconds + ts.nanos / 1e9, tz=UTC)
+    return moment.isoformat(timespec="milliseconds").removesuffix("+00:00") + "Z"
 
 
 def _seconds(d: Any) -> float:
@@ -148,6 +161,12 @@ def miner_dict(m: pb.MinerInfo) -> dict[str, Any]:
             "completed": m.completed, "failed": m.failed, "region": caps.region or None, "price": caps.price or None,
             "models": list(caps.models), "gpus": [f"{g.model}:{g.memory_gb}" for g in caps.gpus],
             "connected_at": _time(m.connected_at), "last_seen_at": _time(m.last_seen_at)}  # fmt: skip
+
+
+def account_dict(a: job_service_pb2.Account) -> dict[str, Any]:
+    # (balance and units stay decimal strings, as the proto has them: exact amounts, not floats)
+    return {"account_id": a.account_id, "kind": a.kind, "balance": a.balance, "receipts": a.receipts,
+            "units": a.units, "updated_at": _time(a.updated_at)}  # fmt: skip
 
 
 # ---------------------------------------------------------------------- tables for people
@@ -214,6 +233,12 @@ def miners_text(miners: list[dict[str, Any]], now: float) -> str:
                    m["failed"], m["region"], m["price"], _age(m["last_seen_at"], now)] for m in miners])  # fmt: skip
 
 
+def accounts_text(accounts: list[dict[str, Any]], now: float) -> str:
+    return table(["ACCOUNT", "KIND", "BALANCE", "RECEIPTS", "UNITS", "UPDATED"],
+                 [[a["account_id"], a["kind"], a["balance"], a["receipts"], a["units"], _age(a["updated_at"], now)]
+                  for a in accounts])  # fmt: skip
+
+
 def top_frame(stats: dict[str, Any], miners: list[dict[str, Any]], address: str, rate: float | None,
               now: float, rows: int = 20) -> str:  # fmt: skip
     """One screen of `aitbc admin top`."""
@@ -276,7 +301,9 @@ async def top(admin: AdminClient, address: str, interval: float, iterations: int
 # ---------------------------------------------------------------------- the command
 def add_parser(commands: Any, common: Callable[[argparse.ArgumentParser], None]) -> argparse.ArgumentParser:
     """Register `admin` on the CLI's subparsers; common adds --address/--api-key to each command."""
-    admin = commands.add_parser("admin", help="operators: stats, jobs, miners, drain, top (admin API key)")
+    admin = commands.add_parser(
+        "admin", help="operators: stats, jobs, miners, drain, top, accounts, keys (admin API key)"
+    )
     sub = admin.add_subparsers(dest="admin_command", required=True)
     stats = sub.add_parser("stats", help="counts, queue depth, miners, recent rates and latencies")
     jobs = sub.add_parser("jobs", help="jobs across all clients, newest first")
@@ -293,7 +320,21 @@ def add_parser(commands: Any, common: Callable[[argparse.ArgumentParser], None])
     live = sub.add_parser("top", help="a live view (jobs/s, queue depth, miners), redrawn until Ctrl-C")
     live.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (default 2)")
     live.add_argument("--iterations", type=int, default=0, help="stop after N refreshes (default: never)")
-    for p in (stats, jobs, miners, drain, live):
+    accounts = sub.add_parser(
+        "accounts", help="usage accounts of every client and miner: balance, receipts, units"
+    )
+    keys = sub.add_parser("keys", help="enable or disable an API key at once, without a restart")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    switches = []
+    for verb, text in (
+        ("disable", "refuse the key's calls; its open streams end"),
+        ("enable", "accept it again"),
+    ):
+        switch = key_commands.add_parser(verb, help=text)
+        switch.add_argument("name", metavar="NAME", help="the key's identity name (as in *_API_KEYS)")
+        switch.add_argument("--role", required=True, choices=KEY_ROLES, help="the key's role")
+        switches.append(switch)
+    for p in (stats, jobs, miners, drain, live, accounts, *switches):
         common(p)
         p.add_argument("--json", action="store_true", help="machine-readable output")
         p.add_argument("--timeout", type=_positive_seconds, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
@@ -347,6 +388,17 @@ async def run(args: argparse.Namespace, out: TextIO) -> int:
             if args.interval <= 0:
                 raise AdminUsageError("--interval must be positive")
             await top(admin, args.address, args.interval, args.iterations, args.json, out)
+        elif command == "accounts":
+            accounts = [account_dict(a) for a in await admin.accounts()]
+            out.write((json.dumps(accounts, indent=1) if args.json else accounts_text(accounts, now)) + "\n")
+        elif command == "keys":
+            enabled = await admin.set_key_enabled(args.role, args.name, args.keys_command == "enable")
+            if args.json:
+                out.write(
+                    json.dumps({"role": args.role, "name": args.name, "enabled": enabled}, indent=1) + "\n"
+                )
+            else:
+                out.write(f"{args.role} key {args.name}: {'enabled' if enabled else 'disabled'}\n")
     return 0
 
 

@@ -12,16 +12,19 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
 
 from .admin_cli import add_parser as add_admin_parser
 from .channel import connection_options
-from .client import Client, error_details, new_idempotency_key
+from .client import Client, error_details, new_idempotency_key, struct_json
 from .receipts.cli import add_parser as add_receipts_parser
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
@@ -44,8 +47,47 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="mutual TLS: client private key file (AITBC_TLS_KEY)")  # fmt: skip
 
 
-def _print(message: Any) -> None:
-    print(json.dumps(MessageToDict(message, preserving_proto_field_name=True), indent=1))
+def _print(message: Message) -> None:
+    # flushed: a watch's updates reach a pipe as they come, and a reader gone (`| head -1`) shows at once
+    print(json.dumps(message_json(message), indent=1), flush=True)
+
+
+def message_json(message: Message) -> Any:
+    """message in protobuf's JSON mapping (proto field names), but its Structs (inputs, results) as the client
+    submitted them and the miner gets them: integral numbers as integers ({"n": 3}, not {"n": 3.0})."""
+    if message.DESCRIPTOR.full_name in _STRUCT_TYPES:
+        return struct_json(message)
+    plain = MessageToDict(message, preserving_proto_field_name=True)
+    _replace_structs(message, plain)
+    return plain
+
+
+_STRUCT_TYPES = {"google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"}
+
+
+def _replace_structs(message: Message, plain: dict[str, Any]) -> None:
+    """Walks message beside its MessageToDict form, replacing each Struct's JSON with _struct_json's."""
+    for field, value in message.ListFields():
+        if field.message_type is None or field.name not in plain:
+            continue
+        if field.message_type.GetOptions().map_entry:
+            value_field = field.message_type.fields_by_name["value"]
+            if value_field.message_type is not None:
+                for key, item in value.items():
+                    json_key = str(key).lower() if isinstance(key, bool) else str(key)
+                    plain[field.name][json_key] = _converted(item, plain[field.name][json_key])
+        elif field.is_repeated:
+            plain[field.name] = [_converted(m, p) for m, p in zip(value, plain[field.name], strict=True)]
+        else:
+            plain[field.name] = _converted(value, plain[field.name])
+
+
+def _converted(message: Message, plain: Any) -> Any:
+    if message.DESCRIPTOR.full_name in _STRUCT_TYPES:
+        return struct_json(message)
+    if isinstance(plain, dict):  # (not a well-known type printed as a string: Timestamp, Duration...)
+        _replace_structs(message, plain)
+    return plain
 
 
 def _timeout(parser: argparse.ArgumentParser) -> None:
@@ -117,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--signing-key-hex", default=os.environ.get("AITBC_MINER_SIGNING_KEY_HEX", ""),
                      help="Ed25519 seed to sign results with (AITBC_MINER_SIGNING_KEY_HEX)")  # fmt: skip
 
-    add_admin_parser(commands, _common)  # aitbc admin stats|jobs|miners|drain|top
+    add_admin_parser(commands, _common)  # aitbc admin stats|jobs|miners|drain|top|accounts|keys
     receipts = add_receipts_parser(commands)
     get = receipts.add_parser("get", help="fetch a job's receipt bundle (for `aitbc receipts verify`)")
     get.add_argument("job_id")
@@ -335,28 +377,59 @@ async def _miner(args: argparse.Namespace) -> int:
     return 0
 
 
+# What a shell reports for a process killed by SIGPIPE (Python ignores the signal: its writes fail instead).
+EXIT_OUTPUT_CLOSED = 128 + signal.SIGPIPE
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="ts=%(asctime)s level=%(levelname)s %(name)s %(message)s")
+    if args.command == "miner":  # (it writes nothing on stdout: a broken pipe of its own is reported below)
+        try:
+            return _reported(args, _miner)
+        except ConnectionError as exc:  # the miner's CoordinatorUnreachable (--give-up-after)
+            print(f"aitbc: {exc}", file=sys.stderr)
+            return 1
+    try:
+        code = _printing_command(args)
+        sys.stdout.flush()  # a reader gone shows here, not in the interpreter's flush at exit (which prints it)
+    except BrokenPipeError:  # stdout's reader gone (`aitbc watch ID | head -1`): end quietly, as `cat` does
+        _discard_stdout()
+        return EXIT_OUTPUT_CLOSED
+    return code
+
+
+def _printing_command(args: argparse.Namespace) -> int:
     if args.command == "admin":
         return args.func(args)
     if args.command == "receipts" and args.receipts_command == "verify":
         return args.func(args)
+    return _reported(args, _jobs)
+
+
+def _reported(args: argparse.Namespace, command: Callable[[argparse.Namespace], Awaitable[int]]) -> int:
+    """Runs command; a failed call, a wait's --timeout or bad input as one line on stderr and its exit code."""
     try:
-        if args.command == "miner":
-            return asyncio.run(_miner(args))
-        return asyncio.run(_jobs(args))
+        return asyncio.run(command(args))
     except (grpc.aio.AioRpcError, TimeoutError) as exc:  # (TimeoutError: a wait's --timeout)
         print(f"aitbc: {_call_failed(exc, args)}", file=sys.stderr)
         return 1
     except UsageError as exc:
         print(f"aitbc: {exc}", file=sys.stderr)
         return 2
-    except ConnectionError as exc:  # the miner's CoordinatorUnreachable (--give-up-after)
-        print(f"aitbc: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _discard_stdout() -> None:
+    """Points stdout's descriptor at /dev/null: what is left in its buffer goes there at exit, unreported."""
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):  # (not a file: nothing is flushed to a descriptor at exit)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 if __name__ == "__main__":

@@ -517,6 +517,23 @@ class Client(RetryingCalls):
 
 
 def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
-    from google.protobuf.json_format import MessageToDict
+    """A job's input or result as the client submitted it and the miner gets it (see struct_json)."""
+    return struct_json(struct)
 
-    return MessageToDict(struct)
+
+def struct_json(value: struct_pb2.Struct | struct_pb2.ListValue | struct_pb2.Value) -> Any:
+    """A Struct, ListValue or Value as plain JSON data, integral numbers below 2^53 as ints ({"n": 3}, not
+    {"n": 3.0}; beyond, a double may not be the integer sent: left a float, as MessageToDict leaves it)."""
+    if isinstance(value, struct_pb2.Struct):
+        return {key: struct_json(item) for key, item in value.fields.items()}
+    if isinstance(value, struct_pb2.ListValue):
+        return [struct_json(item) for item in value.values]
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        number = value.number_value
+        return int(number) if number.is_integer() and abs(number) < 2**53 else number
+    if kind in ("struct_value", "list_value"):
+        return struct_json(getattr(value, kind))
+    if kind in ("string_value", "bool_value"):
+        return getattr(value, kind)
+    return None  # null_value, or unset
