@@ -103,3 +103,4 @@ async def test_the_readme_cli_block_and_sdk_example_work_as_written(tmp_path: Pa
         _, miner_err = await asyncio.wait_for(miner.communicate(), 60)
         await coordinator.stop(grace=0.5)
     assert miner.returncode == 0, miner_err.decode()[-2000:]
+    assert f"connected to the coordinator at {address}: session " in miner_err.decode(), "docs/miners.md's line"

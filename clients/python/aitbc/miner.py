@@ -697,6 +697,10 @@ class Miner:
         self._coordinator_message_bytes = welcome.max_message_bytes
         self.connects += 1
         kept = {j.job_id for j in welcome.resumed_jobs}
+        # one line per stream: an operator starting a miner sees it is in (it is otherwise silent while all is well)
+        log.info("%s coordinator at %s: session %s, %d slots, %d running jobs kept",
+                 "connected to the" if self.connects == 1 else "reconnected to the", self.address,
+                 welcome.session_id, self.slots, len(kept))  # fmt: skip
         for job_id in [j for j in self.running if j not in kept]:
             self._cancel(job_id)
         self._capacity_updates, self._capacity_waiting = welcome.capacity_updates, False
