@@ -17,16 +17,14 @@ from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from aitbc.receipts import (
     MerkleTree,
     MinerSignature,
-    build_envelope,
     build_miner_report,
-    build_receipt_payload,
-    format_time_us,
     leaf_hash,
     new_nonce,
     sign_checkpoint,
     verify_strict,
 )
-from aitbc.receipts.payload import RECEIPT_PAYLOAD_TYPE, miner_report_message
+from aitbc.receipts.issuing import ReceiptEncoder
+from aitbc.receipts.payload import miner_report_message
 
 from ..config import SettingsError
 from ..domain.clock import now_us
@@ -83,6 +81,13 @@ class ReceiptIssuer(ReceiptHook):
         self.coordinator_id = coordinator_id
         self.chain_id = chain_id
         self.origin = f"aitbc.coordinator/{coordinator_id}"
+        # The issuing path: checks what a miner or client sent, not what this coordinator made (issue()).
+        try:
+            self.encoder = ReceiptEncoder(coordinator_id, chain_id)
+        except ValueError as exc:  # (else every receipt would be refused)
+            raise SettingsError(
+                f"COORDINATOR_ID and CHAIN_ID name this coordinator's receipts: {exc}"
+            ) from None
         self.tree = MerkleTree()
         self.committed_size = 0  # = tree.size: the tree holds committed leaves only
         self._arrived: dict[int, bytes] = {}  # committed leaves waiting for the ones before them
@@ -139,17 +144,17 @@ class ReceiptIssuer(ReceiptHook):
             report, signature = self._check_miner_report(job, result, session)
         receipt_id = uuid7()
         now = self._not_before_floor(now_us())
-        payload = build_receipt_payload(
+        # build_receipt_payload's bytes: the encoder checks what the miner and client sent (units, unit type,
+        # price, digest, names), not this coordinator's own values (ids, clock, cost, the report it built).
+        payload = self.encoder.payload(
             receipt_id=receipt_id, job_id=job.job_id, attempt=job.attempt, provider=session.miner_id,
-            client=job.client_id, units=result.units, unit_type=result.unit_type, price=price,
-            cost=cost, started_at=format_time_us(job.started_us or now),
-            completed_at=format_time_us(result.completed_us), issued_at=format_time_us(now),
-            result_sha256=result.result_sha256.hex(), input_sha256=job.input_sha256.hex(),
-            coordinator_id=self.coordinator_id, nonce=new_nonce(), chain_id=self.chain_id,
+            client=job.client_id, units=result.units, unit_type=result.unit_type, price=price, cost=cost,
+            started_us=job.started_us or now, completed_us=result.completed_us, issued_us=now,
+            result_sha256=result.result_sha256, input_sha256=job.input_sha256, nonce=new_nonce(),
             miner_report=report, miner_signature=signature,
         )  # fmt: skip
         signers = [self.keys.coordinator] + ([self.keys.attestation] if self.keys.attestation else [])
-        envelope = build_envelope(payload, RECEIPT_PAYLOAD_TYPE, signers)
+        envelope = self.encoder.envelope(payload, signers)
         # its place in the log (leaf_index) is given by the store when the unit commits
         unit.receipts.append(
             ReceiptRow(receipt_id, job.job_id, job.attempt, envelope, -1, leaf_hash(envelope), now)

@@ -4,6 +4,7 @@ Normative spec: docs/receipts.md. Issuing (coordinator)::
 
     payload = build_receipt_payload(receipt_id=..., job_id=..., ...)          # canonical bytes
     envelope = build_envelope(payload, RECEIPT_PAYLOAD_TYPE, [coordinator_signer])
+    # (the coordinator: issuing.ReceiptEncoder, the same bytes without re-checking its own values)
     index = tree.append(leaf_hash(envelope))                                  # MerkleTree
     note = sign_checkpoint(origin, tree.size, tree.root(), log_signer)
 

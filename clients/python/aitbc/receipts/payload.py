@@ -1,8 +1,9 @@
 """The receipt payload and the miner report (receipts spec sections 1 and 3): build, parse, validate.
 
-The coordinator builds payloads with :func:`build_receipt_payload` and verifiers parse them with
-:func:`parse_receipt_payload`; both go through :func:`validate_receipt_fields`, so the issuing side cannot
-produce a payload the verifying side would refuse.
+:func:`build_receipt_payload` builds payloads and verifiers parse them with :func:`parse_receipt_payload`;
+both go through :func:`validate_receipt_fields`, so a built payload is one the verifying side accepts. The
+coordinator issues through :class:`aitbc.receipts.issuing.ReceiptEncoder`, which writes the same bytes
+without checking again the values it made itself (tests hold the two to the same bytes).
 """
 
 from __future__ import annotations

@@ -34,7 +34,8 @@ def format_time(dt: datetime) -> str:
 
 def format_time_us(us: int) -> str:
     """``format_time`` of a UTC time in integer microseconds since the epoch, without making a datetime:
-    receipts are issued per job, and most of a second's receipts share its text."""
+    receipts are issued per job, and most of a second's receipts share its text. Always a valid receipt
+    time (what check_receipt_time accepts); ValueError beyond the years 1-9999."""
     seconds, micros = divmod(us, 1_000_000)
     return f"{_second_text(seconds)}.{micros:06d}Z"
 
@@ -42,6 +43,9 @@ def format_time_us(us: int) -> str:
 @functools.lru_cache(maxsize=64)
 def _second_text(seconds: int) -> str:
     t = time.gmtime(seconds)
+    # Four-digit years only (a real date: gmtime never gives a leap second): every text is a receipt time.
+    if not 1 <= t.tm_year <= 9999:
+        raise ValueError(f"time out of the receipt range (years 1-9999): {seconds} s")
     return f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
 
 
