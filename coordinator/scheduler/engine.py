@@ -625,8 +625,9 @@ class Scheduler(UndoFailedCommits):
         if was is JobState.QUEUED:
             self.queues.discard(job)
         if holder is not None:
-            self._untold_if_so(holder.held.pop(job.job_id), pending)
-            pending.sends.append((holder, CancelOut(job.job_id, job.attempt, "CANCELED_BY_CLIENT")))
+            held = holder.held.pop(job.job_id)
+            self._untold_if_so(held, pending)
+            self._cancel_or_withdraw(holder, held, "CANCELED_BY_CLIENT", pending)
             self._fill(holder, pending, now)
         elif was in _HELD:  # an orphan: should this fail, no session's slot is the job's
             pending.unheld.add(job.job_id)
@@ -1373,14 +1374,15 @@ class Scheduler(UndoFailedCommits):
         the ones it still holds at their attempt (told from now on), and those it held at that attempt when a
         failed commit took their job out to be read back (the miner may as well have them: the read-back puts a
         job still its own back on its session). Not one given back meanwhile (its session replaced, its lease
-        run out before it left): its attempt unspent, it would run twice at that attempt."""
+        run out before it left): its attempt unspent, it would run twice at that attempt. Nor a second one of an
+        attempt already told (Session.tell): the miner would run it twice too."""
         session.unsent.difference_update((a.job.job_id, a.attempt) for a in assignments)
         return [a for a in assignments if session.tell(a) or self._held_when_detached(session, a)]
 
     def _held_when_detached(self, session: Session, a: AssignmentOut) -> bool:
         marker = self._detached.get(a.job.job_id)
-        if marker is None or marker.holder is not session or marker.attempt != a.attempt:
-            return False
+        if marker is None or marker.holder is not session or marker.attempt != a.attempt or marker.told:
+            return False  # (told: it left before, or its miner listed it; a second one would run it twice)
         marker.told = True  # (read back, it spends its attempt if lost: its miner may run it)
         return True
 
@@ -1537,6 +1539,18 @@ class Scheduler(UndoFailedCommits):
         pending.given_back[job.job_id] = held.attempt  # (the attempt its miner held, should this write fail)
         self._untold_if_so(held, pending)
         pending.after.append(lambda: self._dispatch_or_queue(job, exclude=session))
+
+    @staticmethod
+    def _cancel_or_withdraw(session: Session, held: Held, reason: str, pending: _Pending) -> None:
+        """Held's job, just taken from session, is no longer its miner's. A miner that may have heard of it is
+        sent a Cancel once the change is durable. One that never did hears nothing: its assignment, still in
+        the stream's outbox or waiting for a poll, is withdrawn (a Cancel would name a job it never had). The
+        writer already passes it over (deliverable: the session no longer holds it), so it cannot leave after
+        this decision; should the change fail, the job read back decides whether it still leaves."""
+        if held.told:
+            pending.sends.append((session, CancelOut(held.job.job_id, held.attempt, reason)))
+        else:
+            pending.after.append(functools.partial(session.withdraw, held.job.job_id, held.attempt))
 
     @staticmethod
     def _untold_if_so(held: Held, pending: _Pending) -> None:
@@ -1720,18 +1734,19 @@ class Scheduler(UndoFailedCommits):
                 self.timers.schedule(now + LEASE_RECHECK_US, "lease", job_id, attempt)
                 return
             del session.held[job_id]
-            # (an assignment no poll handed out is withdrawn by its cancel: the miner hears of neither)
-            pending.sends.append((session, CancelOut(job_id, attempt, "LEASE_EXPIRED")))
+            self._cancel_or_withdraw(session, held, "LEASE_EXPIRED", pending)
             self._requeue_held(job, held, "LEASE_EXPIRED", now, pending, session)
         else:
             if held.exec_deadline_us > now:
                 return
             del session.held[job_id]
-            self._untold_if_so(held, pending)
-            session.failed += 1
-            pending.sends.append((session, CancelOut(job_id, attempt, "EXECUTION_TIMEOUT")))
-            self._retry_or_fail(job, True, "EXECUTION_TIMEOUT",
-                                f"attempt {attempt} ran longer than {job.execution_timeout_us / MICROS:g} s", now, pending)  # fmt: skip
+            self._cancel_or_withdraw(session, held, "EXECUTION_TIMEOUT", pending)
+            if held.told:
+                session.failed += 1
+                self._retry_or_fail(job, True, "EXECUTION_TIMEOUT",
+                                    f"attempt {attempt} ran longer than {job.execution_timeout_us / MICROS:g} s", now, pending)  # fmt: skip
+            else:  # it never ran (its stream's writer stuck, no poll came): back unspent, not the miner's failure
+                self._requeue_held(job, held, "EXECUTION_TIMEOUT", now, pending, session)
         self._fill(session, pending, now)
         self._spawn_commit(pending)
 

@@ -196,9 +196,12 @@ class Session:
 
     def tell(self, a: AssignmentOut) -> bool:
         """A poll is about to hand a out, or the stream's writer to write it: the miner has it from now on.
-        Whether the session still holds it at that attempt (see Scheduler.deliverable)."""
+        Whether the session still holds it at that attempt, untold (see Scheduler.deliverable). Told already,
+        a is a second assignment of that attempt: one given back unspent while it waited to leave (its writer
+        stuck, say) and assigned to the session again at the same attempt before the first left. Only the first
+        to leave goes: the miner would run the attempt twice."""
         held = self.held.get(a.job.job_id)
-        if held is None or held.attempt != a.attempt:
+        if held is None or held.attempt != a.attempt or held.told:
             return False
         held.told = True
         return True
@@ -218,10 +221,16 @@ class Session:
     def _withdraw(self, cancel: CancelOut) -> bool:
         """Take back an assignment no poll has handed out yet: the miner never hears of the job, nor of its cancel
         (handed out after the cancel, it would start a job already taken from it)."""
+        return self.withdraw(cancel.job_id, cancel.attempt)
+
+    def withdraw(self, job_id: str, attempt: int) -> bool:
+        """Take back an assignment of the job's attempt still waiting for a poll, if there is one (whether so).
+        A stream's is left in its outbox: its writer passes over one the session no longer holds
+        (Scheduler.deliverable), and forgets it in `unsent` then."""
         for i, a in enumerate(self.pending_assignments):
-            if a.job.job_id == cancel.job_id and a.attempt == cancel.attempt:
+            if a.job.job_id == job_id and a.attempt == attempt:
                 del self.pending_assignments[i]
-                self.unsent.discard((a.job.job_id, a.attempt))
+                self.unsent.discard((job_id, attempt))
                 return True
         return False
 

@@ -465,13 +465,14 @@ class UndoFailedCommits:
         if session is not None and session.closed:
             session = None
         if session is not None and marker.kept_by(session, job.attempt):
-            if held.told or (job.job_id, job.attempt) in session.unsent:  # (untold: it leaves, as usual)
+            if held.told or self._still_leaves(held, session, now):  # (untold: it leaves, as usual)
                 self._place_held(held, session, now, wait_until)
                 return
         # A session opened meanwhile, whose miner did not list the job: it lost it (as open_session rules). Or
         # the session's miner dropped it (its message about it refused NOT_STORED: see _dropped). Or it never
-        # heard of it and never will (its assignment was passed over while the failed change was written). Or
-        # none is open: its miner may come back with it within the grace period, unless it never heard of it.
+        # heard of it and never will (its assignment was passed over while the failed change was written, or
+        # its execution deadline passed meanwhile). Or none is open: its miner may come back with it within the
+        # grace period, unless it never heard of it.
         until = wait_until  # (past a backoff: its requeue failed before)
         if session is not None:
             held.lost = "MINER_LOST_JOB"  # (its miner is not gone: it lost the job, or dropped it)
@@ -486,6 +487,20 @@ class UndoFailedCommits:
         pending.unheld.add(job.job_id)
         self._requeue_held(job, held, held.lost, now, pending)
         self._spawn_commit(pending)
+
+    @staticmethod
+    def _still_leaves(held: Held, session: Session, now: int) -> bool:
+        """Whether an untold job read back onto its session is still to be handed to its miner: its assignment
+        waits to leave, and its execution deadline has not passed (it would be timed out at once, its attempt
+        spent on a run that never was). If not, an assignment still waiting for a poll is withdrawn (a stream's
+        writer passes it over: see Scheduler.deliverable)."""
+        key = (held.job.job_id, held.attempt)
+        if key not in session.unsent:
+            return False
+        if held.exec_deadline_us > now:
+            return True
+        session.withdraw(*key)
+        return False
 
     def _place_held(self: Scheduler, held: Held, session: Session, now: int, wait_until: int) -> None:
         """A job read back onto the live session that holds it. The miner may still run it (a cancel failed to
