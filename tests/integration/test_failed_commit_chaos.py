@@ -23,10 +23,11 @@ neither given nor listed; at the end, no slot is left reserved.
 Now and then the driver also drains a hand miner (AdminService.DrainMiner), at times while it holds the write
 lock with a rule refusing a write of one of the miner's jobs; the miner finishes what it runs, and once its
 stream ends (GoAway DRAINED) comes back later as a new session. Each stream is checked for it too: no
-assignment after a Drain; a GoAway DRAINED only once the coordinator holds none of the stream's jobs for its
-miner (in memory, orphaned, being read back, or as stored with no write of it waiting) and no change that
-freed one of its slots is still being written, as the scheduler stands when the stream reads it; every
-drained session ends before the jobs settle (none is left draining).
+assignment after a Drain; a GoAway DRAINED only once the coordinator holds none of the stream's jobs (less
+those it was told to drop: a cancel, a NOT_STORED refusal) for its miner (in memory, orphaned, being read
+back, or as stored with no write of it waiting) and no change that freed one of its slots is still being
+written, as the scheduler stands when the stream reads it; every drained session ends before the jobs
+settle (none is left draining).
 
 The run is seeded: the seed is printed, and AITBC_CHAOS_SEED=<n> runs the same decisions again (the
 interleaving still depends on timing). AITBC_CHAOS_SECONDS sets the length of the chaos (9 s).
@@ -557,23 +558,24 @@ class HandMiner:
         if kind != "go_away" or body.reason != "DRAINED":
             return
         scheduler, name = self.coord.coordinator.scheduler, self.name
-        # what it was given or listed, less what it was told to drop (NOT_HELD at its welcome, say: a job
-        # of its miner whose requeue then failed is read back and requeued, not this stream's any more)
-        dropped = {(c.job_id, c.attempt) for way, k, c in stream.log if way == "in" and k == "cancel"}
+        # what it was given or listed, less what it was told to drop: a cancel (NOT_HELD at its welcome, say:
+        # a job of its miner whose requeue then failed is read back and requeued, not this stream's any more),
+        # or a result or failure report refused NOT_STORED (its miner drops the job: undo.py's _dropped). Such
+        # a job's requeue (MINER_LOST_JOB) may fail too: it then waits out the write backoff held for no
+        # stream, an orphan in memory, stored as still this miner's, or is read back again; none is this
+        # stream's, and a GoAway DRAINED meanwhile is right.
+        dropped = {(c.job_id, c.attempt) for way, k, c in stream.log if way == "in" and told_to_drop(k, c)}
         had = (stream.assigned | set(stream.listed)) - dropped
         found: dict[str, str] = {}
-        # (not one its miner lost or dropped, a NOT_STORED answer's job whose requeue failed: it waits out the
-        # write backoff to be requeued, held for no stream (undo.py's restore), still ASSIGNED in memory)
         orphans = scheduler.orphans.get(name, {})
-        dropped_by_miner = {job_id for job_id, held in orphans.items() if held.lost == "MINER_LOST_JOB"}
         for job_id, job in list(scheduler.jobs.items()):
             if job.state in (JobState.ASSIGNED, JobState.RUNNING) and job.miner_id == name:
-                if (job_id, job.attempt) in had and job_id not in dropped_by_miner:
+                if (job_id, job.attempt) in had:
                     holders = [x.session_id for x in scheduler.sessions.values() if job_id in x.held]
                     found[job_id] = f"held ({job.state.name} attempt {job.attempt}; by sessions {holders})"
         for job_id, held in orphans.items():
-            if (job_id, held.attempt) in had and job_id not in dropped_by_miner:
-                found[job_id] = f"orphaned (attempt {held.attempt})"
+            if (job_id, held.attempt) in had:
+                found[job_id] = f"orphaned (attempt {held.attempt}, {held.lost})"
         for job_id, marker in list(scheduler._detached.items()):
             mine = marker.miner_id == name and (job_id, marker.attempt) in had
             if mine or (marker.reserved is not None and marker.reserved.session_id == stream.session_id):
@@ -811,6 +813,12 @@ async def sample(coord: Harness, hand: list[HandMiner], phase: Phase, book: Book
         if scheduler.queues.depth != len(in_queue) or any(j.state is not JobState.QUEUED for j in in_queue):
             book.violation("queue depth", f"queue depth {scheduler.queues.depth}, {len(in_queue)} queued jobs "
                            f"in memory; in the queues twice: {queued_twice(scheduler.queues)}")  # fmt: skip
+
+
+def told_to_drop(kind: str, body: Any) -> bool:
+    """Whether a message a stream read tells its miner to drop a job's attempt: a cancel, or the refusal
+    NOT_STORED of its result or failure report."""
+    return kind == "cancel" or (kind == "result_ack" and not body.accepted and body.reason == "NOT_STORED")
 
 
 def drained(stream: Stream) -> bool:
