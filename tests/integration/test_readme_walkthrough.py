@@ -17,6 +17,7 @@ from pathlib import Path
 
 from coordinator.config import load_settings
 from coordinator.server import start
+from tests.env_example import env_example
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -31,15 +32,6 @@ def code_blocks(doc: str, language: str) -> list[str]:
 def the_block(doc: str, language: str, marker: str) -> str:
     (block,) = [b for b in code_blocks(doc, language) if marker in b]
     return block
-
-
-def env_example() -> dict[str, str]:
-    values = {}
-    for line in (ROOT / ".env.example").read_text().splitlines():
-        if "=" in line and not line.startswith("#"):
-            key, _, value = line.partition("=")
-            values[key.strip()] = value.split("#", 1)[0].strip()
-    return values
 
 
 def exported(line: str) -> dict[str, str]:
@@ -103,4 +95,6 @@ async def test_the_readme_cli_block_and_sdk_example_work_as_written(tmp_path: Pa
         _, miner_err = await asyncio.wait_for(miner.communicate(), 60)
         await coordinator.stop(grace=0.5)
     assert miner.returncode == 0, miner_err.decode()[-2000:]
-    assert f"connected to the coordinator at {address}: session " in miner_err.decode(), "docs/miners.md's line"
+    assert f"connected to the coordinator at {address}: session " in miner_err.decode(), (
+        "docs/miners.md's line"
+    )

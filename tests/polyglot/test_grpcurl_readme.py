@@ -19,6 +19,7 @@ from aitbc.miner import Miner, probe_capabilities
 
 from coordinator.config import load_settings
 from coordinator.server import start
+from tests.env_example import env_example
 
 ROOT = Path(__file__).resolve().parents[2]
 GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
@@ -34,18 +35,9 @@ def readme_commands() -> list[str]:
 
 def example_settings(tmp_path: Path):
     """The keys of .env.example, a fresh database, any free port."""
-    env = {k: v for k, v in _env_example().items() if k.endswith("_API_KEYS")}
+    env = {k: v for k, v in env_example().items() if k.endswith("_API_KEYS")}
     env.update(APP_PORT="0", DATABASE_URL=f"sqlite:///{tmp_path / 'c.db'}")
     return load_settings(env=env, env_file=None)
-
-
-def _env_example() -> dict[str, str]:
-    values = {}
-    for line in (ROOT / ".env.example").read_text().splitlines():
-        if "=" in line and not line.startswith("#"):
-            key, _, value = line.partition("=")
-            values[key.strip()] = value.split("#", 1)[0].strip()
-    return values
 
 
 async def run(command: str) -> tuple[int, str, str]:
@@ -70,7 +62,7 @@ def test_readme_shows_every_job_and_admin_rpc() -> None:
 async def test_readme_grpcurl_commands_work_as_written(tmp_path: Path) -> None:
     coordinator = await start(example_settings(tmp_path))
     address = f"127.0.0.1:{coordinator.port}"
-    env = _env_example()
+    env = env_example()
     miner_key = env["MINER_API_KEYS"].split(":", 1)[1]
     client_key = env["CLIENT_API_KEYS"].split(":", 1)[1]
     miner = Miner(address, miner_key, capabilities=probe_capabilities(2, price="1"))
