@@ -726,7 +726,7 @@ class Scheduler(UndoFailedCommits):
                 kept.append((job_id, attempt))
             elif self._unsettled and self._listed_while_written(session, job_id, attempt):
                 kept.append((job_id, attempt))  # (NOT_HELD once the change that took it lands)
-            else:
+            else:  # (sent even if this write fails: see UndoFailedCommits._not_held_all_the_same)
                 pending.sends.append((session, CancelOut(job_id, attempt, "NOT_HELD")))
         self.timers.schedule(
             now + int(self.settings.heartbeat_timeout_s * MICROS), "liveness", session.session_id
@@ -754,7 +754,9 @@ class Scheduler(UndoFailedCommits):
         """finish_commit for a session's opening decision (open_session). Refused only because an earlier write
         it builds on failed (one of another session of the same miner, whose jobs it took over), with no row
         of its own (a receipt key), the session stands: what it changed is undone and read back, as after any
-        failed commit. (It used to end: one connection's failed write ended the next one too.)"""
+        failed commit; its miner is told NOT_HELD all the same for the jobs its hello listed that are no longer
+        its own (UndoFailedCommits._not_held_all_the_same). (It used to end: one connection's failed write
+        ended the next one too.)"""
         try:
             await self.finish_commit(pending, outcome)
         except DependencyFailed:

@@ -77,8 +77,9 @@ class UndoFailedCommits:
 
     def _failed(self: Scheduler, pending: Pending) -> None:
         """Nothing of a failed commit is in the store (a full disk, an I/O error, or an earlier write it
-        builds on failed). Its messages never leave, watchers never hear of it; the jobs it inserted are
-        forgotten, and the jobs it changed are taken out at once and read back from the store."""
+        builds on failed). Its messages never leave (but for its GoAways and NOT_HELDs: true all the same),
+        watchers never hear of it; the jobs it inserted are forgotten, and the jobs it changed are taken out
+        at once and read back from the store."""
         self._settle(pending)  # readers must not wait on a write that failed
         self._failed_in_a_row += 1
         self._failed_at_us = now_us()
@@ -104,6 +105,9 @@ class UndoFailedCommits:
                 self._held_meanwhile(job_id, event, unit.key)
             if self._listings:
                 self._adopt_listing(job_id)
+        for session, message in pending.sends:  # (after the jobs are taken out, before any refill below)
+            if isinstance(message, CancelOut) and message.reason == "NOT_HELD":
+                self._not_held_all_the_same(session, message)
         for miner in {job.miner_id for job, _ in first.values()} | {e.miner_id for _, e in first.values()}:
             session = self.by_miner.get(miner)
             if session is not None and session.draining:  # its only job undone (an assignment that failed)
@@ -139,6 +143,21 @@ class UndoFailedCommits:
             await self._commit(pending)
         finally:
             del self._ends_stream[id(pending)]
+
+    def _not_held_all_the_same(self: Scheduler, session: Session, cancel: CancelOut) -> None:
+        """A NOT_HELD of a failed decision (a new session's opening: its hello listed a job that is not its
+        miner's at that attempt) is not the decision's to undo: it says what the store holds whether or not the
+        write landed (a change being written then that could give the job back kept the listing instead, and no
+        undo gives a miner an attempt it was not given). Sent now, before anything refills the session: its
+        miner would otherwise run the job in a slot counted as free, and never drop it (heartbeats do not
+        correct it). Not to a session that holds the job at that attempt by now."""
+        if not session.closed and not self._holds(session, cancel.job_id, cancel.attempt):
+            session.send(cancel)
+
+    @staticmethod
+    def _holds(session: Session, job_id: str, attempt: int) -> bool:
+        held = session.held.get(job_id)
+        return held is not None and held.attempt == attempt
 
     def _refill_after_failure(self: Scheduler, sessions: Iterable[Session]) -> None:
         """Queued work for slots an undone decision freed: nothing else may touch these sessions for a while
@@ -410,8 +429,7 @@ class UndoFailedCommits:
                     log.exception("could not place job %s read back after a failed commit", job_id)
             if marker.listed is not None:  # its miner said it runs it; spared the NOT_HELD then, unless held
                 listing, attempt = marker.listed
-                held = listing.held.get(job_id)
-                if not listing.closed and (held is None or held.attempt != attempt):
+                if not listing.closed and not self._holds(listing, job_id, attempt):
                     listing.send(CancelOut(job_id, attempt, "NOT_HELD"))
         for session in freed.values():  # a reserved slot the job did not take back is free again
             if not session.closed:
