@@ -120,6 +120,9 @@ class Job:
     # in the scheduler's ready queues right now (a QUEUED job waiting out a retry backoff is not): kept by
     # ReadyQueues, so its counts stay exact without scanning the queues
     in_queue: bool = field(default=False, compare=False, repr=False)
+    # its time to live has a timer in the scheduler: scheduled the first time it waits for a miner (a job
+    # assigned at once needs none), once per job object in memory
+    ttl_timed: bool = field(default=False, compare=False, repr=False)
 
     @property
     def expires_us(self) -> int:

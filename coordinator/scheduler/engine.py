@@ -187,8 +187,7 @@ class Scheduler(UndoFailedCommits):
             else:
                 held = Held(job, job.attempt, now + grace_us, exec_deadline(job))
                 self.orphans.setdefault(job.miner_id, {})[job.job_id] = held
-                # (it does nothing while the job is held: requeued before its time to live runs out, it expires)
-                self.timers.schedule(job.expires_us, "ttl", job.job_id)
+                # (no TTL timer while it is held: requeued, it is timed then, or expires at once if its time ran out)
         for miner_id in self.orphans:
             self.timers.schedule(now + grace_us, "orphans", miner_id)
         await self._load_drains(now + grace_us)
@@ -440,12 +439,12 @@ class Scheduler(UndoFailedCommits):
             # insert: the miner hears of the job the moment the client's call returns.
             for job in created:
                 self.jobs[job.job_id] = job
-                self.timers.schedule(job.expires_us, "ttl", job.job_id)
                 session = self._pick_session(job)
                 if session is not None:
                     self._assign(job, session, pending, now)
                 else:
                     self.queues.push(job)
+                    self._time_to_live(job)
             # The answer is what this write holds: the live jobs may change meanwhile (assigned in a miner's
             # welcome, say), and that change may fail to land.
             out = [None if o is None else (dataclasses.replace(o[0]) if o[1] else o[0], o[1]) for o in out]
@@ -1497,6 +1496,7 @@ class Scheduler(UndoFailedCommits):
         session = self._pick_session(job, exclude)
         if session is None:
             self.queues.push(job)
+            self._time_to_live(job)
             return
         pending = _Pending()
         self._assign(job, session, pending, now_us())
@@ -1589,6 +1589,7 @@ class Scheduler(UndoFailedCommits):
                 delay * MICROS
             )  # before the row is taken: stored, it outlives a restart
             self.timers.schedule(job.not_before_us, "ready", job.job_id)
+            self._time_to_live(job)  # (it may run out while the job waits)
         else:
             pending.after.append(lambda: self._dispatch_or_queue(job))
         pending.record(job, event)
@@ -1598,7 +1599,16 @@ class Scheduler(UndoFailedCommits):
             self.timers.schedule(job.not_before_us, "ready", job.job_id)
         else:
             self.queues.push(job)
-        self.timers.schedule(job.expires_us, "ttl", job.job_id)
+        self._time_to_live(job)
+
+    def _time_to_live(self, job: Job) -> None:
+        """A timer for job's time to live, which only a job waiting for a miner can run out of. Scheduled the
+        first time it waits, not at submit: most jobs are assigned at once, and a timer each was one more heap
+        entry per job left for the sweep. One per job object: kept by the sweep while the job is live, it stays
+        due whenever the job waits again."""
+        if not job.ttl_timed:
+            job.ttl_timed = True
+            self.timers.schedule(job.expires_us, "ttl", job.job_id)
 
     def _finish(self, job: Job, pending: _Pending) -> None:
         """Forget a terminal job once its terminal state is durable: until then reads must see it here,

@@ -2,10 +2,11 @@
 
 No task per job: one task sleeps until the earliest deadline. An entry is not removed when its owner moves on
 (lease renewed, job finished): fired, it is recognised as stale by its handler and ignored. Until then it is
-swept: whenever the heap has doubled since the last sweep (and holds SWEEP_MIN entries at least), the entries
-the owner's `live` test calls stale go, and so do duplicates (a self-renewing kind keeps its earliest entry of
-each args, an entry identical to another goes). Without it the heap grew with traffic, not with live work: a
-job finished in a second kept its TTL and its execution deadline (up to a week each) in the heap until due.
+swept: whenever the heap has grown to SWEEP_GROWTH times what the last sweep kept (and holds SWEEP_MIN entries
+at least), the entries the owner's `live` test calls stale go, and so do duplicates (a self-renewing kind keeps
+its earliest entry of each args, an entry identical to another goes). Without it the heap grew with traffic,
+not with live work: a job finished in a second kept its TTL and its execution deadline (up to a week each) in
+the heap until due.
 
 A sweep runs in slices of SWEEP_SLICE entries, one per loop turn: done at once, 300,000 entries held the event
 loop 0.2-0.4 s. Meanwhile the heaps being swept (the sources) take no new entries, a new heap does, and the
@@ -33,7 +34,11 @@ Live = Callable[[int, str, tuple], bool]
 Entry = tuple[
     int, int, str, tuple
 ]  # (due at, sequence, kind, args): ordered by due time, then scheduling order
-SWEEP_MIN = 256  # entries before the first sweep (amortized: one sweep per doubling)
+SWEEP_MIN = 256  # entries before the first sweep
+# A sweep once the heap has grown to this many times what the last one kept: each sweep judges every entry,
+# live ones included, so at 3 (against 2) an entry dropped costs 1.5 entries judged (against 2), for a heap at
+# most 3 times its live entries
+SWEEP_GROWTH = 3
 SWEEP_SLICE = 1024  # entries judged per loop turn while sweeping (about 1-2 ms)
 
 
@@ -88,26 +93,36 @@ class TimerHeap:
         return best
 
     async def _sweep(self, live: Live) -> None:
-        """Drop the entries that would do nothing when they fire (see the module). O(n), once per doubling,
-        SWEEP_SLICE entries per loop turn."""
+        """Drop the entries that would do nothing when they fire (see the module). O(n), once the heap has grown
+        to SWEEP_GROWTH times what the last sweep kept, SWEEP_SLICE entries per loop turn."""
         try:
             sources = self._heaps
             self._heaps = [*sources, []]
             self._sources = len(sources)
             self._fired_through = None
             entries = list(itertools.chain.from_iterable(sources))  # (the sources change as entries fire)
-            earliest = await self._earliest_of_chains(entries)
+            renewing = self._renewing
             seen: set[tuple[int, str, tuple]] = set()
+            chains: dict[tuple[str, tuple], Entry] = {}  # of each renewing (kind, args): its earliest entry
             kept: list[Entry] = []
             for start in range(0, len(entries), SWEEP_SLICE):
                 for entry in entries[start : start + SWEEP_SLICE]:
-                    at, seq, kind, args = entry
-                    if kind in self._renewing and earliest[(kind, args)] != (at, seq):
+                    at, _, kind, args = entry
+                    if kind in renewing:
+                        first = chains.get((kind, args))
+                        if first is None or entry < first:
+                            chains[(kind, args)] = entry
                         continue
                     if (at, kind, args) in seen or not live(at, kind, args):
                         continue
                     seen.add((at, kind, args))
                     heapq.heappush(kept, entry)
+                await asyncio.sleep(0)
+            firsts = list(chains.values())
+            for start in range(0, len(firsts), SWEEP_SLICE):
+                for entry in firsts[start : start + SWEEP_SLICE]:
+                    if live(entry[0], entry[2], entry[3]):
+                        heapq.heappush(kept, entry)
                 await asyncio.sleep(0)
             # The sources fire in order (they take no new entries): what fired meanwhile is all they held
             # up to the last entry fired from them.
@@ -117,25 +132,13 @@ class TimerHeap:
             self._heaps = [kept, *self._heaps[self._sources :]]
             self._sources = 0
             # Let go of the rest a slice at a time as well: freeing 300,000 entries at once held the loop 10-60 ms.
-            for garbage in (*sources, entries, seen, earliest):
+            for garbage in (*sources, entries, seen, chains, firsts):
                 await self._let_go(garbage)
         finally:
             self._sources = 0
             self._fired_through = None
             self._sweeper = None
-        self._sweep_at = max(SWEEP_MIN, 2 * len(self))
-
-    async def _earliest_of_chains(self, entries: list[Entry]) -> dict[tuple[str, tuple], tuple[int, int]]:
-        """Of each renewing (kind, args) among entries: its first (at, seq)."""
-        earliest: dict[tuple[str, tuple], tuple[int, int]] = {}
-        for start in range(0, len(entries), SWEEP_SLICE):
-            for at, seq, kind, args in entries[start : start + SWEEP_SLICE]:
-                if kind in self._renewing:
-                    key = (kind, args)
-                    if earliest.get(key, (at, seq)) >= (at, seq):
-                        earliest[key] = (at, seq)
-            await asyncio.sleep(0)
-        return earliest
+        self._sweep_at = max(SWEEP_MIN, SWEEP_GROWTH * len(self))
 
     @staticmethod
     async def _let_go(garbage: list | set | dict) -> None:

@@ -473,6 +473,7 @@ class UndoFailedCommits:
             if wait_until > now:
                 job.not_before_us = max(job.not_before_us, wait_until)
             self.timers.schedule(max(job.expires_us, wait_until), "ttl", job.job_id)
+            job.ttl_timed = True
             if job.not_before_us > now:
                 self.timers.schedule(job.not_before_us, "ready", job.job_id)
             else:

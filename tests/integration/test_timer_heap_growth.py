@@ -1,6 +1,6 @@
 """The scheduler's timer heap must hold what live work needs, not what traffic left behind.
 
-Every submit schedules the job's TTL, every assignment its lease and execution deadline, every session a
+A job waiting for a miner has its TTL timed, every assignment its lease and execution deadline, every session a
 liveness check, and TimerHeap never removes an entry before it is due (a stale one is ignored when it fires).
 A job that finishes in a second leaves its TTL (15 minutes by default, up to 7 days) and its execution
 deadline (1 hour by default, up to 7 days) in the heap until then: a coordinator running jobs constantly held
