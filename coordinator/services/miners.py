@@ -26,6 +26,17 @@ log = logging.getLogger("coordinator.miners")
 
 HELLO_TIMEOUT_S = 30.0
 MAX_POLL_S = 60.0
+POLL_WAY_BACK_S = 1.0  # of a long-poll's time left, at most this is kept for its answer's way back
+
+
+def poll_wait_s(remaining: float | None) -> float:
+    """How long a PollJob waits for news, its caller's deadline `remaining` seconds away (None: none). A quarter
+    of that time, 1 s at most, is kept for the answer to reach the miner across the network (a WAN, a proxy):
+    an answer arriving after the miner's deadline is lost, and the assignments in it with it (handed out, they
+    come back only when their leases run out, their attempts spent)."""
+    if remaining is None:
+        return MAX_POLL_S
+    return max(0.0, min(MAX_POLL_S, remaining - min(POLL_WAY_BACK_S, remaining / 4)))
 
 
 def welcome(session: Session, kept: list[tuple[str, int]], heartbeat_s: float, lease_s: float,
@@ -369,8 +380,7 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
         self, request: pb.PollJobRequest, context: grpc.aio.ServicerContext
     ) -> pb.PollJobResponse:
         session = self._session(request.session_id)
-        remaining = context.time_remaining()
-        wait_s = MAX_POLL_S if remaining is None else max(0.0, min(MAX_POLL_S, remaining - 0.05))
+        wait_s = poll_wait_s(context.time_remaining())
         assignments, cancels = await self.scheduler.poll(session, max(1, request.max_jobs), wait_s)
         obs.dispatched(assignments)
         return pb.PollJobResponse(assignments=[assignment(a) for a in assignments],

@@ -165,8 +165,9 @@ class MinerServiceServicer:
 
     def PollJob(self, request, context):
         """Long-poll for work: returns as soon as at least one job is assigned to the session (or a cancel, or the
-        news that the session drains, `draining`, is there), or empty when the call's deadline (at most 60 s is
-        used) passes. Never returns more jobs than `max_jobs`. A waiting poll keeps the session alive. Errors as
+        news that the session drains, `draining`, is there), or empty shortly before the call's deadline passes
+        (at most 60 s are waited; a quarter of the time left, 1 s at most, is kept for the answer's way back to
+        the miner). Never returns more jobs than `max_jobs`. A waiting poll keeps the session alive. Errors as
         for Heartbeat: a poll waiting when the session's drain is done ends FAILED_PRECONDITION
         (`SESSION_DRAINED`) at once.
         """
