@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "long (default: 60)")  # fmt: skip
     run.add_argument("--give-up-after", type=_positive_seconds, default=None, metavar="SECONDS",
                      help="exit 1 when the coordinator stays unreachable this long (default: keep trying)")  # fmt: skip
+    run.add_argument("--transport", choices=("stream", "poll"), default="stream",
+                     help="stream: one long-lived Connect stream; poll: unary calls (long-polls), for a network "
+                          "or proxy that cuts long HTTP/2 streams (default: stream)")  # fmt: skip
     run.add_argument("--signing-key-hex", default=os.environ.get("AITBC_MINER_SIGNING_KEY_HEX", ""),
                      help="Ed25519 seed to sign results with (AITBC_MINER_SIGNING_KEY_HEX)")  # fmt: skip
 
@@ -367,7 +370,7 @@ async def _miner(args: argparse.Namespace) -> int:
                   probe_capabilities(args.slots, **overrides),
                   signer=Signer(args.signing_key_hex) if args.signing_key_hex else None,
                   unreachable_timeout_s=args.give_up_after, stuck_timeout_s=args.stuck_timeout,
-                  **connection_options(args))  # fmt: skip
+                  transport=args.transport, **connection_options(args))  # fmt: skip
     install_signal_handlers(miner)
     try:
         await miner.run()

@@ -447,6 +447,12 @@ class Miner:
     # how long the runners of canceled jobs (python callables: a thread cannot be stopped) may hold every slot
     # before the miner drains and run() raises RunnersStuck, for a supervisor to start it again
     stuck_timeout_s: float = 60.0
+    # "stream": one Connect stream per session; "poll": the unary RPCs (RegisterMiner, PollJob, Heartbeat,
+    # SubmitResult...; aitbc.miner_poll), for a network that cuts long-lived HTTP/2 streams
+    transport: str = "stream"
+    # poll transport: how long each PollJob waits for work (the coordinator waits 60 s at most); below a proxy's
+    # idle or request timeout
+    poll_wait_s: float = 20.0
 
     def __post_init__(self) -> None:
         self.running: dict[str, _Running] = {}
@@ -473,6 +479,11 @@ class Miner:
         self._welcomed = False  # the current stream got its welcome
         self._welcomed_at = 0.0  # the loop's time of the current stream's welcome
         self._heartbeat_waiting = False  # a heartbeat is in the current stream's outbox
+        if self.transport not in ("stream", "poll"):
+            raise ValueError(f"transport must be 'stream' or 'poll', not {self.transport!r}")
+        if not 0 < self.poll_wait_s <= 60:
+            raise ValueError(f"poll_wait_s must be more than 0 and at most 60, not {self.poll_wait_s}")
+        self._on_drain: Callable[[], None] | None = None  # the poll session's: drain() tells the coordinator
         if not self.stuck_timeout_s > 0:
             raise ValueError(f"stuck_timeout_s must be more than 0, not {self.stuck_timeout_s}")
         if self.unreachable_timeout_s is not None and not self.unreachable_timeout_s > 0:
@@ -541,7 +552,13 @@ class Miner:
                                               tls_cert=self.tls_cert, tls_key=self.tls_key)  # fmt: skip
         try:
             while not self.stopped.is_set():
-                self._session_task = asyncio.create_task(self._session(channel))
+                if self.transport == "poll":
+                    from .miner_poll import poll_session  # (it builds on this module)
+
+                    session = poll_session(self, channel)
+                else:
+                    session = self._session(channel)
+                self._session_task = asyncio.create_task(session)
                 error = False
                 try:
                     # least: what the coordinator asked to be waited at least (a go-away's reconnect_after)
@@ -641,6 +658,8 @@ class Miner:
             self._outbox.put_nowait(
                 miner_service_pb2.ConnectRequest(drain=miner_service_pb2.MinerDrain(reason="SIGTERM"))
             )
+        if self._on_drain is not None:
+            self._on_drain()
         if not self.running and not self.unacked:  # (a result awaiting its ack may yet need sending again)
             self.stop()
         elif not self.running:

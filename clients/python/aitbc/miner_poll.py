@@ -1,0 +1,337 @@
+"""The poll transport of `aitbc.miner.Miner` (`transport="poll"`): the unary MinerService RPCs, for a miner whose
+network cannot hold a long-lived HTTP/2 stream (a proxy that cuts idle or long streams).
+
+One session is RegisterMiner, then, until it ends: a long-poll (PollJob) asking for as many jobs as the miner has
+free slots, a Heartbeat every `heartbeat_interval` of the registration's welcome (listing the jobs held: their
+leases are renewed; cancels and the news of a drain come back), and a SubmitResult or ReportFailure per finished
+job, kept in `Miner.unacked` and sent again until it is answered (a repeat of a result that landed is answered with
+the same ack). The Miner's runners, slots, result encoding, limits, backoff and drain are the stream's own: a
+session here takes the place of one stream in `Miner.run()`'s loop, and returns as a stream does, (why it ended,
+the least to wait before the next).
+
+A call failing for a reason that waiting cures (UNAVAILABLE: the coordinator restarting, the connection cut;
+DEADLINE_EXCEEDED; a rate limit) is made again in the same session after a jittered backoff, once the channel is
+connected again. The session ends when the coordinator no longer knows it (NOT_FOUND `SESSION_NOT_FOUND`: it
+expired, or the coordinator restarted): the next registration lists the jobs running and those whose results await
+their acks, so that the coordinator keeps them, and the results are sent again. It ends for good on
+FAILED_PRECONDITION `SESSION_DRAINED` (an operator's drain, done) or once the miner's own drain is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+import grpc
+
+from .channel import auth_metadata
+from .coordinator.v1 import miner_service_pb2, miner_service_pb2_grpc
+from .miner import (
+    _NOT_ABOUT_A_MESSAGE,
+    FAILED_BY_REFUSAL,
+    MAX_FAILURE_CODE,
+    MAX_FAILURE_MESSAGE,
+    JobFailed,
+    Miner,
+    _text,
+    coordinator_reason,
+    retry_delay_s,
+)
+from .signing import SigningChannel
+from .tracing import with_trace_context
+
+log = logging.getLogger("aitbc.miner")
+
+CALL_TIMEOUT_S = 30.0  # every call but a poll (which waits Miner.poll_wait_s)
+# what a unary request adds to the Result or Failure it carries: the session id (a UUID, 36 characters) and the
+# tags and lengths (the stream's framing is smaller: the miner checks results against that first)
+UNARY_FRAMING_BYTES = 64
+_T = TypeVar("_T")
+
+
+class _Ended(Exception):
+    """The session is over: why (a stream's end reason, as Miner.run reads them)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _transient(exc: grpc.aio.AioRpcError) -> bool:
+    """Whether a call failed for a reason that waiting cures: made again in the same session."""
+    code = exc.code()
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
+        return True  # (CANCELLED: not of this miner's making, which raises CancelledError instead)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return coordinator_reason(exc) in _NOT_ABOUT_A_MESSAGE  # a rate limit, not a message too large
+    # grpc.aio's own INTERNAL when the connection goes mid-call (the coordinator's carries its details)
+    return code == grpc.StatusCode.INTERNAL and coordinator_reason(exc) != "INTERNAL"
+
+
+async def poll_session(miner: Miner, channel: grpc.aio.Channel) -> tuple[str, float]:
+    """One unary session of miner: register, then work until it ends. Returns (why, the least to wait)."""
+    stub = miner_service_pb2_grpc.MinerServiceStub(
+        SigningChannel(channel, miner.hmac_secret) if miner.hmac_secret else channel
+    )
+    await miner._reachable(channel)
+    miner._welcomed = False
+    hello = miner.hello().hello
+    answer = await stub.RegisterMiner(
+        miner_service_pb2.RegisterMinerRequest(hello=hello),
+        metadata=with_trace_context(auth_metadata(miner.api_key)),
+        timeout=CALL_TIMEOUT_S,
+    )
+    return await _PollSession(miner, channel, stub, answer.welcome).run()
+
+
+class _PollSession:
+    """A registered session: its poll, heartbeat, report and delivery tasks, until one of them ends it."""
+
+    def __init__(self, miner: Miner, channel: grpc.aio.Channel, stub: Any, welcome: Any) -> None:
+        self.miner, self.channel, self.stub, self.welcome = miner, channel, stub, welcome
+        self.session_id = welcome.session_id
+        self.ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.tasks: set[asyncio.Task] = set()
+        self.slot_freed = asyncio.Event()  # a job finished or a canceled runner returned: poll again
+        self.drain_wanted = asyncio.Event()  # Miner.drain() on this process: tell the coordinator
+        self.polling = False  # a PollJob is in flight (its answer may hold jobs)
+
+    async def run(self) -> tuple[str, float]:
+        miner = self.miner
+        miner._welcomed = True  # from now on INVALID_ARGUMENT is about a message, not this miner's hello
+        miner._welcomed_at = asyncio.get_running_loop().time()
+        miner.session_id = self.session_id
+        miner._coordinator_result_bytes = self.welcome.max_result_bytes
+        miner._coordinator_message_bytes = self.welcome.max_message_bytes
+        miner.connects += 1
+        kept = {j.job_id for j in self.welcome.resumed_jobs}
+        log.info("%s coordinator at %s (poll): session %s, %d slots, %d running jobs kept",
+                 "connected to the" if miner.connects == 1 else "reconnected to the", miner.address,
+                 self.session_id, miner.slots, len(kept))  # fmt: skip
+        for job_id in [j for j in miner.running if j not in kept]:
+            self._cancel(job_id)
+        miner._on_drain = self.drain_wanted.set
+        if miner.draining:
+            self.drain_wanted.set()  # (asked before this session: it drains too)
+        interval = max(0.05, self.welcome.heartbeat_interval.ToMilliseconds() / 1000)
+        for job_id in list(miner.unacked):
+            self._deliver_later(job_id)
+        for coro in (self._poll(), self._heartbeat(interval), self._report(), self._drain()):
+            self._spawn(coro)
+        try:
+            reason = await self.ended
+        finally:
+            miner._on_drain = None
+            tasks = list(self.tasks)
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.wait(tasks)
+        return reason, 0.0
+
+    # ---------------------------------------------------------------- tasks
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(self._guarded(coro))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _guarded(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run one of the session's tasks: its end of the session (or its error) ends the session."""
+        try:
+            await coro
+        except _Ended as end:
+            self._end(end.reason)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # an error no retry cures (a refused key): run() decides
+            if not self.ended.done():
+                self.ended.set_exception(exc)
+
+    def _end(self, reason: str) -> None:
+        if not self.ended.done():
+            self.ended.set_result(reason)
+
+    def _drained_when_done(self) -> None:
+        """A drain is over once no job runs, no result awaits its ack and no poll may bring another job."""
+        m = self.miner
+        if m.draining and not m.running and not m.unacked and not self.polling:
+            self._end("DRAINED")
+
+    async def _call(self, method: Callable[..., Awaitable[_T]], request: Any, deadline_s: float) -> _T:
+        """method(request), made again after failures that waiting cures (jittered backoff, the RetryInfo delay at
+        least, once the channel is connected). The session's end (NOT_FOUND, SESSION_DRAINED) raises _Ended."""
+        failures = 0
+        while True:
+            try:
+                return await method(request, metadata=with_trace_context(auth_metadata(self.miner.api_key)),
+                                    timeout=deadline_s)  # fmt: skip
+            except grpc.aio.AioRpcError as exc:
+                reason = coordinator_reason(exc)
+                if exc.code() == grpc.StatusCode.NOT_FOUND and reason == "SESSION_NOT_FOUND":
+                    raise _Ended("SESSION_NOT_FOUND") from None
+                if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and reason == "SESSION_DRAINED":
+                    self.miner.draining = True
+                    raise _Ended("DRAINED") from None
+                if not _transient(exc):
+                    raise
+                failures += 1
+                wait = self.miner._jittered(self.miner._backoff(failures), retry_delay_s(exc))
+                log.info("%s failed (%s %s); again in %.2f s", type(request).__name__.removesuffix("Request"),
+                         exc.code().name, reason, wait)  # fmt: skip
+            await asyncio.sleep(wait)
+            await self.miner._reachable(self.channel)
+
+    async def _poll(self) -> None:
+        """Long-poll for as many jobs as there are free slots, until the session drains."""
+        m = self.miner
+        while not m.draining:
+            free = m._free_slots()
+            if free <= 0:
+                self.slot_freed.clear()
+                try:  # (a second at most: a stuck runner's slot is counted again)
+                    await asyncio.wait_for(self.slot_freed.wait(), 1.0)
+                except TimeoutError:
+                    pass
+                continue
+            request = miner_service_pb2.PollJobRequest(session_id=self.session_id, max_jobs=free)
+            self.polling = True
+            try:
+                answer = await self._call(self.stub.PollJob, request, m.poll_wait_s)
+            finally:
+                self.polling = False
+            for a in answer.assignments:
+                # decided for this poll before any drain: the coordinator waits for them; there is no unary reject
+                m._start(a)
+            self._cancels(answer.cancels)
+            if answer.draining:
+                m.draining = True
+        self._drained_when_done()
+
+    async def _heartbeat(self, interval: float) -> None:
+        """A heartbeat every interval, listing the jobs held (their leases are renewed); its cancels obeyed."""
+        m = self.miner
+        loop = asyncio.get_running_loop()
+        next_at = loop.time() + interval
+        while True:
+            # (from one heartbeat's start to the next's: a slow answer does not stretch the cadence)
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            next_at = loop.time() + interval
+            running = [miner_service_pb2.RunningJob(job_id=j, attempt=a) for j, a in m._held().items()]
+            request = miner_service_pb2.HeartbeatRequest(session_id=self.session_id, running_jobs=running)
+            answer = await self._call(self.stub.Heartbeat, request, min(CALL_TIMEOUT_S, max(interval, 5.0)))
+            self._cancels(answer.cancels)
+            if answer.draining:
+                m.draining = True
+                self._drained_when_done()
+
+    async def _drain(self) -> None:
+        """Miner.drain() on this process: the coordinator is told (Drain), so that it assigns nothing more."""
+        await self.drain_wanted.wait()
+        request = miner_service_pb2.DrainRequest(session_id=self.session_id, reason="SIGTERM")
+        await self._call(self.stub.Drain, request, CALL_TIMEOUT_S)
+        self._drained_when_done()
+
+    async def _report(self) -> None:
+        """Finished jobs (Miner._execute puts them on Miner._finished) become results or failure reports to send."""
+        m = self.miner
+        while True:
+            job_id, attempt, outcome, encoded = await m._finished.get()
+            running = m.running.get(job_id)
+            if running is None or running.attempt != attempt:
+                continue  # canceled meanwhile
+            del m.running[job_id]
+            message = encoded
+            if isinstance(encoded, miner_service_pb2.Result) and self._too_large(encoded):
+                message = m._encoded(job_id, attempt, outcome)  # (a new session's welcome took less)
+            if isinstance(message, JobFailed):
+                message = self._failure(job_id, attempt, message)
+            m.unacked[job_id] = (attempt, message)
+            m.completed += 1
+            self._deliver_later(job_id)
+            self.slot_freed.set()
+            if m.draining and not m.running:
+                m._arm_drain_timer()  # (its last result: the acks may never come)
+
+    def _deliver_later(self, job_id: str) -> None:
+        self._spawn(self._deliver(job_id))
+
+    async def _deliver(self, job_id: str) -> None:
+        """Send the job's unacked result or failure report until it is answered."""
+        m = self.miner
+        while (sent := m.unacked.get(job_id)) is not None:
+            attempt, message = sent
+            if isinstance(message, miner_service_pb2.Result) and (too_large := self._too_large(message)):
+                failed = JobFailed("RESULT_TOO_LARGE", too_large, retryable=False)
+                m.unacked[job_id] = (attempt, self._failure(job_id, attempt, failed))
+                continue
+            try:
+                if isinstance(message, miner_service_pb2.Result):
+                    request = miner_service_pb2.SubmitResultRequest(
+                        session_id=self.session_id, result=message
+                    )
+                    answer = await self._call(self.stub.SubmitResult, request, CALL_TIMEOUT_S)
+                else:
+                    request = miner_service_pb2.ReportFailureRequest(
+                        session_id=self.session_id, failure=message
+                    )
+                    answer = await self._call(self.stub.ReportFailure, request, CALL_TIMEOUT_S)
+            except grpc.aio.AioRpcError as exc:
+                reason = coordinator_reason(exc) or exc.code().name
+                if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                    raise
+                what = "result" if isinstance(message, miner_service_pb2.Result) else "failure report"
+                log.warning("%s of job %s refused: %s %s", what, job_id, reason, exc.details())
+                if m.unacked.get(job_id) != sent:
+                    continue
+                if what == "result" and exc.code() in (grpc.StatusCode.INVALID_ARGUMENT,
+                                                       grpc.StatusCode.RESOURCE_EXHAUSTED):  # fmt: skip
+                    # the job is still this miner's: reported failed, it fails (or runs again) now, not when its
+                    # lease runs out (a result the coordinator cannot take, a bad signature, a message too large)
+                    retryable = FAILED_BY_REFUSAL.get(reason, False)
+                    code = reason if reason in FAILED_BY_REFUSAL else "RESULT_TOO_LARGE"
+                    failed = JobFailed(code, exc.details() or reason, retryable)
+                    m.unacked[job_id] = (attempt, self._failure(job_id, attempt, failed))
+                    continue
+                # STALE_ATTEMPT, JOB_NOT_HELD, NOT_STORED: the job is no longer this miner's (it runs again)
+                del m.unacked[job_id]
+                self._drained_when_done()
+                return
+            if m.unacked.get(job_id) == sent:
+                del m.unacked[job_id]
+                m.acked += 1
+                m.last_ack_at = time.monotonic()
+                log.debug("job %s acknowledged (receipt %s)", job_id, answer.ack.receipt_id)
+            self._drained_when_done()
+
+    # ---------------------------------------------------------------- helpers
+    def _cancels(self, cancels: Any) -> None:
+        for c in cancels:
+            running = self.miner.running.get(c.job_id)
+            if running is not None and running.attempt == c.attempt:
+                self._cancel(c.job_id)
+
+    def _cancel(self, job_id: str) -> None:
+        """Cancel a running job (Miner._cancel: its slot is held until its runner returns); poll again then."""
+        task = self.miner.running[job_id].task
+        self.miner._cancel(job_id)
+        task.add_done_callback(lambda _: self.slot_freed.set())
+        task.add_done_callback(lambda _: self._drained_when_done())
+
+    def _too_large(self, result: miner_service_pb2.Result) -> str:
+        if why := self.miner._too_large(result):
+            return why
+        limit = self.miner._coordinator_message_bytes
+        size = result.ByteSize() + UNARY_FRAMING_BYTES
+        if limit and size > limit:
+            return f"the result's request is {size} bytes; the coordinator takes {limit} at most"
+        return ""
+
+    @staticmethod
+    def _failure(job_id: str, attempt: int, failed: JobFailed) -> miner_service_pb2.Failure:
+        return miner_service_pb2.Failure(  # cut to what the coordinator takes
+            job_id=job_id, attempt=attempt, retryable=failed.retryable,
+            code=_text(failed.code, MAX_FAILURE_CODE), message=_text(str(failed), MAX_FAILURE_MESSAGE),
+        )  # fmt: skip
