@@ -228,10 +228,26 @@ async def _start_on(settings: Settings, store: Store) -> Coordinator:
         raise
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("coordinator %s serving on %s:%d (store %s)", settings.coordinator_id, settings.app_host, port,
-             redact_url(settings.database_url))  # fmt: skip
+    log.info("coordinator %s serving on %s (store %s)", settings.coordinator_id,
+             listeners(settings, port, miner_port, observability.metrics_port), redact_url(settings.database_url))  # fmt: skip
     return Coordinator(settings, server, scheduler, issuer, health_servicer, port, keyring, miner_port,
                        observability=observability, store_lost=store_lost)  # fmt: skip
+
+
+def listeners(settings: Settings, port: int, miner_port: int, metrics_port: int) -> str:
+    """Every listener the coordinator serves on, as the "serving on" line names them: an operator reads there
+    which ports are open, with which security (the TLS miner listener and /metrics are easy to forget)."""
+    if not settings.tls_cert_file:
+        security = "plaintext"
+    else:  # (mutual on the main listener only when miners have no listener of their own: _listen)
+        security = "mutual TLS" if settings.tls_client_ca_file and not settings.tls_miner_address else "TLS"
+    said = f"{settings.app_host}:{port} ({security})"
+    if miner_port:
+        host = settings.tls_miner_address.rpartition(":")[0]
+        said += f", miners on {host}:{miner_port} (mutual TLS)"
+    if metrics_port:
+        said += f", metrics on http://{settings.metrics_host}:{metrics_port}/metrics"
+    return said
 
 
 def _listen(settings: Settings, server: grpc.aio.Server) -> tuple[int, int]:
