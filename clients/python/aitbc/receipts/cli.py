@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .canonical import CanonicalError, decode_strict
 from .keys import KeySet, KeySetError
 from .verify import (
     POLICY_ROLES,
@@ -49,12 +50,15 @@ def _add_commands(commands: Any) -> None:
         help="also require a valid signature of ROLE (coordinator is always required); repeatable",
     )
     verify.add_argument(
-        "--older-checkpoint", metavar="FILE", help="a checkpoint note the bundle's must extend"
+        "--older-checkpoint",
+        metavar="FILE",
+        help="a checkpoint the bundle's must extend: an earlier bundle, a checkpoint note, or GetCheckpoint's JSON",
     )
     verify.add_argument(
         "--consistency-proof",
         metavar="FILE",
-        help='JSON {"first_size": M, "second_size": N, "hashes": ["<hex>", ...]}',
+        help="GetConsistencyProof's answer as grpcurl prints it, or "
+        '{"first_size": M, "second_size": N, "hashes": ["<hex>", ...]}',
     )
     verify.set_defaults(func=run, receipts_command="verify")
 
@@ -95,6 +99,28 @@ def _describe(receipt: VerifiedReceipt) -> str:
     return " ".join(parts)
 
 
+def _older_note(data: bytes) -> str:
+    """The checkpoint note of --older-checkpoint's file: the note itself, or the one an earlier bundle (what
+    a user keeps of yesterday) or GetCheckpoint's answer as grpcurl prints it ({"checkpoint": {"note": ...}})
+    holds. A note's first line is its origin, never JSON, so the two cannot be confused."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _Unreadable("older checkpoint is not UTF-8") from exc
+    if not text.lstrip().startswith("{"):
+        return text
+    try:
+        obj = decode_strict(text)
+    except CanonicalError as exc:
+        raise VerificationError("malformed checkpoint") from exc
+    held = obj.get("checkpoint") if isinstance(obj, dict) else None
+    if isinstance(held, dict) and isinstance(held.get("note"), str):
+        held = held["note"]
+    if not isinstance(held, str):
+        raise VerificationError("malformed checkpoint")
+    return held
+
+
 def _verify(args: argparse.Namespace) -> VerifiedReceipt:
     data = _read(args.file, "file")
     try:
@@ -103,10 +129,7 @@ def _verify(args: argparse.Namespace) -> VerifiedReceipt:
         raise _Unreadable(f"bad key set: {exc}") from exc
     older = None
     if args.older_checkpoint:
-        try:
-            older = _read(args.older_checkpoint, "checkpoint").decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise _Unreadable("older checkpoint is not UTF-8") from exc
+        older = _older_note(_read(args.older_checkpoint, "checkpoint"))
     proof = None
     if args.consistency_proof:
         proof = parse_consistency_proof(_read(args.consistency_proof, "consistency proof"))

@@ -7,6 +7,7 @@ re-serialises an envelope.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -260,15 +261,57 @@ def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+_PROTO_PROOF_FIELDS = {"first_size": "first_size", "firstSize": "first_size", "second_size": "second_size",
+                       "secondSize": "second_size", "hashes": "hashes"}  # fmt: skip
+
+
+def _proto_count(value: Any) -> int:
+    """A uint64 of protobuf's JSON mapping: a decimal string (as printed) or a JSON integer."""
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    if _is_count(value):
+        return value
+    raise ValueError("size")
+
+
+def _proto_proof(obj: Any) -> ConsistencyProof:
+    """The contract's ConsistencyProof in protobuf's JSON mapping, as grpcurl prints GetConsistencyProof's
+    answer: sizes as decimal strings, hashes as base64, zero and empty fields omitted, optionally wrapped
+    in ``{"proof": ...}`` (the response)."""
+    if isinstance(obj, dict) and set(obj) == {"proof"}:
+        obj = obj["proof"]
+    if not isinstance(obj, dict) or not set(obj) <= set(_PROTO_PROOF_FIELDS):
+        raise ValueError("fields")
+    fields = {_PROTO_PROOF_FIELDS[name]: value for name, value in obj.items()}
+    if len(fields) != len(obj):
+        raise ValueError("a field given twice")  # (first_size and firstSize)
+    hashes = fields.get("hashes", [])
+    if not isinstance(hashes, list):
+        raise ValueError("hashes is not a list")
+    raw = []
+    for item in hashes:
+        try:
+            digest = b64decode_strict(item)
+        except EnvelopeError as exc:
+            raise ValueError("a hash is not base64") from exc
+        if len(digest) != 32:
+            raise ValueError("a hash is not 32 bytes")
+        raw.append(digest)
+    first, second = (_proto_count(fields.get(name, "0")) for name in ("first_size", "second_size"))
+    return ConsistencyProof(first, second, tuple(raw))
+
+
 def parse_consistency_proof(data: bytes | str) -> ConsistencyProof:
-    """Parse ``{"first_size": M, "second_size": N, "hashes": ["<hex>", ...]}`` (the CLI's proof file)."""
+    """Parse a consistency proof file: ``{"first_size": M, "second_size": N, "hashes": ["<hex>", ...]}``, or
+    the coordinator's GetConsistencyProof answer as grpcurl prints it (protobuf's JSON mapping: sizes as
+    strings, base64 hashes), so that the proof a user fetches can be given as it is."""
     try:
         obj = decode_strict(data)
-        if not isinstance(obj, dict) or set(obj) != {"first_size", "second_size", "hashes"}:
-            raise ValueError("fields")
-        if not (_is_count(obj["first_size"]) and _is_count(obj["second_size"])):
-            raise ValueError("sizes")
-        return ConsistencyProof(obj["first_size"], obj["second_size"], _hex_hashes(obj["hashes"]))
+        if isinstance(obj, dict) and set(obj) == {"first_size", "second_size", "hashes"}:
+            if _is_count(obj["first_size"]) and _is_count(obj["second_size"]):
+                with contextlib.suppress(ValueError):  # (base64 hashes: the JSON mapping, read below)
+                    return ConsistencyProof(obj["first_size"], obj["second_size"], _hex_hashes(obj["hashes"]))
+        return _proto_proof(obj)
     except DuplicateKeyError as exc:
         raise VerificationError("duplicate JSON key") from exc
     except ValueError as exc:
