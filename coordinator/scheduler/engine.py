@@ -771,7 +771,7 @@ class Scheduler(UndoFailedCommits):
                 "SESSION_NOT_FOUND",
                 f"session {session_id!r} not found or expired: register again",
             )
-        session.last_seen_us = now_us()
+        session.called_us = session.last_seen_us = now_us()
         return session
 
     async def disconnected(self, session: Session, reason: str) -> None:
@@ -780,26 +780,32 @@ class Scheduler(UndoFailedCommits):
             return
         now = now_us()
         pending = _Pending()
-        if session.held and not self.stopping:
-            # An assignment its stream never wrote (decided as the stream ended, or queued behind a write that
-            # never finished): the miner never heard of it. Back to the queue now, its attempt unspent; it
-            # waited out the grace period for a miner that could not come back with it, and cost an attempt.
-            for job_id, held in [(j, h) for j, h in session.held.items() if not h.told]:
-                del session.held[job_id]
-                job = self.jobs.get(job_id)
-                if job is not None:
-                    self._give_back(job, held, "MINER_GONE", held.unsent, now, pending, session)
-            grace_end = now + int(self.settings.grace_s * MICROS)
-            for held in session.held.values():
-                held.lease_us = grace_end
-                held.lost = "MINER_GONE"
-            if session.held:
-                self.orphans.setdefault(session.miner_id, {}).update(session.held)
-                self.timers.schedule(grace_end, "orphans", session.miner_id)
-            session.held = {}
+        self._orphan_held(session, now, pending)
         self._remember_drain(session, now)
         self._close(session, pending, reason, requeue=False)
         await self._commit(pending)
+
+    def _orphan_held(self, session: Session, now: int, pending: _Pending) -> None:
+        """The jobs of session, whose miner is gone (its stream lost, or a unary miner silent), wait out the grace
+        period for it to come back listing them (open_session), and are requeued MINER_GONE if it does not."""
+        if not session.held or self.stopping:
+            return
+        # An assignment its miner never heard of (a stream's decided as it ended, or queued behind a write that
+        # never finished; a unary one no poll handed out): back to the queue now, its attempt unspent; it
+        # waited out the grace period for a miner that could not come back with it, and cost an attempt.
+        for job_id, held in [(j, h) for j, h in session.held.items() if not h.told]:
+            del session.held[job_id]
+            job = self.jobs.get(job_id)
+            if job is not None:
+                self._give_back(job, held, "MINER_GONE", held.unsent, now, pending, session)
+        grace_end = now + int(self.settings.grace_s * MICROS)
+        for held in session.held.values():
+            held.lease_us = grace_end
+            held.lost = "MINER_GONE"
+        if session.held:
+            self.orphans.setdefault(session.miner_id, {}).update(session.held)
+            self.timers.schedule(grace_end, "orphans", session.miner_id)
+        session.held = {}
 
     def _remember_drain(self, session: Session, now: int) -> None:
         """An operator's drain of a session whose stream is lost holds for the miner's next session, if it comes
@@ -1060,7 +1066,7 @@ class Scheduler(UndoFailedCommits):
     # ------------------------------------------------------------------ miners: work
     def heartbeat(self, session: Session, running: list[tuple[str, int]]) -> None:
         now = now_us()
-        session.last_seen_us = now
+        session.last_seen_us = session.heartbeat_us = now
         lease_us = now + int(self.settings.lease_s * MICROS)
         for job_id, attempt in running:
             held = session.held.get(job_id)
@@ -1685,6 +1691,13 @@ class Scheduler(UndoFailedCommits):
                 return
             pending = _Pending()
             self._remember_drain(session, now)
+            if session.transport == "unary":
+                # A unary miner has no connection to lose: its silence is how a network outage or a failed proxy
+                # looks (what a stream's dropped connection is). Its jobs wait out the grace period, as a lost
+                # stream's do, for it to register again listing them.
+                self._orphan_held(session, now, pending)
+            # (A stream silent while its connection stays up is a stuck miner, not a lost one: a lost connection
+            # ends the stream, or keepalive does. Its jobs go back to the queue now.)
             self._close(session, pending, "HEARTBEAT_TIMEOUT", requeue=True)
             self._spawn_commit(pending)
         elif kind == "orphans":
@@ -1727,6 +1740,21 @@ class Scheduler(UndoFailedCommits):
             del self._drains[miner_id]  # not back in time: its drain is over
             self._drain_over(miner_id)
 
+    def _silent_unary(self, session: Session, held: Held) -> bool:
+        """Whether held's lease, run out, was not renewed because its unary miner is silent (no Heartbeat since the
+        lease's last renewal, no call begun since it ran out), rather than because the miner dropped the job (a
+        Heartbeat not listing it) or stopped renewing it (calls, no heartbeat). Silence is how a network outage
+        looks on the unary path, and its session's liveness check ends it then, its jobs kept for the grace period
+        (_orphan_held): expired first (LEASE_SECONDS is no longer than HEARTBEAT_TIMEOUT_SECONDS, and a poll waiting
+        here keeps the session open), they were lost all the same. Bounded: a miner still silent is closed within
+        a heartbeat timeout (after the polls it left waiting here end, 60 s at most); one that calls ends this."""
+        if session.transport != "unary" or not held.told:
+            # (a stream's connection carries its heartbeats: lost, the stream ends; silent, it is stuck. An
+            # assignment no poll handed out goes back unspent now: its miner never heard of it)
+            return False
+        renewed_us = held.lease_us - int(self.settings.lease_s * MICROS)
+        return session.heartbeat_us <= renewed_us and session.called_us < held.lease_us
+
     def _on_job_deadline(self, kind: str, job_id: str, attempt: int, now: int) -> None:
         job = self.jobs.get(job_id)
         if job is None or job.attempt != attempt or job.state not in (JobState.ASSIGNED, JobState.RUNNING):
@@ -1743,6 +1771,10 @@ class Scheduler(UndoFailedCommits):
             if session.handling and session.handling_since_us <= held.lease_us:
                 # one of its messages has been handled since before the lease ran out: its heartbeats may
                 # wait unread behind it (a stream read between messages renews or drops leases as usual)
+                self.timers.schedule(now + LEASE_RECHECK_US, "lease", job_id, attempt)
+                return
+            if self._silent_unary(session, held):
+                # the liveness check decides: a silent unary session's jobs wait out the grace period once it closes
                 self.timers.schedule(now + LEASE_RECHECK_US, "lease", job_id, attempt)
                 return
             del session.held[job_id]

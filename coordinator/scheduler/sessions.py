@@ -111,6 +111,10 @@ class Session:
     stream_task: asyncio.Task | None = None  # the Connect handler, cancelled when the stream stalls
     end_reason: str = ""  # why the scheduler ended the stream (for the disconnect line)
     last_seen_us: int = 0
+    # unary path: when its miner's latest call began, and when its latest Heartbeat was handled (a lease run out
+    # while its miner is silent waits for the liveness check: Scheduler._silent_unary)
+    called_us: int = 0
+    heartbeat_us: int = 0
     handling: int = 0  # its messages (or unary calls) being handled now: a stream is not read meanwhile
     # when each of those began (overlapping unary calls): the oldest one still handled is what counts
     handling_starts: list[int] = field(default_factory=list)

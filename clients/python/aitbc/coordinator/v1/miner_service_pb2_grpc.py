@@ -51,8 +51,11 @@ class MinerServiceStub:
     (`JOB_RESTORING`) after 10 s: send it again.
 
     Leases: an assignment holds a lease until `lease_deadline`; heartbeats listing the job renew it. A lease
-    not renewed, or a stream gone for longer than the grace period, returns the job to the queue with the
-    next attempt number.
+    not renewed, or a miner gone for longer than the grace period, returns the job to the queue with the
+    next attempt number. Gone: its stream lost, or its unary session ended for silence (no call for the heartbeat
+    timeout, `HEARTBEAT_TIMEOUT`: on the unary path silence is how a network outage looks, so the lease of a unary
+    miner that has gone silent waits for that end). A stream silent while its connection stays up is a stuck
+    miner: its session ends `HEARTBEAT_TIMEOUT` and its jobs go back to the queue at once.
     """
 
     def __init__(self, channel):
@@ -124,8 +127,11 @@ class MinerServiceServicer:
     (`JOB_RESTORING`) after 10 s: send it again.
 
     Leases: an assignment holds a lease until `lease_deadline`; heartbeats listing the job renew it. A lease
-    not renewed, or a stream gone for longer than the grace period, returns the job to the queue with the
-    next attempt number.
+    not renewed, or a miner gone for longer than the grace period, returns the job to the queue with the
+    next attempt number. Gone: its stream lost, or its unary session ended for silence (no call for the heartbeat
+    timeout, `HEARTBEAT_TIMEOUT`: on the unary path silence is how a network outage looks, so the lease of a unary
+    miner that has gone silent waits for that end). A stream silent while its connection stays up is a stuck
+    miner: its session ends `HEARTBEAT_TIMEOUT` and its jobs go back to the queue at once.
     """
 
     def Connect(self, request_iterator, context):
@@ -153,7 +159,8 @@ class MinerServiceServicer:
 
     def Heartbeat(self, request, context):
         """Keeps a unary session alive and renews the leases of the jobs it lists. Errors: NOT_FOUND
-        (`SESSION_NOT_FOUND`) when the session expired: register again; FAILED_PRECONDITION (`SESSION_DRAINED`)
+        (`SESSION_NOT_FOUND`) when the session expired: register again, listing the jobs still running in
+        `hello.running_jobs` (back within the grace period, they stay the miner's); FAILED_PRECONDITION (`SESSION_DRAINED`)
         when an operator drained the miner (DrainMiner) and nothing is left to it: the session ends with this
         answer, as a stream ends with GoAway `DRAINED`; stop taking work (a new RegisterMiner takes work again).
         Until then, a session drained by an operator stays open, taking no new work, whatever the miner's jobs:
@@ -273,8 +280,11 @@ class MinerService:
     (`JOB_RESTORING`) after 10 s: send it again.
 
     Leases: an assignment holds a lease until `lease_deadline`; heartbeats listing the job renew it. A lease
-    not renewed, or a stream gone for longer than the grace period, returns the job to the queue with the
-    next attempt number.
+    not renewed, or a miner gone for longer than the grace period, returns the job to the queue with the
+    next attempt number. Gone: its stream lost, or its unary session ended for silence (no call for the heartbeat
+    timeout, `HEARTBEAT_TIMEOUT`: on the unary path silence is how a network outage looks, so the lease of a unary
+    miner that has gone silent waits for that end). A stream silent while its connection stays up is a stuck
+    miner: its session ends `HEARTBEAT_TIMEOUT` and its jobs go back to the queue at once.
     """
 
     @staticmethod
