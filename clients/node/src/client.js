@@ -413,6 +413,27 @@ class CoordinatorClient {
   }
 
   /**
+   * Prices a job before submitting it (QuoteCost): the cost range over the miners eligible now.
+   * @param {object} [constraints] Constraints fields (snake_case), as for submitJob
+   * @param {string} [units] expected units of work, a decimal string ('' means "1")
+   * @returns {Promise<{eligible_miners: number, min_unit_price: string, max_unit_price: string, min_cost: string, max_cost: string}>}
+   *   prices and costs as decimal strings, empty when no miner is eligible
+   */
+  async quoteCost(constraints = {}, units = '') {
+    // (a number would be sent as its JS text, "1e-7" say, which the coordinator refuses: decimals are strings)
+    if (typeof units !== 'string') throw new TypeError('units is a decimal string, e.g. "10"');
+    return this.unary(this.jobs, 'QuoteCost', { constraints, units }, undefined, { repeatable: true });
+  }
+
+  /**
+   * The caller's usage account (GetUsage): balance (negative: spent), receipts booked, units.
+   * @returns {Promise<{account_id: string, kind: string, balance: string, receipts: string, units: string, updated_at: object|null}>}
+   */
+  async getUsage() {
+    return (await this.unary(this.jobs, 'GetUsage', {}, undefined, { repeatable: true })).account;
+  }
+
+  /**
    * Returns a job.
    * @param {string} jobId
    * @param {{deadline?: number}} [options] epoch milliseconds to end by (default: `timeoutMs` from now)
@@ -567,6 +588,11 @@ class CoordinatorClient {
     };
   }
 
+  /** Every receipt of a job, oldest first (ListReceipts): Receipt messages, `envelope` as a Buffer. */
+  async listReceipts(jobId) {
+    return (await this.unary(this.receipts, 'ListReceipts', { job_id: jobId }, undefined, { repeatable: true })).receipts;
+  }
+
   /** Every signing key, as a key set in the JSON format of docs/receipts.md section 4. */
   async getSigningKeys() {
     const res = await this.unary(this.receipts, 'GetSigningKeys', {}, undefined, { repeatable: true });
@@ -576,6 +602,12 @@ class CoordinatorClient {
   /** The latest checkpoint. */
   async getCheckpoint() {
     return (await this.unary(this.receipts, 'GetCheckpoint', {}, undefined, { repeatable: true })).checkpoint;
+  }
+
+  /** An inclusion proof of a leaf in the tree of a size (0: the latest checkpoint's). */
+  async getInclusionProof(leafIndex, treeSize = 0) {
+    const res = await this.unary(this.receipts, 'GetInclusionProof', { leaf_index: String(leafIndex), tree_size: String(treeSize) }, undefined, { repeatable: true });
+    return res.proof;
   }
 
   /** A consistency proof between two tree sizes (0 as second size: the latest). */

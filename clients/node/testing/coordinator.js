@@ -48,9 +48,13 @@ async function waitServing(client, proc, deadlineMs) {
 /**
  * Starts a coordinator with client key `client-key-1` (alice) and miner key `miner-key-1` (m1) on a free
  * port and a temporary SQLite file; stopped (and the files removed) after test t.
- * @returns {Promise<{port: number, address: string, startMiner: () => object}>}
+ * @param {object} [options]
+ * @param {Object<string,string>} [options.keys] the *_API_KEYS settings instead (e.g. those of .env.example)
+ * @param {string} [options.minerKey] the key startMiner's miner uses (default `miner-key-1`)
+ * @param {string[]} [options.minerArgs] more `aitbc miner run` arguments (e.g. `--price 0.5`)
+ * @returns {Promise<{port: number, address: string, tmp: string, startMiner: () => object}>}
  */
-async function startCoordinator(t, makeClient) {
+async function startCoordinator(t, makeClient, options = {}) {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'aitbc-node-'));
   const port = await freePort();
   const address = `127.0.0.1:${port}`;
@@ -59,7 +63,8 @@ async function startCoordinator(t, makeClient) {
     await Promise.all(procs.map((p) => stop(p)));
     fs.rmSync(tmp, { recursive: true, force: true });
   });
-  const env = { ...process.env, CLIENT_API_KEYS: 'alice:client-key-1', MINER_API_KEYS: 'm1:miner-key-1', ADMIN_API_KEYS: 'ops:admin-key-1' };
+  const keys = options.keys ?? { CLIENT_API_KEYS: 'alice:client-key-1', MINER_API_KEYS: 'm1:miner-key-1', ADMIN_API_KEYS: 'ops:admin-key-1' };
+  const env = { ...process.env, ...keys };
   const coordinator = start('coordinator', COORDINATOR, ['serve', '--host', '127.0.0.1', '--port', String(port), '--database', `sqlite:///${tmp}/c.db`], { cwd: tmp, env });
   procs.push(coordinator);
   const probe = makeClient(address);
@@ -69,11 +74,11 @@ async function startCoordinator(t, makeClient) {
     probe.close();
   }
   const startMiner = () => {
-    const miner = start('miner', AITBC, ['miner', 'run', '--address', address, '--api-key', 'miner-key-1', '--runner', 'echo'], { cwd: tmp, env: process.env });
+    const miner = start('miner', AITBC, ['miner', 'run', '--address', address, '--api-key', options.minerKey ?? 'miner-key-1', '--runner', 'echo', ...(options.minerArgs ?? [])], { cwd: tmp, env: process.env });
     procs.push(miner);
     return miner;
   };
-  return { port, address, startMiner };
+  return { port, address, tmp, startMiner };
 }
 
 module.exports = { unavailable, waitServing, startCoordinator, COORDINATOR, AITBC };
