@@ -61,6 +61,15 @@ def walk_commands() -> list[str]:
     return block.strip().splitlines()
 
 
+def operators_grpcurl() -> str:
+    """Section 7's one grpcurl line, for operators without the SDK."""
+    (block,) = [
+        b for b in blocks(DOC, "sh") if "aitbc receipts verify" not in b and "GetConsistencyProof" in b
+    ]
+    (line,) = block.strip().splitlines()
+    return line
+
+
 def pae(payload_type: bytes, payload: bytes) -> bytes:
     """Section 2's PAE, written from the doc."""
     return b"DSSEv1 %d %s %d %s" % (len(payload_type), payload_type, len(payload), payload)
@@ -119,9 +128,10 @@ async def run_job(env: dict[str, str], payload: str, cwd: Path) -> str:
     return json.loads(await ok(f"aitbc submit '{payload}' --wait", env, cwd))["job"]["job_id"]
 
 
-def doc_line(n: int, **values: str) -> str:
-    """Line n of the doc's block, its placeholders replaced (JOB_ID, KEY, N, the address)."""
-    line = re.sub(r"\s+#.*$", "", walk_commands()[n])  # (the comment saying what it prints)
+def doc_line(n: int | str, **values: str) -> str:
+    """Line n of the doc's block (or the line given), its placeholders replaced (JOB_ID, KEY, N, the address)."""
+    line = walk_commands()[n] if isinstance(n, int) else n
+    line = re.sub(r"\s+#.*$", "", line)  # (the comment saying what it prints)
     for placeholder, value in values.items():
         line = re.sub(rf"\b{placeholder}\b", value, line)
     return line.replace("localhost:50051", values.get("ADDRESS", "localhost:50051"))
@@ -179,14 +189,26 @@ async def test_the_receipts_doc_walked_against_a_real_coordinator(tmp_path: Path
                 doc_line(0, JOB_ID=first), env, work
             )  # aitbc receipts get ... && aitbc receipts keys ...
             (work / "older-receipt.json").write_bytes((work / "receipt.json").read_bytes())
+            assert doc_line(3).startswith("aitbc receipts checkpoint ")
+            assert await ok(doc_line(3), env, work) == ""  # the checkpoint kept, in checkpoint.json
             for n in (2, 3):
                 await run_job(env, f'{{"n": {n}}}', work)
             last = await run_job(env, '{"n": 4}', work)
             await ok(doc_line(0, JOB_ID=last), env, work)
-            older_size = json.loads((work / "older-receipt.json").read_text())["inclusion_proof"]["tree_size"]
-            grpcurl = doc_line(3, KEY=CLIENT_KEY, N=str(older_size), ADDRESS=address)
+            kept = json.loads((work / "checkpoint.json").read_text())["checkpoint"]
+            older_size = int(kept["tree_size"])
+            assert (
+                older_size
+                == json.loads((work / "older-receipt.json").read_text())["inclusion_proof"]["tree_size"]
+            )
+            assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", kept["signed_at"]), kept
+            assert doc_line(4).startswith("aitbc receipts consistency ")
+            await ok(doc_line(4, N=str(older_size)), env, work)  # the proof, in proof.json
+            # the operators' grpcurl line, as written (in a directory of its own: it writes proof.json too)
+            grpcurl = doc_line(operators_grpcurl(), KEY=CLIENT_KEY, N=str(older_size), ADDRESS=address)
             assert grpcurl.startswith("grpcurl ")
-            await ok(grpcurl.replace("grpcurl ", f"{GRPCURL} ", 1), env, work)
+            (work / "ops").mkdir()
+            await ok(grpcurl.replace("grpcurl ", f"{GRPCURL} ", 1), env, work / "ops")
         finally:
             miner.terminate()
             await miner.wait()
@@ -205,14 +227,20 @@ async def test_the_receipts_doc_walked_against_a_real_coordinator(tmp_path: Path
     assert code == 0 and "roles=coordinator,miner" in line, line
     code, line = await verify(doc_line(1) + " --require attestation", env, work)  # none configured here
     assert (code, line) == (1, "FAIL: missing attestation signature")
-    # the newer checkpoint extends the older one, with the proof as grpcurl printed it (failed before the fix)
-    code, line = await verify(doc_line(4), env, work)
+    # the newer checkpoint extends the kept one, with the proof `aitbc receipts consistency` wrote
+    code, line = await verify(doc_line(5), env, work)
+    assert code == 0 and line.endswith(f" extends={older_size}"), line
+    # ... and the one grpcurl printed, with an earlier bundle as the older checkpoint
+    with_grpcurl = (
+        doc_line(5).replace("proof.json", "ops/proof.json").replace("checkpoint.json", "older-receipt.json")
+    )
+    code, line = await verify(with_grpcurl, env, work)
     assert code == 0 and line.endswith(f" extends={older_size}"), line
     # ... and not one whose proof is cut short
     proof = json.loads((work / "proof.json").read_text())
     proof["proof"]["hashes"] = proof["proof"]["hashes"][:-1]
     (work / "proof.json").write_text(json.dumps(proof))
-    assert await verify(doc_line(4), env, work) == (1, "FAIL: consistency proof does not match checkpoints")
+    assert await verify(doc_line(5), env, work) == (1, "FAIL: consistency proof does not match checkpoints")
 
     # tampered copies: one line, FAIL, exit 1; a file that is not a receipt: exit 2
     for change, reason in (("payload", "FAIL: bad signature"), ("leaf_index", "FAIL: inclusion proof does not match "

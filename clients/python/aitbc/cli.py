@@ -1,4 +1,4 @@
-"""`aitbc`: the command line of the SDK: jobs, a miner, and receipts.
+"""`aitbc`: the command line of the SDK: jobs (and their prices and your usage), a miner, and receipts.
 
 Every command takes --address and --api-key, or AITBC_ADDRESS and AITBC_API_KEY; and for signed calls and
 TLS, --hmac-secret, --tls-ca, --tls-cert and --tls-key (AITBC_HMAC_SECRET, AITBC_TLS_CA, AITBC_TLS_CERT,
@@ -47,17 +47,21 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="mutual TLS: client private key file (AITBC_TLS_KEY)")  # fmt: skip
 
 
-def _print(message: Message) -> None:
+def _print(message: Message, *, zeros: bool = False) -> None:
     # flushed: a watch's updates reach a pipe as they come, and a reader gone (`| head -1`) shows at once
-    print(json.dumps(message_json(message), indent=1), flush=True)
+    print(json.dumps(message_json(message, zeros=zeros), indent=1), flush=True)
 
 
-def message_json(message: Message) -> Any:
+def message_json(message: Message, *, zeros: bool = False) -> Any:
     """message in protobuf's JSON mapping (proto field names), but its Structs (inputs, results) as the client
-    submitted them and the miner gets them: integral numbers as integers ({"n": 3}, not {"n": 3.0})."""
+    submitted them and the miner gets them: integral numbers as integers ({"n": 3}, not {"n": 3.0}). zeros:
+    scalar fields at their zero value printed too (the mapping's option): a quote with no miner eligible is
+    `"eligible_miners": 0` and empty prices, not `{}`."""
     if message.DESCRIPTOR.full_name in _STRUCT_TYPES:
         return struct_json(message)
-    plain = MessageToDict(message, preserving_proto_field_name=True)
+    plain = MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=zeros
+    )
     _replace_structs(message, plain)
     return plain
 
@@ -131,6 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--state", action="append", default=[], help="JOB_STATE_... name; repeatable")
     jobs.add_argument("--page-size", type=int, default=20)
     jobs.add_argument("--page-token", default="")
+    quote = commands.add_parser("quote", help="price a job before submitting it: the miners eligible now, "
+                                              "their unit prices and the cost range (decimal strings)")  # fmt: skip
+    quote.add_argument("--constraints", default="{}", help="JSON, as submit's")
+    quote.add_argument("--units", default="", help='expected units of work, a decimal string (default: "1")')
+    usage = commands.add_parser("usage", help="your usage account: balance, receipts and units booked")
 
     miner = commands.add_parser("miner", help="run a miner")
     miner_commands = miner.add_subparsers(dest="miner_command", required=True)
@@ -169,12 +178,37 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("--out", help="write the bundle here (default: stdout)")
     keys = receipts.add_parser("keys", help="fetch the coordinator's key set (to pin for verification)")
     keys.add_argument("--out", help="write the key set here (default: stdout)")
+    listed = receipts.add_parser("list", help="every receipt of a job, oldest first")
+    listed.add_argument("job_id")
+    checkpoint = receipts.add_parser(
+        "checkpoint", help="fetch the log's latest signed checkpoint (for --older-checkpoint)"
+    )
+    checkpoint.add_argument("--out", help="write it here (default: stdout)")
+    inclusion = receipts.add_parser("inclusion", help="fetch the inclusion proof of a leaf of the log")
+    inclusion.add_argument("leaf_index", type=_not_negative)
+    inclusion.add_argument(
+        "--tree-size", type=_not_negative, default=0, help="default: the latest checkpoint's"
+    )
+    inclusion.add_argument("--out", help="write it here (default: stdout)")
+    consistency = receipts.add_parser(
+        "consistency", help="fetch the proof that the log extends an older size (for --consistency-proof)"
+    )
+    consistency.add_argument("first_size", type=_positive, help="the older checkpoint's tree size")
+    consistency.add_argument("--second-size", type=_not_negative, default=0,
+                             help="the newer tree size (default: the latest checkpoint's)")  # fmt: skip
+    consistency.add_argument("--out", help="write it here (default: stdout)")
     for sub in (
         submit,
         jobs,
+        quote,
+        usage,
         run,
         get,
         keys,
+        listed,
+        checkpoint,
+        inclusion,
+        consistency,
         *(commands.choices[n] for n in ("get", "result", "cancel", "watch", "wait")),
     ):
         _common(sub)
@@ -218,11 +252,41 @@ async def _jobs(args: argparse.Namespace) -> int:
 
             states = [_state(job_pb2, s) for s in args.state]
             _print(await client.list(states, args.page_size, args.page_token))
-        elif args.command == "receipts" and args.receipts_command == "get":
-            _write(await client.bundle(args.job_id), args.out)
-        elif args.command == "receipts" and args.receipts_command == "keys":
-            _write(await client.signing_keys(), args.out)
+        elif args.command == "quote":
+            _print(await client.quote(_constraints(args.constraints), args.units), zeros=True)
+        elif args.command == "usage":
+            _print(await client.usage(), zeros=True)
+        elif args.command == "receipts":
+            await _receipts(client, args)
     return 0
+
+
+async def _receipts(client: Client, args: argparse.Namespace) -> None:
+    """`aitbc receipts get|keys|list|checkpoint|inclusion|consistency` (verify runs offline, elsewhere). The
+    checkpoint and the proofs are written as their RPC's answer in protobuf's JSON mapping (as grpcurl prints
+    it, but with proto field names): what `aitbc receipts verify --older-checkpoint/--consistency-proof` read."""
+    from .coordinator.v1 import receipt_service_pb2 as rpb
+
+    command = args.receipts_command
+    if command == "get":
+        _write(await client.bundle(args.job_id), args.out)
+    elif command == "keys":
+        _write(await client.signing_keys(), args.out)
+    elif command == "list":
+        _print(rpb.ListReceiptsResponse(receipts=await client.list_receipts(args.job_id)))
+    elif command == "checkpoint":
+        answer: Message = rpb.GetCheckpointResponse(checkpoint=await client.checkpoint())
+        _write(json.dumps(message_json(answer), indent=1).encode(), args.out)
+    elif command == "inclusion":
+        answer = rpb.GetInclusionProofResponse(
+            proof=await client.inclusion_proof(args.leaf_index, args.tree_size)
+        )
+        _write(json.dumps(message_json(answer), indent=1).encode(), args.out)
+    elif command == "consistency":
+        proof = await client.consistency_proof(args.first_size, args.second_size)
+        answer = rpb.GetConsistencyProofResponse(proof=rpb.ConsistencyProof(
+            first_size=proof.first_size, second_size=proof.second_size, hashes=list(proof.hashes)))  # fmt: skip
+        _write(json.dumps(message_json(answer), indent=1).encode(), args.out)
 
 
 def _call_failed(exc: grpc.aio.AioRpcError | TimeoutError, args: argparse.Namespace) -> str:
@@ -293,6 +357,13 @@ def _not_negative(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {text}")
     return value
 
 

@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC
+from decimal import Decimal
 from typing import Any, Self
 
 import grpc
@@ -27,6 +28,7 @@ from .coordinator.v1 import (
     receipt_service_pb2_grpc,
 )
 from .ids import uuid7
+from .receipts import ConsistencyProof
 from .signing import SigningChannel
 from .tracing import with_trace_context
 
@@ -424,6 +426,23 @@ class Client(RetryingCalls):
         )
         return await self._unary(self.jobs.ListJobs, request, repeatable=True)
 
+    async def quote(
+        self, constraints: dict[str, Any] | None = None, units: str | int | Decimal = ""
+    ) -> job_service_pb2.QuoteCostResponse:
+        """QuoteCost: what a job with these constraints would cost on the miners eligible now (its prices and
+        costs are decimal strings, empty when no miner is eligible). units: a decimal string ("10", "2.5"),
+        an int or a Decimal; "" means 1. Never a float: 0.1 as a float is not one tenth, and money is exact."""
+        request = job_service_pb2.QuoteCostRequest(
+            constraints=job_pb2.Constraints(**(constraints or {})), units=_decimal_text(units, "units")
+        )
+        return await self._unary(self.jobs.QuoteCost, request, repeatable=True)
+
+    async def usage(self) -> job_service_pb2.Account:
+        """GetUsage: the caller's account as the coordinator booked it from its receipts (balance and units
+        as decimal strings; a client's balance is negative: what it spent)."""
+        response = await self._unary(self.jobs.GetUsage, job_service_pb2.GetUsageRequest(), repeatable=True)
+        return response.account
+
     async def watch(self, job_id: str) -> AsyncIterator[job_service_pb2.WatchJobResponse]:
         """The job as it is now, then at each change until it is terminal. A stream cut on the way
         (UNAVAILABLE, or ended before the terminal state) is resumed after the last sequence received: no
@@ -487,6 +506,36 @@ class Client(RetryingCalls):
         request = receipt_service_pb2.GetReceiptRequest(job_id=job_id)
         return await self._unary(self.receipts.GetReceipt, request, repeatable=True)
 
+    async def list_receipts(self, job_id: str) -> list[receipt_service_pb2.Receipt]:
+        """ListReceipts: every receipt of the job, oldest first (one per completed attempt)."""
+        request = receipt_service_pb2.ListReceiptsRequest(job_id=job_id)
+        return list((await self._unary(self.receipts.ListReceipts, request, repeatable=True)).receipts)
+
+    async def checkpoint(self) -> receipt_service_pb2.Checkpoint:
+        """GetCheckpoint: the log's latest signed checkpoint. Its `note` is what the verifier checks
+        (verify_checkpoint(note, keys)) and what verify_bundle's older_checkpoint takes: keep it to check
+        later that the log only grew (consistency_proof)."""
+        request = receipt_service_pb2.GetCheckpointRequest()
+        return (await self._unary(self.receipts.GetCheckpoint, request, repeatable=True)).checkpoint
+
+    async def inclusion_proof(
+        self, leaf_index: int, tree_size: int = 0
+    ) -> receipt_service_pb2.InclusionProof:
+        """GetInclusionProof: the RFC 9162 proof of a leaf in the tree of tree_size leaves (0: the latest
+        checkpoint's size), for merkle.verify_inclusion against that checkpoint's root."""
+        request = receipt_service_pb2.GetInclusionProofRequest(leaf_index=leaf_index, tree_size=tree_size)
+        return (await self._unary(self.receipts.GetInclusionProof, request, repeatable=True)).proof
+
+    async def consistency_proof(self, first_size: int, second_size: int = 0) -> ConsistencyProof:
+        """GetConsistencyProof: the RFC 9162 proof that the tree of second_size leaves (0: the latest
+        checkpoint's size) extends the one of first_size, as the verifier takes it
+        (verify_bundle(..., older_checkpoint=note, consistency_proof=proof))."""
+        request = receipt_service_pb2.GetConsistencyProofRequest(
+            first_size=first_size, second_size=second_size
+        )
+        proof = (await self._unary(self.receipts.GetConsistencyProof, request, repeatable=True)).proof
+        return ConsistencyProof(proof.first_size, proof.second_size, tuple(proof.hashes))
+
     async def signing_keys(self) -> bytes:
         """The coordinator's keys as a key set file (docs/receipts.md section 4), to pin for offline checks."""
         request = receipt_service_pb2.GetSigningKeysRequest()
@@ -514,6 +563,19 @@ class Client(RetryingCalls):
                                 "hashes": [h.hex() for h in r.inclusion_proof.hashes]},
             "checkpoint": r.checkpoint.note,
         }).encode()  # fmt: skip
+
+
+def _decimal_text(value: str | int | Decimal, name: str) -> str:
+    """A decimal as the contract's decimal strings have it: a str as given (the coordinator checks it), an int,
+    or a Decimal in plain notation (never an exponent: "1E+1" is refused). A float (or bool) is refused here:
+    its binary value is not the decimal written."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise TypeError(f"{name}: a decimal string, int or Decimal, not {type(value).__name__}")
 
 
 def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:

@@ -52,12 +52,13 @@ def _add_commands(commands: Any) -> None:
     verify.add_argument(
         "--older-checkpoint",
         metavar="FILE",
-        help="a checkpoint the bundle's must extend: an earlier bundle, a checkpoint note, or GetCheckpoint's JSON",
+        help="a checkpoint the bundle's must extend: what `aitbc receipts checkpoint` wrote (GetCheckpoint's "
+        "JSON), an earlier bundle, or a checkpoint note",
     )
     verify.add_argument(
         "--consistency-proof",
         metavar="FILE",
-        help="GetConsistencyProof's answer as grpcurl prints it, or "
+        help="what `aitbc receipts consistency` wrote, GetConsistencyProof's answer as grpcurl prints it, or "
         '{"first_size": M, "second_size": N, "hashes": ["<hex>", ...]}',
     )
     verify.set_defaults(func=run, receipts_command="verify")
@@ -66,7 +67,8 @@ def _add_commands(commands: Any) -> None:
 def add_parser(subparsers: Any) -> Any:
     """Register ``receipts`` (with ``verify``) on an argparse subparsers object.
 
-    Returns the ``receipts`` command's own subparsers so other commands (``get``) can join it; ``verify``
+    Returns the ``receipts`` command's own subparsers so that the commands calling the coordinator (``get``,
+    ``keys``, ``list``, ``checkpoint``, ``inclusion``, ``consistency``: ``aitbc.cli``) join it; ``verify``
     sets ``func=run``.
     """
     receipts = subparsers.add_parser("receipts", help="signed receipts", description="Signed receipts.")
