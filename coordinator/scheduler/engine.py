@@ -630,6 +630,7 @@ class Scheduler(UndoFailedCommits):
             self._fill(holder, pending, now)
         elif was in _HELD:  # an orphan: should this fail, no session's slot is the job's
             pending.unheld.add(job.job_id)
+            self._unorphan(job, pending)
         self._finish(job, pending)
         await self._commit(pending)
         return job
@@ -806,6 +807,20 @@ class Scheduler(UndoFailedCommits):
             self.orphans.setdefault(session.miner_id, {}).update(session.held)
             self.timers.schedule(grace_end, "orphans", session.miner_id)
         session.held = {}
+
+    def _unorphan(self, job: Job, pending: _Pending) -> None:
+        """job, an orphan, is no longer its away miner's (canceled): it no longer waits for the miner, nor counts
+        as its running job (ListMiners showed the miner away running it until the grace period ended). Should
+        the change fail, the job read back waits for the miner again (UndoFailedCommits._place), as untold if
+        it was (noted in pending)."""
+        orphans = self.orphans.get(job.miner_id)
+        held = orphans.get(job.job_id) if orphans is not None else None
+        if held is None or held.job is not job or held.attempt != job.attempt:
+            return
+        del orphans[job.job_id]  # type: ignore[union-attr]
+        if not orphans:
+            del self.orphans[job.miner_id]
+        self._untold_if_so(held, pending)
 
     def _remember_drain(self, session: Session, now: int) -> None:
         """An operator's drain of a session whose stream is lost holds for the miner's next session, if it comes
@@ -1755,6 +1770,17 @@ class Scheduler(UndoFailedCommits):
         renewed_us = held.lease_us - int(self.settings.lease_s * MICROS)
         return session.heartbeat_us <= renewed_us and session.called_us < held.lease_us
 
+    def _back_from_silence(self, session: Session, held: Held) -> bool:
+        """Whether held's lease ran out while its unary miner was silent (_silent_unary) and the miner is back, with
+        a call, before its session's liveness check, but has not yet said whether it still runs the job (no
+        Heartbeat since). Its first call back is a poll, say, its heartbeat retried on a backoff of its own: lost
+        then, the job would cost it more than a longer silence does (its session closed, it registers again listing
+        the job, and keeps it). It gets a fresh lease, as a miner registering again does; a Heartbeat not listing
+        the job, or none, loses it then, LEASE_EXPIRED."""
+        if held.silent_lease_us != held.lease_us or session.transport != "unary":
+            return False  # (renewed since: a heartbeat listed it)
+        return session.heartbeat_us <= held.lease_us - int(self.settings.lease_s * MICROS)
+
     def _on_job_deadline(self, kind: str, job_id: str, attempt: int, now: int) -> None:
         job = self.jobs.get(job_id)
         if job is None or job.attempt != attempt or job.state not in (JobState.ASSIGNED, JobState.RUNNING):
@@ -1775,7 +1801,15 @@ class Scheduler(UndoFailedCommits):
                 return
             if self._silent_unary(session, held):
                 # the liveness check decides: a silent unary session's jobs wait out the grace period once it closes
+                if not (session.poll_waiting or held.fresh_lease_us == held.lease_us):
+                    # silent indeed (a poll waiting is the miner there as likely as not: its next poll, no
+                    # heartbeat, loses the job), and not on the fresh lease of its last return
+                    held.silent_lease_us = held.lease_us
                 self.timers.schedule(now + LEASE_RECHECK_US, "lease", job_id, attempt)
+                return
+            if self._back_from_silence(session, held):
+                held.lease_us = held.fresh_lease_us = now + int(self.settings.lease_s * MICROS)
+                self.timers.schedule(held.lease_us, "lease", job_id, attempt)
                 return
             del session.held[job_id]
             self._cancel_or_withdraw(session, held, "LEASE_EXPIRED", pending)

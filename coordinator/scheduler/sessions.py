@@ -33,6 +33,11 @@ class Held:
     # happens)
     told: bool = True
     transport: str = ""  # that of the session it was assigned on ("": not known, a job loaded at a start)
+    # the lease (lease_us) that ran out while its unary miner was silent, left to the liveness check: back before
+    # that check, the miner gets a fresh lease (Scheduler._back_from_silence), that one (fresh_lease_us) only
+    # once until a Heartbeat renews it (a miner calling without heartbeats loses the job one lease later)
+    silent_lease_us: int = 0
+    fresh_lease_us: int = 0
 
     @property
     def unsent(self) -> str:

@@ -54,7 +54,8 @@ class MinerServiceStub:
     not renewed, or a miner gone for longer than the grace period, returns the job to the queue with the
     next attempt number. Gone: its stream lost, or its unary session ended for silence (no call for the heartbeat
     timeout, `HEARTBEAT_TIMEOUT`: on the unary path silence is how a network outage looks, so the lease of a unary
-    miner that has gone silent waits for that end). A stream silent while its connection stays up is a stuck
+    miner that has gone silent waits for that end; back before it, its first call gives each such job one fresh
+    lease, for a Heartbeat listing it to renew). A stream silent while its connection stays up is a stuck
     miner: its session ends `HEARTBEAT_TIMEOUT` and its jobs go back to the queue at once.
     """
 
@@ -130,7 +131,8 @@ class MinerServiceServicer:
     not renewed, or a miner gone for longer than the grace period, returns the job to the queue with the
     next attempt number. Gone: its stream lost, or its unary session ended for silence (no call for the heartbeat
     timeout, `HEARTBEAT_TIMEOUT`: on the unary path silence is how a network outage looks, so the lease of a unary
-    miner that has gone silent waits for that end). A stream silent while its connection stays up is a stuck
+    miner that has gone silent waits for that end; back before it, its first call gives each such job one fresh
+    lease, for a Heartbeat listing it to renew). A stream silent while its connection stays up is a stuck
     miner: its session ends `HEARTBEAT_TIMEOUT` and its jobs go back to the queue at once.
     """
 
@@ -283,7 +285,8 @@ class MinerService:
     not renewed, or a miner gone for longer than the grace period, returns the job to the queue with the
     next attempt number. Gone: its stream lost, or its unary session ended for silence (no call for the heartbeat
     timeout, `HEARTBEAT_TIMEOUT`: on the unary path silence is how a network outage looks, so the lease of a unary
-    miner that has gone silent waits for that end). A stream silent while its connection stays up is a stuck
+    miner that has gone silent waits for that end; back before it, its first call gives each such job one fresh
+    lease, for a Heartbeat listing it to renew). A stream silent while its connection stays up is a stuck
     miner: its session ends `HEARTBEAT_TIMEOUT` and its jobs go back to the queue at once.
     """
 
