@@ -698,12 +698,28 @@ class Miner:
                 await call.done_writing()
                 return "NO_WELCOME", 0.0
             reader = self._welcomed_stream(call, first.welcome, tasks)
-            return await reader
+            return await self._until_ended(reader, tasks)
         finally:
             self._outbox = None
             self._capacity_updates = False
             call.cancel()
             await _cancel_and_wait(tasks)  # nothing of the session outlives it
+
+    @staticmethod
+    async def _until_ended(reader: asyncio.Task, tasks: list[asyncio.Task]) -> tuple[str, float]:
+        """The reader's end of the session, or the first failure of one of its other tasks (sender, heartbeat,
+        reporter), at once: the reader alone would read on, the stream taking assignments whose results are never
+        sent. A gRPC error is the session's (run() reconnects); any other error is raised from run(). A write
+        after the call ended (InvalidStateError) or a task canceled with the call leaves the reader to say how."""
+        pending = set(tasks)
+        while True:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if reader in done:
+                return reader.result()
+            for task in done:
+                exc = None if task.cancelled() else task.exception()
+                if exc is not None and not isinstance(exc, asyncio.InvalidStateError):
+                    raise exc
 
     def _welcomed_stream(
         self, call: Any, welcome: miner_service_pb2.Welcome, tasks: list[asyncio.Task]
@@ -1061,7 +1077,7 @@ class Miner:
         failure = miner_service_pb2.Failure(  # cut to what the coordinator takes (else it ends the stream)
             job_id=job_id,
             attempt=attempt,
-            retryable=outcome.retryable,
+            retryable=bool(outcome.retryable),
             code=_text(outcome.code, MAX_FAILURE_CODE),
             message=_text(str(outcome), MAX_FAILURE_MESSAGE),
         )
@@ -1198,9 +1214,12 @@ def _reject_message(job_id: str, attempt: int, reason: str) -> miner_service_pb2
     )
 
 
-def _text(value: str, limit: int) -> str:
-    """value as the coordinator takes text: no NUL characters, at most limit characters."""
-    return value.replace("\x00", "")[:limit]
+def _text(value: object, limit: int) -> str:
+    """value as the coordinator takes text: a str (a runner's JobFailed code may be an int), no NUL characters, at
+    most limit characters, each one UTF-8 can encode (a lone surrogate, as os.fsdecode makes of a file name's
+    undecodable bytes, becomes "?"): protobuf refuses such a string, which raised from making the Failure message
+    in the task reporting every job."""
+    return str(value).replace("\x00", "")[:limit].encode("utf-8", "replace").decode("utf-8")
 
 
 def _unit_fields_wrong(outcome: Outcome) -> str:

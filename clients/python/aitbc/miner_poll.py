@@ -332,6 +332,6 @@ class _PollSession:
     @staticmethod
     def _failure(job_id: str, attempt: int, failed: JobFailed) -> miner_service_pb2.Failure:
         return miner_service_pb2.Failure(  # cut to what the coordinator takes
-            job_id=job_id, attempt=attempt, retryable=failed.retryable,
+            job_id=job_id, attempt=attempt, retryable=bool(failed.retryable),
             code=_text(failed.code, MAX_FAILURE_CODE), message=_text(str(failed), MAX_FAILURE_MESSAGE),
         )  # fmt: skip
