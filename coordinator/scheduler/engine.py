@@ -1710,10 +1710,11 @@ class Scheduler(UndoFailedCommits):
                 # A unary miner has no connection to lose: its silence is how a network outage or a failed proxy
                 # looks (what a stream's dropped connection is). Its jobs wait out the grace period, as a lost
                 # stream's do, for it to register again listing them.
+                # (While the coordinator stops, they stay held, as a lost stream's do then: the next start's.)
                 self._orphan_held(session, now, pending)
             # (A stream silent while its connection stays up is a stuck miner, not a lost one: a lost connection
             # ends the stream, or keepalive does. Its jobs go back to the queue now.)
-            self._close(session, pending, "HEARTBEAT_TIMEOUT", requeue=True)
+            self._close(session, pending, "HEARTBEAT_TIMEOUT", requeue=session.transport != "unary")
             self._spawn_commit(pending)
         elif kind == "orphans":
             self._expire_orphans(args[0], now)
