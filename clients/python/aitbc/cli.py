@@ -108,19 +108,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     submit = commands.add_parser("submit", help="submit a job; prints it (with --wait, waits for its result)")
     submit.add_argument("payload", help="the job input as JSON, or @FILE")
-    submit.add_argument("--priority", type=int, default=0)
-    submit.add_argument("--ttl", type=float, help="seconds in the queue before it expires")
-    submit.add_argument("--max-attempts", type=_not_negative, default=0, help="0: the coordinator's default")
-    submit.add_argument(
-        "--idempotency-key",
-        default="",
-        help="default: a new one (auto-...), so that the submit is safely tried again",
-    )
-    submit.add_argument(
-        "--constraints", default="{}", help='JSON, e.g. {"region": "eu-west", "min_vram_gb": 24}'
-    )
-    submit.add_argument("--wait", action="store_true")
-    _timeout(submit)
+    many = commands.add_parser("submit-many", help="submit jobs in one call, all or none (SubmitJobs): one job "
+                                                   "input per JSON line; prints the jobs as JSON lines")  # fmt: skip
+    many.add_argument("file", nargs="?", default="-", help="the JSON lines (default, or -: stdin)")
+    for sub, key_help in (
+        (submit, "default: a new one (auto-...), so that the submit is safely tried again"),
+        (many, "KEY-LINE for the job of each line (default: a new KEY, auto-...), so that the submit is "
+               "safely tried again: the same KEY and lines give the same jobs"),
+    ):  # fmt: skip
+        sub.add_argument("--priority", type=int, default=0)
+        sub.add_argument("--ttl", type=float, help="seconds in the queue before it expires")
+        sub.add_argument("--max-attempts", type=_not_negative, default=0, help="0: the coordinator's default")
+        sub.add_argument("--idempotency-key", default="", metavar="KEY", help=key_help)
+        sub.add_argument(
+            "--constraints", default="{}", help='JSON, e.g. {"region": "eu-west", "min_vram_gb": 24}'
+        )
+        sub.add_argument("--wait", action="store_true")
+        _timeout(sub)
     job_commands = {
         "get": "get a job", "result": "get a completed job's result", "cancel": "cancel a job",
         "watch": "print a job at each change until it finishes",
@@ -199,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     consistency.add_argument("--out", help="write it here (default: stdout)")
     for sub in (
         submit,
+        many,
         jobs,
         quote,
         usage,
@@ -230,6 +235,8 @@ async def _jobs(args: argparse.Namespace) -> int:
             job = await client.wait(job.job_id, args.timeout)
             _print(await client.result(job.job_id) if job.state == 4 else job)
             return 0 if job.state == 4 else 1
+        if args.command == "submit-many":
+            return await _submit_many(client, args)
         if args.command == "get":
             _print(await client.get(args.job_id))
         elif args.command == "result":
@@ -259,6 +266,53 @@ async def _jobs(args: argparse.Namespace) -> int:
         elif args.command == "receipts":
             await _receipts(client, args)
     return 0
+
+
+async def _submit_many(client: Client, args: argparse.Namespace) -> int:
+    """`aitbc submit-many`: every line's job in one SubmitJobs (all or none), each under a key of its own
+    (KEY-LINE: a retry after UNAVAILABLE, or the same command again, stores no job twice); the jobs printed as
+    JSON lines, in the input's order. With --wait, then each job's result (or the job, not completed) as it
+    would print for submit --wait, in the same order: exit 1 unless every job completed."""
+    payloads = _json_lines(args.file)  # (read, and refused, before anything is sent)
+    constraints = _constraints(args.constraints)
+    # the key made here, not by the client: should the submit fail unsure, the message can name it
+    args.idempotency_key = args.idempotency_key or new_idempotency_key()
+    requests = [Client.request(payload, priority=args.priority, ttl_s=args.ttl, max_attempts=args.max_attempts,
+                               idempotency_key=f"{args.idempotency_key}-{line}", constraints=constraints)
+                for line, payload in payloads]  # fmt: skip
+    jobs = await client.submit_requests(requests)
+    for job in jobs:
+        _print_line(job)
+    if not args.wait:
+        return 0
+    args.submitted_job_ids = [job.job_id for job in jobs]  # a failure from here on is the wait's
+    try:
+        async with asyncio.timeout(args.timeout):
+            ended = await asyncio.gather(*(client.wait(job.job_id) for job in jobs))
+    except TimeoutError:
+        raise TimeoutError(f"{len(jobs)} jobs not all terminal after {args.timeout:g} s") from None
+    for job in ended:
+        _print_line(await client.result(job.job_id) if job.state == 4 else job)
+    return 0 if all(job.state == 4 for job in ended) else 1
+
+
+def _print_line(message: Message) -> None:
+    print(json.dumps(message_json(message), separators=(",", ":")), flush=True)
+
+
+def _json_lines(path: str) -> list[tuple[int, dict[str, Any]]]:
+    """The job inputs of a JSON lines file (- : stdin), each with its line number (from 1; blank lines are
+    skipped). A line that is not a JSON object is refused with its number (exit 2)."""
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"submit-many: {exc}") from None
+    payloads = [
+        (n, _json_object(line, f"line {n}")) for n, line in enumerate(text.splitlines(), 1) if line.strip()
+    ]
+    if not payloads:
+        raise UsageError("submit-many: no job input (one JSON object per line)")
+    return payloads
 
 
 async def _receipts(client: Client, args: argparse.Namespace) -> None:
@@ -303,6 +357,11 @@ def _call_failed(exc: grpc.aio.AioRpcError | TimeoutError, args: argparse.Namesp
     # submit --wait failing in its wait: the job is stored, and its id is nowhere else
     if submitted := getattr(args, "submitted_job_id", None):
         text += f" (job {submitted} was submitted: follow it with `aitbc wait {submitted}`)"
+    elif submitted_many := getattr(args, "submitted_job_ids", None):
+        text += f" (jobs {' '.join(submitted_many)} were submitted: follow them with `aitbc wait`)"
+    elif args.command == "submit-many" and unsure and args.idempotency_key:
+        text += (f" (the jobs may have been stored: submit the same lines again with --idempotency-key "
+                 f"{args.idempotency_key} to get them, not second ones)")  # fmt: skip
     elif args.command == "submit" and unsure and args.idempotency_key:
         # its tries ran out at the deadline (DEADLINE_EXCEEDED, or a cut with no time left for another)
         text += (f" (the job may have been stored: submit again with --idempotency-key {args.idempotency_key}"

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -442,7 +443,8 @@ class Miner:
     # CoordinatorUnreachable, for a supervisor to see; None: wait for good, as a daemon should by default
     unreachable_timeout_s: float | None = None
     # the largest result sent as such (larger: a RESULT_TOO_LARGE failure); open_channel's send limit less the
-    # message's framing: raise it with a channel of your own that sends more
+    # message's framing: raise it with a channel of your own that sends more. A channel of your own that sends
+    # less (grpc.max_send_message_length) is learned from its first refusal: larger results fail at once then
     max_result_bytes: int = (8 << 20) - (64 << 10)
     # how long the runners of canceled jobs (python callables: a thread cannot be stopped) may hold every slot
     # before the miner drains and run() raises RunnersStuck, for a supervisor to start it again
@@ -503,6 +505,11 @@ class Miner:
         # failure at once, where sending it would only have it refused and the job held until its lease ran out
         self._coordinator_result_bytes = 0
         self._coordinator_message_bytes = 0
+        # the channel's send limit (grpc.max_send_message_length; 0: not known), learned from gRPC's refusal, in
+        # this process, of a message over it: a channel of the caller's may send less than max_result_bytes
+        self._channel_send_bytes = 0
+        # the size of a Results message whose write failed on the current stream (0: none)
+        self._failed_results_bytes = 0
         self._session_task: asyncio.Task | None = None
         # finished jobs: (job id, attempt, outcome, its Result or the failure to report)
         self._finished: asyncio.Queue[tuple[str, int, Any, Any]] = asyncio.Queue()
@@ -580,7 +587,11 @@ class Miner:
                         raise
                     error, reason = True, exc.code().name
                     least = retry_delay_s(exc)  # a rate limit's "not before": tried sooner, refused again
-                    if refused_by_coordinator(exc):
+                    if await self._learned_send_limit(channel, exc):
+                        # this process's channel refused a results message, not the coordinator: the next stream
+                        # reports the results no message can carry failed (_resend), batching the others under it
+                        reason = "CHANNEL_SEND_LIMIT"
+                    elif refused_by_coordinator(exc):
                         for job_id in self._on_stream & self.unacked.keys():
                             self._poisoned[job_id] = self._poisoned.get(job_id, 0) + 1
                 failures, delay = self._after_stream(failures, error)
@@ -688,6 +699,7 @@ class Miner:
         await self._reachable(channel)
         self._drop_poisoned()  # before the hello, which would list their jobs
         self._on_stream = set()
+        self._failed_results_bytes = 0
         self._welcomed = False
         call = stub.Connect(metadata=with_trace_context(auth_metadata(self.api_key)))
         tasks: list[asyncio.Task] = []
@@ -840,6 +852,30 @@ class Miner:
         unread_at_most = max(0, self.slots - assigned)
         for job_id in list(self._rejects)[: max(0, len(self._rejects) - unread_at_most)]:
             del self._rejects[job_id]
+
+    async def _learned_send_limit(self, channel: grpc.aio.Channel, exc: grpc.aio.AioRpcError) -> bool:
+        """Whether the stream ended because this process's channel would not send a message over its send limit
+        (grpc.max_send_message_length: a channel of the caller's may send less than max_result_bytes); the limit is
+        kept, for _too_large. gRPC says so (RESOURCE_EXHAUSTED "CLIENT: Sent message larger than max") only when
+        the stream's status arrives before its failed write is reported; else grpc.aio reports the write INTERNAL
+        "Internal error from Core", as it does a write on a connection gone: a probe of the same size tells them
+        apart (probe_send_limit)."""
+        failed, self._failed_results_bytes = self._failed_results_bytes, 0
+        limit = channel_send_limit(exc)
+        if not limit and failed and exc.code() == grpc.StatusCode.INTERNAL and not coordinator_reason(exc):
+            limit = await probe_send_limit(channel, failed)
+        if not limit:
+            return False
+        self.learn_send_limit(limit)
+        return True
+
+    def learn_send_limit(self, limit: int) -> None:
+        """The channel sends messages of `limit` bytes at most: larger results are reported RESULT_TOO_LARGE."""
+        if limit != self._channel_send_bytes:
+            log.warning("the miner's channel sends messages of %d bytes at most (grpc.max_send_message_length), "
+                        "less than max_result_bytes (%d): larger results are reported failed (RESULT_TOO_LARGE)",
+                        limit, self.max_result_bytes)  # fmt: skip
+        self._channel_send_bytes = limit
 
     def _drop_poisoned(self) -> None:
         """Unacked results that were on MAX_RESENDS streams the coordinator ended for a message it could not
@@ -1043,8 +1079,9 @@ class Miner:
         self, outbox: asyncio.Queue, results: list[miner_service_pb2.Result]
     ) -> list[miner_service_pb2.ConnectRequest]:
         limit = RESULTS_MESSAGE_BYTES
-        if self._coordinator_message_bytes:
-            limit = min(limit, self._coordinator_message_bytes)
+        for other in (self._coordinator_message_bytes, self._channel_send_bytes):
+            if other:
+                limit = min(limit, other)
         try:
             return results_messages(results, limit)
         except Exception:  # one protobuf cannot copy into a message (nested too deep): it fails, not the rest
@@ -1071,6 +1108,9 @@ class Miner:
         if self._coordinator_message_bytes and size + MESSAGE_FRAMING_BYTES > self._coordinator_message_bytes:
             return (f"the result's message is {size + MESSAGE_FRAMING_BYTES} bytes; the coordinator takes "
                     f"{self._coordinator_message_bytes} at most")  # fmt: skip
+        if self._channel_send_bytes and size + MESSAGE_FRAMING_BYTES > self._channel_send_bytes:
+            return (f"the result's message is {size + MESSAGE_FRAMING_BYTES} bytes; the miner's channel sends "
+                    f"{self._channel_send_bytes} at most (grpc.max_send_message_length)")  # fmt: skip
         return ""
 
     def _report_failure(self, outbox: asyncio.Queue, job_id: str, attempt: int, outcome: JobFailed) -> None:
@@ -1159,7 +1199,13 @@ class Miner:
                 message = self._capacity_message()
                 if message is None:  # (back to what the coordinator was told last)
                     continue
-            await call.write(message)
+            try:
+                await call.write(message)
+            except grpc.aio.AioRpcError:
+                # (over the channel's send limit? run() asks _learned_send_limit)
+                if message.WhichOneof("message") == "results":
+                    self._failed_results_bytes = message.ByteSize()
+                raise
 
 
 RESULTS_MESSAGE_BYTES = 1 << 20  # results sent together stay under this (the coordinator's limit is 8 MiB)
@@ -1265,18 +1311,46 @@ def retry_delay_s(exc: grpc.aio.AioRpcError) -> float:
     return 0.0
 
 
+# gRPC's refusal, in this process and before anything is sent, of a message over the channel's send limit
+_CLIENT_TOO_LARGE = re.compile(r"CLIENT: Sent message larger than max \((\d+) vs\. (\d+)\)")
+# a method no coordinator has: a probe within the send limit is answered UNIMPLEMENTED, touching nothing
+PROBE_METHOD = "/aitbc.coordinator.v1.MinerService/ProbeSendLimit"
+PROBE_TIMEOUT_S = 10.0
+
+
+def channel_send_limit(exc: grpc.aio.AioRpcError) -> int:
+    """The channel's send limit if exc is gRPC's refusal, in this process, of a message over it; 0 otherwise."""
+    if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or coordinator_reason(exc):
+        return 0
+    found = _CLIENT_TOO_LARGE.match(exc.details() or "")
+    return int(found.group(2)) if found else 0
+
+
+async def probe_send_limit(channel: grpc.aio.Channel, size: int) -> int:
+    """The channel's send limit if a message of `size` bytes is over it; 0 if it is not (or the probe failed
+    otherwise). A unary call, whose status gRPC reports as it is (a stream's failed write loses it), of `size`
+    bytes to PROBE_METHOD: over the limit, refused in this process and nothing sent; within it, sent once and
+    answered UNIMPLEMENTED (or UNAVAILABLE, the connection gone: the reason the write failed)."""
+    probe = channel.unary_unary(PROBE_METHOD)  # (bytes in, bytes out)
+    try:
+        await probe(bytes(size), timeout=PROBE_TIMEOUT_S)
+    except grpc.aio.AioRpcError as exc:
+        return channel_send_limit(exc)
+    return 0
+
+
 def refused_by_coordinator(exc: grpc.aio.AioRpcError) -> bool:
     """Whether a stream (past its welcome) ended because the coordinator could not take a message on it:
     INVALID_ARGUMENT (a field out of bounds, a malformed message), RESOURCE_EXHAUSTED for its size (the
-    coordinator's MESSAGE_TOO_LARGE, or gRPC's own limit), or the coordinator's INTERNAL (handling it failed).
+    coordinator's MESSAGE_TOO_LARGE, or its gRPC receive limit), or the coordinator's INTERNAL (handling it failed).
     Not a rate limit, and not an INTERNAL without the coordinator's details: grpc.aio ends a call INTERNAL
     itself when a write finds the connection gone (a restart, a network blip), and so may a proxy; counted
     against the results on the stream, those would drop valid results after a few restarts."""
     code = exc.code()
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return True
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return coordinator_reason(exc) not in _NOT_ABOUT_A_MESSAGE
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:  # (not this process's channel refusing to send it)
+        return coordinator_reason(exc) not in _NOT_ABOUT_A_MESSAGE and not channel_send_limit(exc)
     return code == grpc.StatusCode.INTERNAL and coordinator_reason(exc) == "INTERNAL"
 
 

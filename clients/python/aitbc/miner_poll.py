@@ -37,6 +37,7 @@ from .miner import (
     JobFailed,
     Miner,
     _text,
+    channel_send_limit,
     coordinator_reason,
     retry_delay_s,
 )
@@ -282,6 +283,15 @@ class _PollSession:
                 reason = coordinator_reason(exc) or exc.code().name
                 if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
                     raise
+                if (limit := channel_send_limit(exc)) and isinstance(message, miner_service_pb2.Result):
+                    # this process's channel would not send it (its grpc.max_send_message_length, below the
+                    # miner's max_result_bytes), not the coordinator: failed for good, and later ones at once
+                    m.learn_send_limit(limit)
+                    if m.unacked.get(job_id) == sent:
+                        why = f"the result's request is over the {limit} bytes the miner's channel sends"
+                        failed = JobFailed("RESULT_TOO_LARGE", f"{why} (grpc.max_send_message_length)", False)
+                        m.unacked[job_id] = (attempt, self._failure(job_id, attempt, failed))
+                    continue
                 what = "result" if isinstance(message, miner_service_pb2.Result) else "failure report"
                 log.warning("%s of job %s refused: %s %s", what, job_id, reason, exc.details())
                 if m.unacked.get(job_id) != sent:
@@ -327,6 +337,9 @@ class _PollSession:
         size = result.ByteSize() + UNARY_FRAMING_BYTES
         if limit and size > limit:
             return f"the result's request is {size} bytes; the coordinator takes {limit} at most"
+        sends = self.miner._channel_send_bytes  # (learned from an earlier refusal: channel_send_limit)
+        if sends and size > sends:
+            return f"the result's request is {size} bytes; the miner's channel sends {sends} at most"
         return ""
 
     @staticmethod
