@@ -15,6 +15,14 @@ from pathlib import Path
 from dotenv import dotenv_values
 
 
+def host_port(host: str, port: int) -> str:
+    """HOST:PORT as gRPC binds it and as a URL names it: an IPv6 literal in brackets ("[::1]:50051"; "::1:50051"
+    was bound by gRPC as another address, or refused, and is no URL)."""
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{port}"
+
+
 class SettingsError(ValueError):
     """A setting is missing or malformed; the message names it."""
 

@@ -23,7 +23,7 @@ from aitbc.coordinator.v1 import (
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from .config import Settings, SettingsError, load_settings, parse_rate_limits
+from .config import Settings, SettingsError, host_port, load_settings, parse_rate_limits
 from .domain.validation import Limits
 from .logs import redact_url
 from .observability import Observability, RequestContextInterceptor
@@ -241,18 +241,18 @@ def listeners(settings: Settings, port: int, miner_port: int, metrics_port: int)
         security = "plaintext"
     else:  # (mutual on the main listener only when miners have no listener of their own: _listen)
         security = "mutual TLS" if settings.tls_client_ca_file and not settings.tls_miner_address else "TLS"
-    said = f"{settings.app_host}:{port} ({security})"
+    said = f"{host_port(settings.app_host, port)} ({security})"
     if miner_port:
         host = settings.tls_miner_address.rpartition(":")[0]
         said += f", miners on {host}:{miner_port} (mutual TLS)"
     if metrics_port:
-        said += f", metrics on http://{settings.metrics_host}:{metrics_port}/metrics"
+        said += f", metrics on http://{host_port(settings.metrics_host, metrics_port)}/metrics"
     return said
 
 
 def _listen(settings: Settings, server: grpc.aio.Server) -> tuple[int, int]:
     """Bind the gRPC listeners: the port, and the TLS miner port (0 without one)."""
-    address = f"{settings.app_host}:{settings.app_port}"
+    address = host_port(settings.app_host, settings.app_port)
     credentials = None
     if settings.tls_cert_file:  # mutual TLS here too unless miners have their own listener
         mutual = bool(settings.tls_client_ca_file) and not settings.tls_miner_address

@@ -13,6 +13,8 @@ import logging
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+from ..config import host_port
+
 log = logging.getLogger("coordinator.metrics")
 
 READ_TIMEOUT_S = 10.0
@@ -34,7 +36,7 @@ class MetricsServer:
         )
         self.port = self._server.sockets[0].getsockname()[1]
         await self._server.start_serving()
-        log.info("metrics on http://%s:%d/metrics", self.host, self.port,
+        log.info("metrics on http://%s/metrics", host_port(self.host, self.port),
                  extra={"event": "metrics.listen", "port": self.port})  # fmt: skip
         return self.port
 

@@ -307,8 +307,10 @@ def _json_lines(path: str) -> list[tuple[int, dict[str, Any]]]:
         text = sys.stdin.read() if path == "-" else Path(path).read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"submit-many: {exc}") from None
+    # split at "\n" only (text mode made "\r\n" one): str.splitlines() also breaks at U+2028, U+2029 and U+0085,
+    # which a JSON string may hold unescaped (json.dumps(..., ensure_ascii=False) writes them so)
     payloads = [
-        (n, _json_object(line, f"line {n}")) for n, line in enumerate(text.splitlines(), 1) if line.strip()
+        (n, _json_object(line, f"line {n}")) for n, line in enumerate(text.split("\n"), 1) if line.strip()
     ]
     if not payloads:
         raise UsageError("submit-many: no job input (one JSON object per line)")
