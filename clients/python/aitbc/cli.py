@@ -304,10 +304,12 @@ def _json_lines(path: str) -> list[tuple[int, dict[str, Any]]]:
     """The job inputs of a JSON lines file (- : stdin), each with its line number (from 1; blank lines are
     skipped). A line that is not a JSON object is refused with its number (exit 2)."""
     try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+        # JSON is UTF-8 (RFC 8259), whatever the locale says; universal newlines as text mode has them
+        raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+        text = raw.decode("utf-8-sig").replace("\r\n", "\n")
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"submit-many: {exc}") from None
-    # split at "\n" only (text mode made "\r\n" one): str.splitlines() also breaks at U+2028, U+2029 and U+0085,
+    # split at "\n" only ("\r\n" made one above): str.splitlines() also breaks at U+2028, U+2029 and U+0085,
     # which a JSON string may hold unescaped (json.dumps(..., ensure_ascii=False) writes them so)
     payloads = [
         (n, _json_object(line, f"line {n}")) for n, line in enumerate(text.split("\n"), 1) if line.strip()
@@ -389,8 +391,8 @@ def _payload(arg: str) -> dict[str, Any]:
     if not arg.startswith("@"):
         return _json_object(arg, "payload")
     try:
-        return _json_object(Path(arg[1:]).read_text(), f"payload file {arg[1:]}")
-    except OSError as exc:
+        return _json_object(Path(arg[1:]).read_text(encoding="utf-8-sig"), f"payload file {arg[1:]}")
+    except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"payload file: {exc}") from None
 
 
