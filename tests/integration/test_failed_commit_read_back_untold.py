@@ -89,7 +89,9 @@ async def test_an_untold_assignment_read_back_onto_its_open_session_is_still_del
 @pytest.mark.coordinator(**QUIET)
 async def test_an_assignment_handed_out_while_its_job_is_read_back_spends_its_attempt(coord: Harness) -> None:
     """Untold when the job was taken out, then handed out by a poll before the read-back: its miner has it. Its
-    lease running out spends the attempt (given back unspent, it would run again at attempt 1)."""
+    lease running out spends the attempt (given back unspent, it would run again at attempt 1). The miner
+    heartbeats without renewing it: a lease that runs out while a unary miner is silent waits for the session's
+    liveness check instead (test_unary_silence_leases)."""
     miner = UnaryMiner(coord)
     await miner.register()
     job = await assignment_no_poll_took(coord, miner)  # (max_attempts 1)
@@ -97,6 +99,7 @@ async def test_an_assignment_handed_out_while_its_job_is_read_back_spends_its_at
     polled = await miner.poll()
     assert [(b.job.job_id, b.attempt) for b in polled.assignments] == [(job.job_id, 1)]
     await read_back(coord, job.job_id, blocker)
+    await miner.heartbeat()  # present, not listing the job: its lease is not renewed
     done = await coord.finished(coord.client(), job.job_id, within=10.0)
     assert done.state == FAILED, coord.db.events(job.job_id)
     last = coord.db.events(job.job_id)[-1]
