@@ -11,7 +11,7 @@ import contextlib
 import inspect
 import sqlite3
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +19,7 @@ from typing import Any
 
 import grpc
 from aitbc.channel import open_channel
-from aitbc.client import Client
+from aitbc.client import TERMINAL, Client
 from aitbc.coordinator.v1 import (
     admin_service_pb2,
     admin_service_pb2_grpc,
@@ -164,6 +164,21 @@ class Db:
         rows = self.query(sql, params)
         return rows[0][0] if rows else None
 
+    def not_terminal(self) -> list[tuple]:
+        """(job_id, state, attempt, miner_id) of every job not in a terminal state yet."""
+        terminal = tuple(int(s) for s in TERMINAL)
+        marks = ",".join("?" * len(terminal))
+        return self.query(
+            f"SELECT job_id, state, attempt, miner_id FROM jobs WHERE state NOT IN ({marks})", terminal
+        )
+
+    def completions(self) -> tuple[Counter, Counter]:
+        """Per job id: its COMPLETED events, and its receipts (a job completes once: one of each)."""
+        events = Counter(
+            j for (j,) in self.query("SELECT job_id FROM job_events WHERE to_state = ?", (int(COMPLETED),))
+        )
+        return events, Counter(j for (j,) in self.query("SELECT job_id FROM receipts"))
+
     def job_state(self, job_id: str) -> int | None:
         return self.scalar("SELECT state FROM jobs WHERE job_id = ?", (job_id,))
 
@@ -244,6 +259,13 @@ class Harness:
         if self.coordinator is not None:
             await self.coordinator.stop(grace=0.2)
             self.coordinator = None
+
+    async def __aenter__(self) -> Harness:
+        """`async with Harness(tmp_path, overrides) as coord:` started, stopped at the end (a fixture's body)."""
+        return await self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
 
     async def restart(self) -> None:
         """Stop the coordinator (and every channel), start a new one on the same database file."""

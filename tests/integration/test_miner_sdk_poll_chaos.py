@@ -33,15 +33,14 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from aitbc.channel import open_channel
-from aitbc.client import TERMINAL
 from aitbc.coordinator.v1 import job_pb2
-from aitbc.miner import JobFailed, Miner, Outcome, job_input, probe_capabilities
-from aitbc.receipts import KeySet, Policy, Signer, verify_bundle
-from coord_support import COMPLETED, Harness, miner_key
+from aitbc.miner import JobFailed, Outcome, job_input
+from aitbc.receipts import KeySet
+from coord_support import COMPLETED, Harness
 from google.protobuf.json_format import MessageToDict
-from test_network_chaos import check_events
+from test_network_chaos import check_events, miner_behind, verified_bundle
 
+from tests.chaos_support import assert_no_problems, cut, stall, until_terminal
 from tests.tcp_relay import DOWN, Link, Relay
 
 SEED = int(os.environ.get("AITBC_POLL_CHAOS_SEED") or random.SystemRandom().randrange(1, 10**9))
@@ -61,10 +60,6 @@ SETTINGS = {
     "job_max_attempts": 100,
     "shutdown_grace_seconds": 0.2,
 }
-
-
-def seed_hex(name: str) -> str:
-    return random.Random(f"signer-{name}").randbytes(32).hex()
 
 
 class ChaosRelay(Relay):
@@ -119,15 +114,9 @@ class PollMiner:
 
     def start(self) -> None:
         self.generations += 1
-        # the shortest keepalive the coordinator permits: a connection gone silent is found in 6.5 s
-        self.channel = open_channel(f"127.0.0.1:{self.relay.port}", own_connection=True, keepalive_s=5.5,
-                                    keepalive_timeout_s=1.0)  # fmt: skip
-        self.miner = Miner(f"127.0.0.1:{self.relay.port}", miner_key(self.name),
-                           runner=make_runner(self.name, self.rng, self.book),
-                           capabilities=probe_capabilities(slots=self.slots),
-                           signer=Signer(seed_hex(self.name)) if self.signs else None, channel=self.channel,
-                           backoff_base_s=0.1, backoff_max_s=1.0, transport="poll",
-                           poll_wait_s=self.rng.choice([0.5, 1.0, 2.0]))  # fmt: skip
+        runner = make_runner(self.name, self.rng, self.book)
+        self.channel, self.miner = miner_behind(self.relay.port, self.name, self.slots, self.signs, runner,
+                                                transport="poll", poll_wait_s=self.rng.choice([0.5, 1.0, 2.0]))  # fmt: skip
         self.task = asyncio.create_task(self.miner.run(), name=f"poll-chaos-{self.name}-{self.generations}")
 
     async def kill(self) -> None:
@@ -186,17 +175,9 @@ class Chaos:
             m = self.miners[name]
             relay = m.relay
             if roll < 0.25:
-                how = rng.choice(["rst", "fin"])
-                book.actions[f"cut-{how}"] += 1
-                book.actions["links-cut"] += relay.cut(how)
+                cut(relay, rng, book.actions, ["rst", "fin"])
             elif roll < 0.5:
-                then = rng.choice(["heal", "heal", "rst", "fin"])
-                book.actions[f"stall-{then}"] += 1
-                relay.stall()
-                await asyncio.sleep(rng.uniform(0.3, 3.5))
-                if then != "heal":
-                    relay.cut(then)
-                relay.heal()
+                await stall(relay, rng, book.actions, ["heal", "heal", "rst", "fin"], (0.3, 3.5))
             elif roll < 0.75:
                 book.actions["delay"] += 1
                 relay.delaying = True
@@ -266,19 +247,8 @@ async def test_poll_miners_under_network_chaos(coord: Harness, caplog) -> None: 
                 book.problems.append(f"{m.name}: run() ended on its own: {m.task!r}")
 
         db = coord.db
-        terminal = tuple(int(s) for s in TERMINAL)
-        marks = ",".join("?" * len(terminal))
-        healed = time.monotonic()
-        while db.scalar(f"SELECT COUNT(*) FROM jobs WHERE state NOT IN ({marks})", terminal):
-            if time.monotonic() - healed > SETTLE_SECONDS:
-                rows = db.query(f"SELECT job_id, state, attempt, miner_id FROM jobs WHERE state NOT IN ({marks})",
-                                terminal)  # fmt: skip
-                raise AssertionError(
-                    f"seed {SEED}: {len(rows)} jobs not terminal {SETTLE_SECONDS:g} s after the network healed: "
-                    f"{rows[:5]}; events of the first: {db.events(rows[0][0])}; actions {dict(book.actions)}"
-                )
-            await asyncio.sleep(0.1)
-        settled = time.monotonic() - healed
+        settled = await until_terminal(db.not_terminal, seed=SEED, bound_s=SETTLE_SECONDS, actions=book.actions,
+                                       detail=lambda rows: f"events of the first: {db.events(rows[0][0])}")  # fmt: skip
 
         # drained, every miner ends with nothing running and nothing unacknowledged
         await asyncio.gather(*(m.drain() for m in miners))
@@ -307,9 +277,7 @@ async def test_poll_miners_under_network_chaos(coord: Harness, caplog) -> None: 
         print(f"seed {SEED}: {len(book.told)} jobs, {dict(states)}, {len(book.runs)} runs, settled {settled:.1f} s "
               f"after healing; refusals {dict(refusals)}; peaks {dict(book.peak)}; actions {dict(book.actions)}; connects "
               f"{[(m.name, m.miner.connects) for m in miners]}")  # fmt: skip
-        assert not book.problems, f"seed {SEED}: {len(book.problems)} problems:\n" + "\n".join(
-            book.problems[:40]
-        )
+        assert_no_problems(SEED, book.problems)
         assert len(book.told) >= 20, f"seed {SEED}: only {len(book.told)} jobs submitted"
     finally:
         stop.set()
@@ -330,9 +298,7 @@ async def check_jobs(coord: Harness, client, book: Book) -> None:  # type: ignor
         problems.append(f"the store has {len(stored)} jobs, the client was told of {len(book.told)}")
     keyset = KeySet.load(await client.signing_keys())
     signers = {name for name, _, signs in MINERS if signs}
-    completed_events = Counter(j for (j,) in db.query("SELECT job_id FROM job_events WHERE to_state = ?",
-                                                      (int(COMPLETED),)))  # fmt: skip
-    receipts = Counter(j for (j,) in db.query("SELECT job_id FROM receipts"))
+    completed_events, receipts = db.completions()
     for job_id, (_, state, attempt) in stored.items():
         events = db.events(job_id)
         if state != COMPLETED:
@@ -343,11 +309,7 @@ async def check_jobs(coord: Harness, client, book: Book) -> None:  # type: ignor
                             f"receipts")  # fmt: skip
         check_events(job_id, state, attempt, events, problems)
         miner_id = events[-1]["miner_id"]
-        policy = Policy(frozenset({"coordinator", "miner"} if miner_id in signers else {"coordinator"}))
-        try:
-            verified = verify_bundle(await client.bundle(job_id), keyset, policy)
-        except Exception as exc:  # any refusal is the finding
-            problems.append(f"job {job_id}: its receipt does not verify: {exc!r}")
+        if (verified := await verified_bundle(client, job_id, keyset, miner_id in signers, problems)) is None:
             continue
         answer = await client.result(job_id)
         r, p = answer.result, verified.payload

@@ -53,17 +53,18 @@ from typing import Any
 
 import grpc
 from aitbc.channel import open_channel
-from aitbc.client import TERMINAL, Client
+from aitbc.client import Client
 from aitbc.coordinator.v1 import admin_service_pb2 as apb
 from aitbc.coordinator.v1 import job_pb2
 from aitbc.miner import Miner, Outcome, job_input, probe_capabilities
-from aitbc.receipts import KeySet, Policy, Signer, verify_bundle
+from aitbc.receipts import KeySet, Policy, Signer, VerifiedReceipt, verify_bundle
 from coord_support import CLIENT_KEYS, COMPLETED, Harness, miner_key
 from google.protobuf.json_format import MessageToDict
 from prometheus_client.parser import text_string_to_metric_families
 
 from coordinator.domain import states
 from coordinator.domain.model import JobState
+from tests.chaos_support import assert_no_problems, cut, stall, until_terminal
 from tests.tcp_relay import Relay
 
 SEED = int(os.environ.get("AITBC_CHAOS_SEED") or random.SystemRandom().randrange(1, 10**9))
@@ -88,6 +89,19 @@ SETTINGS = {
 
 def seed_hex(name: str) -> str:
     return random.Random(f"signer-{name}").randbytes(32).hex()
+
+
+def miner_behind(
+    port: int, name: str, slots: int, signs: bool, runner: Any, **options: Any
+) -> tuple[grpc.aio.Channel, Miner]:
+    """An SDK Miner of this identity reaching the coordinator through the proxy on port, on a connection of its
+    own with the shortest keepalive the coordinator permits (a connection gone silent is found in 6.5 s); signing
+    with its seeded key if it signs. Its channel (to close) and the Miner (to run)."""
+    channel = open_channel(f"127.0.0.1:{port}", own_connection=True, keepalive_s=5.5, keepalive_timeout_s=1.0)
+    miner = Miner(f"127.0.0.1:{port}", miner_key(name), runner=runner, capabilities=probe_capabilities(slots=slots),
+                  signer=Signer(seed_hex(name)) if signs else None, channel=channel, backoff_base_s=0.1,
+                  backoff_max_s=1.0, **options)  # fmt: skip
+    return channel, miner
 
 
 # ---------------------------------------------------------------------------------------------- the proxy
@@ -143,14 +157,8 @@ class InProcessMiner:
 
     def start(self) -> None:
         self.generations += 1
-        # the shortest keepalive the coordinator permits: a connection gone silent is found in 6.5 s
-        self.channel = open_channel(f"127.0.0.1:{self.proxy.port}", own_connection=True, keepalive_s=5.5,
-                                    keepalive_timeout_s=1.0)  # fmt: skip
-        self.miner = Miner(f"127.0.0.1:{self.proxy.port}", miner_key(self.name),
-                           runner=make_runner(self.name, self.rng, self.book),
-                           capabilities=probe_capabilities(slots=self.slots),
-                           signer=Signer(seed_hex(self.name)) if self.signs else None,
-                           channel=self.channel, backoff_base_s=0.1, backoff_max_s=1.0)  # fmt: skip
+        runner = make_runner(self.name, self.rng, self.book)
+        self.channel, self.miner = miner_behind(self.proxy.port, self.name, self.slots, self.signs, runner)
         self.task = asyncio.create_task(self.miner.run(), name=f"chaos-{self.name}-{self.generations}")
 
     @property
@@ -255,20 +263,9 @@ async def test_network_chaos(coord: Harness, tmp_path: Path, caplog) -> None:  #
         if not proc.alive:
             book.problems.append(f"{proc.name}: the process exited on its own ({proc.proc!r})")
             await proc.start()
-        healed = time.monotonic()
         db = coord.db
-        terminal = tuple(int(s) for s in TERMINAL)
-        marks = ",".join("?" * len(terminal))
-        while db.scalar(f"SELECT COUNT(*) FROM jobs WHERE state NOT IN ({marks})", terminal):
-            if time.monotonic() - healed > SETTLE_SECONDS:
-                rows = db.query(f"SELECT job_id, state, attempt, miner_id FROM jobs WHERE state NOT IN ({marks})",
-                                terminal)  # fmt: skip
-                raise AssertionError(
-                    f"seed {SEED}: {len(rows)} jobs not terminal {SETTLE_SECONDS:g} s after the network healed: "
-                    f"{rows[:5]}; events of the first: {db.events(rows[0][0])}; actions {dict(book.actions)}"
-                )
-            await asyncio.sleep(0.1)
-        settled = time.monotonic() - healed
+        settled = await until_terminal(db.not_terminal, seed=SEED, bound_s=SETTLE_SECONDS, actions=book.actions,
+                                       detail=lambda rows: f"events of the first: {db.events(rows[0][0])}")  # fmt: skip
         for record in caplog.records:  # a dropped connection is no error of the coordinator's
             if record.name.startswith("coordinator") and (record.levelno >= logging.ERROR or record.exc_info):
                 book.problems.append(f"{record.name} logged: {record.getMessage()} {record.exc_info!r}")
@@ -292,9 +289,7 @@ async def test_network_chaos(coord: Harness, tmp_path: Path, caplog) -> None:  #
               f"slowest submit {slowest} s; actions {dict(book.actions)}; dead connections left in "
               f"{book.blackhole_s} s; disconnections since the last start {book.disconnections}; results "
               f"refused {dict(refusals)}")  # fmt: skip
-        assert not book.problems, f"seed {SEED}: {len(book.problems)} problems:\n" + "\n".join(
-            book.problems[:40]
-        )
+        assert_no_problems(SEED, book.problems)
         assert len(book.told) >= 20, f"seed {SEED}: only {len(book.told)} jobs submitted"
         # shutting down is bounded too, even with connections stalled
         proxies[miners[0].name].blackhole()
@@ -390,17 +385,10 @@ class Chaos:
             if roll < 0.1 and target in self.miners:
                 await self.blackhole(self.miners[target])
             elif roll < 0.35:
-                how = rng.choice(["rst", "fin"])
-                book.actions[f"cut-{how}"] += 1
-                book.actions["links-cut"] += proxy.cut(how)
+                cut(proxy, rng, book.actions, ["rst", "fin"])
             elif roll < 0.6:
-                then = rng.choice(["heal", "heal", "rst", "fin"])
-                book.actions[f"stall-{then}"] += 1
-                proxy.stall()
-                await asyncio.sleep(rng.uniform(0.3, 4.0) if target == "client" else rng.uniform(0.5, 3.5))
-                if then != "heal":
-                    proxy.cut(then)
-                proxy.heal()
+                seconds = (0.3, 4.0) if target == "client" else (0.5, 3.5)
+                await stall(proxy, rng, book.actions, ["heal", "heal", "rst", "fin"], seconds)
             elif target == PROCESS[0]:
                 if rng.random() < 0.75:
                     book.actions["sigkill"] += 1
@@ -548,9 +536,7 @@ async def check_jobs(coord: Harness, client: Client, book: Book) -> None:
     keys = await client.signing_keys()
     keyset = KeySet.load(keys)
     signers = {name for name, _, signs in IN_PROCESS if signs} | {PROCESS[0]}
-    completed_events = Counter(j for (j,) in db.query("SELECT job_id FROM job_events WHERE to_state = ?",
-                                                      (int(COMPLETED),)))  # fmt: skip
-    receipts = Counter(j for (j,) in db.query("SELECT job_id FROM receipts"))
+    completed_events, receipts = db.completions()
     for job_id, (_, state, attempt) in stored.items():
         events = db.events(job_id)
         if state != COMPLETED:
@@ -576,11 +562,9 @@ async def check_jobs(coord: Harness, client: Client, book: Book) -> None:
         if state == COMPLETED:
             receipt = await client.receipt(job_id)
             miner_id = events[-1]["miner_id"]
-            policy = Policy(frozenset({"coordinator", "miner"} if miner_id in signers else {"coordinator"}))
-            try:
-                verified = verify_bundle(await client.bundle(job_id), keyset, policy)
-            except Exception as exc:  # any refusal is the finding
-                problems.append(f"job {job_id}: receipt does not verify: {exc!r}")
+            if (
+                verified := await verified_bundle(client, job_id, keyset, miner_id in signers, problems)
+            ) is None:
                 continue
             if verified.payload.get("job_id") != job_id or receipt.receipt.receipt_id != verified.receipt_id:
                 problems.append(f"job {job_id}: receipt {verified.payload} is not the job's")
@@ -606,6 +590,19 @@ async def check_jobs(coord: Harness, client: Client, book: Book) -> None:
         updates = [u async for u in client.watch(job_id)]
         if not updates or updates[-1].job.state != stored[job_id][1]:
             problems.append(f"job {job_id}: WatchJob ends with {updates[-1:]}, store {stored[job_id][1]}")
+
+
+async def verified_bundle(
+    client: Client, job_id: str, keyset: KeySet, miner_signs: bool, problems: list[str]
+) -> VerifiedReceipt | None:
+    """The job's receipt bundle verified offline (the miner's signature too where it signs); None, and the
+    refusal among the problems, where it does not verify."""
+    policy = Policy(frozenset({"coordinator", "miner"} if miner_signs else {"coordinator"}))
+    try:
+        return verify_bundle(await client.bundle(job_id), keyset, policy)
+    except Exception as exc:  # any refusal is the finding
+        problems.append(f"job {job_id}: its receipt does not verify: {exc!r}")
+        return None
 
 
 def check_events(

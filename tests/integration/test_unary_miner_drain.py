@@ -79,13 +79,10 @@ def expect_drained(err, reason: str = "ADMIN") -> None:  # type: ignore[no-untyp
 @pytest.fixture
 async def metered(tmp_path: Path) -> AsyncIterator[Harness]:
     """The `coord` coordinator with /metrics on, a miner back within 5 s keeping its jobs and drain."""
-    harness = Harness(tmp_path, {"metrics_port": free_port(), "reconnect_grace_seconds": 5.0,
-                                 "lease_seconds": 30.0, "heartbeat_timeout_seconds": 1.0})  # fmt: skip
-    await harness.start()
-    try:
+    overrides = {"metrics_port": free_port(), "reconnect_grace_seconds": 5.0, "lease_seconds": 30.0,
+                 "heartbeat_timeout_seconds": 1.0}  # fmt: skip
+    async with Harness(tmp_path, overrides) as harness:
         yield harness
-    finally:
-        await harness.stop()
 
 
 def gauge(text: str, name: str) -> float:

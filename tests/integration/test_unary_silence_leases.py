@@ -55,6 +55,26 @@ class Unary:
         return (await self.stub.SubmitResult(request, metadata=self.md)).ack
 
 
+async def holding(coord: Harness, n: int = 1) -> tuple[Unary, list[str]]:
+    """miner-00 on the unary path, registered with n slots, holding n jobs (attempt 1) it has heartbeated for:
+    the miner, and the jobs' ids."""
+    miner, alice = Unary(coord), coord.client("alice")
+    await miner.register(slots=n)
+    jobs = [(await alice.submit({"n": i})).job_id for i in range(n)]
+    got = (await miner.poll(max_jobs=n)).assignments
+    assert sorted((a.job.job_id, a.attempt) for a in got) == sorted((j, 1) for j in jobs)
+    await miner.heartbeat(tuple((j, 1) for j in jobs))
+    return miner, jobs
+
+
+async def silenced(coord: Harness, miner: Unary) -> None:
+    """The miner makes no call until its session is closed (for silence, or a drain then silence)."""
+    scheduler = coord.coordinator.scheduler
+    await eventually(
+        lambda: miner.session_id not in scheduler.sessions, within=10.0, what="the silent session closed"
+    )
+
+
 def requeues(coord: Harness, job_id: str) -> list[tuple[str, int]]:
     """(reason, the attempt it left) of each time the job went back to the queue."""
     return [
@@ -126,9 +146,7 @@ async def test_an_execution_timeout_passing_while_a_unary_miner_is_silent_times_
     scheduler = coord.coordinator.scheduler
     await eventually(lambda: requeues(coord, job.job_id), within=10.0, what="the execution timeout")
     assert requeues(coord, job.job_id) == [("EXECUTION_TIMEOUT", 1)]
-    await eventually(
-        lambda: miner.session_id not in scheduler.sessions, within=10.0, what="the session closed"
-    )
+    await silenced(coord, miner)
     assert "miner-00" not in scheduler.orphans  # nothing of it left waiting for the miner
 
     other = await coord.stream_miner("miner-01")
@@ -144,19 +162,15 @@ async def test_an_execution_timeout_passing_while_a_unary_miner_is_silent_times_
 @pytest.mark.coordinator(**SILENCE)
 async def test_a_client_cancel_while_a_unary_miner_is_silent_reaches_it(coord: Harness) -> None:
     alice = coord.client("alice")
-    miner = Unary(coord)
-    await miner.register()
-    job = await alice.submit({"n": 1})
-    await miner.poll()
-    await miner.heartbeat(((job.job_id, 1),))
+    miner, [job_id] = await holding(coord)
     await asyncio.sleep(1.5)  # silent past its lease: the job waits for the liveness check
-    assert (await alice.get(job.job_id)).attempt == 1 and not requeues(coord, job.job_id)
+    assert (await alice.get(job_id)).attempt == 1 and not requeues(coord, job_id)
 
-    assert (await alice.cancel(job.job_id)).state == CANCELED
+    assert (await alice.cancel(job_id)).state == CANCELED
     # back before its session closed: its next call hears of the cancel
-    hb = await miner.heartbeat(((job.job_id, 1),))
-    assert [(c.job_id, c.attempt, c.reason) for c in hb.cancels] == [(job.job_id, 1, "CANCELED_BY_CLIENT")]
-    assert not requeues(coord, job.job_id)
+    hb = await miner.heartbeat(((job_id, 1),))
+    assert [(c.job_id, c.attempt, c.reason) for c in hb.cancels] == [(job_id, 1, "CANCELED_BY_CLIENT")]
+    assert not requeues(coord, job_id)
 
 
 @pytest.mark.coordinator(lease_seconds=2.0, heartbeat_timeout_seconds=6.0, reconnect_grace_seconds=30.0)
@@ -168,32 +182,24 @@ async def test_a_unary_miner_back_from_silence_before_its_session_closed_keeps_i
     Back after its session closed, it would have kept it (test_unary_session_timeout_grace): sooner cannot be
     worse. (The job was lost LEASE_EXPIRED at the lease check after the poll, within a second of it.)"""
     alice = coord.client("alice")
-    miner = Unary(coord)
-    await miner.register()
-    job = await alice.submit({"n": 1})
-    await miner.poll()
-    await miner.heartbeat(((job.job_id, 1),))
+    miner, [job_id] = await holding(coord)
     await asyncio.sleep(3.0)  # silent past its 2 s lease, within the 6 s liveness check
-    assert not requeues(coord, job.job_id)
+    assert not requeues(coord, job_id)
 
     assert not (await miner.poll(deadline_s=0.3)).cancels
     await asyncio.sleep(1.5)  # the lease is checked again meanwhile (once a second while it waits)
-    hb = await miner.heartbeat(((job.job_id, 1),))
+    hb = await miner.heartbeat(((job_id, 1),))
     assert not hb.cancels, hb
-    assert (await miner.result(job.job_id, 1)).accepted
-    done = await coord.finished(alice, job.job_id)
+    assert (await miner.result(job_id, 1)).accepted
+    done = await coord.finished(alice, job_id)
     assert (done.state, done.attempt) == (COMPLETED, 1)
-    assert not requeues(coord, job.job_id)
+    assert not requeues(coord, job_id)
 
 
 @pytest.mark.coordinator(lease_seconds=2.0, heartbeat_timeout_seconds=6.0, reconnect_grace_seconds=30.0)
 async def test_a_unary_miner_back_from_silence_not_listing_its_job_loses_it(coord: Harness) -> None:
     alice = coord.client("alice")
-    miner = Unary(coord)
-    await miner.register()
-    job = await alice.submit({"n": 1})
-    await miner.poll()
-    await miner.heartbeat(((job.job_id, 1),))
+    miner, [job_id] = await holding(coord)
     await asyncio.sleep(3.0)  # silent past its lease
 
     cancels: list[mpb.Cancel] = []
@@ -203,6 +209,6 @@ async def test_a_unary_miner_back_from_silence_not_listing_its_job_loses_it(coor
         return bool(cancels)
 
     await eventually(cancelled, within=3.0, interval=0.1, what="the job's lease expired")
-    assert [(c.job_id, c.attempt, c.reason) for c in cancels] == [(job.job_id, 1, "LEASE_EXPIRED")]
-    assert requeues(coord, job.job_id) == [("LEASE_EXPIRED", 1)]
-    assert (await alice.get(job.job_id)).attempt == 1  # queued again (its next assignment is attempt 2)
+    assert [(c.job_id, c.attempt, c.reason) for c in cancels] == [(job_id, 1, "LEASE_EXPIRED")]
+    assert requeues(coord, job_id) == [("LEASE_EXPIRED", 1)]
+    assert (await alice.get(job_id)).attempt == 1  # queued again (its next assignment is attempt 2)

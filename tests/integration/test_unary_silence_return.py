@@ -8,35 +8,15 @@ from __future__ import annotations
 import pytest
 from aitbc.coordinator.v1 import admin_service_pb2 as apb
 from coord_support import ASSIGNED, CANCELED, COMPLETED, Harness, eventually
-from test_unary_silence_leases import Unary, requeues
+from test_unary_silence_leases import Unary, holding, requeues, silenced
 
 GRACE = {"lease_seconds": 1.0, "heartbeat_timeout_seconds": 1.0, "reconnect_grace_seconds": 30.0}
-
-
-async def silenced(coord: Harness, miner: Unary) -> None:
-    """The miner makes no call until its session is closed for silence."""
-    scheduler = coord.coordinator.scheduler
-    await eventually(
-        lambda: miner.session_id not in scheduler.sessions, within=10.0, what="the silent session closed"
-    )
-
-
-async def holding(coord: Harness, miner: Unary, n: int) -> list[str]:
-    """miner registered with n slots, holding n jobs (attempt 1) it has heartbeated for. Their ids."""
-    alice = coord.client("alice")
-    await miner.register(slots=n)
-    jobs = [(await alice.submit({"n": i})).job_id for i in range(n)]
-    got = (await miner.poll(max_jobs=n)).assignments
-    assert sorted((a.job.job_id, a.attempt) for a in got) == sorted((j, 1) for j in jobs)
-    await miner.heartbeat(tuple((j, 1) for j in jobs))
-    return jobs
 
 
 @pytest.mark.coordinator(**GRACE)
 async def test_back_within_the_grace_not_listing_its_job_the_miner_loses_it(coord: Harness) -> None:
     alice = coord.client("alice")
-    miner = Unary(coord)
-    [job_id] = await holding(coord, miner, 1)
+    miner, [job_id] = await holding(coord)
     await silenced(coord, miner)
 
     welcome = await miner.register()  # a new process: it runs nothing
@@ -54,8 +34,7 @@ async def test_back_within_the_grace_not_listing_its_job_the_miner_loses_it(coor
 @pytest.mark.coordinator(**GRACE)
 async def test_back_within_the_grace_listing_a_stale_attempt_the_miner_loses_the_job(coord: Harness) -> None:
     alice = coord.client("alice")
-    miner = Unary(coord)
-    [job_id] = await holding(coord, miner, 1)
+    miner, [job_id] = await holding(coord)
     await silenced(coord, miner)
 
     welcome = await miner.register(running=((job_id, 2),))  # an attempt it never held
@@ -72,8 +51,7 @@ async def test_back_within_the_grace_listing_a_stale_attempt_the_miner_loses_the
 @pytest.mark.coordinator(**GRACE)
 async def test_back_within_the_grace_the_miner_keeps_the_jobs_it_lists_only(coord: Harness) -> None:
     alice = coord.client("alice")
-    miner = Unary(coord)
-    jobs = await holding(coord, miner, 3)
+    miner, jobs = await holding(coord, 3)
     await silenced(coord, miner)
     miners = await coord.admin().miners()
     assert (miners["miner-00"].status, miners["miner-00"].running_jobs) == (apb.MINER_STATUS_DISCONNECTED, 3)
@@ -94,8 +72,7 @@ async def test_a_job_canceled_while_its_unary_miner_is_away_no_longer_counts_as_
     coord: Harness,
 ) -> None:
     alice = coord.client("alice")
-    miner = Unary(coord)
-    [job_id] = await holding(coord, miner, 1)
+    miner, [job_id] = await holding(coord)
     await silenced(coord, miner)
     assert (await coord.admin().miners())["miner-00"].running_jobs == 1
 
@@ -113,8 +90,7 @@ async def test_a_job_canceled_while_its_unary_miner_is_away_no_longer_counts_as_
 
 @pytest.mark.coordinator(**GRACE)
 async def test_a_coordinator_restart_during_the_grace_keeps_a_silent_unary_miners_job(coord: Harness) -> None:
-    miner = Unary(coord)
-    [job_id] = await holding(coord, miner, 1)
+    miner, [job_id] = await holding(coord)
     await silenced(coord, miner)
 
     await coord.restart()

@@ -11,15 +11,11 @@ says it may be); the names (`alice`, `gpu-07`) are the doc's own, given to the k
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import os
 import re
 import shlex
 import signal
-import sys
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,11 +24,21 @@ from ops_support import Samples, eventually, fetch_text, free_port, make_setting
 
 from coordinator.server import start
 from tests.polyglot.test_grpcurl_readme import GRPCURL
+from tests.security.doc_walk_support import (
+    BIN,
+    ROOT,
+    Serving,
+    blocks,
+    ok,
+    section,
+    serving,
+    sh,
+    table_rows,
+    user_env,
+)
 from tests.security.sec_support import Pki
 
-ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "operations.md"
-BIN = Path(sys.executable).parent
 DOC_ADDRESS = "127.0.0.1:50051"
 CLIENT_KEY, MINER_KEY, ADMIN_KEY = "walk-client-key-3c1f", "walk-miner-key-8d2e", "walk-admin-key-5a7b"
 MINER = "gpu-07"  # the doc's miner
@@ -41,21 +47,6 @@ MINER = "gpu-07"  # the doc's miner
 # ---------------------------------------------------------------------- what the doc says
 def doc() -> str:
     return DOC.read_text()
-
-
-def blocks(language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", doc(), flags=re.S)
-
-
-def section(title: str) -> str:
-    """The text of `## title` up to the next `## ` heading."""
-    return doc().split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
-
-
-def table_rows(text: str) -> list[list[str]]:
-    """The cells of each markdown table row in text (header and rule rows included)."""
-    return [[c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines()
-            if line.startswith("| ")]  # fmt: skip
 
 
 @dataclass
@@ -68,7 +59,7 @@ class DocMetric:
 def documented_metrics() -> dict[str, DocMetric]:
     """The Metrics table: name, type, and labels with the values it enumerates (`state` = `a`, `b`)."""
     found: dict[str, DocMetric] = {}
-    for cells in table_rows(section("Metrics")):
+    for cells in table_rows(section(doc(), "Metrics")):
         if not re.fullmatch(r"`\w+`", cells[0]):
             continue
         metric = DocMetric(cells[0].strip("`"), cells[1])
@@ -97,14 +88,14 @@ def mentioned_metrics() -> set[str]:
 
 
 def admin_commands() -> list[str]:
-    (block,) = [b for b in blocks("sh") if "aitbc admin stats" in b]
+    (block,) = [b for b in blocks(doc(), "sh") if "aitbc admin stats" in b]
     return [line for line in block.splitlines() if line.startswith("aitbc admin ")]
 
 
 def event_rows() -> dict[str, tuple[str, list[tuple[str, str]]]]:
     """The Logs table of machine lines: message -> (event, [(field, value or "")])."""
     rows = {}
-    for cells in table_rows(section("Logs")):
+    for cells in table_rows(section(doc(), "Logs")):
         if len(cells) == 4 and cells[1].startswith("`") and "." in cells[1]:
             fields = re.findall(r"`(\w+)(?:=(\w+))?`", cells[2])
             rows[cells[0].strip("`")] = (cells[1].strip("`"), fields)
@@ -113,7 +104,7 @@ def event_rows() -> dict[str, tuple[str, list[tuple[str, str]]]]:
 
 def people_line(logger: str, start: str) -> str:
     """A line of the Logs table for people, by its logger and the words it starts with."""
-    (line,) = [re.match(r"`([^`]*)`", c[1]).group(1) for c in table_rows(section("Logs"))  # type: ignore[union-attr]
+    (line,) = [re.match(r"`([^`]*)`", c[1]).group(1) for c in table_rows(section(doc(), "Logs"))  # type: ignore[union-attr]
                if len(c) == 3 and c[0] == f"`{logger}`" and c[1].startswith(f"`{start}")]  # fmt: skip
     return line
 
@@ -146,55 +137,6 @@ def serving_pattern() -> str:
 
 
 # ---------------------------------------------------------------------- running it
-@dataclass
-class Serving:
-    proc: asyncio.subprocess.Process
-    lines: list[dict]
-    reader: asyncio.Task
-
-    def logged(self, msg: str, **fields: object) -> list[dict]:
-        return [x for x in self.lines if x.get("msg", "").startswith(msg)
-                and all(x.get(k) == v for k, v in fields.items())]  # fmt: skip
-
-
-async def read_lines(stream: asyncio.StreamReader, into: list[dict]) -> None:
-    async for raw in stream:
-        with contextlib.suppress(ValueError):  # (LOG_FORMAT=json: every line of the coordinator is an object)
-            into.append(json.loads(raw))
-
-
-@contextlib.asynccontextmanager
-async def serving(env_file: Path) -> AsyncIterator[Serving]:
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "coordinator", "serve", "--env-file",
-                                                str(env_file), cwd=ROOT, env={"PATH": os.environ["PATH"]},
-                                                stderr=asyncio.subprocess.PIPE)  # fmt: skip
-    assert proc.stderr is not None
-    lines: list[dict] = []
-    run = Serving(proc, lines, asyncio.create_task(read_lines(proc.stderr, lines)))
-    try:
-        await eventually(lambda: run.logged("coordinator ") and "serving on" in run.logged("coordinator ")[-1]["msg"],
-                         limit_s=30, what="the serving-on line")  # fmt: skip
-        yield run
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(proc.wait(), 60)
-        await run.reader
-
-
-async def sh(line: str, env: dict[str, str]) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec("bash", "-c", line, env=env, cwd=ROOT,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    return proc.returncode or 0, out.decode(), err.decode()
-
-
-async def ok(line: str, env: dict[str, str]) -> str:
-    code, out, err = await sh(line, env)
-    assert code == 0, f"{line}\n{err}"
-    return out
-
-
 async def start_miner(address: str, gate: Path, env: dict[str, str]) -> asyncio.subprocess.Process:
     """`aitbc miner run` whose jobs wait for the gate file (a cmd runner: input on stdin, result on stdout)."""
     runner = f"cmd:sh -c 'while [ ! -e {gate} ]; do sleep 0.05; done; cat'"
@@ -220,7 +162,7 @@ def test_the_doc_names_each_metric_once_in_its_table_and_its_queries_use_only_th
     table = documented_metrics()
     assert len(table) >= 25, sorted(table)
     assert mentioned_metrics() <= set(table), mentioned_metrics() - set(table)
-    (queries,) = [b for b in blocks("promql")]
+    (queries,) = [b for b in blocks(doc(), "promql")]
     for line in (x for x in queries.splitlines() if not x.startswith("#")):
         names = re.findall(r"\baitbc_\w+", line)
         assert names, line
@@ -241,8 +183,7 @@ async def test_the_operations_doc_walked_against_a_real_coordinator(tmp_path: Pa
     port, metrics_port = free_port(), free_port()
     address = f"127.0.0.1:{port}"
     settings = env_file(tmp_path, port, metrics_port)
-    path = f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"
-    env = {"PATH": path, "HOME": str(tmp_path), "AITBC_ADDRESS": address}
+    env = user_env(tmp_path, AITBC_ADDRESS=address)
     client = {**env, "AITBC_API_KEY": CLIENT_KEY}
     admin = {**env, "AITBC_API_KEY": ADMIN_KEY}
     gate1, gate2 = tmp_path / "gate1", tmp_path / "gate2"
@@ -250,17 +191,17 @@ async def test_the_operations_doc_walked_against_a_real_coordinator(tmp_path: Pa
     try:
         async with serving(settings) as first:
             # Ports and the serving-on line: every listener there is, and nothing else
-            (line,) = first.logged("coordinator ")
+            (line,) = first.said("coordinator ")
             assert line["msg"] == (f"coordinator coord-local serving on {address} (plaintext), metrics on "
                                    f"http://127.0.0.1:{metrics_port}/metrics (store sqlite:///{tmp_path / 'c.db'})")  # fmt: skip
             assert line["logger"] == "coordinator" and re.fullmatch(serving_pattern(), line["msg"]), line
-            (listen,) = first.logged("metrics on ")
+            (listen,) = first.said("metrics on ")
             assert listen["msg"] == f"metrics on http://127.0.0.1:{metrics_port}/metrics"
             # Health: the probe as written, for "" and for each service the doc names
-            (probe,) = [x for x in blocks("sh") if "grpc.health.v1.Health/Check" in x]
+            (probe,) = [x for x in blocks(doc(), "sh") if "grpc.health.v1.Health/Check" in x]
             (grpcurl_line,) = [x for x in probe.splitlines() if x.startswith("grpcurl ")]
             assert GRPCURL, "grpcurl is installed by the dev extra"
-            services = re.findall(r"`(aitbc\.coordinator\.v1\.\w+)`|`(\w+Service)`", section("Health"))
+            services = re.findall(r"`(aitbc\.coordinator\.v1\.\w+)`|`(\w+Service)`", section(doc(), "Health"))
             names = ["", *(full or f"aitbc.coordinator.v1.{short}" for full, short in services)]
             assert len(names) == 5, names
             for name in names:
@@ -270,9 +211,9 @@ async def test_the_operations_doc_walked_against_a_real_coordinator(tmp_path: Pa
 
             # A miner, and a job it runs until gate1 opens
             miners.append(await start_miner(address, gate1, env))
-            await eventually(lambda: first.logged("miner connected", miner_id=MINER), what="the miner")
+            await eventually(lambda: first.said("miner connected", miner_id=MINER), what="the miner")
             job1 = json.loads(await ok("aitbc submit '{\"n\": 1}'", client))["job_id"]
-            await eventually(lambda: first.logged("job assigned", job_id=job1), what="the assignment")
+            await eventually(lambda: first.said("job assigned", job_id=job1), what="the assignment")
 
             # The operator's command line, as written
             for command in admin_commands():
@@ -293,13 +234,13 @@ async def test_the_operations_doc_walked_against_a_real_coordinator(tmp_path: Pa
             assert (await scrape(metrics_port)).value("aitbc_miners_draining") == 1
             gate1.touch()
             assert await asyncio.wait_for(miners[0].wait(), 60) == 0
-            (gone,) = first.logged("miner disconnected", miner_id=MINER)
+            (gone,) = first.said("miner disconnected", miner_id=MINER)
             assert gone["reason"] == "DRAINED" and gone["event"] == "miner.disconnect"
             assert (await scrape(metrics_port)).value("aitbc_miners_draining") == 0
             assert json.loads(await ok(f"aitbc get {job1}", client))["state"] == "JOB_STATE_COMPLETED"
             # a refused call, in one line as the doc shows it; bad command-line input exits 2
             (refusal,) = re.findall(
-                r"`(aitbc admin: NOT_FOUND[^`]*)`", section("The operator's command line")
+                r"`(aitbc admin: NOT_FOUND[^`]*)`", section(doc(), "The operator's command line")
             )
             code, _, err = await sh(f"aitbc admin drain {MINER}", admin)
             assert (code, err.strip()) == (1, refusal)
@@ -312,12 +253,12 @@ async def test_the_operations_doc_walked_against_a_real_coordinator(tmp_path: Pa
             # Upgrading the coordinator: a miner running a job, drained by the operator, across a restart
             miners.append(await start_miner(address, gate2, env))
             await eventually(
-                lambda: len(first.logged("miner connected", miner_id=MINER)) == 2, what="the miner"
+                lambda: len(first.said("miner connected", miner_id=MINER)) == 2, what="the miner"
             )
             job2 = json.loads(await ok("aitbc submit '{\"n\": 2}' --idempotency-key upgrade-1", client))[
                 "job_id"
             ]
-            await eventually(lambda: first.logged("job assigned", job_id=job2), what="the assignment")
+            await eventually(lambda: first.said("job assigned", job_id=job2), what="the assignment")
             await ok(f"aitbc admin drain {MINER}", admin)
             # a failed authentication over the address' budget: counted with the labels the doc gives
             for _ in range(2):
@@ -332,21 +273,21 @@ async def test_the_operations_doc_walked_against_a_real_coordinator(tmp_path: Pa
             assert await asyncio.wait_for(first.proc.wait(), 60) == 0
         await first.reader
         stopping = people_line("coordinator", "SIGTERM: shutting down")
-        assert first.logged("SIGTERM: ") and re.fullmatch(
-            as_pattern(stopping), first.logged("SIGTERM: ")[0]["msg"]
+        assert first.said("SIGTERM: ") and re.fullmatch(
+            as_pattern(stopping), first.said("SIGTERM: ")[0]["msg"]
         )
-        assert [x["reason"] for x in first.logged("miner disconnected")] == ["DRAINED", "SHUTTING_DOWN"]
+        assert [x["reason"] for x in first.said("miner disconnected")] == ["DRAINED", "SHUTTING_DOWN"]
         assert first.lines[-1]["msg"] == people_line("coordinator", "coordinator stopped")
 
         async with serving(settings) as second:  # the new version: the same env file, the same store
             started = as_pattern(people_line("coordinator.scheduler", "scheduler started"))
-            (rebuilt,) = [x["msg"] for x in second.logged("scheduler started")]
+            (rebuilt,) = [x["msg"] for x in second.said("scheduler started")]
             assert re.fullmatch(started, rebuilt) and rebuilt.startswith(
                 "scheduler started: 1 active jobs, 0 queued"
             )
-            assert second.logged("scheduler: 1 operator drains kept from before the start")
-            await eventually(lambda: second.logged("miner connected", miner_id=MINER), what="the miner back")
-            assert second.logged("miner connected")[0]["kept"] == 1  # (`miner connected ... kept=K`)
+            assert second.said("scheduler: 1 operator drains kept from before the start")
+            await eventually(lambda: second.said("miner connected", miner_id=MINER), what="the miner back")
+            assert second.said("miner connected")[0]["kept"] == 1  # (`miner connected ... kept=K`)
             gate2.touch()
             assert await asyncio.wait_for(miners[1].wait(), 60) == 0  # drained to its end, across the restart
             done = json.loads(await ok(f"aitbc get {job2}", client))
@@ -395,7 +336,7 @@ def check_event_lines(run: Serving) -> None:
     seen = 0
     for message, (event, fields) in event_rows().items():
         prefix = message.split(" http")[0]  # (`metrics on http://HOST:PORT/metrics`)
-        lines = [x for x in run.logged(prefix) if x.get("event") == event]
+        lines = [x for x in run.said(prefix) if x.get("event") == event]
         if message.startswith(("job requeued", "job failed", "job canceled", "job expired", "tracing")):
             continue  # (not in this walk: tests/operability/test_ops_logs.py)
         assert lines, f"no {message!r} line with event {event}"

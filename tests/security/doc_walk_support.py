@@ -1,6 +1,7 @@
-"""Support for the doc walkthroughs (docs/security.md, docs/receipts.md): the doc's text and its code blocks,
-`python -m coordinator serve --env-file FILE` as a subprocess (JSON log lines read as they come), and shell
-commands run as a user types them (`aitbc`, `aitbc-coordinator`, `grpcurl` from the venv on PATH).
+"""Support for the doc walkthroughs (docs/security.md, docs/receipts.md, docs/operations.md): the doc's text
+and its code blocks, `python -m coordinator serve --env-file FILE` as a subprocess (JSON log lines read as they
+come), and shell commands run as a user types them (`aitbc`, `aitbc-coordinator`, `grpcurl` from the venv on
+PATH).
 
 Nothing of the product is replaced: the coordinator is the real server with a real SQLite file, the commands
 the installed entry points.
@@ -10,26 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import re
 import signal
-import socket
 import sys
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from tests.operability.ops_support import eventually as ops_eventually
+from tests.operability.ops_support import free_port as free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def blocks(doc: str, language: str = "") -> list[str]:
@@ -48,17 +44,8 @@ def table_rows(text: str) -> list[list[str]]:
             if line.startswith("| ")]  # fmt: skip
 
 
-async def eventually(probe: Callable[[], Any], *, limit_s: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + limit_s
-    while True:
-        value = probe()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out waiting for {what} (last value: {value!r})")
-        await asyncio.sleep(0.05)
+# ops_support's, with a longer default bound: here every step goes through a subprocess
+eventually = functools.partial(ops_eventually, limit_s=20.0)
 
 
 @dataclass
@@ -68,7 +55,13 @@ class Serving:
     reader: asyncio.Task
 
     def logged(self, text: str) -> list[dict]:
+        """The lines whose message holds text."""
         return [x for x in self.lines if text in x.get("msg", "")]
+
+    def said(self, start: str, **fields: object) -> list[dict]:
+        """The lines whose message starts with start, with these field values."""
+        return [x for x in self.lines if x.get("msg", "").startswith(start)
+                and all(x.get(k) == v for k, v in fields.items())]  # fmt: skip
 
 
 async def _read_lines(stream: asyncio.StreamReader, into: list[dict]) -> None:
@@ -88,7 +81,8 @@ async def serving(env_file: Path) -> AsyncIterator[Serving]:
     lines: list[dict] = []
     run = Serving(proc, lines, asyncio.create_task(_read_lines(proc.stderr, lines)))
     try:
-        await eventually(lambda: run.logged(" serving on ") or proc.returncode is not None, what="serving on")
+        await eventually(lambda: run.logged(" serving on ") or proc.returncode is not None, limit_s=30,
+                         what="the serving-on line")  # fmt: skip
         assert proc.returncode is None, f"the coordinator stopped: {lines[-3:]}"
         yield run
     finally:

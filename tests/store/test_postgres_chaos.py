@@ -44,6 +44,7 @@ from aitbc.receipts import KeySet, Policy, Signer, verify_bundle
 from coordinator.config import ApiKeyEntry, Settings, validate
 from coordinator.server import start
 from coordinator.store.postgres import PostgresStore
+from tests.chaos_support import assert_no_problems, cut, stall, until_terminal
 from tests.tcp_relay import DOWN, UP, Link
 
 from .pg_relay import PgRelay
@@ -179,17 +180,9 @@ async def chaos(proxy: PgProxy, rng: random.Random, book: Book) -> None:
         await asyncio.sleep(rng.uniform(0.05, 0.5))
         roll = rng.random()
         if roll < 0.35:
-            how = rng.choice(["rst", "fin", "half"])
-            book.actions[f"cut-{how}"] += 1
-            book.actions["links-cut"] += proxy.cut(how)
+            cut(proxy, rng, book.actions, ["rst", "fin", "half"])
         elif roll < 0.65:
-            then = rng.choice(["heal", "heal", "rst", "half"])
-            book.actions[f"stall-{then}"] += 1
-            proxy.stall()
-            await asyncio.sleep(rng.uniform(0.2, 3.0))
-            if then != "heal":
-                proxy.cut(then)
-            proxy.heal()
+            await stall(proxy, rng, book.actions, ["heal", "heal", "rst", "half"], (0.2, 3.0))
         elif roll < 0.85:  # the next COMMIT reaches the server, its answer does not come back: in doubt
             then = rng.choice(["rst", "half", "fin", "heal"])
             proxy.commit_sent.clear()
@@ -243,18 +236,16 @@ async def test_coordinator_on_postgres_under_connection_chaos(schema: str, caplo
         proxy.heal()
         stop.set()
         await asyncio.wait_for(submitting, 40)
-        healed = time.monotonic()
         for m, task in zip(miners, runs, strict=True):
             if task.done():
                 book.problems.append(f"{m.api_key}: Miner.run() ended on its own: {task!r}")
-        while await conn.fetchval("SELECT count(*) FROM jobs WHERE state NOT IN (4, 5, 6, 7)"):
-            if time.monotonic() - healed > SETTLE_SECONDS:
-                rows = await conn.fetch("SELECT job_id, state, attempt, miner_id FROM jobs WHERE state NOT IN "
-                                        "(4, 5, 6, 7) LIMIT 5")  # fmt: skip
-                raise AssertionError(f"seed {SEED}: jobs not terminal {SETTLE_SECONDS:g} s after healing: "
-                                     f"{[tuple(r) for r in rows]}; actions {dict(book.actions)}")  # fmt: skip
-            await asyncio.sleep(0.1)
-        settled = time.monotonic() - healed
+
+        async def stuck() -> list[tuple]:
+            rows = await conn.fetch("SELECT job_id, state, attempt, miner_id FROM jobs WHERE state NOT IN "
+                                    "(4, 5, 6, 7)")  # fmt: skip
+            return [tuple(r) for r in rows]
+
+        settled = await until_terminal(stuck, seed=SEED, bound_s=SETTLE_SECONDS, actions=book.actions)
         await asyncio.sleep(0.5)  # (the last acks and bookings)
         await check(conn, client, admin, md, book)
         # the writer is connected again, and not fenced
@@ -290,9 +281,7 @@ async def test_coordinator_on_postgres_under_connection_chaos(schema: str, caplo
         print(f"seed {SEED}: {len(book.told)} jobs told ({len(book.keyed)} keyed, {len(book.lost)} unkeyed lost), "
               f"settled {settled:.1f} s after healing; actions {dict(book.actions)}; client errors "
               f"{dict(book.errors)}")  # fmt: skip
-        assert not book.problems, f"seed {SEED}: {len(book.problems)} problems:\n" + "\n".join(
-            book.problems[:40]
-        )
+        assert_no_problems(SEED, book.problems)
         assert len(book.told) >= 20, f"seed {SEED}: only {len(book.told)} jobs acknowledged"
         # shutdown is bounded, even with the database's connections cut on this side only (the backends live on)
         proxy.cut("half")
