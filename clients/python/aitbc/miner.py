@@ -599,6 +599,8 @@ class Miner:
                     break
                 if self.stopped.is_set():
                     break
+                if reason == "CONNECTION_STALE":  # (the poll transport's: see aitbc.miner_poll)
+                    channel = await self._fresh_channel(channel)
                 wait = self._jittered(delay, least)
                 log.info("miner session ended (%s); reconnecting in %.2f s", reason, wait)
                 try:
@@ -614,6 +616,17 @@ class Miner:
         if self.runners_stuck:
             raise RunnersStuck(f"every slot ({self.slots}) was held by the runners of canceled jobs for "
                                f"{self.stuck_timeout_s:g} s; the miner drained: start it again")  # fmt: skip
+
+    async def _fresh_channel(self, stale: grpc.aio.Channel) -> grpc.aio.Channel:
+        """A new connection in place of stale, on which calls went unanswered though gRPC held it up (its keepalive
+        pings answered): a channel of this miner's own from now on (own_connection: a channel sharing the stale one's
+        subchannel would get the same connection), with the miner's TLS settings. Stale is closed if this miner opened
+        it; a channel of the caller's (Miner.channel) is left to the caller, with whatever other miners use it."""
+        if stale is not self.channel:
+            await stale.close()
+        log.warning("a new connection to the coordinator at %s in place of the stale one", self.address)
+        return open_channel(self.address, own_connection=True, tls_ca=self.tls_ca, tls_cert=self.tls_cert,
+                            tls_key=self.tls_key)  # fmt: skip
 
     async def _end_jobs(self) -> None:
         """The jobs still running, and canceled jobs' runners not returned yet, canceled and waited for: run()

@@ -15,6 +15,12 @@ connected again. The session ends when the coordinator no longer knows it (NOT_F
 expired, or the coordinator restarted): the next registration lists the jobs running and those whose results await
 their acks, so that the coordinator keeps them, and the results are sent again. It ends for good on
 FAILED_PRECONDITION `SESSION_DRAINED` (an operator's drain, done) or once the miner's own drain is done.
+
+It also ends (CONNECTION_STALE) when a call times out with nothing at all answered on the session for a heartbeat's
+deadline while gRPC holds the connection READY: its keepalive pings are still answered (a coordinator that took the
+connection and never serves it, a middlebox passing only HTTP/2 control frames), so keepalive never closes it, and
+every call made again on it would time out for ever (a drain never getting its acks). Miner.run() then goes on over
+a new connection (Miner._fresh_channel), registering again as after SESSION_NOT_FOUND.
 """
 
 from __future__ import annotations
@@ -47,6 +53,8 @@ from .tracing import with_trace_context
 log = logging.getLogger("aitbc.miner")
 
 CALL_TIMEOUT_S = 30.0  # every call but a poll (which waits Miner.poll_wait_s)
+# a heartbeat's deadline: its interval, at least this (the coordinator answers a heartbeat at once)
+HEARTBEAT_TIMEOUT_LEAST_S = 5.0
 # what a unary request adds to the Result or Failure it carries: the session id (a UUID, 36 characters) and the
 # tags and lengths (the stream's framing is smaller: the miner checks results against that first)
 UNARY_FRAMING_BYTES = 64
@@ -59,6 +67,11 @@ class _Ended(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+def heartbeat_deadline_s(interval: float) -> float:
+    """A Heartbeat call's deadline, and the silence (nothing answered on the session) that makes a connection stale."""
+    return min(CALL_TIMEOUT_S, max(interval, HEARTBEAT_TIMEOUT_LEAST_S))
 
 
 def _transient(exc: grpc.aio.AioRpcError) -> bool:
@@ -99,6 +112,10 @@ class _PollSession:
         self.slot_freed = asyncio.Event()  # a job finished or a canceled runner returned: poll again
         self.drain_wanted = asyncio.Event()  # Miner.drain() on this process: tell the coordinator
         self.polling = False  # a PollJob is in flight (its answer may hold jobs)
+        # the loop's time the coordinator last answered a call of this session (the welcome first): a call timing out
+        # with nothing answered for stale_s on a connection gRPC holds READY finds it stale
+        self.answered_at = asyncio.get_running_loop().time()
+        self.stale_s = heartbeat_deadline_s(max(0.05, welcome.heartbeat_interval.ToMilliseconds() / 1000))
 
     async def run(self) -> tuple[str, float]:
         miner = self.miner
@@ -163,14 +180,23 @@ class _PollSession:
 
     async def _call(self, method: Callable[..., Awaitable[_T]], request: Any, deadline_s: float) -> _T:
         """method(request), made again after failures that waiting cures (jittered backoff, the RetryInfo delay at
-        least, once the channel is connected). The session's end (NOT_FOUND, SESSION_DRAINED) raises _Ended."""
+        least, once the channel is connected). The session's end (NOT_FOUND, SESSION_DRAINED, a stale connection: see
+        _stale_or_not) raises _Ended."""
         failures = 0
+        loop = asyncio.get_running_loop()
         while True:
             try:
-                return await method(request, metadata=with_trace_context(auth_metadata(self.miner.api_key)),
-                                    timeout=deadline_s)  # fmt: skip
+                answer = await method(request, metadata=with_trace_context(auth_metadata(self.miner.api_key)),
+                                      timeout=deadline_s)  # fmt: skip
+                self.answered_at = loop.time()
+                return answer
             except grpc.aio.AioRpcError as exc:
                 reason = coordinator_reason(exc)
+                # the coordinator's own word (a refusal, a rate limit): the connection carries answers
+                if reason or not _transient(exc):
+                    self.answered_at = loop.time()
+                elif exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    self._stale_or_not()
                 if exc.code() == grpc.StatusCode.NOT_FOUND and reason == "SESSION_NOT_FOUND":
                     raise _Ended("SESSION_NOT_FOUND") from None
                 if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and reason == "SESSION_DRAINED":
@@ -184,6 +210,16 @@ class _PollSession:
                          exc.code().name, reason, wait)  # fmt: skip
             await asyncio.sleep(wait)
             await self.miner._reachable(self.channel)
+
+    def _stale_or_not(self) -> None:
+        """After a call timed out: end the session if nothing was answered for stale_s on a connection gRPC holds
+        READY. Its keepalive pings are answered (else gRPC would have closed it: UNAVAILABLE, and a new connection),
+        but no call is: retried on it, every call would time out for ever, and a drain would never get its acks."""
+        silent = asyncio.get_running_loop().time() - self.answered_at
+        if silent >= self.stale_s and self.channel.get_state() == grpc.ChannelConnectivity.READY:
+            log.warning("nothing answered on the connection to the coordinator at %s for %.1f s, though it is up: "
+                        "a new connection", self.miner.address, silent)  # fmt: skip
+            raise _Ended("CONNECTION_STALE")
 
     async def _poll(self) -> None:
         """Long-poll for as many jobs as there are free slots, until the session drains."""
@@ -222,7 +258,7 @@ class _PollSession:
             next_at = loop.time() + interval
             running = [miner_service_pb2.RunningJob(job_id=j, attempt=a) for j, a in m._held().items()]
             request = miner_service_pb2.HeartbeatRequest(session_id=self.session_id, running_jobs=running)
-            answer = await self._call(self.stub.Heartbeat, request, min(CALL_TIMEOUT_S, max(interval, 5.0)))
+            answer = await self._call(self.stub.Heartbeat, request, heartbeat_deadline_s(interval))
             self._cancels(answer.cancels)
             if answer.draining:
                 m.draining = True
