@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from coord_support import make_settings
+from test_auth_rate_limit import ipv6_loopback
 
 from coordinator.server import start
 
@@ -22,16 +23,7 @@ def _fetch(url: str) -> bytes:
         return answer.read()
 
 
-def _ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-pytestmark = pytest.mark.skipif(not _ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
+pytestmark = pytest.mark.skipif(not ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
 
 
 def _free_ipv6_port() -> int:
