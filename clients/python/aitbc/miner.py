@@ -1127,13 +1127,7 @@ class Miner:
         return ""
 
     def _report_failure(self, outbox: asyncio.Queue, job_id: str, attempt: int, outcome: JobFailed) -> None:
-        failure = miner_service_pb2.Failure(  # cut to what the coordinator takes (else it ends the stream)
-            job_id=job_id,
-            attempt=attempt,
-            retryable=bool(outcome.retryable),
-            code=_text(outcome.code, MAX_FAILURE_CODE),
-            message=_text(str(outcome), MAX_FAILURE_MESSAGE),
-        )
+        failure = failure_message(job_id, attempt, outcome)
         self.unacked[job_id] = (attempt, failure)
         outbox.put_nowait(miner_service_pb2.ConnectRequest(failure=failure))
 
@@ -1271,6 +1265,14 @@ def _reject_message(job_id: str, attempt: int, reason: str) -> miner_service_pb2
     return miner_service_pb2.ConnectRequest(
         reject=miner_service_pb2.Reject(job_id=job_id, attempt=attempt, reason=reason)
     )
+
+
+def failure_message(job_id: str, attempt: int, failed: JobFailed) -> miner_service_pb2.Failure:
+    """A job's failure report (both transports), cut to what the coordinator takes (else it refuses it)."""
+    return miner_service_pb2.Failure(
+        job_id=job_id, attempt=attempt, retryable=bool(failed.retryable),
+        code=_text(failed.code, MAX_FAILURE_CODE), message=_text(str(failed), MAX_FAILURE_MESSAGE),
+    )  # fmt: skip
 
 
 def _text(value: object, limit: int) -> str:

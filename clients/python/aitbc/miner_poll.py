@@ -38,13 +38,11 @@ from .coordinator.v1 import miner_service_pb2, miner_service_pb2_grpc
 from .miner import (
     _NOT_ABOUT_A_MESSAGE,
     FAILED_BY_REFUSAL,
-    MAX_FAILURE_CODE,
-    MAX_FAILURE_MESSAGE,
     JobFailed,
     Miner,
-    _text,
     channel_send_limit,
     coordinator_reason,
+    failure_message,
     retry_delay_s,
 )
 from .signing import SigningChannel
@@ -284,7 +282,7 @@ class _PollSession:
             if isinstance(encoded, miner_service_pb2.Result) and self._too_large(encoded):
                 message = m._encoded(job_id, attempt, outcome)  # (a new session's welcome took less)
             if isinstance(message, JobFailed):
-                message = self._failure(job_id, attempt, message)
+                message = failure_message(job_id, attempt, message)
             m.unacked[job_id] = (attempt, message)
             m.completed += 1
             self._deliver_later(job_id)
@@ -302,7 +300,7 @@ class _PollSession:
             attempt, message = sent
             if isinstance(message, miner_service_pb2.Result) and (too_large := self._too_large(message)):
                 failed = JobFailed("RESULT_TOO_LARGE", too_large, retryable=False)
-                m.unacked[job_id] = (attempt, self._failure(job_id, attempt, failed))
+                m.unacked[job_id] = (attempt, failure_message(job_id, attempt, failed))
                 continue
             try:
                 if isinstance(message, miner_service_pb2.Result):
@@ -326,7 +324,7 @@ class _PollSession:
                     if m.unacked.get(job_id) == sent:
                         why = f"the result's request is over the {limit} bytes the miner's channel sends"
                         failed = JobFailed("RESULT_TOO_LARGE", f"{why} (grpc.max_send_message_length)", False)
-                        m.unacked[job_id] = (attempt, self._failure(job_id, attempt, failed))
+                        m.unacked[job_id] = (attempt, failure_message(job_id, attempt, failed))
                     continue
                 what = "result" if isinstance(message, miner_service_pb2.Result) else "failure report"
                 log.warning("%s of job %s refused: %s %s", what, job_id, reason, exc.details())
@@ -339,7 +337,7 @@ class _PollSession:
                     retryable = FAILED_BY_REFUSAL.get(reason, False)
                     code = reason if reason in FAILED_BY_REFUSAL else "RESULT_TOO_LARGE"
                     failed = JobFailed(code, exc.details() or reason, retryable)
-                    m.unacked[job_id] = (attempt, self._failure(job_id, attempt, failed))
+                    m.unacked[job_id] = (attempt, failure_message(job_id, attempt, failed))
                     continue
                 # STALE_ATTEMPT, JOB_NOT_HELD, NOT_STORED: the job is no longer this miner's (it runs again)
                 del m.unacked[job_id]
@@ -377,10 +375,3 @@ class _PollSession:
         if sends and size > sends:
             return f"the result's request is {size} bytes; the miner's channel sends {sends} at most"
         return ""
-
-    @staticmethod
-    def _failure(job_id: str, attempt: int, failed: JobFailed) -> miner_service_pb2.Failure:
-        return miner_service_pb2.Failure(  # cut to what the coordinator takes
-            job_id=job_id, attempt=attempt, retryable=bool(failed.retryable),
-            code=_text(failed.code, MAX_FAILURE_CODE), message=_text(str(failed), MAX_FAILURE_MESSAGE),
-        )  # fmt: skip
