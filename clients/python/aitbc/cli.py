@@ -25,6 +25,7 @@ from google.protobuf.message import Message
 from .admin_cli import add_parser as add_admin_parser
 from .channel import connection_options
 from .client import Client, error_details, new_idempotency_key, struct_json
+from .coordinator.v1.job_pb2 import JOB_STATE_COMPLETED
 from .receipts.cli import add_parser as add_receipts_parser
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
@@ -233,8 +234,8 @@ async def _jobs(args: argparse.Namespace) -> int:
                 return 0
             args.submitted_job_id = job.job_id  # a failure from here on is the wait's: the job is stored
             job = await client.wait(job.job_id, args.timeout)
-            _print(await client.result(job.job_id) if job.state == 4 else job)
-            return 0 if job.state == 4 else 1
+            _print(await client.result(job.job_id) if job.state == JOB_STATE_COMPLETED else job)
+            return 0 if job.state == JOB_STATE_COMPLETED else 1
         if args.command == "submit-many":
             return await _submit_many(client, args)
         if args.command == "get":
@@ -246,7 +247,7 @@ async def _jobs(args: argparse.Namespace) -> int:
         elif args.command == "wait":  # exits as submit --wait does: a script can chain on success
             job = await client.wait(args.job_id, args.timeout)
             _print(job)
-            return 0 if job.state == 4 else 1
+            return 0 if job.state == JOB_STATE_COMPLETED else 1
         elif args.command == "watch":
             try:
                 async with asyncio.timeout(args.timeout):
@@ -292,8 +293,8 @@ async def _submit_many(client: Client, args: argparse.Namespace) -> int:
     except TimeoutError:
         raise TimeoutError(f"{len(jobs)} jobs not all terminal after {args.timeout:g} s") from None
     for job in ended:
-        _print_line(await client.result(job.job_id) if job.state == 4 else job)
-    return 0 if all(job.state == 4 for job in ended) else 1
+        _print_line(await client.result(job.job_id) if job.state == JOB_STATE_COMPLETED else job)
+    return 0 if all(job.state == JOB_STATE_COMPLETED for job in ended) else 1
 
 
 def _print_line(message: Message) -> None:
