@@ -5,7 +5,8 @@ from __future__ import annotations
 import enum
 import functools
 import json
-from dataclasses import asdict, dataclass, field
+import operator
+from dataclasses import asdict, dataclass, field, fields
 
 
 class JobState(enum.IntEnum):
@@ -127,6 +128,15 @@ class Job:
     @property
     def expires_us(self) -> int:
         return self.created_us + self.ttl_us
+
+    def snapshot(self) -> Job:
+        """A copy, for an answer or a watcher that must not see later changes: dataclasses.replace costs ~4.4 us
+        (it looks the fields up each time), this ~0.8 us, once per job a batched SubmitJobs answers."""
+        return Job(*_job_values(self))
+
+
+# every field, in __init__'s order (all are init fields): Job.snapshot passes them positionally
+_job_values = operator.attrgetter(*(f.name for f in fields(Job)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -390,7 +390,7 @@ class Scheduler(UndoFailedCommits):
             observer("transition", job, event)
         queues = self.watchers.get(job.job_id)
         if queues:
-            snapshot = dataclasses.replace(job)
+            snapshot = job.snapshot()
             for q in queues:
                 q.put_nowait((snapshot, event))
 
@@ -447,7 +447,7 @@ class Scheduler(UndoFailedCommits):
                     self._time_to_live(job)
             # The answer is what this write holds: the live jobs may change meanwhile (assigned in a miner's
             # welcome, say), and that change may fail to land.
-            out = [None if o is None else (dataclasses.replace(o[0]) if o[1] else o[0], o[1]) for o in out]
+            out = [None if o is None else (o[0].snapshot() if o[1] else o[0], o[1]) for o in out]
             await self._commit(pending)
         except BaseException:
             if not pending.enqueued:  # refused before its write was queued: nothing of it may stay
@@ -508,7 +508,7 @@ class Scheduler(UndoFailedCommits):
         if job_id:
             await self._settled(job_id)  # a change being written may fail: answer with what has landed
         job = self.jobs.get(job_id) if job_id else None
-        return None if job is None else dataclasses.replace(job)
+        return None if job is None else job.snapshot()
 
     async def get_job(self, job_id: str, client_id: str | None) -> Job:
         """The job as durably stored (or later); NOT_FOUND for unknown ids and for another client's jobs
@@ -547,7 +547,7 @@ class Scheduler(UndoFailedCommits):
         self.watchers.setdefault(job_id, set()).add(q)
         try:
             job = await self.get_job(job_id, client_id)
-            snapshot = dataclasses.replace(job)
+            snapshot = job.snapshot()
             if after:
                 for missed in await self._events_after(snapshot, after):
                     yield snapshot, missed
