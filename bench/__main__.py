@@ -29,10 +29,24 @@ ROWS: list[tuple[str, str, str, str, Any]] = [
     ("baseline_pipeline_unary_server_cpu_us_per_job", "1   CPU per job: server", "us", "", None),
     ("baseline_pipeline_unary_client_cpu_us_per_job", "1   CPU per job: client", "us", "", None),
     ("baseline_pipeline_unary_workers_cpu_us_per_job", "1   CPU per job: workers (miners)", "us", "", None),
+    (
+        "baseline_pipeline_unary_cpu_ceiling_jobs_per_s",
+        "1   ceiling: all cores at this CPU/job",
+        "jobs/s",
+        "",
+        None,
+    ),
     ("baseline_pipeline_batched_jobs_per_s", "1 bare job pipeline, batched", "jobs/s", "", None),
     ("baseline_pipeline_batched_server_cpu_us_per_job", "1   CPU per job: server", "us", "", None),
     ("baseline_pipeline_batched_client_cpu_us_per_job", "1   CPU per job: client", "us", "", None),
     ("baseline_pipeline_batched_workers_cpu_us_per_job", "1   CPU per job: workers (miners)", "us", "", None),
+    (
+        "baseline_pipeline_batched_cpu_ceiling_jobs_per_s",
+        "1   ceiling: all cores at this CPU/job",
+        "jobs/s",
+        "",
+        None,
+    ),
     ("e2e_unary_jobs_per_s", "2 end to end, 1 job per SubmitJob", "jobs/s", ">= 2000", lambda v: v >= 2000),
     ("e2e_unary_ratio", "2   ratio to bare unary calls/s", "", ">= 0.6", lambda v: v >= 0.6),
     ("e2e_unary_ratio_to_pipeline", "2   ratio to the bare job pipeline", "", "", None),
@@ -42,12 +56,16 @@ ROWS: list[tuple[str, str, str, str, Any]] = [
     ("e2e_unary_coord_loop_cpu_us_per_job", "2     of which its event loop thread", "us", "", None),
     ("e2e_unary_client_cpu_us_per_job", "2   CPU per job: client", "us", "", None),
     ("e2e_unary_miners_cpu_us_per_job", "2   CPU per job: miners", "us", "", None),
+    ("e2e_unary_cpu_ceiling_jobs_per_s", "2   ceiling: all cores at this CPU/job", "jobs/s", "", None),
+    ("e2e_unary_loop_ceiling_jobs_per_s", "2   ceiling: its loop thread always busy", "jobs/s", "", None),
     ("e2e_batched_jobs_per_s", "3 end to end, batched (receipts)", "jobs/s", ">= 6000", lambda v: v >= 6000),
     ("e2e_batched_ratio_to_pipeline", "3   ratio to the bare job pipeline", "", "", None),
     ("e2e_batched_coord_cpu_us_per_job", "3   CPU per job: coordinator", "us", "", None),
     ("e2e_batched_coord_loop_cpu_us_per_job", "3     of which its event loop thread", "us", "", None),
     ("e2e_batched_client_cpu_us_per_job", "3   CPU per job: client", "us", "", None),
     ("e2e_batched_miners_cpu_us_per_job", "3   CPU per job: miners", "us", "", None),
+    ("e2e_batched_cpu_ceiling_jobs_per_s", "3   ceiling: all cores at this CPU/job", "jobs/s", "", None),
+    ("e2e_batched_loop_ceiling_jobs_per_s", "3   ceiling: its loop thread always busy", "jobs/s", "", None),
     ("latency_rate_per_s", "4 latency: open-loop submit rate", "jobs/s", "", None),
     ("submit_p50_ms", "4   submit call p50", "ms", "<= 2", lambda v: v <= 2),
     ("submit_p99_ms", "4   submit call p99", "ms", "", None),
@@ -120,6 +138,30 @@ def derive(figures: dict[str, Any]) -> None:
         figures["e2e_batched_ratio_to_bare_stream"] = (
             figures["e2e_batched_jobs_per_s"] / figures["baseline_stream_msgs_per_s"]
         )
+    ceilings(figures, os.cpu_count() or 1)
+
+
+# the processes whose CPU per job a scenario measures (server side first)
+CPU_PARTS = {
+    "baseline_pipeline_unary": ("server", "client", "workers"),
+    "baseline_pipeline_batched": ("server", "client", "workers"),
+    "e2e_unary": ("coord", "client", "miners"),
+    "e2e_batched": ("coord", "client", "miners"),
+}
+
+
+def ceilings(figures: dict[str, Any], cpus: int) -> None:
+    """The rate no layout of these processes could pass on this machine at the CPU per job measured: every
+    core busy with nothing else (`_cpu_ceiling_jobs_per_s`); and, for the coordinator, the rate at which its
+    event loop thread alone would be busy all the time (one GIL: `_loop_ceiling_jobs_per_s`). A target above
+    the first needs less CPU per job, not more processes; above the second, less on the loop or another one."""
+    for prefix, parts in CPU_PARTS.items():
+        costs = [figures.get(f"{prefix}_{part}_cpu_us_per_job") for part in parts]
+        if all(c is not None and c > 0 for c in costs):
+            figures[f"{prefix}_cpu_ceiling_jobs_per_s"] = cpus * 1e6 / sum(costs)  # type: ignore[arg-type]
+        loop = figures.get(f"{prefix}_coord_loop_cpu_us_per_job")
+        if loop:
+            figures[f"{prefix}_loop_ceiling_jobs_per_s"] = 1e6 / loop
 
 
 def fmt(value: float) -> str:

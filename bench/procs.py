@@ -202,6 +202,9 @@ class CoordinatorProcess:
         if not out:
             return
         spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        Path(out).mkdir(
+            parents=True, exist_ok=True
+        )  # (py-spy does not make it: it would sample nothing, silently)
         path = Path(out) / f"{self.name}.{self.starts}.txt"
         self.profiler = await asyncio.create_subprocess_exec(
             spy, "record", "--pid", str(self.pid), "--format", "raw", "--rate", "250",

@@ -37,6 +37,12 @@ def test_smoke_run_writes_every_figure(tmp_path: Path) -> None:
         assert isinstance(value, int | float) and not isinstance(value, bool), (key, value)
         assert math.isfinite(value), (key, value)
     assert figures["meta"]["smoke"] is True
+    for scenario in (
+        "e2e_unary",
+        "e2e_batched",
+        "baseline_pipeline_unary",
+    ):  # every process's CPU was measured
+        assert figures[f"{scenario}_cpu_ceiling_jobs_per_s"] > 0, scenario
     assert "end to end" in run.stdout and "ok" in run.stdout  # the table was printed
 
 

@@ -1,0 +1,27 @@
+"""The bench's ceilings: the rate the machine's cores allow at the CPU per job measured, and the rate at which
+the coordinator's loop thread alone would be saturated (bench/README "What bounds 2, 3 and 4")."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.__main__ import ceilings
+
+
+def test_cpu_ceiling_is_every_core_over_the_cpu_of_all_processes_per_job():
+    figures = {
+        "e2e_batched_coord_cpu_us_per_job": 300.0,
+        "e2e_batched_coord_loop_cpu_us_per_job": 200.0,
+        "e2e_batched_client_cpu_us_per_job": 20.0,
+        "e2e_batched_miners_cpu_us_per_job": 80.0,
+    }
+    ceilings(figures, cpus=2)
+    assert figures["e2e_batched_cpu_ceiling_jobs_per_s"] == pytest.approx(2e6 / 400)
+    assert figures["e2e_batched_loop_ceiling_jobs_per_s"] == pytest.approx(1e6 / 200)
+
+
+def test_no_ceiling_from_a_scenario_measured_in_part():
+    figures = {"e2e_unary_coord_cpu_us_per_job": 900.0, "e2e_unary_client_cpu_us_per_job": 200.0}
+    ceilings(figures, cpus=2)
+    assert "e2e_unary_cpu_ceiling_jobs_per_s" not in figures  # (the miners' share is missing: no figure)
+    assert "e2e_unary_loop_ceiling_jobs_per_s" not in figures
