@@ -10,6 +10,8 @@ from .errors import invalid
 from .model import Constraints
 
 Violations = list[tuple[str, str]]
+# The constraints of a job that sets none (one instance, shared: validate_submission knows it passes)
+NO_CONSTRAINTS = Constraints()
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +84,7 @@ def check_constraints(v: Violations, prefix: str, c: Constraints, limits: Limits
         v.append((f"{prefix}.min_vram_gb", "at most 4096"))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # (not frozen: a frozen dataclass's __init__ costs twice as much, once per job)
 class SubmissionFields:
     """A submission as the servicer extracted it, before validation."""
 
@@ -120,9 +122,15 @@ def validate_submission(
     exec_s = limits.default_execution_timeout_s if f.execution_timeout_s is None else f.execution_timeout_s
     if not 1 <= exec_s <= limits.max_execution_timeout_s:
         v.append((f"{prefix}execution_timeout", f"1 s to {limits.max_execution_timeout_s} s"))
-    check_text(v, f"{prefix}idempotency_key", f.idempotency_key, limits.max_short_string)
-    check_constraints(v, f"{prefix}constraints", f.constraints, limits)
-    check_labels(v, f"{prefix}metadata", f.metadata, limits)
+    # The checks below pass on empty values (unless a limit is negative): most jobs have no constraints and no
+    # metadata, and the field names (f-strings) would be built for nothing.
+    if len(f.idempotency_key) > limits.max_short_string:
+        check_text(v, f"{prefix}idempotency_key", f.idempotency_key, limits.max_short_string)
+    c = f.constraints
+    if c is not NO_CONSTRAINTS or min(limits.max_short_string, limits.max_list_items, limits.max_labels) < 0:
+        check_constraints(v, f"{prefix}constraints", c, limits)
+    if f.metadata or limits.max_labels < 0:
+        check_labels(v, f"{prefix}metadata", f.metadata, limits)
     return v, round(ttl_s * MICROS), attempts, round(exec_s * MICROS)
 
 

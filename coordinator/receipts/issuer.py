@@ -153,7 +153,8 @@ class ReceiptIssuer(ReceiptHook):
             result_sha256=result.result_sha256, input_sha256=job.input_sha256, nonce=new_nonce(),
             miner_report=report, miner_signature=signature,
         )  # fmt: skip
-        signers = [self.keys.coordinator] + ([self.keys.attestation] if self.keys.attestation else [])
+        keys = self.keys
+        signers = (keys.coordinator,) if keys.attestation is None else (keys.coordinator, keys.attestation)
         envelope = self.encoder.envelope(payload, signers)
         # its place in the log (leaf_index) is given by the store when the unit commits
         unit.receipts.append(

@@ -6,12 +6,13 @@ import hashlib
 from typing import Any
 
 from aitbc.coordinator.v1 import job_pb2, job_service_pb2, miner_service_pb2
-from aitbc.receipts.canonical import CanonicalError, canonical_struct
+from aitbc.receipts.canonical import MAX_SAFE_INTEGER, CanonicalError, _quote, canonical_struct, es_number
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
 from ..domain.errors import invalid
 from ..domain.model import Capabilities, Constraints, Event, Gpu, Job, JobResult, PayloadKind
 from ..domain.validation import (
+    NO_CONSTRAINTS,
     Limits,
     SubmissionFields,
     check_cuda,
@@ -65,8 +66,71 @@ def struct_to_python(value: struct_pb2.Value | struct_pb2.Struct, depth: int = 1
     return None, depth
 
 
+def _struct_json(struct: struct_pb2.Struct, out: list[str], depth: int) -> int:
+    """Append struct's canonical JSON (canonical_struct of struct_to_python's value) to out; its depth.
+
+    Straight from the message: no intermediate dict, and each Value read once. Raises on anything unusual
+    (a non-finite number): callers then take the reference path, which names the problem."""
+    fields = struct.fields
+    deepest = depth
+    sep = "{"
+    for key in sorted(fields):  # code point order, as canonical_struct sorts
+        out.append(sep)
+        out.append(_quote(key))
+        out.append(":")
+        d = _value_json(fields[key], out, depth + 1)
+        if d > deepest:
+            deepest = d
+        sep = ","
+    out.append("}" if sep == "," else "{}")
+    return deepest
+
+
+def _value_json(value: struct_pb2.Value, out: list[str], depth: int) -> int:
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        x = value.number_value
+        # es_number's common case inline (an integral double below 2^53; NaN fails the range test)
+        integral = -MAX_SAFE_INTEGER <= x <= MAX_SAFE_INTEGER and x == int(x)
+        out.append(str(int(x)) if integral else es_number(x))
+    elif kind == "string_value":
+        out.append(_quote(value.string_value))
+    elif kind == "struct_value":
+        return _struct_json(value.struct_value, out, depth)
+    elif kind == "bool_value":
+        out.append("true" if value.bool_value else "false")
+    elif kind == "list_value":
+        deepest = depth
+        sep = "["
+        for item in value.list_value.values:
+            out.append(sep)
+            d = _value_json(item, out, depth + 1)
+            if d > deepest:
+                deepest = d
+            sep = ","
+        out.append("]" if sep == "," else "[]")
+        return deepest
+    else:  # null_value, or no kind at all: struct_to_python's None
+        out.append("null")
+    return depth
+
+
+def struct_sha256(struct: struct_pb2.Struct) -> tuple[bytes, int] | None:
+    """(SHA-256 of canonical_struct(struct_to_python(struct)), its depth), or None where that would raise
+    (the caller's reference path then raises as it always did)."""
+    out: list[str] = []
+    try:
+        depth = _struct_json(struct, out, 1)
+        return hashlib.sha256("".join(out).encode("utf-8")).digest(), depth
+    except Exception:  # a non-finite number, a lone surrogate: the reference path names it
+        return None
+
+
 def struct_digest(struct: struct_pb2.Struct, limits: Limits, field: str) -> tuple[bytes, int]:
     """SHA-256 of the canonical JSON of struct (receipts spec section 1), and its depth."""
+    fast = struct_sha256(struct)
+    if fast is not None:
+        return fast if fast[1] <= limits.max_struct_depth else (b"", fast[1])
     value, depth = struct_to_python(struct)
     if depth > limits.max_struct_depth:
         return b"", depth
@@ -106,7 +170,7 @@ def job_spec(req: job_service_pb2.SubmitJobRequest, limits: Limits, prefix: str 
         max_attempts=req.max_attempts,
         execution_timeout_s=duration_s(req.execution_timeout, f"{prefix}execution_timeout")
         if req.HasField("execution_timeout") else None,
-        idempotency_key=req.idempotency_key, metadata=tuple(sorted(req.metadata.items())),
+        idempotency_key=req.idempotency_key, metadata=tuple(sorted(req.metadata.items())) if req.metadata else (),
     )  # fmt: skip
     violations, ttl_us, attempts, exec_us = validate_submission(fields, limits, prefix)
     raise_if(violations, "the job")
@@ -123,6 +187,15 @@ def set_time(ts: timestamp_pb2.Timestamp, us: int) -> None:
     """Set a Timestamp field in place (building one and copying it in costs twice as much)."""
     seconds, micros = divmod(us, 1_000_000)
     ts.seconds, ts.nanos = seconds, micros * 1000
+
+
+def set_duration(d: duration_pb2.Duration, us: int) -> None:
+    """d.FromMicroseconds(us), without its Python method calls: both fields set (so d is present, even at 0),
+    nanos of the sign of seconds."""
+    seconds, nanos = us // 1_000_000, us % 1_000_000 * 1000
+    if seconds < 0 and nanos > 0:
+        seconds, nanos = seconds + 1, nanos - 1_000_000_000
+    d.seconds, d.nanos = seconds, nanos
 
 
 def job_message(job: Job, with_payload: bool = True) -> job_pb2.Job:
@@ -159,13 +232,14 @@ def fill_job(msg: job_pb2.Job, job: Job, with_payload: bool = True) -> job_pb2.J
         mc.labels.update(c.labels)
     if job.metadata:
         msg.metadata.update(job.metadata)
-    for field, us in ((msg.created_at, job.created_us), (msg.updated_at, job.updated_us),
-                      (msg.expires_at, job.expires_us), (msg.started_at, job.started_us),
-                      (msg.finished_at, job.finished_us)):  # fmt: skip
+    # a time field is read only when set: reading an unset one still makes a wrapper
+    for name, us in (("created_at", job.created_us), ("updated_at", job.updated_us),
+                     ("expires_at", job.expires_us), ("started_at", job.started_us),
+                     ("finished_at", job.finished_us)):  # fmt: skip
         if us:
-            set_time(field, us)
-    msg.ttl.FromMicroseconds(job.ttl_us)
-    msg.execution_timeout.FromMicroseconds(job.execution_timeout_us)
+            set_time(getattr(msg, name), us)
+    set_duration(msg.ttl, job.ttl_us)
+    set_duration(msg.execution_timeout, job.execution_timeout_us)
     if with_payload:
         if job.payload_kind is PayloadKind.STRUCT:
             msg.payload.MergeFromString(job.payload)
@@ -174,7 +248,7 @@ def fill_job(msg: job_pb2.Job, job: Job, with_payload: bool = True) -> job_pb2.J
     return msg
 
 
-_NO_CONSTRAINTS = Constraints()
+_NO_CONSTRAINTS = NO_CONSTRAINTS  # validate_submission skips its checks
 
 
 def event_message(e: Event) -> job_pb2.JobEvent:
@@ -231,16 +305,10 @@ def result_in(r: miner_service_pb2.Result, limits: Limits) -> ResultIn:
     kind = r.WhichOneof("output")
     if kind == "result":
         output = r.result.SerializeToString()
-        value, depth = struct_to_python(r.result)
+        digest, depth = struct_sha256(r.result) or _result_digest(r.result, limits)
         if depth > limits.max_struct_depth:
             raise invalid("result nested too deep", [("result", f"at most {limits.max_struct_depth} levels")],
                           "INVALID_RESULT")  # fmt: skip
-        try:
-            digest = hashlib.sha256(canonical_struct(value)).digest()
-        except CanonicalError as exc:
-            raise invalid(
-                f"result is not valid JSON: {exc}", [("result", str(exc))], "INVALID_RESULT"
-            ) from None
         output_kind = PayloadKind.STRUCT
     elif kind == "result_bytes":
         output, output_kind = r.result_bytes, PayloadKind.BYTES
@@ -258,3 +326,14 @@ def result_in(r: miner_service_pb2.Result, limits: Limits) -> ResultIn:
         units=r.units or "0", unit_type=r.unit_type or "gpu_seconds", miner_report=r.miner_report,
         miner_signature=r.miner_signature,
     )  # fmt: skip
+
+
+def _result_digest(result: struct_pb2.Struct, limits: Limits) -> tuple[bytes, int]:
+    """The reference path of a result struct_sha256 could not take: its depth refused first, as always."""
+    value, depth = struct_to_python(result)
+    if depth > limits.max_struct_depth:  # (result_in refuses it next)
+        return b"", depth
+    try:
+        return hashlib.sha256(canonical_struct(value)).digest(), depth
+    except CanonicalError as exc:
+        raise invalid(f"result is not valid JSON: {exc}", [("result", str(exc))], "INVALID_RESULT") from None

@@ -22,7 +22,7 @@ many generated receipts.
 
 from __future__ import annotations
 
-import base64
+import binascii
 from collections.abc import Sequence
 
 from .canonical import CanonicalError, _quote
@@ -44,8 +44,16 @@ _PAYLOAD_TYPE = RECEIPT_PAYLOAD_TYPE.encode("ascii")  # needs no JSON escaping: 
 _DIGEST_SIZE = 32
 
 
+def _b64(data: bytes) -> bytes:
+    """base64.b64encode(data), without its Python wrapper."""
+    return binascii.b2a_base64(data, newline=False)
+
+
+_decimal = _DECIMAL.fullmatch
+
+
 def _check_decimal(name: str, value: object) -> None:
-    if not isinstance(value, str) or not _DECIMAL.fullmatch(value):
+    if not isinstance(value, str) or not _decimal(value):
         raise PayloadError(f"{name} is not a non-negative decimal string")
 
 
@@ -101,22 +109,28 @@ class ReceiptEncoder:
         ``unit_type``, ``provider``, ``client`` (non-empty strings) and ``result_sha256`` (32 bytes).
         Raises PayloadError (or CanonicalError) as the public builder would for those.
         """
-        _check_decimal("units", units)
-        _check_str("unit_type", unit_type)
+        # The checks of _check_decimal and _check_str, in their order, inline (no call per field when all is well)
+        if not (isinstance(units, str) and _decimal(units)):
+            _check_decimal("units", units)
+        if not (isinstance(unit_type, str) and unit_type):
+            _check_str("unit_type", unit_type)
         if not isinstance(result_sha256, bytes) or len(result_sha256) != _DIGEST_SIZE:
             raise PayloadError("result_sha256 is not 64 lowercase hex characters")
-        _check_str("provider", provider)
-        _check_str("client", client)
-        _check_decimal("price", price)
+        if not (isinstance(provider, str) and provider):
+            _check_str("provider", provider)
+        if not (isinstance(client, str) and client):
+            _check_str("client", client)
+        if not (isinstance(price, str) and _decimal(price)):
+            _check_decimal("price", price)
         if (miner_report is None) != (miner_signature is None):
             raise PayloadError("miner_report and miner_signature must come together")
         result_hex = result_sha256.hex()
         report = ""
         if miner_report is not None and miner_signature is not None:
             report = (
-                f'"miner_report":"{base64.b64encode(miner_report).decode("ascii")}",'
+                f'"miner_report":"{_b64(miner_report).decode("ascii")}",'
                 f'"miner_signature":{{"keyid":"{miner_signature.keyid}",'
-                f'"sig":"{base64.b64encode(miner_signature.sig).decode("ascii")}"}},'
+                f'"sig":"{_b64(miner_signature.sig).decode("ascii")}"}},'
             )
         # Keys in code point order, as canonical_json sorts them.
         return _utf8(
@@ -138,12 +152,16 @@ class ReceiptEncoder:
         if not signers:
             raise ValueError("an envelope needs at least one signer")
         message = pae(RECEIPT_PAYLOAD_TYPE, payload)
-        signatures = b",".join(
-            b'{"keyid":"%s","sig":"%s"}' % (s.key_id.encode("ascii"), base64.b64encode(s.sign(message)))
-            for s in signers
-        )
+        if len(signers) == 1:  # the common case, without a generator and a join
+            s = signers[0]
+            signatures = b'{"keyid":"%s","sig":"%s"}' % (s.key_id.encode("ascii"), _b64(s.sign(message)))
+        else:
+            signatures = b",".join(
+                b'{"keyid":"%s","sig":"%s"}' % (s.key_id.encode("ascii"), _b64(s.sign(message)))
+                for s in signers
+            )
         return b'{"payload":"%s","payloadType":"%s","signatures":[%s]}' % (
-            base64.b64encode(payload),
+            _b64(payload),
             _PAYLOAD_TYPE,
             signatures,
         )

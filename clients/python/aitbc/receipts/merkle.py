@@ -68,16 +68,19 @@ class MerkleTree:
         """Add a leaf hash; returns its index. Completes at most log n blocks (amortised O(1))."""
         if len(leaf) != HASH_SIZE:
             raise ValueError("a leaf hash is 32 bytes")
-        index = self.size
-        self._levels[0].append(bytes(leaf))
+        levels = self._levels
+        below = levels[0]
+        index = len(below)
+        # bytes are immutable: kept as given (a bytearray or memoryview is copied)
+        below.append(leaf if leaf.__class__ is bytes else bytes(leaf))
         k, i = 0, index
         while i & 1:  # the block just completed is a right child: its parent is now complete too
-            below = self._levels[k]
-            parent = node_hash(below[i - 1], below[i])
+            parent = hashlib.sha256(b"\x01" + below[i - 1] + below[i]).digest()  # node_hash, inline
             k += 1
-            if k == len(self._levels):
-                self._levels.append([])
-            self._levels[k].append(parent)
+            if k == len(levels):
+                levels.append([])
+            below = levels[k]
+            below.append(parent)
             i >>= 1
         return index
 
