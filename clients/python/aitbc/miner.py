@@ -455,6 +455,10 @@ class Miner:
     # poll transport: how long each PollJob waits for work (the coordinator waits 60 s at most); below a proxy's
     # idle or request timeout
     poll_wait_s: float = 20.0
+    # open_channel's other settings (keepalive_s, keepalive_timeout_s, reconnect_max_s, tls, tls_server_name) for the
+    # connections the miner opens: its own, and each one replacing a stale connection (a channel of the caller's
+    # cannot be read: one replacing it is opened from address, the tls_* fields and these)
+    channel_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.running: dict[str, _Running] = {}
@@ -486,6 +490,13 @@ class Miner:
         if not 0 < self.poll_wait_s <= 60:
             raise ValueError(f"poll_wait_s must be more than 0 and at most 60, not {self.poll_wait_s}")
         self._on_drain: Callable[[], None] | None = None  # the poll session's: drain() tells the coordinator
+        if unknown := sorted(set(self.channel_options) - CHANNEL_OPTIONS):
+            raise ValueError(
+                f"channel_options takes {', '.join(sorted(CHANNEL_OPTIONS))}, not {', '.join(unknown)}"
+            )
+        self._heard_at = 0.0  # the loop's time the current stream last carried something from the coordinator
+        self._quiet_s = QUIET_LEAST_S  # how long the stream may stay silent before its connection is probed
+        self._idle_quiet_s = idle_quiet_s(QUIET_LEAST_S)  # as long, while the miner awaits no answer
         if not self.stuck_timeout_s > 0:
             raise ValueError(f"stuck_timeout_s must be more than 0, not {self.stuck_timeout_s}")
         if self.unreachable_timeout_s is not None and not self.unreachable_timeout_s > 0:
@@ -555,8 +566,7 @@ class Miner:
         """Connect, work, and reconnect with jittered backoff until stop() or a completed drain (RunnersStuck when
         the miner drained because canceled jobs' runners held every slot)."""
         failures = 0
-        channel = self.channel or open_channel(self.address, own_connection=self.own_connection, tls_ca=self.tls_ca,
-                                              tls_cert=self.tls_cert, tls_key=self.tls_key)  # fmt: skip
+        channel = self.channel or self._open_channel(self.own_connection)
         try:
             while not self.stopped.is_set():
                 if self.transport == "poll":
@@ -599,7 +609,7 @@ class Miner:
                     break
                 if self.stopped.is_set():
                     break
-                if reason == "CONNECTION_STALE":  # (the poll transport's: see aitbc.miner_poll)
+                if reason == "CONNECTION_STALE":  # (see _watch_connection, and aitbc.miner_poll)
                     channel = await self._fresh_channel(channel)
                 wait = self._jittered(delay, least)
                 log.info("miner session ended (%s); reconnecting in %.2f s", reason, wait)
@@ -620,13 +630,18 @@ class Miner:
     async def _fresh_channel(self, stale: grpc.aio.Channel) -> grpc.aio.Channel:
         """A new connection in place of stale, on which calls went unanswered though gRPC held it up (its keepalive
         pings answered): a channel of this miner's own from now on (own_connection: a channel sharing the stale one's
-        subchannel would get the same connection), with the miner's TLS settings. Stale is closed if this miner opened
-        it; a channel of the caller's (Miner.channel) is left to the caller, with whatever other miners use it."""
+        subchannel would get the same connection), opened as the miner opens its own (_open_channel). Stale is closed
+        if this miner opened it; a channel of the caller's (Miner.channel) is left to the caller, with whatever other
+        miners use it."""
         if stale is not self.channel:
             await stale.close()
         log.warning("a new connection to the coordinator at %s in place of the stale one", self.address)
-        return open_channel(self.address, own_connection=True, tls_ca=self.tls_ca, tls_cert=self.tls_cert,
-                            tls_key=self.tls_key)  # fmt: skip
+        return self._open_channel(own_connection=True)
+
+    def _open_channel(self, own_connection: bool) -> grpc.aio.Channel:
+        """A channel to address with the miner's settings: its tls_* fields and channel_options."""
+        return open_channel(self.address, own_connection=own_connection, tls_ca=self.tls_ca, tls_cert=self.tls_cert,
+                            tls_key=self.tls_key, **self.channel_options)  # fmt: skip
 
     async def _end_jobs(self) -> None:
         """The jobs still running, and canceled jobs' runners not returned yet, canceled and waited for: run()
@@ -714,11 +729,18 @@ class Miner:
         self._on_stream = set()
         self._failed_results_bytes = 0
         self._welcomed = False
+        # until the welcome says how often the miner heartbeats, the least silence probed for
+        self._heard_at, self._quiet_s = asyncio.get_running_loop().time(), QUIET_LEAST_S
         call = stub.Connect(metadata=with_trace_context(auth_metadata(self.api_key)))
-        tasks: list[asyncio.Task] = []
+        watch = asyncio.create_task(self._watch_connection(channel))
+        opening = asyncio.create_task(self._opening(call))
+        tasks: list[asyncio.Task] = [watch, opening]
         try:
-            await call.write(self.hello())
-            first = await call.read()
+            await asyncio.wait({opening, watch}, return_when=asyncio.FIRST_COMPLETED)
+            if not opening.done():  # the hello or its welcome went nowhere on a stale connection
+                return watch.result()
+            first = opening.result()
+            tasks.remove(opening)  # (done: the others run until the session ends)
             if first is grpc.aio.EOF or first.WhichOneof("message") != "welcome":
                 await call.done_writing()
                 return "NO_WELCOME", 0.0
@@ -730,12 +752,18 @@ class Miner:
             call.cancel()
             await _cancel_and_wait(tasks)  # nothing of the session outlives it
 
+    async def _opening(self, call: Any) -> Any:
+        """The hello written, the coordinator's first message (its welcome, or EOF)."""
+        await call.write(self.hello())
+        return await call.read()
+
     @staticmethod
     async def _until_ended(reader: asyncio.Task, tasks: list[asyncio.Task]) -> tuple[str, float]:
         """The reader's end of the session, or the first failure of one of its other tasks (sender, heartbeat,
         reporter), at once: the reader alone would read on, the stream taking assignments whose results are never
         sent. A gRPC error is the session's (run() reconnects); any other error is raised from run(). A write
-        after the call ended (InvalidStateError) or a task canceled with the call leaves the reader to say how."""
+        after the call ended (InvalidStateError) or a task canceled with the call leaves the reader to say how.
+        A task that returns (the connection's watch: CONNECTION_STALE) ends the session with its reason."""
         pending = set(tasks)
         while True:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
@@ -745,6 +773,42 @@ class Miner:
                 exc = None if task.cancelled() else task.exception()
                 if exc is not None and not isinstance(exc, asyncio.InvalidStateError):
                     raise exc
+                if not task.cancelled() and exc is None and task.result() is not None:
+                    return task.result()
+
+    async def _watch_connection(self, channel: grpc.aio.Channel) -> tuple[str, float]:
+        """Returns (CONNECTION_STALE) once the stream has carried nothing from the coordinator for a while
+        (_quiet_limit_s) and a probe call on its connection goes unanswered for _quiet_s, though gRPC holds the
+        connection READY.
+
+        The coordinator answers no heartbeat on the stream: a quiet stream is how an idle miner's looks, and how
+        one whose connection answers keepalive pings but carries no call looks (a coordinator that took the
+        connection and never serves it, a middlebox passing only HTTP/2 control frames). Keepalive never closes
+        that one: the hello's welcome, the results' acks, the coordinator's end of the session (its heartbeat
+        timeout) never come, and the miner would wait on it for good. A probe tells them apart."""
+        loop = asyncio.get_running_loop()
+        while True:
+            # in steps of at most _quiet_s: a result sent meanwhile shortens the limit
+            limit = self._quiet_limit_s()
+            await asyncio.sleep(max(0.0, min(self._heard_at + limit - loop.time(), self._quiet_s)))
+            if loop.time() - self._heard_at < self._quiet_limit_s():
+                continue
+            asked = loop.time()
+            stale = await connection_stale(channel, self._quiet_s)
+            if self._heard_at >= asked or not stale:  # the stream spoke meanwhile, or the connection answered
+                self._heard_at = max(self._heard_at, asked)
+                self._idle_quiet_s = idle_quiet_s(self._quiet_s)  # (a fresh jitter for the next)
+                continue
+            log.warning("nothing heard on the stream from the coordinator at %s for %.1f s, nor any answer to a "
+                        "probe, though the connection is up: a new connection", self.address,
+                        loop.time() - self._heard_at)  # fmt: skip
+            return "CONNECTION_STALE", 0.0
+
+    def _quiet_limit_s(self) -> float:
+        """The silence after which the connection is probed: soon while the miner awaits an answer (a welcome, the
+        ack of a result or failure report), rarely while it awaits nothing (a fleet of idle miners probing every
+        heartbeat interval would be thousands of calls a second; a stale idle stream costs only its capacity)."""
+        return self._quiet_s if (self.unacked or not self._welcomed) else self._idle_quiet_s
 
     def _welcomed_stream(
         self, call: Any, welcome: miner_service_pb2.Welcome, tasks: list[asyncio.Task]
@@ -780,6 +844,8 @@ class Miner:
                 miner_service_pb2.ConnectRequest(drain=miner_service_pb2.MinerDrain(reason="draining"))
             )
         interval = max(0.05, welcome.heartbeat_interval.ToMilliseconds() / 1000)
+        self._heard_at, self._quiet_s = asyncio.get_running_loop().time(), heartbeat_deadline_s(interval)
+        self._idle_quiet_s = idle_quiet_s(self._quiet_s)
         reader = asyncio.create_task(self._read(call))
         tasks += [
             asyncio.create_task(self._send(call, outbox)),
@@ -791,10 +857,12 @@ class Miner:
 
     async def _read(self, call: Any) -> tuple[str, float]:
         """Handle what the coordinator sends until the stream ends: (why, the least to wait before the next)."""
+        loop = asyncio.get_running_loop()
         while True:
             message = await call.read()
             if message is grpc.aio.EOF:
                 return "EOF", 0.0
+            self._heard_at = loop.time()
             kind = message.WhichOneof("message")
             if kind == "assignments":
                 self._forget_read_rejects(len(message.assignments.assignments))
@@ -1324,6 +1392,48 @@ def retry_delay_s(exc: grpc.aio.AioRpcError) -> float:
         if detail.Unpack(info):
             return max(0.0, info.retry_delay.ToMilliseconds() / 1000)
     return 0.0
+
+
+CALL_TIMEOUT_S = 30.0  # the longest a call to the coordinator waits for its answer (but a long-poll)
+# a heartbeat's deadline (poll), and the silence on a stream before its connection is probed: the heartbeat interval,
+# at least this (the coordinator answers a heartbeat, and a probe, at once)
+QUIET_LEAST_S = 5.0
+# a call every coordinator answers at once, to any caller (grpc.health.v1 is open: no key): answered, with any status,
+# the connection carries calls
+CONNECTION_PROBE_METHOD = "/grpc.health.v1.Health/Check"
+# what Miner.channel_options may set (open_channel's keyword arguments the Miner has no field for)
+CHANNEL_OPTIONS = frozenset(
+    {"keepalive_s", "keepalive_timeout_s", "reconnect_max_s", "tls", "tls_server_name"}
+)
+
+
+def heartbeat_deadline_s(interval: float) -> float:
+    """A silence of this long (nothing answered, nothing heard) makes the connection suspect: interval, within
+    QUIET_LEAST_S and CALL_TIMEOUT_S."""
+    return min(CALL_TIMEOUT_S, max(interval, QUIET_LEAST_S))
+
+
+# the silence on an idle stream (the miner awaiting no answer) before its connection is probed: this many times the
+# quiet time, at least IDLE_QUIET_LEAST_S, jittered up to half again (10,000 idle miners: ~60 probes a second)
+IDLE_QUIET_FACTOR = 12
+IDLE_QUIET_LEAST_S = 120.0
+
+
+def idle_quiet_s(quiet_s: float) -> float:
+    return max(quiet_s * IDLE_QUIET_FACTOR, IDLE_QUIET_LEAST_S) * random.uniform(1.0, 1.5)
+
+
+async def connection_stale(channel: grpc.aio.Channel, deadline_s: float) -> bool:
+    """Whether channel's connection is up but carries no call: a probe (CONNECTION_PROBE_METHOD, an empty request)
+    unanswered within deadline_s while gRPC holds the connection READY (its keepalive pings answered). Any answer, an
+    error too, is the connection carrying calls; one not READY (UNAVAILABLE) is lost, which its calls see too."""
+    probe = channel.unary_unary(CONNECTION_PROBE_METHOD)  # (bytes in, bytes out)
+    try:
+        await probe(b"", timeout=deadline_s)
+    except grpc.aio.AioRpcError as exc:
+        up = channel.get_state() == grpc.ChannelConnectivity.READY
+        return exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED and up
+    return False
 
 
 # gRPC's refusal, in this process and before anything is sent, of a message over the channel's send limit

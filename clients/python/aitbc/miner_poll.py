@@ -37,12 +37,15 @@ from .channel import auth_metadata
 from .coordinator.v1 import miner_service_pb2, miner_service_pb2_grpc
 from .miner import (
     _NOT_ABOUT_A_MESSAGE,
+    CALL_TIMEOUT_S,  # every call but a poll (which waits Miner.poll_wait_s)
     FAILED_BY_REFUSAL,
+    QUIET_LEAST_S,
     JobFailed,
     Miner,
     channel_send_limit,
     coordinator_reason,
     failure_message,
+    heartbeat_deadline_s,  # a Heartbeat call's deadline, and the silence that makes a connection stale
     retry_delay_s,
 )
 from .signing import SigningChannel
@@ -50,9 +53,7 @@ from .tracing import with_trace_context
 
 log = logging.getLogger("aitbc.miner")
 
-CALL_TIMEOUT_S = 30.0  # every call but a poll (which waits Miner.poll_wait_s)
-# a heartbeat's deadline: its interval, at least this (the coordinator answers a heartbeat at once)
-HEARTBEAT_TIMEOUT_LEAST_S = 5.0
+HEARTBEAT_TIMEOUT_LEAST_S = QUIET_LEAST_S  # a heartbeat's deadline: its interval, at least this
 # what a unary request adds to the Result or Failure it carries: the session id (a UUID, 36 characters) and the
 # tags and lengths (the stream's framing is smaller: the miner checks results against that first)
 UNARY_FRAMING_BYTES = 64
@@ -65,11 +66,6 @@ class _Ended(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-def heartbeat_deadline_s(interval: float) -> float:
-    """A Heartbeat call's deadline, and the silence (nothing answered on the session) that makes a connection stale."""
-    return min(CALL_TIMEOUT_S, max(interval, HEARTBEAT_TIMEOUT_LEAST_S))
 
 
 def _transient(exc: grpc.aio.AioRpcError) -> bool:

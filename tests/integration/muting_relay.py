@@ -1,0 +1,55 @@
+"""A relay (tests.tcp_relay) that mutes HTTP/2 connections: a muted link passes connection-level frames (stream 0:
+SETTINGS, PING and its ack, WINDOW_UPDATE, GOAWAY) both ways and drops every frame of a stream (every call's
+headers, messages and end). gRPC's keepalive pings are answered, so keepalive finds nothing wrong, but no call goes
+through: a coordinator that took the connection and never serves it, a middlebox passing only control frames.
+
+Plaintext only (it reads the frames). A link is muted from its first byte (`mute_next`: the next N connections) or
+from the moment `mute()` is called (the links so far); a muted link stays muted (its HPACK state is lost for good).
+"""
+
+from __future__ import annotations
+
+from tests.tcp_relay import UP, Link, Relay
+
+FRAME_HEADER = 9  # HTTP/2: length (3 bytes), type, flags, stream id (4 bytes)
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"  # the client's connection preface, before its first frame
+
+
+class MutingRelay(Relay):
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(host, port)
+        self.mute_next = 0  # connections still to be muted from their first byte
+
+    def mute(self) -> int:
+        """The links so far pass no call's frames from now on, either way; how many."""
+        for link in self.links:
+            link.notes["muted"] = True
+        return len(self.links)
+
+    def muted(self) -> list[Link]:
+        return [link for link in self.links if link.notes.get("muted")]
+
+    async def passing(self, link: Link, direction: str, data: bytes) -> bytes | None:
+        if "muted" not in link.notes:  # (its first chunk, whichever way)
+            link.notes["muted"] = self.mute_next > 0
+            self.mute_next = max(0, self.mute_next - 1)
+        buffer = link.notes.get(direction, b"") + data
+        passed, at = bytearray(), 0
+        if direction == UP and not link.notes.get("preface"):
+            if len(buffer) < len(PREFACE):
+                link.notes[direction] = buffer
+                return b""
+            passed += buffer[: len(PREFACE)]
+            at = len(PREFACE)
+            link.notes["preface"] = True
+        # frames are cut at chunk boundaries: the tail of an incomplete one waits for the next chunk
+        while len(buffer) - at >= FRAME_HEADER:
+            end = at + FRAME_HEADER + int.from_bytes(buffer[at : at + 3], "big")
+            if end > len(buffer):
+                break
+            stream = int.from_bytes(buffer[at + 5 : at + 9], "big") & 0x7FFFFFFF
+            if stream == 0 or not link.notes.get("muted"):
+                passed += buffer[at:end]
+            at = end
+        link.notes[direction] = buffer[at:]
+        return bytes(passed)
