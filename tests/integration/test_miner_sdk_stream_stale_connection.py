@@ -20,6 +20,8 @@ from aitbc.miner import CONNECTION_PROBE_METHOD, IDLE_QUIET_LEAST_S, QUIET_LEAST
 from coord_support import COMPLETED, Harness, eventually, gated_sdk_miner
 from muting_relay import MutingRelay
 
+from tests.tcp_relay import DOWN, Relay
+
 # the shortest keepalive the coordinator permits: were it to end a muted connection, it would do so in 6.5 s
 KEEPALIVE = {"keepalive_s": 5.5, "keepalive_timeout_s": 1.0}
 GUARD_S = 60.0  # a guard against a hang, not a speed (the miner probes after 5 s of silence, for 5 s)
@@ -38,7 +40,9 @@ async def test_a_hello_that_never_gets_through_ends_the_stream_and_a_fresh_conne
     relay, channel = await relayed(coord)
     relay.mute_next = 1  # the miner's first connection: its Connect call's frames go nowhere, either way
     try:
-        miner, runner = gated_sdk_miner(f"127.0.0.1:{relay.port}", channel=channel, backoff_max_s=1.0)
+        miner, runner = gated_sdk_miner(
+            f"127.0.0.1:{relay.port}", channel=channel, backoff_max_s=1.0, welcome_timeout_s=3.0
+        )
         coord.run_miner(miner)
         await eventually(lambda: miner.connects, within=GUARD_S, what="a welcome on a fresh connection")
         assert relay.accepted == 2 and relay.muted(), (
@@ -156,3 +160,29 @@ async def test_a_miner_awaiting_an_ack_probes_its_quiet_stream_and_one_awaiting_
     assert miner._quiet_limit_s() >= IDLE_QUIET_LEAST_S
     miner.unacked["job-1"] = (1, None)
     assert miner._quiet_limit_s() == miner._quiet_s
+
+
+async def test_a_welcome_slower_than_a_heartbeat_deadline_costs_no_probe(coord: Harness) -> None:
+    # In a reconnect storm welcomes come late (10,000 miners: up to ~15 s here); a probe per waiting miner was
+    # 10,000 more calls then (+50 MiB of coordinator memory in the bench). The hello waits welcome_timeout_s.
+    relay = Relay("127.0.0.1", coord.coordinator.port)
+    await relay.start()
+    counter = _ProbeCounter()
+    address = f"127.0.0.1:{relay.port}"
+    channel = grpc.aio.insecure_channel(
+        address, interceptors=[counter], options=[("grpc.use_local_subchannel_pool", 1)]
+    )
+    try:
+        await asyncio.wait_for(channel.channel_ready(), GUARD_S)
+        relay.stall(DOWN)  # the welcome (and anything else the coordinator sends) held back
+        miner, _ = gated_sdk_miner(address, channel=channel)
+        coord.run_miner(miner)
+        await asyncio.sleep(
+            QUIET_LEAST_S + 2.5
+        )  # past the silence a welcomed miner awaiting an ack probes after
+        relay.heal()
+        await eventually(lambda: miner.connects, what="the late welcome")
+        assert counter.probes == 0 and miner.connects == 1 and relay.accepted == 1
+    finally:
+        await relay.close()
+        await channel.close()

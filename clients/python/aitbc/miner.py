@@ -455,6 +455,10 @@ class Miner:
     # poll transport: how long each PollJob waits for work (the coordinator waits 60 s at most); below a proxy's
     # idle or request timeout
     poll_wait_s: float = 20.0
+    # how long a stream's hello waits for its welcome before the connection is probed (and as long for the probe's
+    # answer: then it is stale, see _watch_connection); well above the welcome's delay in a reconnect storm (10,000
+    # miners at once: under 15 s here), where an early probe per miner is load the coordinator does not need
+    welcome_timeout_s: float = 20.0
     # open_channel's other settings (keepalive_s, keepalive_timeout_s, reconnect_max_s, tls, tls_server_name) for the
     # connections the miner opens: its own, and each one replacing a stale connection (a channel of the caller's
     # cannot be read: one replacing it is opened from address, the tls_* fields and these)
@@ -495,8 +499,11 @@ class Miner:
                 f"channel_options takes {', '.join(sorted(CHANNEL_OPTIONS))}, not {', '.join(unknown)}"
             )
         self._heard_at = 0.0  # the loop's time the current stream last carried something from the coordinator
-        self._quiet_s = QUIET_LEAST_S  # how long the stream may stay silent before its connection is probed
-        self._idle_quiet_s = idle_quiet_s(QUIET_LEAST_S)  # as long, while the miner awaits no answer
+        if not self.welcome_timeout_s > 0:
+            raise ValueError(f"welcome_timeout_s must be more than 0, not {self.welcome_timeout_s}")
+        # how long the stream may stay silent before its connection is probed
+        self._quiet_s = self.welcome_timeout_s
+        self._idle_quiet_s = idle_quiet_s(self._quiet_s)  # as long, while the miner awaits no answer
         if not self.stuck_timeout_s > 0:
             raise ValueError(f"stuck_timeout_s must be more than 0, not {self.stuck_timeout_s}")
         if self.unreachable_timeout_s is not None and not self.unreachable_timeout_s > 0:
@@ -730,7 +737,7 @@ class Miner:
         self._failed_results_bytes = 0
         self._welcomed = False
         # until the welcome says how often the miner heartbeats, the least silence probed for
-        self._heard_at, self._quiet_s = asyncio.get_running_loop().time(), QUIET_LEAST_S
+        self._heard_at, self._quiet_s = asyncio.get_running_loop().time(), self.welcome_timeout_s
         call = stub.Connect(metadata=with_trace_context(auth_metadata(self.api_key)))
         watch = asyncio.create_task(self._watch_connection(channel))
         opening = asyncio.create_task(self._opening(call))
