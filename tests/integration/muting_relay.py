@@ -1,37 +1,51 @@
 """A relay (tests.tcp_relay) that mutes HTTP/2 connections: a muted link passes connection-level frames (stream 0:
 SETTINGS, PING and its ack, WINDOW_UPDATE, GOAWAY) both ways and drops every frame of a stream (every call's
-headers, messages and end). gRPC's keepalive pings are answered, so keepalive finds nothing wrong, but no call goes
-through: a coordinator that took the connection and never serves it, a middlebox passing only control frames.
+headers, messages and end) in the directions muted. gRPC's keepalive pings are answered, so keepalive finds nothing
+wrong, but no call goes through: a coordinator that took the connection and never serves it, a middlebox passing
+only control frames. Muted down only (`mute(DOWN)`), the calls reach the coordinator and their answers go nowhere.
 
-Plaintext only (it reads the frames). A link is muted from its first byte (`mute_next`: the next N connections) or
-from the moment `mute()` is called (the links so far); a muted link stays muted (its HPACK state is lost for good).
+Plaintext only (it reads the frames). A link is muted both ways from its first byte (`mute_next`: the next N
+connections) or from the moment `mute()` is called (the links so far); a muted link stays muted (its HPACK state is
+lost for good).
 """
 
 from __future__ import annotations
 
-from tests.tcp_relay import UP, Link, Relay
+from typing import Any
+
+import grpc
+from aitbc.miner import CONNECTION_PROBE_METHOD
+
+from tests.tcp_relay import DOWN, UP, Link, Relay
 
 FRAME_HEADER = 9  # HTTP/2: length (3 bytes), type, flags, stream id (4 bytes)
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"  # the client's connection preface, before its first frame
+BOTH = frozenset({UP, DOWN})
 
 
 class MutingRelay(Relay):
     def __init__(self, host: str, port: int) -> None:
         super().__init__(host, port)
-        self.mute_next = 0  # connections still to be muted from their first byte
+        self.mute_next = 0  # connections still to be muted (both ways) from their first byte
 
-    def mute(self) -> int:
-        """The links so far pass no call's frames from now on, either way; how many."""
+    def mute(self, *directions: str) -> int:
+        """The links so far pass no call's frames from now on, in the directions given (by default both); how
+        many."""
+        muting = frozenset(directions) or BOTH
         for link in self.links:
-            link.notes["muted"] = True
+            link.notes["muted"] = self._muted_ways(link) | muting
         return len(self.links)
 
     def muted(self) -> list[Link]:
-        return [link for link in self.links if link.notes.get("muted")]
+        return [link for link in self.links if self._muted_ways(link)]
+
+    @staticmethod
+    def _muted_ways(link: Link) -> frozenset[str]:
+        return link.notes.get("muted", frozenset())  # type: ignore[return-value]
 
     async def passing(self, link: Link, direction: str, data: bytes) -> bytes | None:
         if "muted" not in link.notes:  # (its first chunk, whichever way)
-            link.notes["muted"] = self.mute_next > 0
+            link.notes["muted"] = BOTH if self.mute_next > 0 else frozenset()
             self.mute_next = max(0, self.mute_next - 1)
         buffer = link.notes.get(direction, b"") + data
         passed, at = bytearray(), 0
@@ -48,8 +62,21 @@ class MutingRelay(Relay):
             if end > len(buffer):
                 break
             stream = int.from_bytes(buffer[at + 5 : at + 9], "big") & 0x7FFFFFFF
-            if stream == 0 or not link.notes.get("muted"):
+            if stream == 0 or direction not in self._muted_ways(link):
                 passed += buffer[at:end]
             at = end
         link.notes[direction] = buffer[at:]
         return bytes(passed)
+
+
+class ProbeCounter(grpc.aio.UnaryUnaryClientInterceptor):
+    """Counts the connection probes (aitbc.miner.CONNECTION_PROBE_METHOD) made on a channel."""
+
+    def __init__(self) -> None:
+        self.probes = 0
+
+    async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        method = client_call_details.method
+        if (method.decode() if isinstance(method, bytes) else method) == CONNECTION_PROBE_METHOD:
+            self.probes += 1
+        return await continuation(client_call_details, request)

@@ -2,48 +2,24 @@
 that took the connection and never serves it, a middlebox that passes only HTTP/2 control frames): keepalive finds
 nothing wrong, so the miner itself must. Its calls time out with nothing at all answered on the session for a
 heartbeat's deadline: the connection is stale, replaced by a new one, and the session goes on over that (the results
-awaiting their acks sent again). A drain begun on the stale connection ends with every ack in.
+awaiting their acks sent again). A drain begun on the stale connection ends with every ack in. A registration that
+never gets through (unanswered, and a probe on its connection unanswered too) is made again on a new connection.
 
-The relay below stages it deterministically: on a muted link it passes the coordinator's connection-level frames
-(stream 0: SETTINGS, PING acks, GOAWAY) and drops every frame of a stream (the calls' answers)."""
+Staged with tests/integration/muting_relay.py, muted down only: the calls reach the coordinator (the result is
+stored) and every frame of their answers is dropped, while the coordinator's connection-level frames (stream 0:
+SETTINGS, PING acks, GOAWAY) pass."""
 
 from __future__ import annotations
 
 import asyncio
 
+import grpc
 from aitbc.channel import open_channel
+from aitbc.miner import QUIET_LEAST_S
 from coord_support import COMPLETED, Harness, eventually, gated_sdk_miner
+from muting_relay import MutingRelay, ProbeCounter
 
-from tests.tcp_relay import DOWN, Link, Relay
-
-FRAME_HEADER = 9  # HTTP/2: length (3 bytes), type, flags, stream id (4 bytes)
-
-
-class MutingRelay(Relay):
-    """mute(): the links so far keep the connection alive (pings answered) but pass no call's answer, for good."""
-
-    def mute(self) -> int:
-        for link in self.links:
-            link.notes["muted"] = True
-        return len(self.links)
-
-    async def passing(self, link: Link, direction: str, data: bytes) -> bytes | None:
-        if direction != DOWN:
-            return data
-        # frames are cut at chunk boundaries: keep the tail of an incomplete one for the next chunk
-        buffer = link.notes.get("buffer", b"") + data
-        passed, at = bytearray(), 0
-        while len(buffer) - at >= FRAME_HEADER:
-            length = int.from_bytes(buffer[at : at + 3], "big")
-            end = at + FRAME_HEADER + length
-            if end > len(buffer):
-                break
-            stream = int.from_bytes(buffer[at + 5 : at + 9], "big") & 0x7FFFFFFF
-            if stream == 0 or not link.notes.get("muted"):
-                passed += buffer[at:end]
-            at = end
-        link.notes["buffer"] = buffer[at:]
-        return bytes(passed)
+from tests.tcp_relay import DOWN, Relay
 
 
 async def test_a_connection_answering_pings_but_no_call_is_replaced_and_the_drain_ends_acked(
@@ -65,7 +41,7 @@ async def test_a_connection_answering_pings_but_no_call_is_replaced_and_the_drai
         job = await alice.submit({"n": 1})
         await eventually(lambda: miner.running, what="the job running on the poll miner")
 
-        assert relay.mute() == 1  # the miner's one connection
+        assert relay.mute(DOWN) == 1  # the miner's one connection
         runner.gate.set()  # the result reaches the coordinator; its answer does not come back
         await eventually(lambda: coord.db.job_state(job.job_id) == COMPLETED, what="the result stored")
         assert job.job_id in miner.unacked
@@ -74,9 +50,65 @@ async def test_a_connection_answering_pings_but_no_call_is_replaced_and_the_drai
         await asyncio.wait_for(task, 60)  # (a guard against a hang, not a speed)
         assert not miner.unacked and miner.acked == 1, f"drained with results unacked: {list(miner.unacked)}"
         assert relay.accepted >= 2, "the ack came back without a new connection"
-        muted = [link for link in relay.links if link.notes.get("muted")]
-        assert muted, "keepalive ended the muted connection: the staging did not hold"
+        assert relay.muted(), "keepalive ended the muted connection: the staging did not hold"
         assert runner.runs == [1] and coord.db.count("receipts", job.job_id) == 1
+    finally:
+        await relay.close()
+        await channel.close()
+
+
+async def test_a_registration_that_never_gets_through_is_made_again_on_a_fresh_connection_which_serves(
+    coord: Harness,
+) -> None:
+    alice = coord.client("alice")
+    relay = MutingRelay("127.0.0.1", coord.coordinator.port)
+    relay.mute_next = 1  # the miner's first connection: its RegisterMiner's frames go nowhere, either way
+    await relay.start()
+    channel = open_channel(
+        f"127.0.0.1:{relay.port}", own_connection=True, keepalive_s=5.5, keepalive_timeout_s=1.0
+    )
+    try:
+        miner, runner = gated_sdk_miner(f"127.0.0.1:{relay.port}", transport="poll", channel=channel,
+                                        poll_wait_s=1.0, backoff_max_s=1.0, welcome_timeout_s=3.0)  # fmt: skip
+        coord.run_miner(miner)
+        # (a guard against a hang: the miner probes after 3 s unanswered, for 3 s; the registration's own deadline,
+        # 30 s, would only have it made again on the muted connection)
+        await eventually(lambda: miner.connects, within=60.0, what="a registration on a fresh connection")
+        assert relay.accepted == 2 and relay.muted(), (
+            "keepalive ended the muted connection: the staging did not hold"
+        )
+        assert channel.get_state() != grpc.ChannelConnectivity.SHUTDOWN, "the caller's channel was closed"
+
+        job = await alice.submit({"n": 1})  # the fresh connection serves
+        runner.gate.set()
+        assert (await coord.finished(alice, job.job_id)).state == COMPLETED
+        assert runner.runs == [1] and miner.acked == 1
+    finally:
+        await relay.close()
+        await channel.close()
+
+
+async def test_a_registration_slower_than_a_heartbeat_deadline_costs_no_probe(coord: Harness) -> None:
+    # registrations come late in a reconnect storm: a probe per waiting miner would only add to the load; the
+    # registration waits welcome_timeout_s (20 s) before its connection is probed, as a stream's hello
+    relay = Relay("127.0.0.1", coord.coordinator.port)
+    await relay.start()
+    counter = ProbeCounter()
+    address = f"127.0.0.1:{relay.port}"
+    channel = grpc.aio.insecure_channel(
+        address, interceptors=[counter], options=[("grpc.use_local_subchannel_pool", 1)]
+    )
+    try:
+        await asyncio.wait_for(channel.channel_ready(), 60)
+        relay.stall(DOWN)  # the registration's answer (and anything else the coordinator sends) held back
+        miner, _ = gated_sdk_miner(address, transport="poll", channel=channel)
+        coord.run_miner(miner)
+        await asyncio.sleep(
+            QUIET_LEAST_S + 2.5
+        )  # past the silence after which a session's calls find it stale
+        relay.heal()
+        await eventually(lambda: miner.connects, what="the late registration's answer")
+        assert counter.probes == 0 and miner.connects == 1 and relay.accepted == 1
     finally:
         await relay.close()
         await channel.close()

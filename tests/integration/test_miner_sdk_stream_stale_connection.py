@@ -11,14 +11,13 @@ drops every frame of every call."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import grpc
 import pytest
 from aitbc.channel import open_channel
-from aitbc.miner import CONNECTION_PROBE_METHOD, IDLE_QUIET_LEAST_S, QUIET_LEAST_S
+from aitbc.miner import IDLE_QUIET_LEAST_S, QUIET_LEAST_S
 from coord_support import COMPLETED, Harness, eventually, gated_sdk_miner
-from muting_relay import MutingRelay
+from muting_relay import MutingRelay, ProbeCounter
 
 from tests.tcp_relay import DOWN, Relay
 
@@ -117,25 +116,12 @@ async def test_a_result_sent_on_a_muted_stream_is_sent_again_on_a_fresh_connecti
         await channel.close()
 
 
-class _ProbeCounter(grpc.aio.UnaryUnaryClientInterceptor):
-    """Counts the connection probes (aitbc.miner.CONNECTION_PROBE_METHOD) made on a channel."""
-
-    def __init__(self) -> None:
-        self.probes = 0
-
-    async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        method = client_call_details.method
-        if (method.decode() if isinstance(method, bytes) else method) == CONNECTION_PROBE_METHOD:
-            self.probes += 1
-        return await continuation(client_call_details, request)
-
-
 async def test_an_idle_miner_on_a_quiet_stream_does_not_probe_every_heartbeat_deadline(
     coord: Harness,
 ) -> None:
     # A fleet of idle miners probing at each heartbeat deadline (5 s here, 10 s by default) would be thousands of
     # calls a second; one awaiting nothing probes only after IDLE_QUIET_LEAST_S (120 s) of silence.
-    counter = _ProbeCounter()
+    counter = ProbeCounter()
     channel = grpc.aio.insecure_channel(
         f"127.0.0.1:{coord.coordinator.port}", interceptors=[counter],
         options=[("grpc.use_local_subchannel_pool", 1)],
@@ -167,7 +153,7 @@ async def test_a_welcome_slower_than_a_heartbeat_deadline_costs_no_probe(coord: 
     # 10,000 more calls then (+50 MiB of coordinator memory in the bench). The hello waits welcome_timeout_s.
     relay = Relay("127.0.0.1", coord.coordinator.port)
     await relay.start()
-    counter = _ProbeCounter()
+    counter = ProbeCounter()
     address = f"127.0.0.1:{relay.port}"
     channel = grpc.aio.insecure_channel(
         address, interceptors=[counter], options=[("grpc.use_local_subchannel_pool", 1)]

@@ -19,8 +19,10 @@ FAILED_PRECONDITION `SESSION_DRAINED` (an operator's drain, done) or once the mi
 It also ends (CONNECTION_STALE) when a call times out with nothing at all answered on the session for a heartbeat's
 deadline while gRPC holds the connection READY: its keepalive pings are still answered (a coordinator that took the
 connection and never serves it, a middlebox passing only HTTP/2 control frames), so keepalive never closes it, and
-every call made again on it would time out for ever (a drain never getting its acks). Miner.run() then goes on over
-a new connection (Miner._fresh_channel), registering again as after SESSION_NOT_FOUND.
+every call made again on it would time out for ever (a drain never getting its acks). So does a registration
+unanswered for Miner.welcome_timeout_s whose connection then answers no probe for as long (connection_stale, as the stream's
+hello awaiting its welcome). Miner.run() then goes on over a new connection (Miner._fresh_channel), registering again
+as after SESSION_NOT_FOUND.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from .miner import (
     JobFailed,
     Miner,
     channel_send_limit,
+    connection_stale,
     coordinator_reason,
     failure_message,
     heartbeat_deadline_s,  # a Heartbeat call's deadline, and the silence that makes a connection stale
@@ -86,13 +89,42 @@ async def poll_session(miner: Miner, channel: grpc.aio.Channel) -> tuple[str, fl
     )
     await miner._reachable(channel)
     miner._welcomed = False
-    hello = miner.hello().hello
-    answer = await stub.RegisterMiner(
-        miner_service_pb2.RegisterMinerRequest(hello=hello),
+    welcome = await _register(miner, channel, stub)
+    if welcome is None:
+        return "CONNECTION_STALE", 0.0
+    return await _PollSession(miner, channel, stub, welcome).run()
+
+
+async def _register(miner: Miner, channel: grpc.aio.Channel, stub: Any) -> Any:
+    """RegisterMiner's welcome; None when the connection is stale: the registration unanswered for
+    Miner.welcome_timeout_s (as a stream's hello: registrations come late in a reconnect storm, where a probe per
+    waiting miner is only more load) and then a probe on its connection (connection_stale) unanswered as long, though
+    gRPC holds it up (its keepalive pings answered). Made again on that connection, the registration would time out
+    for ever (Miner.run() opens a new one on CONNECTION_STALE). A probe answered: the coordinator is slow, not gone;
+    the call waits on."""
+    call = stub.RegisterMiner(
+        miner_service_pb2.RegisterMinerRequest(hello=miner.hello().hello),
         metadata=with_trace_context(auth_metadata(miner.api_key)),
         timeout=CALL_TIMEOUT_S,
     )
-    return await _PollSession(miner, channel, stub, answer.welcome).run()
+    answer = asyncio.ensure_future(call)
+    loop = asyncio.get_running_loop()
+    asked = loop.time()
+    try:
+        while True:
+            done, _ = await asyncio.wait({answer}, timeout=miner.welcome_timeout_s)
+            if done:
+                return answer.result().welcome
+            stale = await connection_stale(channel, miner.welcome_timeout_s)
+            if stale and not answer.done():
+                log.warning("no answer to the registration from the coordinator at %s for %.1f s, nor to a probe, "
+                            "though the connection is up: a new connection", miner.address,
+                            loop.time() - asked)  # fmt: skip
+                return None
+    finally:
+        if not answer.done():
+            call.cancel()
+            await asyncio.gather(answer, return_exceptions=True)
 
 
 class _PollSession:
@@ -105,7 +137,7 @@ class _PollSession:
         self.tasks: set[asyncio.Task] = set()
         self.slot_freed = asyncio.Event()  # a job finished or a canceled runner returned: poll again
         self.drain_wanted = asyncio.Event()  # Miner.drain() on this process: tell the coordinator
-        self.polling = False  # a PollJob is in flight (its answer may hold jobs)
+        self.polling = False  # a PollJob try is in flight (its answer may hold jobs); not between tries
         # the loop's time the coordinator last answered a call of this session (the welcome first): a call timing out
         # with nothing answered for stale_s on a connection gRPC holds READY finds it stale
         self.answered_at = asyncio.get_running_loop().time()
@@ -228,11 +260,7 @@ class _PollSession:
                     pass
                 continue
             request = miner_service_pb2.PollJobRequest(session_id=self.session_id, max_jobs=free)
-            self.polling = True
-            try:
-                answer = await self._call(self.stub.PollJob, request, m.poll_wait_s)
-            finally:
-                self.polling = False
+            answer = await self._call(self._poll_try, request, m.poll_wait_s)
             for a in answer.assignments:
                 # decided for this poll before any drain: the coordinator waits for them; there is no unary reject
                 m._start(a)
@@ -240,6 +268,21 @@ class _PollSession:
             if answer.draining:
                 m.draining = True
         self._drained_when_done()
+
+    async def _poll_try(self, request: Any, **call: Any) -> Any:
+        """One PollJob try (_call makes them): `polling` only while it is in flight. Between tries (waiting out a
+        backoff, or the connection) the coordinator decides no job for the poll: a drain waiting only on it ends
+        now, not at the next try (with the connection down, drain_ack_timeout_s). (A job decided for a try whose
+        answer was lost would come only with a next try: the drain over, the coordinator takes it back.)"""
+        self.polling = True
+        try:
+            return await self.stub.PollJob(request, **call)
+        except grpc.aio.AioRpcError:
+            self.polling = False
+            self._drained_when_done()
+            raise
+        finally:
+            self.polling = False
 
     async def _heartbeat(self, interval: float) -> None:
         """A heartbeat every interval, listing the jobs held (their leases are renewed); its cancels obeyed."""
