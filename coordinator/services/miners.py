@@ -175,7 +175,7 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
         key = self._receipt_key(hello.receipt_public_key)
         session, kept, pending = self._open(hello, caps, "stream", key)
         session.stream_task = asyncio.current_task()
-        reason = "STREAM_CLOSED"
+        reason = ""  # as _write ends the stream; one cut off otherwise: _cut_off
         reader = asyncio.create_task(
             self._read(session, request_iterator), name=f"miner-read-{session.miner_id}"
         )
@@ -192,7 +192,7 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
             await self.scheduler.finish_opening(pending, committing)
             reason = await self._write(session, context, reader, hello.batched_acks)
         except asyncio.CancelledError:
-            reason = session.end_reason or "STREAM_CANCELLED"
+            reason = session.end_reason or self._cut_off("STREAM_CANCELLED")
             task = asyncio.current_task()
             if reason == "STREAM_STALLED" and task is not None and task.uncancel() == 0:
                 # Cancelled by the liveness check, not by gRPC: a cancelled handler ends nothing towards the
@@ -202,7 +202,15 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
             raise  # never swallow gRPC's cancellation: grpcio leaks native memory otherwise
         finally:
             reader.cancel()
+            reason = reason or self._cut_off("STREAM_CLOSED")  # (an error ended it: a write failed, say)
             await asyncio.shield(self.scheduler.disconnected(session, reason))
+
+    def _cut_off(self, otherwise: str) -> str:
+        """Why a stream ended that its writer did not end. Once the coordinator stops, SHUTTING_DOWN: every stream
+        was told to go away, and the miner leaving on it (the SDK cancels its call as it reads the go-away) or gRPC
+        cutting it off at the grace's end cancels the call, maybe before its handler is back from the go-away's
+        write: `STREAM_CANCELLED` ("the connection dropped") misled operators on every restart now and then."""
+        return "SHUTTING_DOWN" if self.scheduler.stopping else otherwise
 
     async def _write(self, session: Session, context: grpc.aio.ServicerContext, reader: asyncio.Task,
                      batched_acks: bool = False) -> str:  # fmt: skip
