@@ -58,6 +58,8 @@ ROWS: list[tuple[str, str, str, str, Any]] = [
     ("e2e_unary_miners_cpu_us_per_job", "2   CPU per job: miners", "us", "", None),
     ("e2e_unary_cpu_ceiling_jobs_per_s", "2   ceiling: all cores at this CPU/job", "jobs/s", "", None),
     ("e2e_unary_loop_ceiling_jobs_per_s", "2   ceiling: its loop thread always busy", "jobs/s", "", None),
+    ("e2e_unary_cores_used", "2   cores all processes used", "cores", "", None),
+    ("e2e_unary_loop_busy", "2   share of the time its loop ran", "", "", None),
     ("e2e_batched_jobs_per_s", "3 end to end, batched (receipts)", "jobs/s", ">= 6000", lambda v: v >= 6000),
     ("e2e_batched_ratio_to_pipeline", "3   ratio to the bare job pipeline", "", "", None),
     ("e2e_batched_coord_cpu_us_per_job", "3   CPU per job: coordinator", "us", "", None),
@@ -66,6 +68,8 @@ ROWS: list[tuple[str, str, str, str, Any]] = [
     ("e2e_batched_miners_cpu_us_per_job", "3   CPU per job: miners", "us", "", None),
     ("e2e_batched_cpu_ceiling_jobs_per_s", "3   ceiling: all cores at this CPU/job", "jobs/s", "", None),
     ("e2e_batched_loop_ceiling_jobs_per_s", "3   ceiling: its loop thread always busy", "jobs/s", "", None),
+    ("e2e_batched_cores_used", "3   cores all processes used", "cores", "", None),
+    ("e2e_batched_loop_busy", "3   share of the time its loop ran", "", "", None),
     ("latency_rate_per_s", "4 latency: open-loop submit rate", "jobs/s", "", None),
     ("submit_p50_ms", "4   submit call p50", "ms", "<= 2", lambda v: v <= 2),
     ("submit_p99_ms", "4   submit call p99", "ms", "", None),
@@ -156,12 +160,17 @@ def ceilings(figures: dict[str, Any], cpus: int) -> None:
     event loop thread alone would be busy all the time (one GIL: `_loop_ceiling_jobs_per_s`). A target above
     the first needs less CPU per job, not more processes; above the second, less on the loop or another one."""
     for prefix, parts in CPU_PARTS.items():
+        rate = figures.get(f"{prefix}_jobs_per_s")
         costs = [figures.get(f"{prefix}_{part}_cpu_us_per_job") for part in parts]
         if all(c is not None and c > 0 for c in costs):
             figures[f"{prefix}_cpu_ceiling_jobs_per_s"] = cpus * 1e6 / sum(costs)  # type: ignore[arg-type]
+            if rate:  # how much of the machine the run got: near cpus, CPU-bound; well below, waiting or crowded out
+                figures[f"{prefix}_cores_used"] = rate * sum(costs) / 1e6  # type: ignore[arg-type]
         loop = figures.get(f"{prefix}_coord_loop_cpu_us_per_job")
         if loop:
             figures[f"{prefix}_loop_ceiling_jobs_per_s"] = 1e6 / loop
+            if rate:
+                figures[f"{prefix}_loop_busy"] = rate * loop / 1e6  # the share of the run its loop thread ran
 
 
 def fmt(value: float) -> str:

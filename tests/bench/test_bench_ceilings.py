@@ -10,6 +10,7 @@ from bench.__main__ import ceilings
 
 def test_cpu_ceiling_is_every_core_over_the_cpu_of_all_processes_per_job():
     figures = {
+        "e2e_batched_jobs_per_s": 2500.0,
         "e2e_batched_coord_cpu_us_per_job": 300.0,
         "e2e_batched_coord_loop_cpu_us_per_job": 200.0,
         "e2e_batched_client_cpu_us_per_job": 20.0,
@@ -18,6 +19,9 @@ def test_cpu_ceiling_is_every_core_over_the_cpu_of_all_processes_per_job():
     ceilings(figures, cpus=2)
     assert figures["e2e_batched_cpu_ceiling_jobs_per_s"] == pytest.approx(2e6 / 400)
     assert figures["e2e_batched_loop_ceiling_jobs_per_s"] == pytest.approx(1e6 / 200)
+    # at 2,500 jobs/s: 2,500 x 400 us of CPU a second, and the loop thread ran half of the time
+    assert figures["e2e_batched_cores_used"] == pytest.approx(1.0)
+    assert figures["e2e_batched_loop_busy"] == pytest.approx(0.5)
 
 
 def test_no_ceiling_from_a_scenario_measured_in_part():
