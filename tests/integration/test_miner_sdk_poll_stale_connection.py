@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+import pytest
+from aitbc import miner_poll
 from aitbc.channel import open_channel
 from aitbc.miner import QUIET_LEAST_S
 from coord_support import COMPLETED, Harness, eventually, gated_sdk_miner
@@ -109,6 +111,33 @@ async def test_a_registration_slower_than_a_heartbeat_deadline_costs_no_probe(co
         relay.heal()
         await eventually(lambda: miner.connects, what="the late registration's answer")
         assert counter.probes == 0 and miner.connects == 1 and relay.accepted == 1
+    finally:
+        await relay.close()
+        await channel.close()
+
+
+async def test_a_registration_timing_out_before_its_probe_ends_is_made_again_on_a_fresh_connection(
+    coord: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The defaults' proportions (welcome_timeout_s 20 s, then a probe of 20 s, past the registration's own 30 s
+    # deadline), scaled down: 3 s, then 3 s, past a 4 s deadline. The registration times out while the probe is in
+    # flight; the probe unanswered, the connection is stale all the same (made again on it, it would time out again).
+    monkeypatch.setattr(miner_poll, "CALL_TIMEOUT_S", 4.0)
+    relay = MutingRelay("127.0.0.1", coord.coordinator.port)
+    relay.mute_next = 1  # the miner's first connection: its RegisterMiner's frames go nowhere, either way
+    await relay.start()
+    channel = open_channel(
+        f"127.0.0.1:{relay.port}", own_connection=True, keepalive_s=5.5, keepalive_timeout_s=1.0
+    )
+    try:
+        miner, _ = gated_sdk_miner(f"127.0.0.1:{relay.port}", transport="poll", channel=channel,
+                                   poll_wait_s=1.0, backoff_max_s=1.0, welcome_timeout_s=3.0)  # fmt: skip
+        coord.run_miner(miner)
+        # (a guard against a hang: on the muted connection the registration would time out for ever)
+        await eventually(lambda: miner.connects, within=60.0, what="a registration on a fresh connection")
+        assert relay.accepted == 2 and relay.muted(), (
+            "keepalive ended the muted connection: the staging did not hold"
+        )
     finally:
         await relay.close()
         await channel.close()

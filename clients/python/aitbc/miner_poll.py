@@ -100,8 +100,9 @@ async def _register(miner: Miner, channel: grpc.aio.Channel, stub: Any) -> Any:
     Miner.welcome_timeout_s (as a stream's hello: registrations come late in a reconnect storm, where a probe per
     waiting miner is only more load) and then a probe on its connection (connection_stale) unanswered as long, though
     gRPC holds it up (its keepalive pings answered). Made again on that connection, the registration would time out
-    for ever (Miner.run() opens a new one on CONNECTION_STALE). A probe answered: the coordinator is slow, not gone;
-    the call waits on."""
+    for ever (Miner.run() opens a new one on CONNECTION_STALE). So too when the registration's own deadline
+    (CALL_TIMEOUT_S) ends before the probe does, as with the defaults (20 s, then a probe of 20 s, past 30 s). A probe
+    answered: the coordinator is slow, not gone; the call waits on (to its deadline: DEADLINE_EXCEEDED, run() retries)."""
     call = stub.RegisterMiner(
         miner_service_pb2.RegisterMinerRequest(hello=miner.hello().hello),
         metadata=with_trace_context(auth_metadata(miner.api_key)),
@@ -112,19 +113,37 @@ async def _register(miner: Miner, channel: grpc.aio.Channel, stub: Any) -> Any:
     asked = loop.time()
     try:
         while True:
-            done, _ = await asyncio.wait({answer}, timeout=miner.welcome_timeout_s)
-            if done:
+            await asyncio.wait({answer}, timeout=miner.welcome_timeout_s)
+            if _answered(answer):
                 return answer.result().welcome
+            # (the registration's deadline, CALL_TIMEOUT_S, may run out first, or while the probe is in flight: its
+            # DEADLINE_EXCEEDED says no more than the silence does)
             stale = await connection_stale(channel, miner.welcome_timeout_s)
-            if stale and not answer.done():
+            if _answered(answer):
+                return answer.result().welcome
+            if stale:
                 log.warning("no answer to the registration from the coordinator at %s for %.1f s, nor to a probe, "
                             "though the connection is up: a new connection", miner.address,
                             loop.time() - asked)  # fmt: skip
                 return None
+            # timed out on a connection that carries calls: a slow coordinator (run() retries)
+            if answer.done():
+                return answer.result().welcome
     finally:
         if not answer.done():
             call.cancel()
             await asyncio.gather(answer, return_exceptions=True)
+
+
+def _answered(answer: asyncio.Future) -> bool:
+    """Whether the registration's call ended otherwise than by its own deadline (a welcome, or the coordinator's
+    error): on a stale connection it only times out."""
+    if not answer.done():
+        return False
+    if answer.cancelled():
+        return True  # (answer.result() raises it)
+    exc = answer.exception()
+    return not (isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 class _PollSession:
