@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+from aitbc.channel import open_channel
 from aitbc.miner import CONNECTION_PROBE_METHOD
 
 from tests.tcp_relay import DOWN, UP, Link, Relay
@@ -67,6 +68,19 @@ class MutingRelay(Relay):
             at = end
         link.notes[direction] = buffer[at:]
         return bytes(passed)
+
+
+# the shortest keepalive the coordinator permits: were it to end a muted connection, it would do so in 6.5 s
+KEEPALIVE = {"keepalive_s": 5.5, "keepalive_timeout_s": 1.0}
+
+
+async def relayed(port: int, mute_next: int = 0) -> tuple[MutingRelay, grpc.aio.Channel]:
+    """A muting relay to the coordinator on port (its next mute_next connections muted from their first byte), and a
+    channel of its own through it with that keepalive (the caller's channel a miner is given)."""
+    relay = MutingRelay("127.0.0.1", port)
+    relay.mute_next = mute_next
+    await relay.start()
+    return relay, open_channel(f"127.0.0.1:{relay.port}", own_connection=True, **KEEPALIVE)
 
 
 class ProbeCounter(grpc.aio.UnaryUnaryClientInterceptor):

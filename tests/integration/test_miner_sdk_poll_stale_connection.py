@@ -16,10 +16,9 @@ import asyncio
 import grpc
 import pytest
 from aitbc import miner_poll
-from aitbc.channel import open_channel
 from aitbc.miner import QUIET_LEAST_S
 from coord_support import COMPLETED, Harness, eventually, gated_sdk_miner
-from muting_relay import MutingRelay, ProbeCounter
+from muting_relay import ProbeCounter, relayed
 
 from tests.tcp_relay import DOWN, Relay
 
@@ -28,12 +27,7 @@ async def test_a_connection_answering_pings_but_no_call_is_replaced_and_the_drai
     coord: Harness,
 ) -> None:
     alice = coord.client("alice")
-    relay = MutingRelay("127.0.0.1", coord.coordinator.port)
-    await relay.start()
-    # the shortest keepalive the coordinator permits: were it to end the muted connection, it would do so in 6.5 s
-    channel = open_channel(
-        f"127.0.0.1:{relay.port}", own_connection=True, keepalive_s=5.5, keepalive_timeout_s=1.0
-    )
+    relay, channel = await relayed(coord.coordinator.port)
     try:
         # (drain_ack_timeout_s: how long the drain waits for the last ack before giving up on it; the ack is asked
         # for here, not a speed: given up on, the result stays unacked and the job's receipt is never confirmed)
@@ -63,12 +57,8 @@ async def test_a_registration_that_never_gets_through_is_made_again_on_a_fresh_c
     coord: Harness,
 ) -> None:
     alice = coord.client("alice")
-    relay = MutingRelay("127.0.0.1", coord.coordinator.port)
-    relay.mute_next = 1  # the miner's first connection: its RegisterMiner's frames go nowhere, either way
-    await relay.start()
-    channel = open_channel(
-        f"127.0.0.1:{relay.port}", own_connection=True, keepalive_s=5.5, keepalive_timeout_s=1.0
-    )
+    # the miner's first connection: its RegisterMiner's frames go nowhere, either way
+    relay, channel = await relayed(coord.coordinator.port, mute_next=1)
     try:
         miner, runner = gated_sdk_miner(f"127.0.0.1:{relay.port}", transport="poll", channel=channel,
                                         poll_wait_s=1.0, backoff_max_s=1.0, welcome_timeout_s=3.0)  # fmt: skip
@@ -123,12 +113,8 @@ async def test_a_registration_timing_out_before_its_probe_ends_is_made_again_on_
     # deadline), scaled down: 3 s, then 3 s, past a 4 s deadline. The registration times out while the probe is in
     # flight; the probe unanswered, the connection is stale all the same (made again on it, it would time out again).
     monkeypatch.setattr(miner_poll, "CALL_TIMEOUT_S", 4.0)
-    relay = MutingRelay("127.0.0.1", coord.coordinator.port)
-    relay.mute_next = 1  # the miner's first connection: its RegisterMiner's frames go nowhere, either way
-    await relay.start()
-    channel = open_channel(
-        f"127.0.0.1:{relay.port}", own_connection=True, keepalive_s=5.5, keepalive_timeout_s=1.0
-    )
+    # the miner's first connection: its RegisterMiner's frames go nowhere, either way
+    relay, channel = await relayed(coord.coordinator.port, mute_next=1)
     try:
         miner, _ = gated_sdk_miner(f"127.0.0.1:{relay.port}", transport="poll", channel=channel,
                                    poll_wait_s=1.0, backoff_max_s=1.0, welcome_timeout_s=3.0)  # fmt: skip

@@ -14,30 +14,22 @@ import asyncio
 
 import grpc
 import pytest
-from aitbc.channel import open_channel
 from aitbc.miner import IDLE_QUIET_LEAST_S, QUIET_LEAST_S
 from coord_support import COMPLETED, Harness, eventually, gated_sdk_miner
-from muting_relay import MutingRelay, ProbeCounter
+from muting_relay import ProbeCounter, relayed
 
 from tests.tcp_relay import DOWN, Relay
 
 # the shortest keepalive the coordinator permits: were it to end a muted connection, it would do so in 6.5 s
-KEEPALIVE = {"keepalive_s": 5.5, "keepalive_timeout_s": 1.0}
 GUARD_S = 60.0  # a guard against a hang, not a speed (the miner probes after 5 s of silence, for 5 s)
-
-
-async def relayed(coord: Harness) -> tuple[MutingRelay, grpc.aio.Channel]:
-    relay = MutingRelay("127.0.0.1", coord.coordinator.port)
-    await relay.start()
-    return relay, open_channel(f"127.0.0.1:{relay.port}", own_connection=True, **KEEPALIVE)
 
 
 async def test_a_hello_that_never_gets_through_ends_the_stream_and_a_fresh_connection_is_welcomed(
     coord: Harness,
 ) -> None:
     alice = coord.client("alice")
-    relay, channel = await relayed(coord)
-    relay.mute_next = 1  # the miner's first connection: its Connect call's frames go nowhere, either way
+    # the miner's first connection: its Connect call's frames go nowhere, either way
+    relay, channel = await relayed(coord.coordinator.port, mute_next=1)
     try:
         miner, runner = gated_sdk_miner(
             f"127.0.0.1:{relay.port}", channel=channel, backoff_max_s=1.0, welcome_timeout_s=3.0
@@ -63,7 +55,7 @@ async def test_a_stream_muted_past_the_heartbeat_timeout_is_replaced_and_its_job
 ) -> None:
     # (the coordinator's heartbeat timeout is 1 s here: it takes the silent stream's job back before the miner knows)
     alice = coord.client("alice")
-    relay, channel = await relayed(coord)
+    relay, channel = await relayed(coord.coordinator.port)
     try:
         miner, runner = gated_sdk_miner(f"127.0.0.1:{relay.port}", channel=channel, backoff_max_s=1.0)
         coord.run_miner(miner)
@@ -93,7 +85,7 @@ async def test_a_result_sent_on_a_muted_stream_is_sent_again_on_a_fresh_connecti
     # the coordinator waits longer than the miner takes to see the stream is stale: the new session keeps the job,
     # and the result that went nowhere lands when sent again
     alice = coord.client("alice")
-    relay, channel = await relayed(coord)
+    relay, channel = await relayed(coord.coordinator.port)
     try:
         miner, runner = gated_sdk_miner(f"127.0.0.1:{relay.port}", channel=channel, backoff_max_s=1.0)
         task = coord.run_miner(miner)
