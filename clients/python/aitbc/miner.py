@@ -9,6 +9,7 @@ jittered exponential backoff so a fleet does not stampede a restarted coordinato
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import dataclasses
 import hashlib
@@ -742,6 +743,7 @@ class Miner:
         watch = asyncio.create_task(self._watch_connection(channel))
         opening = asyncio.create_task(self._opening(call))
         tasks: list[asyncio.Task] = [watch, opening]
+        reader: asyncio.Task | None = None
         try:
             await asyncio.wait({opening, watch}, return_when=asyncio.FIRST_COMPLETED)
             if not opening.done():  # the hello or its welcome went nowhere on a stale connection
@@ -756,6 +758,10 @@ class Miner:
         finally:
             self._outbox = None
             self._capacity_updates = False
+            if self.stopped.is_set():
+                # no write in flight when the stream's side is closed; the reader reads on to the coordinator's end
+                await _cancel_and_wait([t for t in tasks if t is not reader])
+                await _leave(call)
             call.cancel()
             await _cancel_and_wait(tasks)  # nothing of the session outlives it
 
@@ -874,6 +880,8 @@ class Miner:
             if kind == "assignments":
                 self._forget_read_rejects(len(message.assignments.assignments))
                 for a in message.assignments.assignments:
+                    if self.stopped.is_set():  # leaving (stop(), _leave): taken back with the session
+                        continue
                     if self.draining:  # (a new stream's session is filled before it reads the drain)
                         self._reject(a.job.job_id, a.attempt, "draining")
                     else:
@@ -1312,6 +1320,16 @@ _NOT_ABOUT_A_MESSAGE = frozenset({"RATE_LIMITED", "STREAM_RATE_EXCEEDED", "TOO_M
                                   "TOO_MANY_STREAMS", "AUTH_RATE_LIMITED"})  # fmt: skip
 
 
+async def _leave(call: Any) -> None:
+    """End a stream as a miner leaving on purpose (stop()): its side closed, and the coordinator's end waited for
+    (at most LEAVE_GRACE_S each), so that the coordinator logs STREAM_CLOSED ("the miner ended it"); a call cancelled
+    outright reads there as a connection that dropped (STREAM_CANCELLED). The reader must still be reading (a read
+    cancelled cancels the call). A stream already ended, a connection down: the caller's cancel ends it all the same."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(call.done_writing(), LEAVE_GRACE_S)
+        await asyncio.wait_for(call.code(), LEAVE_GRACE_S)
+
+
 async def _cancel_and_wait(tasks: list[asyncio.Task]) -> None:
     """Cancel tasks and wait until each has ended, so that none outlives what started it. Their errors are
     retrieved: a write on a stream that ended is expected (the reader reports the end); any other is logged. A
@@ -1401,6 +1419,7 @@ def retry_delay_s(exc: grpc.aio.AioRpcError) -> float:
     return 0.0
 
 
+LEAVE_GRACE_S = 1.0  # how long stop() waits for the coordinator to end a stream the miner closed (see _leave)
 CALL_TIMEOUT_S = 30.0  # the longest a call to the coordinator waits for its answer (but a long-poll)
 # a heartbeat's deadline (poll), and the silence on a stream before its connection is probed: the heartbeat interval,
 # at least this (the coordinator answers a heartbeat, and a probe, at once)
