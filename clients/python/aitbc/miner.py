@@ -1322,12 +1322,17 @@ _NOT_ABOUT_A_MESSAGE = frozenset({"RATE_LIMITED", "STREAM_RATE_EXCEEDED", "TOO_M
 
 async def _leave(call: Any) -> None:
     """End a stream as a miner leaving on purpose (stop()): its side closed, and the coordinator's end waited for
-    (at most LEAVE_GRACE_S each), so that the coordinator logs STREAM_CLOSED ("the miner ended it"); a call cancelled
-    outright reads there as a connection that dropped (STREAM_CANCELLED). The reader must still be reading (a read
-    cancelled cancels the call). A stream already ended, a connection down: the caller's cancel ends it all the same."""
+    (LEAVE_GRACE_S at most, in all), so that the coordinator logs STREAM_CLOSED ("the miner ended it"); a call
+    cancelled outright reads there as a connection that dropped (STREAM_CANCELLED). The reader must still be reading
+    (a read cancelled cancels the call). A stream already ended, a connection down: the caller's cancel ends it all the
+    same."""
+
+    async def close() -> None:
+        await call.done_writing()
+        await call.code()
+
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(call.done_writing(), LEAVE_GRACE_S)
-        await asyncio.wait_for(call.code(), LEAVE_GRACE_S)
+        await asyncio.wait_for(close(), LEAVE_GRACE_S)
 
 
 async def _cancel_and_wait(tasks: list[asyncio.Task]) -> None:
