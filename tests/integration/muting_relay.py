@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 from aitbc.channel import open_channel
 from aitbc.miner import CONNECTION_PROBE_METHOD
+from coord_support import COMPLETED, eventually
 
 from tests.tcp_relay import DOWN, UP, Link, Relay
 
@@ -81,6 +82,26 @@ async def relayed(port: int, mute_next: int = 0) -> tuple[MutingRelay, grpc.aio.
     relay.mute_next = mute_next
     await relay.start()
     return relay, open_channel(f"127.0.0.1:{relay.port}", own_connection=True, **KEEPALIVE)
+
+
+async def back_on_a_fresh_connection(coord: Any, relay: MutingRelay, channel: grpc.aio.Channel, miner: Any,
+                                     runner: Any = None, what: str = "a welcome on a fresh connection") -> None:  # fmt: skip
+    """Run miner (through relay, on the caller's channel, its first connection muted) until it is back over a
+    connection of its own: the muted one still up (keepalive did not end it: the staging held), the caller's channel
+    left open. With runner (a GatedRunner), a job then completes on the fresh connection, once."""
+    coord.run_miner(miner)
+    await eventually(lambda: miner.connects, within=60.0, what=what)  # (a guard against a hang, not a speed)
+    assert relay.accepted == 2 and relay.muted(), (
+        "keepalive ended the muted connection: the staging did not hold"
+    )
+    assert channel.get_state() != grpc.ChannelConnectivity.SHUTDOWN, "the caller's channel was closed"
+    if runner is None:
+        return
+    alice = coord.client("alice")
+    job = await alice.submit({"n": 1})
+    runner.gate.set()
+    assert (await coord.finished(alice, job.job_id)).state == COMPLETED
+    assert runner.runs == [1] and miner.acked == 1
 
 
 class ProbeCounter(grpc.aio.UnaryUnaryClientInterceptor):

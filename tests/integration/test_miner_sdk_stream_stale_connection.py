@@ -16,7 +16,7 @@ import grpc
 import pytest
 from aitbc.miner import IDLE_QUIET_LEAST_S, QUIET_LEAST_S
 from coord_support import COMPLETED, Harness, eventually, gated_sdk_miner
-from muting_relay import ProbeCounter, relayed
+from muting_relay import ProbeCounter, back_on_a_fresh_connection, relayed
 
 from tests.tcp_relay import DOWN, Relay
 
@@ -27,24 +27,13 @@ GUARD_S = 60.0  # a guard against a hang, not a speed (the miner probes after 5 
 async def test_a_hello_that_never_gets_through_ends_the_stream_and_a_fresh_connection_is_welcomed(
     coord: Harness,
 ) -> None:
-    alice = coord.client("alice")
     # the miner's first connection: its Connect call's frames go nowhere, either way
     relay, channel = await relayed(coord.coordinator.port, mute_next=1)
     try:
         miner, runner = gated_sdk_miner(
             f"127.0.0.1:{relay.port}", channel=channel, backoff_max_s=1.0, welcome_timeout_s=3.0
         )
-        coord.run_miner(miner)
-        await eventually(lambda: miner.connects, within=GUARD_S, what="a welcome on a fresh connection")
-        assert relay.accepted == 2 and relay.muted(), (
-            "keepalive ended the muted connection: the staging did not hold"
-        )
-        assert channel.get_state() != grpc.ChannelConnectivity.SHUTDOWN, "the caller's channel was closed"
-
-        job = await alice.submit({"n": 1})  # the fresh connection serves
-        runner.gate.set()
-        assert (await coord.finished(alice, job.job_id)).state == COMPLETED
-        assert runner.runs == [1] and miner.acked == 1
+        await back_on_a_fresh_connection(coord, relay, channel, miner, runner)
     finally:
         await relay.close()
         await channel.close()
