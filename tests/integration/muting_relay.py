@@ -11,12 +11,13 @@ lost for good).
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc
 from aitbc.channel import open_channel
-from aitbc.miner import CONNECTION_PROBE_METHOD
-from coord_support import COMPLETED, eventually
+from aitbc.miner import CONNECTION_PROBE_METHOD, QUIET_LEAST_S
+from coord_support import COMPLETED, eventually, gated_sdk_miner
 
 from tests.tcp_relay import DOWN, UP, Link, Relay
 
@@ -102,6 +103,33 @@ async def back_on_a_fresh_connection(coord: Any, relay: MutingRelay, channel: gr
     runner.gate.set()
     assert (await coord.finished(alice, job.job_id)).state == COMPLETED
     assert runner.runs == [1] and miner.acked == 1
+
+
+async def probes_before_a_late_answer(coord: Any, what: str, **miner_options: Any) -> int:
+    """The probes a gated SDK miner (miner_options: its transport...) makes while its opening's answer (a welcome, a
+    registration's) is held back past the silence after which a miner awaiting an ack probes (QUIET_LEAST_S); then
+    the answer let through, the miner is in on its first connection. In a reconnect storm answers come late (10,000
+    miners: up to ~15 s here): a probe per waiting miner would only add to the load."""
+    relay = Relay("127.0.0.1", coord.coordinator.port)
+    await relay.start()
+    counter = ProbeCounter()
+    address = f"127.0.0.1:{relay.port}"
+    channel = grpc.aio.insecure_channel(
+        address, interceptors=[counter], options=[("grpc.use_local_subchannel_pool", 1)]
+    )
+    try:
+        await asyncio.wait_for(channel.channel_ready(), 60)
+        relay.stall(DOWN)  # the answer (and anything else the coordinator sends) held back
+        miner, _ = gated_sdk_miner(address, channel=channel, **miner_options)
+        coord.run_miner(miner)
+        await asyncio.sleep(QUIET_LEAST_S + 2.5)
+        relay.heal()
+        await eventually(lambda: miner.connects, what=what)
+        assert miner.connects == 1 and relay.accepted == 1
+        return counter.probes
+    finally:
+        await relay.close()
+        await channel.close()
 
 
 class ProbeCounter(grpc.aio.UnaryUnaryClientInterceptor):

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import asyncio
 
-import grpc
 import pytest
 from aitbc import miner_poll
-from aitbc.miner import QUIET_LEAST_S
 from coord_support import COMPLETED, Harness, eventually, gated_sdk_miner
-from muting_relay import ProbeCounter, back_on_a_fresh_connection, relayed
+from muting_relay import back_on_a_fresh_connection, probes_before_a_late_answer, relayed
 
-from tests.tcp_relay import DOWN, Relay
+from tests.tcp_relay import DOWN
 
 
 async def test_a_connection_answering_pings_but_no_call_is_replaced_and_the_drain_ends_acked(
@@ -72,29 +70,8 @@ async def test_a_registration_that_never_gets_through_is_made_again_on_a_fresh_c
 
 
 async def test_a_registration_slower_than_a_heartbeat_deadline_costs_no_probe(coord: Harness) -> None:
-    # registrations come late in a reconnect storm: a probe per waiting miner would only add to the load; the
-    # registration waits welcome_timeout_s (20 s) before its connection is probed, as a stream's hello
-    relay = Relay("127.0.0.1", coord.coordinator.port)
-    await relay.start()
-    counter = ProbeCounter()
-    address = f"127.0.0.1:{relay.port}"
-    channel = grpc.aio.insecure_channel(
-        address, interceptors=[counter], options=[("grpc.use_local_subchannel_pool", 1)]
-    )
-    try:
-        await asyncio.wait_for(channel.channel_ready(), 60)
-        relay.stall(DOWN)  # the registration's answer (and anything else the coordinator sends) held back
-        miner, _ = gated_sdk_miner(address, transport="poll", channel=channel)
-        coord.run_miner(miner)
-        await asyncio.sleep(
-            QUIET_LEAST_S + 2.5
-        )  # past the silence after which a session's calls find it stale
-        relay.heal()
-        await eventually(lambda: miner.connects, what="the late registration's answer")
-        assert counter.probes == 0 and miner.connects == 1 and relay.accepted == 1
-    finally:
-        await relay.close()
-        await channel.close()
+    # the registration waits welcome_timeout_s (20 s) before its connection is probed, as a stream's hello
+    assert await probes_before_a_late_answer(coord, "the late registration's answer", transport="poll") == 0
 
 
 async def test_a_registration_timing_out_before_its_probe_ends_is_made_again_on_a_fresh_connection(
