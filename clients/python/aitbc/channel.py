@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+from typing import Any
+
 import grpc
 
 # The server permits client pings every 5 s or more; 20 s here leaves a wide margin.
@@ -80,11 +83,39 @@ def _pem(value: bytes | str | None) -> bytes | None:
         return f.read()
 
 
-def connection_options(args: object) -> dict[str, str | None]:
-    """Client/Miner keyword arguments from parsed CLI flags (--hmac-secret, --tls-ca, --tls-cert, --tls-key)."""
+# The CLI's flags for open_channel's settings: the parsed flag's name -> open_channel's keyword.
+CHANNEL_FLAGS = {"tls": "tls", "tls_server_name": "tls_server_name", "keepalive": "keepalive_s",
+                 "keepalive_timeout": "keepalive_timeout_s", "reconnect_max": "reconnect_max_s"}  # fmt: skip
+
+
+def channel_options(args: argparse.Namespace) -> dict[str, Any]:
+    """open_channel's keyword arguments set by parsed CLI flags (--tls, --tls-server-name, --keepalive,
+    --keepalive-timeout, --reconnect-max): what Miner(channel_options=...) takes. Flags not given are left
+    out, to open_channel's defaults."""
+    given = ((keyword, getattr(args, flag, None)) for flag, keyword in CHANNEL_FLAGS.items())
+    return {keyword: value for keyword, value in given if value}
+
+
+def _secrets(args: argparse.Namespace) -> dict[str, str | None]:
     return {
         name: getattr(args, name, None) or None for name in ("hmac_secret", "tls_ca", "tls_cert", "tls_key")
     }
+
+
+def miner_connection_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Miner keyword arguments from parsed CLI flags: hmac_secret, the tls_* fields and channel_options (the
+    miner opens its connections itself: its first, and each one replacing a stale connection)."""
+    return {**_secrets(args), "channel_options": channel_options(args)}
+
+
+def connection_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Client/AdminClient keyword arguments from parsed CLI flags: hmac_secret, and a channel to args.address
+    opened with the TLS flags (--tls-ca, --tls-cert, --tls-key) and channel_options(args). Call it with the
+    client's event loop running; the client closes the channel."""
+    secrets = _secrets(args)
+    channel = open_channel(args.address, tls_ca=secrets["tls_ca"], tls_cert=secrets["tls_cert"],
+                           tls_key=secrets["tls_key"], **channel_options(args))  # fmt: skip
+    return {"hmac_secret": secrets["hmac_secret"], "channel": channel}
 
 
 def auth_metadata(api_key: str) -> tuple[tuple[str, str], ...]:

@@ -1,8 +1,12 @@
 """`aitbc`: the command line of the SDK: jobs (and their prices and your usage), a miner, and receipts.
 
-Every command takes --address and --api-key, or AITBC_ADDRESS and AITBC_API_KEY; and for signed calls and
-TLS, --hmac-secret, --tls-ca, --tls-cert and --tls-key (AITBC_HMAC_SECRET, AITBC_TLS_CA, AITBC_TLS_CERT,
-AITBC_TLS_KEY).
+Every command takes --address and --api-key, or AITBC_ADDRESS and AITBC_API_KEY; for signed calls and
+TLS, --hmac-secret, --tls, --tls-ca, --tls-cert, --tls-key and --tls-server-name (AITBC_HMAC_SECRET,
+AITBC_TLS, AITBC_TLS_CA, AITBC_TLS_CERT, AITBC_TLS_KEY, AITBC_TLS_SERVER_NAME); and for the connection's
+keepalive and reconnects, --keepalive, --keepalive-timeout and --reconnect-max SECONDS (AITBC_KEEPALIVE,
+AITBC_KEEPALIVE_TIMEOUT, AITBC_RECONNECT_MAX): open_channel's tls, tls_server_name, keepalive_s,
+keepalive_timeout_s and reconnect_max_s. `aitbc miner run` also takes --welcome-timeout (Miner's
+welcome_timeout_s).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -23,7 +28,7 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
 from .admin_cli import add_parser as add_admin_parser
-from .channel import connection_options
+from .channel import SERVER_MIN_PING_INTERVAL_S, connection_options, miner_connection_options
 from .client import Client, error_details, new_idempotency_key, struct_json
 from .coordinator.v1.job_pb2 import JOB_STATE_COMPLETED
 from .receipts.cli import add_parser as add_receipts_parser
@@ -46,6 +51,31 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="mutual TLS: client certificate file (AITBC_TLS_CERT)")  # fmt: skip
     parser.add_argument("--tls-key", default=env("AITBC_TLS_KEY", ""),
                         help="mutual TLS: client private key file (AITBC_TLS_KEY)")  # fmt: skip
+    parser.add_argument(
+        "--tls", action="store_true", default=env("AITBC_TLS", "") not in ("", "0", "false", "no"),
+        help="TLS trusting the system's CA certificates (implied by --tls-ca or --tls-cert; AITBC_TLS=1)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tls-server-name", default=env("AITBC_TLS_SERVER_NAME", ""), metavar="NAME",
+        help="TLS: the name to check the coordinator's certificate against, when it names another host than "
+             "--address (an IP address, a tunnel) (AITBC_TLS_SERVER_NAME)",
+    )  # fmt: skip
+    # (an environment's value, a string, is checked by the flag's type as a command line's would be)
+    parser.add_argument(
+        "--keepalive", type=_keepalive_seconds, default=env("AITBC_KEEPALIVE"), metavar="SECONDS",
+        help="ping the coordinator this often, to find a dead connection (and keep a NAT's entry), more than "
+             f"{SERVER_MIN_PING_INTERVAL_S:g} (default: 20; AITBC_KEEPALIVE)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--keepalive-timeout", type=_finite_positive_seconds, default=env("AITBC_KEEPALIVE_TIMEOUT"),
+        metavar="SECONDS", help="a ping unanswered this long ends the connection (default: 10; "
+                                "AITBC_KEEPALIVE_TIMEOUT)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--reconnect-max", type=_reconnect_seconds, default=env("AITBC_RECONNECT_MAX"), metavar="SECONDS",
+        help="a coordinator unreachable: try to connect again at least this often, 1 or more (default: 5; "
+             "AITBC_RECONNECT_MAX)",
+    )  # fmt: skip
 
 
 def _print(message: Message, *, zeros: bool = False) -> None:
@@ -170,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "long (default: 60)")  # fmt: skip
     run.add_argument("--give-up-after", type=_positive_seconds, default=None, metavar="SECONDS",
                      help="exit 1 when the coordinator stays unreachable this long (default: keep trying)")  # fmt: skip
+    run.add_argument("--welcome-timeout", type=_finite_positive_seconds, default=None, metavar="SECONDS",
+                     help="a hello (or registration) unanswered this long: probe the connection, then "
+                          "replace it (default: 20)")  # fmt: skip
     run.add_argument("--transport", choices=("stream", "poll"), default="stream",
                      help="stream: one long-lived Connect stream; poll: unary calls (long-polls), for a network "
                           "or proxy that cuts long HTTP/2 streams (default: stream)")  # fmt: skip
@@ -431,11 +464,55 @@ def _positive(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number of seconds is needed, not {text!r}") from None
+
+
 def _positive_seconds(text: str) -> float:
-    value = float(text)
+    value = _seconds(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {text}")
     return value
+
+
+def _finite_positive_seconds(text: str) -> float:
+    """More than 0 and finite: the connection's settings become milliseconds (an int) or timers."""
+    value = _seconds(text)
+    if not (0 < value < math.inf):
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds (and finite), not {text}")
+    return value
+
+
+def _keepalive_seconds(text: str) -> float:
+    value = _seconds(text)
+    # the coordinator answers pings more frequent than its minimum with too_many_pings (GOAWAY)
+    if not (SERVER_MIN_PING_INTERVAL_S < value < math.inf):
+        raise argparse.ArgumentTypeError(
+            f"must be more than {SERVER_MIN_PING_INTERVAL_S:g} seconds (the coordinator's least ping "
+            f"interval), not {text}"
+        )
+    return value
+
+
+def _reconnect_seconds(text: str) -> float:
+    value = _seconds(text)
+    if not (1.0 <= value < math.inf):  # (gRPC's first reconnect waits 1 s)
+        raise argparse.ArgumentTypeError(f"must be at least 1 second, not {text}")
+    return value
+
+
+def _connection_flags_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the connection flags taken together (each alone is checked by its type), if any."""
+    if not hasattr(args, "tls_server_name"):  # (a command that connects to nothing: receipts verify)
+        return None
+    if args.tls_server_name and not (args.tls or args.tls_ca or args.tls_cert):
+        return "--tls-server-name needs TLS (--tls, --tls-ca or --tls-cert), not a plaintext connection"
+    if bool(args.tls_cert) != bool(args.tls_key):
+        return "--tls-cert and --tls-key go together (mutual TLS)"
+    return None
 
 
 def _write(data: bytes, path: str | None) -> None:
@@ -505,7 +582,8 @@ async def _miner(args: argparse.Namespace) -> int:
                   probe_capabilities(args.slots, **overrides),
                   signer=Signer(args.signing_key_hex) if args.signing_key_hex else None,
                   unreachable_timeout_s=args.give_up_after, stuck_timeout_s=args.stuck_timeout,
-                  transport=args.transport, **connection_options(args))  # fmt: skip
+                  transport=args.transport, **_welcome_timeout(args),
+                  **miner_connection_options(args))  # fmt: skip
     install_signal_handlers(miner)
     try:
         await miner.run()
@@ -515,12 +593,20 @@ async def _miner(args: argparse.Namespace) -> int:
     return 0
 
 
+def _welcome_timeout(args: argparse.Namespace) -> dict[str, float]:
+    """Miner's welcome_timeout_s from --welcome-timeout; not given: the Miner's default."""
+    return {} if args.welcome_timeout is None else {"welcome_timeout_s": args.welcome_timeout}
+
+
 # What a shell reports for a process killed by SIGPIPE (Python ignores the signal: its writes fail instead).
 EXIT_OUTPUT_CLOSED = 128 + signal.SIGPIPE
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if problem := _connection_flags_problem(args):  # (before anything connects; for `aitbc admin` too)
+        print(f"aitbc: {problem}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="ts=%(asctime)s level=%(levelname)s %(name)s %(message)s")
     if args.command == "miner":  # (it writes nothing on stdout: a broken pipe of its own is reported below)
         try:
