@@ -12,10 +12,11 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import pytest
 from aitbc.channel import open_channel
 from aitbc.cli import build_parser, main
-from aitbc.client import Client
+from aitbc.client import NO_RETRY, Client
 from coord_support import ADMIN_KEY, CLIENT_KEYS, COMPLETED, Harness, miner_key
 
 from tests.security.sec_support import Pki
@@ -188,3 +189,21 @@ def test_bad_connection_settings_are_refused_with_exit_2(
     err = capsys.readouterr().err
     assert code == 2, err
     assert says in err and "Traceback" not in err, err
+
+
+async def test_sdk_clients_take_the_same_settings_as_channel_options(tls_coord: TlsCoordinator) -> None:
+    """Client and AdminClient take open_channel's settings as Miner does (channel_options): the name on the
+    certificate reaches a coordinator dialled by address; without it the handshake fails (UNAVAILABLE)."""
+    from aitbc.admin_cli import AdminClient
+
+    address, ca = tls_coord.harness.address, str(tls_coord.ca)
+    named = {"tls_server_name": SERVER_NAME, "keepalive_s": 30.0}
+    async with Client(address, CLIENT_KEYS["alice"], tls_ca=ca, channel_options=named) as client:
+        job = await client.submit({"n": 3})
+        assert job.job_id
+    async with AdminClient(address, ADMIN_KEY, tls_ca=ca, channel_options=named) as admin:
+        assert (await admin.stats()).ByteSize() > 0
+    async with AdminClient(address, ADMIN_KEY, tls_ca=ca, timeout_s=3, retry=NO_RETRY) as admin:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await admin.stats()
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -69,8 +69,11 @@ class AdminClient(RetryingCalls):
     def __init__(self, address: str, api_key: str, *, channel: grpc.aio.Channel | None = None,
                  hmac_secret: str | bytes | None = None, tls_ca: bytes | str | None = None,
                  tls_cert: bytes | str | None = None, tls_key: bytes | str | None = None,
+                 channel_options: dict[str, Any] | None = None,
                  timeout_s: float | None = DEFAULT_TIMEOUT_S, retry: RetryPolicy = DEFAULT_RETRY) -> None:  # fmt: skip
-        channel = channel or open_channel(address, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key)
+        """As Client's: tls_* and channel_options (open_channel's other settings) unless channel is given."""
+        channel = channel or open_channel(address, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
+                                          **(channel_options or {}))  # fmt: skip
         super().__init__(channel, api_key, timeout_s=timeout_s, retry=retry)
         calls = SigningChannel(self.channel, hmac_secret) if hmac_secret else self.channel
         self.stub = admin_service_pb2_grpc.AdminServiceStub(calls)

@@ -96,26 +96,13 @@ def channel_options(args: argparse.Namespace) -> dict[str, Any]:
     return {keyword: value for keyword, value in given if value}
 
 
-def _secrets(args: argparse.Namespace) -> dict[str, str | None]:
-    return {
+def connection_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Client, AdminClient and Miner keyword arguments from parsed CLI flags: hmac_secret, the tls_* files and
+    channel_options (a miner opens its connections itself: its first, and each one replacing a stale one)."""
+    files = {
         name: getattr(args, name, None) or None for name in ("hmac_secret", "tls_ca", "tls_cert", "tls_key")
     }
-
-
-def miner_connection_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Miner keyword arguments from parsed CLI flags: hmac_secret, the tls_* fields and channel_options (the
-    miner opens its connections itself: its first, and each one replacing a stale connection)."""
-    return {**_secrets(args), "channel_options": channel_options(args)}
-
-
-def connection_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Client/AdminClient keyword arguments from parsed CLI flags: hmac_secret, and a channel to args.address
-    opened with the TLS flags (--tls-ca, --tls-cert, --tls-key) and channel_options(args). Call it with the
-    client's event loop running; the client closes the channel."""
-    secrets = _secrets(args)
-    channel = open_channel(args.address, tls_ca=secrets["tls_ca"], tls_cert=secrets["tls_cert"],
-                           tls_key=secrets["tls_key"], **channel_options(args))  # fmt: skip
-    return {"hmac_secret": secrets["hmac_secret"], "channel": channel}
+    return {**files, "channel_options": channel_options(args)}
 
 
 def auth_metadata(api_key: str) -> tuple[tuple[str, str], ...]:

@@ -28,7 +28,7 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
 from .admin_cli import add_parser as add_admin_parser
-from .channel import SERVER_MIN_PING_INTERVAL_S, connection_options, miner_connection_options
+from .channel import SERVER_MIN_PING_INTERVAL_S, connection_options
 from .client import Client, error_details, new_idempotency_key, struct_json
 from .coordinator.v1.job_pb2 import JOB_STATE_COMPLETED
 from .receipts.cli import add_parser as add_receipts_parser
@@ -583,7 +583,7 @@ async def _miner(args: argparse.Namespace) -> int:
                   signer=Signer(args.signing_key_hex) if args.signing_key_hex else None,
                   unreachable_timeout_s=args.give_up_after, stuck_timeout_s=args.stuck_timeout,
                   transport=args.transport, **_welcome_timeout(args),
-                  **miner_connection_options(args))  # fmt: skip
+                  **connection_options(args))  # fmt: skip
     install_signal_handlers(miner)
     try:
         await miner.run()

@@ -306,11 +306,14 @@ class Client(RetryingCalls):
         tls_ca: bytes | str | None = None,
         tls_cert: bytes | str | None = None,
         tls_key: bytes | str | None = None,
+        channel_options: dict[str, Any] | None = None,
         timeout_s: float | None = DEFAULT_TIMEOUT_S,
         retry: RetryPolicy = DEFAULT_RETRY,
         generate_idempotency_keys: bool = True,
     ) -> None:
         """hmac_secret: sign every call with the key's signing secret; tls_*: TLS (see open_channel).
+        channel_options: open_channel's other settings (tls, tls_server_name, keepalive_s, keepalive_timeout_s,
+        reconnect_max_s), as Miner takes them; with channel, neither these nor tls_* apply (the channel has its own).
 
         timeout_s: the deadline of each call (None: none), all its tries included; a waiting GetJobResult
         defaults to RESULT_WAIT_TIMEOUT_S and a watch to no deadline. retry: see RetryPolicy (NO_RETRY: none).
@@ -318,7 +321,8 @@ class Client(RetryingCalls):
         made once per call, so that its submit is tried again after UNAVAILABLE like any call safe to repeat;
         False: jobs without a key are sent without one, and such a submit is never tried again.
         """
-        channel = channel or open_channel(address, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key)
+        channel = channel or open_channel(address, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
+                                          **(channel_options or {}))  # fmt: skip
         super().__init__(channel, api_key, timeout_s=timeout_s, retry=retry)
         self.generate_idempotency_keys = generate_idempotency_keys
         calls = SigningChannel(self.channel, hmac_secret) if hmac_secret else self.channel
