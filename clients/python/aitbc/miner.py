@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
+import errno
 import hashlib
 import inspect
 import json
@@ -260,6 +261,105 @@ def _kill_group(pgid: int) -> None:
         pass
 
 
+SHELL = "/bin/sh"  # runs the guard below; without it (a distroless image) commands run unguarded
+
+# A command's guard, run by SHELL with the death pipe's read end and the command as arguments. It leaves a
+# watcher in the command's process group that kills the group once the pipe reads EOF: once no process holds its
+# write end, which the miner alone holds, so once the miner is gone, however it died (before the watcher read,
+# too). The watcher is forked twice so that the command has no child it did not start (one waiting for all its
+# children would wait for it); then the command replaces the shell: the miner's own child as before, its exit
+# status (a death by signal too) seen unchanged. The pipe is read through /dev/fd: POSIX sh (dash) names no
+# descriptor past 9, so the command keeps that read end too (nothing is ever written to it). No code runs between
+# fork and exec in the miner (a preexec_fn is not safe with gRPC's threads).
+_GUARD = """fd=$1; shift
+( (trap '' HUP INT TERM; read _ </dev/fd/"$fd"; kill -s KILL 0) </dev/null >/dev/null 2>&1 & )
+exec "$@"
+"""
+
+_death_pipe_lock = threading.Lock()
+_death_pipe: tuple[int, int] | None = None  # (read end, write end), made for the first guarded command
+_unguarded_logged = False
+
+
+def _death_pipe_read_end() -> int | None:
+    """The read end of a pipe whose write end this process alone holds (close-on-exec: no command inherits it);
+    None where a child could not open it as /dev/fd/N."""
+    global _death_pipe
+    with _death_pipe_lock:
+        if _death_pipe is None:
+            read_end, write_end = os.pipe()
+            try:
+                os.close(os.open(f"/dev/fd/{read_end}", os.O_RDONLY))
+            except OSError:
+                os.close(read_end)
+                os.close(write_end)
+                return None
+            _death_pipe = read_end, write_end
+        return _death_pipe[0]
+
+
+def _forget_death_pipe() -> None:
+    """In a child forked from the miner: its copy of the write end would keep the miner's commands running
+    after the miner died, for as long as the child lives."""
+    global _death_pipe, _death_pipe_lock
+    _death_pipe_lock = threading.Lock()  # (held by another thread at the fork, perhaps)
+    if _death_pipe is not None:
+        for fd in _death_pipe:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        _death_pipe = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_death_pipe)
+
+
+def _log_unguarded_once(reason: str, level: int) -> None:
+    global _unguarded_logged
+    if not _unguarded_logged:
+        _unguarded_logged = True
+        log.log(level, "cmd runner: commands are not killed with the miner if it dies (%s)", reason)
+
+
+def _guard_fd() -> int | None:
+    """The death pipe's read end for a command's guard, or None where the guard cannot run (logged once)."""
+    if os.getpid() == 1:  # (PID 1's end ends every process of its namespace: nothing to guard)
+        _log_unguarded_once("the miner is PID 1", logging.DEBUG)
+        return None
+    if not os.access(SHELL, os.X_OK):
+        _log_unguarded_once(f"no {SHELL} to run the guard", logging.INFO)
+        return None
+    read_end = _death_pipe_read_end()
+    if read_end is None:
+        _log_unguarded_once("no /dev/fd", logging.INFO)
+    return read_end
+
+
+def _exec_error(word: str, cwd: str, env: dict[str, str]) -> str | None:
+    """Why exec would refuse to run word (its strerror, as Popen says it), or None. Checked before the guard
+    runs it: its shell would exit 127 or 126, where a command that never started is COMMAND_NOT_STARTED."""
+    dirs = [""] if os.sep in word else os.get_exec_path(env)  # (relative to the workspace, as in the child)
+    refused = False
+    for directory in dirs:
+        path = os.path.join(cwd, directory, word)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return None
+        refused = refused or os.path.exists(path)
+    return os.strerror(errno.EACCES if refused else errno.ENOENT)
+
+
+def _guarded(command: list[str], cwd: str, env: dict[str, str]) -> tuple[list[str], tuple[int, ...]]:
+    """The argv that runs command under the guard, and the descriptor to pass it; command itself, unguarded,
+    where the guard cannot run."""
+    read_end = _guard_fd()
+    if read_end is None:
+        return command, ()
+    error = _exec_error(command[0], cwd, env)
+    if error is not None:
+        raise JobFailed("COMMAND_NOT_STARTED", f"{command[0]}: {error}")
+    return [SHELL, "-c", _GUARD, "sh", str(read_end), *command], (read_end,)
+
+
 def _time_limit(job: job_pb2.Job, timeout_s: float | None) -> float | None:
     """How long a command may run: the job's own execution timeout, or timeout_s if that is shorter (a
     miner-wide limit must not cut short a job its client gave longer; the coordinator cancels it at its own)."""
@@ -282,7 +382,8 @@ def subprocess_runner(
     It may run for the job's execution timeout, or timeout_s if that is shorter (None, 0 or less: the job's alone).
     The command runs in a process group of its own (a new session), SIGKILLed as a whole when the job ends:
     on its timeout, its cancellation, stdout past max_output_bytes (a RESULT_TOO_LARGE failure), and once the
-    command has exited (what it left running in the background goes with it, and holds no pipe open). Exit
+    command has exited (what it left running in the background goes with it, and holds no pipe open); and
+    when this process dies, however (see _GUARD: under /bin/sh, a watcher in the group). Exit
     status 65 (EX_DATAERR) says the input is wrong: the job fails for good (INVALID_INPUT), any other but 0
     fails it retryable (EXIT_STATUS). Only the last STDERR_TAIL_BYTES of stderr are kept (the end of them in a
     failure's message)."""
@@ -297,12 +398,13 @@ def subprocess_runner(
         pgid = 0
         transport: asyncio.SubprocessTransport | None = None
         try:
+            env = {**os.environ, "AITBC_JOB_ID": job.job_id, "AITBC_WORKSPACE": workspace}
+            argv, pass_fds = _guarded(command, workspace, env)
             try:
                 transport, out = await loop.subprocess_exec(
-                    lambda: _Collect(loop, max_output_bytes), *command,
+                    lambda: _Collect(loop, max_output_bytes), *argv,
                     cwd=workspace, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                    env={**os.environ, "AITBC_JOB_ID": job.job_id, "AITBC_WORKSPACE": workspace},
-                    start_new_session=True,
+                    env=env, start_new_session=True, pass_fds=pass_fds,
                 )  # fmt: skip
             except OSError as exc:  # not found, not executable: this miner's setup (another may have it)
                 raise JobFailed("COMMAND_NOT_STARTED", f"{command[0]}: {exc.strerror or repr(exc)}") from None
