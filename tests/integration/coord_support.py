@@ -349,6 +349,15 @@ def struct(data: dict[str, Any]) -> struct_pb2.Struct:
     return s
 
 
+def gone(pid: int) -> bool:
+    """Whether pid no longer runs (gone, or a zombie left to a parent that does not reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
 # ---------------------------------------------------------------------------------------------- a miner by hand
 @dataclass
 class Stream:

@@ -26,7 +26,7 @@ import pytest
 from aitbc import miner
 from aitbc.coordinator.v1 import job_pb2
 from aitbc.miner import JobFailed, subprocess_runner
-from coord_support import Harness, eventually, miner_key
+from coord_support import Harness, eventually, gone, miner_key
 
 PY = sys.executable
 
@@ -38,15 +38,6 @@ sh -c 'sleep 300 & echo $! > "{pids}/grandchild.pid"; wait' &
 echo $! > "{pids}/child.pid"
 wait
 """
-
-
-def gone(pid: int) -> bool:
-    """Whether pid no longer runs (gone, or a zombie left to a parent that does not reap it)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 def recorded_pids(pids: Path) -> dict[str, int]:

@@ -39,21 +39,13 @@ from coord_support import (
     RUNNING,
     Harness,
     eventually,
+    gone,
     miner_key,
     sdk_miner,
     struct,
 )
 
 PY = sys.executable
-
-
-def gone(pid: int) -> bool:
-    """Whether pid no longer runs (gone, or a zombie left to a parent that does not reap it)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 def kill_quietly(pid: int) -> None:
