@@ -860,12 +860,18 @@ class Miner:
         finally:
             self._outbox = None
             self._capacity_updates = False
-            if self.stopped.is_set():
-                # no write in flight when the stream's side is closed; the reader reads on to the coordinator's end
-                await _cancel_and_wait([t for t in tasks if t is not reader])
-                await _leave(call)
-            call.cancel()
-            await _cancel_and_wait(tasks)  # nothing of the session outlives it
+            try:
+                if self.stopped.is_set():
+                    if reader is None and opening in tasks:  # stopped before the welcome: read on from it
+                        reader = asyncio.create_task(_read_to_end(opening, call))
+                        tasks.append(reader)
+                    # no write in flight when the stream's side is closed; the reader reads on to the coordinator's
+                    # end (messages left unread hold its status back)
+                    await _cancel_and_wait([t for t in tasks if t not in (reader, opening)])
+                    await _leave(call)
+            finally:  # (stop() again, or run() canceled, while leaving: the stream ends all the same)
+                call.cancel()
+                await _cancel_and_wait(tasks)  # nothing of the session outlives it
 
     async def _opening(self, call: Any) -> Any:
         """The hello written, the coordinator's first message (its welcome, or EOF)."""
@@ -1435,6 +1441,14 @@ async def _leave(call: Any) -> None:
 
     with contextlib.suppress(Exception):
         await asyncio.wait_for(close(), LEAVE_GRACE_S)
+
+
+async def _read_to_end(opening: asyncio.Task, call: Any) -> None:
+    """The stream of a miner stopped before its welcome, read to the coordinator's end (see _leave): the opening's
+    first message, then the rest, dropped (assignments are taken back with the session)."""
+    await opening
+    while await call.read() is not grpc.aio.EOF:
+        pass
 
 
 async def _cancel_and_wait(tasks: list[asyncio.Task]) -> None:
