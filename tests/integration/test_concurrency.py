@@ -109,16 +109,19 @@ async def test_many_miners_many_jobs_no_double_assignment_none_lost(coord: Harne
             problems.append(f"{job_id}: {[e[5] for e in chain]}")
     assert not problems, problems[:10]
 
-    # seen from the miners: each (job, attempt) ran on one miner only, and never two runs at once
+    # seen from the miners: each (job, attempt) ran on one miner only (but a run a stopped miner gave back, its
+    # attempt unspent: there and on one other miner), and never two runs at once
+    stopped = {"miner-00", "miner-01"}
+    given_back = {j for j, chain in events.items() if any(e[5] == "REJECTED" for e in chain)}
     by_attempt: dict[tuple[str, int], set[str]] = defaultdict(set)
     for job_id, attempt, name in executions:
         by_attempt[(job_id, attempt)].add(name)
-    assert all(len(names) == 1 for names in by_attempt.values())
+    assert all(len(names) == 1 or (job_id in given_back and len(names) == 2 and names & stopped)
+               for (job_id, _), names in by_attempt.items())  # fmt: skip
     assert {j for j, _ in by_attempt} == job_ids
     assert not overlaps, overlaps[:5]
     # the vanished miners' unfinished jobs really were reassigned
     reassigned = [j for j, chain in events.items() if sum(1 for e in chain if e[2] == ASSIGNED) > 1]
-    stopped = {"miner-00", "miner-01"}
     assert all(any(e[4] in stopped for e in events[j] if e[2] == ASSIGNED) for j in reassigned)
     assert elapsed < 60
     print(f"\n{N_JOBS} jobs on {N_MINERS} miners in {elapsed:.2f} s; {len(reassigned)} reassigned")

@@ -134,7 +134,7 @@ async def test_stop_with_a_result_unacked_and_a_job_running_leaves_each_job_comp
     coord: Harness,
 ) -> None:
     """The result that landed (its ack lost to the stop) completes its job once; the job still running when the
-    miner stopped waits out the reconnect grace and runs again on the next miner. Neither is held for good."""
+    miner stopped is given back (its attempt unspent) and runs again on the next miner. Neither is held for good."""
     alice = coord.client("alice")
     relay = Relay("127.0.0.1", coord.coordinator.port)
     await relay.start()
@@ -157,7 +157,7 @@ async def test_stop_with_a_result_unacked_and_a_job_running_leaves_each_job_comp
         coord.run_miner(sdk_miner(coord.address, runner))  # the next miner (same identity, back after stop)
         assert (await coord.finished(alice, running.job_id, within=GUARD_S)).state == COMPLETED
         assert (await alice.get(finished.job_id)).attempt == 1
-        assert runner.runs == {1: [1, 2], 2: [1]}
+        assert runner.runs == {1: [1, 1], 2: [1]}
         assert [coord.db.count("receipts", j.job_id) for j in (finished, running)] == [1, 1]
         assert coord.db.not_terminal() == []
     finally:

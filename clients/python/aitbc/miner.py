@@ -756,8 +756,9 @@ class Miner:
     async def _end_jobs(self) -> None:
         """The jobs still running, and canceled jobs' runners not returned yet, canceled and waited for: run()
         leaves no task behind (their commands killed, their workspaces removed). Their results are given up, as
-        are those awaiting acks: the coordinator runs those jobs again. A python callable's thread cannot be
-        stopped: its task, canceled again, gives up on it (a daemon thread, it ends with the process)."""
+        are those awaiting acks: the coordinator runs those jobs again (at once for the jobs a stop gave back:
+        _give_back_held). A python callable's thread cannot be stopped: its task, canceled again, gives up on it (a
+        daemon thread, it ends with the process)."""
         tasks = [r.task for r in self.running.values()] + list(self._canceled)
         for task in tasks:
             task.cancel()
@@ -796,6 +797,9 @@ class Miner:
         return max(delay * random.uniform(0.5, 1.0), least * random.uniform(1.0, 1.5))
 
     def stop(self) -> None:
+        """End now (also on SIGINT in `aitbc miner run`): running jobs canceled, and on a welcomed stream given back
+        to the coordinator (Capacity 0, then a Reject each: queued at once for another miner, their attempts
+        unspent) before the stream is closed; results awaiting acks are given up. See _leave_stream."""
         self.stopped.set()
         if self._session_task is not None:
             self._session_task.cancel()
@@ -846,6 +850,7 @@ class Miner:
         opening = asyncio.create_task(self._opening(call))
         tasks: list[asyncio.Task] = [watch, opening]
         reader: asyncio.Task | None = None
+        sender: asyncio.Task | None = None
         try:
             await asyncio.wait({opening, watch}, return_when=asyncio.FIRST_COMPLETED)
             if not opening.done():  # the hello or its welcome went nowhere on a stale connection
@@ -855,23 +860,44 @@ class Miner:
             if first is grpc.aio.EOF or first.WhichOneof("message") != "welcome":
                 await call.done_writing()
                 return "NO_WELCOME", 0.0
-            reader = self._welcomed_stream(call, first.welcome, tasks)
+            reader, sender = self._welcomed_stream(call, first.welcome, tasks)
             return await self._until_ended(reader, tasks)
         finally:
-            self._outbox = None
-            self._capacity_updates = False
+            capacity_updates, self._capacity_updates = self._capacity_updates, False
+            leaving = self.stopped.is_set()
+            if not leaving:  # (while leaving, the reader gives back on it what it reads: see _read)
+                self._outbox = None
             try:
-                if self.stopped.is_set():
-                    if reader is None and opening in tasks:  # stopped before the welcome: read on from it
-                        reader = asyncio.create_task(_read_to_end(opening, call))
-                        tasks.append(reader)
-                    # no write in flight when the stream's side is closed; the reader reads on to the coordinator's
-                    # end (messages left unread hold its status back)
-                    await _cancel_and_wait([t for t in tasks if t not in (reader, opening)])
-                    await _leave(call)
+                if leaving:
+                    await self._leave_stream(call, tasks, opening, reader, sender, capacity_updates)
             finally:  # (stop() again, or run() canceled, while leaving: the stream ends all the same)
+                self._outbox = None
                 call.cancel()
                 await _cancel_and_wait(tasks)  # nothing of the session outlives it
+
+    async def _leave_stream(
+        self,
+        call: Any,
+        tasks: list[asyncio.Task],
+        opening: asyncio.Task,
+        reader: asyncio.Task | None,
+        sender: asyncio.Task | None,
+        capacity_updates: bool,
+    ) -> None:
+        """Leave the stream on purpose (stop()): past the welcome, the jobs held given back first
+        (_give_back_held), then its side closed and the coordinator's end waited for (_leave). The caller cancels the
+        call and every task of `tasks` after (a reader made here is added to them)."""
+        if reader is None and opening in tasks:  # stopped before the welcome: read on from it
+            reader = asyncio.create_task(_read_to_end(opening, call))
+            tasks.append(reader)
+        # the sender alone writes, to its last message (a write canceled cancels the call); the reader reads on to
+        # the coordinator's end (messages left unread hold its status back)
+        await _cancel_and_wait([t for t in tasks if t not in (reader, opening, sender)])
+        if sender is not None and self._outbox is not None:
+            # canceled first (commands killed): given back, a job must not run here and elsewhere at once
+            await self._end_jobs()
+            self._give_back_held(self._outbox, capacity_updates)
+        await _leave(call, sender)
 
     async def _opening(self, call: Any) -> Any:
         """The hello written, the coordinator's first message (its welcome, or EOF)."""
@@ -933,8 +959,9 @@ class Miner:
 
     def _welcomed_stream(
         self, call: Any, welcome: miner_service_pb2.Welcome, tasks: list[asyncio.Task]
-    ) -> asyncio.Task:
-        """Take up the stream the welcome opened: its tasks, added to `tasks`; returns its reader's."""
+    ) -> tuple[asyncio.Task, asyncio.Task]:
+        """Take up the stream the welcome opened: its tasks, added to `tasks`; returns its reader's and its
+        sender's."""
         self._welcomed = True  # from now on, INVALID_ARGUMENT is about a message, not about this miner
         self._welcomed_at = asyncio.get_running_loop().time()
         self.session_id = welcome.session_id
@@ -968,13 +995,14 @@ class Miner:
         self._heard_at, self._quiet_s = asyncio.get_running_loop().time(), heartbeat_deadline_s(interval)
         self._idle_quiet_s = idle_quiet_s(self._quiet_s)
         reader = asyncio.create_task(self._read(call))
+        sender = asyncio.create_task(self._send(call, outbox))
         tasks += [
-            asyncio.create_task(self._send(call, outbox)),
+            sender,
             asyncio.create_task(self._heartbeat(outbox, interval)),
             asyncio.create_task(self._report(outbox)),
             reader,
         ]
-        return reader
+        return reader, sender
 
     async def _read(self, call: Any) -> tuple[str, float]:
         """Handle what the coordinator sends until the stream ends: (why, the least to wait before the next)."""
@@ -988,9 +1016,9 @@ class Miner:
             if kind == "assignments":
                 self._forget_read_rejects(len(message.assignments.assignments))
                 for a in message.assignments.assignments:
-                    if self.stopped.is_set():  # leaving (stop(), _leave): taken back with the session
-                        continue
-                    if self.draining:  # (a new stream's session is filled before it reads the drain)
+                    if self.stopped.is_set():  # leaving (stop()): given back, while the stream's side is open
+                        self._reject(a.job.job_id, a.attempt, STOPPING_REASON)
+                    elif self.draining:  # (a new stream's session is filled before it reads the drain)
                         self._reject(a.job.job_id, a.attempt, "draining")
                     else:
                         self._start(a)
@@ -1042,6 +1070,24 @@ class Miner:
         self._rejects[job_id] = (attempt, reason)
         if self._outbox is not None:  # (none between streams: the next hello lists the job, kept for it)
             self._outbox.put_nowait(_reject_message(job_id, attempt, reason))
+
+    def _give_back_held(self, outbox: asyncio.Queue, capacity_updates: bool) -> None:
+        """Leaving on purpose (stop()): the stream's last messages, for its sender to write before it closes its
+        side. No new assignment (Capacity 0, where the welcome takes it; first, else each reject's freed slot would
+        be filled), then a reject, its attempt unspent, for each job held that will not be finished (running, or
+        assigned and waiting for a slot): the coordinator queues it at once for another miner, where the stream's
+        end alone left it to the reconnect grace. Results and failure reports awaiting their acks are not given
+        back (the coordinator may have them); those still waiting in the outbox are given up, as before, but its
+        rejects still go."""
+        waiting = _emptied(outbox)
+        if capacity_updates:
+            outbox.put_nowait(miner_service_pb2.ConnectRequest(capacity=miner_service_pb2.Capacity(slots=0)))
+        for message in waiting:
+            if _is_reject(message):
+                outbox.put_nowait(message)
+        for job_id, running in list(self.running.items()):
+            self._reject(job_id, running.attempt, STOPPING_REASON)
+        outbox.put_nowait(_LEAVE)
 
     def _forget_read_rejects(self, assigned: int) -> None:
         """An assignment of `assigned` jobs arrived: forget the rejects the coordinator has read for sure.
@@ -1390,6 +1436,9 @@ class Miner:
     async def _send(self, call: Any, outbox: asyncio.Queue) -> None:
         while True:
             message = await outbox.get()
+            if message is _LEAVE:
+                await _close_side(call, outbox)
+                return
             if message is _HEARTBEAT:
                 self._heartbeat_waiting = False
                 message = self._heartbeat_message()
@@ -1417,6 +1466,8 @@ FAILED_BY_REFUSAL = {"INVALID_RESULT": False, "BAD_MINER_SIGNATURE": True}
 # offered (a Capacity message says fewer), and an assignment waits no longer for it
 STUCK_AFTER_S = 1.0
 _HEARTBEAT = object()  # in a stream's outbox: a heartbeat, made as it is sent
+_LEAVE = object()  # in a stream's outbox: stop(); behind it, rejects only, then the stream's side closed
+STOPPING_REASON = "miner stopping"  # the reason of the rejects of a miner leaving on purpose
 _CAPACITY = object()  # in a stream's outbox: a Capacity, made as it is sent (if the offer changed)
 MAX_STRUCT_DEPTH = 32  # how deep the coordinator takes a structured result (its default)
 MAX_RESENDS = 3  # streams ended for a message the coordinator could not take, carrying one result: dropped
@@ -1428,19 +1479,43 @@ _NOT_ABOUT_A_MESSAGE = frozenset({"RATE_LIMITED", "STREAM_RATE_EXCEEDED", "TOO_M
                                   "TOO_MANY_STREAMS", "AUTH_RATE_LIMITED"})  # fmt: skip
 
 
-async def _leave(call: Any) -> None:
-    """End a stream as a miner leaving on purpose (stop()): its side closed, and the coordinator's end waited for
-    (LEAVE_GRACE_S at most, in all), so that the coordinator logs STREAM_CLOSED ("the miner ended it"); a call
-    cancelled outright reads there as a connection that dropped (STREAM_CANCELLED). The reader must still be reading
-    (a read cancelled cancels the call). A stream already ended, a connection down: the caller's cancel ends it all the
-    same."""
+async def _leave(call: Any, sender: asyncio.Task | None = None) -> None:
+    """End a stream as a miner leaving on purpose (stop()): the sender's last writes (the jobs given back: see
+    Miner._give_back_held) and its side closed, and the coordinator's end waited for (LEAVE_GRACE_S at most, in all),
+    so that the coordinator logs STREAM_CLOSED ("the miner ended it"); a call cancelled outright reads there as a
+    connection that dropped (STREAM_CANCELLED). The reader must still be reading (a read cancelled cancels the call).
+    A stream already ended, a connection down, a sender stuck in a write: the caller's cancel ends it all the same."""
 
     async def close() -> None:
+        if sender is not None:
+            await asyncio.wait({sender})  # (not canceled by the grace's end: the caller ends it)
         await call.done_writing()
         await call.code()
 
     with contextlib.suppress(Exception):
         await asyncio.wait_for(close(), LEAVE_GRACE_S)
+
+
+async def _close_side(call: Any, outbox: asyncio.Queue) -> None:
+    """A leaving stream's sender, at _LEAVE: the rejects queued behind it (assignments the reader gave back
+    meanwhile) written, then the stream's side closed. Anything else queued is dropped (drain(): moot now)."""
+    while not outbox.empty():
+        message = outbox.get_nowait()
+        if _is_reject(message):
+            await call.write(message)
+    await call.done_writing()
+
+
+def _emptied(queue: asyncio.Queue) -> list[Any]:
+    """What waited in queue, in order; queue left empty."""
+    items = []
+    while not queue.empty():
+        items.append(queue.get_nowait())
+    return items
+
+
+def _is_reject(message: Any) -> bool:
+    return isinstance(message, miner_service_pb2.ConnectRequest) and message.WhichOneof("message") == "reject"
 
 
 async def _read_to_end(opening: asyncio.Task, call: Any) -> None:
