@@ -30,7 +30,7 @@ LIMITS: dict[str, int] = {
     _P + "GetReceiptRequest.job_id": 64, _P + "ListReceiptsRequest.job_id": 64,
     _P + "HeartbeatRequest.session_id": 64, _P + "PollJobRequest.session_id": 64,
     _P + "SubmitResultRequest.session_id": 64, _P + "ReportFailureRequest.session_id": 64,
-    _P + "DrainRequest.session_id": 64,
+    _P + "DrainRequest.session_id": 64, _P + "RejectJobRequest.session_id": 64,
     # names and short texts
     _P + "AdminServiceListJobsRequest.client_id": 128, _P + "AdminServiceListJobsRequest.miner_id": 128,
     _P + "DrainMinerRequest.miner_id": 128, _P + "SetApiKeyEnabledRequest.name": 128,

@@ -295,9 +295,8 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
             await self._fenced(session, s.accept(session, req.accept.job_id, req.accept.attempt),
                                req.accept.job_id, req.accept.attempt)  # fmt: skip
         elif kind == "reject":
-            await self._fenced(session, s.reject(session, req.reject.job_id, req.reject.attempt,
-                                                 req.reject.reason[: self.limits.max_long_string]),
-                               req.reject.job_id, req.reject.attempt)  # fmt: skip
+            r = req.reject
+            await self._fenced(session, self._reject(session, r), r.job_id, r.attempt)
         elif kind == "failure":
             answer = await s.fail(session, self._failure(req.failure), later=session.send)
             if answer is not None:
@@ -324,6 +323,11 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
             if exc.kind is not Kind.FAILED_PRECONDITION:
                 raise
             session.send(AckOut(job_id, attempt, False, reason=exc.reason, message=exc.message))
+
+    async def _reject(self, session: Session, r: pb.Reject) -> None:
+        """A job given back, its attempt unspent (a stream's Reject, RejectJob). Its reason is bounded before it gets
+        here (security.bounds: `Reject.reason`, 512 characters, refused INVALID_ARGUMENT); cut all the same."""
+        await self.scheduler.reject(session, r.job_id, r.attempt, r.reason[: self.limits.max_long_string])
 
     def _failure(self, f: pb.Failure) -> FailureIn:
         return FailureIn(f.job_id, f.attempt, f.retryable, f.code[:64], f.message[:4096])
@@ -414,6 +418,17 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
         with session.handling_one():
             result = await self.scheduler.fail(session, self._failure(request.failure))
         return pb.ReportFailureResponse(ack=ack(self._accepted(result)))
+
+    async def RejectJob(
+        self, request: pb.RejectJobRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RejectJobResponse:
+        if not request.HasField("reject"):
+            raise invalid("RejectJob needs a reject", [("reject", "required")])
+        session = self._session(request.session_id)
+        r = request.reject
+        with session.handling_one():  # (fencing refusals raise FAILED_PRECONDITION, as for SubmitResult)
+            await self._reject(session, r)
+        return pb.RejectJobResponse(ack=pb.ResultAck(job_id=r.job_id, attempt=r.attempt, accepted=True))
 
     async def Drain(self, request: pb.DrainRequest, context: grpc.aio.ServicerContext) -> pb.DrainResponse:
         session = self._session(request.session_id)

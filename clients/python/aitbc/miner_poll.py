@@ -23,6 +23,11 @@ every call made again on it would time out for ever (a drain never getting its a
 unanswered for Miner.welcome_timeout_s whose connection then answers no probe for as long (connection_stale, as the stream's
 hello awaiting its welcome). Miner.run() then goes on over a new connection (Miner._fresh_channel), registering again
 as after SESSION_NOT_FOUND.
+
+Miner.stop() gives back the jobs the miner will not finish, as a stream's leave does (Capacity 0, then a Reject
+each): its runners canceled first, a Drain, then a RejectJob per job (queued at once, its attempt unspent), each call
+made once, all within LEAVE_GRACE_S (_PollSession._leave). Silent, the session held them until its heartbeat timeout,
+and the coordinator then for its reconnect grace.
 """
 
 from __future__ import annotations
@@ -41,7 +46,9 @@ from .miner import (
     _NOT_ABOUT_A_MESSAGE,
     CALL_TIMEOUT_S,  # every call but a poll (which waits Miner.poll_wait_s)
     FAILED_BY_REFUSAL,
+    LEAVE_GRACE_S,  # how long stop() may spend telling the coordinator (the stream's leave has as long)
     QUIET_LEAST_S,
+    STOPPING_REASON,
     JobFailed,
     Miner,
     channel_send_limit,
@@ -193,7 +200,59 @@ class _PollSession:
                 task.cancel()
             if tasks:
                 await asyncio.wait(tasks)
+            # stop() (its cancel canceled `ended` too): the jobs given back, unless the session was over already (a
+            # second stop() cancels the leave: it ends at once)
+            if miner.stopped.is_set() and (self.ended.cancelled() or not self.ended.done()):
+                await self._leave()
         return reason, 0.0
+
+    # ---------------------------------------------------------------- stop()
+    async def _leave(self) -> None:
+        """stop(): give back at once the jobs this miner will not finish, where its silence left them to the session's
+        heartbeat timeout and then the reconnect grace. Their runners are canceled first (commands killed): a job
+        given back must not run here and on another miner at once. The coordinator is told within LEAVE_GRACE_S,
+        as a stream's leave: an unreachable coordinator or a stale connection holds stop() no longer."""
+        miner = self.miner
+        await miner._end_jobs()
+        # running (or assigned and waiting for a slot), and those refused for want of a slot (the poll transport
+        # had no call to send their rejects with); not a result or failure report awaiting its answer
+        jobs = {
+            **{j: a for j, (a, _) in miner._rejects.items()},
+            **{j: r.attempt for j, r in miner.running.items()},
+        }
+        try:
+            await asyncio.wait_for(self._give_back(jobs), LEAVE_GRACE_S)
+        except TimeoutError:
+            log.info("the coordinator at %s did not answer within %g s; the jobs not given back are left to its "
+                     "heartbeat timeout", miner.address, LEAVE_GRACE_S)  # fmt: skip
+
+    async def _give_back(self, jobs: dict[str, int]) -> None:
+        """A Drain, then a RejectJob per job, sent together (one round trip; not waiting for the Drain's answer: an
+        answer held back must not keep the rejects from going). The Drain goes first, as a stream's Capacity 0: no
+        job is assigned to the session any more (a poll the coordinator still serves would fill a rejected job's
+        slot). Each job is queued at once, its attempt unspent; the session ends with its last job (Drain)."""
+        drain = miner_service_pb2.DrainRequest(session_id=self.session_id, reason=STOPPING_REASON)
+        rejects = [self._reject(job_id, attempt) for job_id, attempt in jobs.items()]
+        # (gather starts their calls in this order: the Drain's first)
+        await asyncio.gather(self._once(self.stub.Drain, drain), *rejects)
+
+    async def _reject(self, job_id: str, attempt: int) -> None:
+        reject = miner_service_pb2.Reject(job_id=job_id, attempt=attempt, reason=STOPPING_REASON)
+        request = miner_service_pb2.RejectJobRequest(session_id=self.session_id, reject=reject)
+        if await self._once(self.stub.RejectJob, request):
+            self.miner._rejects.pop(job_id, None)
+
+    async def _once(self, method: Callable[..., Awaitable[Any]], request: Any) -> bool:
+        """One try of a call made while leaving (no retry, no wait for the connection: the leave has a second in
+        all); whether it was accepted. A refusal (JOB_NOT_HELD: the job was taken back meanwhile) changes nothing."""
+        try:
+            await method(request, metadata=with_trace_context(auth_metadata(self.miner.api_key)),
+                         timeout=LEAVE_GRACE_S)  # fmt: skip
+        except grpc.aio.AioRpcError as exc:
+            log.debug("%s while leaving: %s %s", type(request).__name__.removesuffix("Request"), exc.code().name,
+                      coordinator_reason(exc))  # fmt: skip
+            return False
+        return True
 
     # ---------------------------------------------------------------- tasks
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -281,7 +340,7 @@ class _PollSession:
             request = miner_service_pb2.PollJobRequest(session_id=self.session_id, max_jobs=free)
             answer = await self._call(self._poll_try, request, m.poll_wait_s)
             for a in answer.assignments:
-                # decided for this poll before any drain: the coordinator waits for them; there is no unary reject
+                # decided for this poll before any drain: the coordinator waits for them (stop() gives them back)
                 m._start(a)
             self._cancels(answer.cancels)
             if answer.draining:

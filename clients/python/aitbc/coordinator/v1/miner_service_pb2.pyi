@@ -359,6 +359,20 @@ class ReportFailureResponse(_message.Message):
     ack: ResultAck
     def __init__(self, ack: _Optional[_Union[ResultAck, _Mapping]] = ...) -> None: ...
 
+class RejectJobRequest(_message.Message):
+    __slots__ = ("session_id", "reject")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    REJECT_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    reject: Reject
+    def __init__(self, session_id: _Optional[str] = ..., reject: _Optional[_Union[Reject, _Mapping]] = ...) -> None: ...
+
+class RejectJobResponse(_message.Message):
+    __slots__ = ("ack",)
+    ACK_FIELD_NUMBER: _ClassVar[int]
+    ack: ResultAck
+    def __init__(self, ack: _Optional[_Union[ResultAck, _Mapping]] = ...) -> None: ...
+
 class DrainRequest(_message.Message):
     __slots__ = ("session_id", "reason")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]

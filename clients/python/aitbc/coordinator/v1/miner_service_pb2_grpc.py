@@ -95,6 +95,11 @@ class MinerServiceStub:
                 request_serializer=aitbc_dot_coordinator_dot_v1_dot_miner__service__pb2.ReportFailureRequest.SerializeToString,
                 response_deserializer=aitbc_dot_coordinator_dot_v1_dot_miner__service__pb2.ReportFailureResponse.FromString,
                 _registered_method=True)
+        self.RejectJob = channel.unary_unary(
+                '/aitbc.coordinator.v1.MinerService/RejectJob',
+                request_serializer=aitbc_dot_coordinator_dot_v1_dot_miner__service__pb2.RejectJobRequest.SerializeToString,
+                response_deserializer=aitbc_dot_coordinator_dot_v1_dot_miner__service__pb2.RejectJobResponse.FromString,
+                _registered_method=True)
         self.Drain = channel.unary_unary(
                 '/aitbc.coordinator.v1.MinerService/Drain',
                 request_serializer=aitbc_dot_coordinator_dot_v1_dot_miner__service__pb2.DrainRequest.SerializeToString,
@@ -201,6 +206,18 @@ class MinerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RejectJob(self, request, context):
+        """Gives a job back (unary path), as a stream's `Reject` does: the job goes back to the queue at once without
+        spending an attempt (`job requeued`, reason `REJECTED`), for another miner first (this miner is offered it
+        again after a pause). For a job the miner will not finish: the Python SDK's stop() gives back so each job it
+        was running or had not started. Not for a result or failure report awaiting its answer (the coordinator may
+        have it). Errors: FAILED_PRECONDITION (`STALE_ATTEMPT`, `JOB_NOT_HELD`); UNAVAILABLE (`JOB_RESTORING`), as for
+        SubmitResult. A repeat is harmless: refused `JOB_NOT_HELD`, it changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Drain(self, request, context):
         """Asks for no new assignments; running jobs finish, then the session ends (at once when none runs:
         `running_jobs` 0). Should cancels be left to tell when its last job ends (a client canceled it), the
@@ -242,6 +259,11 @@ def add_MinerServiceServicer_to_server(servicer, server):
                     servicer.ReportFailure,
                     request_deserializer=aitbc_dot_coordinator_dot_v1_dot_miner__service__pb2.ReportFailureRequest.FromString,
                     response_serializer=aitbc_dot_coordinator_dot_v1_dot_miner__service__pb2.ReportFailureResponse.SerializeToString,
+            ),
+            'RejectJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.RejectJob,
+                    request_deserializer=aitbc_dot_coordinator_dot_v1_dot_miner__service__pb2.RejectJobRequest.FromString,
+                    response_serializer=aitbc_dot_coordinator_dot_v1_dot_miner__service__pb2.RejectJobResponse.SerializeToString,
             ),
             'Drain': grpc.unary_unary_rpc_method_handler(
                     servicer.Drain,
@@ -442,6 +464,33 @@ class MinerService:
             '/aitbc.coordinator.v1.MinerService/ReportFailure',
             aitbc_dot_coordinator_dot_v1_dot_miner__service__pb2.ReportFailureRequest.SerializeToString,
             aitbc_dot_coordinator_dot_v1_dot_miner__service__pb2.ReportFailureResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RejectJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aitbc.coordinator.v1.MinerService/RejectJob',
+            aitbc_dot_coordinator_dot_v1_dot_miner__service__pb2.RejectJobRequest.SerializeToString,
+            aitbc_dot_coordinator_dot_v1_dot_miner__service__pb2.RejectJobResponse.FromString,
             options,
             channel_credentials,
             insecure,
