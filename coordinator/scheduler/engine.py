@@ -776,11 +776,17 @@ class Scheduler(UndoFailedCommits):
         return session
 
     async def disconnected(self, session: Session, reason: str) -> None:
-        """The stream of session ended: its jobs wait out the grace period for the miner to come back."""
+        """The stream of session ended: its jobs wait out the grace period for the miner to come back; those of a
+        miner that left on purpose (_left_on_purpose) are queued again at once."""
         if session.closed:
             return
         now = now_us()
         pending = _Pending()
+        if _left_on_purpose(session, reason) and not self.stopping:
+            for job_id, held in list(session.held.items()):
+                if (job := self.jobs.get(job_id)) is not None:
+                    self._requeue_held(job, held, "MINER_GONE", now, pending, session)
+            session.held.clear()
         self._orphan_held(session, now, pending)
         self._remember_drain(session, now)
         self._close(session, pending, reason, requeue=False)
@@ -1135,14 +1141,17 @@ class Scheduler(UndoFailedCommits):
         now = now_us()
         pending = _Pending()
         session.held.pop(job_id, None)
-        until = self._refused(job, session.miner_id, now)
+        # A miner offering no slot (Capacity 0: leaving, or every slot held by a stuck runner) gives the job back
+        # rather than refuses it: no pause for its identity (a miner restarted at once would wait it out).
+        until = None if session.offered == 0 else self._refused(job, session.miner_id, now)
         self._give_back(job, held, "REJECTED", reason, now, pending, session)
         self._fill(session, pending, now)
         await self._commit_message(session, pending)
         # The job goes to other miners meanwhile. Should none take it, this miner (whichever session it has
         # then) is offered it again once the pause is over: a refusal is often for a moment (a slot still busy),
         # and nothing else may fill its slot meanwhile.
-        self.timers.schedule(until, "refusal_over", session.miner_id)
+        if until is not None:
+            self.timers.schedule(until, "refusal_over", session.miner_id)
 
     def _refused(self, job: Job, miner_id: str, now: int) -> int:
         """Note that miner_id rejected job: until when it is not offered the job again (the pause doubles with
@@ -1848,6 +1857,13 @@ def reject_pause_s(settings: SchedulerSettings, refusals: int) -> float:
     job forever sees it ever more rarely, and none of its attempts spent, until its time to live runs out)."""
     base = max(settings.retry_backoff_base_s, MIN_REJECT_PAUSE_S)
     return min(base * 2 ** min(refusals - 1, 30), max(settings.retry_backoff_max_s, base))
+
+
+def _left_on_purpose(session: Session, reason: str) -> bool:
+    """Whether session's miner left on purpose: it offered no slot (Capacity 0), then closed its side of the stream
+    (the SDK's stop(): its running jobs were rejected before). It sends nothing more on it, and does not come back
+    for what it still holds: assignments that crossed its Capacity 0, read after its side was closed."""
+    return reason == "STREAM_CLOSED" and session.transport == "stream" and session.offered == 0
 
 
 def _poll_news(session: Session) -> bool:

@@ -1077,13 +1077,13 @@ class Miner:
         be filled), then a reject, its attempt unspent, for each job held that will not be finished (running, or
         assigned and waiting for a slot): the coordinator queues it at once for another miner, where the stream's
         end alone left it to the reconnect grace. Results and failure reports awaiting their acks are not given
-        back (the coordinator may have them); those still waiting in the outbox are given up, as before, but its
-        rejects still go."""
+        back (the coordinator may have them); those still waiting in the outbox go, with its rejects (dropped,
+        their jobs were in no one's hands until the grace was over); heartbeats and the like are moot now."""
         waiting = _emptied(outbox)
         if capacity_updates:
             outbox.put_nowait(miner_service_pb2.ConnectRequest(capacity=miner_service_pb2.Capacity(slots=0)))
         for message in waiting:
-            if _is_reject(message):
+            if _is_last_word(message):
                 outbox.put_nowait(message)
         for job_id, running in list(self.running.items()):
             self._reject(job_id, running.attempt, STOPPING_REASON)
@@ -1497,11 +1497,12 @@ async def _leave(call: Any, sender: asyncio.Task | None = None) -> None:
 
 
 async def _close_side(call: Any, outbox: asyncio.Queue) -> None:
-    """A leaving stream's sender, at _LEAVE: the rejects queued behind it (assignments the reader gave back
-    meanwhile) written, then the stream's side closed. Anything else queued is dropped (drain(): moot now)."""
+    """A leaving stream's sender, at _LEAVE: what queued behind it that the coordinator must hear (assignments the
+    reader gave back meanwhile, a failure report for a refused result) written, then the stream's side closed.
+    Anything else queued is dropped (drain(): moot now)."""
     while not outbox.empty():
         message = outbox.get_nowait()
-        if _is_reject(message):
+        if _is_last_word(message):
             await call.write(message)
     await call.done_writing()
 
@@ -1514,8 +1515,11 @@ def _emptied(queue: asyncio.Queue) -> list[Any]:
     return items
 
 
-def _is_reject(message: Any) -> bool:
-    return isinstance(message, miner_service_pb2.ConnectRequest) and message.WhichOneof("message") == "reject"
+def _is_last_word(message: Any) -> bool:
+    """Whether a leaving stream still writes message: a reject, a job's results or failure report (work the
+    coordinator has not got; dropped, its job would wait out the reconnect grace)."""
+    kinds = ("reject", "results", "failure")
+    return isinstance(message, miner_service_pb2.ConnectRequest) and message.WhichOneof("message") in kinds
 
 
 async def _read_to_end(opening: asyncio.Task, call: Any) -> None:
