@@ -2,8 +2,8 @@
 side of the stream: `Capacity(0)` (nothing new assigned), then a `Reject` per job held, its attempt unspent. The
 coordinator queues each at once for another miner. It used to leave them to the reconnect grace (30 s by default):
 a fleet restarted without draining delayed every running job by that long, for nothing. Results awaiting their
-acks are not given back (the coordinator may have them). The poll transport has no reject (no unary RPC for it):
-its stop is unchanged."""
+acks are not given back (the coordinator may have them). The poll transport does the same with unary calls
+(Drain, then RejectJob: test_miner_sdk_poll_stop_gives_jobs_back.py)."""
 
 from __future__ import annotations
 

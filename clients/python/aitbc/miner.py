@@ -757,7 +757,7 @@ class Miner:
         """The jobs still running, and canceled jobs' runners not returned yet, canceled and waited for: run()
         leaves no task behind (their commands killed, their workspaces removed). Their results are given up, as
         are those awaiting acks: the coordinator runs those jobs again (at once for the jobs a stop gave back:
-        _give_back_held). A python callable's thread cannot be stopped: its task, canceled again, gives up on it (a
+        _give_back_held, and the poll transport's _leave). A python callable's thread cannot be stopped: its task, canceled again, gives up on it (a
         daemon thread, it ends with the process)."""
         tasks = [r.task for r in self.running.values()] + list(self._canceled)
         for task in tasks:
@@ -797,9 +797,10 @@ class Miner:
         return max(delay * random.uniform(0.5, 1.0), least * random.uniform(1.0, 1.5))
 
     def stop(self) -> None:
-        """End now (also on SIGINT in `aitbc miner run`): running jobs canceled, and on a welcomed stream given back
-        to the coordinator (Capacity 0, then a Reject each: queued at once for another miner, their attempts
-        unspent) before the stream is closed; results awaiting acks are given up. See _leave_stream."""
+        """End now (also on SIGINT in `aitbc miner run`): running jobs canceled, then given back to the coordinator
+        (queued at once for another miner, their attempts unspent): on a welcomed stream Capacity 0 and a Reject
+        each before the stream is closed (_leave_stream); on the poll transport a Drain and a RejectJob each
+        (miner_poll._PollSession._leave). Results awaiting acks are given up."""
         self.stopped.set()
         if self._session_task is not None:
             self._session_task.cancel()
