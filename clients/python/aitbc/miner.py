@@ -1163,6 +1163,10 @@ class Miner:
     def _start(self, assignment: miner_service_pb2.Assignment) -> None:
         job = assignment.job
         self._rejects.pop(job.job_id, None)  # assigned again: its reject landed
+        # A new attempt of a job whose old one's cancel is not read yet: that one is over (fencing refuses its
+        # result), and would run on holding no slot.
+        if job.job_id in self.running:
+            self._cancel(job.job_id)
         task = asyncio.create_task(self._execute(job, assignment.attempt))
         self.running[job.job_id] = _Running(assignment.attempt, task)
 

@@ -214,12 +214,9 @@ class _PollSession:
         as a stream's leave: an unreachable coordinator or a stale connection holds stop() no longer."""
         miner = self.miner
         await miner._end_jobs()
-        # running (or assigned and waiting for a slot), and those refused for want of a slot (the poll transport
-        # had no call to send their rejects with); not a result or failure report awaiting its answer
-        jobs = {
-            **{j: a for j, (a, _) in miner._rejects.items()},
-            **{j: r.attempt for j, r in miner.running.items()},
-        }
+        # running (or assigned and waiting for a slot); not a result or failure report awaiting its answer. (No
+        # reject waits in _rejects here: a poll asks only for the free slots, so none is ever refused for want of one.)
+        jobs = {j: r.attempt for j, r in miner.running.items()}
         try:
             await asyncio.wait_for(self._give_back(jobs), LEAVE_GRACE_S)
         except TimeoutError:
@@ -239,8 +236,7 @@ class _PollSession:
     async def _reject(self, job_id: str, attempt: int) -> None:
         reject = miner_service_pb2.Reject(job_id=job_id, attempt=attempt, reason=STOPPING_REASON)
         request = miner_service_pb2.RejectJobRequest(session_id=self.session_id, reject=reject)
-        if await self._once(self.stub.RejectJob, request):
-            self.miner._rejects.pop(job_id, None)
+        await self._once(self.stub.RejectJob, request)
 
     async def _once(self, method: Callable[..., Awaitable[Any]], request: Any) -> bool:
         """One try of a call made while leaving (no retry, no wait for the connection: the leave has a second in
@@ -339,10 +335,11 @@ class _PollSession:
                 continue
             request = miner_service_pb2.PollJobRequest(session_id=self.session_id, max_jobs=free)
             answer = await self._call(self._poll_try, request, m.poll_wait_s)
+            # cancels first: an assignment may be a new attempt of a job canceled here
+            self._cancels(answer.cancels)
             for a in answer.assignments:
                 # decided for this poll before any drain: the coordinator waits for them (stop() gives them back)
                 m._start(a)
-            self._cancels(answer.cancels)
             if answer.draining:
                 m.draining = True
         self._drained_when_done()
