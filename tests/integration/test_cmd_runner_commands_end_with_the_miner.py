@@ -5,8 +5,9 @@
 a restarted miner took new jobs (unless a service manager killed the miner's whole cgroup). These tests run a real
 miner process against a real coordinator, and real commands.
 
-The guard that ends them must not change what the command sees or what the miner sees of it: exit statuses
-(a signal's death too), stdin, no child or descriptor it did not start or open, a command that cannot start.
+What ends them, the miner's one command reaper (aitbc.command_reaper), must not change what the command sees
+or what the miner sees of it: exit statuses (a signal's death too), stdin, no child, descriptor or process in its
+group it did not start or open, a command that cannot start.
 """
 
 from __future__ import annotations
@@ -102,9 +103,9 @@ def bytes_job(data: bytes = b"") -> job_pb2.Job:
 
 
 async def test_a_command_is_the_miners_child_with_its_input_and_nothing_more() -> None:
-    """Its stdin is the job's, it holds no descriptor but stdio and the guard's pipe (read only: nothing is
-    written to it), and it has no child it did not start (a command waiting for every child, `os.wait()` until
-    none is left, must not wait for the guard's watcher)."""
+    """Its stdin is the job's, it holds no descriptor but stdio, it has no child it did not start (a command
+    waiting for every child, `os.wait()` until none is left, must not wait for a watcher), and its process group
+    holds no process but itself."""
     probe = textwrap.dedent("""
         import json, os, sys
         print(sys.stdin.read())
@@ -114,19 +115,28 @@ async def test_a_command_is_the_miners_child_with_its_input_and_nothing_more() -
             except FileNotFoundError:
                 return ""
         print(json.dumps([kind(fd) for fd in os.listdir("/proc/self/fd") if int(fd) > 2]))
+        def group(pid):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    return int(f.read().rsplit(")", 1)[1].split()[2])
+            except OSError:
+                return None
+        print(json.dumps([int(p) for p in os.listdir("/proc") if p.isdigit() and group(p) == os.getpgrp()]))
         try:
             os.wait()
             print("a child")
         except ChildProcessError:
             print("no child")
-        print(os.getppid())
+        print(os.getppid(), os.getpid())
     """)
     outcome = await asyncio.wait_for(subprocess_runner([PY, "-c", probe])(bytes_job(b"the input")), 30)
-    the_input, fds, children, parent = outcome.output.decode().splitlines()
+    the_input, fds, group, children, parent_and_self = outcome.output.decode().splitlines()
+    parent, itself = (int(pid) for pid in parent_and_self.split())
     assert the_input == "the input"
-    assert [kind for kind in json.loads(fds) if kind and not kind.startswith("/proc/")] in ([], ["pipe"]), fds
+    assert [kind for kind in json.loads(fds) if kind and not kind.startswith("/proc/")] == [], fds
+    assert json.loads(group) == [itself]
     assert children == "no child"
-    assert int(parent) == os.getpid()
+    assert parent == os.getpid()
 
 
 @pytest.mark.parametrize(
@@ -159,19 +169,19 @@ async def test_a_command_that_cannot_start_fails_command_not_started(tmp_path: P
         assert failed.value.code == "COMMAND_NOT_STARTED" and str(failed.value).startswith(command)
 
 
-async def test_without_a_shell_for_the_guard_commands_run_unguarded_and_it_is_logged_once(
+async def test_without_proc_commands_run_unguarded_and_it_is_logged_once(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A miner in an image with no /bin/sh (distroless) runs its commands as before, saying once that they are
-    not killed with it."""
-    monkeypatch.setattr(miner, "SHELL", "/no/such/sh")
+    """A miner where the reaper could not find its commands (no /proc: not Linux) runs them as before, saying
+    once that they are not killed with it; no reaper is started."""
+    monkeypatch.setattr(miner, "PROC", "/no/such/proc")
+    monkeypatch.setattr(miner, "_reaper", None)  # (this process's own, if an earlier test started it: kept)
     monkeypatch.setattr(miner, "_unguarded_logged", False)
     caplog.set_level(logging.INFO, logger="aitbc.miner")
     run = subprocess_runner([PY, "-c", "import os, sys; print(sys.stdin.read(), os.getppid())"])
     for _ in range(2):
         outcome = await asyncio.wait_for(run(bytes_job(b"in")), 30)
         assert outcome.output.decode().split() == ["in", str(os.getpid())]
+    assert miner._reaper is None
     said = [r.getMessage() for r in caplog.records if "not killed with the miner" in r.getMessage()]
-    assert said == [
-        "cmd runner: commands are not killed with the miner if it dies (no /no/such/sh to run the guard)"
-    ]
+    assert said == ["cmd runner: commands are not killed with the miner if it dies (no /no/such/proc)"]

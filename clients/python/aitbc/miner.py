@@ -9,10 +9,10 @@ jittered exponential backoff so a fleet does not stampede a restarted coordinato
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import contextvars
 import dataclasses
-import errno
 import hashlib
 import inspect
 import json
@@ -20,9 +20,11 @@ import logging
 import os
 import random
 import re
+import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -261,57 +263,42 @@ def _kill_group(pgid: int) -> None:
         pass
 
 
-SHELL = "/bin/sh"  # runs the guard below; without it (a distroless image) commands run unguarded
+PROC = "/proc"  # the reaper finds the miner's commands there; without it (not Linux) commands run unguarded
+MINER_TOKEN_VARIABLE = "AITBC_MINER_TOKEN"  # in every command's environment: this miner's token
+_REAPER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "command_reaper.py")
+REAPER_EXIT_WAIT_S = 1.0  # at this process's exit: how long its reaper may take to scan and end, to be reaped
 
-# A command's guard, run by SHELL with the death pipe's read end and the command as arguments. It leaves a
-# watcher in the command's process group that kills the group once the pipe reads EOF: once no process holds its
-# write end, which the miner alone holds, so once the miner is gone, however it died (before the watcher read,
-# too). The watcher is forked twice so that the command has no child it did not start (one waiting for all its
-# children would wait for it); then the command replaces the shell: the miner's own child as before, its exit
-# status (a death by signal too) seen unchanged. The pipe is read through /dev/fd: POSIX sh (dash) names no
-# descriptor past 9, so the command keeps that read end too (nothing is ever written to it). No code runs between
-# fork and exec in the miner (a preexec_fn is not safe with gRPC's threads).
-_GUARD = """fd=$1; shift
-( (trap '' HUP INT TERM; read _ </dev/fd/"$fd"; kill -s KILL 0) </dev/null >/dev/null 2>&1 & )
-exec "$@"
-"""
 
-_death_pipe_lock = threading.Lock()
-_death_pipe: tuple[int, int] | None = None  # (read end, write end), made for the first guarded command
+@dataclass
+class _Reaper:
+    """This process's command reaper (see aitbc.command_reaper) and the write end of its stdin pipe, held by
+    this process alone (close-on-exec: no command inherits it; closed in an os.fork'ed child)."""
+
+    process: subprocess.Popen[bytes]
+    write_end: int
+
+
+_reaper_lock = threading.Lock()
+_reaper: _Reaper | None = None
+_miner_token = secrets.token_hex(16)  # marks this process's commands, and all they start, for its reaper
 _unguarded_logged = False
 
 
-def _death_pipe_read_end() -> int | None:
-    """The read end of a pipe whose write end this process alone holds (close-on-exec: no command inherits it);
-    None where a child could not open it as /dev/fd/N."""
-    global _death_pipe
-    with _death_pipe_lock:
-        if _death_pipe is None:
-            read_end, write_end = os.pipe()
-            try:
-                os.close(os.open(f"/dev/fd/{read_end}", os.O_RDONLY))
-            except OSError:
-                os.close(read_end)
-                os.close(write_end)
-                return None
-            _death_pipe = read_end, write_end
-        return _death_pipe[0]
-
-
-def _forget_death_pipe() -> None:
-    """In a child forked from the miner: its copy of the write end would keep the miner's commands running
-    after the miner died, for as long as the child lives."""
-    global _death_pipe, _death_pipe_lock
-    _death_pipe_lock = threading.Lock()  # (held by another thread at the fork, perhaps)
-    if _death_pipe is not None:
-        for fd in _death_pipe:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        _death_pipe = None
+def _forget_reaper() -> None:
+    """In a child forked from the miner: its copy of the write end would keep the miner's commands running after
+    the miner died, for as long as the child lives; and commands it starts are its own, with a token of its own
+    (its parent's reaper must not kill them, nor it wait for that reaper)."""
+    global _reaper, _reaper_lock, _miner_token
+    _reaper_lock = threading.Lock()  # (held by another thread at the fork, perhaps)
+    if _reaper is not None:
+        with contextlib.suppress(OSError):
+            os.close(_reaper.write_end)
+        _reaper = None
+    _miner_token = secrets.token_hex(16)
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_death_pipe)
+    os.register_at_fork(after_in_child=_forget_reaper)
 
 
 def _log_unguarded_once(reason: str, level: int) -> None:
@@ -321,43 +308,77 @@ def _log_unguarded_once(reason: str, level: int) -> None:
         log.log(level, "cmd runner: commands are not killed with the miner if it dies (%s)", reason)
 
 
-def _guard_fd() -> int | None:
-    """The death pipe's read end for a command's guard, or None where the guard cannot run (logged once)."""
-    if os.getpid() == 1:  # (PID 1's end ends every process of its namespace: nothing to guard)
-        _log_unguarded_once("the miner is PID 1", logging.DEBUG)
-        return None
-    if not os.access(SHELL, os.X_OK):
-        _log_unguarded_once(f"no {SHELL} to run the guard", logging.INFO)
-        return None
-    read_end = _death_pipe_read_end()
-    if read_end is None:
-        _log_unguarded_once("no /dev/fd", logging.INFO)
-    return read_end
+def _why_no_reaper() -> tuple[str, int] | None:
+    """Why this process cannot or need not have a reaper (and the level to log it at), or None."""
+    if os.getpid() == 1:  # (PID 1's end ends every process of its namespace: nothing to reap)
+        return "the miner is PID 1", logging.DEBUG
+    if not os.path.isdir(os.path.join(PROC, "self")):
+        return f"no {PROC}", logging.INFO
+    if getattr(sys, "frozen", False) or not sys.executable or not os.path.isfile(_REAPER_SCRIPT):
+        return "no Python interpreter to run the reaper with", logging.INFO
+    return None
 
 
-def _exec_error(word: str, cwd: str, env: dict[str, str]) -> str | None:
-    """Why exec would refuse to run word (its strerror, as Popen says it), or None. Checked before the guard
-    runs it: its shell would exit 127 or 126, where a command that never started is COMMAND_NOT_STARTED."""
-    dirs = [""] if os.sep in word else os.get_exec_path(env)  # (relative to the workspace, as in the child)
-    refused = False
-    for directory in dirs:
-        path = os.path.join(cwd, directory, word)
-        if os.path.isfile(path) and os.access(path, os.X_OK):
-            return None
-        refused = refused or os.path.exists(path)
-    return os.strerror(errno.EACCES if refused else errno.ENOENT)
+def _start_reaper() -> _Reaper:
+    """The reaper, blocked on a pipe whose write end this process alone holds. Its own session (no signal to a
+    command's group or the miner's reaches it), its working directory / (it holds no mount busy), no token in its
+    own environment (a miner started by another miner's command: the outer reaper must not kill this one)."""
+    read_end, write_end = os.pipe()  # (both close-on-exec: dup'ed onto the reaper's stdin alone)
+    env = {k: v for k, v in os.environ.items() if k != MINER_TOKEN_VARIABLE}
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-I", _REAPER_SCRIPT, _miner_token],
+            stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cwd="/", env=env, start_new_session=True,
+        )  # fmt: skip
+    except BaseException:
+        os.close(write_end)
+        raise
+    finally:
+        os.close(read_end)
+    return _Reaper(process, write_end)
 
 
-def _guarded(command: list[str], cwd: str, env: dict[str, str]) -> tuple[list[str], tuple[int, ...]]:
-    """The argv that runs command under the guard, and the descriptor to pass it; command itself, unguarded,
-    where the guard cannot run."""
-    read_end = _guard_fd()
-    if read_end is None:
-        return command, ()
-    error = _exec_error(command[0], cwd, env)
-    if error is not None:
-        raise JobFailed("COMMAND_NOT_STARTED", f"{command[0]}: {error}")
-    return [SHELL, "-c", _GUARD, "sh", str(read_end), *command], (read_end,)
+def _ensure_reaper() -> None:
+    """Starts this process's reaper at its first command, and again if it died (reaped here: no zombie); logs
+    once when commands run unguarded."""
+    global _reaper
+    with _reaper_lock:
+        if _reaper is not None:
+            if _reaper.process.poll() is None:
+                return
+            log.warning(
+                "cmd runner: the command reaper ended (returncode %s); starting another",
+                _reaper.process.returncode,
+            )
+            os.close(_reaper.write_end)
+            _reaper = None
+        unguarded = _why_no_reaper()
+        if unguarded is not None:
+            _log_unguarded_once(*unguarded)
+            return
+        try:
+            _reaper = _start_reaper()
+        except OSError as exc:
+            _log_unguarded_once(f"the reaper could not start: {exc}", logging.WARNING)
+
+
+@atexit.register
+def _close_reaper() -> None:
+    """At this process's exit: the reaper reads EOF, kills what carries the token (nothing, as a rule: each
+    command's group went with its job) and ends; reaped here, not left a zombie to a parent that only reaps us."""
+    global _reaper
+    with _reaper_lock:
+        reaper, _reaper = _reaper, None
+    if reaper is None:
+        return
+    with contextlib.suppress(
+        OSError
+    ):  # (a word first: exiting, no command is being started, one scan will do)
+        os.write(reaper.write_end, b"exit\n")
+    os.close(reaper.write_end)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        reaper.process.wait(REAPER_EXIT_WAIT_S)
 
 
 def _time_limit(job: job_pb2.Job, timeout_s: float | None) -> float | None:
@@ -383,7 +404,8 @@ def subprocess_runner(
     The command runs in a process group of its own (a new session), SIGKILLed as a whole when the job ends:
     on its timeout, its cancellation, stdout past max_output_bytes (a RESULT_TOO_LARGE failure), and once the
     command has exited (what it left running in the background goes with it, and holds no pipe open); and
-    when this process dies, however (see _GUARD: under /bin/sh, a watcher in the group). Exit
+    when this process dies, however: this process's one reaper (aitbc.command_reaper) then kills every process
+    carrying its token, AITBC_MINER_TOKEN, which each command gets in its environment, with its group. Exit
     status 65 (EX_DATAERR) says the input is wrong: the job fails for good (INVALID_INPUT), any other but 0
     fails it retryable (EXIT_STATUS). Only the last STDERR_TAIL_BYTES of stderr are kept (the end of them in a
     failure's message)."""
@@ -399,12 +421,13 @@ def subprocess_runner(
         transport: asyncio.SubprocessTransport | None = None
         try:
             env = {**os.environ, "AITBC_JOB_ID": job.job_id, "AITBC_WORKSPACE": workspace}
-            argv, pass_fds = _guarded(command, workspace, env)
+            env[MINER_TOKEN_VARIABLE] = _miner_token  # (its reaper's mark: the command and all it starts)
+            _ensure_reaper()  # (before the command: a miner dying as it starts it is seen too)
             try:
                 transport, out = await loop.subprocess_exec(
-                    lambda: _Collect(loop, max_output_bytes), *argv,
+                    lambda: _Collect(loop, max_output_bytes), *command,
                     cwd=workspace, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                    env=env, start_new_session=True, pass_fds=pass_fds,
+                    env=env, start_new_session=True,
                 )  # fmt: skip
             except OSError as exc:  # not found, not executable: this miner's setup (another may have it)
                 raise JobFailed("COMMAND_NOT_STARTED", f"{command[0]}: {exc.strerror or repr(exc)}") from None

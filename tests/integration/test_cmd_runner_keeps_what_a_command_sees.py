@@ -1,10 +1,10 @@
-"""A `cmd:` command run under the guard (`/bin/sh -c GUARD sh FD COMMAND...`, see aitbc.miner._GUARD) sees what
-it saw when the miner started it itself: the same arguments, byte for byte; the same environment (PWD aside,
-documented: the workspace); the same exit statuses; and a command exec cannot run fails COMMAND_NOT_STARTED,
-as docs/miners.md says, rather than being run some other way by the guard's shell.
+"""A `cmd:` command is exec'd by the miner itself, no shell between (helper-118; the shell guard of 1db2c52 ran it
+as `/bin/sh -c GUARD sh FD COMMAND...`): the same arguments, byte for byte; the miner's environment, every
+variable unchanged, plus AITBC_JOB_ID, AITBC_WORKSPACE and AITBC_MINER_TOKEN; the same exit statuses; and a
+command exec cannot run fails COMMAND_NOT_STARTED, as docs/miners.md says, never run some other way by a shell.
 
-Real commands, started by the real subprocess_runner. The xfail tests hold differences the guard brought
-(reported by helper-117, with patches); each fails today and must pass once fixed.
+Real commands, started by the real subprocess_runner. Helper-117's review named what the shell guard changed
+(strict xfails); each of those holds now.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -31,7 +32,7 @@ async def run(command: list[str]) -> Outcome:
 
 
 async def test_arguments_reach_the_command_byte_for_byte() -> None:
-    """The guard's shell passes "$@" on untouched: no splitting, globbing, expansion or option parsing."""
+    """No shell between the miner and the command: no splitting, globbing, expansion or option parsing."""
     arguments = [
         "a b",
         "'q\"",
@@ -59,8 +60,7 @@ async def test_a_command_found_on_the_path_keeps_its_name_as_argv0(monkeypatch: 
 
 @pytest.mark.parametrize("status", [1, 2, 126, 127, 128 + 9])
 async def test_a_commands_own_exit_status_is_its_failure(status: int) -> None:
-    """126 and 127 from the command itself too: the guard's shell is gone once it runs (exec), so an exit status
-    is the command's, never the shell's."""
+    """126 and 127 from the command itself too: an exit status is the command's, never a shell's."""
     with pytest.raises(JobFailed, match=rf"^exit {status}: ") as failed:
         await run(["/bin/sh", "-c", f"exit {status}"])
     assert failed.value.code == "EXIT_STATUS" and failed.value.retryable
@@ -72,10 +72,6 @@ def executable(path: Path, content: bytes, mode: int = 0o755) -> Path:
     return path
 
 
-CANNOT_RUN = "exec refuses it; the guard's shell runs it otherwise (helper-117, /tmp/h117_exec_errors.patch)"
-
-
-@pytest.mark.xfail(strict=True, reason=CANNOT_RUN)
 @pytest.mark.parametrize(
     ("content", "strerror"),
     [
@@ -90,8 +86,8 @@ CANNOT_RUN = "exec refuses it; the guard's shell runs it otherwise (helper-117, 
 async def test_a_command_exec_cannot_run_fails_command_not_started(
     tmp_path: Path, content: bytes, strerror: str
 ) -> None:
-    """As before the guard (Popen's own error): not EXIT_STATUS 127 or 126 with the shell's message, and never
-    a file without `#!` read as a shell script (a Python worker missing its `#!` ran `import ...` lines)."""
+    """Popen's own error: not EXIT_STATUS 127 or 126 with a shell's message, and never a file without `#!` read
+    as a shell script (under the shell guard a Python worker missing its `#!` ran `import ...` lines)."""
     not_executable = executable(tmp_path / "interpreter", b"", 0o644)
     worker = executable(tmp_path / "worker", content.replace(b"{not_executable}", bytes(not_executable)))
     with pytest.raises(JobFailed, match=f"{strerror}$") as failed:
@@ -102,8 +98,6 @@ async def test_a_command_exec_cannot_run_fails_command_not_started(
 ENV_PROBE = (
     "import json, os; print(json.dumps({os.fsdecode(k): os.fsdecode(v) for k, v in os.environb.items()}))"
 )
-DROPPED = "/bin/sh (dash) drops names that are not shell identifiers (helper-117: docs or /tmp/h117_guard_env.patch)"
-REWRITTEN = "the guard's shell sets it (helper-117: docs or /tmp/h117_guard_env.patch)"
 
 
 @pytest.mark.parametrize(
@@ -113,15 +107,14 @@ REWRITTEN = "the guard's shell sets it (helper-117: docs or /tmp/h117_guard_env.
         ("_", "/usr/bin/worker"),
         ("SHLVL", "4"),
         ("OLDPWD", "/before"),
-        pytest.param("fd", "cuda:0", marks=pytest.mark.xfail(strict=True, reason="the guard's own `fd=$1`")),
-        pytest.param("IFS", ",", marks=pytest.mark.xfail(strict=True, reason=REWRITTEN)),
-        pytest.param("OPTIND", "7", marks=pytest.mark.xfail(strict=True, reason=REWRITTEN)),
-        pytest.param("PPID", "1", marks=pytest.mark.xfail(strict=True, reason=REWRITTEN)),
-        pytest.param("spring.profiles.active", "gpu", marks=pytest.mark.xfail(strict=True, reason=DROPPED)),
-        pytest.param("NVIDIA-VISIBLE", "0", marks=pytest.mark.xfail(strict=True, reason=DROPPED)),
-        pytest.param(
-            "BASH_FUNC_work%%", "() { echo w; }", marks=pytest.mark.xfail(strict=True, reason=DROPPED)
-        ),
+        ("PWD", "/where/the/miner/was/started"),
+        ("fd", "cuda:0"),
+        ("IFS", ","),
+        ("OPTIND", "7"),
+        ("PPID", "1"),
+        ("spring.profiles.active", "gpu"),
+        ("NVIDIA-VISIBLE", "0"),
+        ("BASH_FUNC_work%%", "() { echo w; }"),
     ],
 )
 async def test_the_command_gets_the_miners_environment_variable_unchanged(
@@ -129,7 +122,24 @@ async def test_the_command_gets_the_miners_environment_variable_unchanged(
 ) -> None:
     """Any variable the miner has reaches the command as it is (an exported bash function, `BASH_FUNC_NAME%%`,
     as a bash worker that `export -f`'s its helpers needs it; names with `.` or `-`, which Kubernetes and
-    Docker pass)."""
+    Docker pass; those a shell sets for itself)."""
     monkeypatch.setenv(name, value)
     seen = json.loads((await run([PY, "-c", ENV_PROBE])).output)
     assert seen.get(name) == value
+
+
+async def test_the_command_gets_the_miners_environment_and_three_variables_more(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Nothing dropped, changed or added but the job's id, its workspace and the miner's token (the same for
+    every job of this process: its reaper's mark). A token in the miner's own environment (a miner run by another
+    miner's command) is replaced by its own."""
+    outer_token = "the-token-of-the-miner-that-started-this-one"
+    monkeypatch.setenv("AITBC_MINER_TOKEN", outer_token)
+    first, second = [json.loads((await run([PY, "-c", ENV_PROBE])).output) for _ in range(2)]
+    added = {name: first.pop(name) for name in ("AITBC_JOB_ID", "AITBC_WORKSPACE", "AITBC_MINER_TOKEN")}
+    assert first == {name: value for name, value in os.environ.items() if name != "AITBC_MINER_TOKEN"}
+    assert added["AITBC_JOB_ID"] == bytes_job().job_id
+    assert re.fullmatch(r"[0-9a-f]{32}", added["AITBC_MINER_TOKEN"]), added
+    assert second["AITBC_MINER_TOKEN"] == added["AITBC_MINER_TOKEN"]
+    assert second["AITBC_WORKSPACE"] != added["AITBC_WORKSPACE"]  # (a fresh one per job)
