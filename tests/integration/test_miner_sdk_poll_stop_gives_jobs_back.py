@@ -2,39 +2,36 @@
 finish, as a stream miner does: a Drain (nothing new assigned), then a RejectJob per job held, its attempt unspent,
 once its runners are canceled (commands killed). The coordinator queues each at once for another miner. It used to
 leave them to the session's heartbeat timeout and then the reconnect grace (30 s and 30 s by default): a fleet of
-poll miners restarted without draining delayed every running job by a minute. Results awaiting their answers are not
-given back (the coordinator may have them), and a coordinator that answers nothing holds stop() no longer than the
-stream's leave (LEAVE_GRACE_S)."""
+poll miners restarted without draining delayed every running job by a minute. A coordinator that answers nothing
+holds stop() no longer than the stream's leave (LEAVE_GRACE_S). (That results awaiting their answers are not given
+back is held for both transports in test_miner_sdk_stop_gives_jobs_back.py.)"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aitbc.miner import LEAVE_GRACE_S, Outcome, job_input, subprocess_runner
+from aitbc.miner import Outcome, job_input, subprocess_runner
 from coord_support import COMPLETED, QUEUED, Harness, eventually, gated_sdk_miner, gone, sdk_miner
 from muting_relay import relayed
-from test_miner_sdk_stop_gives_jobs_back import LONG_GRACE, REQUEUED_WITHIN_S, given_back, other_miner
-from test_miner_sdk_stop_while_leaving import HeldByNumber
+from test_miner_sdk_stop_gives_jobs_back import (
+    LONG_GRACE,
+    POLL,
+    REQUEUED_WITHIN_S,
+    given_back,
+    other_miner,
+    stopped_within_the_leave_grace,
+)
 from test_shutdown_disconnect_reason import disconnect_reasons
 
-from tests.tcp_relay import DOWN, Relay
+from tests.tcp_relay import Relay
 
 GUARD_S = 30.0  # a guard against a hang, not a speed
 # LONG_GRACE: a job left to the coordinator waits 30 s (heartbeat timeout) and then 60 s (grace); given back, it is
 # queued within a second or two
-POLL = {"transport": "poll", "poll_wait_s": 1.0}
-
-
-async def stopped_within_the_leave_grace(miner: Any, task: asyncio.Task) -> None:
-    started = time.monotonic()
-    miner.stop()
-    await asyncio.wait_for(task, GUARD_S)
-    assert time.monotonic() - started < LEAVE_GRACE_S + 1.0, "stop() outlasted its leave grace"
 
 
 @pytest.mark.coordinator(**LONG_GRACE)
@@ -64,44 +61,6 @@ async def test_a_stopped_poll_miner_gives_its_running_job_back_at_once_with_its_
     assert (done.state, done.attempt, done.miner_id) == (COMPLETED, 1, "miner-01")  # its attempt unspent
     assert coord.db.count("receipts", job.job_id) == 1
     assert runner.runs == [1]
-
-
-@pytest.mark.coordinator(**LONG_GRACE)
-async def test_a_stopped_poll_miner_gives_back_its_running_job_but_not_a_result_awaiting_its_answer(
-    coord: Harness,
-) -> None:
-    """The answers are held back (the result's, then the leave's own): the calls reach the coordinator all the same,
-    and stop() waits for no answer past its grace."""
-    alice = coord.client("alice")
-    relay = Relay("127.0.0.1", coord.coordinator.port)
-    await relay.start()
-    runner = HeldByNumber()
-    try:
-        miner = sdk_miner(f"127.0.0.1:{relay.port}", runner, slots=2, **POLL)
-        task = asyncio.create_task(miner.run())
-        running, finished = await alice.submit({"n": 1}), await alice.submit({"n": 2})
-        await eventually(lambda: len(miner.running) == 2, what="both jobs running")
-        relay.stall(DOWN)  # the answer to the result below is held back, and every later one
-        runner.release(2)
-        await eventually(lambda: coord.db.job_state(finished.job_id) == COMPLETED, what="the result landed")
-        assert finished.job_id in miner.unacked
-
-        await stopped_within_the_leave_grace(miner, task)
-        await eventually(lambda: coord.db.job_state(running.job_id) == QUEUED, within=REQUEUED_WITHIN_S,
-                         what="the running job queued again (not left to the heartbeat timeout and the grace)")  # fmt: skip
-        relay.heal()
-
-        runner.release(1)
-        coord.run_miner(other_miner(coord.address))
-        done = await coord.finished(alice, running.job_id, within=REQUEUED_WITHIN_S)
-        assert (done.state, done.attempt) == (COMPLETED, 1)
-        assert given_back(coord, finished.job_id) == []
-        assert (await alice.get(finished.job_id)).attempt == 1
-        assert runner.runs == {1: [1], 2: [1]}
-        assert [coord.db.count("receipts", j.job_id) for j in (finished, running)] == [1, 1]
-        assert coord.db.not_terminal() == []
-    finally:
-        await relay.close()
 
 
 @pytest.mark.coordinator(**LONG_GRACE)

@@ -45,6 +45,7 @@ GUARD_S = 30.0  # a guard against a hang, not a speed
 # with this grace, a job left to it waits a minute: given back, it is queued within a second or two
 LONG_GRACE = {"reconnect_grace_seconds": 60.0, "heartbeat_timeout_seconds": 30.0, "lease_seconds": 30.0}
 REQUEUED_WITHIN_S = 3.0
+POLL = {"transport": "poll", "poll_wait_s": 1.0}  # a poll miner's settings (a short poll: a prompt leave)
 
 
 def other_miner(address: str, name: str = "miner-01", runner: Any = echo_runner) -> Miner:
@@ -56,6 +57,13 @@ def other_miner(address: str, name: str = "miner-01", runner: Any = echo_runner)
 def given_back(coord: Harness, job_id: str) -> list[dict[str, Any]]:
     """The job's transitions back to the queue as a rejection."""
     return [e for e in coord.db.events(job_id) if e["to_state"] == QUEUED and e["reason"] == "REJECTED"]
+
+
+async def stopped_within_the_leave_grace(miner: Any, task: asyncio.Task) -> None:
+    started = time.monotonic()
+    miner.stop()
+    await asyncio.wait_for(task, GUARD_S)
+    assert time.monotonic() - started < LEAVE_GRACE_S + 1.0, "stop() outlasted its leave grace"
 
 
 @pytest.mark.coordinator(**LONG_GRACE)
@@ -124,16 +132,19 @@ async def test_a_stopped_miner_gives_back_an_assignment_it_had_not_started(coord
         release.set()  # (the stuck callable's thread ends)
 
 
+@pytest.mark.parametrize("transport", [{}, POLL], ids=["stream", "poll"])
 @pytest.mark.coordinator(**LONG_GRACE)
 async def test_a_stopped_miner_gives_back_its_running_job_but_not_a_result_awaiting_its_ack(
-    coord: Harness,
+    coord: Harness, transport: dict[str, Any]
 ) -> None:
+    """The coordinator's answers are held back (the result's ack, then the leave's own): what the miner sends still
+    lands, and stop() waits for no answer past its grace."""
     alice = coord.client("alice")
     relay = Relay("127.0.0.1", coord.coordinator.port)
     await relay.start()
     runner = HeldByNumber()
     try:
-        miner = sdk_miner(f"127.0.0.1:{relay.port}", runner, slots=2)
+        miner = sdk_miner(f"127.0.0.1:{relay.port}", runner, slots=2, **transport)
         task = asyncio.create_task(miner.run())
         running, finished = await alice.submit({"n": 1}), await alice.submit({"n": 2})
         await eventually(lambda: len(miner.running) == 2, what="both jobs running")
@@ -142,10 +153,9 @@ async def test_a_stopped_miner_gives_back_its_running_job_but_not_a_result_await
         await eventually(lambda: coord.db.job_state(finished.job_id) == COMPLETED, what="the result landed")
         assert finished.job_id in miner.unacked
 
-        miner.stop()
-        await asyncio.wait_for(task, GUARD_S)
+        await stopped_within_the_leave_grace(miner, task)
         await eventually(lambda: coord.db.job_state(running.job_id) == QUEUED, within=REQUEUED_WITHIN_S,
-                         what="the running job queued again (not left to the 60 s grace)")  # fmt: skip
+                         what="the running job queued again (not left to the timeouts and the 60 s grace)")  # fmt: skip
         relay.heal()
 
         runner.release(1)
