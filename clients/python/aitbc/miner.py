@@ -780,8 +780,8 @@ class Miner:
         """The jobs still running, and canceled jobs' runners not returned yet, canceled and waited for: run()
         leaves no task behind (their commands killed, their workspaces removed). Their results are given up, as
         are those awaiting acks: the coordinator runs those jobs again (at once for the jobs a stop gave back:
-        _give_back_held, and the poll transport's _leave). A python callable's thread cannot be stopped: its task, canceled again, gives up on it (a
-        daemon thread, it ends with the process)."""
+        _give_back_held, and the poll transport's _leave). A python callable's thread cannot be stopped: its task,
+        canceled again, gives up on it (a daemon thread, it ends with the process)."""
         tasks = [r.task for r in self.running.values()] + list(self._canceled)
         for task in tasks:
             task.cancel()
@@ -1494,7 +1494,7 @@ FAILED_BY_REFUSAL = {"INVALID_RESULT": False, "BAD_MINER_SIGNATURE": True}
 # offered (a Capacity message says fewer), and an assignment waits no longer for it
 STUCK_AFTER_S = 1.0
 _HEARTBEAT = object()  # in a stream's outbox: a heartbeat, made as it is sent
-_LEAVE = object()  # in a stream's outbox: stop(); behind it, rejects only, then the stream's side closed
+_LEAVE = object()  # in a stream's outbox: stop(); behind it rejects, results, failures; then the side closed
 STOPPING_REASON = "miner stopping"  # the reason of the rejects of a miner leaving on purpose
 _CAPACITY = object()  # in a stream's outbox: a Capacity, made as it is sent (if the offer changed)
 MAX_STRUCT_DEPTH = 32  # how deep the coordinator takes a structured result (its default)
