@@ -1192,6 +1192,18 @@ class Miner:
             self._cancel(job.job_id)
         task = asyncio.create_task(self._execute(job, assignment.attempt))
         self.running[job.job_id] = _Running(assignment.attempt, task)
+        if self.transport == "stream":  # (the poll transport has no accept call)
+            asyncio.get_running_loop().call_later(ACCEPT_AFTER_S, self._accept_if_running, job.job_id,
+                                                  assignment.attempt)  # fmt: skip
+
+    def _accept_if_running(self, job_id: str, attempt: int) -> None:
+        """An Accept for a job still running ACCEPT_AFTER_S after it started: the coordinator then shows it RUNNING
+        (and its client's watch says so) rather than ASSIGNED for its whole run. A job done sooner is accepted by its
+        result (ASSIGNED -> RUNNING -> COMPLETED in one commit): short jobs cost no message and no commit more."""
+        running = self.running.get(job_id)
+        if running is not None and running.attempt == attempt and self._outbox is not None:
+            accept = miner_service_pb2.Accept(job_id=job_id, attempt=attempt)
+            self._outbox.put_nowait(miner_service_pb2.ConnectRequest(accept=accept))
 
     def _cancel(self, job_id: str) -> None:
         """Cancel a running job. Its slot stays taken until its runner returns (at once, unless it is a python
@@ -1493,6 +1505,8 @@ FAILED_BY_REFUSAL = {"INVALID_RESULT": False, "BAD_MINER_SIGNATURE": True}
 # a canceled job's runner not returned after this long is stuck (a python callable's thread): its slot is not
 # offered (a Capacity message says fewer), and an assignment waits no longer for it
 STUCK_AFTER_S = 1.0
+# a job still running this long is accepted on the stream (RUNNING at the coordinator); a shorter one by its result
+ACCEPT_AFTER_S = 0.5
 _HEARTBEAT = object()  # in a stream's outbox: a heartbeat, made as it is sent
 _LEAVE = object()  # in a stream's outbox: stop(); behind it rejects, results, failures; then the side closed
 STOPPING_REASON = "miner stopping"  # the reason of the rejects of a miner leaving on purpose
