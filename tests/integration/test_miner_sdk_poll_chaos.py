@@ -10,8 +10,8 @@ Then the network heals and, within a bound:
 - each has exactly one COMPLETED event and one receipt, which verifies offline (the coordinator's signature, and
   the miner's for a miner that signs) and names the attempt and miner its result names; its events are gapless
   and follow the state machine; the result is the job's own (the runners echo);
-- no job ran at an attempt the coordinator never recorded, none ran twice at one attempt, and none ran more often
-  than its attempts;
+- no job ran at an attempt the coordinator never recorded, none ran twice at one attempt (but one a stopped miner
+  gave back, its attempt unspent), and none ran more often than its attempts;
 - no miner ran more jobs at once than its slots;
 - no result of the attempt that completed a job was refused (a repeat after a lost answer gets the same ack);
 - drained, every miner's run() returns with nothing running and no result awaiting its ack, and the coordinator
@@ -325,7 +325,8 @@ async def check_jobs(coord: Harness, client, book: Book) -> None:  # type: ignor
 
 def check_runs(coord: Harness, book: Book) -> None:
     """No job ran at an attempt the store never recorded, twice at one attempt, or more often than its attempts;
-    the attempt that completed it ran on the miner the store names."""
+    the attempt that completed it ran on the miner the store names. A run a stopped miner gave back (a REJECTED
+    event: its attempt unspent, run again at the same number elsewhere) is not counted."""
     db = coord.db
     runs: dict[str, list[tuple[int, str]]] = defaultdict(list)
     for job_id, attempt, name in book.runs:
@@ -334,9 +335,13 @@ def check_runs(coord: Harness, book: Book) -> None:
         j: (s, a, m) for j, s, a, m in db.query("SELECT job_id, state, attempt, miner_id FROM jobs")
     }.items():
         ran = runs.get(job_id, [])
-        recorded = {(e["attempt"], e["miner_id"]) for e in db.events(job_id) if e["miner_id"]}
-        attempts = [a for a, _ in ran]
-        if len(ran) > attempt or len(set(attempts)) != len(attempts):
+        events = db.events(job_id)
+        recorded = {(e["attempt"], e["miner_id"]) for e in events if e["miner_id"]}
+        # (a REJECTED event names the attempt as given back: one less than the one its miner held and ran)
+        given_back = Counter((e["attempt"] + 1, e["miner_id"]) for e in events if e["reason"] == "REJECTED")
+        counted = [run for run in ran if not _spend(given_back, run)]
+        attempts = [a for a, _ in counted]
+        if len(counted) > attempt or len(set(attempts)) != len(attempts):
             problems = f"job {job_id}: ran {sorted(ran)}, attempt {attempt}"
             book.problems.append(f"{problems}; events {db.events(job_id)}")
         for a, name in ran:
@@ -346,6 +351,14 @@ def check_runs(coord: Harness, book: Book) -> None:
         if state == COMPLETED and (attempt, miner_id) not in ran:
             book.problems.append(f"job {job_id}: completed at attempt {attempt} by {miner_id}, which never ran it: "
                                  f"{sorted(ran)}")  # fmt: skip
+
+
+def _spend(given_back: Counter, run: tuple[int, str]) -> bool:
+    """Whether run is one its miner gave back (one fewer left to match)."""
+    if given_back[run] > 0:
+        given_back[run] -= 1
+        return True
+    return False
 
 
 def check_refusals(coord: Harness, caplog, book: Book) -> Counter:  # type: ignore[no-untyped-def]
