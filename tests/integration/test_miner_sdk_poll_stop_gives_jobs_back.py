@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
-from typing import Any
 
 import pytest
-from aitbc.miner import Outcome, job_input, subprocess_runner
-from coord_support import COMPLETED, QUEUED, Harness, eventually, gated_sdk_miner, gone, sdk_miner
+from coord_support import COMPLETED, QUEUED, Harness, eventually, gated_sdk_miner
 from muting_relay import relayed
 from test_miner_sdk_stop_gives_jobs_back import (
     LONG_GRACE,
@@ -100,35 +97,3 @@ async def test_stop_of_a_poll_miner_whose_coordinator_is_gone_returns_within_the
         await stopped_within_the_leave_grace(miner, task)
     finally:
         await relay.close()
-
-
-@pytest.mark.coordinator(**LONG_GRACE)
-async def test_a_stopped_poll_miners_command_is_killed_before_its_job_is_given_back(
-    coord: Harness, tmp_path: Path
-) -> None:
-    """The job given back may start on another miner at once: the stopped miner's command must be gone by then."""
-    alice = coord.client("alice")
-    pids = tmp_path / "pids"
-    pids.mkdir()
-    command = ["sh", "-c", f'echo $$ > "{pids}/$AITBC_JOB_ID"; exec sleep 60']
-    miner = sdk_miner(coord.address, subprocess_runner(command), **POLL)
-    task = asyncio.create_task(miner.run())
-    job = await alice.submit({"n": 1})
-    pid_file = pids / job.job_id
-    await eventually(lambda: pid_file.exists() and pid_file.read_text().strip(), what="the command running")
-    pid = int(pid_file.read_text())
-
-    gone_when_run_again: list[bool] = []
-
-    async def checking(job: Any) -> Outcome:
-        gone_when_run_again.append(gone(pid))
-        return Outcome(job_input(job), units="1", unit_type="jobs")
-
-    other = other_miner(coord.address, runner=checking)
-    coord.run_miner(other)
-    await eventually(lambda: other.connects == 1, what="the other miner connected, idle")
-
-    await stopped_within_the_leave_grace(miner, task)
-    done = await coord.finished(alice, job.job_id, within=REQUEUED_WITHIN_S)
-    assert (done.state, done.attempt, done.miner_id) == (COMPLETED, 1, "miner-01")
-    assert gone_when_run_again == [True], "the job ran again while the stopped miner's command ran on"

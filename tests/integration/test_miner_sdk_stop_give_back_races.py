@@ -21,7 +21,12 @@ from coord_support import (
     gated_sdk_miner,
     sdk_miner,
 )
-from test_miner_sdk_stop_gives_jobs_back import LONG_GRACE, REQUEUED_WITHIN_S, given_back
+from test_miner_sdk_stop_gives_jobs_back import (
+    LONG_GRACE,
+    REQUEUED_WITHIN_S,
+    given_back,
+    stopped_within_the_leave_grace,
+)
 
 from tests.tcp_relay import UP, Relay
 
@@ -122,10 +127,7 @@ async def test_stop_with_its_sender_blocked_by_flow_control_still_returns_within
         await eventually(lambda: miner._outbox is not None and miner._outbox.qsize() > 0,
                          what="results waiting behind a blocked write")  # fmt: skip
 
-        started = time.monotonic()
-        miner.stop()
-        await asyncio.wait_for(task, GUARD_S)
-        assert time.monotonic() - started < LEAVE_GRACE_S + 1.0, "stop() outlasted its leave grace"
+        await stopped_within_the_leave_grace(miner, task)
     finally:
         await relay.close()
 

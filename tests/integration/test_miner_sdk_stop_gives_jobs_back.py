@@ -194,13 +194,14 @@ async def test_stop_with_a_running_job_on_a_stale_stream_still_returns_within_th
         await channel.close()
 
 
+@pytest.mark.parametrize("transport", [{}, POLL], ids=["stream", "poll"])
 @pytest.mark.coordinator(**LONG_GRACE)
 async def test_a_stopped_miners_command_is_killed_before_its_job_is_given_back(
-    coord: Harness, tmp_path: Path
+    coord: Harness, tmp_path: Path, transport: dict[str, Any]
 ) -> None:
     """The job given back may start on another miner at once: the stopped miner's command must be gone by then,
-    or the job would run twice at the same time (a GPU held twice, outputs written twice). The coordinator's end of
-    the stream is held back, so that the leave lasts its whole grace."""
+    or the job would run twice at the same time (a GPU held twice, outputs written twice). The coordinator's answers
+    are held back, so that the leave lasts its whole grace."""
     alice = coord.client("alice")
     pids = tmp_path / "pids"
     pids.mkdir()
@@ -208,7 +209,7 @@ async def test_a_stopped_miners_command_is_killed_before_its_job_is_given_back(
     relay = Relay("127.0.0.1", coord.coordinator.port)
     await relay.start()
     try:
-        miner = sdk_miner(f"127.0.0.1:{relay.port}", subprocess_runner(command))
+        miner = sdk_miner(f"127.0.0.1:{relay.port}", subprocess_runner(command), **transport)
         task = asyncio.create_task(miner.run())
         job = await alice.submit({"n": 1})
         pid_file = pids / job.job_id
@@ -228,8 +229,7 @@ async def test_a_stopped_miners_command_is_killed_before_its_job_is_given_back(
         await eventually(lambda: other.connects == 1, what="the other miner connected, idle")
 
         relay.stall(DOWN)
-        miner.stop()
-        await asyncio.wait_for(task, GUARD_S)
+        await stopped_within_the_leave_grace(miner, task)
         done = await coord.finished(alice, job.job_id, within=REQUEUED_WITHIN_S)
         assert (done.state, done.attempt, done.miner_id) == (COMPLETED, 1, "miner-01")
         assert gone_when_run_again == [True], "the job ran again while the stopped miner's command ran on"
