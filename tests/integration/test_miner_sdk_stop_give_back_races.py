@@ -31,9 +31,8 @@ from test_miner_sdk_stop_gives_jobs_back import (
 from tests.tcp_relay import UP, Relay
 
 GUARD_S = 30.0  # a guard against a hang, not a speed
-BIG_RESULT_BYTES = (
-    900_000  # under the coordinator's 1 MiB result limit; a dozen fill the connection's buffers
-)
+# under the coordinator's 1 MiB result limit; a dozen fill the connection's buffers
+BIG_RESULT_BYTES = 900_000
 BIG_RESULTS = 12  # behind a stalled connection, their writes block: the later results wait in the outbox
 
 
@@ -56,6 +55,26 @@ class HeldByNumber:
 def left_to_the_grace(coord: Harness, job_ids: list[str]) -> list[str]:
     """The jobs still assigned to a miner that is gone: neither completed nor queued again."""
     return [j for j in job_ids if coord.db.job_state(j) == ASSIGNED]
+
+
+async def results_behind_a_stalled_write(
+    coord: Harness, relay: Relay, numbers: list[int], released: list[int]
+) -> tuple[Any, asyncio.Task, list[Any]]:
+    """A miner running a job per number, its connection to the coordinator stalled (nothing read there), then the
+    `released` jobs' results reported: the large ones' writes block on HTTP/2 flow control and the later ones wait
+    in the outbox. Returns the miner, its run() task and the jobs."""
+    alice = coord.client("alice")
+    runner = HeldByNumber()
+    miner = sdk_miner(f"127.0.0.1:{relay.port}", runner, slots=len(numbers))
+    task = asyncio.create_task(miner.run())
+    jobs = [await alice.submit({"n": n}) for n in numbers]
+    await eventually(lambda: len(miner.running) == len(jobs), what="every job running")
+    relay.stall(UP)
+    runner.release(*released)
+    await eventually(lambda: len(miner.unacked) == len(released), what="the results reported")
+    await eventually(lambda: miner._outbox is not None and miner._outbox.qsize() > 0,
+                     what="results waiting behind a blocked write")  # fmt: skip
+    return miner, task, jobs
 
 
 @pytest.mark.coordinator(**LONG_GRACE)
@@ -114,19 +133,8 @@ async def test_stop_with_its_sender_blocked_by_flow_control_still_returns_within
     relay = Relay("127.0.0.1", coord.coordinator.port)
     await relay.start()
     try:
-        alice = coord.client("alice")
-        runner = HeldByNumber()
-        miner = sdk_miner(f"127.0.0.1:{relay.port}", runner, slots=BIG_RESULTS + 1)
-        task = asyncio.create_task(miner.run())
-        for n in range(BIG_RESULTS + 1):
-            await alice.submit({"n": n})
-        await eventually(lambda: len(miner.running) == BIG_RESULTS + 1, what="every job running")
-        relay.stall(UP)
-        runner.release(*range(BIG_RESULTS))
-        await eventually(lambda: len(miner.unacked) == BIG_RESULTS, what="the results reported")
-        await eventually(lambda: miner._outbox is not None and miner._outbox.qsize() > 0,
-                         what="results waiting behind a blocked write")  # fmt: skip
-
+        numbers = list(range(BIG_RESULTS + 1))  # (the last one still running: a reject queues behind)
+        miner, task, _ = await results_behind_a_stalled_write(coord, relay, numbers, numbers[:-1])
         await stopped_within_the_leave_grace(miner, task)
     finally:
         await relay.close()
@@ -142,18 +150,8 @@ async def test_results_still_waiting_to_be_written_when_the_miner_stops_are_not_
     relay = Relay("127.0.0.1", coord.coordinator.port)
     await relay.start()
     try:
-        alice = coord.client("alice")
-        runner = HeldByNumber()
-        miner = sdk_miner(f"127.0.0.1:{relay.port}", runner, slots=BIG_RESULTS + 1)
-        task = asyncio.create_task(miner.run())
-        jobs = [await alice.submit({"n": n}) for n in [*range(BIG_RESULTS), 100]]
-        await eventually(lambda: len(miner.running) == len(jobs), what="every job running")
-        relay.stall(UP)
-        runner.release(*range(BIG_RESULTS), 100)
-        await eventually(lambda: len(miner.unacked) == len(jobs), what="every result reported")
-        await eventually(lambda: miner._outbox is not None and miner._outbox.qsize() > 0,
-                         what="results waiting behind a blocked write")  # fmt: skip
-
+        numbers = [*range(BIG_RESULTS), 100]  # (100: a small result, last in the outbox)
+        miner, task, jobs = await results_behind_a_stalled_write(coord, relay, numbers, numbers)
         miner.stop()
         await asyncio.sleep(0.1)
         relay.heal()
@@ -168,8 +166,9 @@ async def test_results_still_waiting_to_be_written_when_the_miner_stops_are_not_
 @pytest.mark.coordinator(**LONG_GRACE)
 async def test_an_assignment_on_its_way_as_the_miner_leaves_is_not_left_to_the_grace(coord: Harness) -> None:
     """The coordinator assigns a job to the free slot before it reads the leaving miner's Capacity 0 (its writes
-    held up a moment on the way). The assignment arrives after the miner has closed its side: its reject cannot
-    be written, and the stream's end leaves the job to the grace."""
+    held up a moment on the way). The assignment may arrive after the miner has closed its side, where its reject
+    cannot be written: the coordinator, seeing a stream closed after Capacity 0, queues what it still holds at
+    once, rather than leaving it to the grace."""
     relay = Relay("127.0.0.1", coord.coordinator.port)
     await relay.start()
     try:
