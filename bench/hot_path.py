@@ -11,13 +11,14 @@ import timeit
 from collections.abc import Callable
 
 from aitbc.coordinator.v1 import job_pb2, job_service_pb2, miner_service_pb2
-from aitbc.receipts import MerkleTree, Signer
+from aitbc.receipts import Signer
 
 from coordinator.domain.ids import uuid7
 from coordinator.domain.model import Capabilities, Job, JobResult, JobState
 from coordinator.domain.validation import Limits
 from coordinator.receipts.issuer import ReceiptIssuer
 from coordinator.receipts.keyring import ActiveKeys
+from coordinator.receipts.tiled_log import TiledLog
 from coordinator.scheduler.sessions import Session
 from coordinator.security.bounds import check_bounds
 from coordinator.services.convert import fill_job, job_message, job_spec, result_in, struct_digest
@@ -126,8 +127,8 @@ def cases(jobs: int) -> list[tuple[str, Callable[[], object]]]:
         issuing.issue(j, r, session, unit)
     leaves = [row.leaf_hash for row in unit.receipts]
 
-    def log() -> None:  # a committed receipt's leaf joins the in-memory log
-        tree = MerkleTree()
+    def log() -> None:  # a committed receipt's leaf joins the in-memory log (a tile's root every 256)
+        tree = TiledLog()
         for leaf in leaves:
             tree.append(leaf)
 
@@ -140,7 +141,7 @@ def cases(jobs: int) -> list[tuple[str, Callable[[], object]]]:
         ("check_bounds(ConnectRequest results)", bounds_results),
         ("result_in", intake),
         ("ReceiptIssuer.issue", issue),
-        ("MerkleTree.append", log),
+        ("TiledLog.append", log),
     ]
 
 

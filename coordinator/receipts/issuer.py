@@ -15,7 +15,6 @@ import logging
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 
 from aitbc.receipts import (
-    MerkleTree,
     MinerSignature,
     build_miner_report,
     leaf_hash,
@@ -35,6 +34,7 @@ from ..scheduler.engine import ReceiptHook
 from ..scheduler.sessions import Session
 from ..store.base import CheckpointRow, KeyRow, LedgerEntry, ReceiptRow, Store, UnitOfWork
 from .keyring import ActiveKeys, miner_key_row
+from .tiled_log import TILE, TiledLog
 
 log = logging.getLogger("coordinator.receipts")
 
@@ -88,7 +88,7 @@ class ReceiptIssuer(ReceiptHook):
             raise SettingsError(
                 f"COORDINATOR_ID and CHAIN_ID name this coordinator's receipts: {exc}"
             ) from None
-        self.tree = MerkleTree()
+        self.tree = TiledLog()
         self.committed_size = 0  # = tree.size: the tree holds committed leaves only
         self._arrived: dict[int, bytes] = {}  # committed leaves waiting for the ones before them
         self._grew = asyncio.Event()  # set (and replaced) whenever the tree grows
@@ -107,13 +107,12 @@ class ReceiptIssuer(ReceiptHook):
         self._time_floor_us = max((r.valid_from_us for r in keys.rows), default=0)
 
     async def load(self) -> None:
-        leaves, checkpoint = await self.store.load_log()
-        self.tree = MerkleTree(leaves)
+        self.tree, checkpoint = await self._read_log()
         self.committed_size = self.tree.size
         self.checkpoint = checkpoint
         if checkpoint is not None and (
             checkpoint.tree_size > self.tree.size
-            or self.tree.root(checkpoint.tree_size) != checkpoint.root_hash
+            or await self.root(checkpoint.tree_size) != checkpoint.root_hash
         ):
             raise RuntimeError("the receipt log does not match its last checkpoint: the store was altered")
         if checkpoint is not None:
@@ -207,13 +206,57 @@ class ReceiptIssuer(ReceiptHook):
         if self._resync is not None:
             return  # the rebuild takes them
         grew = False
+        tiles = []
         while self.tree.size in self._arrived:
-            self.tree.append(self._arrived.pop(self.tree.size))
+            tile = self.tree.append(self._arrived.pop(self.tree.size))
+            if tile is not None:
+                tiles.append(tile)
             grew = True
         self.committed_size = self.tree.size
+        if tiles:
+            self._write_tiles(tiles)
         if grew:
             self._grew.set()
             self._grew = asyncio.Event()
+
+    def _write_tiles(self, tiles: list[tuple[int, bytes]]) -> None:
+        """Store the tiles the log completed (after their leaves, which are committed): not waited for, and a
+        tile whose write fails is hashed from its leaves again at the next start."""
+        unit = UnitOfWork()
+        unit.tiles.extend(tiles)
+        try:
+            written = self.store.enqueue(unit)
+        except RuntimeError:  # the store is closing: the next start hashes them
+            return
+        written.add_done_callback(_tiles_written)
+
+    async def _read_log(self) -> tuple[TiledLog, CheckpointRow | None]:
+        """The log as stored: its tiles and the leaves after them (those making complete tiles, whose write was
+        lost, are hashed into tiles again, and those written)."""
+        tiles, checkpoint = await self.store.load_log_tiles()
+        if tiles and not await self.store.read_leaves(len(tiles) * TILE - 1, len(tiles) * TILE):
+            raise RuntimeError("the receipt log's tiles go beyond its leaves: the store was altered")
+        tree, hashed = await TiledLog.read(tiles, self.store.read_leaves)
+        if hashed:
+            log.info("receipt log: %d tiles hashed from their leaves and stored (a store written before tiles, or "
+                     "their write lost)", len(hashed))  # fmt: skip
+            self._write_tiles(hashed)
+        return tree, checkpoint
+
+    async def _read_tile(self, tile: int) -> list[bytes]:
+        return await self.store.read_leaves(tile * TILE, (tile + 1) * TILE)
+
+    async def root(self, size: int) -> bytes:
+        """The root of the first size leaves of the committed log."""
+        return await self.tree.root(size, self._read_tile)
+
+    async def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        """RFC 9162 PATH(index, D[0:size]) of the committed log."""
+        return await self.tree.inclusion_proof(index, size, self._read_tile)
+
+    async def consistency_proof(self, first: int, second: int) -> list[bytes]:
+        """RFC 9162 PROOF(first, D[0:second]) of the committed log."""
+        return await self.tree.consistency_proof(first, second, self._read_tile)
 
     def commit_failed(self, unit: UnitOfWork) -> None:
         """A unit holding receipts or keys did not commit: rebuild the tree from the store, which holds
@@ -265,25 +308,25 @@ class ReceiptIssuer(ReceiptHook):
 
     async def _rebuild(self) -> None:
         try:
-            leaves = await self._read_log_back()
-            if leaves is None:  # stopping: the next start reads the log
+            tree = await self._read_log_back()
+            if tree is None:  # stopping: the next start reads the log
                 return
-            self.tree = MerkleTree(leaves)
+            self.tree = tree
             self._arrived = {i: h for i, h in self._arrived.items() if i >= self.tree.size}
             log.warning("receipt log rebuilt from the store after a failed commit: %d leaves", self.tree.size)
         finally:
             self._resync = None
             self._extend()
 
-    async def _read_log_back(self) -> list[bytes] | None:
-        """The stored leaves, read until the store answers (the failed commit's cause, a full disk or a lost
+    async def _read_log_back(self) -> TiledLog | None:
+        """The stored log, read until the store answers (the failed commit's cause, a full disk or a lost
         server, may fail this read too), with a backoff; None once stopping. Given up, the tree would wait for
         ever for a leaf the store holds and memory does not (every inclusion proof: LOG_CATCHING_UP)."""
         delay = REBUILD_FIRST_DELAY_S
         while not self._stopped:
             try:
-                leaves, _ = await self.store.load_log()
-                return leaves
+                tree, _ = await self._read_log()
+                return tree
             except Exception:
                 log.warning("cannot read the receipt log back after a failed commit; retrying in %g s", delay,
                             exc_info=True)  # fmt: skip
@@ -310,7 +353,7 @@ class ReceiptIssuer(ReceiptHook):
             size = max(self.committed_size, min_size)
             if current is not None and (current.tree_size == size or 0 < min_size <= current.tree_size):
                 return current
-            root = self.tree.root(size)
+            root = await self.root(size)
             note = sign_checkpoint(self.origin, size, root, self.keys.log)
             row = CheckpointRow(size, root, note, now_us())
             unit = UnitOfWork()
@@ -367,3 +410,9 @@ class ReceiptIssuer(ReceiptHook):
 
     def published_keys(self) -> list[KeyRow]:
         return list(self.keys.rows)
+
+
+def _tiles_written(written: asyncio.Future[None]) -> None:
+    if not written.cancelled() and written.exception() is not None:
+        log.warning("receipt log tiles not written (the next start hashes them from their leaves): %s",
+                    written.exception())  # fmt: skip

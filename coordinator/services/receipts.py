@@ -63,7 +63,7 @@ class ReceiptServicer(receipt_service_pb2_grpc.ReceiptServiceServicer):
                                    metadata={"job_id": request.job_id})  # fmt: skip
         latest = receipts[-1]
         checkpoint = await self.issuer.ensure_checkpoint(latest.leaf_index + 1)
-        proof = self.issuer.tree.inclusion_proof(latest.leaf_index, checkpoint.tree_size)
+        proof = await self.issuer.inclusion_proof(latest.leaf_index, checkpoint.tree_size)
         return pb.GetReceiptResponse(
             receipt=receipt_message(latest),
             inclusion_proof=pb.InclusionProof(
@@ -100,7 +100,7 @@ class ReceiptServicer(receipt_service_pb2_grpc.ReceiptServiceServicer):
             raise invalid("leaf_index or tree_size out of range",
                           [("tree_size", f"0 <= leaf_index < tree_size <= {self.issuer.committed_size}")],
                           reason="INVALID_TREE_SIZE")  # fmt: skip
-        proof = self.issuer.tree.inclusion_proof(request.leaf_index, size)
+        proof = await self.issuer.inclusion_proof(request.leaf_index, size)
         return pb.GetInclusionProofResponse(
             proof=pb.InclusionProof(leaf_index=request.leaf_index, tree_size=size, hashes=proof)
         )
@@ -113,7 +113,7 @@ class ReceiptServicer(receipt_service_pb2_grpc.ReceiptServiceServicer):
             raise invalid("sizes out of range",
                           [("first_size", f"0 < first_size <= second_size <= {self.issuer.committed_size}")],
                           reason="INVALID_TREE_SIZE")  # fmt: skip
-        proof = self.issuer.tree.consistency_proof(request.first_size, second)
+        proof = await self.issuer.consistency_proof(request.first_size, second)
         return pb.GetConsistencyProofResponse(
             proof=pb.ConsistencyProof(first_size=request.first_size, second_size=second, hashes=proof)
         )

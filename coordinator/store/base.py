@@ -104,6 +104,8 @@ class UnitOfWork:
     receipts: list[ReceiptRow] = field(default_factory=list)
     ledger: list[LedgerEntry] = field(default_factory=list)
     checkpoints: list[CheckpointRow] = field(default_factory=list)
+    # complete tiles of the receipt log: (tile index, root of its leaves), written once (a repeat is ignored)
+    tiles: list[tuple[int, bytes]] = field(default_factory=list)
     keys: list[KeyRow] = field(default_factory=list)
     # operators' drains: stored (a miner's row replaced), then those over deleted, each only if its row is still
     # that drain's (same created_us: a later drain of the miner, written meanwhile, stays)
@@ -178,6 +180,7 @@ class UnitOfWork:
                 self.receipts,
                 self.ledger,
                 self.checkpoints,
+                self.tiles,
                 self.keys,
                 self.drains,
                 self.drains_over,
@@ -410,8 +413,13 @@ class Store(ABC):
     async def get_receipts(self, job_id: str) -> list[ReceiptRow]: ...
 
     @abstractmethod
-    async def load_log(self) -> tuple[list[bytes], CheckpointRow | None]:
-        """Every leaf hash of the receipt log in order, and the latest checkpoint."""
+    async def load_log_tiles(self) -> tuple[list[bytes], CheckpointRow | None]:
+        """The receipt log as a start needs it: the stored tile roots from the first on, up to the first one
+        missing; and the latest checkpoint. (The leaves after those tiles: read_leaves.)"""
+
+    @abstractmethod
+    async def read_leaves(self, start: int, end: int) -> list[bytes]:
+        """The leaf hashes at [start, end) of the receipt log, in order (fewer if the log is shorter)."""
 
     @abstractmethod
     async def load_keys(self) -> list[KeyRow]: ...

@@ -1023,6 +1023,13 @@ async def _write_units(conn: asyncpg.Connection, units: list[UnitOfWork]) -> Non
             "VALUES ($1,$2,$3,$4,$5,$6)",
             [(r.receipt_id, r.job_id, r.attempt, r.envelope, r.leaf_index, r.issued_us) for r in receipts],
         )
+    tiles = [t for u in units for t in u.tiles]
+    if (
+        tiles
+    ):  # (derived from the leaves: a tile written twice, by a start that found its write lost, is the same)
+        await conn.executemany(
+            "INSERT INTO log_tiles VALUES ($1,$2) ON CONFLICT (tile_index) DO NOTHING", tiles
+        )
     ledger = [e for u in units for e in u.ledger]
     if ledger:
         await conn.executemany(

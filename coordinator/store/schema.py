@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 import socket
 
-APPEND_ONLY = ("job_events", "receipts", "log_leaves", "checkpoints", "ledger_entries")
+# The tables migrations 1 and 2 made append-only (their text must not change: a store is the migrations it ran)
+_APPEND_ONLY_AT_2 = ("job_events", "receipts", "log_leaves", "checkpoints", "ledger_entries")
+APPEND_ONLY = (*_APPEND_ONLY_AT_2, "log_tiles")  # every append-only table
 
 
 def _append_only(table: str) -> str:
@@ -124,7 +126,7 @@ CREATE TABLE ledger_entries (
 );
 CREATE INDEX ledger_account ON ledger_entries(account_id, kind);
 """
-    + "".join(_append_only(t) for t in APPEND_ONLY[1:]),
+    + "".join(_append_only(t) for t in _APPEND_ONLY_AT_2[1:]),
     # 3: the store's holder epoch (fencing): every process that takes the store bumps it before writing
     """
 CREATE TABLE store_holder (
@@ -146,6 +148,16 @@ CREATE TABLE operator_drains (
   created_us INTEGER NOT NULL
 ) WITHOUT ROWID;
 """,
+    # 5: the receipt log's complete tiles (coordinator/receipts/tiled_log.py): the root of each aligned run of 256
+    # leaves, so a start reads the tiles and the leaves after them, not every leaf. Derived from log_leaves, written
+    # after them: a tile missing (its write lost) is hashed again from its leaves at the next start.
+    """
+CREATE TABLE log_tiles (
+  tile_index INTEGER PRIMARY KEY,
+  tile_hash BLOB NOT NULL
+);
+"""
+    + _append_only("log_tiles"),
 ]
 
 
@@ -280,7 +292,7 @@ CREATE TABLE ledger_entries (
 );
 CREATE INDEX ledger_account ON ledger_entries(account_id, kind);
 """
-    + "".join(_pg_append_only(t) for t in APPEND_ONLY[1:]),
+    + "".join(_pg_append_only(t) for t in _APPEND_ONLY_AT_2[1:]),
     # 3: the store's holder epoch (fencing): every process that takes the store bumps it before writing
     """
 CREATE TABLE store_holder (
@@ -299,6 +311,14 @@ CREATE TABLE operator_drains (
   created_us BIGINT NOT NULL
 );
 """,
+    # 5: the receipt log's complete tiles
+    """
+CREATE TABLE log_tiles (
+  tile_index BIGINT PRIMARY KEY,
+  tile_hash BYTEA NOT NULL
+);
+"""
+    + _pg_append_only("log_tiles"),
 ]
 
 assert len(POSTGRES_MIGRATIONS) == len(MIGRATIONS), "every migration needs its PostgreSQL twin"

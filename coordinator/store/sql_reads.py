@@ -1,7 +1,7 @@
 """The read side of the Store, written once in SQL both backends run.
 
 Queries use `?` placeholders; a backend's `_query` runs them (PostgreSQL numbers them `$1, $2, ...`), and its
-`_load` the bulk reads of a start (every live job, the whole receipt log), which may take far longer than a call's.
+`_load` the bulk reads of a start (every live job, the receipt log's tiles), which may take far longer than a call's.
 """
 
 from __future__ import annotations
@@ -151,12 +151,25 @@ class SqlReads(Store):
         )
         return [ReceiptRow(*r) for r in rows]
 
-    async def load_log(self) -> tuple[list[bytes], CheckpointRow | None]:
-        leaves = await self._load("SELECT leaf_hash FROM log_leaves ORDER BY leaf_index")
+    async def load_log_tiles(self) -> tuple[list[bytes], CheckpointRow | None]:
+        rows = await self._load("SELECT tile_index, tile_hash FROM log_tiles ORDER BY tile_index")
+        tiles: list[bytes] = []
+        for index, root in rows:
+            if index != len(tiles):  # a tile's write lost (a crash): from there on, the leaves are read
+                break
+            tiles.append(bytes(root))
         cps = await self._query(
             "SELECT tree_size, root_hash, note, signed_us FROM checkpoints ORDER BY tree_size DESC LIMIT 1"
         )
-        return [row[0] for row in leaves], (CheckpointRow(*cps[0]) if cps else None)
+        return tiles, (CheckpointRow(*cps[0]) if cps else None)
+
+    async def read_leaves(self, start: int, end: int) -> list[bytes]:
+        rows = await self._query(
+            "SELECT leaf_hash FROM log_leaves WHERE leaf_index >= ? AND leaf_index < ? ORDER BY leaf_index",
+            start,
+            end,
+        )
+        return [bytes(row[0]) for row in rows]
 
     async def load_keys(self) -> list[KeyRow]:
         rows = await self._load(

@@ -425,6 +425,11 @@ def _write_units(conn: sqlite3.Connection, units: list[UnitOfWork]) -> None:
                       [(r.leaf_index, r.leaf_hash) for r in receipts])  # fmt: skip
         _execute_rows(conn, "INSERT INTO receipts (receipt_id, job_id, attempt, envelope, leaf_index, issued_us)", 6,
                       [(r.receipt_id, r.job_id, r.attempt, r.envelope, r.leaf_index, r.issued_us) for r in receipts])  # fmt: skip
+    tiles = [t for u in units for t in u.tiles]
+    if (
+        tiles
+    ):  # (derived from the leaves: a tile written twice, by a start that found its write lost, is the same)
+        conn.executemany("INSERT OR IGNORE INTO log_tiles VALUES (?,?)", tiles)
     ledger = [e for u in units for e in u.ledger]
     if ledger:
         _execute_rows(conn, "INSERT INTO ledger_entries (account_id, kind, receipt_id, amount_nano, units_nano, booked_us)", 6,

@@ -56,3 +56,15 @@ def test_the_in_process_queues_bench_runs() -> None:
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-4000:]
     assert "fills/s" in run.stdout and "'entries_left': 0" in run.stdout, run.stdout
+
+
+@pytest.mark.timeout(120)
+def test_the_receipt_log_bench_runs() -> None:
+    """`python -m bench.receipt_log` scaled down: it runs and prints a line per way of holding the log."""
+    run = subprocess.run([sys.executable, "-m", "bench.receipt_log", "--leaves", "3000"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=100)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-4000:]
+    lines = run.stdout.splitlines()
+    assert lines[0].startswith("receipt log of 3,000 leaves"), run.stdout
+    assert [line.split("  ")[0] for line in lines[1:]] == ["whole tree (before tiles)", "tiled, first start (no tiles)",
+                                                           "tiled"], run.stdout  # fmt: skip

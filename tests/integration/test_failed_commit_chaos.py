@@ -975,7 +975,7 @@ async def test_commits_failing_at_random_leave_memory_and_store_in_agreement(
               f"chaos; {failed['commits']} failed commits {dict(failed)}, {restores} read-backs; rules "
               f"{dict(chaos.added)}; came back while writing {dict(chaos.came_back)}; calls {dict(book.calls)}; miners "
               f"{ {m.name: dict(m.stats) for m in hand} }, sdk {sdk.completed} done {sdk.connects} connects")  # fmt: skip
-        check_everything(coord, book, hand, caplog)
+        await check_everything(coord, book, hand, caplog)
         # not vacuous: commits did fail (inserts, changes and receipts), and many jobs still completed
         assert failed["commits"] >= 20 and failed["with changes"] >= 5 and failed["with receipts"] >= 1, (
             f"seed {SEED}: too few failed commits to prove anything: {dict(failed)}"
@@ -1034,7 +1034,7 @@ async def settle(coord: Harness, book: Book) -> None:
     )
 
 
-def check_everything(coord: Harness, book: Book, hand: list[HandMiner], caplog) -> None:  # type: ignore[no-untyped-def]
+async def check_everything(coord: Harness, book: Book, hand: list[HandMiner], caplog) -> None:  # type: ignore[no-untyped-def]
     db, scheduler, issuer = coord.db, coord.coordinator.scheduler, coord.coordinator.issuer
     problems = [f"during the run, {n} times: {first}" for n, first, _ in book.violations.values()]
     problems += [f"unexpected call outcome: {u}" for u in book.unexpected[:10]]
@@ -1160,7 +1160,7 @@ def check_everything(coord: Harness, book: Book, hand: list[HandMiner], caplog) 
     if (tree.size, issuer.committed_size) != (len(leaves), len(leaves)) or issuer._arrived:
         problems.append(f"the coordinator's receipt tree has {tree.size} leaves (committed "
                         f"{issuer.committed_size}, waiting {sorted(issuer._arrived)}), the store {len(leaves)}")  # fmt: skip
-    elif leaves and tree.root(tree.size) != MerkleTree([h for _, h in leaves]).root(len(leaves)):
+    elif leaves and await issuer.root(tree.size) != MerkleTree([h for _, h in leaves]).root(len(leaves)):
         problems.append("the coordinator's receipt tree is not the stored log")
     ledger = Counter(db.query("SELECT receipt_id, kind FROM ledger_entries"))
     if (

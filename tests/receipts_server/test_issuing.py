@@ -414,7 +414,7 @@ async def test_a_receipt_that_fails_to_commit_leaves_no_gap_in_the_log(world) ->
     assert [i for i, _ in places] == [0, 1, 2, 3]  # no place kept for the receipt that was not written
     assert places[1][1] == doomed.job_id
     issuer = world["coordinator"].issuer
-    assert issuer.tree.size == 4 and issuer.tree.root(4) == MerkleTree(stored).root(4)
+    assert issuer.tree.size == 4 and await issuer.root(4) == MerkleTree(stored).root(4)
     md = world["client"].metadata
     checkpoint = (await world["client"].receipts.GetCheckpoint(
         receipt_service_pb2.GetCheckpointRequest(), metadata=md)).checkpoint  # fmt: skip

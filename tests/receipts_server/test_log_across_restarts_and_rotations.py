@@ -11,7 +11,6 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -31,23 +30,10 @@ from aitbc.receipts import (
 
 from coordinator.config import ApiKeyEntry, Settings, SettingsError, validate
 from coordinator.server import Coordinator, start
-from tests.store.store_support import create_schema, drop_schema, pg_url
 
 CLIENT, MINER = "client-key-0001", "miner-key-0001"
 NODE = shutil.which("node")
 NODE_VERDICTS = Path(__file__).resolve().parents[1] / "receipts" / "node_verdicts.js"
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'c.db'}"
-        return
-    schema = await create_schema()
-    try:
-        yield pg_url(schema)
-    finally:
-        await drop_schema(schema)
 
 
 def settings(database_url: str) -> Settings:

@@ -142,13 +142,35 @@ async def test_receipts_log_ledger_checkpoints_and_keys_read_back(store: Store) 
     ]
     assert [r.receipt_id for r in await store.get_receipts("job-b")] == ["rc-b1", "rc-b2"]
     assert await store.get_receipts("job-missing") == []
-    leaves, checkpoint = await store.load_log()
-    assert leaves == [leaf(0), leaf(1), leaf(2), leaf(3)]  # in index order, whatever the commit order
+    assert await store.read_leaves(0, 10) == [
+        leaf(0),
+        leaf(1),
+        leaf(2),
+        leaf(3),
+    ]  # index order, not commit order
+    _, checkpoint = await store.load_log_tiles()
     assert checkpoint == CheckpointRow(4, b"\x01" * 32, "note four", T0 + 40)  # the largest tree
 
 
+async def test_the_stored_tiles_are_read_up_to_a_missing_one_and_leaves_by_range(store: Store) -> None:
+    unit = UnitOfWork()
+    unit.receipts += [receipt(f"rc-{i}", f"job-{i}", 1, i) for i in range(7)]
+    tile = [hashlib.sha256(b"tile %d" % i).digest() for i in range(4)]
+    unit.tiles += [(0, tile[0]), (1, tile[1]), (3, tile[3])]  # tile 2's write lost
+    await store.commit(unit)
+    again = UnitOfWork()
+    again.tiles.append((0, tile[2]))  # a tile written again (by a start that hashed it) keeps its first row
+    await store.commit(again)
+
+    assert await store.load_log_tiles() == ([tile[0], tile[1]], None)  # up to the one missing
+    assert await store.read_leaves(2, 5) == [leaf(2), leaf(3), leaf(4)]
+    assert await store.read_leaves(5, 100) == [leaf(5), leaf(6)]
+    assert await store.read_leaves(7, 9) == []
+
+
 async def test_empty_log_has_no_checkpoint(store: Store) -> None:
-    assert await store.load_log() == ([], None)
+    assert await store.load_log_tiles() == ([], None)
+    assert await store.read_leaves(0, 10) == []
     assert await store.load_keys() == []
     assert await store.load_accounts() == []
     assert await store.count_by_state() == {}
@@ -412,8 +434,9 @@ async def test_receipts_take_their_log_places_in_commit_order_and_a_failed_unit_
     later = unit_with_receipt("d")
     await store.commit(later)
     assert later.receipts[0].leaf_index == 2
-    leaves, _ = await store.load_log()
-    assert leaves == [hashlib.sha256(n.encode()).digest() for n in ("a", "c", "d")]  # no gap, commit order
+    assert await store.read_leaves(0, 10) == [
+        hashlib.sha256(n.encode()).digest() for n in ("a", "c", "d")
+    ]  # no gap
     assert [r.leaf_index for r in await store.get_receipts("job-c")] == [1]
 
 
@@ -467,7 +490,7 @@ async def test_state_survives_reopening(backend: Backend) -> None:
     await again.open()
     try:
         assert await again.get_job("job-keep") == job
-        assert await again.load_log() == ([leaf(0)], None)
+        assert await again.read_leaves(0, 10) == [leaf(0)]
     finally:
         await again.close()
 
@@ -478,11 +501,12 @@ async def test_append_only_tables_refuse_update_and_delete(store: Store, backend
     unit.receipts.append(receipt("rc-ao", "job-ao", 1, 0))
     unit.ledger.append(LedgerEntry("alice", "client", "rc-ao", -1, 1, T0))
     unit.checkpoints.append(CheckpointRow(1, leaf(0), "note", T0))
+    unit.tiles.append((0, leaf(0)))
     await store.commit(unit)
 
     column = {"job_events": "message", "receipts": "envelope", "log_leaves": "leaf_hash",
-              "checkpoints": "note", "ledger_entries": "account_id"}  # fmt: skip
-    value = {"envelope": "'x'", "leaf_hash": "'x'"}  # BLOB / BYTEA from a literal on both
+              "checkpoints": "note", "ledger_entries": "account_id", "log_tiles": "tile_hash"}  # fmt: skip
+    value = {"envelope": "'x'", "leaf_hash": "'x'", "tile_hash": "'x'"}  # BLOB / BYTEA from a literal on both
     assert set(column) == set(APPEND_ONLY)
     for table in APPEND_ONLY:
         assert (await backend.raw_fetch(f"SELECT count(*) FROM {table}"))[0][0] == 1

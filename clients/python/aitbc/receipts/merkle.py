@@ -17,6 +17,7 @@ __all__ = [
     "MerkleTree",
     "leaf_hash",
     "node_hash",
+    "split_point",
     "verify_consistency",
     "verify_inclusion",
 ]
@@ -35,7 +36,7 @@ def node_hash(left: bytes, right: bytes) -> bytes:
     return hashlib.sha256(b"\x01" + left + right).digest()
 
 
-def _split(n: int) -> int:
+def split_point(n: int) -> int:
     """The largest power of two strictly less than n (n >= 2): RFC 9162's k."""
     return 1 << ((n - 1).bit_length() - 1)
 
@@ -98,8 +99,16 @@ class MerkleTree:
         if n & (n - 1) == 0:
             k = n.bit_length() - 1
             return self._levels[k][start >> k]
-        k = _split(n)
+        k = split_point(n)
         return node_hash(self._hash(start, start + k), self._hash(start + k, end))
+
+    def subtree_hash(self, start: int, end: int) -> bytes:
+        """MTH(D[start:end]) for a range of leaves whose start is a multiple of the power of two covering it (a
+        block of 2^k leaves, or the right edge of one): what a larger tree built on this one's hashes needs."""
+        n = end - start
+        if not 0 <= start < end <= self.size or start & ((1 << (n - 1).bit_length()) - 1):
+            raise ValueError(f"[{start}, {end}) is not an aligned range of a tree of {self.size}")
+        return self._hash(start, end)
 
     def _check_size(self, size: int) -> None:
         if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= self.size:
@@ -120,7 +129,7 @@ class MerkleTree:
         path: list[bytes] = []
         start, end = 0, size
         while end - start > 1:
-            k = _split(end - start)
+            k = split_point(end - start)
             if index < start + k:
                 path.append(self._hash(start + k, end))
                 end = start + k
@@ -147,7 +156,7 @@ class MerkleTree:
                 if not complete:
                     proof.append(self._hash(start, end))
                 break
-            k = _split(size)
+            k = split_point(size)
             if m <= k:
                 proof.append(self._hash(start + k, end))
                 end = start + k
