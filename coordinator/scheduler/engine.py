@@ -1130,9 +1130,40 @@ class Scheduler(UndoFailedCommits):
         if job.state is not JobState.ASSIGNED:
             return  # a repeated accept changes nothing
         pending = _Pending()
-        now = now_us()
-        pending.record(job, states.transition(job, JobState.RUNNING, "ACCEPTED", now))
+        _record_accept(pending, job, now_us())
         await self._commit_message(session, pending)
+
+    def assigned_among(self, session: Session, running: list[tuple[str, int]]) -> list[Held]:
+        """Of the jobs a unary Heartbeat lists, those session holds at the listed attempt and still ASSIGNED: its
+        miner runs them, so they are accepted (accept_listed), as a stream's Accept would. Jobs RUNNING already, at
+        a stale attempt, not held (finished, taken back, out of memory being read back after a failed commit)
+        are not: most heartbeats find none, and cost no write. None either while commits keep failing (a full
+        disk): each heartbeat would add a failing write; the first after the refill's backoff accepts them."""
+        if self._refill_wait_until() > now_us():
+            return []
+        found = []
+        for job_id, attempt in running:
+            held = session.held.get(job_id)
+            if held is not None and held.attempt == attempt and held.job.state is JobState.ASSIGNED:
+                found.append(held)
+        return found
+
+    async def accept_listed(self, session: Session, listed: list[Held]) -> None:
+        """Accept the ASSIGNED jobs a unary Heartbeat listed (assigned_among): ASSIGNED -> RUNNING, reason ACCEPTED,
+        as a stream's Accept, in one commit. A failed write is undone as an accept's is (the jobs taken out, read
+        back from the store: ASSIGNED, still the session's) and logged, not raised: the heartbeat itself needed no
+        write (its leases are renewed, its cancels due), and the next heartbeat listing them accepts them."""
+        now = now_us()
+        pending = _Pending()
+        for held in listed:
+            # (no await since assigned_among: checked again all the same, as a guard against a caller's await)
+            if session.held.get(held.job.job_id) is held and held.job.state is JobState.ASSIGNED:
+                _record_accept(pending, held.job, now)
+        try:
+            await self._commit_message(session, pending)
+        except Exception:
+            log.warning("the accept of %d jobs listed by miner %s's heartbeat could not be written; read back",
+                        len(listed), session.miner_id, exc_info=True)  # fmt: skip
 
     async def reject(self, session: Session, job_id: str, attempt: int, reason: str) -> None:
         await self._unless_detached(session, job_id)
@@ -1837,6 +1868,11 @@ class Scheduler(UndoFailedCommits):
                 self._requeue_held(job, held, "EXECUTION_TIMEOUT", now, pending, session)
         self._fill(session, pending, now)
         self._spawn_commit(pending)
+
+
+def _record_accept(pending: _Pending, job: Job, now: int) -> None:
+    """The miner runs job: ASSIGNED -> RUNNING, reason ACCEPTED (a stream's Accept, a unary Heartbeat listing it)."""
+    pending.record(job, states.transition(job, JobState.RUNNING, "ACCEPTED", now))
 
 
 def _same_request(job: Job, spec: JobSpec) -> Job:

@@ -383,7 +383,13 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
     ) -> pb.HeartbeatResponse:
         session = self._session(request.session_id)
         self.scheduler.end_if_drained(session)
-        self.scheduler.heartbeat(session, running(request.running_jobs))
+        listed = running(request.running_jobs)
+        self.scheduler.heartbeat(session, listed)
+        # The unary path has no Accept: a job listed while still ASSIGNED runs, and shows RUNNING from now on.
+        # Only then is a write awaited; a heartbeat with nothing to accept stays free.
+        if accepting := self.scheduler.assigned_among(session, listed):
+            with session.handling_one():  # (its miner waits for the write: its silence meanwhile is ours)
+                await self.scheduler.accept_listed(session, accepting)
         cancels = self.scheduler.take_cancels(session)
         return pb.HeartbeatResponse(cancels=[cancel(c) for c in cancels],
                                     draining=self.scheduler.report_drain(session))  # fmt: skip

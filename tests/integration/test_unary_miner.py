@@ -9,10 +9,10 @@ import time
 import grpc
 from aitbc.coordinator.v1 import miner_service_pb2 as mpb
 from coord_support import (
-    ASSIGNED,
     COMPLETED,
     FAILED,
     QUEUED,
+    RUNNING,
     Harness,
     capabilities,
     expect_error,
@@ -50,14 +50,16 @@ async def test_unary_path_end_to_end(coord: Harness) -> None:
     assert (a.job.job_id, a.attempt) == (job.job_id, 1)
     assert a.job.payload.fields["task"].string_value == "unary"
 
-    # heartbeats renew the lease well past its 1 s
+    # heartbeats renew the lease well past its 1 s; the first, listing the job still ASSIGNED, accepts it (the
+    # unary path has no Accept call): RUNNING from then on, as a stream's job is once accepted
     for _ in range(8):
         hb = await stub.Heartbeat(mpb.HeartbeatRequest(
             session_id=session, running_jobs=[mpb.RunningJob(job_id=job.job_id, attempt=1)]), metadata=MD)  # fmt: skip
         assert not hb.cancels and not hb.draining
         await asyncio.sleep(0.2)
     got = await alice.get(job.job_id)
-    assert (got.state, got.attempt) == (ASSIGNED, 1)
+    assert (got.state, got.attempt) == (RUNNING, 1)
+    assert [e["reason"] for e in coord.db.events(job.job_id)] == ["SUBMITTED", "ASSIGNED", "ACCEPTED"]
 
     result = mpb.Result(job_id=job.job_id, attempt=1, result=struct({"sum": 6}), units="2", unit_type="jobs")
     ack = (

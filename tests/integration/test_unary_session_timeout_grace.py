@@ -12,9 +12,9 @@ from aitbc.coordinator.v1 import admin_service_pb2 as apb
 from aitbc.coordinator.v1 import miner_service_pb2 as mpb
 from aitbc.receipts import KeySet, verify_bundle
 from coord_support import (
-    ASSIGNED,
     COMPLETED,
     QUEUED,
+    RUNNING,
     Harness,
     capabilities,
     eventually,
@@ -62,7 +62,7 @@ async def test_a_silent_unary_miner_back_within_the_grace_keeps_its_job(coord: H
     miners = await coord.admin().miners()
     assert miners["miner-00"].status == apb.MINER_STATUS_DISCONNECTED and miners["miner-00"].running_jobs == 1
     got = await alice.get(job_id)
-    assert (got.state, got.attempt) == (ASSIGNED, 1), coord.db.events(job_id)
+    assert (got.state, got.attempt) == (RUNNING, 1), coord.db.events(job_id)  # (its heartbeat accepted it)
     expect_error(await rpc_error(stub.Heartbeat(mpb.HeartbeatRequest(session_id=session), metadata=MD)),
                  grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND")  # fmt: skip
 

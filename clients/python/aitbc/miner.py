@@ -1192,7 +1192,7 @@ class Miner:
             self._cancel(job.job_id)
         task = asyncio.create_task(self._execute(job, assignment.attempt))
         self.running[job.job_id] = _Running(assignment.attempt, task)
-        if self.transport == "stream":  # (the poll transport has no accept call)
+        if self.transport == "stream":  # (the poll transport: a heartbeat accepts, see miner_poll)
             asyncio.get_running_loop().call_later(ACCEPT_AFTER_S, self._accept_if_running, job.job_id,
                                                   assignment.attempt)  # fmt: skip
 

@@ -3,7 +3,9 @@ network cannot hold a long-lived HTTP/2 stream (a proxy that cuts idle or long s
 
 One session is RegisterMiner, then, until it ends: a long-poll (PollJob) asking for as many jobs as the miner has
 free slots, a Heartbeat every `heartbeat_interval` of the registration's welcome (listing the jobs held: their
-leases are renewed; cancels and the news of a drain come back), and a SubmitResult or ReportFailure per finished
+leases are renewed, and those the coordinator still has ASSIGNED move to RUNNING, the unary path's accept; cancels
+and the news of a drain come back) and one ACCEPT_AFTER_S after jobs started if one still runs unlisted (as a
+stream's Accept: a job done sooner costs no call), and a SubmitResult or ReportFailure per finished
 job, kept in `Miner.unacked` and sent again until it is answered (a repeat of a result that landed is answered with
 the same ack). The Miner's runners, slots, result encoding, limits, backoff and drain are the stream's own: a
 session here takes the place of one stream in `Miner.run()`'s loop, and returns as a stream does, (why it ended,
@@ -33,6 +35,7 @@ and the coordinator then for its reconnect grace.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -44,6 +47,7 @@ from .channel import auth_metadata
 from .coordinator.v1 import miner_service_pb2, miner_service_pb2_grpc
 from .miner import (
     _NOT_ABOUT_A_MESSAGE,
+    ACCEPT_AFTER_S,  # a job still running this long is told (a Heartbeat: RUNNING at the coordinator)
     CALL_TIMEOUT_S,  # every call but a poll (which waits Miner.poll_wait_s)
     FAILED_BY_REFUSAL,
     LEAVE_GRACE_S,  # how long stop() may spend telling the coordinator (the stream's leave has as long)
@@ -164,6 +168,12 @@ class _PollSession:
         self.slot_freed = asyncio.Event()  # a job finished or a canceled runner returned: poll again
         self.drain_wanted = asyncio.Event()  # Miner.drain() on this process: tell the coordinator
         self.polling = False  # a PollJob try is in flight (its answer may hold jobs); not between tries
+        # Heartbeats are the unary path's accept (a job listed while ASSIGNED moves to RUNNING). Jobs started since
+        # the last heartbeat was made, by attempt: one still running ACCEPT_AFTER_S after it started sets beat_soon,
+        # and a heartbeat goes then rather than at the next interval (which may be many seconds away)
+        self.unlisted: dict[str, int] = {}
+        self.beat_soon = asyncio.Event()
+        self.accept_timers: set[asyncio.TimerHandle] = set()  # canceled as the session ends
         # the loop's time the coordinator last answered a call of this session (the welcome first): a call timing out
         # with nothing answered for stale_s on a connection gRPC holds READY finds it stale
         self.answered_at = asyncio.get_running_loop().time()
@@ -195,6 +205,8 @@ class _PollSession:
             reason = await self.ended
         finally:
             miner._on_drain = None
+            for timer in self.accept_timers:
+                timer.cancel()
             tasks = list(self.tasks)
             for task in tasks:
                 task.cancel()
@@ -340,6 +352,7 @@ class _PollSession:
             for a in answer.assignments:
                 # decided for this poll before any drain: the coordinator waits for them (stop() gives them back)
                 m._start(a)
+            self._tell_when_running([(a.job.job_id, a.attempt) for a in answer.assignments])
             if answer.draining:
                 m.draining = True
         self._drained_when_done()
@@ -359,14 +372,40 @@ class _PollSession:
         finally:
             self.polling = False
 
+    def _tell_when_running(self, started: list[tuple[str, int]]) -> None:
+        """Jobs one poll's answer started: those still running ACCEPT_AFTER_S from now, not listed by a heartbeat
+        meanwhile, get one at once (the coordinator shows them RUNNING), as a stream's Accept. One timer per answer,
+        not per job; a job done sooner costs nothing (its result implies the accept)."""
+        if not started:
+            return
+        self.unlisted.update(started)
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(ACCEPT_AFTER_S, lambda: self._beat_if_running(started, timer))
+        self.accept_timers.add(timer)
+
+    def _beat_if_running(self, started: list[tuple[str, int]], timer: asyncio.TimerHandle) -> None:
+        self.accept_timers.discard(timer)
+        running = self.miner.running
+        for job_id, attempt in started:
+            r = running.get(job_id)
+            if r is not None and r.attempt == attempt and self.unlisted.get(job_id) == attempt:
+                self.beat_soon.set()
+                return
+
     async def _heartbeat(self, interval: float) -> None:
-        """A heartbeat every interval, listing the jobs held (their leases are renewed); its cancels obeyed."""
+        """A heartbeat every interval, listing the jobs held (their leases are renewed, and those still ASSIGNED at
+        the coordinator accepted); sooner when a job started ACCEPT_AFTER_S ago still runs unlisted
+        (_tell_when_running); its cancels obeyed."""
         m = self.miner
         loop = asyncio.get_running_loop()
         next_at = loop.time() + interval
         while True:
             # (from one heartbeat's start to the next's: a slow answer does not stretch the cadence)
-            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            if not self.beat_soon.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.beat_soon.wait(), max(0.0, next_at - loop.time()))
+            self.beat_soon.clear()
+            self.unlisted.clear()  # (every job held is listed below)
             next_at = loop.time() + interval
             running = [miner_service_pb2.RunningJob(job_id=j, attempt=a) for j, a in m._held().items()]
             request = miner_service_pb2.HeartbeatRequest(session_id=self.session_id, running_jobs=running)

@@ -165,7 +165,14 @@ class MinerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Heartbeat(self, request, context):
-        """Keeps a unary session alive and renews the leases of the jobs it lists. Errors: NOT_FOUND
+        """Keeps a unary session alive and renews the leases of the jobs it lists. It is also the unary path's accept
+        (there is no Accept call): a job it lists that the session holds at that attempt and that is still ASSIGNED
+        moves to RUNNING (reason `ACCEPTED`), as a stream's `Accept` does, before the answer. So send one soon after a
+        job starts (the Python SDK: 0.5 s after, if the job still runs), not only at the next `heartbeat_interval`: a
+        job no heartbeat lists before its result shows ASSIGNED until then (the result implies the accept). Listing
+        jobs already RUNNING, at a stale attempt or not held changes nothing (no refusal, no write). Should the accept
+        fail to be written, the answer is as usual (the jobs stay ASSIGNED): a later heartbeat listing them accepts
+        them. Errors: NOT_FOUND
         (`SESSION_NOT_FOUND`) when the session expired: register again, listing the jobs still running in
         `hello.running_jobs` (back within the grace period, they stay the miner's); FAILED_PRECONDITION (`SESSION_DRAINED`)
         when an operator drained the miner (DrainMiner) and nothing is left to it: the session ends with this
