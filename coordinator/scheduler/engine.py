@@ -780,6 +780,7 @@ class Scheduler(UndoFailedCommits):
         miner that left on purpose (_left_on_purpose) are queued again at once."""
         if session.closed:
             return
+        session.stream_task = None  # (its handler's last step: nothing of the stream is left to end)
         now = now_us()
         pending = _Pending()
         if _left_on_purpose(session, reason) and not self.stopping:
@@ -858,6 +859,10 @@ class Scheduler(UndoFailedCommits):
         # while this decision's commit is still in flight, losing its acks and watcher notifications.
         pending.sends.append((session, GoAwayOut(reason, 1.0)))
         session.wakeup.set()
+        if session.stream_task is not None and not session.stream_task.done():
+            # its GoAway leaves after the write its stream's writer is in: see _end_unread_stream
+            at = (session.write_blocked_since_us or now) + int(self.settings.heartbeat_timeout_s * MICROS)
+            self.timers.schedule(at, "stream_end", session)
         for observer in self.observers:
             observer("session_close", session, reason)  # type: ignore[arg-type]
         info_later(log, "miner disconnected", {"event": "miner.disconnect", "miner_id": session.miner_id,
@@ -1699,6 +1704,8 @@ class Scheduler(UndoFailedCommits):
             return args[0] in self.sessions
         if kind == "orphans":
             return args[0] in self.orphans or args[0] in self._drains
+        if kind == "stream_end":
+            return args[0].stream_task is not None and not args[0].stream_task.done()
         return True  # refusal_over (a pause over soon), and any kind added later
 
     def _on_timer(self, kind: str, args: tuple) -> None:
@@ -1766,6 +1773,26 @@ class Scheduler(UndoFailedCommits):
             session = self.by_miner.get(args[0])
             if session is not None:
                 self._refill([session], now)
+        elif kind == "stream_end":
+            self._end_unread_stream(args[0], now)
+
+    def _end_unread_stream(self, session: Session, now: int) -> None:
+        """A closed session's stream whose handler still runs: its GoAway waits behind a write its miner does not
+        read (a process hung, or reading nothing, while its transport answers keepalive pings). Closed, the session is
+        out of the liveness check, which ends such a stream while its session is open: its handler, its outbox (the
+        jobs in it, payloads and all) and its identity's count of open streams were held until the miner's side
+        ended the call, if ever. Once that write has waited a whole heartbeat timeout, the stream ends as a stalled
+        one does (UNAVAILABLE STREAM_STALLED); until then it is checked again."""
+        task = session.stream_task
+        if task is None or task.done() or self.stopping:  # (stopping: the server's stop ends every call)
+            return
+        timeout_us = int(self.settings.heartbeat_timeout_s * MICROS)
+        blocked = session.write_blocked_since_us
+        if blocked and now - blocked >= timeout_us:
+            session.end_reason = "STREAM_STALLED"
+            task.cancel()
+            return
+        self.timers.schedule((blocked or now) + timeout_us, "stream_end", session)
 
     def _expire_orphans(self, miner_id: str, now: int) -> None:
         """Jobs of a miner that did not come back within the grace period go back to the queue."""

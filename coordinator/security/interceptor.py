@@ -204,12 +204,12 @@ class AuthInterceptor(CachingServerInterceptor):
                 released = True  # the generator releases the call when it ends
                 return _guard_stream(result, context, state, streaming)
             return await result
-        except CoordinatorError as error:
-            await abort(context, error)
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
-            await _internal(context, method_name, exc)
+            released = True  # (before its status: see _answer_error)
+            _release(state, streaming)
+            await _answer_error(context, method_name, exc)
         finally:
             if not released:
                 _release(state, streaming)
@@ -418,31 +418,56 @@ async def _call(method: Callable, request: Any, context: grpc.aio.ServicerContex
 async def _guard_stream(
     stream: AsyncIterator, context: grpc.aio.ServicerContext, state: KeyState, streaming: bool
 ) -> AsyncIterator:
+    released = False
     try:
         async for item in stream:
             if state.disabled:
                 raise _unauthenticated("KEY_DISABLED", "this API key was disabled")
             yield item
-    except CoordinatorError as error:
-        await abort(context, error)
     except grpc.aio.AbortError:
         raise
     except Exception as exc:
-        await _internal(context, "stream", exc)
-    finally:
+        released = True  # (before its status: see _answer_error)
         _release(state, streaming)
+        await _answer_error(context, "stream", exc)
+    finally:
+        if not released:
+            _release(state, streaming)
+
+
+async def _answer_error(context: grpc.aio.ServicerContext, method_name: str, exc: Exception) -> None:
+    """End a call whose handler failed with exc, its status saying why. The caller has released the call first: the
+    handler is over, though its status may wait long to be sent, or for ever. gRPC sends it after any message being
+    written, and a stream whose peer stopped reading (a miner's process hung while its transport answers keepalive
+    pings: the liveness check ends such a stream, STREAM_STALLED) never lets that write finish. Until its peer ended
+    the call, such a call counted in its identity's open streams (MAX_STREAMS_PER_IDENTITY), and exc held, through
+    its traceback and the error it was raised while handling, the handler's frames: a miner stream's session, with
+    its outbox of assignments, payloads and all."""
+    if isinstance(exc, CoordinatorError):
+        _let_go_of_frames(exc)
+        await abort(context, exc)  # (raises AbortError)
+    else:
+        await _internal(context, method_name, exc)
+
+
+def _let_go_of_frames(exc: BaseException) -> None:
+    """Cut exc from the frames it went through: its traceback, and the exception it was raised while handling (once
+    logged, nothing reads them)."""
+    exc.__traceback__ = None
+    exc.__context__ = exc.__cause__ = None
 
 
 async def _internal(context: grpc.aio.ServicerContext, method_name: str, exc: Exception) -> None:
     """An unexpected failure: logged with its trace; the caller gets INTERNAL, never a crash or hang."""
     if isinstance(exc, StoreFenced):  # (logged when found): this coordinator stops; a restarted one serves
-        await abort(context, CoordinatorError(Kind.UNAVAILABLE, "STORE_LOST", "this coordinator lost its store to "
-                                              "another process and is stopping; retry", retry_after_s=1.0))  # fmt: skip
-    if store_unreachable(exc):  # a blip, not a bug: nothing was stored, and the same call may be made again
+        error = CoordinatorError(Kind.UNAVAILABLE, "STORE_LOST", "this coordinator lost its store to another process "
+                                 "and is stopping; retry", retry_after_s=1.0)  # fmt: skip
+    elif store_unreachable(exc):  # a blip, not a bug: nothing was stored, and the same call may be made again
         log.warning("store unreachable in %s: %r", method_name, exc)
-        await abort(context, CoordinatorError(Kind.UNAVAILABLE, "STORE_UNAVAILABLE", "the coordinator could not "
-                                              "reach its store; nothing was changed: retry", retry_after_s=1.0))  # fmt: skip
-    log.exception("unexpected error in %s", method_name, exc_info=exc)
-    await abort(
-        context, CoordinatorError(Kind.INTERNAL, "INTERNAL", "internal error; see the coordinator log")
-    )
+        error = CoordinatorError(Kind.UNAVAILABLE, "STORE_UNAVAILABLE", "the coordinator could not reach its store; "
+                                 "nothing was changed: retry", retry_after_s=1.0)  # fmt: skip
+    else:
+        log.exception("unexpected error in %s", method_name, exc_info=exc)
+        error = CoordinatorError(Kind.INTERNAL, "INTERNAL", "internal error; see the coordinator log")
+    _let_go_of_frames(exc)  # (see _answer_error)
+    await abort(context, error)
