@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ROWS = (
     "check_bounds(SubmitJobsRequest)", "job_spec", "of which struct_digest", "job_message(with_payload=False)",
     "fill_job (an assignment's job)", "check_bounds(ConnectRequest results)", "result_in", "ReceiptIssuer.issue",
-    "MerkleTree.append", "sum per job",
+    "TiledLog.append", "sum per job",
 )  # fmt: skip
 
 
