@@ -263,6 +263,34 @@ class FailedUnits:
                 del self._keys[next(iter(self._keys))]
 
 
+NANO_SPLIT = 1_000_000_000  # account_balances keeps amounts as whole units and the nano rest (schema 6)
+
+
+def split_nano(n: int) -> tuple[int, int]:
+    """n nano units as (whole units, rest), truncated toward zero as SQL's integer division is."""
+    whole = abs(n) // NANO_SPLIT * (1 if n >= 0 else -1)
+    return whole, n - whole * NANO_SPLIT
+
+
+def balance_rows(units: Sequence[UnitOfWork]) -> list[tuple]:
+    """The units' ledger entries summed per account, as rows to add to account_balances: (account_id, kind,
+    amount whole, amount rest, entries, units whole, units rest, latest booked_us). One row per account a group
+    books, whatever its entries: a group of 500 receipts from one client to 16 miners adds 17."""
+    sums: dict[tuple[str, str], list[int]] = {}
+    for unit in units:
+        for e in unit.ledger:
+            acct = sums.get((e.account_id, e.kind))
+            if acct is None:
+                sums[(e.account_id, e.kind)] = [e.amount_nano, 1, e.units_nano, e.booked_us]
+            else:
+                acct[0] += e.amount_nano
+                acct[1] += 1
+                acct[2] += e.units_nano
+                acct[3] = max(acct[3], e.booked_us)
+    return [(account, kind, *split_nano(amount), entries, *split_nano(units_nano), booked)
+            for (account, kind), (amount, entries, units_nano, booked) in sums.items()]  # fmt: skip
+
+
 JOB_COLUMNS = (
     "job_id, client_id, state, priority, payload, payload_kind, input_sha256, constraints, ttl_us, "
     "max_attempts, execution_timeout_us, idempotency_key, request_fingerprint, created_us, updated_us, "

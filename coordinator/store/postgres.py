@@ -56,6 +56,7 @@ from .base import (
     StoreUnusable,
     UnitOfWork,
     assign_leaves,
+    balance_rows,
     register_unreachable,
     unplace,
 )
@@ -999,6 +1000,17 @@ _UPDATE_JOB = (
 )
 
 
+_ADD_TO_BALANCE = (
+    "INSERT INTO account_balances VALUES ($1,$2,$3,$4,$5,$6,$7,$8) ON CONFLICT (account_id, kind) DO UPDATE SET "
+    "amount_whole = account_balances.amount_whole + EXCLUDED.amount_whole, "
+    "amount_rest = account_balances.amount_rest + EXCLUDED.amount_rest, "
+    "receipts = account_balances.receipts + EXCLUDED.receipts, "
+    "units_whole = account_balances.units_whole + EXCLUDED.units_whole, "
+    "units_rest = account_balances.units_rest + EXCLUDED.units_rest, "
+    "updated_us = GREATEST(account_balances.updated_us, EXCLUDED.updated_us)"
+)
+
+
 async def _write_units(conn: asyncpg.Connection, units: list[UnitOfWork]) -> None:
     new_jobs = [r for u in units for r in u.new_jobs]
     if new_jobs:
@@ -1037,6 +1049,8 @@ async def _write_units(conn: asyncpg.Connection, units: list[UnitOfWork]) -> Non
             "VALUES ($1,$2,$3,$4,$5,$6)",
             [(e.account_id, e.kind, e.receipt_id, e.amount_nano, e.units_nano, e.booked_us) for e in ledger],
         )
+    if ledger:
+        await conn.executemany(_ADD_TO_BALANCE, balance_rows(units))
     checkpoints = [c for u in units for c in u.checkpoints]
     if checkpoints:
         await conn.executemany(

@@ -158,6 +158,27 @@ CREATE TABLE log_tiles (
 );
 """
     + _append_only("log_tiles"),
+    # 6: each account's balance, kept with its ledger entries (the same commit adds a group's entries to it), so a
+    # start reads a row per account, not every entry ever booked (~2 s a million receipts). Derived from
+    # ledger_entries, which stays the record. Amounts as whole units and the nano rest, each summed apart (a
+    # balance may pass a BIGINT of nano units; each entry fits one): amount_nano = amount_whole * 10^9 + amount_rest.
+    """
+CREATE TABLE account_balances (
+  account_id TEXT NOT NULL,
+  kind TEXT NOT NULL,
+  amount_whole INTEGER NOT NULL,
+  amount_rest INTEGER NOT NULL,
+  receipts INTEGER NOT NULL,
+  units_whole INTEGER NOT NULL,
+  units_rest INTEGER NOT NULL,
+  updated_us INTEGER NOT NULL,
+  PRIMARY KEY (account_id, kind)
+) WITHOUT ROWID;
+INSERT INTO account_balances
+  SELECT account_id, kind, sum(amount_nano / 1000000000), sum(amount_nano % 1000000000), count(*),
+         sum(units_nano / 1000000000), sum(units_nano % 1000000000), max(booked_us)
+  FROM ledger_entries GROUP BY account_id, kind;
+""",
 ]
 
 
@@ -319,6 +340,24 @@ CREATE TABLE log_tiles (
 );
 """
     + _pg_append_only("log_tiles"),
+    # 6: each account's balance, kept with its ledger entries
+    """
+CREATE TABLE account_balances (
+  account_id TEXT NOT NULL,
+  kind TEXT NOT NULL,
+  amount_whole BIGINT NOT NULL,
+  amount_rest BIGINT NOT NULL,
+  receipts BIGINT NOT NULL,
+  units_whole BIGINT NOT NULL,
+  units_rest BIGINT NOT NULL,
+  updated_us BIGINT NOT NULL,
+  PRIMARY KEY (account_id, kind)
+);
+INSERT INTO account_balances
+  SELECT account_id, kind, sum(amount_nano / 1000000000), sum(amount_nano % 1000000000), count(*),
+         sum(units_nano / 1000000000), sum(units_nano % 1000000000), max(booked_us)
+  FROM ledger_entries GROUP BY account_id, kind;
+""",
 ]
 
 assert len(POSTGRES_MIGRATIONS) == len(MIGRATIONS), "every migration needs its PostgreSQL twin"

@@ -13,6 +13,7 @@ from ..domain.model import Event, Job, JobResult, JobState, PayloadKind
 from .base import (
     EVENT_COLUMNS,
     JOB_COLUMNS,
+    NANO_SPLIT,
     CheckpointRow,
     JobFilter,
     KeyRow,
@@ -22,8 +23,6 @@ from .base import (
     job_from_row,
     tally_transitions,
 )
-
-_SPLIT = 1_000_000_000  # load_accounts sums whole units and nano remainders apart
 
 
 def numbered(sql: str) -> str:
@@ -179,18 +178,13 @@ class SqlReads(Store):
         return [KeyRow(*r) for r in rows]
 
     async def load_accounts(self) -> list[dict[str, Any]]:
-        # A balance may pass 2^63 - 1 nano units (each entry is bounded, balances are not), and SQLite's sum()
-        # of INTEGERs then raises "integer overflow": summed as two parts, whole units and the nano remainder
-        # (truncating division, in SQLite and PostgreSQL alike: (a / n) * n + a % n == a), joined in Python.
         rows = await self._load(
-            f"SELECT account_id, kind, sum(amount_nano / {_SPLIT}), sum(amount_nano % {_SPLIT}), count(*), "
-            f"sum(units_nano / {_SPLIT}), sum(units_nano % {_SPLIT}), max(booked_us) "
-            "FROM ledger_entries GROUP BY account_id, kind"
+            "SELECT account_id, kind, amount_whole, amount_rest, receipts, units_whole, units_rest, updated_us "
+            "FROM account_balances"
         )
-        # int(): PostgreSQL's sum() of BIGINT is NUMERIC
         return [
-            {"account_id": r[0], "kind": r[1], "balance_nano": int(r[2]) * _SPLIT + int(r[3]),
-             "receipts": int(r[4]), "units_nano": int(r[5]) * _SPLIT + int(r[6]), "updated_us": int(r[7])}
+            {"account_id": r[0], "kind": r[1], "balance_nano": r[2] * NANO_SPLIT + r[3], "receipts": r[4],
+             "units_nano": r[5] * NANO_SPLIT + r[6], "updated_us": r[7]}
             for r in rows
         ]  # fmt: skip
 

@@ -33,6 +33,7 @@ from .base import (
     StoreUnusable,
     UnitOfWork,
     assign_leaves,
+    balance_rows,
     register_unreachable,
     unplace,
 )
@@ -406,6 +407,14 @@ _UPDATE_TAIL = (
 )
 
 
+_ADD_TO_BALANCE = (
+    "INSERT INTO account_balances VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (account_id, kind) DO UPDATE SET "
+    "amount_whole = amount_whole + excluded.amount_whole, amount_rest = amount_rest + excluded.amount_rest, "
+    "receipts = receipts + excluded.receipts, units_whole = units_whole + excluded.units_whole, "
+    "units_rest = units_rest + excluded.units_rest, updated_us = max(updated_us, excluded.updated_us)"
+)
+
+
 def _write_units(conn: sqlite3.Connection, units: list[UnitOfWork]) -> None:
     new_jobs = [r for u in units for r in u.new_jobs]
     if new_jobs:
@@ -434,6 +443,8 @@ def _write_units(conn: sqlite3.Connection, units: list[UnitOfWork]) -> None:
     if ledger:
         _execute_rows(conn, "INSERT INTO ledger_entries (account_id, kind, receipt_id, amount_nano, units_nano, booked_us)", 6,
                       [(e.account_id, e.kind, e.receipt_id, e.amount_nano, e.units_nano, e.booked_us) for e in ledger])  # fmt: skip
+    if ledger:
+        conn.executemany(_ADD_TO_BALANCE, balance_rows(units))
     checkpoints = [c for u in units for c in u.checkpoints]
     if checkpoints:
         conn.executemany(

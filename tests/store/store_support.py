@@ -10,13 +10,16 @@ import hashlib
 import os
 import secrets
 import sqlite3
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import asyncpg
 import pytest
 
 from coordinator.domain.model import Constraints, Event, Job, JobResult, JobState, PayloadKind
 from coordinator.store import Store, open_store
+from coordinator.store.schema import MIGRATIONS, POSTGRES_MIGRATIONS
 
 PG_URL = os.environ.get("AITBC_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -55,6 +58,31 @@ async def drop_schema(schema: str) -> None:
 
 def pg_url(schema: str) -> str:
     return f"{PG_URL}{'&' if '?' in PG_URL else '?'}schema={schema}"
+
+
+def sqlite_store_of_version(path: Path, version: int) -> sqlite3.Connection:
+    """A SQLite store as a coordinator of schema `version` left it (its first migrations run); an open connection
+    to it, to write what such a store held (closed by the caller)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    for number, script in enumerate(MIGRATIONS[:version], start=1):
+        conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+    return conn
+
+
+async def postgres_schema_of_version(schema: str, version: int) -> asyncpg.Connection:
+    """The PostgreSQL store in `schema` as a coordinator of schema `version` left it; an open connection whose
+    search_path is that schema (closed by the caller)."""
+    admin = await pg_admin()
+    await admin.execute(f'SET search_path = "{schema}"')
+    await admin.execute(
+        "CREATE TABLE schema_version (version BIGINT PRIMARY KEY, applied_us BIGINT NOT NULL)"
+    )
+    for number, script in enumerate(POSTGRES_MIGRATIONS[:version], start=1):
+        async with admin.transaction():
+            await admin.execute(script)
+            await admin.execute("INSERT INTO schema_version VALUES ($1, $2)", number, time.time_ns() // 1000)
+    return admin
 
 
 @dataclass

@@ -5,14 +5,23 @@ meanwhile, stays); a store of schema version 3 (before the table) opens with tod
 from __future__ import annotations
 
 import sqlite3
-import time
 from pathlib import Path
 
 from coordinator.store import Store, open_store
 from coordinator.store.base import DrainRow, UnitOfWork
 from coordinator.store.schema import MIGRATIONS, POSTGRES_MIGRATIONS
 
-from .store_support import Backend, create_schema, drop_schema, make_job, pg_admin, pg_url, submitted_event
+from .store_support import (
+    Backend,
+    create_schema,
+    drop_schema,
+    make_job,
+    pg_admin,
+    pg_url,
+    postgres_schema_of_version,
+    sqlite_store_of_version,
+    submitted_event,
+)
 
 T0 = 1_750_000_000_000_000
 
@@ -69,11 +78,7 @@ async def _together(store: Store, *units: UnitOfWork) -> None:
 
 async def test_sqlite_store_of_schema_version_3_opens_with_no_drains(tmp_path: Path) -> None:
     path = tmp_path / "v3.db"
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("PRAGMA journal_mode = WAL")
-    for number, script in enumerate(MIGRATIONS[:3], start=1):
-        conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
-    conn.close()
+    sqlite_store_of_version(path, 3).close()
     store = open_store(f"sqlite:///{path}")
     await store.open()
     try:
@@ -92,20 +97,7 @@ async def test_sqlite_store_of_schema_version_3_opens_with_no_drains(tmp_path: P
 async def test_postgres_store_of_schema_version_3_opens_with_no_drains() -> None:
     schema = await create_schema()
     try:
-        admin = await pg_admin()
-        try:
-            await admin.execute(f'SET search_path = "{schema}"')
-            await admin.execute(
-                "CREATE TABLE schema_version (version BIGINT PRIMARY KEY, applied_us BIGINT NOT NULL)"
-            )
-            for number, script in enumerate(POSTGRES_MIGRATIONS[:3], start=1):
-                async with admin.transaction():
-                    await admin.execute(script)
-                    await admin.execute(
-                        "INSERT INTO schema_version VALUES ($1, $2)", number, time.time_ns() // 1000
-                    )
-        finally:
-            await admin.close()
+        await (await postgres_schema_of_version(schema, 3)).close()
         store = open_store(pg_url(schema))
         await store.open()
         try:

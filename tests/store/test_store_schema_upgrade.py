@@ -5,23 +5,27 @@ reads back."""
 from __future__ import annotations
 
 import sqlite3
-import time
 from pathlib import Path
 
 from coordinator.store import open_store
 from coordinator.store.base import UnitOfWork
 from coordinator.store.schema import MIGRATIONS, POSTGRES_MIGRATIONS
 
-from .store_support import create_schema, drop_schema, make_job, pg_admin, pg_url, submitted_event
+from .store_support import (
+    create_schema,
+    drop_schema,
+    make_job,
+    pg_admin,
+    pg_url,
+    postgres_schema_of_version,
+    sqlite_store_of_version,
+    submitted_event,
+)
 
 
 async def test_sqlite_store_of_schema_version_2_opens(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("PRAGMA journal_mode = WAL")
-    for number, script in enumerate(MIGRATIONS[:2], start=1):
-        conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
-    conn.close()
+    sqlite_store_of_version(path, 2).close()
     store = open_store(f"sqlite:///{path}")
     await store.open()
     try:
@@ -47,20 +51,7 @@ async def test_sqlite_store_of_schema_version_2_opens(tmp_path: Path) -> None:
 async def test_postgres_store_of_schema_version_2_opens() -> None:
     schema = await create_schema()
     try:
-        admin = await pg_admin()
-        try:
-            await admin.execute(f'SET search_path = "{schema}"')
-            await admin.execute(
-                "CREATE TABLE schema_version (version BIGINT PRIMARY KEY, applied_us BIGINT NOT NULL)"
-            )
-            for number, script in enumerate(POSTGRES_MIGRATIONS[:2], start=1):
-                async with admin.transaction():
-                    await admin.execute(script)
-                    await admin.execute(
-                        "INSERT INTO schema_version VALUES ($1, $2)", number, time.time_ns() // 1000
-                    )
-        finally:
-            await admin.close()
+        await (await postgres_schema_of_version(schema, 2)).close()
         for expected in (1, 2):
             store = open_store(pg_url(schema))
             await store.open()
