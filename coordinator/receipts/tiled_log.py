@@ -21,7 +21,7 @@ from aitbc.receipts.merkle import split_point
 
 TILE_HEIGHT = 8
 TILE = 1 << TILE_HEIGHT  # leaves per tile
-CACHED_TILES = 64  # complete tiles' leaves kept after a read (TILE x 32 bytes each)
+CACHED_TILES = 64  # complete tiles' trees kept after a read (~37 KB each: TILE leaves and their nodes)
 READ_CHUNK = 256 * TILE  # leaves read at a time by a start that finds them without their tiles
 
 ReadTile = Callable[[int], Awaitable[list[bytes]]]  # tile index -> its TILE leaf hashes, from the store
@@ -43,9 +43,10 @@ class TiledLog:
         if len(tail) >= TILE:
             raise ValueError("the tail holds fewer leaves than a tile: fold complete tiles first")
         self._tiles = MerkleTree(tile_hashes)
-        self._tail: list[bytes] = [bytes(h) for h in tail]
-        MerkleTree(self._tail)  # (checks every hash's length)
-        self._cache: OrderedDict[int, list[bytes]] = OrderedDict()
+        self._open = MerkleTree(
+            tail
+        )  # the open tile's leaves, its nodes grown as they come (as the whole tree's)
+        self._cache: OrderedDict[int, MerkleTree] = OrderedDict()  # complete tiles read or made last
 
     @classmethod
     async def read(
@@ -67,7 +68,7 @@ class TiledLog:
 
     @property
     def size(self) -> int:
-        return self._tiles.size * TILE + len(self._tail)
+        return self._tiles.size * TILE + self._open.size
 
     @property
     def tiles(self) -> int:
@@ -76,14 +77,14 @@ class TiledLog:
 
     def append(self, leaf: bytes) -> tuple[int, bytes] | None:
         """Add a leaf hash. Returns (tile index, tile hash) when it completes a tile (for the store), else None."""
-        tail = self._tail
-        tail.append(leaf if leaf.__class__ is bytes else bytes(leaf))
-        if len(tail) < TILE:
+        self._open.append(leaf)
+        if self._open.size < TILE:
             return None
-        index, root = self._tiles.size, tile_hash(tail)
+        index, done = self._tiles.size, self._open
+        root = done.root()  # (its top node, made by the append)
         self._tiles.append(root)
-        self._remember(index, tail)  # (the proofs asked next are mostly for the newest receipts)
-        self._tail = []
+        self._remember(index, done)  # (the proofs asked next are mostly for the newest receipts)
+        self._open = MerkleTree()
         return index, root
 
     # ------------------------------------------------------------------ roots and proofs
@@ -102,33 +103,43 @@ class TiledLog:
         """compute over a view of the tree, reading the older tiles it needs first. A view is taken afresh after
         each read: the tree may have grown meanwhile (a tile completed), and what a view sees must not change while
         it computes."""
-        read_now: dict[int, list[bytes]] = {}
+        read_now: dict[int, MerkleTree] = {}
         while True:
             view = _View(self, read_now)
             try:
                 return compute(view)
             except _TileNeeded as need:
-                leaves = await read(need.tile)
-                if len(leaves) != TILE:
-                    raise RuntimeError(
-                        f"the store holds {len(leaves)} leaves of complete tile {need.tile}"
-                    ) from None
-                read_now[need.tile] = leaves
-                self._remember(need.tile, leaves)
+                read_now[need.tile] = self._remember(
+                    need.tile, self._checked(need.tile, await read(need.tile))
+                )
 
-    def _remember(self, index: int, leaves: list[bytes]) -> None:
-        self._cache[index] = leaves
+    def _checked(self, tile: int, leaves: list[bytes]) -> MerkleTree:
+        """A complete tile's leaves read from the store, as a tree, if they are its leaves. Tiles are trusted at a
+        start (their leaves are not hashed again): leaves altered since (by hand, a restore of mixed files, a disk)
+        would make proofs that do not verify against the checkpoints served with them. An error, not a wrong
+        proof."""
+        if len(leaves) != TILE:
+            raise RuntimeError(f"the store holds {len(leaves)} leaves of complete tile {tile}")
+        tree = MerkleTree(leaves)
+        if tree.root() != self._tiles.leaf(tile):
+            raise RuntimeError(f"the store's leaves of tile {tile} do not hash to its stored root: the store was "
+                               "altered")  # fmt: skip
+        return tree
+
+    def _remember(self, index: int, tree: MerkleTree) -> MerkleTree:
+        self._cache[index] = tree
         self._cache.move_to_end(index)
         while len(self._cache) > CACHED_TILES:
             self._cache.popitem(last=False)
+        return tree
 
-    def _leaves_of(self, tile: int, read_now: dict[int, list[bytes]]) -> list[bytes]:
+    def _tile_tree(self, tile: int, read_now: dict[int, MerkleTree]) -> MerkleTree:
         if tile == self._tiles.size:
-            return self._tail
-        leaves = read_now.get(tile) or self._cache.get(tile)
-        if leaves is None:
+            return self._open
+        tree = read_now.get(tile) or self._cache.get(tile)
+        if tree is None:
             raise _TileNeeded(tile)
-        return leaves
+        return tree
 
 
 class _TileNeeded(Exception):
@@ -138,14 +149,13 @@ class _TileNeeded(Exception):
 
 class _View(MerkleTree):
     """The tree as MerkleTree's proof algorithms see it: blocks of a tile or more from the tiles' tree, smaller
-    ones hashed from their tile's leaves."""
+    ones from their tile's tree."""
 
-    __slots__ = ("_log", "_read_now", "_size", "_tile_trees")
+    __slots__ = ("_log", "_read_now", "_size")
 
-    def __init__(self, log: TiledLog, read_now: dict[int, list[bytes]]) -> None:
+    def __init__(self, log: TiledLog, read_now: dict[int, MerkleTree]) -> None:
         super().__init__()
         self._log, self._size, self._read_now = log, log.size, read_now
-        self._tile_trees: dict[int, MerkleTree] = {}
 
     @property
     def size(self) -> int:
@@ -160,12 +170,6 @@ class _View(MerkleTree):
                 return self._log._tiles.subtree_hash(first, first + (n >> TILE_HEIGHT))
             tile = start >> TILE_HEIGHT
             offset = start - (tile << TILE_HEIGHT)
-            return self._tile_tree(tile).subtree_hash(offset, offset + n)
+            return self._log._tile_tree(tile, self._read_now).subtree_hash(offset, offset + n)
         k = split_point(n)
         return node_hash(self._hash(start, start + k), self._hash(start + k, end))
-
-    def _tile_tree(self, tile: int) -> MerkleTree:
-        tree = self._tile_trees.get(tile)
-        if tree is None:
-            tree = self._tile_trees[tile] = MerkleTree(self._log._leaves_of(tile, self._read_now))
-        return tree

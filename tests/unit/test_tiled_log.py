@@ -60,7 +60,7 @@ async def test_memory_holds_the_open_tile_and_the_tiles_roots_and_reads_a_tile_o
     completed = [log.append(h) for h in hashes]
     tiles = [c for c in completed if c is not None]
     assert tiles == [(t, MerkleTree(hashes[t * TILE : (t + 1) * TILE]).root()) for t in range(5)]
-    assert (log.size, log.tiles, len(log._tail)) == (5 * TILE + 3, 5, 3)
+    assert (log.size, log.tiles, log._open.size) == (5 * TILE + 3, 5, 3)
     # the tiles completed here are kept for the proofs asked next: none is read
     assert await log.inclusion_proof(7, log.size, stored.tile) == MerkleTree(hashes).inclusion_proof(7)
     assert stored.tiles_read == []
