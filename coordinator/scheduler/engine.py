@@ -26,6 +26,8 @@ from ..logs import info_later
 from ..store.base import DependencyFailed, DrainRow, JobFilter, Store, UnitOfWork
 from .pending import Pending as _Pending
 from .queues import Reach, ReadyQueues
+from .recent import SPAN_S as RECENT_SPAN_S
+from .recent import RecentTransitions
 from .sessions import AckOut, AssignmentOut, CancelOut, DrainOut, GoAwayOut, Held, Session, check_capacity
 from .stored_keys import StoredKeys
 from .timers import TimerHeap
@@ -170,6 +172,7 @@ class Scheduler(UndoFailedCommits):
         # work the scheduler runs on its own, cancelled by stop(): read-backs of jobs after a failed commit, answers
         # to miners once their job is back (when-back-*), deletions of drains that ended (drain-over)
         self._background: set[asyncio.Task] = set()
+        self.recent = RecentTransitions()  # the last hour's transitions, for GetStats
         self.stopping = False
 
     # ------------------------------------------------------------------ life cycle
@@ -192,8 +195,22 @@ class Scheduler(UndoFailedCommits):
             self.timers.schedule(now + grace_us, "orphans", miner_id)
         await self._load_drains(now + grace_us)
         self.stored_keys.start()  # in the background: until it is complete, every key is looked up
+        seeding = asyncio.get_running_loop().create_task(self._seed_recent(now), name="recent-transitions")
+        self._background.add(seeding)
+        seeding.add_done_callback(self._background.discard)
         self.timers.start()
         log.info("scheduler started: %d active jobs, %d queued", len(self.jobs), self.queues.depth)
+
+    async def _seed_recent(self, until_us: int) -> None:
+        """The hour's transitions before this start, counted once from the store (after it, memory counts them):
+        until then GetStats reads the store."""
+        try:
+            rows = await self.store.count_transitions_by_second(until_us - RECENT_SPAN_S * MICROS, until_us)
+        except Exception:  # (the store out: GetStats goes on reading it, as before)
+            log.warning("cannot count the last hour's job transitions from the store; GetStats reads it instead",
+                        exc_info=True)  # fmt: skip
+            return
+        self.recent.seed(rows)
 
     async def stop(self) -> None:
         """Tell every miner to go away (its jobs stay its own if it returns within the grace period)."""
@@ -386,6 +403,7 @@ class Scheduler(UndoFailedCommits):
             counts[event.from_state] -= 1  # type: ignore[index]
         if event.to_state in counts:
             counts[event.to_state] += 1
+        self.recent.count(event)
         for observer in self.observers:
             observer("transition", job, event)
         queues = self.watchers.get(job.job_id)

@@ -438,6 +438,13 @@ class Store(ABC):
         """Events since since_us by kind: submitted, completed, failed, canceled, expired."""
 
     @abstractmethod
+    async def count_transitions_by_second(
+        self, since_us: int, until_us: int
+    ) -> list[tuple[int, int, bool, int]]:
+        """Submissions and finishes in [since_us, until_us), per second: (second since the epoch, to_state, is a
+        submission, count)."""
+
+    @abstractmethod
     async def get_receipts(self, job_id: str) -> list[ReceiptRow]: ...
 
     @abstractmethod

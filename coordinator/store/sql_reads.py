@@ -142,6 +142,20 @@ class SqlReads(Store):
         )
         return tally_transitions(rows)
 
+    async def count_transitions_by_second(
+        self, since_us: int, until_us: int
+    ) -> list[tuple[int, int, bool, int]]:
+        rows = await self._load(
+            "SELECT occurred_us / 1000000, to_state, from_state IS NULL, count(*) FROM job_events "
+            "WHERE occurred_us >= ? AND occurred_us < ? AND (from_state IS NULL OR to_state >= 4) "
+            "GROUP BY occurred_us / 1000000, to_state, from_state IS NULL",
+            since_us,
+            until_us,
+        )
+        return [
+            (int(second), int(to_state), bool(submitted), int(n)) for second, to_state, submitted, n in rows
+        ]
+
     async def get_receipts(self, job_id: str) -> list[ReceiptRow]:
         rows = await self._query(
             "SELECT r.receipt_id, r.job_id, r.attempt, r.envelope, r.leaf_index, l.leaf_hash, r.issued_us "
