@@ -1,14 +1,14 @@
 """The receipt log's Merkle tree held as tiles: memory and start-up time that do not grow with every receipt.
 
-The whole tree in memory (every leaf hash and every node, as Python bytes) cost ~150 bytes per receipt, and a
-start read and hashed every leaf: a million receipts were 150 MiB and a second of start-up, and a coordinator
-at a few hundred jobs a second makes that many in an hour. Here the leaves are grouped in tiles of TILE leaves
-(aligned subtrees of height TILE_HEIGHT). Memory holds the tiles' root hashes, as the leaves of a small tree
-whose levels are the big tree's levels from TILE_HEIGHT up, and the leaves of the one tile not yet complete.
-The store holds every leaf, and each complete tile's hash (written once the tile is complete, so a start reads
-the tiles and the leaves after the last one written). A proof or a root that needs the inside of an older tile
-reads that tile's leaves from the store (one range of TILE rows) and hashes them; the few tiles read last are
-kept.
+The whole tree in memory (every leaf hash and every node, as Python bytes) cost ~190 bytes per receipt, and a
+start read and hashed every leaf: a million receipts were 190 MiB and over a second of start-up, and a
+coordinator at a few hundred jobs a second makes that many in an hour. Here the leaves are grouped in tiles of
+TILE leaves (aligned subtrees of height TILE_HEIGHT). Memory holds the tiles' root hashes, as the leaves of a
+small tree whose levels are the big tree's levels from TILE_HEIGHT up, and the tree of the one tile not yet
+complete. The store holds every leaf, and each complete tile's root (written once the tile is complete, so a
+start reads the tiles and the leaves after the last one written). A proof or a root that needs the inside of an
+older tile reads that tile's leaves from the store (one range of TILE rows), checks them against its root and
+keeps their tree, with the other tiles used last.
 """
 
 from __future__ import annotations
@@ -43,9 +43,8 @@ class TiledLog:
         if len(tail) >= TILE:
             raise ValueError("the tail holds fewer leaves than a tile: fold complete tiles first")
         self._tiles = MerkleTree(tile_hashes)
-        self._open = MerkleTree(
-            tail
-        )  # the open tile's leaves, its nodes grown as they come (as the whole tree's)
+        # the open tile's leaves, its nodes grown as they come (as the whole tree's were)
+        self._open = MerkleTree(tail)
         self._cache: OrderedDict[int, MerkleTree] = OrderedDict()  # complete tiles read or made last
 
     @classmethod
