@@ -35,7 +35,6 @@ and the coordinator then for its reconnect grace.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -402,8 +401,14 @@ class _PollSession:
         while True:
             # (from one heartbeat's start to the next's: a slow answer does not stretch the cadence)
             if not self.beat_soon.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.beat_soon.wait(), max(0.0, next_at - loop.time()))
+                # Not asyncio.wait_for: on Python 3.11 it can swallow a cancellation that arrives as the event is
+                # set (an early heartbeat due as the session ends), and this loop would then outlive its session,
+                # whose end waits for it (the same wait as coordinator/scheduler/timers.py's)
+                alarm = loop.call_later(max(0.0, next_at - loop.time()), self.beat_soon.set)
+                try:
+                    await self.beat_soon.wait()
+                finally:
+                    alarm.cancel()
             self.beat_soon.clear()
             self.unlisted.clear()  # (every job held is listed below)
             next_at = loop.time() + interval
