@@ -179,6 +179,16 @@ INSERT INTO account_balances
          sum(units_nano / 1000000000), sum(units_nano % 1000000000), max(booked_us)
   FROM ledger_entries GROUP BY account_id, kind;
 """,
+    # 7: how many jobs are in each state, kept with the jobs (each commit adds its events' moves: +1 to the state an
+    # event enters, -1 to the one it leaves), so GetStats reads a row per state, not the jobs index (~0.1 s per 2M
+    # jobs, on the one reader, at every call). Derived from jobs, which stays the record.
+    """
+CREATE TABLE job_state_counts (
+  state INTEGER PRIMARY KEY,
+  jobs INTEGER NOT NULL
+);
+INSERT INTO job_state_counts SELECT state, count(*) FROM jobs GROUP BY state;
+""",
 ]
 
 
@@ -357,6 +367,14 @@ INSERT INTO account_balances
   SELECT account_id, kind, sum(amount_nano / 1000000000), sum(amount_nano % 1000000000), count(*),
          sum(units_nano / 1000000000), sum(units_nano % 1000000000), max(booked_us)
   FROM ledger_entries GROUP BY account_id, kind;
+""",
+    # 7: how many jobs are in each state, kept with the jobs
+    """
+CREATE TABLE job_state_counts (
+  state BIGINT PRIMARY KEY,
+  jobs BIGINT NOT NULL
+);
+INSERT INTO job_state_counts SELECT state, count(*) FROM jobs GROUP BY state;
 """,
 ]
 

@@ -172,6 +172,13 @@ class Db:
             f"SELECT job_id, state, attempt, miner_id FROM jobs WHERE state NOT IN ({marks})", terminal
         )
 
+    def state_counts_off(self) -> dict[int, tuple[int, int]]:
+        """States whose kept count (job_state_counts, schema 7) is not the jobs' own: state -> (kept, counted)."""
+        kept = {s: n for s, n in self.query("SELECT state, jobs FROM job_state_counts") if n}
+        counted = dict(self.query("SELECT state, count(*) FROM jobs GROUP BY state"))
+        return {s: (kept.get(s, 0), counted.get(s, 0)) for s in kept.keys() | counted.keys()
+                if kept.get(s, 0) != counted.get(s, 0)}  # fmt: skip
+
     def completions(self) -> tuple[Counter, Counter]:
         """Per job id: its COMPLETED events, and its receipts (a job completes once: one of each)."""
         events = Counter(
@@ -259,6 +266,8 @@ class Harness:
         if self.coordinator is not None:
             await self.coordinator.stop(grace=0.2)
             self.coordinator = None
+            # every commit of every test keeps the count of jobs by state (GetStats' jobs_by_state) exact
+            assert self.db.state_counts_off() == {}, "job_state_counts drifted from the jobs"
 
     async def __aenter__(self) -> Harness:
         """`async with Harness(tmp_path, overrides) as coord:` started, stopped at the end (a fixture's body)."""
