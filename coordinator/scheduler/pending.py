@@ -34,6 +34,6 @@ class Pending:
     earlier: dict[str, Pending] = field(default_factory=dict)
 
     def record(self, job: Job, event: Event) -> None:
-        self.unit.add_update(job)
+        self.unit.add_update(job, event.from_state)
         self.unit.add_event(event)
         self.notes.append((job, event))

@@ -113,6 +113,8 @@ class UnitOfWork:
     drains_over: list[DrainRow] = field(default_factory=list)
     # job id -> (inserted by this unit, index in new_jobs or job_updates): one jobs row per job per unit
     _rows: dict[str, tuple[bool, int]] = field(default_factory=dict, repr=False, compare=False)
+    # state -> jobs this unit's rows put in it less those they take out (job_state_counts, schema 7)
+    state_moves: dict[int, int] = field(default_factory=dict, repr=False, compare=False)
     # Set by the caller: this unit's key, and the keys of earlier units, not yet settled when it was built,
     # whose in-memory outcome it builds on. If one of those fails to commit, so does this one (see FailedUnits).
     key: int = field(default=0, compare=False)
@@ -126,18 +128,32 @@ class UnitOfWork:
     def add_new_job(self, job: Job) -> None:
         self._rows[job.job_id] = (True, len(self.new_jobs))
         self.new_jobs.append(job_row(job))
+        self._move(None, int(job.state))
 
-    def add_update(self, job: Job) -> None:
-        """The job's state as it is now. A job this unit already inserts or updates keeps one row, holding
-        its latest state (what the commit leaves is the same; the events still record every step)."""
+    def add_update(self, job: Job, was: JobState | None) -> None:
+        """The job's state as it is now; was: its state before this change, as stored (the event's from_state).
+        A job this unit already inserts or updates keeps one row, holding its latest state (what the
+        commit leaves is the same; the events still record every step)."""
         slot = self._rows.get(job.job_id)
         if slot is None:
             self._rows[job.job_id] = (False, len(self.job_updates))
             self.job_updates.append(job_update_row(job))
+            before = None if was is None else int(was)
         elif slot[0]:
+            before = self.new_jobs[slot[1]][2]
             self.new_jobs[slot[1]] = refreshed_job_row(self.new_jobs[slot[1]], job)
         else:
+            before = self.job_updates[slot[1]][0]
             self.job_updates[slot[1]] = job_update_row(job)
+        self._move(before, int(job.state))
+
+    def _move(self, left: int | None, entered: int) -> None:
+        if left == entered:
+            return
+        moves = self.state_moves
+        moves[entered] = moves.get(entered, 0) + 1
+        if left is not None:
+            moves[left] = moves.get(left, 0) - 1
 
     def add_event(self, event: Event) -> None:
         self.events.append(
@@ -289,6 +305,16 @@ def balance_rows(units: Sequence[UnitOfWork]) -> list[tuple]:
                 acct[3] = max(acct[3], e.booked_us)
     return [(account, kind, *split_nano(amount), entries, *split_nano(units_nano), booked)
             for (account, kind), (amount, entries, units_nano, booked) in sums.items()]  # fmt: skip
+
+
+def state_count_rows(units: Sequence[UnitOfWork]) -> list[tuple[int, int]]:
+    """The units' moves between states summed per state, as rows to add to job_state_counts: (state, jobs in it
+    after the units less before), the states whose count changes only."""
+    moves: dict[int, int] = {}
+    for unit in units:
+        for state, n in unit.state_moves.items():
+            moves[state] = moves.get(state, 0) + n
+    return [(state, n) for state, n in moves.items() if n]
 
 
 JOB_COLUMNS = (

@@ -58,6 +58,7 @@ from .base import (
     assign_leaves,
     balance_rows,
     register_unreachable,
+    state_count_rows,
     unplace,
 )
 from .schema import BUMP_EPOCH, POSTGRES_MIGRATIONS, holder_name
@@ -1010,6 +1011,11 @@ _ADD_TO_BALANCE = (
     "updated_us = GREATEST(account_balances.updated_us, EXCLUDED.updated_us)"
 )
 
+_ADD_TO_STATE_COUNT = (
+    "INSERT INTO job_state_counts VALUES ($1,$2) ON CONFLICT (state) DO UPDATE SET "
+    "jobs = job_state_counts.jobs + EXCLUDED.jobs"
+)
+
 
 async def _write_units(conn: asyncpg.Connection, units: list[UnitOfWork]) -> None:
     new_jobs = [r for u in units for r in u.new_jobs]
@@ -1051,6 +1057,9 @@ async def _write_units(conn: asyncpg.Connection, units: list[UnitOfWork]) -> Non
         )
     if ledger:
         await conn.executemany(_ADD_TO_BALANCE, balance_rows(units))
+    moves = state_count_rows(units) if events else None
+    if moves:
+        await conn.executemany(_ADD_TO_STATE_COUNT, moves)
     checkpoints = [c for u in units for c in u.checkpoints]
     if checkpoints:
         await conn.executemany(

@@ -131,7 +131,7 @@ class SqlReads(Store):
         return [event_from_row(r) for r in rows]
 
     async def count_by_state(self) -> dict[JobState, int]:
-        # (kept by triggers on jobs, schema 7: a row per state, where counting the jobs read the whole jobs index)
+        # (kept by each commit, schema 7: a row per state, where counting the jobs read the whole jobs index)
         rows = await self._query("SELECT state, jobs FROM job_state_counts WHERE jobs <> 0")
         return {JobState(state): int(count) for state, count in rows}
 

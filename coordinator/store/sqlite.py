@@ -35,6 +35,7 @@ from .base import (
     assign_leaves,
     balance_rows,
     register_unreachable,
+    state_count_rows,
     unplace,
 )
 from .schema import BUMP_EPOCH, MIGRATIONS, holder_name
@@ -414,6 +415,10 @@ _ADD_TO_BALANCE = (
     "units_rest = units_rest + excluded.units_rest, updated_us = max(updated_us, excluded.updated_us)"
 )
 
+_ADD_TO_STATE_COUNT = (
+    "INSERT INTO job_state_counts VALUES (?,?) ON CONFLICT (state) DO UPDATE SET jobs = jobs + excluded.jobs"
+)
+
 
 def _write_units(conn: sqlite3.Connection, units: list[UnitOfWork]) -> None:
     new_jobs = [r for u in units for r in u.new_jobs]
@@ -445,6 +450,9 @@ def _write_units(conn: sqlite3.Connection, units: list[UnitOfWork]) -> None:
                       [(e.account_id, e.kind, e.receipt_id, e.amount_nano, e.units_nano, e.booked_us) for e in ledger])  # fmt: skip
     if ledger:
         conn.executemany(_ADD_TO_BALANCE, balance_rows(units))
+    moves = state_count_rows(units) if events else None
+    if moves:
+        conn.executemany(_ADD_TO_STATE_COUNT, moves)
     checkpoints = [c for u in units for c in u.checkpoints]
     if checkpoints:
         conn.executemany(

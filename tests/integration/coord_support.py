@@ -267,7 +267,8 @@ class Harness:
             await self.coordinator.stop(grace=0.2)
             self.coordinator = None
             # every commit of every test keeps the count of jobs by state (GetStats' jobs_by_state) exact
-            assert self.db.state_counts_off() == {}, "job_state_counts drifted from the jobs"
+            if self.settings.database_url == f"sqlite:///{self.db_path}" and self.db_path.exists():
+                assert self.db.state_counts_off() == {}, "job_state_counts drifted from the jobs"
 
     async def __aenter__(self) -> Harness:
         """`async with Harness(tmp_path, overrides) as coord:` started, stopped at the end (a fixture's body)."""

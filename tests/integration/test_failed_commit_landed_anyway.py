@@ -37,7 +37,7 @@ async def land_the_cancel_meanwhile(coord: Harness, job_id: str) -> None:
         assert job is not None and job.state is JobState.RUNNING
         event = states.transition(job, JobState.CANCELED, "CANCELED_BY_CLIENT", now_us(), message="landed")
         unit = UnitOfWork()
-        unit.add_update(job)
+        unit.add_update(job, event.from_state)
         unit.add_event(event)
         _write_units(blocker, [unit])
     finally:

@@ -29,6 +29,7 @@ import asyncpg
 import pytest
 
 import coordinator.store.postgres as pg
+from coordinator.store.base import JOB_COLUMNS
 from coordinator.store.postgres import PostgresStore
 from tests.tcp_relay import DOWN, UP, Link
 
@@ -234,7 +235,7 @@ async def noted_as_made(store: PostgresStore) -> set[str]:
 
 async def test_a_start_notes_exactly_what_its_migrations_made(schema: str) -> None:
     """What a start notes it made (read from the catalog in its migration transaction, for a refused start to drop
-    it again) is every object of the new store that stands alone: its tables and its functions, nothing of the
+    it again) is every object of the new store that stands alone: its tables and its function, nothing of the
     user's (a table there before it); dropped, they leave nothing behind (no index, sequence, row type)."""
     admin = await pg_admin()
     try:
@@ -244,8 +245,7 @@ async def test_a_start_notes_exactly_what_its_migrations_made(schema: str) -> No
         noted = await noted_as_made(store)
         tables = (await tables_in(schema) or set()) - {"mine"}
         await store.close_unused()
-        functions = {f"{schema}.aitbc_append_only()", f"{schema}.aitbc_count_job_states()"}
-        assert noted == {f"{schema}.{t}" for t in tables} | functions
+        assert noted == {f"{schema}.{t}" for t in tables} | {f"{schema}.aitbc_append_only()"}
         assert tables == await store_tables() and "jobs" in tables
         assert await objects_in(schema) == ["rel r mine", "type _mine", "type mine"], "part of the store left"
     finally:
@@ -425,11 +425,15 @@ async def test_a_migration_that_fails_changes_nothing(schema: str, monkeypatch: 
     monkeypatch.setattr(pg, "POSTGRES_MIGRATIONS", pg.POSTGRES_MIGRATIONS[:3])
     old = PostgresStore(pg_url(schema))  # a store of the code before migration 4
     await old.open()
-    await old.commit(submit_unit("job-kept"))
     await old.close()
     monkeypatch.undo()
     admin = await pg_admin()
     try:
+        # a job it held (written as it would have: today's writer also keeps tables of later migrations)
+        marks = ",".join(f"${i}" for i in range(1, 27))
+        await admin.executemany(
+            f'INSERT INTO "{schema}".jobs ({JOB_COLUMNS}) VALUES ({marks})', submit_unit("job-kept").new_jobs
+        )
         holder = await admin.fetchrow(f'SELECT * FROM "{schema}".store_holder')
         await admin.execute(
             f'CREATE TABLE "{schema}".operator_drains (mine int); INSERT INTO "{schema}".operator_drains VALUES (7)'

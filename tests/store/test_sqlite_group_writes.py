@@ -50,7 +50,7 @@ async def test_a_job_updated_by_several_units_of_one_group_ends_in_the_last_stat
         for step in range(1, 6):
             job = dataclasses.replace(job, updated_us=T0 + step, event_seq=step + 1)
             unit = UnitOfWork()
-            unit.add_update(job)
+            unit.add_update(job, job.state)
             units.append(unit)
         await asyncio.gather(*(store.commit(u) for u in units))  # queued together: typically one group
         assert await store.get_job("job-x") == job

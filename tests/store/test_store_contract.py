@@ -78,7 +78,7 @@ async def test_updates_replace_the_mutable_fields_and_events_append(store: Store
         unit = UnitOfWork()
         events.append(transition(job, to, at, miner_id="m1"))
         job.reassignments, job.not_before_us, job.queued_us = 1, T0 + 5, T0 + 6
-        unit.add_update(job)
+        unit.add_update(job, events[-1].from_state)
         unit.add_event(events[-1])
         await store.commit(unit)
 
@@ -117,7 +117,7 @@ async def test_a_unit_is_atomic_and_a_group_keeps_unit_order(store: Store) -> No
     insert = new_jobs_unit(job)
     update = UnitOfWork()
     update.add_event(transition(job, JobState.ASSIGNED, T0 + 1, miner_id="m9"))
-    update.add_update(job)
+    update.add_update(job, JobState.QUEUED)
     await asyncio.gather(store.commit(insert), store.commit(update))
     assert (await store.get_job("job-g")).state is JobState.ASSIGNED
     assert len(await store.get_events("job-g")) == 2

@@ -36,7 +36,7 @@ def test_insert_then_updates_is_one_insert_of_the_last_state() -> None:
         event = states.transition(
             job, to, reason, 5, **({"miner_id": "m1"} if to is JobState.ASSIGNED else {})
         )
-        unit.add_update(job)
+        unit.add_update(job, event.from_state)
         unit.add_event(event)
     assert unit.new_jobs == [job_row(job)] and unit.job_updates == []
     assert [e[3] for e in unit.events] == [JobState.QUEUED, JobState.ASSIGNED, JobState.RUNNING]
@@ -45,8 +45,8 @@ def test_insert_then_updates_is_one_insert_of_the_last_state() -> None:
 def test_updates_of_one_job_are_one_update_and_other_jobs_keep_theirs() -> None:
     a, b = make_job("a"), make_job("b")
     unit = UnitOfWork()
-    unit.add_update(a)
-    unit.add_update(b)
+    unit.add_update(a, JobState.QUEUED)
+    unit.add_update(b, JobState.QUEUED)
     a.state, a.updated_us = JobState.RUNNING, 3
-    unit.add_update(a)
+    unit.add_update(a, JobState.QUEUED)
     assert unit.job_updates == [job_update_row(a), job_update_row(b)]
