@@ -36,6 +36,31 @@ KEYS_PER_LOOKUP = (
 )
 
 
+def _where(conditions: list[str]) -> str:
+    return f"WHERE {' AND '.join(conditions)}" if conditions else ""
+
+
+def _page_by_state(
+    where: list[str], params: list[Any], states: Sequence[JobState], limit: int
+) -> tuple[str, list[Any]]:
+    """A page of jobs (newest first) in some states: per state, the keys of its newest `limit` jobs, each a backward
+    walk of an index ending in (state, job_id) (schema 8: jobs_client_state, jobs_miner_state, jobs_state), then
+    the page's rows by key. So a page reads at most a page of index entries per state, whatever the history: with
+    `state IN (...)` a client's page walked its whole history (jobs_client) or every job in the states (jobs_state).
+    Keys first: a branch's rows not in the page are never read (payloads of up to 1 MiB each)."""
+    branches: list[str] = []
+    args: list[Any] = []
+    condition = _where([*where, "state = ?"])
+    for i, state in enumerate(states):
+        branches.append(
+            f"SELECT job_id FROM (SELECT job_id FROM jobs {condition} ORDER BY job_id DESC LIMIT ?) AS s{i}"
+        )
+        args.extend([*params, int(state), limit])
+    keys = f"{' UNION ALL '.join(branches)} ORDER BY job_id DESC LIMIT ?"
+    sql = f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_id IN ({keys}) ORDER BY job_id DESC"
+    return sql, [*args, limit]
+
+
 class SqlReads(Store):
     async def _query(self, sql: str, *params: Any) -> Sequence[Sequence[Any]]:
         raise NotImplementedError
@@ -97,17 +122,15 @@ class SqlReads(Store):
         if flt.miner_id is not None:
             where.append("miner_id = ?")
             params.append(flt.miner_id)
-        if flt.states:
-            where.append(f"state IN ({','.join('?' * len(flt.states))})")
-            params.extend(int(s) for s in sorted(flt.states))
         if before_job_id:
             where.append("job_id < ?")
             params.append(before_job_id)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        rows = await self._query(
-            f"SELECT {JOB_COLUMNS} FROM jobs {clause} ORDER BY job_id DESC LIMIT ?", *params, limit
-        )
-        return [job_from_row(r) for r in rows]
+        if flt.client_id is None and flt.miner_id is None and not flt.states:  # the jobs' own key, backward
+            sql = f"SELECT {JOB_COLUMNS} FROM jobs {_where(where)} ORDER BY job_id DESC LIMIT ?"
+            return [job_from_row(r) for r in await self._query(sql, *params, limit)]
+        # a client's or a miner's jobs with no states asked: all seven (no index orders them by job_id alone)
+        sql, args = _page_by_state(where, params, sorted(flt.states) or list(JobState), limit)
+        return [job_from_row(r) for r in await self._query(sql, *args)]
 
     async def load_active_jobs(self) -> list[Job]:
         rows = await self._load(f"SELECT {JOB_COLUMNS} FROM jobs WHERE state IN (1, 2, 3) ORDER BY job_id")

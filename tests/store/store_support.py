@@ -18,7 +18,8 @@ import asyncpg
 import pytest
 
 from coordinator.domain.model import Constraints, Event, Job, JobResult, JobState, PayloadKind
-from coordinator.store import Store, open_store
+from coordinator.store import Store, UnitOfWork, open_store
+from coordinator.store.base import JOB_COLUMNS
 from coordinator.store.schema import MIGRATIONS, POSTGRES_MIGRATIONS
 
 PG_URL = os.environ.get("AITBC_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -68,6 +69,18 @@ def sqlite_store_of_version(path: Path, version: int) -> sqlite3.Connection:
     for number, script in enumerate(MIGRATIONS[:version], start=1):
         conn.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
     return conn
+
+
+def job_rows(jobs: list[Job]) -> list[tuple]:
+    """jobs as the writer inserts them: rows of JOB_COLUMNS."""
+    unit = UnitOfWork()
+    for job in jobs:
+        unit.add_new_job(job)
+    return unit.new_jobs
+
+
+SQLITE_INSERT_JOB = f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({','.join('?' * 26)})"
+PG_INSERT_JOB = f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({','.join(f'${i}' for i in range(1, 27))})"
 
 
 async def postgres_schema_of_version(schema: str, version: int) -> asyncpg.Connection:

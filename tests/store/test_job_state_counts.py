@@ -13,13 +13,15 @@ import pytest
 
 from coordinator.domain.model import Job, JobState
 from coordinator.store import Store, UnitOfWork, open_store
-from coordinator.store.base import JOB_COLUMNS
 
 from .store_support import (
+    PG_INSERT_JOB,
+    SQLITE_INSERT_JOB,
     T0,
     Backend,
     create_schema,
     drop_schema,
+    job_rows,
     make_job,
     pg_url,
     postgres_schema_of_version,
@@ -140,17 +142,10 @@ def old_jobs() -> list[Job]:
     return [make_job(f"old-{i:03d}", state=states[i % len(states)], created_us=T0 + i) for i in range(120)]
 
 
-def insert_rows(jobs: list[Job]) -> list[tuple]:
-    unit = UnitOfWork()
-    for job in jobs:
-        unit.add_new_job(job)
-    return unit.new_jobs
-
-
 async def test_a_sqlite_store_written_before_the_counts_gets_them_from_its_jobs(tmp_path: Path) -> None:
     jobs = old_jobs()
     conn = sqlite_store_of_version(tmp_path / "old.db", 6)
-    conn.executemany(f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({','.join('?' * 26)})", insert_rows(jobs))
+    conn.executemany(SQLITE_INSERT_JOB, job_rows(jobs))
     conn.close()
     store = open_store(f"sqlite:///{tmp_path / 'old.db'}")
     await store.open()
@@ -166,8 +161,7 @@ async def test_a_postgres_store_written_before_the_counts_gets_them_from_its_job
     try:
         admin = await postgres_schema_of_version(schema, 6)
         try:
-            marks = ",".join(f"${i}" for i in range(1, 27))
-            await admin.executemany(f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({marks})", insert_rows(jobs))
+            await admin.executemany(PG_INSERT_JOB, job_rows(jobs))
         finally:
             await admin.close()
         store = open_store(pg_url(schema))

@@ -29,12 +29,11 @@ import asyncpg
 import pytest
 
 import coordinator.store.postgres as pg
-from coordinator.store.base import JOB_COLUMNS
 from coordinator.store.postgres import PostgresStore
 from tests.tcp_relay import DOWN, UP, Link
 
 from .pg_relay import PgRelay
-from .store_support import PG_URL, create_schema, drop_schema, pg_admin, pg_url
+from .store_support import PG_INSERT_JOB, PG_URL, create_schema, drop_schema, pg_admin, pg_url
 from .test_postgres_commit_reply_error import submit_unit
 from .test_postgres_keys_rotate_missing import keys_rotate
 from .test_postgres_start_close_edges import tables_in
@@ -430,10 +429,8 @@ async def test_a_migration_that_fails_changes_nothing(schema: str, monkeypatch: 
     admin = await pg_admin()
     try:
         # a job it held (written as it would have: today's writer also keeps tables of later migrations)
-        marks = ",".join(f"${i}" for i in range(1, 27))
-        await admin.executemany(
-            f'INSERT INTO "{schema}".jobs ({JOB_COLUMNS}) VALUES ({marks})', submit_unit("job-kept").new_jobs
-        )
+        await admin.execute(f'SET search_path = "{schema}"')
+        await admin.executemany(PG_INSERT_JOB, submit_unit("job-kept").new_jobs)
         holder = await admin.fetchrow(f'SELECT * FROM "{schema}".store_holder')
         await admin.execute(
             f'CREATE TABLE "{schema}".operator_drains (mine int); INSERT INTO "{schema}".operator_drains VALUES (7)'
