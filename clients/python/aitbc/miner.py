@@ -215,6 +215,9 @@ async def _in_daemon_thread(call: Callable[[], Any], name: str) -> Any:
 EX_DATAERR = 65  # sysexits.h: a command exiting with it says its input is wrong (INVALID_INPUT, for good)
 STDERR_TAIL_BYTES = 64 << 10  # the end of a command's stderr kept for its failure message
 PIPES_GRACE_S = 5.0  # the command and its process group gone: how long its pipes may take to close
+KILLED_EXIT_WAIT_S = (
+    5.0  # a SIGKILLed command: how long its end may take to be seen (more: the kernel is stuck on it)
+)
 
 
 class _Collect(asyncio.SubprocessProtocol):
@@ -419,6 +422,7 @@ def subprocess_runner(
         workspace = tempfile.mkdtemp(prefix=f"aitbc-job-{job.job_id[:8]}-")
         pgid = 0
         transport: asyncio.SubprocessTransport | None = None
+        out: _Collect | None = None
         try:
             env = {**os.environ, "AITBC_JOB_ID": job.job_id, "AITBC_WORKSPACE": workspace}
             env[MINER_TOKEN_VARIABLE] = _miner_token  # (its reaper's mark: the command and all it starts)
@@ -461,11 +465,18 @@ def subprocess_runner(
                 return Outcome(bytes(out.stdout), units=units, unit_type="cpu_seconds")
             return Outcome(output, units=units, unit_type="cpu_seconds", raw=bytes(out.stdout))
         finally:  # done, failed, timed out or canceled: the group goes, and the workspace
-            if pgid:
-                _kill_group(pgid)
-            if transport is not None:
-                transport.close()
-            shutil.rmtree(workspace, ignore_errors=True)
+            try:
+                if pgid:
+                    _kill_group(pgid)
+                if out is not None:
+                    # Killed is not gone: a SIGKILLed process still runs until the kernel ends it (on a busy
+                    # machine, often after this returns). A job canceled to be given back may start on another
+                    # miner as soon as it is: this command must have ended by then.
+                    await asyncio.wait({out.exited}, timeout=KILLED_EXIT_WAIT_S)
+            finally:
+                if transport is not None:
+                    transport.close()
+                shutil.rmtree(workspace, ignore_errors=True)
 
     return run
 
