@@ -1057,7 +1057,7 @@ async def _write_units(conn: asyncpg.Connection, units: list[UnitOfWork]) -> Non
         )
     if ledger:
         await conn.executemany(_ADD_TO_BALANCE, balance_rows(units))
-    moves = state_count_rows(units) if events else None
+    moves = state_count_rows(units)  # (a unit may change jobs with no event: the store does not ask for one)
     if moves:
         await conn.executemany(_ADD_TO_STATE_COUNT, moves)
     checkpoints = [c for u in units for c in u.checkpoints]

@@ -450,7 +450,7 @@ def _write_units(conn: sqlite3.Connection, units: list[UnitOfWork]) -> None:
                       [(e.account_id, e.kind, e.receipt_id, e.amount_nano, e.units_nano, e.booked_us) for e in ledger])  # fmt: skip
     if ledger:
         conn.executemany(_ADD_TO_BALANCE, balance_rows(units))
-    moves = state_count_rows(units) if events else None
+    moves = state_count_rows(units)  # (a unit may change jobs with no event: the store does not ask for one)
     if moves:
         conn.executemany(_ADD_TO_STATE_COUNT, moves)
     checkpoints = [c for u in units for c in u.checkpoints]

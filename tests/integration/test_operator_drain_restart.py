@@ -11,7 +11,6 @@ not there, unless CI is set)."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,21 +19,10 @@ import grpc
 import pytest
 from aitbc.coordinator.v1 import admin_service_pb2 as apb
 from coord_support import RUNNING, Harness, StreamMiner, eventually, rpc_error
+from pg_harness import PgHarness
 from test_failed_commit import held_lock
 
-from coordinator.config import Settings
-from tests.store.store_support import create_schema, drop_schema, pg_admin, pg_url
-
-
-@dataclasses.dataclass
-class PgHarness(Harness):
-    """The integration coordinator on a PostgreSQL schema instead of a SQLite file."""
-
-    schema: str = ""
-
-    @property
-    def settings(self) -> Settings:
-        return dataclasses.replace(super().settings, database_url=pg_url(self.schema))
+from tests.store.store_support import create_schema, drop_schema, pg_admin
 
 
 async def stored_drains(coord: Harness) -> list[tuple[str, str]]:

@@ -137,6 +137,20 @@ async def test_a_state_emptied_is_not_counted(store: Store) -> None:
     assert await store.count_by_state() == {JobState.CANCELED: 1}
 
 
+async def test_jobs_written_without_events_are_counted(store: Store) -> None:
+    """The store asks no event of a unit that changes jobs (the scheduler writes one; a unit need not)."""
+    jobs = [make_job(f"job-{i}") for i in range(3)]
+    unit = UnitOfWork()
+    for job in jobs:
+        unit.add_new_job(job)
+    await store.commit(unit)
+    unit = UnitOfWork()
+    transition(jobs[0], JobState.CANCELED, T0 + 1, reason="CANCELED_BY_CLIENT")
+    unit.add_update(jobs[0], JobState.QUEUED)
+    await store.commit(unit)
+    assert await store.count_by_state() == {JobState.QUEUED: 2, JobState.CANCELED: 1}
+
+
 def old_jobs() -> list[Job]:
     states = list(JobState)
     return [make_job(f"old-{i:03d}", state=states[i % len(states)], created_us=T0 + i) for i in range(120)]
