@@ -215,9 +215,7 @@ async def _in_daemon_thread(call: Callable[[], Any], name: str) -> Any:
 EX_DATAERR = 65  # sysexits.h: a command exiting with it says its input is wrong (INVALID_INPUT, for good)
 STDERR_TAIL_BYTES = 64 << 10  # the end of a command's stderr kept for its failure message
 PIPES_GRACE_S = 5.0  # the command and its process group gone: how long its pipes may take to close
-KILLED_EXIT_WAIT_S = (
-    5.0  # a SIGKILLed command: how long its end may take to be seen (more: the kernel is stuck on it)
-)
+KILLED_EXIT_WAIT_S = 5.0  # a SIGKILLed command: how long its end may take to be seen (the kernel ends it)
 
 
 class _Collect(asyncio.SubprocessProtocol):
