@@ -653,6 +653,13 @@ class Scheduler(UndoFailedCommits):
         await self._commit(pending)
         return job
 
+    async def transitions_since(self, since_us: int) -> dict[str, int]:
+        """Transitions from since_us on, by kind (GetStats' windows): counted in memory once the hour before this
+        start is (_seed_recent); until then read from the store's events."""
+        if self.recent.seeded:
+            return self.recent.since(since_us)
+        return await self.store.count_transitions_since(since_us)
+
     async def list_jobs(self, flt: JobFilter, limit: int, before: str | None) -> list[Job]:
         rows = {job.job_id: job for job in await self.store.list_jobs(flt, limit, before)}
         # The store may lag memory by the writes in flight, which may yet fail: wait for those of the page's

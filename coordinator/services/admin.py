@@ -66,10 +66,7 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
         sessions = list(s.by_miner.values())
         windows = []
         for seconds in WINDOWS_S:
-            since = now - seconds * 1_000_000
-            # (counted in memory once the hour before the start is; a scan of the events until then)
-            c = s.recent.since(since) if s.recent.seeded else await s.store.count_transitions_since(since)
-            w = pb.WindowCounts(**c)
+            w = pb.WindowCounts(**await s.transitions_since(now - seconds * 1_000_000))
             w.window.FromSeconds(seconds)
             windows.append(w)
         hour_ago = now - 3600 * 1_000_000
