@@ -98,6 +98,24 @@ async def postgres_schema_of_version(schema: str, version: int) -> asyncpg.Conne
     return admin
 
 
+def sqlite_store_of_version_with_jobs(path: Path, version: int, jobs: list[Job]) -> None:
+    """A SQLite store of schema `version` holding jobs (written as its writer wrote them)."""
+    conn = sqlite_store_of_version(path, version)
+    try:
+        conn.executemany(SQLITE_INSERT_JOB, job_rows(jobs))
+    finally:
+        conn.close()
+
+
+async def postgres_schema_of_version_with_jobs(schema: str, version: int, jobs: list[Job]) -> None:
+    """The PostgreSQL store in `schema` of schema `version`, holding jobs."""
+    admin = await postgres_schema_of_version(schema, version)
+    try:
+        await admin.executemany(PG_INSERT_JOB, job_rows(jobs))
+    finally:
+        await admin.close()
+
+
 @dataclass
 class Backend:
     """Where a store lives: open as many stores on it as a test needs, or write to it behind their back."""

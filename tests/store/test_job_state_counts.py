@@ -15,17 +15,14 @@ from coordinator.domain.model import Job, JobState
 from coordinator.store import Store, UnitOfWork, open_store
 
 from .store_support import (
-    PG_INSERT_JOB,
-    SQLITE_INSERT_JOB,
     T0,
     Backend,
     create_schema,
     drop_schema,
-    job_rows,
     make_job,
     pg_url,
-    postgres_schema_of_version,
-    sqlite_store_of_version,
+    postgres_schema_of_version_with_jobs,
+    sqlite_store_of_version_with_jobs,
     submitted_event,
     transition,
 )
@@ -158,9 +155,7 @@ def old_jobs() -> list[Job]:
 
 async def test_a_sqlite_store_written_before_the_counts_gets_them_from_its_jobs(tmp_path: Path) -> None:
     jobs = old_jobs()
-    conn = sqlite_store_of_version(tmp_path / "old.db", 6)
-    conn.executemany(SQLITE_INSERT_JOB, job_rows(jobs))
-    conn.close()
+    sqlite_store_of_version_with_jobs(tmp_path / "old.db", 6, jobs)
     store = open_store(f"sqlite:///{tmp_path / 'old.db'}")
     await store.open()
     try:
@@ -173,11 +168,7 @@ async def test_a_postgres_store_written_before_the_counts_gets_them_from_its_job
     jobs = old_jobs()
     schema = await create_schema()
     try:
-        admin = await postgres_schema_of_version(schema, 6)
-        try:
-            await admin.executemany(PG_INSERT_JOB, job_rows(jobs))
-        finally:
-            await admin.close()
+        await postgres_schema_of_version_with_jobs(schema, 6, jobs)
         store = open_store(pg_url(schema))
         await store.open()
         try:

@@ -19,17 +19,14 @@ from coordinator.store import Store, open_store
 from coordinator.store.base import JobFilter
 
 from .store_support import (
-    PG_INSERT_JOB,
-    SQLITE_INSERT_JOB,
     T0,
     create_schema,
     drop_schema,
-    job_rows,
     make_job,
     pg_admin,
     pg_url,
-    postgres_schema_of_version,
-    sqlite_store_of_version,
+    postgres_schema_of_version_with_jobs,
+    sqlite_store_of_version_with_jobs,
 )
 
 OLD_VERSION = 7  # the last schema with jobs_client (client_id, job_id) and jobs_miner (miner_id, job_id)
@@ -110,9 +107,7 @@ async def check_every_listing(upgraded: Upgraded) -> None:
 @pytest.fixture
 async def sqlite_upgraded(tmp_path: Path) -> AsyncIterator[Upgraded]:
     jobs = old_jobs()
-    conn = sqlite_store_of_version(tmp_path / "old.db", OLD_VERSION)
-    conn.executemany(SQLITE_INSERT_JOB, job_rows(jobs))
-    conn.close()
+    sqlite_store_of_version_with_jobs(tmp_path / "old.db", OLD_VERSION, jobs)
     store = open_store(f"sqlite:///{tmp_path / 'old.db'}")
     await store.open()
     try:
@@ -134,11 +129,7 @@ async def postgres_upgraded() -> AsyncIterator[Upgraded]:
     jobs = old_jobs()
     schema = await create_schema()
     try:
-        admin = await postgres_schema_of_version(schema, OLD_VERSION)
-        try:
-            await admin.executemany(PG_INSERT_JOB, job_rows(jobs))
-        finally:
-            await admin.close()
+        await postgres_schema_of_version_with_jobs(schema, OLD_VERSION, jobs)
         store = open_store(pg_url(schema))
         await store.open()
         try:
