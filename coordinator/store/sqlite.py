@@ -2,7 +2,7 @@
 
 Why a writer thread of our own: aiosqlite costs ~250 us per awaited statement here, so one round trip per
 job would cap throughput far below the target. The writer takes every unit of work queued since its last
-commit, writes each table with one executemany, commits once, then wakes all waiters: the cost of a commit
+commit, writes each table with multi-row statements, commits once, then wakes all waiters: the cost of a commit
 (and its fsync) is shared by the whole group.
 """
 
@@ -408,16 +408,15 @@ _UPDATE_TAIL = (
 )
 
 
-_ADD_TO_BALANCE = (
-    "INSERT INTO account_balances VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (account_id, kind) DO UPDATE SET "
+# Upserts of summed rows (one per account, one per state), several rows a statement like the inserts: a row's
+# key is in at most one row of a group, and SQLite applies a statement's rows in order anyway.
+_ADD_TO_BALANCE_TAIL = (
+    " ON CONFLICT (account_id, kind) DO UPDATE SET "
     "amount_whole = amount_whole + excluded.amount_whole, amount_rest = amount_rest + excluded.amount_rest, "
     "receipts = receipts + excluded.receipts, units_whole = units_whole + excluded.units_whole, "
     "units_rest = units_rest + excluded.units_rest, updated_us = max(updated_us, excluded.updated_us)"
 )
-
-_ADD_TO_STATE_COUNT = (
-    "INSERT INTO job_state_counts VALUES (?,?) ON CONFLICT (state) DO UPDATE SET jobs = jobs + excluded.jobs"
-)
+_ADD_TO_STATE_COUNT_TAIL = " ON CONFLICT (state) DO UPDATE SET jobs = jobs + excluded.jobs"
 
 
 def _write_units(conn: sqlite3.Connection, units: list[UnitOfWork]) -> None:
@@ -449,10 +448,10 @@ def _write_units(conn: sqlite3.Connection, units: list[UnitOfWork]) -> None:
         _execute_rows(conn, "INSERT INTO ledger_entries (account_id, kind, receipt_id, amount_nano, units_nano, booked_us)", 6,
                       [(e.account_id, e.kind, e.receipt_id, e.amount_nano, e.units_nano, e.booked_us) for e in ledger])  # fmt: skip
     if ledger:
-        conn.executemany(_ADD_TO_BALANCE, balance_rows(units))
+        _execute_rows(conn, "INSERT INTO account_balances", 8, balance_rows(units), _ADD_TO_BALANCE_TAIL)
     moves = state_count_rows(units)  # (a unit may change jobs with no event: the store does not ask for one)
     if moves:
-        conn.executemany(_ADD_TO_STATE_COUNT, moves)
+        _execute_rows(conn, "INSERT INTO job_state_counts", 2, moves, _ADD_TO_STATE_COUNT_TAIL)
     checkpoints = [c for u in units for c in u.checkpoints]
     if checkpoints:
         conn.executemany(

@@ -15,7 +15,7 @@ from coordinator.domain.model import JobState
 from coordinator.store import UnitOfWork
 from coordinator.store.base import DependencyFailed, LedgerEntry
 from coordinator.store.schema import MIGRATIONS
-from coordinator.store.sqlite import _UPDATE_HEAD, _UPDATE_TAIL, SqliteStore, _values_sql
+from coordinator.store.sqlite import _UPDATE_HEAD, _UPDATE_TAIL, SqliteStore, _values_sql, _write_units
 
 from .store_support import T0, make_job, submitted_event
 
@@ -121,3 +121,39 @@ async def test_a_unit_failing_outside_sqlite_fails_alone(tmp_path: Path) -> None
         assert await store.get_job("job-good") is not None and await store.get_job("job-bad") is None
     finally:
         await store.close()
+
+
+def test_summed_rows_are_upserted_several_to_a_statement(tmp_path: Path) -> None:
+    """A group's balance rows (one per account booked) and state counts (one per state moved) went one
+    statement per row (executemany), each step a GIL hand-off: a group paying 16 miners made 17 more."""
+    conn = sqlite3.connect(tmp_path / "s.db")
+    for script in MIGRATIONS:
+        conn.executescript(script)
+    unit = UnitOfWork()
+    moved = [JobState.ASSIGNED, JobState.RUNNING, JobState.COMPLETED, JobState.FAILED, JobState.CANCELED]
+    for i, state in enumerate(moved):
+        job = make_job(f"job-{i}")
+        unit.add_new_job(job)  # +1 QUEUED
+        unit.add_update(dataclasses.replace(job, state=state), JobState.QUEUED)  # -1 QUEUED, +1 state
+    accounts = [f"miner-{i:02d}" for i in range(40)]
+    for i, account in enumerate(accounts):
+        unit.ledger.append(LedgerEntry(account, "miner", f"rc-{i}", 1_000 + i, 7, T0 + i))
+        unit.ledger.append(LedgerEntry(account, "miner", f"rc-{i}-b", 500, 3, T0 + 100))
+    conn.execute("INSERT INTO account_balances VALUES ('miner-00', 'miner', 0, 5, 1, 0, 2, ?)", (T0 + 500,))
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    with conn:
+        _write_units(conn, [unit])
+    conn.set_trace_callback(None)
+
+    def touching(table: str) -> int:
+        return sum(1 for s in statements if s.startswith(f"INSERT INTO {table}"))
+
+    assert touching("account_balances") == 2, statements  # 40 rows: 32 + 8
+    assert touching("job_state_counts") == 2, statements  # 5 states moved (QUEUED's +5 -5 is none): 4 + 1
+    balances = {row[0]: row[1:] for row in conn.execute(
+        "SELECT account_id, amount_rest, receipts, units_rest, updated_us FROM account_balances")}  # fmt: skip
+    assert balances["miner-00"] == (1_505, 3, 12, T0 + 500)  # added to the row already there
+    assert balances["miner-39"] == (1_539, 2, 10, T0 + 100)
+    counts = dict(conn.execute("SELECT state, jobs FROM job_state_counts WHERE jobs <> 0"))
+    assert counts == {int(s): 1 for s in moved}
