@@ -54,22 +54,38 @@ ROWS: list[tuple[str, str, str, str, Any]] = [
     ("submit_only_coord_cpu_us_per_job", "2     its coordinator CPU per call", "us", "", None),
     ("e2e_unary_coord_cpu_us_per_job", "2   CPU per job: coordinator", "us", "", None),
     ("e2e_unary_coord_loop_cpu_us_per_job", "2     of which its event loop thread", "us", "", None),
+    (
+        "e2e_unary_coord_busiest_thread_cpu_us_per_job",
+        "2     its busiest other thread (writer)",
+        "us",
+        "",
+        None,
+    ),
     ("e2e_unary_client_cpu_us_per_job", "2   CPU per job: client", "us", "", None),
     ("e2e_unary_miners_cpu_us_per_job", "2   CPU per job: miners", "us", "", None),
     ("e2e_unary_cpu_ceiling_jobs_per_s", "2   ceiling: all cores at this CPU/job", "jobs/s", "", None),
     ("e2e_unary_loop_ceiling_jobs_per_s", "2   ceiling: its loop thread always busy", "jobs/s", "", None),
     ("e2e_unary_cores_used", "2   cores all processes used", "cores", "", None),
     ("e2e_unary_loop_busy", "2   share of the time its loop ran", "", "", None),
+    ("e2e_unary_loop_runqueue", "2   share its loop waited for a free core", "", "", None),
     ("e2e_batched_jobs_per_s", "3 end to end, batched (receipts)", "jobs/s", ">= 6000", lambda v: v >= 6000),
     ("e2e_batched_ratio_to_pipeline", "3   ratio to the bare job pipeline", "", "", None),
     ("e2e_batched_coord_cpu_us_per_job", "3   CPU per job: coordinator", "us", "", None),
     ("e2e_batched_coord_loop_cpu_us_per_job", "3     of which its event loop thread", "us", "", None),
+    (
+        "e2e_batched_coord_busiest_thread_cpu_us_per_job",
+        "3     its busiest other thread (writer)",
+        "us",
+        "",
+        None,
+    ),
     ("e2e_batched_client_cpu_us_per_job", "3   CPU per job: client", "us", "", None),
     ("e2e_batched_miners_cpu_us_per_job", "3   CPU per job: miners", "us", "", None),
     ("e2e_batched_cpu_ceiling_jobs_per_s", "3   ceiling: all cores at this CPU/job", "jobs/s", "", None),
     ("e2e_batched_loop_ceiling_jobs_per_s", "3   ceiling: its loop thread always busy", "jobs/s", "", None),
     ("e2e_batched_cores_used", "3   cores all processes used", "cores", "", None),
     ("e2e_batched_loop_busy", "3   share of the time its loop ran", "", "", None),
+    ("e2e_batched_loop_runqueue", "3   share its loop waited for a free core", "", "", None),
     ("latency_rate_per_s", "4 latency: open-loop submit rate", "jobs/s", "", None),
     ("submit_p50_ms", "4   submit call p50", "ms", "<= 2", lambda v: v <= 2),
     ("submit_p99_ms", "4   submit call p99", "ms", "", None),
@@ -171,6 +187,9 @@ def ceilings(figures: dict[str, Any], cpus: int) -> None:
             figures[f"{prefix}_loop_ceiling_jobs_per_s"] = 1e6 / loop
             if rate:
                 figures[f"{prefix}_loop_busy"] = rate * loop / 1e6  # the share of the run its loop thread ran
+        waited = figures.get(f"{prefix}_coord_loop_runqueue_us_per_job")
+        if waited is not None and rate:  # runnable with every core taken: the machine, not the coordinator
+            figures[f"{prefix}_loop_runqueue"] = rate * waited / 1e6
 
 
 def fmt(value: float) -> str:

@@ -84,6 +84,26 @@ def cpu_seconds_of(stat: Path) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def threads_cpu_seconds(pid: int) -> dict[int, float]:
+    """CPU time of each of a process's threads, by thread id (threads gone meanwhile are left out)."""
+    out: dict[int, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out[int(task.name)] = cpu_seconds_of(task / "stat")
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def runqueue_wait_seconds(pid: int, tid: int) -> float | None:
+    """Time a thread spent runnable but waiting for a core (/proc/PID/task/TID/schedstat's second field;
+    None where the kernel keeps no such statistics)."""
+    try:
+        return int((Path(f"/proc/{pid}/task/{tid}/schedstat")).read_text().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class Worker:
     """One `python -m bench.worker ROLE` process."""
 

@@ -22,7 +22,9 @@ from .procs import (
     free_port,
     main_thread_cpu_seconds,
     miner_key,
+    runqueue_wait_seconds,
     stop_all,
+    threads_cpu_seconds,
 )
 
 
@@ -172,11 +174,23 @@ class Cpu:
     def _now(self) -> dict[str, float]:
         out = {k: sum(cpu_seconds(p) for p in pids) for k, pids in self.pids.items()}
         out["coord_loop"] = main_thread_cpu_seconds(self.coord_pid)
+        self.threads = threads_cpu_seconds(self.coord_pid)
+        self.loop_wait = runqueue_wait_seconds(self.coord_pid, self.coord_pid)
         return out
 
     def per_job(self, prefix: str, jobs: int) -> dict[str, float]:
+        threads, loop_wait = self.threads, self.loop_wait
         now = self._now()
-        return {f"{prefix}_{k}_cpu_us_per_job": (now[k] - self.start[k]) / jobs * 1e6 for k in now}
+        out = {f"{prefix}_{k}_cpu_us_per_job": (now[k] - self.start[k]) / jobs * 1e6 for k in now}
+        # The busiest thread besides the loop: the SQLite writer, in these runs (Python names no OS thread).
+        others = [
+            self.threads[t] - threads[t] for t in self.threads.keys() & threads.keys() if t != self.coord_pid
+        ]
+        if others:
+            out[f"{prefix}_coord_busiest_thread_cpu_us_per_job"] = max(others) / jobs * 1e6
+        if loop_wait is not None and self.loop_wait is not None:  # (runnable, no core free: see ceilings)
+            out[f"{prefix}_coord_loop_runqueue_us_per_job"] = (self.loop_wait - loop_wait) / jobs * 1e6
+        return out
 
 
 # --------------------------------------------------------------------------------------------- 1. baseline

@@ -3,9 +3,13 @@ the coordinator's loop thread alone would be saturated (bench/README "What bound
 
 from __future__ import annotations
 
+import os
+import threading
+
 import pytest
 
 from bench.__main__ import ceilings
+from bench.procs import runqueue_wait_seconds, threads_cpu_seconds
 
 
 def test_cpu_ceiling_is_every_core_over_the_cpu_of_all_processes_per_job():
@@ -29,3 +33,21 @@ def test_no_ceiling_from_a_scenario_measured_in_part():
     ceilings(figures, cpus=2)
     assert "e2e_unary_cpu_ceiling_jobs_per_s" not in figures  # (the miners' share is missing: no figure)
     assert "e2e_unary_loop_ceiling_jobs_per_s" not in figures
+
+
+def test_loop_runqueue_share_is_the_rate_times_its_wait_per_job():
+    figures = {
+        "e2e_batched_jobs_per_s": 4000.0,
+        "e2e_batched_coord_loop_cpu_us_per_job": 180.0,
+        "e2e_batched_coord_loop_runqueue_us_per_job": 40.0,
+    }
+    ceilings(figures, cpus=2)
+    assert figures["e2e_batched_loop_runqueue"] == pytest.approx(0.16)  # 4,000 x 40 us a second
+
+
+def test_thread_figures_read_this_process_threads():
+    threads = threads_cpu_seconds(os.getpid())
+    assert threading.get_native_id() in threads and all(t >= 0 for t in threads.values())
+    waited = runqueue_wait_seconds(os.getpid(), threading.get_native_id())
+    assert waited is None or waited >= 0
+    assert runqueue_wait_seconds(os.getpid(), 1 << 30) is None  # no such thread
