@@ -23,7 +23,7 @@ from ..domain.ids import uuid7
 from ..domain.matching import eligible, split_price
 from ..domain.model import Capabilities, Constraints, Event, Job, JobResult, JobState, PayloadKind
 from ..logs import info_later
-from ..store.base import DependencyFailed, DrainRow, JobFilter, Store, UnitOfWork
+from ..store.base import DependencyFailed, DrainRow, JobFilter, JobPage, Store, UnitOfWork
 from .pending import Pending as _Pending
 from .queues import Reach, ReadyQueues
 from .recent import SPAN_S as RECENT_SPAN_S
@@ -660,8 +660,10 @@ class Scheduler(UndoFailedCommits):
             return self.recent.since(since_us)
         return await self.store.count_transitions_since(since_us)
 
-    async def list_jobs(self, flt: JobFilter, limit: int, before: str | None) -> list[Job]:
-        rows = {job.job_id: job for job in await self.store.list_jobs(flt, limit, before)}
+    async def list_jobs(self, flt: JobFilter, limit: int, before: str | None) -> JobPage:
+        """The store's page, its jobs as live as memory knows them; where the store stopped looking, as it said."""
+        page = await self.store.list_jobs(flt, limit, before)
+        rows = {job.job_id: job for job in page.jobs}
         # The store may lag memory by the writes in flight, which may yet fail: wait for those of the page's
         # jobs and read them again (a few rounds: while one is waited for, another may start a write).
         for _ in range(3):
@@ -674,10 +676,11 @@ class Scheduler(UndoFailedCommits):
                 rows[job_id] = await self.store.get_job(job_id) or rows[job_id]
         # No await from here: a live job with no write in flight is as stored or newer; one being written is
         # answered as stored.
-        return [
+        jobs = [
             live if (live := self.jobs.get(job_id)) is not None and job_id not in self._unsettled else row
             for job_id, row in rows.items()
         ]
+        return JobPage(jobs, page.scanned_to)
 
     # ------------------------------------------------------------------ miners: sessions
     def open_session(

@@ -87,8 +87,9 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
                         states=states_filter(request.states))  # fmt: skip
         size = page_size(request.page_size)
         after = decode_page_token(request.page_token, flt)
-        jobs = await self.scheduler.list_jobs(flt, size + 1, after)
-        messages, token = page_of(jobs, size, flt, lambda j: job_message(j, with_payload=False))
+        # (by client and miner, a page may hold fewer jobs than size, even none, and a token: see page_of)
+        page = await self.scheduler.list_jobs(flt, size + 1, after)
+        messages, token = page_of(page, size, flt, lambda j: job_message(j, with_payload=False))
         return pb.AdminServiceListJobsResponse(jobs=messages, next_page_token=token)
 
     async def ListMiners(

@@ -22,7 +22,7 @@ from ..domain.pricing import quote_cost
 from ..domain.validation import Limits, check_constraints, check_decimal, check_id, raise_if
 from ..scheduler.engine import Scheduler
 from ..security.interceptor import identity
-from ..store.base import JobFilter
+from ..store.base import JobFilter, JobPage
 from .convert import constraints_from, event_message, job_message, job_spec, result_message
 
 MAX_RESULT_WAIT_S = 900.0
@@ -65,11 +65,11 @@ def page_size(requested: int) -> int:
 PAGE_BYTES = 4 << 20
 
 
-def page_of(
-    jobs: list[Job], size: int, flt: JobFilter, message: Callable[[Job], Any]
-) -> tuple[list[Any], str]:
+def page_of(page: JobPage, size: int, flt: JobFilter, message: Callable[[Job], Any]) -> tuple[list[Any], str]:
     """The messages of a page of jobs (list_jobs asked for size + 1) and the token of the next page ("" if last):
-    at most size jobs, and fewer if they would pass PAGE_BYTES (one at least, whatever its size)."""
+    at most size jobs, and fewer if they would pass PAGE_BYTES (one at least, whatever its size), or if the store
+    stopped looking short of them (JobPage.scanned_to; AIP-158: fewer than page_size, even none, with a token)."""
+    jobs = page.jobs
     out: list[Any] = []
     total = 0
     for i, job in enumerate(jobs[:size]):
@@ -78,7 +78,9 @@ def page_of(
         if out and total > PAGE_BYTES:
             return out, encode_page_token(jobs[i - 1].job_id, flt)
         out.append(m)
-    return out, encode_page_token(jobs[size - 1].job_id, flt) if len(jobs) > size else ""
+    if len(jobs) > size:
+        return out, encode_page_token(jobs[size - 1].job_id, flt)
+    return out, encode_page_token(page.scanned_to, flt) if page.scanned_to else ""
 
 
 def encode_page_token(last_job_id: str, flt: JobFilter) -> str:
@@ -188,8 +190,8 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         flt = JobFilter(client_id=identity().name, states=states_filter(request.states))
         size = page_size(request.page_size)
         after = decode_page_token(request.page_token, flt)
-        jobs = await self.scheduler.list_jobs(flt, size + 1, after)
-        messages, token = page_of(jobs, size, flt, job_message)
+        page = await self.scheduler.list_jobs(flt, size + 1, after)  # (a client's own: never stops short)
+        messages, token = page_of(page, size, flt, job_message)
         return pb.ListJobsResponse(jobs=messages, next_page_token=token)
 
     async def WatchJob(self, request: pb.WatchJobRequest, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]

@@ -396,6 +396,17 @@ class JobFilter:
     states: frozenset[JobState] = frozenset()
 
 
+@dataclass(frozen=True, slots=True)
+class JobPage:
+    """What list_jobs found: jobs (newest first, at most the limit asked) and, when the store stopped looking
+    short of the listing's end (a client's jobs on a miner: a bounded walk per call), where. Every matching job
+    with an id >= scanned_to is in jobs (up to the limit); the listing goes on below it (before_job_id=scanned_to,
+    when jobs did not fill the limit). None: the store looked as far as the limit needed."""
+
+    jobs: list[Job]
+    scanned_to: str | None = None
+
+
 class Store(ABC):
     """Durable state of the coordinator. Implementations: `SqliteStore`, `PostgresStore`."""
 
@@ -443,8 +454,9 @@ class Store(ABC):
         scan of them all)."""
 
     @abstractmethod
-    async def list_jobs(self, flt: JobFilter, limit: int, before_job_id: str | None) -> list[Job]:
-        """Jobs matching flt, newest first, with job_id < before_job_id when given."""
+    async def list_jobs(self, flt: JobFilter, limit: int, before_job_id: str | None) -> JobPage:
+        """Jobs matching flt, newest first, with job_id < before_job_id when given: up to limit, and fewer (even
+        none) when the store stopped at JobPage.scanned_to (a client's jobs on a miner only)."""
 
     @abstractmethod
     async def load_active_jobs(self) -> list[Job]:

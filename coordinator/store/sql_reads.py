@@ -16,6 +16,7 @@ from .base import (
     NANO_SPLIT,
     CheckpointRow,
     JobFilter,
+    JobPage,
     KeyRow,
     ReceiptRow,
     Store,
@@ -34,6 +35,10 @@ def numbered(sql: str) -> str:
 KEYS_PER_LOOKUP = (
     500  # idempotency keys per query (well within SQLite's and PostgreSQL's bound on parameters)
 )
+# A client's jobs on a miner (admin ListJobs, both filters): the miner's index entries one call examines per state.
+# No index holds both (one more would cost the writer on every state change), so a call walks the miner's and may
+# stop short of a full page (_page_of_client_on_miner).
+SCAN_CAP = 1000
 
 
 def _where(conditions: list[str]) -> str:
@@ -59,6 +64,41 @@ def _page_by_state(
     keys = f"{' UNION ALL '.join(branches)} ORDER BY job_id DESC LIMIT ?"
     sql = f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_id IN ({keys}) ORDER BY job_id DESC"
     return sql, [*args, limit]
+
+
+def _walk_of_miner(state_walk: int, before: str | None) -> str:
+    """The newest SCAN_CAP keys (and clients) of a miner's jobs in a state, below the page's start: a backward
+    walk of jobs_miner_state."""
+    below = " AND job_id < ?" if before else ""
+    return (
+        f"SELECT job_id, client_id, {state_walk} AS walk FROM (SELECT job_id, client_id FROM jobs "
+        f"WHERE miner_id = ? AND state = ?{below} ORDER BY job_id DESC LIMIT ?) AS w{state_walk}"
+    )
+
+
+def _page_of_client_on_miner(
+    client_id: str, miner_id: str, states: Sequence[JobState], limit: int, before: str | None
+) -> tuple[str, list[Any]]:
+    """A page of a client's jobs on a miner, newest first, each row ending with the frontier (NULL if none): per
+    state, at most SCAN_CAP of the miner's index entries are examined and the client's kept. Where a walk hit
+    the cap, what lies below it is unknown: the page stops at the frontier, the largest of the lowest ids of the
+    walks that hit it. Every matching job from the frontier up is known (each walk went down to it at least),
+    none below it is listed. One row with the frontier and NULL columns when the page is empty. Keys first, as in
+    _page_by_state: rows not in the page are never read whole (only their client_id, to filter)."""
+    walks: list[str] = []
+    args: list[Any] = []
+    for i, state in enumerate(states):
+        walks.append(_walk_of_miner(i, before))
+        args.extend([miner_id, int(state), *([before] if before else []), SCAN_CAP])
+    sql = (
+        f"WITH walked AS ({' UNION ALL '.join(walks)}), "
+        "frontier AS (SELECT max(lowest) AS edge FROM (SELECT min(job_id) AS lowest FROM walked "
+        "GROUP BY walk HAVING count(*) = ?) AS capped) "
+        f"SELECT page.*, frontier.edge FROM frontier LEFT JOIN (SELECT {JOB_COLUMNS} FROM jobs WHERE job_id IN "
+        "(SELECT job_id FROM walked, frontier WHERE client_id = ? AND (edge IS NULL OR job_id >= edge) "
+        "ORDER BY job_id DESC LIMIT ?)) AS page ON TRUE ORDER BY page.job_id DESC"
+    )
+    return sql, [*args, SCAN_CAP, client_id, limit]
 
 
 class SqlReads(Store):
@@ -113,7 +153,11 @@ class SqlReads(Store):
             )
         return [(r[0], r[1]) for r in rows]
 
-    async def list_jobs(self, flt: JobFilter, limit: int, before_job_id: str | None) -> list[Job]:
+    async def list_jobs(self, flt: JobFilter, limit: int, before_job_id: str | None) -> JobPage:
+        # none asked: all seven (no index orders a client's or a miner's jobs by job_id alone)
+        states = sorted(flt.states) or list(JobState)
+        if flt.client_id is not None and flt.miner_id is not None:
+            return await self._list_client_on_miner(flt.client_id, flt.miner_id, states, limit, before_job_id)
         where: list[str] = []
         params: list[Any] = []
         if flt.client_id is not None:
@@ -127,10 +171,17 @@ class SqlReads(Store):
             params.append(before_job_id)
         if flt.client_id is None and flt.miner_id is None and not flt.states:  # the jobs' own key, backward
             sql = f"SELECT {JOB_COLUMNS} FROM jobs {_where(where)} ORDER BY job_id DESC LIMIT ?"
-            return [job_from_row(r) for r in await self._query(sql, *params, limit)]
-        # a client's or a miner's jobs with no states asked: all seven (no index orders them by job_id alone)
-        sql, args = _page_by_state(where, params, sorted(flt.states) or list(JobState), limit)
-        return [job_from_row(r) for r in await self._query(sql, *args)]
+            return JobPage([job_from_row(r) for r in await self._query(sql, *params, limit)])
+        sql, args = _page_by_state(where, params, states, limit)
+        return JobPage([job_from_row(r) for r in await self._query(sql, *args)])
+
+    async def _list_client_on_miner(
+        self, client_id: str, miner_id: str, states: Sequence[JobState], limit: int, before: str | None
+    ) -> JobPage:
+        sql, args = _page_of_client_on_miner(client_id, miner_id, states, limit, before)
+        rows = await self._query(sql, *args)
+        frontier = rows[0][-1] if rows else None
+        return JobPage([job_from_row(r) for r in rows if r[0] is not None], frontier)
 
     async def load_active_jobs(self) -> list[Job]:
         rows = await self._load(f"SELECT {JOB_COLUMNS} FROM jobs WHERE state IN (1, 2, 3) ORDER BY job_id")

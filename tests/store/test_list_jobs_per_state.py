@@ -73,11 +73,12 @@ async def listed(store: Store, flt: JobFilter) -> list[list[str]]:
     pages: list[list[str]] = []
     before = None
     while True:
-        rows = await store.list_jobs(flt, PAGE + 1, before)
-        pages.append([j.job_id for j in rows[:PAGE]])
-        if len(rows) <= PAGE:
+        page = await store.list_jobs(flt, PAGE + 1, before)
+        assert page.scanned_to is None, "150 jobs: no walk of a client's jobs on a miner reaches SCAN_CAP"
+        pages.append([j.job_id for j in page.jobs[:PAGE]])
+        if len(page.jobs) <= PAGE:
             return pages
-        before = rows[PAGE - 1].job_id
+        before = page.jobs[PAGE - 1].job_id
 
 
 def filters() -> Iterator[JobFilter]:

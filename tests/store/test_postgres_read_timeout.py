@@ -89,7 +89,7 @@ async def test_a_read_never_answered_fails_as_the_store_unreachable_and_reads_re
             asyncio.ensure_future(asyncio.gather(*(store.get_job("job-2") for _ in range(4))))
         )
         assert [j.job_id for j in jobs] == ["job-2"] * 4
-        assert [j.job_id for j in await store.list_jobs(JobFilter(), 10, None)] == ["job-2", "job-1"]
+        assert [j.job_id for j in (await store.list_jobs(JobFilter(), 10, None)).jobs] == ["job-2", "job-1"]
     finally:
         await store.close()
 

@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 
 from coordinator.domain.model import Constraints, JobState
+from coordinator.store import sql_reads
 from coordinator.store.base import JobFilter
 from coordinator.store.sqlite import _UPDATE_HEAD, _UPDATE_TAIL, _UPDATED, SqliteStore, _values_sql
 
@@ -214,6 +215,24 @@ def _listing(
     return make
 
 
+def _capped(
+    cap: int, listing: Callable[[Path], Callable[[SqliteStore], Awaitable[Any]]]
+) -> Callable[[Path], Callable[[SqliteStore], Awaitable[Any]]]:
+    """A listing run with sql_reads.SCAN_CAP set to cap (for the call only)."""
+
+    def make(path: Path) -> Callable[[SqliteStore], Awaitable[Any]]:
+        call = listing(path)
+
+        async def capped(store: SqliteStore) -> Any:
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(sql_reads, "SCAN_CAP", cap)
+                return await call(store)
+
+        return capped
+
+    return make
+
+
 def _with_job(method: str) -> Callable[[Path], Callable[[SqliteStore], Awaitable[Any]]]:
     def make(path: Path) -> Callable[[SqliteStore], Awaitable[Any]]:
         job_id = _some_completed(path)
@@ -243,6 +262,9 @@ PER_CALL = {
     "list: client, one state": _listing(JobFilter(client_id="bob", states=frozenset({S.COMPLETED}))),
     "list: admin, one state": _listing(JobFilter(states=frozenset({S.FAILED}))),
     "list: admin, a miner": _listing(JobFilter(miner_id="miner-3")),
+    "list: admin, a client's jobs on a miner": _capped(
+        50, _listing(JobFilter(client_id="carol", miner_id="miner-3"))
+    ),
 }
 
 
@@ -313,15 +335,18 @@ BOUNDED = [
         id="list: admin, client and miner",
     ),
     pytest.param(_listing(JobFilter(states=ENDED_BADLY)), id="list: admin, ended badly"),
-    # Growing still: a client's jobs on a miner (both filters, admin only) walk the miner's jobs in each state,
-    # filtered on client (or the client's, filtered on miner). Bounded only by an index on (client_id, miner_id,
-    # state, job_id): one more index for every insert and state change, for a rare admin query; not made.
+    # A client's jobs on a miner (both filters, admin only) walked the miner's jobs in each state, filtered on
+    # client: its whole history. An index on (client_id, miner_id, state, job_id) would cost every insert and
+    # state change, for a rare admin query: instead a call examines at most SCAN_CAP of the miner's entries per
+    # state and the page may stop short (sql_reads._page_of_client_on_miner). miner-3 ran 150 jobs here (600 on
+    # the big store), carol none of them: the default cap (1000) would not bind, 50 does on both stores.
     pytest.param(
-        _listing(JobFilter(client_id="carol", miner_id="miner-3")),
+        _capped(50, _listing(JobFilter(client_id="carol", miner_id="miner-3"))),
         id="list: admin, a client's jobs on a miner",
-        marks=pytest.mark.xfail(
-            strict=True, reason="admin ListJobs by client and miner reads the miner's whole history"
-        ),
+    ),
+    pytest.param(
+        _capped(50, _listing(JobFilter(client_id="alice", miner_id="miner-3"), before=True)),
+        id="list: admin, a client's jobs on a miner, next page",
     ),
 ]
 

@@ -265,24 +265,24 @@ async def test_list_jobs_newest_first_filters_and_paging(store: Store) -> None:
     jobs = await seed_listing(store)
     everything = sorted(jobs, reverse=True)
     assert everything[:3] == ["job-b", "job-a", "job-B"]
-    listed = await store.list_jobs(JobFilter(), 100, None)
+    listed = (await store.list_jobs(JobFilter(), 100, None)).jobs
     assert [j.job_id for j in listed] == everything
     assert listed[0] == jobs["job-b"]
 
     # paging: pages of 4, each continuing before the last id of the previous page
     pages, before = [], None
     while True:
-        page = await store.list_jobs(JobFilter(), 4, before)
+        page = (await store.list_jobs(JobFilter(), 4, before)).jobs
         if not page:
             break
         pages.append([j.job_id for j in page])
         before = page[-1].job_id
     assert [len(p) for p in pages] == [4, 4, 4, 3]
     assert [job_id for page in pages for job_id in page] == everything
-    assert [j.job_id for j in await store.list_jobs(JobFilter(), 2, "job-10")] == ["job-09", "job-08"]
+    assert [j.job_id for j in (await store.list_jobs(JobFilter(), 2, "job-10")).jobs] == ["job-09", "job-08"]
 
-    def ids(flt_jobs) -> list[str]:
-        return [j.job_id for j in flt_jobs]
+    def ids(page) -> list[str]:  # (a JobPage)
+        return [j.job_id for j in page.jobs]
 
     expect = lambda pred: [k for k in everything if pred(jobs[k])]  # noqa: E731
     assert ids(await store.list_jobs(JobFilter(client_id="bob"), 100, None)) == expect(
@@ -300,7 +300,7 @@ async def test_list_jobs_newest_first_filters_and_paging(store: Store) -> None:
     wanted = expect(lambda j: j.client_id == "alice" and j.miner_id == "m0" and j.state in both.states)
     assert wanted and ids(await store.list_jobs(both, 100, None)) == wanted
     assert ids(await store.list_jobs(both, 1, wanted[0])) == wanted[1:2]
-    assert await store.list_jobs(JobFilter(client_id="nobody"), 10, None) == []
+    assert (await store.list_jobs(JobFilter(client_id="nobody"), 10, None)).jobs == []
 
 
 async def test_load_active_jobs_only_queued_assigned_running(store: Store) -> None:

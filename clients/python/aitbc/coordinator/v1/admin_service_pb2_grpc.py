@@ -79,7 +79,9 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListJobs(self, request, context):
-        """Jobs across all clients, newest first, with filters and paging.
+        """Jobs across all clients, newest first, with filters and paging. A page may hold fewer jobs than page_size,
+        even none, and still have a next_page_token: with both client_id and miner_id, a call examines a bounded
+        number of the miner's jobs (no index holds both) and stops there. Go on while next_page_token is not empty.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
