@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import fcntl
 import functools
+import itertools
 import logging
 import os
 import queue
@@ -398,7 +399,8 @@ def _execute_rows(conn: sqlite3.Connection, head: str, width: int, rows: list, t
     i, n = 0, len(rows)
     while i < n:
         k = min(MAX_ROWS_PER_STATEMENT, 1 << ((n - i).bit_length() - 1))
-        conn.execute(_values_sql(head, width, k, tail), [v for row in rows[i : i + k] for v in row])
+        # (flattened in C: the writer holds the GIL meanwhile, ~0.1 us a row less than a comprehension)
+        conn.execute(_values_sql(head, width, k, tail), list(itertools.chain.from_iterable(rows[i : i + k])))
         i += k
 
 
@@ -439,9 +441,8 @@ def _write_units(conn: sqlite3.Connection, units: list[UnitOfWork]) -> None:
         _execute_rows(conn, "INSERT INTO receipts (receipt_id, job_id, attempt, envelope, leaf_index, issued_us)", 6,
                       [(r.receipt_id, r.job_id, r.attempt, r.envelope, r.leaf_index, r.issued_us) for r in receipts])  # fmt: skip
     tiles = [t for u in units for t in u.tiles]
-    if (
-        tiles
-    ):  # (derived from the leaves: a tile written twice, by a start that found its write lost, is the same)
+    # (derived from the leaves: a tile written twice, by a start that found its write lost, is the same)
+    if tiles:
         conn.executemany("INSERT OR IGNORE INTO log_tiles VALUES (?,?)", tiles)
     ledger = [e for u in units for e in u.ledger]
     if ledger:
