@@ -3,12 +3,16 @@ harness is: the kept count of jobs by state (job_state_counts, schema 7) must be
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 from coord_support import Harness, eventually
 
 from coordinator.config import Settings
-from tests.store.store_support import pg_admin, pg_url
+from tests.store.store_support import create_schema, drop_schema, pg_admin, pg_url
 
 
 async def pg_counts_off(schema: str) -> dict[int, tuple[int, int]]:
@@ -63,3 +67,20 @@ class PgHarness(Harness):
             return await self.state(job_id) == state
 
         await eventually(there, within=within, what=f"job {job_id} stored in state {state}")
+
+
+@contextlib.asynccontextmanager
+async def started(tmp_path: Path, overrides: dict[str, Any], postgres: bool) -> AsyncIterator[Harness]:
+    """The integration coordinator started on a SQLite file, or on a PostgreSQL schema of its own; stopped after
+    (its checks run) and the schema dropped."""
+    schema = await create_schema() if postgres else ""
+    try:
+        coord = PgHarness(tmp_path, overrides, schema=schema) if postgres else Harness(tmp_path, overrides)
+        await coord.start()
+        try:
+            yield coord
+        finally:
+            await coord.stop()
+    finally:
+        if schema:
+            await drop_schema(schema)

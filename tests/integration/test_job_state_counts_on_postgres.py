@@ -24,7 +24,7 @@ from coord_support import (
     eventually,
     rpc_error,
 )
-from pg_harness import PgHarness, pg_counts_off
+from pg_harness import PgHarness, pg_counts_off, started
 from test_failed_commit import held_lock, refuse
 
 from coordinator.domain import states
@@ -40,16 +40,9 @@ from tests.store.test_postgres_commit_reply_error import READY_IDLE, CommitReply
 @pytest.fixture
 async def pg(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[PgHarness]:
     marker = request.node.get_closest_marker("coordinator")
-    schema = await create_schema()
-    coord = PgHarness(tmp_path, dict(marker.kwargs) if marker else {}, schema=schema)
-    try:
-        await coord.start()
-        try:
-            yield coord
-        finally:
-            await coord.stop()
-    finally:
-        await drop_schema(schema)
+    async with started(tmp_path, dict(marker.kwargs) if marker else {}, postgres=True) as coord:
+        assert isinstance(coord, PgHarness)
+        yield coord
 
 
 async def test_counts_hold_through_every_kind_of_end_a_restart_and_a_drain_on_postgres(pg: PgHarness) -> None:

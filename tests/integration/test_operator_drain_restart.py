@@ -19,10 +19,10 @@ import grpc
 import pytest
 from aitbc.coordinator.v1 import admin_service_pb2 as apb
 from coord_support import RUNNING, Harness, StreamMiner, eventually, rpc_error
-from pg_harness import PgHarness
+from pg_harness import PgHarness, started
 from test_failed_commit import held_lock
 
-from tests.store.store_support import create_schema, drop_schema, pg_admin
+from tests.store.store_support import pg_admin
 
 
 async def stored_drains(coord: Harness) -> list[tuple[str, str]]:
@@ -53,21 +53,8 @@ async def job_state(coord: Harness, job_id: str) -> int | None:
 async def harness(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Harness]:
     marker = request.node.get_closest_marker("coordinator")
     overrides = dict(marker.kwargs) if marker else {}
-    if request.param == "sqlite":
-        coord: Harness = Harness(tmp_path, overrides)
-        schema = ""
-    else:
-        schema = await create_schema()
-        coord = PgHarness(tmp_path, overrides, schema=schema)
-    try:
-        await coord.start()
-        try:
-            yield coord
-        finally:
-            await coord.stop()
-    finally:
-        if schema:
-            await drop_schema(schema)
+    async with started(tmp_path, overrides, postgres=request.param == "postgres") as coord:
+        yield coord
 
 
 async def drained_while_running(coord: Harness) -> tuple[StreamMiner, str, int]:
