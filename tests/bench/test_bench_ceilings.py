@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import pytest
 
@@ -51,3 +52,30 @@ def test_thread_figures_read_this_process_threads():
     waited = runqueue_wait_seconds(os.getpid(), threading.get_native_id())
     assert waited is None or waited >= 0
     assert runqueue_wait_seconds(os.getpid(), 1 << 30) is None  # no such thread
+
+
+def test_thread_split_names_the_main_thread_and_the_busiest_other():
+    """Scenario 6's split of the coordinator's CPU: its loop (the main thread) and its busiest other thread."""
+    from bench.scenarios import thread_split
+
+    pid = os.getpid()
+    before = thread_split(pid)
+    done, release = threading.Event(), threading.Event()
+
+    def spin() -> None:  # a thread busy for ~0.3 s of CPU (the writer's part, in the coordinator)
+        end = time.thread_time() + 0.3
+        while time.thread_time() < end:
+            pass
+        done.set()
+        release.wait(10)
+
+    worker = threading.Thread(target=spin)
+    worker.start()
+    done.wait(10)
+    after = thread_split(pid, since=before)  # while it still lives: an ended thread is in no task list
+    release.set()
+    worker.join()
+    assert set(after) == {"cpu", "loop_cpu", "busiest_thread_cpu"}
+    assert after["busiest_thread_cpu"] >= 0.2  # (clock ticks: 10 ms)
+    assert after["cpu"] >= after["loop_cpu"] + after["busiest_thread_cpu"] - 0.02
+    assert after["loop_cpu"] >= 0
