@@ -1,7 +1,9 @@
 """Bounds on every string and list a caller sends, checked on each parsed request (streamed ones included)
-before any servicer sees it. A breach is INVALID_ARGUMENT with one field violation per field, and nothing
-runs. Finer rules (payload size and depth, labels, decimals, ids) stay with the servicers' validation; these
-bounds are the floor under all of it: no field of any message is unbounded.
+before any servicer sees it. A breach is INVALID_ARGUMENT with one field violation per field (the first
+MAX_VIOLATIONS of them, then a count), and nothing runs; a miner's Result is held to them by its servicer, so
+that one result out of bounds is refused alone (CHECKED_BY_SERVICER). Finer rules (payload size and depth,
+labels, decimals, ids) stay with the servicers' validation; these bounds are the floor under all of it: no
+field of any message is unbounded.
 
 Text holds no NUL character (U+0000). Struct payloads are not walked here (their size and depth are the servicers' limits); bytes fields are
 bounded only where named below (payload and result bytes are bounded by MAX_PAYLOAD_BYTES).
@@ -20,6 +22,10 @@ DEFAULT_STRING = 1024  # characters
 NUL = "\x00"
 NO_NUL = "no NUL (U+0000) characters"
 DEFAULT_LIST = 1024  # entries
+# Field violations named at most (a count of the others follows): the status travels in the call's trailers,
+# which a gRPC client refuses past 8 KiB (grpc-core: at random up to 16 KiB, always beyond), ending the call
+# RESOURCE_EXHAUSTED without any details; a SubmitJobs of 1000 entries each out of bounds named 1000 (69 KB).
+MAX_VIOLATIONS = 20
 
 _P = "aitbc.coordinator.v1."
 LIMITS: dict[str, int] = {
@@ -49,8 +55,15 @@ LIMITS: dict[str, int] = {
     _P + "HeartbeatRequest.running_jobs": 4096, _P + "ListJobsRequest.states": 16,
     _P + "AdminServiceListJobsRequest.states": 16, _P + "MinerCapabilities.gpus": 64,
     _P + "MinerCapabilities.models": 256, _P + "Constraints.models": 32,
+    _P + "SubmitJobsRequest.requests": 1000, _P + "Results.results": 1000,  # (Limits.max_batch, as the contract says)
 }  # fmt: skip
 NOT_WALKED = frozenset({"google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"})
+# Bounded by their servicer, not here: a miner's Result, entry by entry (convert.result_in applies these same
+# bounds to each, refused INVALID_RESULT). One out of bounds ended the whole stream, the other results of its
+# Results unanswered: the contract refuses a bad result alone (`ResultAck.reason` INVALID_RESULT), as it does
+# units in any form but a plain decimal. Their message stays bounded by MAX_MESSAGE_BYTES.
+CHECKED_BY_SERVICER = frozenset({_P + "Result"})
+_UNWALKED = NOT_WALKED | CHECKED_BY_SERVICER
 
 _STRING, _BYTES, _MESSAGE = (
     FieldDescriptor.TYPE_STRING,
@@ -60,11 +73,23 @@ _STRING, _BYTES, _MESSAGE = (
 
 
 def check_bounds(message: Message) -> None:
+    raise_if(violations_of(message), "the request")
+
+
+def violations_of(message: Message) -> list[tuple[str, str]]:
+    """message's breaches of these bounds (its own fields walked, even of a type CHECKED_BY_SERVICER), at most
+    MAX_VIOLATIONS of them named."""
     if _within(message):  # the common case: no breach to name, so no field path is built
-        return
+        return []
     violations: list[tuple[str, str]] = []
     _walk(message, "", violations)
-    raise_if(violations, "the request")
+    if len(violations) > MAX_VIOLATIONS + 1:
+        field, description = violations[MAX_VIOLATIONS]
+        more = len(violations) - MAX_VIOLATIONS - 1
+        violations[MAX_VIOLATIONS:] = [
+            (field, f"{description} (and {more} more field violations, not listed)")
+        ]
+    return violations
 
 
 # What _within checks of a field: its kind, its limit, and (repeated strings) each entry's limit. Kept per
@@ -86,7 +111,7 @@ def _plan(field: FieldDescriptor) -> tuple[int, int, int]:
                 keys, values = entry.fields_by_name["key"], entry.fields_by_name["value"]
                 if keys.type == _STRING and values.type == _STRING:
                     kind = _TEXT_MAP
-            elif entry.full_name not in NOT_WALKED:
+            elif entry.full_name not in _UNWALKED:
                 kind = _MANY
         elif field.type == _STRING:
             kind = _TEXTS
@@ -99,7 +124,7 @@ def _plan(field: FieldDescriptor) -> tuple[int, int, int]:
         plan = (_TEXT, LIMITS.get(field.full_name, DEFAULT_STRING), 0)
     elif field.type == _BYTES and LIMITS.get(field.full_name, 0):
         plan = (_DATA, LIMITS[field.full_name], 0)
-    elif field.type == _MESSAGE and field.message_type.full_name not in NOT_WALKED:
+    elif field.type == _MESSAGE and field.message_type.full_name not in _UNWALKED:
         plan = (_ONE, 0, 0)
     else:
         plan = (_SKIP, 0, 0)
@@ -151,7 +176,7 @@ def _walk(message: Message, prefix: str, v: list[tuple[str, str]]) -> None:
                 entry: Descriptor = field.message_type
                 if entry.GetOptions().map_entry:
                     _map(entry, value, name, v)
-                elif entry.full_name not in NOT_WALKED:
+                elif entry.full_name not in _UNWALKED:
                     for i, item in enumerate(value):
                         _walk(item, f"{name}[{i}].", v)
             elif field.type == _STRING:
@@ -170,7 +195,7 @@ def _walk(message: Message, prefix: str, v: list[tuple[str, str]]) -> None:
             limit = LIMITS.get(field.full_name, 0)
             if limit and len(value) > limit:
                 v.append((name, f"at most {limit} bytes (got {len(value)})"))
-        elif field.type == _MESSAGE and field.message_type.full_name not in NOT_WALKED:
+        elif field.type == _MESSAGE and field.message_type.full_name not in _UNWALKED:
             _walk(value, name + ".", v)
 
 

@@ -22,6 +22,7 @@ from ..domain.validation import (
     validate_submission,
 )
 from ..scheduler.engine import JobSpec, ResultIn
+from ..security.bounds import violations_of
 
 
 def timestamp(us: int) -> timestamp_pb2.Timestamp | None:
@@ -302,6 +303,8 @@ def capabilities_message(c: Capabilities) -> miner_service_pb2.MinerCapabilities
 
 
 def result_in(r: miner_service_pb2.Result, limits: Limits) -> ResultIn:
+    # the field bounds the interceptor leaves to us (bounds.CHECKED_BY_SERVICER): this result alone refused
+    raise_if(violations_of(r), "the result", "INVALID_RESULT")
     kind = r.WhichOneof("output")
     if kind == "result":
         output = r.result.SerializeToString()
