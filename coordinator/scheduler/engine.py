@@ -1302,7 +1302,7 @@ class Scheduler(UndoFailedCommits):
             if self._running(session, r.job_id, r.attempt) is not None:
                 await self.complete(session, [r], acks, in_background=in_background)
             else:
-                acks.append(await self._refusal_or_repeat(session, r.job_id, r.attempt))
+                acks.append(await self._refusal_or_repeat(session, r.job_id, r.attempt, result=r))
         return acks
 
     @staticmethod
@@ -1314,11 +1314,13 @@ class Scheduler(UndoFailedCommits):
         return held
 
     async def _refusal_or_repeat(
-        self, session: Session, job_id: str, attempt: int, failure: FailureIn | None = None
-    ) -> AckOut:
+        self, session: Session, job_id: str, attempt: int, failure: FailureIn | None = None,
+        result: ResultIn | None = None,
+    ) -> AckOut:  # fmt: skip
         """A result (or a failure report) not matching a held attempt: the same ack again if it repeats an
-        accepted one (sent again, its ack lost with a stream: the result is stored, or the report recorded
-        in the job's events as it made them); refused otherwise."""
+        accepted one (sent again, its ack lost with a stream: the result is stored, the same output and units,
+        or the report recorded in the job's events as it made them); refused otherwise (another output is no
+        repeat: no receipt certifies it)."""
         if failure is not None:
             events = await self.store.get_events(job_id)
             if states.records_failure(
@@ -1328,7 +1330,11 @@ class Scheduler(UndoFailedCommits):
         elif job_id not in self.jobs:
             stored = await self.store.get_result(job_id)
             if stored is not None and stored.attempt == attempt and stored.miner_id == session.miner_id:
-                return AckOut(job_id, attempt, True, receipt_id=stored.receipt_id)
+                if result is None or _same_result(stored, result):
+                    return AckOut(job_id, attempt, True, receipt_id=stored.receipt_id)
+                return AckOut(job_id, attempt, False, reason="JOB_NOT_HELD",
+                              message=f"job {job_id} attempt {attempt} was completed with another result (receipt "
+                                      f"{stored.receipt_id}): this one is not taken")  # fmt: skip
         job = self.jobs.get(job_id)
         if job is not None and job.miner_id == session.miner_id and job.attempt != attempt:
             return AckOut(job_id, attempt, False, reason="STALE_ATTEMPT",
@@ -1962,6 +1968,12 @@ def _poll_news(session: Session) -> bool:
     if session.pending_assignments or session.pending_cancels or session.drained:
         return True
     return session.drain_told and not session.drain_reported
+
+
+def _same_result(stored: JobResult, result: ResultIn) -> bool:
+    """Whether result repeats the stored one (a resend whose ack was lost), not another claim on the job."""
+    return (stored.result_sha256, stored.units, stored.unit_type) == (
+        result.result_sha256, result.units, result.unit_type)  # fmt: skip
 
 
 def _code(failure: FailureIn) -> str:

@@ -164,9 +164,12 @@ async def test_second_result_for_a_completed_job_creates_no_second_receipt(coord
     assert (await coord.finished(alice, job.job_id)).state == COMPLETED
     events_before = coord.db.events(job.job_id)
 
-    miner.result(job.job_id, a.attempt, {"v": 2})  # a repeat (or a different answer) for the same attempt
+    miner.result(job.job_id, a.attempt, {"v": 1})  # a repeat (its ack lost, say): the same acknowledgement
     second = await miner.next("result_ack")
-    assert second.receipt_id == first.receipt_id  # the same acknowledgement, nothing new
+    assert second.accepted and second.receipt_id == first.receipt_id
+    miner.result(job.job_id, a.attempt, {"v": 2})  # another answer for the same attempt: no receipt covers it
+    other = await miner.next("result_ack")
+    assert not other.accepted and other.reason == "JOB_NOT_HELD" and first.receipt_id in other.message
     miner.result(job.job_id, a.attempt + 1, {"v": 3})  # an attempt that never existed
     third = await miner.next("result_ack")
     assert third.accepted is False
@@ -193,6 +196,11 @@ async def test_second_result_on_the_unary_path_changes_nothing(coord: Harness) -
     first = (await stub.SubmitResult(req, metadata=md)).ack
     second = (await stub.SubmitResult(req, metadata=md)).ack
     assert first.accepted and second.accepted and first.receipt_id == second.receipt_id
+    other = mpb.Result(job_id=job.job_id, attempt=a.attempt, result=struct({"v": 2}))
+    with pytest.raises(grpc.aio.AioRpcError) as refused:  # another answer is no repeat
+        await stub.SubmitResult(mpb.SubmitResultRequest(session_id=session, result=other), metadata=md)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "completed with another result" in refused.value.details()
     assert coord.db.count("receipts", job.job_id) == 1
     assert [e["reason"] for e in coord.db.events(job.job_id)].count("COMPLETED") == 1
 
