@@ -49,6 +49,23 @@ def check_decimal(v: Violations, field: str, value: str) -> None:
                          f"after a point; no sign, exponent or spaces (got {value[:40]!r})"))  # fmt: skip
 
 
+# A ledger entry is a 64-bit integer of nano units: a price above this cannot book the cost of one unit.
+MAX_PRICE_NANO = 2**63 - 1
+MAX_PRICE = "9223372036.854775807"
+
+
+def check_price(v: Violations, field: str, value: str) -> None:
+    """A plain decimal (check_decimal) the ledger can book one unit at: a miner's price past it had every result
+    refused INVALID_RESULT, each job it took failing for good."""
+    n = len(v)
+    check_decimal(v, field, value)
+    if len(v) == n and value:
+        whole, _, fraction = value.partition(".")
+        if int(whole) * 10**9 + int(fraction.ljust(9, "0")) > MAX_PRICE_NANO:
+            v.append((field, f"at most {MAX_PRICE} (the ledger books a unit's cost in 64-bit nano units; "
+                             f"got {value})"))  # fmt: skip
+
+
 def check_labels(v: Violations, field: str, labels: tuple[tuple[str, str], ...], limits: Limits) -> None:
     if len(labels) > limits.max_labels:
         v.append((field, f"at most {limits.max_labels} entries (got {len(labels)})"))

@@ -17,6 +17,7 @@ from ..domain.validation import (
     SubmissionFields,
     check_cuda,
     check_decimal,
+    check_price,
     check_text,
     raise_if,
     validate_submission,
@@ -284,7 +285,7 @@ def capabilities_from(c: miner_service_pb2.MinerCapabilities, limits: Limits) ->
         v.append(("capabilities.labels", f"at most {limits.max_labels} entries"))
     if len(c.region) > 64:
         v.append(("capabilities.region", "at most 64 characters"))
-    check_decimal(v, "capabilities.price", c.price)
+    check_price(v, "capabilities.price", c.price)
     check_cuda(v, "capabilities.cuda_version", c.cuda_version)
     raise_if(v, "hello")
     return Capabilities(

@@ -937,3 +937,22 @@ async def test_stream_batch_with_one_bad_units_entry_loses_no_result(coord: Harn
                 problems.append(f"{a.job.job_id}: COMPLETED but {exc.code()} {exc.details()}")
     assert not problems, problems
     assert len([k for k, _ in m.log if k == "result_ack"]) == 3, [k for k, _ in m.log]
+
+
+@no_limits
+async def test_a_miner_price_the_ledger_cannot_book_a_unit_at_is_refused_at_its_hello(coord: Harness) -> None:
+    """A price past 9223372036.854775807 (a ledger entry is a 64-bit integer of nano units) passed the hello, and
+    every result the miner sent was refused INVALID_RESULT 'beyond what the ledger can book': each job it took failed
+    for good. The hello is refused now, naming capabilities.price; the largest bookable price still serves."""
+    call = coord.miner_stub().Connect(metadata=md_miner("miner-01"), timeout=10)
+    await call.write(
+        mpb.ConnectRequest(hello=mpb.Hello(capabilities=capabilities(price="9223372036.854775808")))
+    )
+    expect_invalid(await failing(call.read()), field="capabilities.price")
+    miner = await coord.stream_miner("miner-02", price="9223372036.854775807")
+    job = await submit(coord)
+    [a] = await miner.assignments(1)
+    miner.result(job.job_id, a.attempt, {"v": 1})  # units "1": the cost is the price
+    ack = await miner.next("result_ack")
+    assert ack.accepted and ack.receipt_id, ack
+    assert (await get_job(coord, job.job_id)).state == COMPLETED
