@@ -14,7 +14,7 @@ from __future__ import annotations
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
-from ..domain.validation import raise_if
+from ..domain.validation import Limits, raise_if
 
 DEFAULT_STRING = 1024  # characters
 # U+0000 is valid UTF-8, but PostgreSQL's text cannot hold it (the commit failed: INTERNAL) and C clients cut
@@ -55,7 +55,7 @@ LIMITS: dict[str, int] = {
     _P + "HeartbeatRequest.running_jobs": 4096, _P + "ListJobsRequest.states": 16,
     _P + "AdminServiceListJobsRequest.states": 16, _P + "MinerCapabilities.gpus": 64,
     _P + "MinerCapabilities.models": 256, _P + "Constraints.models": 32,
-    _P + "SubmitJobsRequest.requests": 1000, _P + "Results.results": 1000,  # (Limits.max_batch, as the contract says)
+    _P + "SubmitJobsRequest.requests": Limits().max_batch, _P + "Results.results": Limits().max_batch,
 }  # fmt: skip
 NOT_WALKED = frozenset({"google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"})
 # Bounded by their servicer, not here: a miner's Result, entry by entry (convert.result_in applies these same
