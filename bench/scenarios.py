@@ -200,9 +200,8 @@ def thread_split(pid: int, since: dict[str, float] | None = None) -> dict[str, f
     now = {"cpu": cpu_seconds(pid), "loop_cpu": threads.get(pid, 0.0)}  # (the process's: ended threads too)
     if since is None:
         return {**now, **{f"tid:{t}": v for t, v in threads.items()}}
-    grown = [
-        v - since.get(f"tid:{t}", 0.0) for t, v in threads.items() if t != pid
-    ]  # (one born since: all its CPU)
+    # (a thread born since counts all its CPU)
+    grown = [v - since.get(f"tid:{t}", 0.0) for t, v in threads.items() if t != pid]
     return {"cpu": now["cpu"] - since["cpu"], "loop_cpu": now["loop_cpu"] - since["loop_cpu"],
             "busiest_thread_cpu": max(grown, default=0.0)}  # fmt: skip
 
