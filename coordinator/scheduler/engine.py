@@ -486,16 +486,20 @@ class Scheduler(UndoFailedCommits):
         keys = [
             (i, (client_id, spec.idempotency_key)) for i, spec in enumerate(specs) if spec.idempotency_key
         ]
-        if len({key for _, key in keys}) < len(keys):
-            raise CoordinatorError(Kind.ALREADY_EXISTS, "IDEMPOTENCY_KEY_REUSED",
-                                   "the same idempotency key appears twice in one batch")  # fmt: skip
+        first_of: dict[tuple[str, str], int] = {}
+        for i, key in keys:  # the entries are named by position: the servicer makes field paths of them
+            first = first_of.setdefault(key, i)
+            if first != i:
+                raise CoordinatorError(Kind.ALREADY_EXISTS, "IDEMPOTENCY_KEY_REUSED",
+                                       f"entry {i} repeats the idempotency key of entry {first} of the batch",
+                                       metadata={"index": str(i), "first_index": str(first)})  # fmt: skip
         while True:
             hits: dict[int, Job] = {}
             unknown: list[int] = []  # keys of no job in memory the store may hold: looked up in one read
             for i, key in keys:
                 existing = await self._idempotent_hit_in_memory(key)
                 if existing is not None:
-                    hits[i] = _same_request(existing, specs[i])
+                    hits[i] = _same_request(existing, specs[i], i)
                 elif self.stored_keys.may_hold(key):
                     unknown.append(i)
             if unknown:
@@ -505,7 +509,7 @@ class Scheduler(UndoFailedCommits):
                 for i in unknown:
                     existing = stored.get(specs[i].idempotency_key)
                     if existing is not None:
-                        hits[i] = _same_request(existing, specs[i])
+                        hits[i] = _same_request(existing, specs[i], i)
             if not any(
                 i not in hits and (key in self._inflight_keys or key in self.idempotency) for i, key in keys
             ):
@@ -1936,14 +1940,15 @@ def _record_accept(pending: _Pending, job: Job, now: int) -> None:
     pending.record(job, states.transition(job, JobState.RUNNING, "ACCEPTED", now))
 
 
-def _same_request(job: Job, spec: JobSpec) -> Job:
-    """job, found under spec's idempotency key, if it was submitted with the same request."""
+def _same_request(job: Job, spec: JobSpec, index: int) -> Job:
+    """job, found under spec's idempotency key, if it was submitted with the same request; spec is entry index of
+    the submitted list (named in the refusal: a client's batch may hold hundreds)."""
     if job.request_fingerprint != spec.fingerprint:
         raise CoordinatorError(
             Kind.ALREADY_EXISTS,
             "IDEMPOTENCY_KEY_REUSED",
             f"idempotency key {spec.idempotency_key!r} was used for a different request (job {job.job_id})",
-            metadata={"job_id": job.job_id},
+            metadata={"job_id": job.job_id, "index": str(index)},
         )
     return job
 

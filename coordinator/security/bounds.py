@@ -1,12 +1,13 @@
 """Bounds on every string and list a caller sends, checked on each parsed request (streamed ones included)
 before any servicer sees it. A breach is INVALID_ARGUMENT with one field violation per field (the first
-MAX_VIOLATIONS of them, then a count), and nothing runs; a miner's Result is held to them by its servicer, so
-that one result out of bounds is refused alone (CHECKED_BY_SERVICER). Finer rules (payload size and depth,
-labels, decimals, ids) stay with the servicers' validation; these bounds are the floor under all of it: no
-field of any message is unbounded.
+MAX_VIOLATIONS of them, then a count), and nothing runs; a miner's Result and Failure are held to them by their
+servicer (CHECKED_BY_SERVICER): one result out of bounds is refused alone, a failure's text is cut to them.
+Finer rules (payload size and depth, labels, decimals, ids) stay with the servicers' validation; these bounds
+are the floor under all of it: no field of any message is unbounded.
 
-Text holds no NUL character (U+0000). Struct payloads are not walked here (their size and depth are the servicers' limits); bytes fields are
-bounded only where named below (payload and result bytes are bounded by MAX_PAYLOAD_BYTES).
+Text holds no NUL character (U+0000); a failure's code and message have theirs dropped by the servicer. Struct
+payloads are not walked here (their size and depth are the servicers' limits); bytes fields are bounded only
+where named below (payload and result bytes are bounded by MAX_PAYLOAD_BYTES).
 """
 
 from __future__ import annotations
@@ -61,8 +62,12 @@ NOT_WALKED = frozenset({"google.protobuf.Struct", "google.protobuf.Value", "goog
 # Bounded by their servicer, not here: a miner's Result, entry by entry (convert.result_in applies these same
 # bounds to each, refused INVALID_RESULT). One out of bounds ended the whole stream, the other results of its
 # Results unanswered: the contract refuses a bad result alone (`ResultAck.reason` INVALID_RESULT), as it does
-# units in any form but a plain decimal. Their message stays bounded by MAX_MESSAGE_BYTES.
-CHECKED_BY_SERVICER = frozenset({_P + "Result"})
+# units in any form but a plain decimal. A miner's Failure: its code and message cut to these bounds, NUL
+# characters dropped (services.miners.failure_text), its job_id held to its bound and refused alone (no job
+# has such an id: JOB_NOT_HELD on a stream); refused, a report that a job failed left the job held until its
+# lease ran out, and on a stream cost every other job of the stream its acks. Their messages stay bounded by
+# MAX_MESSAGE_BYTES.
+CHECKED_BY_SERVICER = frozenset({_P + "Result", _P + "Failure"})
 _UNWALKED = NOT_WALKED | CHECKED_BY_SERVICER
 
 _STRING, _BYTES, _MESSAGE = (

@@ -119,6 +119,28 @@ def states_filter(values) -> frozenset[JobState]:  # type: ignore[no-untyped-def
         raise invalid("unknown job state in the filter", [("states", "values 1 to 7")]) from None
 
 
+def name_reused_key(error: CoordinatorError, batched: bool) -> None:
+    """error, if the scheduler's IDEMPOTENCY_KEY_REUSED, made to name the request's field: the scheduler names the
+    entry by its position (metadata `index`, and `first_index` for a key twice in one batch), knowing no field
+    paths, and a client with a batch of hundreds must learn which entry it was."""
+    index = error.metadata.get("index")
+    if error.reason != "IDEMPOTENCY_KEY_REUSED" or index is None:
+        return
+    used_before = "used before for a different request"
+    if not batched:  # (one request: no position to name)
+        del error.metadata["index"]
+        error.field_violations = [("idempotency_key", used_before)]
+        return
+    first = error.metadata.get("first_index")
+    if first is None:
+        error.message = f"requests[{index}]: {error.message}"
+        description = used_before
+    else:
+        error.message = f"requests[{index}] repeats the idempotency key of requests[{first}]"
+        description = f"the key of requests[{first}] too"
+    error.field_violations = [(f"requests[{index}].idempotency_key", description)]
+
+
 class JobServicer(job_service_pb2_grpc.JobServiceServicer):
     def __init__(self, scheduler: Scheduler, limits: Limits, accounts: dict) -> None:
         self.scheduler = scheduler
@@ -129,18 +151,25 @@ class JobServicer(job_service_pb2_grpc.JobServiceServicer):
         self, request: pb.SubmitJobRequest, context: grpc.aio.ServicerContext
     ) -> pb.SubmitJobResponse:
         spec = job_spec(request, self.limits)
-        [(job, created)] = await self.scheduler.submit(identity().name, [spec])
+        try:
+            [(job, created)] = await self.scheduler.submit(identity().name, [spec])
+        except CoordinatorError as exc:
+            name_reused_key(exc, batched=False)
+            raise
         return pb.SubmitJobResponse(job=job_message(job), created=created)
 
     async def SubmitJobs(
         self, request: pb.SubmitJobsRequest, context: grpc.aio.ServicerContext
     ) -> pb.SubmitJobsResponse:
-        if not 1 <= len(request.requests) <= self.limits.max_batch:
-            raise invalid(
-                "requests: 1 to 1000 per call", [("requests", f"1 to {self.limits.max_batch} entries")]
-            )
+        limit = self.limits.max_batch
+        if not 1 <= len(request.requests) <= limit:
+            raise invalid(f"requests: 1 to {limit} per call", [("requests", f"1 to {limit} entries")])
         specs = [job_spec(r, self.limits, prefix=f"requests[{i}].") for i, r in enumerate(request.requests)]
-        done = await self.scheduler.submit(identity().name, specs)
+        try:
+            done = await self.scheduler.submit(identity().name, specs)
+        except CoordinatorError as exc:
+            name_reused_key(exc, batched=True)
+            raise
         return pb.SubmitJobsResponse(
             responses=[
                 pb.SubmitJobResponse(job=job_message(job, with_payload=False), created=c) for job, c in done

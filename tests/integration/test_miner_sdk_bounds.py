@@ -68,29 +68,48 @@ async def test_a_unit_type_over_the_coordinators_bound_fails_its_job(coord: Harn
 async def test_a_stream_ended_invalid_argument_after_its_welcome_does_not_end_the_miner(
     coord: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Whatever else the coordinator refuses at the stream's level (here a failure message the SDK is made to
-    send uncut): the stream ends, the miner reconnects, and after MAX_RESENDS such streams drops the report."""
+    """Whatever else the coordinator refuses at the stream's level (here a Reject whose reason is over its bound,
+    512 characters, that the SDK is made to send once; a failure's text, the example until helper-132, is now cut,
+    not refused): the stream ends, the miner reconnects, sends the reject again (its own reason) and goes on."""
     caplog.set_level(logging.INFO, logger="aitbc.miner")
-    monkeypatch.setattr(aitbc.miner, "MAX_FAILURE_MESSAGE", 1 << 20)
+    reject_message, start = aitbc.miner._reject_message, Miner._start
+    rejected: list[str] = []  # the jobs given back so (the first "bad" one only)
+    long_reasons: list[str] = []  # the rejects sent with a reason over the bound (the first only)
+
+    def reject_bad_once(self: Miner, assignment: Any) -> None:
+        if job_input(assignment.job).get("bad") and not rejected:
+            rejected.append(assignment.job.job_id)
+            self._reject(assignment.job.job_id, assignment.attempt, "not now")
+            return
+        start(self, assignment)
+
+    def over_its_bound_once(job_id: str, attempt: int, reason: str) -> Any:
+        if not long_reasons:
+            long_reasons.append(job_id)
+            reason = "r" * 513
+        return reject_message(job_id, attempt, reason)
 
     async def runner(job):  # type: ignore[no-untyped-def]
-        if job_input(job).get("bad"):
-            raise JobFailed("BAD_INPUT", "x" * 5000, retryable=False)
         return job_input(job)
 
+    monkeypatch.setattr(Miner, "_start", reject_bad_once)
+    monkeypatch.setattr(aitbc.miner, "_reject_message", over_its_bound_once)
     alice = coord.client("alice")
     miner = two_slot_miner(coord, runner)
     task = coord.run_miner(miner)
     await eventually(lambda: miner.connects == 1)
     bad = await alice.submit({"bad": True})
     ended = lambda: sum(r.getMessage().startswith(ENDED_INVALID) for r in caplog.records)  # noqa: E731
-    await eventually(lambda: ended() >= aitbc.miner.MAX_RESENDS or task.done(), within=10.0,
-                     what="the streams carrying the report ended")  # fmt: skip
+    await eventually(
+        lambda: ended() == 1 or task.done(), within=10.0, what="the stream carrying the reject ended"
+    )
     assert not task.done(), f"miner.run() ended: {task.exception()!r}"
-    await eventually(lambda: bad.job_id not in miner.unacked, what="the report dropped")
+    assert rejected == long_reasons == [bad.job_id]
+    # the job given back (on the next stream, its reason within the bound) is offered again, and runs
+    assert (await coord.finished(alice, bad.job_id, within=10.0)).state == COMPLETED
     good = await alice.submit({"bad": False})
     assert (await coord.finished(alice, good.job_id, within=10.0)).state == COMPLETED
-    assert not task.done()
+    assert not task.done() and ended() == 1 and miner.connects >= 2
 
 
 @pytest.mark.coordinator(lease_seconds=30.0)

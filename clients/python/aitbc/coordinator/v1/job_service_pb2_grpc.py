@@ -91,7 +91,8 @@ class JobServiceServicer:
     def SubmitJob(self, request, context):
         """Submits a job. With an `idempotency_key`, a repeat of the same request by the same client returns the
         job first created (whatever its state now); the same key with a different request fails
-        ALREADY_EXISTS (reason `IDEMPOTENCY_KEY_REUSED`). Returns only after the job is durably stored.
+        ALREADY_EXISTS (reason `IDEMPOTENCY_KEY_REUSED`, metadata `job_id`, field violation `idempotency_key`).
+        Returns only after the job is durably stored.
         Errors: INVALID_ARGUMENT (reason `INVALID_REQUEST`, with field violations) for a missing or oversized
         payload (over the inline limit, 1 MiB by default) or out-of-range fields.
         """
@@ -101,7 +102,10 @@ class JobServiceServicer:
 
     def SubmitJobs(self, request, context):
         """Submits up to 1000 jobs in one call, each handled as by SubmitJob. All-or-nothing: if any request is
-        invalid, none is stored and the error's field violations name it (`requests[i].field`).
+        invalid, none is stored and the error's field violations name it (`requests[i].field`). So does
+        ALREADY_EXISTS (`IDEMPOTENCY_KEY_REUSED`): the field violation `requests[i].idempotency_key` and ErrorInfo
+        metadata `index` (i) name the entry whose key was used before for a different request (`job_id`: that job)
+        or by an earlier entry of the same batch (`first_index`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
