@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import math
 import sqlite3
@@ -206,6 +207,28 @@ def thread_split(pid: int, since: dict[str, float] | None = None) -> dict[str, f
             "busiest_thread_cpu": max(grown, default=0.0)}  # fmt: skip
 
 
+def slot_cycles(db: Path, since_us: int, until_us: int) -> dict[str, float]:
+    """How long a miner's slot stays taken per job, from the coordinator's store: assigned to completed (the
+    assignment's commit, its way to the miner, the run, the result's way back) for the jobs completed in the
+    window. With the rate and the slots, it says how busy the slots were: near 1, the miners' slots bound the
+    rate (Little's law), not the coordinator's CPU."""
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        rows = conn.execute(
+            "SELECT c.occurred_us - MAX(a.occurred_us) FROM job_events c JOIN job_events a ON a.job_id = c.job_id "
+            "AND a.attempt = c.attempt AND a.reason = 'ASSIGNED' "  # (the last: one given back unspent goes again)
+            "WHERE c.reason = 'COMPLETED' AND c.occurred_us BETWEEN ? AND ? GROUP BY c.job_id", (since_us, until_us),
+        ).fetchall()  # fmt: skip
+    cycles_ms = [r[0] / 1e3 for r in rows]
+    if not cycles_ms:
+        return {}
+    return {"slot_cycle_p50_ms": pct(cycles_ms, 50), "slot_cycle_mean_ms": sum(cycles_ms) / len(cycles_ms)}
+
+
+def wall_us(monotonic_s: float) -> int:
+    """A time.monotonic() reading (any process of this machine) as UTC microseconds, like the store's times."""
+    return int((monotonic_s + time.time() - time.monotonic()) * 1e6)
+
+
 # --------------------------------------------------------------------------------------------- 1. baseline
 async def baseline(workdir: Path, sizes: Sizes) -> dict[str, float]:
     server = Worker(workdir, "bare-server", "bare-server", {})
@@ -332,6 +355,7 @@ async def end_to_end(workdir: Path, sizes: Sizes) -> dict[str, float]:
         last, _ = await fleet.wait_acked(acked)
         out["e2e_batched_jobs_per_s"] = sizes.batched_jobs / (last - r["first"])
         out.update(cpu.per_job("e2e_batched", sizes.batched_jobs))
+        window = (wall_us(r["first"]), wall_us(last))
 
         # 4. latency at half the rate of 2, open loop
         rate = sizes.latency_rate or out["e2e_unary_jobs_per_s"] / 2
@@ -356,6 +380,14 @@ async def end_to_end(workdir: Path, sizes: Sizes) -> dict[str, float]:
         await client.stop()
         await fleet.stop()
         await coord.stop()
+    # (read once the coordinator is gone: nothing else runs meanwhile)
+    cycles = slot_cycles(coord.db, *window)
+    out.update({f"e2e_batched_{k}": v for k, v in cycles.items()})
+    if cycles:
+        slots = sizes.miners * sizes.miner_slots
+        out["e2e_batched_slots_busy"] = (
+            out["e2e_batched_jobs_per_s"] * cycles["slot_cycle_mean_ms"] / 1e3 / slots
+        )
     return out
 
 
