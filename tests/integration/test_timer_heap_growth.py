@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from coord_support import COMPLETED, MINER_NAMES, Harness, eventually
 
 WEEK_S = 7 * 86400
@@ -26,6 +27,8 @@ RECONNECTS = 300  # each left an execution-deadline entry and a lease chain whil
 BOUND = 300
 
 
+# (600 jobs in about a second from one key: past the default submit limit, 400 at once then 200/s, on a fast host)
+@pytest.mark.coordinator(rate_limits="submit=off")
 async def test_finished_jobs_leave_no_timers_behind(coord: Harness) -> None:
     client = coord.client()
     miner = await coord.stream_miner(MINER_NAMES[0], slots=20)
