@@ -63,7 +63,7 @@ NOT_WALKED = frozenset({"google.protobuf.Struct", "google.protobuf.Value", "goog
 # bounds to each, refused INVALID_RESULT). One out of bounds ended the whole stream, the other results of its
 # Results unanswered: the contract refuses a bad result alone (`ResultAck.reason` INVALID_RESULT), as it does
 # units in any form but a plain decimal. A miner's Failure: its code and message cut to these bounds, NUL
-# characters dropped (services.miners.failure_text), its job_id held to its bound and refused alone (no job
+# characters dropped (services.convert.failure_in), its job_id held to its bound and refused alone (no job
 # has such an id: JOB_NOT_HELD on a stream); refused, a report that a job failed left the job held until its
 # lease ran out, and on a stream cost every other job of the stream its acks. Their messages stay bounded by
 # MAX_MESSAGE_BYTES.

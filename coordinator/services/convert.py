@@ -22,8 +22,8 @@ from ..domain.validation import (
     raise_if,
     validate_submission,
 )
-from ..scheduler.engine import JobSpec, ResultIn
-from ..security.bounds import violations_of
+from ..scheduler.engine import FailureIn, JobSpec, ResultIn
+from ..security.bounds import LIMITS, NO_NUL, NUL, violations_of
 
 
 def timestamp(us: int) -> timestamp_pb2.Timestamp | None:
@@ -330,6 +330,32 @@ def result_in(r: miner_service_pb2.Result, limits: Limits) -> ResultIn:
         units=r.units or "0", unit_type=r.unit_type or "gpu_seconds", miner_report=r.miner_report,
         miner_signature=r.miner_signature,
     )  # fmt: skip
+
+
+# A miner's Failure is bounded here, not by the interceptor (bounds.CHECKED_BY_SERVICER): it tells that a job
+# failed, and refused, the job stayed held until its lease ran out (and on a stream, the stream ended with it)
+_FAILURE = miner_service_pb2.Failure.DESCRIPTOR.full_name + "."
+MAX_FAILURE_JOB_ID, MAX_FAILURE_CODE, MAX_FAILURE_MESSAGE = (LIMITS[_FAILURE + f] for f in ("job_id", "code", "message"))  # fmt: skip
+
+
+def failure_id_wrong(job_id: str) -> str:
+    """Why no job can have this failure's job id ("" when one may): it is refused, not cut (a cut id could name
+    another job)."""
+    if len(job_id) > MAX_FAILURE_JOB_ID:
+        return f"at most {MAX_FAILURE_JOB_ID} characters (got {len(job_id)})"
+    return NO_NUL if NUL in job_id else ""
+
+
+def failure_in(f: miner_service_pb2.Failure) -> FailureIn:
+    """f as the scheduler takes it, its text cut to its bounds rather than refused (its id checked before)."""
+    return FailureIn(f.job_id, f.attempt, f.retryable, _failure_text(f.code, MAX_FAILURE_CODE),
+                     _failure_text(f.message, MAX_FAILURE_MESSAGE))  # fmt: skip
+
+
+def _failure_text(value: str, limit: int) -> str:
+    """A failure's code or message as the job keeps it: NUL characters dropped (PostgreSQL's text cannot hold
+    them), then cut to limit characters, as the Python SDK does before it sends one."""
+    return value.replace(NUL, "")[:limit]
 
 
 def _result_digest(result: struct_pb2.Struct, limits: Limits) -> tuple[bytes, int]:

@@ -18,12 +18,11 @@ from ..domain.validation import Limits, check_id
 from ..observability import metrics as obs
 from ..observability import tracing
 from ..receipts.issuer import ReceiptIssuer
-from ..scheduler.engine import FailureIn, Scheduler
+from ..scheduler.engine import Scheduler
 from ..scheduler.sessions import AckOut, AssignmentOut, CancelOut, DrainOut, GoAwayOut, Session
-from ..security.bounds import LIMITS, NO_NUL, NUL
 from ..security.interceptor import identity
 from ..store.base import StoreFenced, store_unreachable
-from .convert import capabilities_from, fill_job, result_in, set_time
+from .convert import capabilities_from, failure_id_wrong, failure_in, fill_job, result_in, set_time
 
 log = logging.getLogger("coordinator.miners")
 
@@ -40,26 +39,6 @@ def poll_wait_s(remaining: float | None) -> float:
     if remaining is None:
         return MAX_POLL_S
     return max(0.0, min(MAX_POLL_S, remaining - min(POLL_WAY_BACK_S, remaining / 4)))
-
-
-# A miner's Failure is bounded here, not by the interceptor (bounds.CHECKED_BY_SERVICER): it tells that a job
-# failed, and refused, the job stayed held until its lease ran out (and on a stream, the stream ended with it)
-_FAILURE = pb.Failure.DESCRIPTOR.full_name + "."
-MAX_FAILURE_JOB_ID, MAX_FAILURE_CODE, MAX_FAILURE_MESSAGE = (LIMITS[_FAILURE + f] for f in ("job_id", "code", "message"))  # fmt: skip
-
-
-def failure_text(value: str, limit: int) -> str:
-    """A failure's code or message as the job keeps it: NUL characters dropped (PostgreSQL's text cannot hold
-    them), then cut to limit characters, as the Python SDK does before it sends one."""
-    return value.replace(NUL, "")[:limit]
-
-
-def failure_id_wrong(job_id: str) -> str:
-    """Why no job can have this failure's job id ("" when one may): it is refused, not cut (a cut id could name
-    another job)."""
-    if len(job_id) > MAX_FAILURE_JOB_ID:
-        return f"at most {MAX_FAILURE_JOB_ID} characters (got {len(job_id)})"
-    return NO_NUL if NUL in job_id else ""
 
 
 def welcome(session: Session, kept: list[tuple[str, int]], heartbeat_s: float, lease_s: float,
@@ -409,7 +388,7 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
                 session.send(AckOut(f.job_id, f.attempt, False, reason="JOB_NOT_HELD",
                                     message=f"no job has this id: job_id {wrong}"))  # fmt: skip
                 return
-            answer = await s.fail(session, self._failure(f), later=session.send)
+            answer = await s.fail(session, failure_in(f), later=session.send)
             if answer is not None:
                 session.send(answer)
         elif kind == "progress":
@@ -439,12 +418,6 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
         """A job given back, its attempt unspent (a stream's Reject, RejectJob). Its reason is bounded before it gets
         here (security.bounds: `Reject.reason`, 512 characters, refused INVALID_ARGUMENT); cut all the same."""
         await self.scheduler.reject(session, r.job_id, r.attempt, r.reason[: self.limits.max_long_string])
-
-    @staticmethod
-    def _failure(f: pb.Failure) -> FailureIn:
-        """f as the scheduler takes it, its text cut to its bounds rather than refused (its id checked before)."""
-        code, message = failure_text(f.code, MAX_FAILURE_CODE), failure_text(f.message, MAX_FAILURE_MESSAGE)
-        return FailureIn(f.job_id, f.attempt, f.retryable, code, message)
 
     def _open(self, hello: pb.Hello, caps, transport: str, key: bytes):  # type: ignore[no-untyped-def]
         miner_id = identity().name
@@ -538,7 +511,7 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
         if wrong := failure_id_wrong(request.failure.job_id):
             raise invalid(f"failure.job_id: {wrong}", [("failure.job_id", wrong)])
         with session.handling_one():
-            result = await self.scheduler.fail(session, self._failure(request.failure))
+            result = await self.scheduler.fail(session, failure_in(request.failure))
         return pb.ReportFailureResponse(ack=ack(self._accepted(result)))
 
     async def RejectJob(
