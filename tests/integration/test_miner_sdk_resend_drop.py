@@ -42,8 +42,9 @@ async def test_a_dropped_result_does_not_leave_its_job_held_by_the_miner(
                      what="the big result dropped")  # fmt: skip
     dropped_at = asyncio.get_running_loop().time()
     scheduler = coord.coordinator.scheduler
-    # The miner no longer answers for the job (not running, not unacked, not in its heartbeats) ...
-    assert big.job_id not in miner._held()
+    # The miner no longer answers for attempt 1 (not running, not unacked, not in its heartbeats); on a fast host
+    # the coordinator may already have handed it attempt 2 ...
+    assert miner._held().get(big.job_id) != 1
     await asyncio.sleep(3.0)  # several heartbeats later (heartbeat_timeout 5 s)
     session = scheduler.by_miner.get("miner-00")
     held = session is not None and big.job_id in session.held and session.held[big.job_id].attempt == 1
