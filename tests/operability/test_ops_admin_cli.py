@@ -134,11 +134,20 @@ async def test_top_redraws_with_ansi_on_a_terminal(tmp_path: Path) -> None:
         await eventually(lambda: len(ops.runner.seen_metadata) == 3, what="three jobs running")
         out = Tty()
         async with admin_cli.AdminClient(ops.address, ADMIN_KEY) as admin:
+            # The SDK accepts a job still running ACCEPT_AFTER_S (0.5 s) after it began: the three show ASSIGNED
+            # until then, RUNNING from then on. The screens are drawn once all three are RUNNING, a state that
+            # stays while the gate is shut (drawn at once, "assigned 3" held only if the host drew both screens
+            # within those 0.5 s).
+            async def all_running() -> bool:
+                return admin_cli.stats_dict(await admin.stats())["jobs_by_state"].get("running", 0) == 3
+
+            await eventually(all_running, what="the three jobs accepted (RUNNING)")
             await admin_cli.top(admin, ops.address, 0.05, 2, False, out)
         ops.runner.gate.set()
     screen = out.getvalue()
     assert screen.count(admin_cli.CLEAR) == 2 and screen.startswith(admin_cli.CLEAR)
     last = screen.rsplit(admin_cli.CLEAR, 1)[1]
-    assert "queue depth  2" in last and "assigned 3" in last and "slots 3 busy / 0 free" in last
+    assert "queue depth  2   queued 2  assigned 0  running 3" in last, last
+    assert "slots 3 busy / 0 free" in last, last
     row = next(line for line in last.splitlines() if line.startswith(MINER))
     assert row.split()[1:4] == ["online", "stream", "3"]

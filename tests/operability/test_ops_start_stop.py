@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import signal
 import socket
 import sqlite3
@@ -16,7 +17,9 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ops_support import free_port, make_settings
 
 from coordinator.config import SettingsError
@@ -253,15 +256,27 @@ async def test_a_sighup_during_start_up_reloads_the_keys_once_serving(tmp_path: 
 
 
 async def test_a_second_sigterm_while_stopping_is_logged_and_the_stop_completes(tmp_path: Path) -> None:
+    """The stop is held open by a call in flight (a health watch), for as long as the test needs: with nothing in
+    flight it took ~15 ms, and a test process paused that long (a loaded host) sent its second SIGTERM to a
+    process gone, or one whose handlers were removed (killed by it: exit -15)."""
     env_file = tmp_path / "settings.env"
-    env_file.write_text("SHUTDOWN_GRACE_SECONDS=1\n")
+    # (the stop waits for the watch until the test cancels it: the grace only bounds a test gone wrong)
+    env_file.write_text("SHUTDOWN_GRACE_SECONDS=60\n")
     proc = await serving_process(env_file, "--database", f"sqlite:///{tmp_path / 'c.db'}")
     seen: list[str] = []
     try:
         await read_until(proc, "serving on", seen)
-        proc.send_signal(signal.SIGTERM)
-        await read_until(proc, "SIGTERM: shutting down", seen)
-        proc.send_signal(signal.SIGTERM)
+        address = re.search(r"serving on (127\.0\.0\.1:\d+) ", seen[-1])
+        assert address, seen[-1]
+        async with grpc.aio.insecure_channel(address.group(1)) as channel:
+            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+            assert (await asyncio.wait_for(watch.read(), 10)).status == health_pb2.HealthCheckResponse.SERVING
+            proc.send_signal(signal.SIGTERM)
+            await read_until(proc, "SIGTERM: shutting down", seen)
+            proc.send_signal(signal.SIGTERM)  # while the stop waits for the watch
+            await read_until(proc, "SIGTERM again: already shutting down", seen)
+            assert proc.returncode is None and "coordinator stopped" not in "".join(seen)
+            watch.cancel()  # the last call in flight ends: the stop completes
         log = await end_of(proc, seen)
         assert proc.returncode == 0, log
         lines = log.splitlines()
