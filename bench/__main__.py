@@ -86,6 +86,9 @@ ROWS: list[tuple[str, str, str, str, Any]] = [
     ("e2e_batched_cores_used", "3   cores all processes used", "cores", "", None),
     ("e2e_batched_loop_busy", "3   share of the time its loop ran", "", "", None),
     ("e2e_batched_loop_runqueue", "3   share its loop waited for a free core", "", "", None),
+    ("e2e_batched_writer_committing", "3   share its writer was in group commits", "", "", None),
+    ("e2e_batched_writer_ran", "3     of which it ran", "", "", None),
+    ("e2e_batched_writer_runqueue", "3     it waited for a free core", "", "", None),
     ("e2e_batched_slot_cycle_p50_ms", "3   slot held per job p50 (assign to done)", "ms", "", None),
     ("e2e_batched_slot_cycle_mean_ms", "3   slot held per job, mean", "ms", "", None),
     ("e2e_batched_slots_busy", "3   share of the miners' slots in use", "", "", None),
@@ -198,6 +201,23 @@ def ceilings(figures: dict[str, Any], cpus: int) -> None:
         waited = figures.get(f"{prefix}_coord_loop_runqueue_us_per_job")
         if waited is not None and rate:  # runnable with every core taken: the machine, not the coordinator
             figures[f"{prefix}_loop_runqueue"] = rate * waited / 1e6
+        writer_shares(figures, prefix, rate)
+
+
+def writer_shares(figures: dict[str, Any], prefix: str, rate: float | None) -> None:
+    """Shares of the run's wall clock: the store's writer in group commits (near 1: every commit waits for the one
+    before it), and within them on a core and waiting for a free one. The rest of its commits it slept: on the
+    GIL, held by the loop, or on the disk."""
+    if not rate:
+        return
+    for source, share in (
+        ("writer_commit", "committing"),
+        ("busiest_thread_cpu", "ran"),
+        ("writer_runqueue", "runqueue"),
+    ):
+        us = figures.get(f"{prefix}_coord_{source}_us_per_job")
+        if us is not None:
+            figures[f"{prefix}_writer_{share}"] = rate * us / 1e6
 
 
 def fmt(value: float) -> str:

@@ -11,6 +11,7 @@ import signal
 import socket
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,14 @@ class WorkerDied(RuntimeError):
 
 def miner_key(i: int) -> tuple[str, str]:
     return f"bm{i:05d}", f"bench-miner-key-{i:05d}"
+
+
+def commit_seconds_in(metrics: str) -> float | None:
+    """aitbc_store_commit_seconds' sum in a Prometheus text exposition, if there."""
+    for line in metrics.splitlines():
+        if line.startswith("aitbc_store_commit_seconds_sum "):
+            return float(line.split()[1])
+    return None
 
 
 def free_port() -> int:
@@ -173,13 +182,14 @@ class CoordinatorProcess:
 
     def __init__(self, workdir: Path, name: str, db: Path, port: int, n_miner_keys: int) -> None:
         self.workdir, self.name, self.db, self.port = workdir, name, db, port
+        self.metrics_port = free_port()  # the writer's time in group commits (commit_seconds)
         self.env_file = workdir / f"{name}.env"
         miners = ",".join("{}:{}".format(*miner_key(i)) for i in range(n_miner_keys))
         # The key lists go in an env file: 10,000 miner keys exceed what one environment string may hold.
         self.env_file.write_text(
             f"CLIENT_API_KEYS=bench-client:{CLIENT_KEY}\nADMIN_API_KEYS=bench-admin:{ADMIN_KEY}\n"
             f"MINER_API_KEYS={miners}\nSQLITE_SYNCHRONOUS=FULL\nLOG_LEVEL=INFO\n"
-            f"RATE_LIMITS={RATE_LIMITS_OFF}\n"
+            f"RATE_LIMITS={RATE_LIMITS_OFF}\nMETRICS_PORT={self.metrics_port}\n"
             # experiments: BENCH_COORD_ENV="LOG_LEVEL=WARNING,SQLITE_SYNCHRONOUS=NORMAL" (figures then differ)
             + "".join(
                 f"{item.strip()}\n"
@@ -194,6 +204,16 @@ class CoordinatorProcess:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    def commit_seconds(self) -> float | None:
+        """Seconds its store's writer has spent in group commits so far (aitbc_store_commit_seconds' sum, read
+        from its metrics endpoint); None if it cannot be read."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as answer:
+                text = answer.read().decode()
+        except OSError:
+            return None
+        return commit_seconds_in(text)
 
     @property
     def pid(self) -> int:

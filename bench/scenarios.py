@@ -169,29 +169,41 @@ class Cpu:
         self.pids = {"coord": [coord.pid], "client": [client.pid]}
         if fleet is not None:
             self.pids["miners"] = [w.pid for w in fleet.workers]
-        self.coord_pid = coord.pid
+        self.coord, self.coord_pid = coord, coord.pid
         self.start = self._now()
 
     def _now(self) -> dict[str, float]:
         out = {k: sum(cpu_seconds(p) for p in pids) for k, pids in self.pids.items()}
         out["coord_loop"] = main_thread_cpu_seconds(self.coord_pid)
         self.threads = threads_cpu_seconds(self.coord_pid)
-        self.loop_wait = runqueue_wait_seconds(self.coord_pid, self.coord_pid)
+        self.waits = {t: runqueue_wait_seconds(self.coord_pid, t) for t in self.threads}
+        self.commit_s = self.coord.commit_seconds()
         return out
 
     def per_job(self, prefix: str, jobs: int) -> dict[str, float]:
-        threads, loop_wait = self.threads, self.loop_wait
+        threads, waits, commit_s = self.threads, self.waits, self.commit_s
         now = self._now()
         out = {f"{prefix}_{k}_cpu_us_per_job": (now[k] - self.start[k]) / jobs * 1e6 for k in now}
         # The busiest thread besides the loop: the SQLite writer, in these runs (Python names no OS thread).
-        others = [
-            self.threads[t] - threads[t] for t in self.threads.keys() & threads.keys() if t != self.coord_pid
-        ]
+        others = {
+            t: self.threads[t] - threads[t]
+            for t in self.threads.keys() & threads.keys()
+            if t != self.coord_pid
+        }
         if others:
-            out[f"{prefix}_coord_busiest_thread_cpu_us_per_job"] = max(others) / jobs * 1e6
-        if loop_wait is not None and self.loop_wait is not None:  # (runnable, no core free: see ceilings)
-            out[f"{prefix}_coord_loop_runqueue_us_per_job"] = (self.loop_wait - loop_wait) / jobs * 1e6
+            writer = max(others, key=others.__getitem__)
+            out[f"{prefix}_coord_busiest_thread_cpu_us_per_job"] = others[writer] / jobs * 1e6
+            if (waited := _grown(waits.get(writer), self.waits.get(writer))) is not None:
+                out[f"{prefix}_coord_writer_runqueue_us_per_job"] = waited / jobs * 1e6
+        if (waited := _grown(waits.get(self.coord_pid), self.waits.get(self.coord_pid))) is not None:
+            out[f"{prefix}_coord_loop_runqueue_us_per_job"] = waited / jobs * 1e6  # (runnable, no core free)
+        if (committing := _grown(commit_s, self.commit_s)) is not None:
+            out[f"{prefix}_coord_writer_commit_us_per_job"] = committing / jobs * 1e6
         return out
+
+
+def _grown(before: float | None, after: float | None) -> float | None:
+    return None if before is None or after is None else after - before
 
 
 def thread_split(pid: int, since: dict[str, float] | None = None) -> dict[str, float]:

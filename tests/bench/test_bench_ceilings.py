@@ -10,7 +10,14 @@ import time
 import pytest
 
 from bench.__main__ import ceilings
-from bench.procs import runqueue_wait_seconds, threads_cpu_seconds
+from bench.procs import (
+    CLIENT_KEY,
+    CoordinatorProcess,
+    commit_seconds_in,
+    free_port,
+    runqueue_wait_seconds,
+    threads_cpu_seconds,
+)
 
 
 def test_cpu_ceiling_is_every_core_over_the_cpu_of_all_processes_per_job():
@@ -128,3 +135,52 @@ def test_slot_cycles_are_assigned_to_completed_of_the_jobs_completed_in_the_wind
     cycles = slot_cycles(db, 1_000_000, 2_000_000)
     assert cycles == {"slot_cycle_p50_ms": 30.0, "slot_cycle_mean_ms": pytest.approx(120 / 4)}
     assert slot_cycles(db, 10_000_000, 20_000_000) == {}  # none completed: no figure
+
+
+def test_writer_shares_are_the_rate_times_its_time_per_job():
+    figures = {
+        "e2e_batched_jobs_per_s": 5000.0,
+        "e2e_batched_coord_writer_commit_us_per_job": 180.0,
+        "e2e_batched_coord_busiest_thread_cpu_us_per_job": 60.0,
+        "e2e_batched_coord_writer_runqueue_us_per_job": 20.0,
+    }
+    ceilings(figures, cpus=2)
+    # 5,000 jobs a second: 0.9 s of each second in group commits, 0.3 s of it on a core, 0.1 s waiting for one
+    assert figures["e2e_batched_writer_committing"] == pytest.approx(0.9)
+    assert figures["e2e_batched_writer_ran"] == pytest.approx(0.3)
+    assert figures["e2e_batched_writer_runqueue"] == pytest.approx(0.1)
+
+
+def test_no_writer_share_without_a_rate_or_a_reading():
+    figures = {"e2e_unary_coord_writer_commit_us_per_job": 100.0}
+    ceilings(figures, cpus=2)  # (no rate: the scenario did not finish)
+    assert not any(key.startswith("e2e_unary_writer_") for key in figures)
+    figures = {"e2e_unary_jobs_per_s": 1000.0, "e2e_unary_coord_busiest_thread_cpu_us_per_job": 100.0}
+    ceilings(figures, cpus=2)
+    assert (
+        figures["e2e_unary_writer_ran"] == pytest.approx(0.1) and "e2e_unary_writer_committing" not in figures
+    )
+
+
+async def test_the_bench_coordinator_reports_its_writers_commit_time(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The bench's coordinator serves its metrics, and the writer's time in group commits is read from them."""
+    from aitbc.client import Client
+
+    coord = CoordinatorProcess(tmp_path, "coord", tmp_path / "c.db", free_port(), n_miner_keys=1)
+    await coord.start()
+    try:
+        before = coord.commit_seconds()
+        assert before is not None
+        async with Client(coord.address, CLIENT_KEY) as client:
+            for n in range(3):
+                await client.submit({"n": n})  # answered once its commit is durable
+        after = coord.commit_seconds()
+        assert after is not None and after > before
+    finally:
+        await coord.stop()
+    assert coord.commit_seconds() is None  # (nothing listens any more)
+    assert (
+        commit_seconds_in("aitbc_store_commit_seconds_count 3.0\naitbc_store_commit_seconds_sum 0.25\n")
+        == 0.25
+    )
+    assert commit_seconds_in("# no such metric\n") is None

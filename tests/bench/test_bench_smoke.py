@@ -43,6 +43,7 @@ def test_smoke_run_writes_every_figure(tmp_path: Path) -> None:
         "baseline_pipeline_unary",
     ):  # every process's CPU was measured
         assert figures[f"{scenario}_cpu_ceiling_jobs_per_s"] > 0, scenario
+    assert figures["e2e_batched_writer_committing"] > 0  # (read from the coordinator's metrics endpoint)
     assert "end to end" in run.stdout and "ok" in run.stdout  # the table was printed
 
 
