@@ -183,6 +183,8 @@ class CoordinatorProcess:
     def __init__(self, workdir: Path, name: str, db: Path, port: int, n_miner_keys: int) -> None:
         self.workdir, self.name, self.db, self.port = workdir, name, db, port
         self.metrics_port = free_port()  # the writer's time in group commits (commit_seconds)
+        while self.metrics_port == port:  # (two free ports in a row may be the same one)
+            self.metrics_port = free_port()
         self.env_file = workdir / f"{name}.env"
         miners = ",".join("{}:{}".format(*miner_key(i)) for i in range(n_miner_keys))
         # The key lists go in an env file: 10,000 miner keys exceed what one environment string may hold.
