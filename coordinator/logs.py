@@ -137,15 +137,17 @@ class LineHandler(logging.StreamHandler):
             flush_later()  # lines gathered earlier in this turn go first: the output keeps the order of events
         super().emit(record)
 
-    def write_lines(self, level: str, lines: list[tuple[float, str, str, dict[str, object]]]) -> None:
-        """lines: (time.time() when logged, logger name, message, fields), all at level."""
+    def write_lines(
+        self, level: str, lines: list[tuple[float, logging.Logger, str, dict[str, object]]]
+    ) -> None:
+        """lines: (time.time() when logged, logger, message, fields), all at level."""
         try:
             fmt = self.formatter.line  # type: ignore[union-attr]  # a LineFormatter: see line_handler
             out, ms, ts = [], -1, ""
-            for created, name, msg, extra in lines:
+            for created, logger, msg, extra in lines:
                 if int(created * 1000) != ms:  # one timestamp text per millisecond, not per line
                     ms, ts = int(created * 1000), _iso(created)
-                out.append(fmt(ts, level, name, msg, extra) + self.terminator)
+                out.append(fmt(ts, level, logger.name, msg, extra) + self.terminator)
             with self.lock:  # type: ignore[union-attr]
                 self.stream.write("".join(out))
                 self.flush()
@@ -209,8 +211,8 @@ def flush_later() -> None:
     lines = _later[:]
     _later.clear()
     handler = line_handler()
-    if handler is not None and all(_plain(logger) for _, logger, _, _ in lines):
-        handler.write_lines("INFO", [(t, logger.name, message, extra) for t, logger, message, extra in lines])
+    if handler is not None and all(_plain(logger) for logger in {logger for _, logger, _, _ in lines}):
+        handler.write_lines("INFO", lines)
         return
     for created, logger, message, extra in lines:
         # makeRecord + handle: logger.info without its caller lookup (a stack walk per line; nothing prints it)

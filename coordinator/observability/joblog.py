@@ -23,6 +23,8 @@ MESSAGES = {
     JobState.QUEUED: "job requeued",
 }
 MAX_DETAIL = 300
+# (an enum member's .name is a descriptor call: ~0.2 us each, twice a line)
+_NAMES = {state: state.name for state in JobState}
 
 
 def transition(job: Job, event: Event, trace_id: str | None = None) -> None:
@@ -34,8 +36,8 @@ def transition(job: Job, event: Event, trace_id: str | None = None) -> None:
         "job_id": job.job_id,
         "client_id": job.client_id,
         "miner_id": event.miner_id or None,
-        "from_state": from_state.name if from_state is not None else None,
-        "to_state": event.to_state.name,
+        "from_state": _NAMES[from_state] if from_state is not None else None,
+        "to_state": _NAMES[event.to_state],
         "attempt": event.attempt,
         "reason": event.reason,
     }
