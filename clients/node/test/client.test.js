@@ -166,7 +166,9 @@ test('a RetryInfo delay of 0 (a proxy\'s, say) is waited as the first backoff, n
   const metadata = new grpc.Metadata();
   metadata.set('grpc-status-details-bin', status);
   const err = Object.assign(new Error('14 UNAVAILABLE: store'), { code: grpc.status.UNAVAILABLE, metadata });
-  const client = new CoordinatorClient('127.0.0.1:9', 'key', { retry: { attempts: Infinity, backoffMs: 200, backoffMaxMs: 5000 } });
+  // (the options as the constructor takes them: given as a third argument they were ignored, and the test
+  // passed on the default policy's backoff)
+  const client = new CoordinatorClient('127.0.0.1:9', { apiKey: 'key', retry: { attempts: Infinity, backoffMs: 200, backoffMaxMs: 5000 } });
   try {
     const pause = client.retryPause(err, true, 1);
     assert.ok(pause >= 200 && pause <= 240, `paused ${pause} ms`);

@@ -68,7 +68,10 @@ async function coordinatorOnAPort(t) {
 test('a watch, a waiting getJobResult and a keyed submit outlast a coordinator down for seconds', { skip, timeout: 180000 }, async (t) => {
   if (reason) assert.fail(reason);
   const coord = await coordinatorOnAPort(t);
-  const client = coord.client(); // the default retry policy
+  // the default retry policy; the deadline of the watch and the result for the keyed submit too: with the default
+  // 30 s it had to get through by ~25 s (its pauses reach 5 s), after the 6 s outage, the coordinator's start
+  // and the channel's reconnect backoff (1, 1.6, 2.6, 4.1, 6.6, 10.5 s...): a loaded host's slow start fails it
+  const client = coord.client({ timeoutMs: 120000 });
   const job = await client.submitJob({ n: 1 });
   const seen = [];
   let first;

@@ -35,7 +35,9 @@ async function setUp(t, options = {}) {
   });
   const direct = client(coord.address);
   const through = client(`127.0.0.1:${relayPort}`, { retry: FAST_RETRY, ...options });
-  await through.listJobs(); // the relayed connection is up
+  // the relayed connection is up; under a deadline of its own, not the client's (500 ms in one test, which the
+  // connection's set-up and a just-started coordinator's first answer had to fit in, on a loaded host too)
+  await through.checkHealth('', 60000);
   const jobsStored = async () => (await direct.listJobs({ pageSize: 1000 })).jobs.length;
   return { coord, relay, direct, through, jobsStored };
 }
