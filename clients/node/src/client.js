@@ -76,6 +76,27 @@ function newIdempotencyKey() {
 const SERVER_MIN_PING_INTERVAL_MS = 5000;
 const DEFAULT_KEEPALIVE = { timeMs: 20000, timeoutMs: 10000 };
 
+const CLIENT_OPTIONS = ['apiKey', 'hmacSecret', 'credentials', 'protoDir', 'timeoutMs', 'retry', 'generateIdempotencyKeys',
+  'keepalive', 'channelOptions'];
+
+/**
+ * Refuses what the constructor would otherwise ignore without a word: options that are not an object (an API key in
+ * their place, its options after it), and option names it does not take (a misspelled `timeout` would leave the
+ * 30 s default in force).
+ */
+function checkOptions(options, extra) {
+  if (options === null || typeof options !== 'object' || Array.isArray(options)) {
+    throw new TypeError(`options must be an object, as in new CoordinatorClient(address, { apiKey: ... }), not ${Array.isArray(options) ? 'an array' : typeof options}`);
+  }
+  if (extra > 0) {
+    throw new TypeError('new CoordinatorClient(address, options) takes two arguments (the API key goes in options.apiKey)');
+  }
+  const unknown = Object.keys(options).filter((name) => !CLIENT_OPTIONS.includes(name));
+  if (unknown.length > 0) {
+    throw new TypeError(`unknown option${unknown.length > 1 ? 's' : ''} ${unknown.join(', ')}: CoordinatorClient takes ${CLIENT_OPTIONS.join(', ')}`);
+  }
+}
+
 /** The grpc-js channel options of a keepalive ({timeMs, timeoutMs}); refuses one the coordinator would not. */
 function keepaliveOptions({ timeMs, timeoutMs }) {
   if (!(timeMs > SERVER_MIN_PING_INTERVAL_MS) || !(timeoutMs > 0)) {
@@ -235,7 +256,8 @@ class CoordinatorClient {
    *   every 20 s, 10 s to answer; timeMs above 5000, the coordinator's minimum)
    * @param {object} [options.channelOptions] further grpc-js channel options
    */
-  constructor(address, options = {}) {
+  constructor(address, options = {}, ...extra) {
+    checkOptions(options, extra.length);
     const credentials = options.credentials ?? grpc.credentials.createInsecure();
     const v1 = loadContract(options.protoDir);
     const Health = loadHealth();

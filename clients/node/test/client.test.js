@@ -176,3 +176,23 @@ test('a RetryInfo delay of 0 (a proxy\'s, say) is waited as the first backoff, n
     client.close();
   }
 });
+
+test('the constructor refuses options it would ignore: a key in their place, a third argument, a misspelled name', () => {
+  assert.throws(() => new CoordinatorClient('127.0.0.1:9', 'key'), { name: 'TypeError', message: /options must be an object.*not string/ });
+  assert.throws(() => new CoordinatorClient('127.0.0.1:9', null), { name: 'TypeError', message: /not object/ });
+  assert.throws(() => new CoordinatorClient('127.0.0.1:9', ['key']), { name: 'TypeError', message: /not an array/ });
+  assert.throws(() => new CoordinatorClient('127.0.0.1:9', { apiKey: 'key' }, { retry: { attempts: 1 } }), { name: 'TypeError', message: /takes two arguments/ });
+  assert.throws(() => new CoordinatorClient('127.0.0.1:9', { apiKey: 'key', timeout: 5000 }), { name: 'TypeError', message: /unknown option timeout: CoordinatorClient takes .*\btimeoutMs\b/ });
+  assert.throws(() => new CoordinatorClient('127.0.0.1:9', { apiKey: 'key', retries: 1, keepAlive: {} }), { name: 'TypeError', message: /unknown options retries, keepAlive:/ });
+  // every option it documents is taken
+  const client = new CoordinatorClient('127.0.0.1:9', {
+    apiKey: 'key', hmacSecret: 'secret', credentials: require('@grpc/grpc-js').credentials.createInsecure(), protoDir: undefined,
+    timeoutMs: 1000, retry: { attempts: 1 }, generateIdempotencyKeys: false, keepalive: { timeMs: 30000 }, channelOptions: {},
+  });
+  try {
+    assert.deepEqual([client.timeoutMs, client.retry.attempts, client.generateIdempotencyKeys], [1000, 1, false]);
+  } finally {
+    client.close();
+  }
+  new CoordinatorClient('127.0.0.1:9').close(); // (no options: the defaults)
+});
