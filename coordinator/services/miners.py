@@ -290,7 +290,8 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
                     # STORE_LOST / STORE_UNAVAILABLE, RetryInfo), as on unary calls: an OK close looks final
                     if isinstance(error, CoordinatorError | StoreFenced) or store_unreachable(error):
                         raise error
-                    log.warning("miner stream reader failed: %r", error)
+                    # (with its trace: a unit's rows refused by the store, or a bug, is found from where it was raised)
+                    log.warning("miner stream reader failed: %r", error, exc_info=error)
                 return "STREAM_CLOSED"
             if isinstance(message, list):
                 message, held = _coalesce(message, outbox)

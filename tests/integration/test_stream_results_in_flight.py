@@ -292,11 +292,12 @@ async def in_flight_apart(coord: Harness, m: RawMiner, a: mpb.Assignment, b: mpb
 
 
 async def test_a_failed_write_among_results_in_flight_ends_the_stream_after_the_others_acks(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A's and B's results in two messages, decided together; A's write fails (its receipt refused), then B's lands:
-    B's ack arrives, then the stream ends (as a failed result's stream always did: closed, the error logged);
-    A's result never reads as stored. The miner comes back listing A and sends its result again: accepted."""
+    B's ack arrives, then the stream ends (as a failed result's stream always did: closed, the error logged with
+    its trace); A's result never reads as stored. The miner comes back listing A and sends its result again:
+    accepted."""
     async with metered(tmp_path) as coord:
         m, (a, b) = await miner_with(coord, 2)
         job_a, job_b = a.job.job_id, b.job.job_id
@@ -304,6 +305,10 @@ async def test_a_failed_write_among_results_in_flight_ends_the_stream_after_the_
             await in_flight_apart(coord, m, a, b)
         messages, ended = await until_end(m)
         assert ended is None, ended  # (an error not of the store's reach: an OK close, as before)
+        [logged] = [r for r in caplog.records if r.getMessage().startswith("miner stream reader failed")]
+        assert logged.exc_info is not None and isinstance(logged.exc_info[1], sqlite3.IntegrityError), logged
+        assert "test: this write cannot be made" in logged.getMessage()
+        assert "Traceback" in caplog.text and "sqlite3.IntegrityError" in caplog.text  # where it was raised
         assert [(x.job_id, x.accepted) for x in acks_in(messages)] == [(job_b, True)], messages
         assert states(coord, [job_b]) == [COMPLETED] and receipts(coord, [job_a, job_b]) == [0, 1]
         await eventually(lambda: job_a in scheduler(coord).jobs, what="A read back")
