@@ -323,11 +323,12 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
 
     async def _read(self, session: Session, requests: AsyncIterator[pb.ConnectRequest]) -> None:
         """Handle the miner's messages in order, but for Results: up to RESULTS_IN_FLIGHT of them (the first of any
-        size, then up to RESULTS_IN_FLIGHT_BYTES in all) wait for their commits together while the reader reads on. Read one at a time, a stream took one Results message per
-        commit (~30 ms under load) and the miner's slots waited on it: the batched run's jobs/s was bounded by its
-        slots over that wait. Any other message waits until the results read before it are decided. One that
-        fails (its write, or a refusal of the whole message) ends the stream with its error, as before, once the
-        others in flight are decided: their acks go first."""
+        size, then up to RESULTS_IN_FLIGHT_BYTES in all) wait for their commits together while the reader reads on.
+        Read one at a time, a stream took one Results message per commit (~30 ms under load) and the miner's slots
+        waited on it: the batched run's jobs/s was bounded by its slots over that wait. Any other message waits
+        until the results read before it are decided. One that fails (its write, or a refusal of the whole
+        message) ends the stream with its error, as before, once the others in flight are decided: their acks go
+        first."""
         reader = asyncio.current_task()
         assert reader is not None
         deciding = _Deciding(reader)
