@@ -29,6 +29,11 @@ AITBC = str(Path(sys.executable).parent / "aitbc")
         (("--runner", "echo", "--gpu", "A100"), "aitbc: --gpu: MODEL:MEMORY_GB"),
         (("--runner", "echo", "--gpu", "A100:lots"), "aitbc: --gpu: MODEL:MEMORY_GB"),
         (("--runner", "echo", "--label", "tier"), "aitbc: --label: KEY=VALUE"),
+        (("--slots", "-2"), "aitbc: --slots: 1 to 1024 jobs at once, not -2"),
+        (("--slots", "0"), "aitbc: --slots: 1 to 1024 jobs at once, not 0"),
+        (("--slots", "5000000000"), "aitbc: --slots: 1 to 1024 jobs at once"),
+        (("--signing-key-hex", "zz"), "aitbc: --signing-key-hex: seed hex is not hex"),
+        (("--signing-key-hex", "ab" * 31), "aitbc: --signing-key-hex: an Ed25519 seed is 32 bytes"),
     ],
 )  # fmt: skip
 def test_bad_miner_flags_are_one_line_and_exit_2(

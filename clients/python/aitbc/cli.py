@@ -34,6 +34,7 @@ from .coordinator.v1.job_pb2 import JOB_STATE_COMPLETED
 from .receipts.cli import add_parser as add_receipts_parser
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
+MAX_SLOTS = 1024  # MinerCapabilities.slots: 1 to 1024 (the contract)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -574,13 +575,19 @@ async def _miner(args: argparse.Namespace) -> int:
 
     if bad := [kv for kv in args.label if "=" not in kv]:
         raise UsageError(f"--label: KEY=VALUE is needed, not {bad[0]!r}")
+    if not 1 <= args.slots <= MAX_SLOTS:  # (a negative one was protobuf's ValueError, with a traceback)
+        raise UsageError(f"--slots: 1 to {MAX_SLOTS} jobs at once, not {args.slots}")
+    try:
+        signer = Signer(args.signing_key_hex) if args.signing_key_hex else None
+    except ValueError as exc:  # (the key is secret: not echoed)
+        raise UsageError(f"--signing-key-hex: {exc} (64 hex characters: an Ed25519 seed)") from None
     overrides: dict[str, Any] = {"price": args.price, "region": args.region, "models": args.model,
                                  "cuda_version": args.cuda, "labels": dict(kv.split("=", 1) for kv in args.label)}  # fmt: skip
     if args.gpu:
         overrides["gpus"] = [_gpu(g) for g in args.gpu]
     miner = Miner(args.address, args.api_key, _runner(args.runner, args.timeout, args.raw_output),
                   probe_capabilities(args.slots, **overrides),
-                  signer=Signer(args.signing_key_hex) if args.signing_key_hex else None,
+                  signer=signer,
                   unreachable_timeout_s=args.give_up_after, stuck_timeout_s=args.stuck_timeout,
                   transport=args.transport, **_welcome_timeout(args),
                   **connection_options(args))  # fmt: skip
