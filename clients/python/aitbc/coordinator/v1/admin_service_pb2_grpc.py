@@ -88,7 +88,8 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListMiners(self, request, context):
-        """Miners known to the coordinator (connected, draining, or recently seen).
+        """Miners known to the coordinator: connected (or draining), and those away within their grace period with
+        jobs or an operator's drain waiting for them.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -99,9 +100,9 @@ class AdminServiceServicer:
         within its grace period is drained when it comes back (`MinerInfo.drain_pending`). The drain is stored before
         the call returns: it outlives a coordinator restart (a miner back within its grace period, counted from the new
         start, is drained still), until the miner's session has drained to the end or it stays away past its grace.
-        Errors: NOT_FOUND (`MINER_NOT_FOUND`) when the miner has no session and is not within its grace period;
-        UNAVAILABLE (`STORE_UNAVAILABLE`) when the store cannot be reached (nothing drained: call again), or
-        (`SHUTTING_DOWN`) when the coordinator is stopping.
+        Errors: NOT_FOUND (`MINER_NOT_FOUND`) when the miner has no session and nothing waits for it (one that
+        ListMiners does not list); UNAVAILABLE (`STORE_UNAVAILABLE`) when the store cannot be reached (nothing
+        drained: call again), or (`SHUTTING_DOWN`) when the coordinator is stopping.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

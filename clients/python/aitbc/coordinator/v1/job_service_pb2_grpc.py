@@ -122,7 +122,7 @@ class JobServiceServicer:
         """Returns a job's result. With `wait`, blocks until the job is terminal or the call's deadline passes.
         Errors: NOT_FOUND (`JOB_NOT_FOUND`); FAILED_PRECONDITION (`JOB_NOT_COMPLETED`, with the state in the
         ErrorInfo metadata) when the job has no result (not finished yet, or failed, canceled, expired);
-        DEADLINE_EXCEEDED when waiting ran out.
+        DEADLINE_EXCEEDED (`WAIT_TIMEOUT`) when waiting ran out (at most 15 minutes, whatever the deadline).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -151,14 +151,16 @@ class JobServiceServicer:
         (the last `sequence` it received): it gets every change since, none twice, and no first snapshot.
         Errors: NOT_FOUND (`JOB_NOT_FOUND`); OUT_OF_RANGE (`SEQUENCE_OUT_OF_RANGE`, ErrorInfo metadata
         `last_sequence`) for an `after_sequence` past the job's last change: never sent for this job (another
-        job's, or the coordinator's store restored from an older copy); resume from 0 to start over.
+        job's, or the coordinator's store restored from an older copy); resume from 0 to start over. UNAVAILABLE
+        (`SHUTTING_DOWN`) when the coordinator stops: resume with `after_sequence`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def QuoteCost(self, request, context):
-        """Prices a job before submitting it: the cost range over the miners now eligible for these constraints.
+        """Prices a job before submitting it: the cost range over the miners now eligible for these constraints
+        (connected, not draining).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

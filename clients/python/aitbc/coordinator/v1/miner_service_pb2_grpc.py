@@ -150,8 +150,9 @@ class MinerServiceServicer:
         The same applies to a unary session replaced by RegisterMiner. Every message counts against the
         stream's message budget (RATE_LIMITS group `stream`): a miner over it is slowed, and cut off with
         RESOURCE_EXHAUSTED (`STREAM_RATE_EXCEEDED`, RetryInfo) when it stays over for long.
-        Errors: INVALID_ARGUMENT (`HELLO_REQUIRED`) when the first message is not hello; UNAVAILABLE
-        (`SHUTTING_DOWN`) while the coordinator stops.
+        Errors: INVALID_ARGUMENT (`HELLO_REQUIRED`) when the first message is not hello, or none came within 30 s;
+        FAILED_PRECONDITION (`HELLO_REPEATED`) for a second hello; UNAVAILABLE (`SHUTTING_DOWN`) while the
+        coordinator stops.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -198,7 +199,8 @@ class MinerServiceServicer:
 
     def SubmitResult(self, request, context):
         """Reports a job's result (unary path). Errors: FAILED_PRECONDITION (`STALE_ATTEMPT`, `JOB_NOT_HELD`);
-        UNAVAILABLE (`JOB_RESTORING`): the job is being read back after a failed write, send it again.
+        INVALID_ARGUMENT (`INVALID_RESULT`, `BAD_MINER_SIGNATURE`), the job still held; UNAVAILABLE
+        (`JOB_RESTORING`): the job is being read back after a failed write, send it again.
         A repeat of an accepted result answers the same acknowledgement and changes nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -27,8 +27,8 @@ if _version_not_supported:
 
 class ReceiptServiceStub:
     """Signed receipts of completed jobs and the transparency log that holds them. Any API key may read keys,
-    checkpoints and proofs; receipts of a job are readable by its client, by the miner that ran it, and by
-    admins (others: NOT_FOUND, reason `JOB_NOT_FOUND`).
+    checkpoints and proofs; receipts of a job are readable by its client, by a miner that ran it (those of its
+    own attempts), and by admins (others: NOT_FOUND, reason `JOB_NOT_FOUND`).
 
     A receipt is a DSSE envelope (JSON: payloadType, payload (base64), signatures [{keyid, sig}]) whose
     payload type is `application/vnd.aitbc.receipt.v1+json`. Signatures are Ed25519 over
@@ -77,8 +77,8 @@ class ReceiptServiceStub:
 
 class ReceiptServiceServicer:
     """Signed receipts of completed jobs and the transparency log that holds them. Any API key may read keys,
-    checkpoints and proofs; receipts of a job are readable by its client, by the miner that ran it, and by
-    admins (others: NOT_FOUND, reason `JOB_NOT_FOUND`).
+    checkpoints and proofs; receipts of a job are readable by its client, by a miner that ran it (those of its
+    own attempts), and by admins (others: NOT_FOUND, reason `JOB_NOT_FOUND`).
 
     A receipt is a DSSE envelope (JSON: payloadType, payload (base64), signatures [{keyid, sig}]) whose
     payload type is `application/vnd.aitbc.receipt.v1+json`. Signatures are Ed25519 over
@@ -175,8 +175,8 @@ def add_ReceiptServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class ReceiptService:
     """Signed receipts of completed jobs and the transparency log that holds them. Any API key may read keys,
-    checkpoints and proofs; receipts of a job are readable by its client, by the miner that ran it, and by
-    admins (others: NOT_FOUND, reason `JOB_NOT_FOUND`).
+    checkpoints and proofs; receipts of a job are readable by its client, by a miner that ran it (those of its
+    own attempts), and by admins (others: NOT_FOUND, reason `JOB_NOT_FOUND`).
 
     A receipt is a DSSE envelope (JSON: payloadType, payload (base64), signatures [{keyid, sig}]) whose
     payload type is `application/vnd.aitbc.receipt.v1+json`. Signatures are Ed25519 over
