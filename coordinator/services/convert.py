@@ -17,6 +17,7 @@ from ..domain.validation import (
     SubmissionFields,
     check_cuda,
     check_decimal,
+    check_labels,
     check_price,
     check_text,
     raise_if,
@@ -281,8 +282,7 @@ def capabilities_from(c: miner_service_pb2.MinerCapabilities, limits: Limits) ->
         v.append(("capabilities.models", "at most 256 entries of at most 256 characters"))
     if c.slots > 1024:
         v.append(("capabilities.slots", "at most 1024"))
-    if len(c.labels) > limits.max_labels:
-        v.append(("capabilities.labels", f"at most {limits.max_labels} entries"))
+    check_labels(v, "capabilities.labels", tuple(c.labels.items()), limits)  # (as the constraints they meet)
     if len(c.region) > 64:
         v.append(("capabilities.region", "at most 64 characters"))
     check_price(v, "capabilities.price", c.price)

@@ -612,6 +612,8 @@ async def test_connect_first_message_and_hello_validation(coord: Harness) -> Non
         mpb.Hello(capabilities=capabilities(gpus=tuple(("g", 8) for _ in range(65)))),
         mpb.Hello(capabilities=capabilities(models=tuple(f"m{i}" for i in range(257)))),
         mpb.Hello(capabilities=capabilities(labels={f"k{i}": "v" for i in range(33)})),
+        mpb.Hello(capabilities=capabilities(labels={"tier": "v" * 129})),
+        mpb.Hello(capabilities=capabilities(labels={"k" * 129: "v"})),
         mpb.Hello(capabilities=capabilities(), receipt_public_key=b"k" * 31),
         mpb.Hello(capabilities=capabilities(), agent_version="v" * 129),
         mpb.Hello(capabilities=capabilities(), running_jobs=[mpb.RunningJob(job_id="x" * 65, attempt=1)]),
