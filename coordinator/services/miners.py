@@ -245,6 +245,10 @@ class MinerServicer(miner_service_pb2_grpc.MinerServiceServicer):
             obs.stream_sent("welcome")
             await self.scheduler.finish_opening(pending, committing)
             reason = await self._write(session, context, reader, hello.batched_acks)
+            if reason == "OUTBOX_OVERFLOW":  # (an OK end told the miner nothing: it looks like a close)
+                raise CoordinatorError(Kind.UNAVAILABLE, "OUTBOX_OVERFLOW",
+                                       "the miner read its stream too slowly: more than "
+                                       f"{self.scheduler.settings.outbox_limit} messages waited for it; reconnect")  # fmt: skip
         except asyncio.CancelledError:
             reason = session.end_reason or self._cut_off("STREAM_CANCELLED")
             task = asyncio.current_task()

@@ -152,7 +152,8 @@ class MinerServiceServicer:
         RESOURCE_EXHAUSTED (`STREAM_RATE_EXCEEDED`, RetryInfo) when it stays over for long.
         Errors: INVALID_ARGUMENT (`HELLO_REQUIRED`) when the first message is not hello, or none came within 30 s;
         FAILED_PRECONDITION (`HELLO_REPEATED`) for a second hello; UNAVAILABLE (`SHUTTING_DOWN`) while the
-        coordinator stops.
+        coordinator stops, or (`STREAM_STALLED`, `OUTBOX_OVERFLOW`) for a miner that stopped reading its stream or
+        read it too slowly: reconnect.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
