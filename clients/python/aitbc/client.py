@@ -6,9 +6,10 @@ import asyncio
 import base64
 import json
 import logging
+import math
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC
 from decimal import Decimal
@@ -184,6 +185,22 @@ def closed_error() -> grpc.aio.AioRpcError:
                                 "the client was closed")  # fmt: skip
 
 
+def closed_in_flight(closed: asyncio.Event) -> bool:
+    """Whether the asyncio.CancelledError a call raised is the client's close() (grpc.aio raises one for a
+    call its closed channel cancelled), not a cancellation of the caller's task (left to propagate)."""
+    task = asyncio.current_task()
+    return closed.is_set() and (task is None or not task.cancelling())
+
+
+def _deadline_s(timeout: float | None) -> float | None:
+    """A call's timeout as gRPC takes it: None or math.inf is none (grpc failed an infinite one at once)."""
+    if timeout is None or timeout == math.inf:
+        return None
+    if math.isnan(timeout):
+        raise ValueError(f"timeout_s: a number of seconds or None, not {timeout}")
+    return timeout
+
+
 _DEFAULT: Any = object()  # "the client's default timeout" (None means no deadline)
 
 
@@ -269,7 +286,7 @@ class RetryingCalls:
         the error of a try made after an earlier one may have taken effect, and the seconds left of the
         call's deadline (None: none), which any call it makes must keep to; what it returns (not None) is
         the call's answer (a cancel repeated after the first canceled the job)."""
-        timeout = self.timeout_s if timeout_s is _DEFAULT else timeout_s
+        timeout = _deadline_s(self.timeout_s if timeout_s is _DEFAULT else timeout_s)
         deadline = None if timeout is None else time.monotonic() + timeout
 
         def remaining() -> float | None:
@@ -280,6 +297,10 @@ class RetryingCalls:
             attempt += 1
             try:
                 return await rpc(request, metadata=self.metadata, timeout=remaining())
+            except asyncio.CancelledError:
+                if closed_in_flight(self._closed):
+                    raise closed_error() from None
+                raise
             except grpc.aio.AioRpcError as exc:
                 if (
                     attempt > 1
@@ -334,20 +355,30 @@ class Client(RetryingCalls):
 
     @staticmethod
     def request(payload: dict[str, Any] | bytes, **options: Any) -> job_service_pb2.SubmitJobRequest:
+        """A SubmitJobRequest: payload a dict of JSON data (payload) or bytes (payload_bytes); options
+        constraints (a dict of Constraints fields, or None), priority, max_attempts, idempotency_key,
+        metadata (a dict of strings), ttl_s and execution_timeout_s (seconds). A payload or option of the
+        wrong kind is a TypeError (ValueError for a bad value) naming it; the coordinator checks the ranges."""
         req = job_service_pb2.SubmitJobRequest(
-            constraints=job_pb2.Constraints(**options.pop("constraints", {})),
+            constraints=_constraints(options.pop("constraints", None)),
             priority=options.pop("priority", 0), max_attempts=options.pop("max_attempts", 0),
             idempotency_key=options.pop("idempotency_key", ""), metadata=options.pop("metadata", {}),
         )  # fmt: skip
-        if isinstance(payload, bytes):
-            req.payload_bytes = payload
-        else:
+        if isinstance(payload, bytes | bytearray | memoryview):
+            req.payload_bytes = bytes(payload)
+        elif isinstance(payload, Mapping):
             req.payload.SetInParent()  # set even when empty: {} is a payload, not a missing one
-            req.payload.update(payload)
+            try:
+                req.payload.update(payload)
+            except (TypeError, ValueError, OverflowError) as exc:  # protobuf's own words name neither
+                error, where = _not_json(payload) or (type(exc), str(exc))
+                raise error(f"payload: {where}") from None
+        else:
+            raise TypeError(f"payload: a dict (a JSON object) or bytes, not {type(payload).__name__}")
         if (ttl := options.pop("ttl_s", None)) is not None:
-            req.ttl.FromMilliseconds(int(ttl * 1000))
+            req.ttl.FromMilliseconds(_milliseconds(ttl, "ttl_s"))
         if (timeout := options.pop("execution_timeout_s", None)) is not None:
-            req.execution_timeout.FromMilliseconds(int(timeout * 1000))
+            req.execution_timeout.FromMilliseconds(_milliseconds(timeout, "execution_timeout_s"))
         if options:
             raise TypeError(f"unknown options: {sorted(options)}")
         return req
@@ -373,7 +404,7 @@ class Client(RetryingCalls):
 
     async def submit_many(self, payloads: list[dict[str, Any] | bytes], **options: Any) -> list[job_pb2.Job]:
         """Submits jobs in one call (all or none), with the same options for each (submit_requests: keys and
-        options of their own per job)."""
+        options of their own per job). The jobs come back without their input (SubmitJobs; get() has it)."""
         return await self.submit_requests([self.request(p, **dict(options)) for p in payloads])
 
     async def submit_requests(self, requests: list[job_service_pb2.SubmitJobRequest]) -> list[job_pb2.Job]:
@@ -437,7 +468,7 @@ class Client(RetryingCalls):
         costs are decimal strings, empty when no miner is eligible). units: a decimal string ("10", "2.5"),
         an int or a Decimal; "" means 1. Never a float: 0.1 as a float is not one tenth, and money is exact."""
         request = job_service_pb2.QuoteCostRequest(
-            constraints=job_pb2.Constraints(**(constraints or {})), units=_decimal_text(units, "units")
+            constraints=_constraints(constraints), units=_decimal_text(units, "units")
         )
         return await self._unary(self.jobs.QuoteCost, request, repeatable=True)
 
@@ -474,6 +505,10 @@ class Client(RetryingCalls):
                     if update.job.state in TERMINAL:
                         return
                 exc = None  # ended before the terminal state: a coordinator going away
+            except asyncio.CancelledError:
+                if closed_in_flight(self._closed):
+                    raise closed_error() from None
+                raise
             except grpc.aio.AioRpcError as error:
                 exc = error
             finally:
@@ -495,6 +530,8 @@ class Client(RetryingCalls):
         """The job once terminal (follows WatchJob, resuming cut streams and waiting out a coordinator that is
         down); TimeoutError after timeout_s, saying the job's last state seen and the failure that was being
         waited out, if any."""
+        if timeout_s is not None and math.isnan(timeout_s):  # (was a TimeoutError at once)
+            raise ValueError("timeout_s: a number of seconds or None, not nan")
         followed = _Followed()
         try:
             async with asyncio.timeout(timeout_s):
@@ -580,6 +617,44 @@ def _decimal_text(value: str | int | Decimal, name: str) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     raise TypeError(f"{name}: a decimal string, int or Decimal, not {type(value).__name__}")
+
+
+def _constraints(given: dict[str, Any] | None) -> job_pb2.Constraints:
+    """Constraints from a dict of its fields (None: none); max_price as units are (a float was protobuf's
+    "bad argument type for built-in operation")."""
+    fields = dict(given or {})
+    if fields.get("max_price") is not None:
+        fields["max_price"] = _decimal_text(fields["max_price"], "constraints.max_price")
+    return job_pb2.Constraints(**fields)
+
+
+def _milliseconds(seconds: float, name: str) -> int:
+    """A duration option in whole milliseconds; a str or bool is refused (ttl_s="60" was "60" * 1000)."""
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float | Decimal):
+        raise TypeError(f"{name}: a number of seconds, not {type(seconds).__name__}")
+    if not math.isfinite(seconds):
+        raise ValueError(f"{name}: a finite number of seconds, not {seconds}")
+    return int(seconds * 1000)
+
+
+def _not_json(value: Any, path: str = "$") -> tuple[type[Exception], str] | None:
+    """Where value holds what a Struct cannot (the error and its text, the path in it first); None: nothing.
+    (Struct.update takes any mapping; inside it, only a dict.)"""
+    if isinstance(value, Mapping if path == "$" else dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return TypeError, f"{path}: a key of type {type(key).__name__} (JSON keys are strings)"
+            if found := _not_json(item, f"{path}.{key}"):
+                return found
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            if found := _not_json(item, f"{path}[{index}]"):
+                return found
+    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > 1.7976931348623157e308:
+        return ValueError, f"{path}: an integer too large for a JSON number (a double)"
+    elif value is not None and not isinstance(value, str | int | float):
+        return TypeError, f"{path}: a {type(value).__name__} is not JSON"
+    return None
 
 
 def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
