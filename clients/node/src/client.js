@@ -14,7 +14,7 @@ const { formatRfc3339 } = require('./time');
 const { makeBundle, verifyBundle } = require('./bundle');
 const { loadKeySet, KeySet } = require('./keys');
 const { signingEntries } = require('./signing');
-const { errorDetails, withDetails } = require('./status');
+const { errorDetails, withDetails, noDetails } = require('./status');
 
 /** Where the contract lives when this package sits in the repository (clients/node -> proto/). */
 const DEFAULT_PROTO_DIR = path.resolve(__dirname, '..', '..', '..', 'proto');
@@ -133,7 +133,7 @@ function watchTimedOut(jobId, timeoutMs, progress, failure) {
   const details = `job ${jobId} not terminal within ${timeoutMs / 1000} s (${seen})${cut}`;
   // (the cut, not the last try: a try made as the deadline passes ends DEADLINE_EXCEEDED itself)
   return Object.assign(new Error(`4 DEADLINE_EXCEEDED: ${details}`, { cause: progress.cut ?? failure }),
-    { code: grpc.status.DEADLINE_EXCEEDED, details, metadata: failure.metadata ?? new grpc.Metadata(), lastJob: progress.job });
+    { code: grpc.status.DEADLINE_EXCEEDED, details, metadata: failure.metadata ?? new grpc.Metadata(), lastJob: progress.job, ...noDetails() });
 }
 
 /** What a watch's onUpdate threw, carried out of the stream's listener to end the watch with it. */
@@ -146,7 +146,7 @@ class OnUpdateFailed {
 /** The error of a call ended by close() between its tries: CANCELLED, as grpc-js ends a call in flight. */
 function closedError() {
   return Object.assign(new Error('1 CANCELLED: the client was closed'),
-    { code: grpc.status.CANCELLED, details: 'the client was closed', metadata: new grpc.Metadata() });
+    { code: grpc.status.CANCELLED, details: 'the client was closed', metadata: new grpc.Metadata(), ...noDetails() });
 }
 
 /**
@@ -155,8 +155,12 @@ function closedError() {
  * @param {string} [protoDir] directory holding aitbc/coordinator/v1/*.proto
  */
 function loadContract(protoDir = DEFAULT_PROTO_DIR) {
-  const definition = protoLoader.loadSync(CONTRACT_FILES, { ...LOADER_OPTIONS, includeDirs: [protoDir] });
-  return grpc.loadPackageDefinition(definition).aitbc.coordinator.v1;
+  return grpc.loadPackageDefinition(loadDefinition(protoDir)).aitbc.coordinator.v1;
+}
+
+/** The contract's proto-loader package definition (its messages' and enums' descriptors by full name). */
+function loadDefinition(protoDir = DEFAULT_PROTO_DIR) {
+  return protoLoader.loadSync(CONTRACT_FILES, { ...LOADER_OPTIONS, includeDirs: [protoDir] });
 }
 
 /** Loads grpc.health.v1.Health. */
@@ -164,10 +168,37 @@ function loadHealth() {
   return grpc.loadPackageDefinition(protoLoader.loadSync(HEALTH_PROTO, LOADER_OPTIONS)).grpc.health.v1.Health;
 }
 
-/** A google.protobuf.Duration from seconds (fractions allowed). */
-function duration(seconds) {
-  const whole = Math.floor(seconds);
-  return { seconds: String(whole), nanos: Math.round((seconds - whole) * 1e9) };
+/**
+ * A google.protobuf.Duration from seconds (fractions allowed): nanos within +-999999999 and of the sign of
+ * seconds, as the type requires (1.9999999999 rounded to {1, 1000000000}, which the coordinator refuses).
+ * @param {number} seconds
+ * @param {string} name the option's name, for the error
+ */
+function duration(seconds, name) {
+  const value = typeof seconds === 'string' && seconds.trim() !== '' ? Number(seconds) : seconds;
+  if (typeof value !== 'number' || !Number.isFinite(value)) throw new TypeError(`${name} is a number of seconds, not ${JSON.stringify(seconds) ?? typeof seconds}`);
+  let whole = Math.trunc(value);
+  let nanos = Math.round((value - whole) * 1e9);
+  if (Math.abs(nanos) === 1e9) {
+    whole += Math.sign(nanos);
+    nanos = 0;
+  }
+  return { seconds: String(whole), nanos: nanos === 0 ? 0 : nanos };
+}
+
+const SUBMIT_OPTIONS = ['constraints', 'priority', 'ttlSeconds', 'maxAttempts', 'executionTimeoutSeconds', 'idempotencyKey', 'metadata'];
+
+/**
+ * Refuses constraint names the contract's Constraints does not have (a camelCase `maxPrice` was dropped by the
+ * serializer without a word: a job with no price cap, a quote over every miner), as the Python SDK does.
+ */
+function checkConstraints(constraints, known) {
+  if (constraints === undefined || constraints === null) return;
+  if (typeof constraints !== 'object' || Array.isArray(constraints)) throw new TypeError('constraints is an object of Constraints fields (snake_case)');
+  const unknown = Object.keys(constraints).filter((name) => !known.includes(name));
+  if (unknown.length > 0) {
+    throw new TypeError(`unknown constraint${unknown.length > 1 ? 's' : ''} ${unknown.join(', ')}: Constraints has ${known.join(', ')}`);
+  }
 }
 
 /** A google.protobuf.Timestamp message object as RFC 3339, or undefined when unset. */
@@ -175,14 +206,23 @@ function timestampToRfc3339(ts) {
   return ts ? formatRfc3339(ts.seconds, ts.nanos) : undefined;
 }
 
-/** A SubmitJobRequest from a payload (JSON object or bytes) and submitJob's options. */
-function submitRequest(payload, options) {
+/**
+ * A SubmitJobRequest from a payload (JSON object or bytes) and submitJob's options; refuses option and constraint
+ * names it would otherwise drop (as the Python SDK and the constructor do).
+ */
+function submitRequest(payload, options, constraintFields) {
+  if (options === null || typeof options !== 'object' || Array.isArray(options)) throw new TypeError('submit options must be an object');
+  const unknown = Object.keys(options).filter((name) => !SUBMIT_OPTIONS.includes(name));
+  if (unknown.length > 0) {
+    throw new TypeError(`unknown submit option${unknown.length > 1 ? 's' : ''} ${unknown.join(', ')}: submitJob takes ${SUBMIT_OPTIONS.join(', ')}`);
+  }
+  checkConstraints(options.constraints, constraintFields);
   const request = payload instanceof Uint8Array ? { payload_bytes: Buffer.from(payload) } : { payload: toStruct(payload) };
   if (options.constraints) request.constraints = options.constraints;
   if (options.priority !== undefined) request.priority = options.priority;
-  if (options.ttlSeconds !== undefined) request.ttl = duration(options.ttlSeconds);
+  if (options.ttlSeconds !== undefined) request.ttl = duration(options.ttlSeconds, 'ttlSeconds');
   if (options.maxAttempts !== undefined) request.max_attempts = options.maxAttempts;
-  if (options.executionTimeoutSeconds !== undefined) request.execution_timeout = duration(options.executionTimeoutSeconds);
+  if (options.executionTimeoutSeconds !== undefined) request.execution_timeout = duration(options.executionTimeoutSeconds, 'executionTimeoutSeconds');
   if (options.idempotencyKey !== undefined) request.idempotency_key = options.idempotencyKey;
   if (options.metadata) request.metadata = options.metadata;
   return request;
@@ -259,13 +299,18 @@ class CoordinatorClient {
   constructor(address, options = {}, ...extra) {
     checkOptions(options, extra.length);
     const credentials = options.credentials ?? grpc.credentials.createInsecure();
-    const v1 = loadContract(options.protoDir);
+    const definition = loadDefinition(options.protoDir);
+    const v1 = grpc.loadPackageDefinition(definition).aitbc.coordinator.v1;
+    /** Names the serializer would drop or turn into 0 without a word, checked before a call. */
+    this.constraintFields = definition['aitbc.coordinator.v1.Constraints'].type.field.map((f) => f.name);
+    this.jobStates = new Map(definition['aitbc.coordinator.v1.JobState'].type.value.map((v) => [v.name, v.number]));
     const Health = loadHealth();
     this.apiKey = options.apiKey;
     this.hmacSecret = options.hmacSecret;
     this.timeoutMs = options.timeoutMs ?? 30000;
-    this.retry = { ...DEFAULT_RETRY, ...options.retry };
-    this.retry.attempts ??= Infinity; // (null or undefined given: no cap, as by default)
+    // (an option given as null or undefined keeps its default: a NaN backoff retried in a busy loop)
+    const retry = Object.entries(options.retry ?? {}).filter(([, value]) => value !== undefined && value !== null);
+    this.retry = { ...DEFAULT_RETRY, ...Object.fromEntries(retry) };
     this.generateIdempotencyKeys = options.generateIdempotencyKeys ?? true;
     const keepalive = { timeMs: options.keepalive?.timeMs ?? DEFAULT_KEEPALIVE.timeMs, timeoutMs: options.keepalive?.timeoutMs ?? DEFAULT_KEEPALIVE.timeoutMs };
     const channelOptions = { ...keepaliveOptions(keepalive), ...options.channelOptions };
@@ -398,7 +443,7 @@ class CoordinatorClient {
    * @returns {Promise<object>} the stored Job (with `payload_json`), plus `created`
    */
   async submitJob(payload, options = {}) {
-    const { request, generated } = this.keyed(submitRequest(payload, options));
+    const { request, generated } = this.keyed(submitRequest(payload, options, this.constraintFields));
     const res = await this.unary(this.jobs, 'SubmitJob', request, undefined, { repeatable: Boolean(request.idempotency_key) });
     // a key of this call's own was never sent before it: the job is this call's even when a repeat answered it
     return { ...decodeJob(res.job), created: generated || res.created };
@@ -411,7 +456,7 @@ class CoordinatorClient {
    * @returns {Promise<object[]>} the stored jobs (without payloads), each with `created`
    */
   async submitJobs(entries) {
-    const keyed = entries.map((e) => this.keyed(submitRequest(e.payload, e.options ?? {})));
+    const keyed = entries.map((e) => this.keyed(submitRequest(e.payload, e.options ?? {}, this.constraintFields)));
     const requests = keyed.map((k) => k.request);
     const repeatable = requests.length > 0 && requests.every((r) => r.idempotency_key);
     const res = await this.unary(this.jobs, 'SubmitJobs', { requests }, undefined, { repeatable });
@@ -430,6 +475,13 @@ class CoordinatorClient {
    * @returns {Promise<{jobs: object[], next_page_token: string}>}
    */
   async listJobs({ states = [], pageSize = 0, pageToken = '' } = {}) {
+    // (a name the enum does not have was sent as 0, UNSPECIFIED: every job listed, unfiltered)
+    if (!Array.isArray(states)) throw new TypeError('states is an array of JobState names, e.g. [\'JOB_STATE_COMPLETED\']');
+    const numbers = [...this.jobStates.values()];
+    const unknown = states.filter((s) => !(this.jobStates.has(s) || numbers.includes(s)));
+    if (unknown.length > 0) {
+      throw new TypeError(`unknown job state${unknown.length > 1 ? 's' : ''} ${unknown.join(', ')}: JobState has ${[...this.jobStates.keys()].join(', ')}`);
+    }
     const res = await this.unary(this.jobs, 'ListJobs', { states, page_size: pageSize, page_token: pageToken }, undefined, { repeatable: true });
     return { jobs: res.jobs.map(decodeJob), next_page_token: res.next_page_token };
   }
@@ -444,6 +496,7 @@ class CoordinatorClient {
   async quoteCost(constraints = {}, units = '') {
     // (a number would be sent as its JS text, "1e-7" say, which the coordinator refuses: decimals are strings)
     if (typeof units !== 'string') throw new TypeError('units is a decimal string, e.g. "10"');
+    checkConstraints(constraints, this.constraintFields);
     return this.unary(this.jobs, 'QuoteCost', { constraints, units }, undefined, { repeatable: true });
   }
 
@@ -480,6 +533,10 @@ class CoordinatorClient {
    * @returns {Promise<object>} the job in its terminal state
    */
   async watchJob(jobId, onUpdate, options = {}) {
+    if (onUpdate !== undefined && onUpdate !== null && typeof onUpdate !== 'function') {
+      // (its options in onUpdate's place: their timeoutMs was ignored and the first message threw a bare TypeError)
+      throw new TypeError(`watchJob(jobId, onUpdate, options): onUpdate must be a function or undefined, not ${typeof onUpdate}`);
+    }
     const timeoutMs = options.timeoutMs ?? 600000;
     const deadline = Date.now() + timeoutMs;
     const progress = { after: 0, failures: 0, job: null, cut: null };

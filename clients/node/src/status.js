@@ -84,12 +84,22 @@ function errorDetails(err) {
 }
 
 /**
- * The error with its details as properties (`reason`, `violations`, `retryAfterMs`, `errorMetadata`), and
- * its message naming the reason: `5 NOT_FOUND (JOB_NOT_FOUND): job ... not found`.
+ * The detail properties of an error that has none (no grpc-status-details-bin: a connection refused, a deadline
+ * the client saw pass, a call close() ended): the same fields, empty, so that `err.violations.length` or
+ * `err.retryAfterMs !== null` reads as on any other error.
+ */
+function noDetails() {
+  return { reason: '', violations: [], retryAfterMs: null, errorMetadata: {} };
+}
+
+/**
+ * The error with its details as properties (`reason`, `violations`, `retryAfterMs`, `errorMetadata`; empty,
+ * as noDetails(), when it has none), and its message naming the reason: `5 NOT_FOUND (JOB_NOT_FOUND): job ... not found`.
  */
 function withDetails(err) {
+  if (err === null || typeof err !== 'object' || err.reason !== undefined) return err;
   const d = errorDetails(err);
-  if (!d || err.reason !== undefined) return err;
+  if (!d) return Object.assign(err, noDetails());
   Object.assign(err, { reason: d.reason, violations: d.violations, retryAfterMs: d.retryAfterMs, errorMetadata: d.metadata });
   if (d.reason && typeof err.message === 'string' && !err.message.includes(`(${d.reason})`)) {
     err.message = err.message.replace(/^(\d+ [A-Z_]+)/, `$1 (${d.reason})`);
@@ -97,4 +107,4 @@ function withDetails(err) {
   return err;
 }
 
-module.exports = { errorDetails, withDetails };
+module.exports = { errorDetails, withDetails, noDetails };

@@ -4,8 +4,25 @@
  * ({fields: {k: {stringValue: ...}}}); integrators think in JSON, so the client converts at its edge.
  */
 
-/** A JSON value as a google.protobuf.Value message object. */
+/**
+ * An object JSON.stringify would not write as its own fields: a Map, a Set or binary data (written `{}` or as
+ * index keys), refused rather than sent so; null for any other.
+ */
+function notJson(v) {
+  if (v instanceof Map) return 'Map';
+  if (v instanceof Set) return 'Set';
+  if (v instanceof ArrayBuffer || ArrayBuffer.isView(v)) return v.constructor?.name ?? 'binary data';
+  return null;
+}
+
+/**
+ * A JSON value as a google.protobuf.Value message object. An object with toJSON (a Date, say) is converted
+ * as JSON.stringify writes it (a Date went as an empty Struct).
+ */
 function toValue(v) {
+  const kind = v !== null && typeof v === 'object' ? notJson(v) : null;
+  if (kind) throw new TypeError(`a ${kind} is not a JSON value (convert it to an object, array or string)`);
+  if (v !== null && typeof v === 'object' && typeof v.toJSON === 'function') v = v.toJSON();
   if (v === null) return { nullValue: 'NULL_VALUE' };
   if (typeof v === 'number') {
     if (!Number.isFinite(v)) throw new TypeError('Struct numbers must be finite');
@@ -20,7 +37,8 @@ function toValue(v) {
 
 /** A plain JSON object as a google.protobuf.Struct message object. */
 function toStruct(obj) {
-  if (obj === null || typeof obj !== 'object' || Array.isArray(obj)) throw new TypeError('a Struct is a JSON object');
+  if (obj !== null && typeof obj === 'object' && !notJson(obj) && typeof obj.toJSON === 'function') obj = obj.toJSON();
+  if (obj === null || typeof obj !== 'object' || Array.isArray(obj) || notJson(obj)) throw new TypeError('a Struct is a JSON object');
   const fields = {};
   for (const [k, v] of Object.entries(obj)) fields[k] = toValue(v);
   return { fields };
