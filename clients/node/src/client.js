@@ -217,6 +217,9 @@ function submitRequest(payload, options, constraintFields) {
     throw new TypeError(`unknown submit option${unknown.length > 1 ? 's' : ''} ${unknown.join(', ')}: submitJob takes ${SUBMIT_OPTIONS.join(', ')}`);
   }
   checkConstraints(options.constraints, constraintFields);
+  for (const name of ['priority', 'maxAttempts']) { // (5.5 went as 5, '3' as 3, without a word)
+    if (options[name] !== undefined && !Number.isInteger(options[name])) throw new TypeError(`${name} is an integer, not ${JSON.stringify(options[name]) ?? typeof options[name]}`);
+  }
   const request = payload instanceof Uint8Array ? { payload_bytes: Buffer.from(payload) } : { payload: toStruct(payload) };
   if (options.constraints) request.constraints = options.constraints;
   if (options.priority !== undefined) request.priority = options.priority;
@@ -456,6 +459,7 @@ class CoordinatorClient {
    * @returns {Promise<object[]>} the stored jobs (without payloads), each with `created`
    */
   async submitJobs(entries) {
+    if (!Array.isArray(entries)) throw new TypeError('submitJobs takes an array of {payload, options}'); // (was "entries.map is not a function")
     const keyed = entries.map((e) => this.keyed(submitRequest(e.payload, e.options ?? {}, this.constraintFields)));
     const requests = keyed.map((k) => k.request);
     const repeatable = requests.length > 0 && requests.every((r) => r.idempotency_key);

@@ -132,3 +132,15 @@ test('Struct conversion: objects with toJSON as JSON.stringify writes them; Map,
   assert.throws(() => toStruct({ b: [Buffer.from('x')] }), { name: 'TypeError', message: /Buffer/ });
   assert.throws(() => toStruct(new ArrayBuffer(2)), { name: 'TypeError', message: /a Struct is a JSON object/ });
 });
+
+test('priority and maxAttempts are integers, and submitJobs takes an array, refused before any call', async () => {
+  // (priority 5.5 was sent as 5 without a word; submitJobs({...}) failed with "entries.map is not a function")
+  const client = new CoordinatorClient('127.0.0.1:9', { apiKey: 'k', retry: { attempts: 1 } });
+  try {
+    await assert.rejects(client.submitJob({ a: 1 }, { priority: 5.5 }), { name: 'TypeError', message: /priority is an integer, not 5.5/ });
+    await assert.rejects(client.submitJob({ a: 1 }, { maxAttempts: '3' }), { name: 'TypeError', message: /maxAttempts is an integer, not "3"/ });
+    await assert.rejects(client.submitJobs({ payload: { a: 1 } }), { name: 'TypeError', message: /submitJobs takes an array/ });
+  } finally {
+    client.close();
+  }
+});
