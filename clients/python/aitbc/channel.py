@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any
 
 import grpc
@@ -54,11 +55,9 @@ def open_channel(
     While the coordinator is unreachable the channel tries to connect again after 1 s, growing to at most
     reconnect_max_s (with gRPC's jitter): calls made with wait_for_ready wait for that, not failing.
     """
-    if keepalive_s <= SERVER_MIN_PING_INTERVAL_S or keepalive_timeout_s <= 0:
-        raise ValueError(f"keepalive_s must exceed {SERVER_MIN_PING_INTERVAL_S:g} s; keepalive_timeout_s > 0")
+    check_channel_settings(keepalive_s=keepalive_s, keepalive_timeout_s=keepalive_timeout_s,
+                           reconnect_max_s=reconnect_max_s, tls=tls, tls_server_name=tls_server_name)  # fmt: skip
     timeout_ms = round(keepalive_timeout_s * 1000)
-    if reconnect_max_s < 1.0:
-        raise ValueError("reconnect_max_s must be at least 1 s (the first reconnect waits 1 s)")
     chosen = {"grpc.keepalive_time_ms": round(keepalive_s * 1000), "grpc.keepalive_timeout_ms": timeout_ms,
               "grpc.http2.ping_timeout_ms": timeout_ms,
               "grpc.max_reconnect_backoff_ms": round(reconnect_max_s * 1000)}  # fmt: skip
@@ -73,6 +72,33 @@ def open_channel(
         options.append(("grpc.ssl_target_name_override", tls_server_name))
     credentials = grpc.ssl_channel_credentials(_pem(tls_ca), _pem(tls_key), _pem(tls_cert))
     return grpc.aio.secure_channel(address, credentials, options=options)
+
+
+def check_channel_settings(**settings: Any) -> None:
+    """open_channel's settings among these (keepalive_s, keepalive_timeout_s, reconnect_max_s, tls,
+    tls_server_name) as it takes them, or a TypeError or ValueError naming the first that is not. Also what
+    Miner(channel_options=...) is held to when it is made: a miner opens channels itself, hours later (NaN or
+    infinity passed a comparison, then failed converting to milliseconds)."""
+    least_ping = SERVER_MIN_PING_INTERVAL_S
+    rules = {  # name -> (what it must be, the test)
+        "keepalive_s": (f"more than {least_ping:g} (the coordinator's least ping interval) and finite",
+                        lambda x: least_ping < x < math.inf),
+        "keepalive_timeout_s": ("more than 0 and finite", lambda x: 0 < x < math.inf),
+        "reconnect_max_s": ("at least 1 (the first reconnect waits 1 s) and finite", lambda x: 1 <= x < math.inf),
+    }  # fmt: skip
+    for name, value in settings.items():
+        if name in rules:
+            rule, ok = rules[name]
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise TypeError(f"{name} must be a number of seconds, {rule}, not {value!r}")
+            if not ok(value):  # (NaN fails every comparison)
+                raise ValueError(f"{name} must be {rule}, not {value!r}")
+        elif name == "tls" and not isinstance(value, bool):
+            raise TypeError(f"tls must be a bool, not {value!r}")
+        elif name == "tls_server_name" and not isinstance(value, str | None):
+            raise TypeError(f"tls_server_name must be a str, not {value!r}")
+        elif name not in ("tls", "tls_server_name"):
+            raise TypeError(f"open_channel takes no setting {name!r}")
 
 
 def _pem(value: bytes | str | None) -> bytes | None:

@@ -34,7 +34,6 @@ from .coordinator.v1.job_pb2 import JOB_STATE_COMPLETED
 from .receipts.cli import add_parser as add_receipts_parser
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
-MAX_SLOTS = 1024  # MinerCapabilities.slots: 1 to 1024 (the contract)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -570,7 +569,7 @@ def _gpu(text: str) -> tuple[str, int]:
 
 
 async def _miner(args: argparse.Namespace) -> int:
-    from .miner import Miner, RunnersStuck, install_signal_handlers, probe_capabilities
+    from .miner import MAX_SLOTS, Miner, RunnersStuck, install_signal_handlers, probe_capabilities
     from .receipts import Signer
 
     if bad := [kv for kv in args.label if "=" not in kv]:

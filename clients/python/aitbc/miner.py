@@ -38,7 +38,7 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 
-from .channel import auth_metadata, open_channel
+from .channel import auth_metadata, check_channel_settings, open_channel
 from .coordinator.v1 import job_pb2, miner_service_pb2, miner_service_pb2_grpc
 from .receipts import Signer, build_miner_report, canonical_struct, decode_strict, sign_miner_report
 from .signing import SigningChannel
@@ -509,8 +509,64 @@ def _depth(value: Any, level: int = 1) -> int:
     return max([level, *(_depth(item, level + 1) for item in items)])
 
 
+# MinerCapabilities.slots: 0 (one) to 1024 (the contract: the coordinator refuses a hello past it)
+MAX_SLOTS = 1024
+_UINT32 = 1 << 32
+
+
+def _check_number(name: str, value: Any, rule: str, ok: Callable[[Any], bool]) -> None:
+    """value a number (not a bool) for which ok holds (never NaN), or a TypeError or ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number, {rule}, not {value!r}")
+    if value != value or not ok(value):
+        raise ValueError(f"{name} must be {rule}, not {value!r}")
+
+
+def _check_count(name: str, value: Any, least: int, most: int) -> None:
+    """value an int (not a bool) from least to most, or a TypeError or ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, {least} to {most}, not {value!r}")
+    if not least <= value <= most:
+        raise ValueError(f"{name} must be {least} to {most}, not {value!r}")
+
+
+def _check_overrides(overrides: dict[str, Any]) -> None:
+    """probe_capabilities' overrides of the types its fields take, or a TypeError or ValueError naming the field
+    (protobuf's own errors name none: "bad argument type for built-in operation"; a str of models was taken as a
+    list of one-character models)."""
+    for key, value in overrides.items():
+        if key in ("price", "region", "cuda_version"):
+            if not isinstance(value, str):
+                raise TypeError(f"{key} must be a str, not {value!r}")
+        elif key == "models":
+            if isinstance(value, str | bytes) or not isinstance(value, list | tuple | set | frozenset):
+                raise TypeError(f"models must be a list of str, not {value!r}")
+            if bad := [m for m in value if not isinstance(m, str)]:
+                raise TypeError(f"models must be a list of str, not one holding {bad[0]!r}")
+        elif key == "labels":
+            items = getattr(value, "items", None)
+            if not callable(items) or not all(isinstance(k, str) and isinstance(v, str) for k, v in items()):
+                raise TypeError(f"labels must be a dict of str to str, not {value!r}")
+        elif key == "gpus":
+            if isinstance(value, str | bytes):
+                raise TypeError(f"gpus must be a list of (model, memory_gb) pairs, not {value!r}")
+            for gpu in value:
+                if not (isinstance(gpu, tuple | list) and len(gpu) == 2 and isinstance(gpu[0], str)):
+                    raise TypeError(
+                        f"gpus must be a list of (model, memory_gb) pairs, not one holding {gpu!r}"
+                    )
+                _check_count(f"gpus[{gpu[0]!r}] memory_gb", gpu[1], 0, _UINT32 - 1)
+        elif key in ("cpu_cores", "memory_gb"):
+            _check_count(key, value, 0, _UINT32 - 1)
+
+
 def probe_capabilities(slots: int = 1, **overrides: Any) -> miner_service_pb2.MinerCapabilities:
-    """GPUs from nvidia-smi when present; CPU cores and memory otherwise."""
+    """GPUs from nvidia-smi when present; CPU cores and memory otherwise. slots: 1 to MAX_SLOTS (0 means 1);
+    overrides: price, region and cuda_version (str), models (a list of str), labels (a dict of str to str), gpus
+    ((model, memory_gb) pairs), cpu_cores and memory_gb. A value of another type, or out of range, is refused at
+    once (a TypeError or ValueError naming it); the coordinator checks the rest (a price's format) at the hello."""
+    _check_count("slots", slots, 0, MAX_SLOTS)
+    _check_overrides(overrides)
     caps = miner_service_pb2.MinerCapabilities(slots=slots, cpu_cores=os.cpu_count() or 1)
     try:
         caps.memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1 << 30)
@@ -600,6 +656,7 @@ class Miner:
     channel_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self._check_arguments()
         self.running: dict[str, _Running] = {}
         # jobs canceled (by the coordinator, or not resumed by a welcome) whose runner has not returned yet, with
         # when: each holds its slot (a python callable's thread runs on until it returns)
@@ -624,27 +681,11 @@ class Miner:
         self._welcomed = False  # the current stream got its welcome
         self._welcomed_at = 0.0  # the loop's time of the current stream's welcome
         self._heartbeat_waiting = False  # a heartbeat is in the current stream's outbox
-        if self.transport not in ("stream", "poll"):
-            raise ValueError(f"transport must be 'stream' or 'poll', not {self.transport!r}")
-        if not 0 < self.poll_wait_s <= 60:
-            raise ValueError(f"poll_wait_s must be more than 0 and at most 60, not {self.poll_wait_s}")
         self._on_drain: Callable[[], None] | None = None  # the poll session's: drain() tells the coordinator
-        if unknown := sorted(set(self.channel_options) - CHANNEL_OPTIONS):
-            raise ValueError(
-                f"channel_options takes {', '.join(sorted(CHANNEL_OPTIONS))}, not {', '.join(unknown)}"
-            )
         self._heard_at = 0.0  # the loop's time the current stream last carried something from the coordinator
-        if not self.welcome_timeout_s > 0:
-            raise ValueError(f"welcome_timeout_s must be more than 0, not {self.welcome_timeout_s}")
         # how long the stream may stay silent before its connection is probed
         self._quiet_s = self.welcome_timeout_s
         self._idle_quiet_s = idle_quiet_s(self._quiet_s)  # as long, while the miner awaits no answer
-        if not self.stuck_timeout_s > 0:
-            raise ValueError(f"stuck_timeout_s must be more than 0, not {self.stuck_timeout_s}")
-        if self.unreachable_timeout_s is not None and not self.unreachable_timeout_s > 0:
-            raise ValueError(
-                f"unreachable_timeout_s must be more than 0 (or None), not {self.unreachable_timeout_s}"
-            )
         self._drain_timer: asyncio.TimerHandle | None = None
         self.draining = False
         self.stopped = asyncio.Event()
@@ -666,6 +707,71 @@ class Miner:
         self._session_task: asyncio.Task | None = None
         # finished jobs: (job id, attempt, outcome, its Result or the failure to report)
         self._finished: asyncio.Queue[tuple[str, int, Any, Any]] = asyncio.Queue()
+
+    def _check_arguments(self) -> None:
+        """Each field as documented, or a TypeError or ValueError naming it, now: not a failure found later (a hello
+        the coordinator refuses, every result failed RESULT_TOO_LARGE, a reconnect loop's timer, the replacement of a
+        stale connection raising from run() hours in). Secrets (the signer, hmac_secret, TLS keys) are not echoed."""
+        for name in ("address", "api_key"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"{name} must be a str, not {type(getattr(self, name)).__name__}")
+        if not self.address:
+            raise ValueError("address must name the coordinator (HOST:PORT), not ''")
+        if not callable(self.runner):
+            raise TypeError(f"runner must be an async callable taking the job, not {self.runner!r}")
+        if not isinstance(self.capabilities, miner_service_pb2.MinerCapabilities):
+            raise TypeError(
+                f"capabilities must be a MinerCapabilities (probe_capabilities()), not {self.capabilities!r}"
+            )
+        if self.capabilities.slots > MAX_SLOTS:
+            raise ValueError(
+                f"capabilities.slots must be 0 (one) to {MAX_SLOTS}, not {self.capabilities.slots}"
+            )
+        if self.signer is not None and not isinstance(self.signer, Signer):
+            raise TypeError(
+                f"signer must be an aitbc.receipts.Signer (Signer(SEED_HEX)), not {type(self.signer).__name__}"
+            )
+        for name in ("hmac_secret", "tls_ca", "tls_cert", "tls_key"):
+            if not isinstance(getattr(self, name), str | bytes | None):
+                raise TypeError(
+                    f"{name} must be str or bytes (or None), not {type(getattr(self, name)).__name__}"
+                )
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together (mutual TLS)")
+        if self.channel is not None and not isinstance(self.channel, grpc.aio.Channel):
+            raise TypeError(
+                f"channel must be a grpc.aio.Channel (aitbc.channel.open_channel()), not {self.channel!r}"
+            )
+        inf = float("inf")
+        _check_number("backoff_base_s", self.backoff_base_s, "more than 0 and finite", lambda x: 0 < x < inf)
+        _check_number("backoff_max_s", self.backoff_max_s, "more than 0 and finite", lambda x: 0 < x < inf)
+        _check_number("drain_ack_timeout_s", self.drain_ack_timeout_s, "0 or more", lambda x: x >= 0)
+        if self.unreachable_timeout_s is not None:
+            _check_number(
+                "unreachable_timeout_s", self.unreachable_timeout_s, "more than 0 (or None)", lambda x: x > 0
+            )
+        _check_count("max_result_bytes", self.max_result_bytes, 1, 1 << 62)
+        _check_number("stuck_timeout_s", self.stuck_timeout_s, "more than 0", lambda x: x > 0)
+        if self.transport not in ("stream", "poll"):
+            raise ValueError(f"transport must be 'stream' or 'poll', not {self.transport!r}")
+        _check_number("poll_wait_s", self.poll_wait_s, "more than 0 and at most 60", lambda x: 0 < x <= 60)
+        _check_number("welcome_timeout_s", self.welcome_timeout_s, "more than 0", lambda x: x > 0)
+        self._check_channel_options()
+
+    def _check_channel_options(self) -> None:
+        """channel_options as open_channel takes them, now: with a channel of the caller's, the miner opens one only
+        to replace a stale connection (open_channel's refusal raised from run() then, ending the miner)."""
+        options = self.channel_options
+        if not isinstance(options, dict):
+            raise TypeError(f"channel_options must be a dict of open_channel's settings, not {options!r}")
+        if unknown := sorted(set(options) - CHANNEL_OPTIONS, key=repr):
+            raise ValueError(
+                f"channel_options takes {', '.join(sorted(CHANNEL_OPTIONS))}, not {', '.join(map(str, unknown))}"
+            )
+        try:
+            check_channel_settings(**options)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"channel_options {exc}") from None
 
     @property
     def slots(self) -> int:
