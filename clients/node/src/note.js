@@ -15,6 +15,10 @@ const SIG_PREFIX = '\u2014 '; // em dash, space
 const NAME = /^[^+\t\n\v\f\r \u001c-\u001f\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$/u;
 const MAX_SIGNATURES = 100; // as Go's note package: bounds the work a hostile note can cause
 const CONTROL = /[\u0000-\u0009\u000b-\u001f]/; // control characters other than the newline
+// A lone surrogate (JSON "\ud800") is not Unicode: Buffer.from would sign and hash U+FFFD in its place, so
+// the note would verify as a text other than the one given (the Python verifier refuses it too).
+const LONE_SURROGATE = /\p{Surrogate}/u;
+const MAX_TREE_SIZE = 2n ** 64n - 1n; // a tree size is a uint64, as everywhere in the contract
 
 /**
  * The 4-byte key hash of a signed-note key: SHA-256(name || "\n" || 0x01 || public key)[:4].
@@ -79,6 +83,7 @@ function parseNote(note) {
   const text = note.slice(0, split + 1);
   const block = note.slice(split + 2);
   if (CONTROL.test(text) || CONTROL.test(block)) throw malformed('control character in the note');
+  if (LONE_SURROGATE.test(note)) throw malformed('lone surrogate in the note');
   if (!block.endsWith('\n')) throw malformed('signature lines must end with a newline');
   const lines = block.slice(0, -1).split('\n');
   if (lines.length > MAX_SIGNATURES) throw malformed('too many signatures');
@@ -128,7 +133,10 @@ function parseCheckpointText(text) {
   if (lines.length !== 4 || lines[3] !== '') throw new VerificationError('BAD_CHECKPOINT', 'a checkpoint is three lines');
   const [origin, size, root] = lines;
   if (origin === '') throw new VerificationError('BAD_CHECKPOINT', 'empty origin');
-  if (!/^(?:0|[1-9][0-9]*)$/.test(size)) throw new VerificationError('BAD_CHECKPOINT', 'tree size is not a decimal number');
+  // (20 digits at most before BigInt: a megabyte of digits is not worth converting)
+  if (!/^(?:0|[1-9][0-9]{0,19})$/.test(size) || BigInt(size) > MAX_TREE_SIZE) {
+    throw new VerificationError('BAD_CHECKPOINT', 'tree size is not a decimal number up to 2^64-1');
+  }
   const rootHash = decodeBase64(root, 'checkpoint root');
   if (rootHash.length !== 32) throw new VerificationError('BAD_CHECKPOINT', 'root hash is not 32 bytes');
   return { origin, treeSize: BigInt(size), rootHash };

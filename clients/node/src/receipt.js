@@ -193,8 +193,12 @@ function verifyReceiptEnvelope(envelopeBytes, keySet, policy = {}) {
     candidates.get(role).add(key.publicKey.toString('hex'));
   };
   const keyIds = [];
+  const checked = new Set(); // [keyid, sig] already verified
   for (const { keyid, sig } of envelope.signatures) {
     const entries = keySet.entries(keyid);
+    const pair = JSON.stringify([keyid, sig.toString('base64')]);
+    if (entries.length === 0 || checked.has(pair)) continue; // unknown key: ignored; repeated: verified once
+    checked.add(pair);
     for (const key of entries) {
       checkKeyUsable(key, issuedAt);
       if (!ed25519.verify(key.publicKey, message, sig)) {

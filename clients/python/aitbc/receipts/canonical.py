@@ -52,7 +52,7 @@ def _dumps(value: Any) -> bytes:
         text = _ENCODE(value)
         # Lone surrogates pass json.dumps but are not UTF-8: refuse instead of writing mojibake.
         return text.encode("utf-8")
-    except (ValueError, TypeError, UnicodeEncodeError) as exc:
+    except (ValueError, TypeError, UnicodeEncodeError, RecursionError) as exc:
         raise CanonicalError(f"cannot encode as JSON: {exc}") from exc
 
 
@@ -124,11 +124,14 @@ def legacy_canonical_json(value: Any) -> bytes:
 
     Only for verifying legacy receipts (spec section 8); new payloads use :func:`canonical_json`.
     """
-    cleaned = _drop_nulls(value)
+    try:  # a parsed receipt may be nested past Python's stack here (the JSON decoder's limit is deeper)
+        cleaned = _drop_nulls(value)
+    except RecursionError as exc:
+        raise CanonicalError("nested too deeply") from exc
     _dumps(cleaned)  # refuses what is not Unicode (a lone surrogate), as the strict parsers do
     try:
         return _ENCODE_ASCII(cleaned).encode("ascii")
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RecursionError) as exc:
         raise CanonicalError(f"cannot encode as JSON: {exc}") from exc
 
 

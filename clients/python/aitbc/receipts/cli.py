@@ -26,6 +26,7 @@ from .verify import (
 __all__ = ["add_parser", "main", "run"]
 
 EXIT_OK, EXIT_FAIL, EXIT_UNREADABLE = 0, 1, 2
+_MAX_INPUT = 64 << 20  # bytes read from one input file at most
 _UNREADABLE_REASONS = frozenset({"not JSON", "unrecognised receipt format"})
 
 
@@ -80,9 +81,13 @@ def add_parser(subparsers: Any) -> Any:
 
 def _read(path: str, what: str) -> bytes:
     try:
-        return Path(path).read_bytes()
+        with Path(path).open("rb") as f:
+            data = f.read(_MAX_INPUT + 1)
     except OSError as exc:
         raise _Unreadable(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+    if len(data) > _MAX_INPUT:  # (/dev/zero, or anything no receipt, key set or proof comes near)
+        raise _Unreadable(f"cannot read {what} {path}: larger than {_MAX_INPUT >> 20} MiB")
+    return data
 
 
 def _describe(receipt: VerifiedReceipt) -> str:

@@ -37,7 +37,8 @@ __all__ = [
 _ALG_ED25519 = 0x01
 _SIG_PREFIX = "— "  # U+2014 EM DASH, then a space
 _MAX_SIGNATURES = 100  # Go's limit: bounds work on hostile input
-_SIZE = re.compile(r"0|[1-9][0-9]*")
+_SIZE = re.compile(r"0|[1-9][0-9]{0,19}")  # (at most 20 digits: then compared with the uint64 range)
+_MAX_SIZE = 2**64 - 1  # a tree size is a uint64, as everywhere in the contract
 
 
 class NoteError(ValueError):
@@ -52,8 +53,17 @@ class UnverifiedNoteError(NoteError):
     """The note is well formed but carries no signature by a known key."""
 
 
+def _is_utf8(text: str) -> bool:
+    """Whether text can be UTF-8 (a JSON "\\ud800" escape decodes to a lone surrogate, which cannot)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _valid_name(name: str) -> bool:
-    return bool(name) and "+" not in name and not any(ch.isspace() for ch in name)
+    return bool(name) and "+" not in name and not any(ch.isspace() for ch in name) and _is_utf8(name)
 
 
 def note_key_id(name: str, public_key: bytes) -> bytes:
@@ -111,6 +121,8 @@ def _check_text(text: str) -> None:
         raise NoteError("note text does not end with a newline")
     if any(ord(ch) < 0x20 and ch != "\n" for ch in text):
         raise NoteError("note text contains control characters")
+    if not _is_utf8(text):
+        raise NoteError("note text is not Unicode (lone surrogate)")
 
 
 def sign_note(text: str, name: str, signer: Signer) -> str:
@@ -140,6 +152,8 @@ def open_note_signers(note: str, verifiers: Iterable[NoteVerifier | str]) -> tup
     text, sig_block = note[: split + 1], note[split + 2 :]
     _check_text(text)
     if not sig_block.endswith("\n") or any(ord(ch) < 0x20 and ch != "\n" for ch in sig_block):
+        raise NoteError("malformed note")
+    if not _is_utf8(sig_block):
         raise NoteError("malformed note")
     message = text.encode("utf-8")
     lines = sig_block[:-1].split("\n")
@@ -185,7 +199,7 @@ def format_checkpoint(origin: str, size: int, root: bytes) -> str:
     """The checkpoint text ``<origin>\\n<size>\\n<base64(root)>\\n`` (before signing)."""
     if not origin or any(ord(ch) < 0x20 for ch in origin):
         raise NoteError("invalid origin")
-    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= _MAX_SIZE:
         raise NoteError("invalid tree size")
     if len(root) != 32:
         raise NoteError("a root hash is 32 bytes")
@@ -198,7 +212,7 @@ def parse_checkpoint(text: str) -> Checkpoint:
     if len(lines) != 4 or lines[3] != "":
         raise NoteError("checkpoint is not three lines")
     origin, size_text, root_b64 = lines[:3]
-    if not origin or not _SIZE.fullmatch(size_text):
+    if not origin or not _SIZE.fullmatch(size_text) or int(size_text) > _MAX_SIZE:
         raise NoteError("malformed checkpoint")
     try:
         root = base64.b64decode(root_b64, validate=True)

@@ -155,10 +155,12 @@ def verify_envelope(envelope: bytes, keyset: KeySet, policy: Policy | None = Non
     candidates: dict[str, set[bytes]] = {}
     key_ids: list[str] = []
     message = env.pae()
+    checked: set[tuple[str, bytes]] = set()
     for sig in env.signatures:
         entries = keyset.by_key_id(sig.keyid)
-        if not entries:
-            continue  # unknown key: ignored, satisfies nothing
+        if not entries or (sig.keyid, sig.sig) in checked:
+            continue  # unknown key: ignored, satisfies nothing; a repeated signature: verified once
+        checked.add((sig.keyid, sig.sig))
         for entry in entries:
             _check_key(entry, issued_at)
             if not verify_strict(entry.public_key, message, sig.sig):
