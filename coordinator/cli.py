@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"aitbc-coordinator: bad setting: {exc}", file=sys.stderr)
         return 2
     from .server import serve as run_server
-    from .store.base import StoreFenced, StoreInUse, store_unreachable
+    from .store.base import StoreFenced, StoreInUse
 
     try:
         asyncio.run(run_server(settings, env_file=getattr(args, "env_file", ".env")))
@@ -80,14 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     except StoreInUse as exc:  # another coordinator serves from this store
         print(f"aitbc-coordinator: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:
-        if not store_unreachable(exc):
-            raise
-        # (nothing was changed: a supervisor starts it again, and it serves once the store answers)
-        print(
-            f"aitbc-coordinator: the store could not be reached: {type(exc).__name__}: {exc}", file=sys.stderr
-        )
-        return 1
+    except (
+        Exception
+    ) as exc:  # (nothing was changed: a supervisor starts it again, and it serves once the store answers)
+        return _unreachable_store(exc)
     except KeyboardInterrupt:
         pass
     return 0
@@ -115,7 +111,7 @@ def keys_command(args: argparse.Namespace) -> int:
         return 0
     from .receipts.keyring import rotate
     from .store import open_store
-    from .store.base import StoreInUse, StoreMissing
+    from .store.base import StoreInUse, StoreMissing, StoreUnusable
 
     if not args.database.startswith(("sqlite:///", "postgres://", "postgresql://")):
         print("aitbc-coordinator: --database: expected sqlite:///PATH or postgresql://USER@HOST:PORT/DB[?schema=NAME]",
@@ -145,7 +141,22 @@ def keys_command(args: argparse.Namespace) -> int:
     except (StoreInUse, StoreMissing) as exc:  # in use: a running coordinator would sign with a retired key
         print(f"aitbc-coordinator: {exc}", file=sys.stderr)
         return 2
+    except StoreUnusable as exc:  # (no SQLite database, a directory, a newer schema: as serve says it)
+        print(f"aitbc-coordinator: cannot open {args.database}: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        return _unreachable_store(exc)
     return 0
+
+
+def _unreachable_store(exc: Exception) -> int:
+    """Exit status 1, with one line, for a store that could not be reached; any other error is raised again."""
+    from .store.base import store_unreachable
+
+    if not store_unreachable(exc):
+        raise exc
+    print(f"aitbc-coordinator: the store could not be reached: {type(exc).__name__}: {exc}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

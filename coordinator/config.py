@@ -159,6 +159,8 @@ def parse_key_file(env_name: str, role: str, path: str) -> tuple[ApiKeyEntry, ..
         text = Path(path).read_text()
     except OSError as exc:
         raise SettingsError(f"{env_name}: cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise SettingsError(f"{env_name}: cannot read {path}: not UTF-8 text") from None
     lines = (line.split("#", 1)[0] if line.lstrip().startswith("#") else line for line in text.splitlines())
     return _unique(env_name, [parse_key_entry(env_name, role, item) for item in _items(lines)])
 
@@ -222,7 +224,10 @@ def load_settings(env: Mapping[str, str] | None = None, env_file: str | Path | N
     """Settings from env_file (if present), overridden by the process environment (or env)."""
     merged: dict[str, str] = {}
     if env_file is not None and Path(env_file).is_file():
-        merged.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+        try:
+            merged.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+        except UnicodeDecodeError:
+            raise SettingsError(f"--env-file: cannot read {env_file}: not UTF-8 text") from None
     merged.update(os.environ if env is None else env)
     values: dict[str, object] = {}
     for f in fields(Settings):
@@ -262,6 +267,8 @@ def _read_seed_files(values: dict[str, object]) -> None:
             values[f"receipt_{role}_key_hex"] = Path(str(path)).read_text().strip()
         except OSError as exc:
             raise SettingsError(f"{name}: cannot read {path}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise SettingsError(f"{name}: cannot read {path}: not UTF-8 text") from None
 
 
 def _number(name: str, raw: str, kind: type) -> int | float:
@@ -275,7 +282,29 @@ _DATABASE_RANGES = {"DATABASE_POOL_SIZE": " (1 to 1000)", "DATABASE_READ_TIMEOUT
 MAX_JOB_SECONDS = 7 * 24 * 3600  # a job's time to live and execution timeout (domain.validation.Limits)
 
 
+# The longest any seconds setting may be (about 31 years): each becomes integer microseconds, a protobuf
+# Duration or Timestamp (a lease in a welcome, a deadline in an assignment), or a timer; inf or 1e300 broke them.
+MAX_SETTING_SECONDS = 1e9
+# gRPC takes its keepalive settings as an int of milliseconds (2**31 - 1 ms: about 24.8 days)
+MAX_KEEPALIVE_SECONDS = (2**31 - 1) // 1000
+
+
+def _seconds_problem(s: Settings) -> str | None:
+    """The first float (seconds) setting that is not finite or is longer than can be used, if any."""
+    for f in fields(s):
+        if f.type not in ("float", float):
+            continue
+        value = getattr(s, f.name)
+        name = f.name.upper()
+        limit = MAX_KEEPALIVE_SECONDS if name.startswith("KEEPALIVE_") else MAX_SETTING_SECONDS
+        if not (math.isfinite(value) and abs(value) <= limit):
+            return f"{name}: value out of range (a finite number of seconds, at most {limit:g})"
+    return None
+
+
 def validate(s: Settings) -> None:
+    if problem := _seconds_problem(s):
+        raise SettingsError(problem)
     positive = {
         "APP_PORT": s.app_port >= 0 and s.app_port < 65536,
         # at most what a request may ask for (7 days): a default above it refused every submit leaving it unset
@@ -336,6 +365,10 @@ def validate(s: Settings) -> None:
     ):
         raise SettingsError(
             "DATABASE_URL: expected sqlite:///PATH or postgresql://USER@HOST:PORT/DB[?schema=NAME]"
+        )
+    if s.database_url.startswith("sqlite:///") and not s.database_url[len("sqlite:///") :].strip():
+        raise SettingsError(
+            "DATABASE_URL: sqlite:/// names no file: sqlite:///PATH (a relative or /absolute path)"
         )
     names: dict[bytes, str] = {}
     identities: set[tuple[str, str]] = set()

@@ -13,10 +13,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -270,6 +271,20 @@ def top_frame(stats: dict[str, Any], miners: list[dict[str, Any]], address: str,
     return "\n".join(lines)
 
 
+async def _both(first: Awaitable[Any], second: Awaitable[Any]) -> tuple[Any, Any]:
+    """Both answers; when one call fails (or this is cancelled), the other is ended and awaited before the error
+    is raised (with a bare gather it ran on, and asyncio.run's shutdown printed its failure as a traceback)."""
+    tasks = [asyncio.ensure_future(first), asyncio.ensure_future(second)]
+    try:
+        a, b = await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    return a, b
+
+
 async def top(admin: AdminClient, address: str, interval: float, iterations: int, as_json: bool,
               out: TextIO, clock: Callable[[], float] = time.time) -> None:  # fmt: skip
     """Redraw every interval seconds; iterations 0 means until interrupted."""
@@ -277,7 +292,7 @@ async def top(admin: AdminClient, address: str, interval: float, iterations: int
     frame = 0
     tty = out.isatty()
     while True:
-        stats_msg, miners_msg = await asyncio.gather(admin.stats(), admin.miners())
+        stats_msg, miners_msg = await _both(admin.stats(), admin.miners())
         now = clock()
         stats = stats_dict(stats_msg)
         miners = [miner_dict(m) for m in miners_msg]
@@ -347,10 +362,19 @@ def add_parser(commands: Any, common: Callable[[argparse.ArgumentParser], None])
     return admin
 
 
+# (gRPC takes a deadline much further off than this as already past: DEADLINE_EXCEEDED at once)
+MAX_TIMEOUT_S = 1e9
+
+
 def _positive_seconds(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {text}")
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number of seconds is needed, not {text!r}") from None
+    if not 0 < value <= MAX_TIMEOUT_S:  # (inf waited forever; nan is no number of seconds)
+        raise argparse.ArgumentTypeError(
+            f"must be more than 0 seconds, at most {MAX_TIMEOUT_S:g}, not {text}"
+        )
     return value
 
 
@@ -388,8 +412,10 @@ async def run(args: argparse.Namespace, out: TextIO) -> int:
                 out.write(f"draining {m['miner_id']}: {m['running_jobs']} running jobs will finish, "
                           "then its session closes\n")  # fmt: skip
         elif command == "top":
-            if args.interval <= 0:
-                raise AdminUsageError("--interval must be positive")
+            if not 0 < args.interval < math.inf:  # (nan: no pause between refreshes, until rate limited)
+                raise AdminUsageError("--interval must be positive (and finite)")
+            if args.iterations < 0:  # (-1 stopped after one refresh)
+                raise AdminUsageError("--iterations must be 0 (until Ctrl-C) or more")
             await top(admin, args.address, args.interval, args.iterations, args.json, out)
         elif command == "accounts":
             accounts = [account_dict(a) for a in await admin.accounts()]
