@@ -237,3 +237,50 @@ async def test_run_refuses_nothing_the_constructor_took(coord: Harness) -> None:
     alice = coord.client("alice")
     job = await alice.submit({"a": 1}, max_attempts=1)
     assert (await coord.finished(alice, job.job_id)).state == COMPLETED
+
+
+@pytest.mark.coordinator(lease_seconds=30.0)
+async def test_a_runners_exit_or_own_cancellation_fails_its_job_not_the_miner(coord: Harness) -> None:
+    """docs/miners.md: `sys.exit()` in a runner fails the job, not the miner. An async runner's SystemExit ended
+    miner.run() (the process, under `aitbc miner run`); a CancelledError the runner raised itself (nothing canceled
+    the job) left the job running, its slot taken and listed in heartbeats until its execution timeout (an hour by
+    default). Units that are not a str failed as a retryable RUNNER_ERROR on every miner in turn, where no miner's
+    result could be taken (INVALID_RESULT, for good); a bytearray, bytes by another name, failed INVALID_RESULT."""
+    import asyncio
+    import sys
+
+    async def runner(job: Any) -> Any:
+        kind = job_input(job)["kind"]
+        if kind == "exit":
+            sys.exit(3)
+        if kind == "cancelled":
+            raise asyncio.CancelledError
+        if kind == "int units":
+            return Outcome({"ok": True}, units=1)  # type: ignore[arg-type]
+        if kind == "bytearray":
+            return bytearray(b"raw")
+        return {"ok": kind}
+
+    alice = coord.client("alice")
+    miner = sdk_miner(coord.address, runner)  # one slot: a slot wedged would hold every later job
+    task = coord.run_miner(miner)
+    await eventually(lambda: miner.connects == 1)
+    for kind in ("exit", "cancelled"):
+        job = await alice.submit({"kind": kind}, max_attempts=1)
+        done = await coord.finished(alice, job.job_id, within=10.0)
+        assert (done.state, done.terminal_reason) == (FAILED, "ATTEMPTS_EXHAUSTED"), kind
+        assert done.terminal_message.startswith("1 attempts spent; last: RUNNER_ERROR "), (
+            done.terminal_message
+        )
+        assert not task.done(), f"miner.run() ended: {task.exception()!r}"
+    job = await alice.submit({"kind": "int units"}, max_attempts=3)
+    done = await coord.finished(alice, job.job_id, within=10.0)
+    assert (done.state, done.terminal_reason, done.attempt) == (FAILED, "INVALID_RESULT", 1), (
+        done.terminal_message
+    )
+    job = await alice.submit({"kind": "bytearray"}, max_attempts=1)
+    assert (await coord.finished(alice, job.job_id, within=10.0)).state == COMPLETED
+    assert (await alice.result(job.job_id)).result.result_bytes == b"raw"
+    job = await alice.submit({"kind": "after"}, max_attempts=1)  # the one slot is free
+    assert (await coord.finished(alice, job.job_id, within=10.0)).state == COMPLETED
+    assert not task.done() and not miner.running and miner.connects == 1

@@ -1413,6 +1413,10 @@ class Miner:
                 outcome = await self.runner(job)
             if not isinstance(outcome, Outcome):
                 outcome = Outcome(outcome)
+            if isinstance(
+                outcome.output, bytearray | memoryview
+            ):  # bytes by another name (was INVALID_RESULT)
+                outcome = dataclasses.replace(outcome, output=bytes(outcome.output))
             # A large structured result takes seconds (its Struct, its digest): off the loop, which must go on
             # serving the stream (heartbeats; else the coordinator takes the miner for gone). A small one here: a
             # thread hop costs more than its encoding, and results finishing together leave in one message.
@@ -1421,14 +1425,25 @@ class Miner:
             else:
                 encoded = await asyncio.to_thread(self._encoded, job.job_id, attempt, outcome)
             await self._finished.put((job.job_id, attempt, outcome, encoded))
-        except asyncio.CancelledError:
-            raise
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():  # the job canceled (or the miner stopping): as asked
+                raise
+            await self._runner_failed(
+                job, attempt, exc
+            )  # the runner's own: its job stayed running, slot and all
         except JobFailed as exc:
             await self._finished.put((job.job_id, attempt, exc, exc))
-        except Exception as exc:  # a runner bug is the job's failure, not the miner's crash
-            log.exception("job %s failed", job.job_id)
-            failed = JobFailed("RUNNER_ERROR", repr(exc)[:4000])
-            await self._finished.put((job.job_id, attempt, failed, failed))
+        except (
+            Exception,
+            SystemExit,
+        ) as exc:  # a runner bug (or its sys.exit()) is the job's failure, not the miner's end
+            await self._runner_failed(job, attempt, exc)
+
+    async def _runner_failed(self, job: job_pb2.Job, attempt: int, exc: BaseException) -> None:
+        log.error("job %s failed", job.job_id, exc_info=exc)
+        failed = JobFailed("RUNNER_ERROR", repr(exc)[:4000])
+        await self._finished.put((job.job_id, attempt, failed, failed))
 
     async def _report(self, outbox: asyncio.Queue) -> None:
         """Turn finished jobs into Results messages, batching whatever finished together."""
@@ -1737,6 +1752,8 @@ def _unit_fields_wrong(outcome: Outcome) -> str:
     """Why the coordinator would refuse this outcome's units or unit_type ("" if it would not)."""
     for name in ("units", "unit_type"):
         value = getattr(outcome, name)
+        if not isinstance(value, str):  # (len() of an int raised: a retryable RUNNER_ERROR on every miner)
+            return f"{name} is a {type(value).__name__}; a str (units a decimal such as '2.5')"
         if len(value) > MAX_UNIT_FIELD:
             return f"{name} is {len(value)} characters; at most {MAX_UNIT_FIELD}"
         if "\x00" in value:
