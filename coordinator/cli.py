@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", help="listen address (APP_HOST)")
     serve.add_argument("--port", type=int, help="listen port (APP_PORT)")
     serve.add_argument("--database", help="DATABASE_URL, e.g. sqlite:///coordinator.db")
-    serve.add_argument("--env-file", default=".env", help="settings file (default .env)")
+    serve.add_argument("--env-file", help="settings file (default: .env, if there is one)")
     commands.add_parser(
         "demo", help="a coordinator, a local miner and a few jobs, end to end; exits 0 on success"
     )
@@ -41,8 +41,13 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "keys":
         return keys_command(args)
+    env_file = getattr(args, "env_file", None) or ".env"
     try:
-        settings = load_settings(env_file=getattr(args, "env_file", ".env"))
+        if getattr(args, "env_file", None) and not os.path.isfile(
+            args.env_file
+        ):  # (a typo ran on defaults, no keys)
+            raise SettingsError(f"--env-file: no such file: {args.env_file}")
+        settings = load_settings(env_file=env_file)
     except SettingsError as exc:
         print(f"aitbc-coordinator: bad setting: {exc}", file=sys.stderr)
         return 2
@@ -70,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     from .store.base import StoreFenced, StoreInUse
 
     try:
-        asyncio.run(run_server(settings, env_file=getattr(args, "env_file", ".env")))
+        asyncio.run(run_server(settings, env_file=env_file))
     except SettingsError as exc:  # found wrong only against the store (a configured key retired since)
         print(f"aitbc-coordinator: bad setting: {exc}", file=sys.stderr)
         return 2

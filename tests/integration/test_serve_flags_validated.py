@@ -17,10 +17,17 @@ import pytest
 )
 def test_a_bad_flag_is_refused_as_its_setting_is(tmp_path: Path, flags: list[str], setting: str) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "coordinator", "serve", "--env-file", str(tmp_path / "none"),
+        [sys.executable, "-m", "coordinator", "serve", "--env-file", str(empty_env_file(tmp_path)),
          "--database", f"sqlite:///{tmp_path / 'c.db'}", *flags],
         capture_output=True, text=True, timeout=60, cwd=tmp_path, env={"PATH": "/usr/bin:/bin"},
     )  # fmt: skip
     assert done.returncode == 2 and "Traceback" not in done.stderr, (done.returncode, done.stderr)
     assert done.stderr.strip().startswith(f"aitbc-coordinator: bad setting: {setting}: "), done.stderr
     assert not (tmp_path / "c.db").exists()
+
+
+def empty_env_file(tmp_path: Path) -> Path:
+    """A settings file with nothing in it: the settings are the defaults and these flags."""
+    path = tmp_path / "empty.env"
+    path.write_text("")
+    return path

@@ -41,7 +41,7 @@ def test_a_port_in_use_is_refused_with_one_line_naming_the_setting(tmp_path: Pat
 
 def test_a_store_in_a_missing_directory_is_refused_with_one_line(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "coordinator", "serve", "--env-file", str(tmp_path / "none"),
+        [sys.executable, "-m", "coordinator", "serve", "--env-file", str(empty_env_file(tmp_path)),
          "--port", "0", "--database", f"sqlite:///{tmp_path / 'missing' / 'c.db'}"],
         capture_output=True, text=True, timeout=60, cwd=tmp_path, env={"PATH": "/usr/bin:/bin"},
     )  # fmt: skip
@@ -60,3 +60,10 @@ def test_keys_rotate_never_makes_a_store_of_its_own(tmp_path: Path) -> None:
         assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
         assert "no store at" in done.stderr, done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def empty_env_file(tmp_path: Path) -> Path:
+    """A settings file with nothing in it: the settings are the defaults and these flags."""
+    path = tmp_path / "empty.env"
+    path.write_text("")
+    return path

@@ -160,3 +160,20 @@ def test_bad_admin_seconds_are_refused_as_bad_usage(
     err = capsys.readouterr().err
     assert code == 2, err
     assert says in err.strip().splitlines()[-1] and "Traceback" not in err, err
+
+
+def test_an_env_file_named_but_missing_is_refused_not_ignored(tmp_path: Path) -> None:
+    """`serve --env-file settings.env` with the file missing (a typo, the wrong directory) started on the default
+    settings, with no API keys at all; only the default .env may be absent."""
+    done = coordinator(
+        tmp_path,
+        "serve",
+        "--env-file",
+        str(tmp_path / "setings.env"),
+        "--database",
+        f"sqlite:///{tmp_path / 'c.db'}",
+    )
+    assert_one_line(
+        done, 2, f"aitbc-coordinator: bad setting: --env-file: no such file: {tmp_path / 'setings.env'}"
+    )
+    assert not (tmp_path / "c.db").exists()
