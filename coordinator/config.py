@@ -422,3 +422,23 @@ def validate_security(s: Settings) -> None:
                        ("TLS_CLIENT_CA_FILE", s.tls_client_ca_file)):  # fmt: skip
         if path and not Path(path).is_file():
             raise SettingsError(f"{name}: no such file {path}")
+    if s.tls_cert_file:
+        _check_tls_files(s.tls_cert_file, s.tls_key_file, s.tls_client_ca_file)
+
+
+def _check_tls_files(cert: str, key: str, ca: str) -> None:
+    """The certificate and its key, and the client CA, as gRPC will need them. Told otherwise, the listener's
+    bind failed, and the start blamed APP_HOST, APP_PORT ("in use by another process?")."""
+    import ssl  # (only with TLS)
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:  # (an encrypted key: the empty password fails it, where none would prompt on the terminal)
+        context.load_cert_chain(cert, key, password=b"")
+    except (ssl.SSLError, OSError) as exc:
+        raise SettingsError(f"TLS_CERT_FILE, TLS_KEY_FILE: not a PEM certificate and its (unencrypted) private "
+                            f"key: {exc}") from None  # fmt: skip
+    if ca:
+        try:
+            context.load_verify_locations(cafile=ca)
+        except (ssl.SSLError, OSError) as exc:
+            raise SettingsError(f"TLS_CLIENT_CA_FILE: not PEM certificates: {exc}") from None

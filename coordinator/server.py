@@ -7,6 +7,7 @@ import contextlib
 import gc
 import logging
 import signal
+import socket
 from dataclasses import dataclass
 
 import grpc
@@ -265,7 +266,7 @@ def _listen(settings: Settings, server: grpc.aio.Server) -> tuple[int, int]:
     except RuntimeError:  # grpcio raises it for a port it cannot bind (older versions returned 0)
         port = 0
     if port == 0:
-        raise SettingsError(f"APP_HOST, APP_PORT: cannot listen on {address} (in use by another process?)")
+        raise SettingsError(f"APP_HOST, APP_PORT: cannot listen on {address} ({_why_not(settings.app_host)})")
     if not settings.tls_cert_file and settings.app_host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening in plaintext on %s: use TLS for anything but loopback", settings.app_host)
     miner_port = 0
@@ -276,9 +277,21 @@ def _listen(settings: Settings, server: grpc.aio.Server) -> tuple[int, int]:
         except RuntimeError:
             miner_port = 0
         if miner_port == 0:
-            raise SettingsError(f"TLS_MINER_ADDRESS: cannot listen on {settings.tls_miner_address} "
-                                "(in use by another process?)")  # fmt: skip
+            host = settings.tls_miner_address.rpartition(":")[0].strip("[]")
+            raise SettingsError(
+                f"TLS_MINER_ADDRESS: cannot listen on {settings.tls_miner_address} ({_why_not(host)})"
+            )
     return port, miner_port
+
+
+def _why_not(host: str) -> str:
+    """Why a listener on host could not bind, as far as can be told: a name that resolves to nothing (an
+    unresolvable APP_HOST was reported as a port in use), else most likely the port."""
+    try:
+        socket.getaddrinfo(host or None, 0, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        return f"{host!r} is no address of this host that resolves"
+    return "in use by another process, or not an address of this host?"
 
 
 async def _release_listeners(server: grpc.aio.Server) -> None:

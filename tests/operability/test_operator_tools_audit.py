@@ -177,3 +177,19 @@ def test_an_env_file_named_but_missing_is_refused_not_ignored(tmp_path: Path) ->
         done, 2, f"aitbc-coordinator: bad setting: --env-file: no such file: {tmp_path / 'setings.env'}"
     )
     assert not (tmp_path / "c.db").exists()
+
+
+def test_an_app_host_that_does_not_resolve_is_said_so_not_blamed_on_a_port(tmp_path: Path) -> None:
+    """`--host nosuchhost.invalid` was refused as `cannot listen on ... (in use by another process?)`."""
+    done = coordinator(
+        tmp_path, "serve", "--env-file", str(env_file_of(tmp_path, "")), "--host", "nosuchhost.invalid", "--port", "0",
+        "--database", f"sqlite:///{tmp_path / 'c.db'}",
+    )  # fmt: skip
+    assert_one_line(done, 2, "aitbc-coordinator: bad setting: APP_HOST, APP_PORT: cannot listen on")
+    assert "'nosuchhost.invalid' is no address of this host that resolves" in done.stderr, done.stderr
+
+
+def env_file_of(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "settings.env"
+    path.write_text(text)
+    return path

@@ -152,3 +152,22 @@ async def test_tls_settings_and_the_plaintext_warning(
     async with serving(tmp_path / "tls", app_host="0.0.0.0", **tls(pki)):
         pass
     assert not any("plaintext" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("which", ["tls_cert_file", "tls_key_file", "tls_client_ca_file"])
+def test_tls_files_that_are_not_pem_are_named_at_start(tmp_path: Path, pki: dict, which: str) -> None:  # type: ignore[type-arg]
+    """A certificate, key or client CA that is not PEM (or a key that is not the certificate's) failed the
+    listener's bind, and the start said `APP_HOST, APP_PORT: cannot listen on ... (in use by another process?)`."""
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not PEM\n")
+    cert, key = pki["server"]
+    files = {"tls_cert_file": str(cert), "tls_key_file": str(key), "tls_client_ca_file": str(pki["ca"])}
+    make_settings(tmp_path, **files)  # (the good ones pass)
+    with pytest.raises(
+        SettingsError,
+        match="TLS_CLIENT_CA_FILE" if which == "tls_client_ca_file" else "TLS_CERT_FILE, TLS_KEY_FILE",
+    ):
+        make_settings(tmp_path, **{**files, which: str(junk)})
+    _, other_key = pki["m1"]
+    with pytest.raises(SettingsError, match="TLS_CERT_FILE, TLS_KEY_FILE"):  # a key of another certificate
+        make_settings(tmp_path, **{**files, "tls_key_file": str(other_key)})
