@@ -41,12 +41,14 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "keys":
         return keys_command(args)
-    env_file = getattr(args, "env_file", None) or ".env"
+    given = getattr(args, "env_file", None)
+    env_file = given or ".env"
     try:
-        if getattr(args, "env_file", None) and not os.path.isfile(
-            args.env_file
-        ):  # (a typo ran on defaults, no keys)
-            raise SettingsError(f"--env-file: no such file: {args.env_file}")
+        if given == "":  # (it skipped ./.env: read now, it would be a settings file nobody named)
+            raise SettingsError("--env-file: an empty name (leave the flag out for ./.env)")
+        # (a typo ran on the default settings, with no API keys; /dev/null: no settings file at all)
+        if given and (not os.path.exists(given) or os.path.isdir(given)):
+            raise SettingsError(f"--env-file: no such file: {given}")
         settings = load_settings(env_file=env_file)
     except SettingsError as exc:
         print(f"aitbc-coordinator: bad setting: {exc}", file=sys.stderr)

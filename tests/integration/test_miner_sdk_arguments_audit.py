@@ -284,3 +284,28 @@ async def test_a_runners_exit_or_own_cancellation_fails_its_job_not_the_miner(co
     job = await alice.submit({"kind": "after"}, max_attempts=1)  # the one slot is free
     assert (await coord.finished(alice, job.job_id, within=10.0)).state == COMPLETED
     assert not task.done() and not miner.running and miner.connects == 1
+
+
+def test_what_worked_before_the_checks_still_does(tmp_path: Any) -> None:
+    """The argument checks refused forms that worked (the review of the audit): TLS files as a pathlib.Path (as
+    Client takes them), a signer of one's own with the Signer's sign and public_key (a hardware key's), labels as
+    (key, value) pairs, a Fraction of seconds, and channel_options tls=1."""
+    from fractions import Fraction
+    from pathlib import Path
+
+    pem = Path(tmp_path) / "ca.pem"
+    make(tls_ca=pem, tls_cert=Path("c.pem"), tls_key=Path("k.pem"))
+
+    class OwnSigner:
+        def __init__(self) -> None:
+            self._signer = Signer.generate()
+            self.public_key, self.key_id = self._signer.public_key, self._signer.key_id
+
+        def sign(self, message: bytes) -> bytes:
+            return self._signer.sign(message)
+
+    make(signer=OwnSigner())
+    assert dict(probe_capabilities(1, labels=[("tier", "gold")]).labels) == {"tier": "gold"}
+    make(backoff_base_s=Fraction(1, 2), channel_options={"tls": 1})
+    with pytest.raises(TypeError, match="signer"):
+        make(signer=b"\x01" * 32)

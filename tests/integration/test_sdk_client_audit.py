@@ -181,3 +181,10 @@ async def test_a_max_price_is_a_decimal_as_units_are(coord: Harness) -> None:
             TypeError, match=r"^constraints\.max_price: a decimal string, int or Decimal, not float"
         ):
             await call()
+
+
+def test_a_fraction_of_seconds_is_taken_as_before() -> None:
+    from fractions import Fraction
+
+    request = Client.request({"a": 1}, ttl_s=Fraction(3, 2), execution_timeout_s=Decimal("2.5"))
+    assert (request.ttl.ToMilliseconds(), request.execution_timeout.ToMilliseconds()) == (1500, 2500)

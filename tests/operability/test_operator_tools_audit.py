@@ -193,3 +193,16 @@ def env_file_of(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "settings.env"
     path.write_text(text)
     return path
+
+
+def test_an_env_file_of_dev_null_is_no_settings_file_and_an_empty_name_is_refused(tmp_path: Path) -> None:
+    """`--env-file /dev/null` (no settings file at all) was refused as "no such file" by the check of a missing
+    one; `--env-file ""` skipped ./.env before that check and read it after: now it is refused."""
+    (tmp_path / ".env").write_text("APP_PORT=notanumber\n")
+    done = coordinator(tmp_path, "serve", "--env-file", "", "--database", f"sqlite:///{tmp_path / 'c.db'}")
+    assert_one_line(done, 2, "aitbc-coordinator: bad setting: --env-file: an empty name")
+    done = coordinator(tmp_path, "serve", "--env-file", "/dev/null", "--port", "70000",
+                       "--database", f"sqlite:///{tmp_path / 'c.db'}")  # fmt: skip
+    assert_one_line(
+        done, 2, "aitbc-coordinator: bad setting: APP_PORT"
+    )  # (past the settings file: ./.env unread)

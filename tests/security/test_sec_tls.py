@@ -171,3 +171,28 @@ def test_tls_files_that_are_not_pem_are_named_at_start(tmp_path: Path, pki: dict
     _, other_key = pki["m1"]
     with pytest.raises(SettingsError, match="TLS_CERT_FILE, TLS_KEY_FILE"):  # a key of another certificate
         make_settings(tmp_path, **{**files, "tls_key_file": str(other_key)})
+
+
+def test_a_certificate_grpc_serves_is_not_refused_for_openssls_policy(tmp_path: Path) -> None:
+    """A 1024-bit RSA key: gRPC's TLS serves it, this machine's OpenSSL refuses it by default (EE_KEY_TOO_SMALL),
+    and the start check, made with Python's ssl, stopped the coordinator calling it "not a PEM certificate"."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "coordinator.test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1)).sign(key, hashes.SHA256())
+    )  # fmt: skip
+    cert_file, key_file = tmp_path / "rsa1024.crt", tmp_path / "rsa1024.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))  # fmt: skip
+    make_settings(tmp_path, tls_cert_file=str(cert_file), tls_key_file=str(key_file))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import numbers
 from typing import Any
 
 import grpc
@@ -89,11 +90,11 @@ def check_channel_settings(**settings: Any) -> None:
     for name, value in settings.items():
         if name in rules:
             rule, ok = rules[name]
-            if isinstance(value, bool) or not isinstance(value, int | float):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise TypeError(f"{name} must be a number of seconds, {rule}, not {value!r}")
             if not ok(value):  # (NaN fails every comparison)
                 raise ValueError(f"{name} must be {rule}, not {value!r}")
-        elif name == "tls" and not isinstance(value, bool):
+        elif name == "tls" and not isinstance(value, bool | int):  # (1 and 0 taken as ever; "no" would be on)
             raise TypeError(f"tls must be a bool, not {value!r}")
         elif name == "tls_server_name" and not isinstance(value, str | None):
             raise TypeError(f"tls_server_name must be a str, not {value!r}")

@@ -7,6 +7,7 @@ import base64
 import json
 import logging
 import math
+import numbers
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -630,7 +631,7 @@ def _constraints(given: dict[str, Any] | None) -> job_pb2.Constraints:
 
 def _milliseconds(seconds: float, name: str) -> int:
     """A duration option in whole milliseconds; a str or bool is refused (ttl_s="60" was "60" * 1000)."""
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float | Decimal):
+    if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real | Decimal):
         raise TypeError(f"{name}: a number of seconds, not {type(seconds).__name__}")
     if not math.isfinite(seconds):
         raise ValueError(f"{name}: a finite number of seconds, not {seconds}")

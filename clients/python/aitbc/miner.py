@@ -17,6 +17,7 @@ import hashlib
 import inspect
 import json
 import logging
+import numbers
 import os
 import random
 import re
@@ -516,7 +517,7 @@ _UINT32 = 1 << 32
 
 def _check_number(name: str, value: Any, rule: str, ok: Callable[[Any], bool]) -> None:
     """value a number (not a bool) for which ok holds (never NaN), or a TypeError or ValueError naming it."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, {rule}, not {value!r}")
     if value != value or not ok(value):
         raise ValueError(f"{name} must be {rule}, not {value!r}")
@@ -543,9 +544,12 @@ def _check_overrides(overrides: dict[str, Any]) -> None:
                 raise TypeError(f"models must be a list of str, not {value!r}")
             if bad := [m for m in value if not isinstance(m, str)]:
                 raise TypeError(f"models must be a list of str, not one holding {bad[0]!r}")
-        elif key == "labels":
-            items = getattr(value, "items", None)
-            if not callable(items) or not all(isinstance(k, str) and isinstance(v, str) for k, v in items()):
+        elif key == "labels":  # (a dict, or (key, value) pairs: what MessageMap.update takes)
+            try:
+                pairs = dict(value).items()
+            except (TypeError, ValueError):
+                pairs = None
+            if pairs is None or not all(isinstance(k, str) and isinstance(v, str) for k, v in pairs):
                 raise TypeError(f"labels must be a dict of str to str, not {value!r}")
         elif key == "gpus":
             if isinstance(value, str | bytes):
@@ -727,14 +731,21 @@ class Miner:
             raise ValueError(
                 f"capabilities.slots must be 0 (one) to {MAX_SLOTS}, not {self.capabilities.slots}"
             )
-        if self.signer is not None and not isinstance(self.signer, Signer):
+        # (a signer of its own, a hardware key's, has these too: only the seed's hex given in its place is refused)
+        if self.signer is not None and not (
+            hasattr(self.signer, "sign") and hasattr(self.signer, "public_key")
+        ):
             raise TypeError(
                 f"signer must be an aitbc.receipts.Signer (Signer(SEED_HEX)), not {type(self.signer).__name__}"
             )
-        for name in ("hmac_secret", "tls_ca", "tls_cert", "tls_key"):
-            if not isinstance(getattr(self, name), str | bytes | None):
+        if not isinstance(self.hmac_secret, str | bytes | None):
+            raise TypeError(
+                f"hmac_secret must be str or bytes (or None), not {type(self.hmac_secret).__name__}"
+            )
+        for name in ("tls_ca", "tls_cert", "tls_key"):  # PEM bytes, or a file's path
+            if not isinstance(getattr(self, name), str | bytes | os.PathLike | None):
                 raise TypeError(
-                    f"{name} must be str or bytes (or None), not {type(getattr(self, name)).__name__}"
+                    f"{name} must be PEM bytes or a path (or None), not {type(getattr(self, name)).__name__}"
                 )
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert and tls_key go together (mutual TLS)")
