@@ -74,6 +74,7 @@ function newIdempotencyKey() {
  * coordinator accepts pings every 5 s or more (below it: GOAWAY too_many_pings).
  */
 const SERVER_MIN_PING_INTERVAL_MS = 5000;
+const MAX_TIMER_MS = 2 ** 31 - 1; // Node's timers take no longer delay (a longer one fires after 1 ms)
 const DEFAULT_KEEPALIVE = { timeMs: 20000, timeoutMs: 10000 };
 
 const CLIENT_OPTIONS = ['apiKey', 'hmacSecret', 'credentials', 'protoDir', 'timeoutMs', 'retry', 'generateIdempotencyKeys',
@@ -97,9 +98,22 @@ function checkOptions(options, extra) {
   }
 }
 
+/** Refuses retry settings no backoff can be made of (NaN retried in a busy loop; a string, or Infinity, too). */
+function checkRetry({ attempts, backoffMs, backoffMaxMs }) {
+  if (!(attempts === Infinity || (Number.isInteger(attempts) && attempts >= 1))) {
+    throw new RangeError(`retry.attempts is a whole number of tries, 1 or more (or Infinity), not ${attempts}`);
+  }
+  for (const [name, value] of [['backoffMs', backoffMs], ['backoffMaxMs', backoffMaxMs]]) {
+    if (typeof value !== 'number' || !(value > 0 && value <= MAX_TIMER_MS)) {
+      throw new RangeError(`retry.${name} is a number of milliseconds, more than 0 and at most ${MAX_TIMER_MS}, not ${value}`);
+    }
+  }
+}
+
 /** The grpc-js channel options of a keepalive ({timeMs, timeoutMs}); refuses one the coordinator would not. */
 function keepaliveOptions({ timeMs, timeoutMs }) {
-  if (!(timeMs > SERVER_MIN_PING_INTERVAL_MS) || !(timeoutMs > 0)) {
+  // (at most MAX_TIMER_MS: Infinity, or any longer delay, would be a timer of 1 ms in grpc-js)
+  if (!(timeMs > SERVER_MIN_PING_INTERVAL_MS && timeMs <= MAX_TIMER_MS) || !(timeoutMs > 0 && timeoutMs <= MAX_TIMER_MS)) {
     throw new RangeError(`keepalive timeMs must exceed ${SERVER_MIN_PING_INTERVAL_MS} (the coordinator's minimum), timeoutMs be > 0`);
   }
   return {
@@ -218,13 +232,13 @@ function submitRequest(payload, options, constraintFields) {
   }
   checkConstraints(options.constraints, constraintFields);
   for (const name of ['priority', 'maxAttempts']) { // (5.5 went as 5, '3' as 3, without a word)
-    if (options[name] !== undefined && !Number.isInteger(options[name])) throw new TypeError(`${name} is an integer, not ${JSON.stringify(options[name]) ?? typeof options[name]}`);
+    if (options[name] !== undefined && options[name] !== null && !Number.isInteger(options[name])) throw new TypeError(`${name} is an integer, not ${JSON.stringify(options[name]) ?? typeof options[name]}`);
   }
   const request = payload instanceof Uint8Array ? { payload_bytes: Buffer.from(payload) } : { payload: toStruct(payload) };
   if (options.constraints) request.constraints = options.constraints;
-  if (options.priority !== undefined) request.priority = options.priority;
+  if (options.priority !== undefined && options.priority !== null) request.priority = options.priority;
   if (options.ttlSeconds !== undefined) request.ttl = duration(options.ttlSeconds, 'ttlSeconds');
-  if (options.maxAttempts !== undefined) request.max_attempts = options.maxAttempts;
+  if (options.maxAttempts !== undefined && options.maxAttempts !== null) request.max_attempts = options.maxAttempts;
   if (options.executionTimeoutSeconds !== undefined) request.execution_timeout = duration(options.executionTimeoutSeconds, 'executionTimeoutSeconds');
   if (options.idempotencyKey !== undefined) request.idempotency_key = options.idempotencyKey;
   if (options.metadata) request.metadata = options.metadata;
@@ -314,6 +328,7 @@ class CoordinatorClient {
     // (an option given as null or undefined keeps its default: a NaN backoff retried in a busy loop)
     const retry = Object.entries(options.retry ?? {}).filter(([, value]) => value !== undefined && value !== null);
     this.retry = { ...DEFAULT_RETRY, ...Object.fromEntries(retry) };
+    checkRetry(this.retry);
     this.generateIdempotencyKeys = options.generateIdempotencyKeys ?? true;
     const keepalive = { timeMs: options.keepalive?.timeMs ?? DEFAULT_KEEPALIVE.timeMs, timeoutMs: options.keepalive?.timeoutMs ?? DEFAULT_KEEPALIVE.timeoutMs };
     const channelOptions = { ...keepaliveOptions(keepalive), ...options.channelOptions };
@@ -550,7 +565,7 @@ class CoordinatorClient {
         const job = await this.watchOnce(jobId, onUpdate, deadline, progress);
         if (job) return job;
         failure = Object.assign(new Error(`14 UNAVAILABLE: the watch of ${jobId} ended before the job was terminal`),
-          { code: UNAVAILABLE, details: 'the watch ended before the job was terminal', metadata: new grpc.Metadata() });
+          { code: UNAVAILABLE, details: 'the watch ended before the job was terminal', metadata: new grpc.Metadata(), ...noDetails() });
       } catch (err) {
         if (err instanceof OnUpdateFailed) throw err.error; // the caller's, not a cut: never tried again
         failure = withDetails(err);

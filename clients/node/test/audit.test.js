@@ -144,3 +144,42 @@ test('priority and maxAttempts are integers, and submitJobs takes an array, refu
     client.close();
   }
 });
+
+test('retry and keepalive settings no timer can take are refused when the client is made', () => {
+  // (a NaN backoff retried in a busy loop; Infinity, or any delay past 2^31-1 ms, is a 1 ms timer in Node)
+  for (const retry of [{ backoffMs: NaN }, { backoffMaxMs: Infinity }, { backoffMs: '200' }, { attempts: 0 }, { attempts: 1.5 }]) {
+    assert.throws(() => new CoordinatorClient('127.0.0.1:9', { retry }), { name: 'RangeError', message: /retry\./ }, JSON.stringify(retry));
+  }
+  for (const keepalive of [{ timeMs: Infinity }, { timeoutMs: Infinity }, { timeMs: 2 ** 31 }]) {
+    assert.throws(() => new CoordinatorClient('127.0.0.1:9', { keepalive }), RangeError, JSON.stringify(keepalive));
+  }
+  new CoordinatorClient('127.0.0.1:9', { retry: { attempts: Infinity, backoffMs: 1, backoffMaxMs: 2 ** 31 - 1 }, keepalive: { timeMs: 2 ** 31 - 1 } }).close();
+});
+
+test('priority and maxAttempts given as null are left unset, as undefined is (the Python SDK takes None)', async () => {
+  // (refused as "not an integer" before any call): the call is made, and fails only on the closed port
+  const client = new CoordinatorClient('127.0.0.1:9', { apiKey: 'k', timeoutMs: 2000, retry: { attempts: 1 } });
+  try {
+    await assert.rejects(client.submitJob({ a: 1 }, { priority: null, maxAttempts: null }), (err) => err.code === grpc.status.UNAVAILABLE);
+  } finally {
+    client.close();
+  }
+});
+
+test('a watch that ends before its job is terminal fails with the empty detail fields too', async (t) => {
+  // (that one error was built without them: err.violations.length threw a TypeError)
+  const v1 = loadContract();
+  const server = new grpc.Server();
+  server.addService(v1.JobService.service, { WatchJob: (call) => call.end() }); // ends OK, the job not terminal
+  const port = await new Promise((resolve, reject) => server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))));
+  const client = new CoordinatorClient(`127.0.0.1:${port}`, { apiKey: 'k', retry: { attempts: 1 } });
+  t.after(() => {
+    client.close();
+    server.forceShutdown();
+  });
+  await assert.rejects(client.watchJob('01234567-89ab-7def-8123-456789abcdef', () => {}, { timeoutMs: 5000 }), (err) => {
+    assert.equal(err.code, grpc.status.UNAVAILABLE, err.message);
+    assert.deepEqual([err.reason, err.violations, err.retryAfterMs, err.errorMetadata], ['', [], null, {}]);
+    return true;
+  });
+});
