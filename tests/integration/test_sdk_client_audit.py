@@ -188,3 +188,10 @@ def test_a_fraction_of_seconds_is_taken_as_before() -> None:
 
     request = Client.request({"a": 1}, ttl_s=Fraction(3, 2), execution_timeout_s=Decimal("2.5"))
     assert (request.ttl.ToMilliseconds(), request.execution_timeout.ToMilliseconds()) == (1500, 2500)
+
+
+def test_a_models_constraint_given_as_one_string_is_refused_not_split_into_letters() -> None:
+    """Constraints(models="llama") is the models "l", "l", "a", "m", "a": a job no miner would ever match."""
+    with pytest.raises(TypeError, match=r"constraints\.models"):
+        Client.request({"a": 1}, constraints={"models": "llama"})
+    assert list(Client.request({"a": 1}, constraints={"models": ["llama"]}).constraints.models) == ["llama"]

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf import json_format
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
@@ -147,9 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
         (many, "KEY-LINE for the job of each line (default: a new KEY, auto-...), so that the submit is "
                "safely tried again: the same KEY and lines give the same jobs"),
     ):  # fmt: skip
-        sub.add_argument("--priority", type=int, default=0)
-        sub.add_argument("--ttl", type=float, help="seconds in the queue before it expires")
-        sub.add_argument("--max-attempts", type=_not_negative, default=0, help="0: the coordinator's default")
+        sub.add_argument("--priority", type=_uint32, default=0)
+        sub.add_argument("--ttl", type=_duration_seconds, help="seconds in the queue before it expires")
+        sub.add_argument("--max-attempts", type=_uint32, default=0, help="0: the coordinator's default")
         sub.add_argument("--idempotency-key", default="", metavar="KEY", help=key_help)
         sub.add_argument(
             "--constraints", default="{}", help='JSON, e.g. {"region": "eu-west", "min_vram_gb": 24}'
@@ -168,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
             _timeout(p)
     jobs = commands.add_parser("list", help="list your jobs")
     jobs.add_argument("--state", action="append", default=[], help="JOB_STATE_... name; repeatable")
-    jobs.add_argument("--page-size", type=int, default=20)
+    jobs.add_argument("--page-size", type=_uint32, default=20)
     jobs.add_argument("--page-token", default="")
     quote = commands.add_parser("quote", help="price a job before submitting it: the miners eligible now, "
                                               "their unit prices and the cost range (decimal strings)")  # fmt: skip
@@ -339,6 +340,8 @@ def _json_lines(path: str) -> list[tuple[int, dict[str, Any]]]:
     skipped). A line that is not a JSON object is refused with its number (exit 2)."""
     try:
         # JSON is UTF-8 (RFC 8259), whatever the locale says; universal newlines as text mode has them
+        if path == "-" and sys.stdin is None:  # (fd 0 closed: `aitbc submit-many <&-`)
+            raise UsageError("submit-many: no standard input (closed): give a FILE")
         raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
         text = raw.decode("utf-8-sig").replace("\r\n", "\n")
     except (OSError, UnicodeDecodeError) as exc:
@@ -434,12 +437,16 @@ def _constraints(arg: str) -> dict[str, Any]:
     from .coordinator.v1 import job_pb2
 
     value = _json_object(arg, "--constraints")
-    try:
-        job_pb2.Constraints(**value)
-    except (ValueError, TypeError) as exc:
-        known = ", ".join(f.name for f in job_pb2.Constraints.DESCRIPTOR.fields)
+    known = ", ".join(f.name for f in job_pb2.Constraints.DESCRIPTOR.fields)
+    if unknown := [name for name in value if name not in job_pb2.Constraints.DESCRIPTOR.fields_by_name]:
+        raise UsageError(
+            f'--constraints: Protocol message Constraints has no "{unknown[0]}" field (fields: {known})'
+        )
+    try:  # as protobuf's JSON mapping reads it: Constraints(**value) took "models": "llama" as "l", "l", ...
+        constraints = json_format.ParseDict(value, job_pb2.Constraints())
+    except json_format.ParseError as exc:
         raise UsageError(f"--constraints: {exc} (fields: {known})") from None
-    return value
+    return json_format.MessageToDict(constraints, preserving_proto_field_name=True)
 
 
 def _state(job_pb2: Any, name: str) -> int:
@@ -450,18 +457,30 @@ def _state(job_pb2: Any, name: str) -> int:
         raise UsageError(f"--state: unknown state {name!r} (one of {known})") from None
 
 
-def _not_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+def _whole(text: str, least: int, most: int) -> int:
+    """A whole number from least to most (most: what the flag's protobuf field holds; past it, protobuf's
+    ValueError was a traceback)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a whole number is needed, not {text!r}") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be {least} or more, not {text}")
+    if value > most:
+        raise argparse.ArgumentTypeError(f"must be at most {most}, not {text}")
     return value
+
+
+def _uint32(text: str) -> int:
+    return _whole(text, 0, 2**32 - 1)
+
+
+def _not_negative(text: str) -> int:  # (a uint64: a leaf index, a tree size)
+    return _whole(text, 0, 2**64 - 1)
 
 
 def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, not {text}")
-    return value
+    return _whole(text, 1, 2**64 - 1)
 
 
 def _seconds(text: str) -> float:
@@ -469,6 +488,21 @@ def _seconds(text: str) -> float:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"a number of seconds is needed, not {text!r}") from None
+
+
+# google.protobuf.Duration's range: past it, Duration.FromMilliseconds' int64 overflowed (a traceback)
+MAX_DURATION_S = 315_576_000_000
+
+
+def _duration_seconds(text: str) -> float:
+    """A Duration's seconds (--ttl): finite, within Duration's range; its sign and limits are the coordinator's
+    to check."""
+    value = _seconds(text)
+    if not -MAX_DURATION_S <= value <= MAX_DURATION_S:  # (NaN fails both)
+        raise argparse.ArgumentTypeError(
+            f"a finite number of seconds (at most {MAX_DURATION_S}) is needed, not {text}"
+        )
+    return value
 
 
 def _positive_seconds(text: str) -> float:
@@ -517,7 +551,10 @@ def _connection_flags_problem(args: argparse.Namespace) -> str | None:
 
 def _write(data: bytes, path: str | None) -> None:
     if path:
-        Path(path).write_bytes(data)
+        try:
+            Path(path).write_bytes(data)
+        except OSError as exc:  # (a missing directory, a directory: was a traceback)
+            raise UsageError(f"--out: cannot write {path}: {exc.strerror or exc}") from None
     else:
         sys.stdout.write(data.decode() + "\n")
 
@@ -648,6 +685,10 @@ def _reported(args: argparse.Namespace, command: Callable[[argparse.Namespace], 
         print(f"aitbc: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        # submit --wait interrupted in its wait: the job is stored, and its id is printed nowhere else
+        if submitted := getattr(args, "submitted_job_id", None):
+            print(f"aitbc: interrupted (job {submitted} was submitted: follow it with `aitbc wait {submitted}`)",
+                  file=sys.stderr)  # fmt: skip
         return 130
 
 

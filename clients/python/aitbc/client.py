@@ -624,6 +624,10 @@ def _constraints(given: dict[str, Any] | None) -> job_pb2.Constraints:
     """Constraints from a dict of its fields (None: none); max_price as units are (a float was protobuf's
     "bad argument type for built-in operation")."""
     fields = dict(given or {})
+    if isinstance(
+        fields.get("models"), str | bytes
+    ):  # (protobuf took "llama" as the models "l", "l", "a", ...)
+        raise TypeError(f"constraints.models: a list of str, not {fields['models']!r}")
     if fields.get("max_price") is not None:
         fields["max_price"] = _decimal_text(fields["max_price"], "constraints.max_price")
     return job_pb2.Constraints(**fields)
