@@ -567,3 +567,10 @@ def gated_sdk_miner(address: str, **options: Any) -> tuple[Any, GatedRunner]:
     """The SDK miner of identity miner-00 (one slot, its own connection, 0.2 s backoff) with a GatedRunner."""
     runner = GatedRunner()
     return sdk_miner(address, runner, **options), runner
+
+
+def empty_env_file(tmp_path: Path) -> Path:
+    """A settings file with nothing in it (`serve --env-file`): the settings are the defaults and the flags."""
+    path = tmp_path / "empty.env"
+    path.write_text("")
+    return path

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from coord_support import empty_env_file
 
 
 @pytest.mark.parametrize(
@@ -24,10 +25,3 @@ def test_a_bad_flag_is_refused_as_its_setting_is(tmp_path: Path, flags: list[str
     assert done.returncode == 2 and "Traceback" not in done.stderr, (done.returncode, done.stderr)
     assert done.stderr.strip().startswith(f"aitbc-coordinator: bad setting: {setting}: "), done.stderr
     assert not (tmp_path / "c.db").exists()
-
-
-def empty_env_file(tmp_path: Path) -> Path:
-    """A settings file with nothing in it: the settings are the defaults and these flags."""
-    path = tmp_path / "empty.env"
-    path.write_text("")
-    return path

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from coord_support import empty_env_file
 
 
 def serve(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -60,10 +61,3 @@ def test_keys_rotate_never_makes_a_store_of_its_own(tmp_path: Path) -> None:
         assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
         assert "no store at" in done.stderr, done.stderr
     assert list(tmp_path.iterdir()) == []
-
-
-def empty_env_file(tmp_path: Path) -> Path:
-    """A settings file with nothing in it: the settings are the defaults and these flags."""
-    path = tmp_path / "empty.env"
-    path.write_text("")
-    return path

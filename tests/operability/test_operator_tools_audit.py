@@ -19,23 +19,17 @@ command-line input, one line each. Found wrong:
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from aitbc.cli import main as aitbc_main
+from ops_support import free_port
 
 from coordinator.config import SettingsError, load_settings
 
 NOT_UTF8 = b"\xff\xfe not text\n"
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def coordinator(
@@ -122,7 +116,7 @@ def test_keys_rotate_on_a_file_that_is_no_store_is_one_line(tmp_path: Path) -> N
 
 
 def test_keys_rotate_on_an_unreachable_store_is_one_line(tmp_path: Path) -> None:
-    url = f"postgresql://nobody@127.0.0.1:{closed_port()}/none"
+    url = f"postgresql://nobody@127.0.0.1:{free_port()}/none"
     done = coordinator(tmp_path, "keys", "rotate", "--database", url)
     assert_one_line(done, 1, "aitbc-coordinator: the store could not be reached: ")
 
@@ -130,7 +124,7 @@ def test_keys_rotate_on_an_unreachable_store_is_one_line(tmp_path: Path) -> None
 # ---------------------------------------------------------------------- aitbc admin
 def test_admin_top_against_an_unreachable_coordinator_is_one_line(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "aitbc.cli", "admin", "top", "--address", f"127.0.0.1:{closed_port()}",
+        [sys.executable, "-m", "aitbc.cli", "admin", "top", "--address", f"127.0.0.1:{free_port()}",
          "--api-key", "k", "--timeout", "1"],
         capture_output=True, text=True, timeout=60, cwd=tmp_path,
     )  # fmt: skip
@@ -154,7 +148,7 @@ def test_bad_admin_seconds_are_refused_as_bad_usage(
 ) -> None:
     """Refused before anything connects (a closed port: a call made would fail UNAVAILABLE, exit 1)."""
     try:
-        code = aitbc_main(["admin", *argv, "--address", f"127.0.0.1:{closed_port()}", "--api-key", "k"])
+        code = aitbc_main(["admin", *argv, "--address", f"127.0.0.1:{free_port()}", "--api-key", "k"])
     except SystemExit as exc:
         code = exc.code
     err = capsys.readouterr().err
